@@ -150,7 +150,8 @@ def capture(module: nn.Module, layers: Sequence[str], *, grads: bool = False, de
         t = _first_tensor(out)
         if t is None or name in cap.activations:
             return
-        cap.activations[name] = t.detach() if detach else t
+        # A copy: a later in-place op (ResNet's ReLU(inplace=True) after bn1) would otherwise change the record.
+        cap.activations[name] = t.detach().clone() if detach else t.clone()
         if grads and t.requires_grad:
 
             def save_grad(g: torch.Tensor, _n: str = name) -> None:
@@ -172,13 +173,14 @@ def forward_until(module: nn.Module, layers: str | Sequence[str], x: torch.Tenso
     Returns that layer's output (a tensor) for one name, or a dict name → output for several. Outputs stay in
     the autograd graph, so objectives on them can be optimised; nothing after the deepest layer is computed.
     """
-    names = [layers] if isinstance(layers, str) else list(layers)
+    names = list(dict.fromkeys([layers] if isinstance(layers, str) else layers))
     outs: dict[str, torch.Tensor] = {}
 
     def on_output(name: str, _mod: nn.Module, out: Any) -> None:
         t = _first_tensor(out)
         if t is not None and name not in outs:
-            outs[name] = t
+            # The forward goes on after all but the last layer: copy those so in-place ops cannot change them.
+            outs[name] = t if len(outs) + 1 == len(names) else t.clone()
         if len(outs) == len(names):
             raise _Stop
 
@@ -235,6 +237,10 @@ def _is_stack(m: nn.Module) -> bool:
     """A sequence (of any container class) whose children are all custom blocks: a stage of blocks."""
     children = list(m.children())
     return isinstance(m, _CONTAINERS) and bool(children) and all(_is_custom_block(c) for c in children)
+
+
+def _own_params(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters(recurse=False))
 
 
 def _quiet(m: nn.Module) -> bool:
@@ -326,8 +332,8 @@ def ladder(model: Any, view: str = "blocks", *, x: torch.Tensor | None = None) -
         is_block = name in block_names
         if view == "blocks" and not is_block:
             continue
-        if view == "full" and any(True for _ in mod.children()) and not is_block:
-            continue  # pure containers add nothing in the full view
+        if view == "full" and not is_block and any(True for _ in mod.children()) and not _own_params(mod):
+            continue  # pure containers add nothing; modules holding weights next to children stay (BatchNormAct2d)
         params = list(mod.parameters())
         trainable = sum(p.numel() for p in params if p.requires_grad)
         frozen = sum(p.numel() for p in params if not p.requires_grad)

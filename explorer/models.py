@@ -13,11 +13,14 @@ A model spec is one string, the same in the app, the CLI and notebooks:
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import importlib
 import json
 import os
 import pickle
+import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,16 +236,18 @@ def _timm_arch(name: str, *, pretrained: bool, num_classes: int | None = None) -
     import timm
 
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name}*")[:5]
+        close = timm.list_models(f"*{name}*")[:5] or _close_names(name, timm.list_models())
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ModelError(f"timm has no model called {name!r}.{hint}")
     kwargs: dict[str, Any] = {}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
+    repo = _hf_repo(name) if pretrained else ""
     offline = ModelError(
         f"Could not download the pretrained weights for timm:{name} (offline?). Download them elsewhere and "
         f"load the file as a checkpoint with arch timm:{name}, or place them in the Hugging Face cache "
-        f"({_hf_cache()}) and retry; timm:{name}:untrained builds it without weights."
+        f"({_hf_cache()}{', repository ' + repo if repo else ''}) and retry; "
+        f"timm:{name}:untrained builds it without weights."
     )
     if pretrained and os.environ.get("HF_HUB_OFFLINE") != "1" and not _in_hf_cache(name) and not _hub_reachable():
         raise offline  # fail in a second instead of timm's minute of retries
@@ -266,6 +271,20 @@ def _timm_arch(name: str, *, pretrained: bool, num_classes: int | None = None) -
         class_names=_class_names(module.num_classes if hasattr(module, "num_classes") else 1000),
         description=f"timm {name}" + (" (pretrained)" if pretrained else " (untrained)"),
     )
+
+
+def _close_names(name: str, names: list[str], n: int = 5) -> list[str]:
+    """Names that look like a typo of `name` (for 'did you mean')."""
+    return difflib.get_close_matches(name.lower(), names, n=n, cutoff=0.6)
+
+
+def _hf_repo(name: str) -> str:
+    try:
+        import timm.models
+
+        return timm.models.get_pretrained_cfg(name).hf_hub_id or ""
+    except Exception:  # no pretrained config: the message simply names no repository
+        return ""
 
 
 def _in_hf_cache(name: str) -> bool:
@@ -302,7 +321,7 @@ def _torchvision_arch(name: str, variant: str | None, *, load_weights: bool) -> 
 
     names = tvm.list_models(module=tvm)
     if name not in names:
-        close = [n for n in names if name.lower()[:4] in n][:5]
+        close = _close_names(name, names) or [n for n in names if name.lower()[:4] in n][:5]
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ModelError(f"torchvision has no classification model called {name!r}.{hint}")
     enum = tvm.get_model_weights(name)
@@ -322,11 +341,12 @@ def _torchvision_arch(name: str, variant: str | None, *, load_weights: bool) -> 
     tf = weights.transforms()
     kwargs: dict[str, Any] = {}
     if name in ("googlenet", "inception_v3"):
-        kwargs = {"aux_logits": False, "init_weights": False} if load_weights else {"aux_logits": False}
+        # init_weights=False: PyTorch's default init, 10x faster than their scipy truncated normal and no warning.
+        kwargs = {"aux_logits": False, "init_weights": False}
     module = tvm.get_model(name, weights=None, **kwargs)
     if load_weights:
         try:
-            state = weights.get_state_dict(progress=False, check_hash=True)
+            state = torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True, weights_only=True)
         except Exception as exc:  # urllib / socket / hash errors all mean "could not get the file"
             hub = os.path.join(torch.hub.get_dir(), "checkpoints")
             filename = os.path.basename(weights.url)
@@ -417,7 +437,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             tensors = {}
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 header = f.metadata() or {}
-                for k in f:
+                for k in f.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
                     tensors[k] = f.get_tensor(k)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise ModelError(f"{path.name} is not a readable safetensors file (corrupt or truncated).") from exc
@@ -426,13 +446,23 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
                 meta = {**json.loads(header[META_KEY]), **meta}
         return tensors, meta
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; the error says it all
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise ModelError(
+                f"Refused to load {path.name}: it contains Python objects other than tensors ({found.group(1)}), "
+                "and a pickle can run code. Save a plain state_dict or use safetensors."
+            ) from exc
         raise ModelError(
-            f"Refused to load {path.name}: it contains Python objects other than tensors (a pickle can run code). "
-            "Save a plain state_dict or use safetensors."
+            f"{path.name} is not a readable PyTorch checkpoint: corrupt, or a pickle that the tensors-only loader "
+            "refuses (a pickle can run code)."
         ) from exc
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise ModelError(f"{path.name} is not a readable PyTorch checkpoint (corrupt or truncated).") from exc
+    except Exception as exc:  # the unpickler fails in many ways on garbage (KeyError, struct.error, …)
         raise ModelError(f"{path.name} is not a readable PyTorch checkpoint (corrupt or truncated).") from exc
     return _unwrap_state_dict(obj, path.name), meta
 
