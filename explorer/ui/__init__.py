@@ -1,0 +1,1 @@
+"""Streamlit pages and widgets: thin, they call `explorer.*` and never the reverse."""

@@ -1,0 +1,406 @@
+"""Model page: choose a network, see its layer ladder, try it on an image."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from explorer.layers import LayerInfo
+from explorer.models import BUNDLED, CHECKPOINT_SUFFIXES, LoadedModel, ModelError, parse_spec
+from explorer.ui.common import (
+    checkpoint_arch_hint,
+    current_model,
+    get_ladder,
+    model_key,
+    save_upload,
+    set_current_model,
+    show_error,
+)
+
+SOURCES = ["Bundled", "torchvision", "timm", "Upload checkpoint"]
+_KIND_TO_SOURCE = {"bundled": "Bundled", "torchvision": "torchvision", "timm": "timm", "file": "Upload checkpoint"}
+MAX_IMAGE_PIXELS = 40_000_000
+STAGE_COLOURS = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D", "#EECA3B", "#FF9DA6"]
+
+
+# --------------------------------------------------------------------------- catalogues (cached per process)
+
+
+@st.cache_data(show_spinner=False)
+def torchvision_names() -> list[str]:
+    import torchvision.models as tvm
+
+    return sorted(tvm.list_models(module=tvm))
+
+
+@st.cache_data(show_spinner=False)
+def timm_names(pattern: str) -> list[str]:
+    import timm
+
+    return timm.list_models(f"*{pattern.strip()}*" if pattern.strip() else "*")
+
+
+# --------------------------------------------------------------------------- choosing a model
+
+
+def load_upload(name: str, data: bytes, arch: str | None) -> LoadedModel:
+    """Store an uploaded checkpoint (content-addressed) and make it the current model; raises ModelError."""
+    path = save_upload(name, data)
+    return set_current_model(str(path), arch or checkpoint_arch_hint(path))
+
+
+def _load_and_rerun(spec: str, arch: str | None = None) -> None:
+    """Switch to the model, or show why not (the previous model stays selected)."""
+    try:
+        set_current_model(spec, arch)
+    except Exception as exc:
+        show_error(exc)
+        return
+    st.rerun()
+
+
+def _init_picker(spec: str) -> None:
+    """On a session's first run, point the picker at the current model."""
+    state = st.session_state
+    if "pick_source" in state:
+        return
+    try:
+        kind, name, variant = parse_spec(spec)
+    except ModelError:
+        return
+    state["pick_source"] = _KIND_TO_SOURCE[kind]
+    state["pick_untrained"] = variant == "untrained"
+    key = {"bundled": "pick_bundled", "torchvision": "pick_tv", "timm": "pick_timm"}.get(kind)
+    if key:
+        state[key] = name
+    if kind == "timm":
+        state["pick_timm_filter"] = name
+
+
+def _stored_upload(up: Any) -> Path | None:
+    """Save a newly uploaded checkpoint once per upload and pre-fill the architecture from its metadata."""
+    state = st.session_state
+    cached = state.get("_upload")
+    if cached and cached[0] == up.file_id:
+        return Path(cached[1])
+    try:
+        path = save_upload(up.name, up.getvalue())
+    except Exception as exc:
+        show_error(exc)
+        return None
+    state["_upload"] = (up.file_id, str(path))
+    hint = checkpoint_arch_hint(path)
+    if hint:
+        state["pick_arch"] = hint
+    return path
+
+
+def _picker(model: LoadedModel | None) -> None:
+    st.subheader("Choose a model")
+    state = st.session_state
+    if model is not None:
+        _init_picker(model.spec)
+    source = st.radio("Source", SOURCES, key="pick_source", horizontal=True)
+    spec: str | None = None
+    arch: str | None = None
+    if source == "Bundled":
+        state.setdefault("pick_bundled", "efficientnet_lite0")
+        spec = "bundled:" + st.selectbox("Model", list(BUNDLED), key="pick_bundled")
+    elif source == "torchvision":
+        state.setdefault("pick_tv", "resnet50")
+        spec = "torchvision:" + st.selectbox("Model", torchvision_names(), key="pick_tv")
+    elif source == "timm":
+        state.setdefault("pick_timm_filter", "resnet")
+        pattern = st.text_input(
+            "Filter timm models", key="pick_timm_filter", help="A part of the name, or a * pattern."
+        )
+        names = timm_names(pattern)
+        if names:
+            spec = "timm:" + st.selectbox(f"Model ({len(names)} match)", names, key="pick_timm")
+        else:
+            st.info(f"No timm model matches {pattern!r}.")
+    else:
+        types = [s.lstrip(".") for s in CHECKPOINT_SUFFIXES]
+        up = st.file_uploader("Checkpoint file", type=types, key="pick_upload")
+        path = _stored_upload(up) if up is not None else None
+        arch = st.text_input(
+            "Architecture",
+            key="pick_arch",
+            placeholder="e.g. torchvision:resnet18 or timm:resnet18",
+            help="The spec that builds the network; pre-filled from the file's metadata when it carries one.",
+        )
+        spec = str(path) if path else None
+    if source != "Upload checkpoint":
+        untrained = st.toggle("Untrained (random weights)", key="pick_untrained")
+        if spec and untrained:
+            spec += ":untrained"
+    if st.button("Load", type="primary", key="load", disabled=spec is None, icon=":material/download:"):
+        _load_and_rerun(spec, arch)  # type: ignore[arg-type]
+    with st.expander("Or type a model spec"):
+        st.caption(
+            "`bundled:NAME`, `torchvision:NAME[:WEIGHTS|:untrained]`, `timm:NAME[:untrained]`, or a checkpoint path "
+            "on the server."
+        )
+        typed = st.text_input("Model spec", key="pick_spec", placeholder="torchvision:resnet50:IMAGENET1K_V2")
+        if st.button("Load spec", key="load_spec"):
+            if typed.strip():
+                _load_and_rerun(typed.strip())
+            else:
+                st.warning("Type a model spec first.")
+
+
+# --------------------------------------------------------------------------- describing it
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k" if n >= 1e3 else str(n)
+
+
+def _info(model: LoadedModel) -> None:
+    st.subheader(Path(model.spec).name if parse_spec(model.spec)[0] == "file" else model.spec)
+    st.caption(model.description)
+    params = list(model.module.parameters())
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    c = st.columns(4)
+    c[0].metric("Parameters", _count(total), help=f"{total:,} ({trainable:,} trainable)")
+    c[1].metric("Input", "×".join(str(s) for s in model.input_size), help=f"resize to {model.resize_size} px")
+    c[2].metric("Classes", f"{model.num_classes:,}")
+    c[3].metric("Device", str(model.device))
+    mean = ", ".join(f"{m:.3f}" for m in model.mean)
+    std = ", ".join(f"{s:.3f}" for s in model.std)
+    st.markdown(
+        f"- **Spec** `{model.spec}`\n- **Architecture** `{model.arch}`"
+        f"{'' if model.pretrained else ' (random weights)'}\n"
+        f"- **Fingerprint** `{model.short_fingerprint}` (hash of the weights)\n"
+        f"- **Preprocessing** resize {model.resize_size} px ({model.interpolation}), centre crop "
+        f"{model.input_size[0]}×{model.input_size[1]}, mean ({mean}), std ({std})"
+    )
+    report = model.load_report
+    if report is not None and not report.clean:
+        st.warning(f"The checkpoint did not fit exactly: {report.summary()}.", icon=":material/warning:")
+    elif report is not None and report.resized:
+        st.info(f"Loaded: {report.summary()}.", icon=":material/info:")
+    if model.metadata:
+        with st.expander("Checkpoint metadata"):
+            st.json(model.metadata, expanded=False)
+
+
+# --------------------------------------------------------------------------- the ladder
+
+
+def ladder_frame(rows: list[LayerInfo]) -> pd.DataFrame:
+    """The ladder as a table: one row per layer in execution order."""
+    df = pd.DataFrame([r.as_row() for r in rows])
+    if not df.empty:
+        df.insert(df.columns.get_loc("trainable"), "params", df["trainable"] + df["frozen"])
+    return df
+
+
+def ladder_figure(rows: list[LayerInfo]) -> go.Figure:
+    """Parameters (bars, log scale, coloured by stage) and channels (line, second axis) by execution order."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    x = [r.name for r in rows]
+    colours = [STAGE_COLOURS[r.stage % len(STAGE_COLOURS)] for r in rows]
+    custom = [[r.type, "×".join(map(str, r.out_shape)), r.stage, r.params_trainable, r.params_frozen] for r in rows]
+    fig.add_trace(
+        go.Bar(
+            x=x,
+            y=[max(r.params, 0) or None for r in rows],
+            marker_color=colours,
+            name="parameters",
+            customdata=custom,
+            hovertemplate="<b>%{x}</b> %{customdata[0]}<br>output %{customdata[1]} · stage %{customdata[2]}"
+            "<br>%{customdata[3]:,} trainable, %{customdata[4]:,} frozen<extra></extra>",
+        ),
+        secondary_y=False,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=[r.channels for r in rows],
+            mode="lines+markers",
+            name="channels",
+            line={"color": "#222222", "width": 2},
+            marker={"size": 5 if len(rows) < 80 else 2},
+            hovertemplate="<b>%{x}</b><br>%{y} channels<extra></extra>",
+            connectgaps=True,
+        ),
+        secondary_y=True,
+    )
+    start = 0
+    for i in range(1, len(rows) + 1):  # shade each stage and label it above the plot
+        if i == len(rows) or rows[i].stage != rows[start].stage:
+            colour = STAGE_COLOURS[rows[start].stage % len(STAGE_COLOURS)]
+            fig.add_vrect(x0=start - 0.5, x1=i - 0.5, fillcolor=colour, opacity=0.08, line_width=0, layer="below")
+            fig.add_annotation(
+                x=(start + i - 1) / 2,
+                y=1.0,
+                xref="x",
+                yref="paper",
+                yanchor="bottom",
+                text=f"stage {rows[start].stage}",
+                showarrow=False,
+                font={"size": 11, "color": colour},
+            )
+            start = i
+    fig.update_yaxes(
+        title_text="parameters (log scale)", type="log", dtick=1, secondary_y=False, showgrid=True, tickformat="~s"
+    )
+    fig.update_yaxes(
+        title_text="output channels", secondary_y=True, showgrid=False, rangemode="tozero", tickmode="auto", nticks=6
+    )
+    ticks = {} if len(rows) <= 60 else {"tickmode": "array", "tickvals": x[:: max(1, len(x) // 40)]}
+    fig.update_xaxes(title_text="layer, in execution order", tickangle=-45, type="category", **ticks)
+    fig.update_layout(
+        height=440,
+        margin={"l": 10, "r": 10, "t": 70, "b": 10},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.1, "xanchor": "right", "x": 1},
+        bargap=0.15,
+        hovermode="closest",
+    )
+    return fig
+
+
+def _ladder_section(model: LoadedModel) -> None:
+    st.subheader("Layer ladder")
+    full = st.toggle("Show every layer (full view)", key="ladder_full", bind="query-params")
+    view = "full" if full else "blocks"
+    rows = get_ladder(model, view)
+    df = ladder_frame(rows)
+    n_stages = len({r.stage for r in rows})
+    st.caption(
+        f"{len(rows)} {'layers' if full else 'blocks'} in execution order, {n_stages} stages (a stage ends where the "
+        "spatial resolution drops). Output shapes are for one image at the model's input size."
+    )
+    st.plotly_chart(ladder_figure(rows), key=f"ladder_chart_{view}")
+    st.dataframe(
+        df,
+        hide_index=True,
+        height=min(35 * (len(df) + 1) + 3, 760),
+        column_config={
+            "order": st.column_config.NumberColumn("#", width="small"),
+            "layer": st.column_config.TextColumn("layer", width="medium"),
+            "params": st.column_config.NumberColumn("params", format="localized"),
+            "trainable": st.column_config.NumberColumn("trainable", format="localized"),
+            "frozen": st.column_config.NumberColumn("frozen", format="localized"),
+        },
+        key=f"ladder_table_{view}",
+    )
+    stem = Path(model.spec).stem if parse_spec(model.spec)[0] == "file" else model.spec.replace(":", "_")
+    st.download_button(
+        "Download ladder CSV",
+        df.to_csv(index=False).encode(),
+        file_name=f"ladder_{stem}_{view}.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        on_click="ignore",
+    )
+
+
+# --------------------------------------------------------------------------- try it
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _predict(_model: LoadedModel, key: tuple[Any, ...], digest: str, _image: Any, k: int) -> list[tuple[str, float]]:
+    del key, digest
+    return _model.predict(_image, k)
+
+
+def _image_choice() -> tuple[str, bytes] | None:
+    from explorer.data import IMAGE_EXTENSIONS, sample_images
+
+    source = st.radio("Image", ["Sample", "Upload"], key="try_source", horizontal=True)
+    if source == "Sample":
+        samples = sample_images()
+        if not samples:
+            st.info("No sample images are installed (assets/); upload one instead.")
+            return None
+        if st.session_state.get("try_sample") not in samples:
+            st.session_state["try_sample"] = "chelsea" if "chelsea" in samples else next(iter(samples))
+        name = st.selectbox("Sample image", list(samples), key="try_sample")
+        return name, samples[name].read_bytes()
+    up = st.file_uploader("Image file", type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS), key="try_upload")
+    return (up.name, up.getvalue()) if up is not None else None
+
+
+def top_figure(preds: list[tuple[str, float]]) -> go.Figure:
+    """Top-k probabilities as horizontal bars, the most likely class on top."""
+    names = [n for n, _ in preds][::-1]
+    probs = [p for _, p in preds][::-1]
+    fig = go.Figure(
+        go.Bar(
+            x=probs,
+            y=names,
+            orientation="h",
+            text=[f"{p:.1%}" for p in probs],
+            textposition="auto",
+            marker_color="#4C78A8",
+        )
+    )
+    fig.update_layout(height=60 + 44 * len(preds), margin={"l": 10, "r": 10, "t": 10, "b": 10})
+    fig.update_xaxes(range=[0, 1.02], tickvals=[0, 0.25, 0.5, 0.75, 1], tickformat=".0%", title_text="probability")
+    fig.update_yaxes(automargin=True)
+    return fig
+
+
+def _try_it(model: LoadedModel) -> None:
+    from explorer.data import load_image
+
+    st.subheader("Try it")
+    left, right = st.columns([1, 2], gap="large")
+    with left:
+        chosen = _image_choice()
+        if chosen is None:
+            return
+        name, data = chosen
+        try:
+            image = load_image(data, name=name, max_pixels=MAX_IMAGE_PIXELS)
+        except Exception as exc:
+            show_error(exc)
+            return
+        st.image(image, caption=f"{name} · {image.width}×{image.height}", width="stretch")
+    with right:
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            preds = _predict(model, model_key(model), digest, image, 5)
+        except Exception as exc:
+            show_error(exc)
+            return
+        st.markdown(f"**Top {len(preds)}** for *{name}*")
+        st.plotly_chart(top_figure(preds), key="top5_chart")
+        if not model.pretrained:
+            st.caption("Random weights: these guesses are meaningless.")
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def render() -> None:
+    """The Model page."""
+    st.title("Model")
+    try:
+        model: LoadedModel | None = current_model()
+    except Exception as exc:
+        show_error(exc)
+        model = None
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        _picker(model)
+    if model is None:
+        return
+    with right:
+        _info(model)
+    st.divider()
+    try:
+        _ladder_section(model)
+    except Exception as exc:
+        show_error(exc)
+    st.divider()
+    _try_it(model)
