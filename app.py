@@ -15,6 +15,12 @@ st.set_page_config(page_title="Layer Explorer", page_icon=":material/layers:", l
 # One line per page: page(module name in explorer/ui/pages/, title, icon).
 PAGES = [
     page("model", "Model", ":material/account_tree:", default=True),
+    page("attribution", "Attribution", ":material/gradient:"),
+    page("progression", "Progression", ":material/timeline:"),
+    page("layer", "Layer", ":material/grid_view:"),
+    page("unit", "Unit", ":material/center_focus_strong:"),
+    page("finetune", "Fine-tune", ":material/model_training:"),
+    page("compare", "Compare", ":material/compare:"),
 ]
 
 nav = st.navigation(PAGES, position="sidebar", expanded=True)

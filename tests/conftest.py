@@ -11,3 +11,26 @@ from explorer.models import LoadedModel, load_model
 def bundled() -> LoadedModel:
     """The bundled EfficientNet-Lite0 with its ImageNet weights (~3 s to load; shared, never mutate it)."""
     return load_model()
+
+
+@pytest.fixture(scope="session")
+def tiny() -> LoadedModel:
+    """timm's 356k-parameter test_efficientnet, untrained (BatchNorm, blocks, a Linear head): fast fine-tunes."""
+    return load_model("timm:test_efficientnet:untrained", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def color_folder(tmp_path_factory: pytest.TempPathFactory):
+    """An image folder of 3 classes × 12 noisy 40×40 images whose class is its dominant colour (easy to learn)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("colors")
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["red", "green", "blue"]):
+        (root / name).mkdir()
+        for i in range(12):
+            arr = rng.integers(0, 90, size=(40, 40, 3))
+            arr[..., c] += 150
+            Image.fromarray(arr.astype(np.uint8)).save(root / name / f"{i:02d}.png")
+    return root

@@ -1,0 +1,175 @@
+"""Feature-visualization commands: `render` (units of one layer to PNG files) and `atlas` (fill the cache)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from explorer.cli import add_model_args, load_model_arg, print_table, progress_bar
+from explorer.errors import ExplorerError
+
+
+def parse_units(text: str) -> list[int]:
+    """'0-15' / '2,7,13' / '0-3,8' → sorted unique unit indices."""
+    units: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ExplorerError(f"Cannot read units {text!r}: use a range like 0-15 or a list like 2,7,13.")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise ExplorerError(f"The range {part} runs backwards: write it low-high.")
+        units.update(range(lo, hi + 1))
+    return sorted(units)
+
+
+def _add_render_settings(p: argparse.ArgumentParser) -> None:
+    from explorer.featurevis.presets import PRESETS
+
+    p.add_argument("--preset", choices=list(PRESETS), default="classic", help="render settings (default classic)")
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the preset's)")
+    p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: by device)")
+    p.add_argument("--no-cache", action="store_true", help="render again even when the cache has the images")
+
+
+def register(subparsers: Any) -> None:
+    """Add the `render` and `atlas` subcommands."""
+    from explorer.featurevis.objectives import OBJECTIVE_KINDS
+
+    p = subparsers.add_parser(
+        "render",
+        help="feature visualizations of units of one layer, one PNG per unit plus a contact sheet",
+        description="Render what excites each unit of a layer (activation maximization). Writes "
+        "<layer>-<unit>.png per unit at the rendered size and <layer>-sheet.png. Results are cached.",
+    )
+    add_model_args(p)
+    p.add_argument("--layer", required=True, help="layer name, e.g. blocks.2.1 (see `layers`)")
+    p.add_argument("--channels", "--units", dest="channels", default="0-7", help="units: 0-15, 2,7,13 (default 0-7)")
+    p.add_argument("--objective", choices=list(OBJECTIVE_KINDS), default="channel", help="what to maximise")
+    _add_render_settings(p)
+    p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    p.set_defaults(func=cmd_render)
+
+    p = subparsers.add_parser(
+        "atlas",
+        help="render K units of every block into the cache (for the app's pages)",
+        description="Render the first K units of every block of the model into the cache, so the Progression "
+        "and Layer pages open instantly. With --out, also writes one contact sheet per block.",
+    )
+    add_model_args(p)
+    p.add_argument("--per-layer", type=int, default=8, help="units per block (default 8)")
+    p.add_argument("--layers", default=None, help="comma-separated blocks (default: every block with a grid output)")
+    _add_render_settings(p)
+    p.add_argument("--out", type=Path, default=None, help="also write <layer>-sheet.png here")
+    p.set_defaults(func=cmd_atlas)
+
+
+def _channels_of(model: Any, layer: str) -> int:
+    from explorer.featurevis.objectives import as_grid
+    from explorer.layers import ladder
+
+    rows = {r.name: r for r in ladder(model, "full")} | {r.name: r for r in ladder(model, "blocks")}
+    if layer not in rows:
+        from explorer.layers import resolve
+
+        resolve(model.module, layer)  # raises the LayerError that names close matches
+        raise ExplorerError(f"Layer {layer} does not run in the forward pass.")
+    shape = rows[layer].out_shape
+    if not shape:
+        raise ExplorerError(f"Layer {layer} has no tensor output to visualise.")
+    import torch
+
+    return int(as_grid(torch.zeros(1, *shape)).shape[1])
+
+
+def _cache(no_cache: bool) -> Any:
+    from explorer.cache import Cache
+
+    if not no_cache:
+        return Cache()
+    import tempfile
+
+    return Cache(tempfile.mkdtemp(prefix="layer-explorer-nocache-"))
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from explorer.featurevis.objectives import for_unit
+    from explorer.featurevis.sheet import contact_sheet
+    from explorer.featurevis.store import render_cached
+
+    units = parse_units(args.channels)
+    model = load_model_arg(args)
+    n_channels = _channels_of(model, args.layer)
+    bad = [u for u in units if u >= n_channels]
+    if bad:
+        raise ExplorerError(f"Layer {args.layer} has {n_channels} units (0-{n_channels - 1}); {bad[0]} is not one.")
+    objectives, names = [], []
+    for u in units:
+        objs = for_unit(args.objective, args.layer, u)
+        objectives += objs
+        names += [f"{args.layer}-{u}" if len(objs) == 1 else f"{args.layer}-{u}-{k}" for k in range(len(objs))]
+    start = time.perf_counter()
+    result = render_cached(
+        model, objectives, args.preset, seed=args.seed, steps=args.steps, size=args.size,
+        progress=progress_bar(f"render {args.layer}"), batch_size=args.batch_size, cache=_cache(args.no_cache),
+    )  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, data in zip(names, result.png, strict=True):
+        (args.out / f"{name}.png").write_bytes(data)
+    labels = [n.removeprefix(f"{args.layer}-") for n in names]
+    sheet = args.out / f"{args.layer}-sheet.png"
+    contact_sheet(result.images, labels, cols=min(8, len(names))).save(sheet)
+    hits = int(result.hits.sum())
+    print(
+        f"wrote {len(names)} images and {sheet.name} to {args.out} in {time.perf_counter() - start:.1f} s "
+        f"({hits} from the cache, {len(names) - hits} rendered)"
+    )
+    return 0
+
+
+def cmd_atlas(args: argparse.Namespace) -> int:
+    from explorer.featurevis.objectives import channel
+    from explorer.featurevis.sheet import contact_sheet
+    from explorer.featurevis.stages import _renderable
+    from explorer.featurevis.store import render_cached
+    from explorer.layers import ladder
+
+    if args.per_layer < 1:
+        raise ExplorerError("--per-layer must be at least 1.")
+    model = load_model_arg(args)
+    rows = [r for r in ladder(model, "blocks") if _renderable(r)]
+    if args.layers:
+        wanted = [w.strip() for w in args.layers.split(",") if w.strip()]
+        known = {r.name: r for r in rows}
+        missing = [w for w in wanted if w not in known]
+        if missing:
+            raise ExplorerError(f"{missing[0]} is not a block with a spatial output; see `python -m explorer layers`.")
+        rows = [known[w] for w in wanted]
+    cache = _cache(args.no_cache)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    table = []
+    for row in rows:
+        units = list(range(min(args.per_layer, _channels_of(model, row.name))))
+        start = time.perf_counter()
+        result = render_cached(
+            model, [channel(row.name, u) for u in units], args.preset, seed=args.seed, steps=args.steps,
+            size=args.size, progress=progress_bar(row.name), batch_size=args.batch_size, cache=cache,
+        )  # fmt: skip
+        if args.out:
+            contact_sheet(result.images, [str(u) for u in units], cols=min(8, len(units))).save(
+                args.out / f"{row.name}-sheet.png"
+            )
+        table.append(
+            {"layer": row.name, "units": len(units), "cached": int(result.hits.sum()),
+             "seconds": round(time.perf_counter() - start, 1)}
+        )  # fmt: skip
+    print_table(table)
+    print(f"cache: {cache.root}", file=sys.stderr)
+    return 0

@@ -1,0 +1,236 @@
+"""`finetune` (train a copy with a freeze point, save a checkpoint) and `compare` (base vs tuned, layer by layer)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from explorer.cli import add_model_args, load_model_arg, print_json, print_table, progress_bar
+
+
+def register(subparsers: Any) -> None:
+    """Add the `finetune` and `compare` subcommands."""
+    from explorer.finetune import FinetuneSettings
+
+    d = FinetuneSettings()
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a model on an image folder with a freeze point; saves a .safetensors checkpoint",
+        description="Fine-tune a copy of the model on an image folder (one sub-folder per class) or a demo "
+        "dataset. Everything up to and including --freeze-after stays frozen (weights and BatchNorm statistics). "
+        "The checkpoint is rewritten after every epoch, so an interrupted run keeps its last complete epoch.",
+    )
+    add_model_args(p)
+    p.add_argument(
+        "--data", required=True, metavar="FOLDER|demo:NAME", help="image folder, or demo:digits / demo:shapes"
+    )
+    p.add_argument(
+        "--freeze-after", required=True, metavar="LAYER|none", help="ladder layer to freeze up to; none: train all"
+    )
+    p.add_argument(
+        "--out", required=True, metavar="CKPT", help="checkpoint path ending in .safetensors (+ .json sidecar)"
+    )
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the data (default {d.epochs})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate of the new head (default {d.lr:g})")
+    p.add_argument(
+        "--backbone-lr", type=float, default=d.backbone_lr, help=f"for trainable pretrained layers ({d.backbone_lr:g})"
+    )
+    p.add_argument("--schedule", choices=["cosine", "constant"], default=d.schedule)
+    p.add_argument("--augment", choices=["none", "light", "light+flip"], default=d.augment)
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=f"held out per class ({d.val_fraction})")
+    p.add_argument(
+        "--input-size", type=int, default=None, metavar="PX", help="train at this size (default: the model's)"
+    )
+    p.add_argument("--max-images", type=int, default=None, metavar="N", help="use a stratified subset of N images")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_finetune)
+
+    p = subparsers.add_parser(
+        "compare",
+        help="compare a base model and its fine-tuned checkpoint layer by layer; recommend a freeze point",
+        description="Per ladder block: relative weight change, debiased CKA between the two models' activations "
+        "(with a bootstrap interval), and linear-probe accuracy of the base model's features on your data; then "
+        "the deepest layer that can stay frozen. Writes OUT (.json) plus an HTML summary and a CSV beside it.",
+    )
+    p.add_argument("--base", default=None, metavar="SPEC", help="the base model (default: the tuned one's base_spec)")
+    p.add_argument("--tuned", required=True, metavar="CKPT", help="the fine-tuned checkpoint")
+    p.add_argument("--data", required=True, metavar="FOLDER|demo:NAME", help="images to compare on")
+    p.add_argument(
+        "--out", required=True, metavar="REPORT.json", help="report path; .html and .csv are written beside it"
+    )
+    p.add_argument("--max-images", type=int, default=1000, metavar="N", help="images used (default 1000; 0: all)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass: peak memory (default 32)")
+    p.add_argument("--cka-batch", type=int, default=64, help="images per CKA minibatch (default 64)")
+    p.add_argument("--grid", type=int, default=4, help="average-pool feature maps to GRID×GRID for CKA (default 4)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds of the probes (default 5)")
+    p.add_argument("--no-probes", action="store_true", help="skip the linear probes (faster)")
+    p.add_argument("--input-size", type=int, default=None, metavar="PX", help="compare at this size (default: tuned's)")
+    p.add_argument(
+        "--cross-excitation",
+        type=int,
+        default=0,
+        metavar="UNITS",
+        help="render UNITS channels of up to 6 blocks in both models (same seed) and measure cross-excitation; "
+        "slow on CPU (default 0: off)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--json", action="store_true", help="print the report JSON to stdout too")
+    p.set_defaults(func=cmd_compare)
+
+
+def _device(args: argparse.Namespace) -> str | None:
+    return None if args.device in (None, "auto") else args.device
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune, print the per-epoch metrics and where the checkpoint is."""
+    from tqdm import tqdm
+
+    from explorer.checkpoint import check_writable
+    from explorer.finetune import FinetuneSettings, finetune
+
+    freeze = None if args.freeze_after.lower() in ("none", "") else args.freeze_after
+    settings = FinetuneSettings(
+        freeze_after=freeze,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        backbone_lr=args.backbone_lr,
+        schedule=args.schedule,
+        augment=args.augment,
+        val_fraction=args.val_fraction,
+        input_size=args.input_size,
+        max_images=args.max_images,
+        seed=args.seed,
+    )
+    settings.check()
+    out = check_writable(args.out, overwrite=args.overwrite)  # refuse before the model loads
+    model = load_model_arg(args)
+    bar = progress_bar("fine-tuning")
+    epochs: list[dict[str, Any]] = []
+
+    def progress(done: int, total: int, preview: Any) -> None:
+        if isinstance(preview, dict) and preview.get("phase") == "val":
+            epochs.append(preview)
+            tqdm.write(
+                f"epoch {preview['epoch']}: train loss {preview['train_loss']:.3f} acc {preview['train_acc']:.3f} · "
+                f"val loss {preview['val_loss']:.3f} acc {preview['val_acc']:.3f} · saved {out}",
+                file=sys.stderr,
+            )
+        bar(done, total, preview)
+
+    try:
+        result = finetune(model, args.data, settings, out=out, overwrite=args.overwrite, progress=progress)
+    except KeyboardInterrupt:
+        kept = f"the checkpoint of epoch {epochs[-1]['epoch']} is at {out}" if epochs else "no epoch completed"
+        print(f"error: interrupted; {kept}.", file=sys.stderr)
+        return 130
+    summary = {
+        "checkpoint": str(result.checkpoint),
+        "epochs": result.epochs,
+        "images_per_second": result.images_per_second,
+        "seconds": result.seconds,
+        "parameters": result.metadata.get("parameters"),
+        "freeze_after": freeze,
+    }
+    if args.json:
+        print_json(summary)
+        return 0
+    print_table([{k: round(v, 4) if isinstance(v, float) else v for k, v in e.items()} for e in result.epochs])
+    p = result.metadata.get("parameters", {})
+    print(
+        f"checkpoint {result.checkpoint} (+ {Path(str(result.checkpoint)).with_suffix('.json').name}) · "
+        f"{p.get('trainable', 0):,} trainable / {p.get('non_trainable', 0):,} frozen parameters · "
+        f"{result.images_per_second:.1f} images/s"
+    )
+    return 0
+
+
+def _has_arch_metadata(path: str) -> bool:
+    """Whether a checkpoint names its own architecture (sidecar or safetensors header), without reading tensors."""
+    from explorer.models import META_KEY
+
+    p = Path(path)
+    side = p.with_suffix(".json")
+    try:
+        if side.exists() and json.loads(side.read_text()).get("arch"):
+            return True
+        if p.suffix.lower() == ".safetensors" and p.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="pt", device="cpu") as f:
+                return META_KEY in (f.metadata() or {})
+    except (OSError, ValueError, AttributeError, RuntimeError):  # unreadable: let load_model say why
+        return False
+    except Exception:  # safetensors' own error type for a corrupt header
+        return False
+    return False
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Run the comparison, write report.json/.html/.csv, print the table and the recommendation."""
+    from explorer.compare import CompareError, compare
+    from explorer.models import load_model
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".json":
+        raise CompareError(f"The report path must end in .json (got {out.name}); .html and .csv go beside it.")
+    device = _device(args)
+    tuned_arch = None
+    base = None
+    if args.base:
+        base = load_model_arg(argparse.Namespace(model=args.base, arch=None, device=args.device))
+        if not _has_arch_metadata(args.tuned):
+            tuned_arch = base.arch
+    elif Path(args.tuned).is_file() and not _has_arch_metadata(args.tuned):
+        raise CompareError(f"{Path(args.tuned).name} carries no metadata naming its base model: give it with --base.")
+    tuned = load_model(args.tuned, arch=tuned_arch, device=device)
+    if base is None:
+        spec = tuned.metadata.get("base_spec")
+        if not spec:
+            raise CompareError("The tuned checkpoint does not name its base model: give it with --base SPEC.")
+        base = load_model(spec, device=device)
+    plugin = None
+    if args.cross_excitation > 0:
+        from explorer.crossexcite import as_plugin
+
+        plugin = as_plugin(units=args.cross_excitation, progress=progress_bar("rendering"))
+    report = compare(
+        base,
+        tuned,
+        args.data,
+        max_images=args.max_images or None,
+        batch_size=args.batch_size,
+        cka_batch=args.cka_batch,
+        grid=args.grid,
+        n_boot=args.bootstrap,
+        probes=not args.no_probes,
+        probe_folds=args.folds,
+        seed=args.seed,
+        input_size=args.input_size,
+        cross_excitation=plugin,
+        progress=progress_bar("comparing"),
+    )
+    written = report.save(out)
+    if args.json:
+        print_json(report.to_dict())
+        return 0
+    cols = ("index", "name", "cka", "cka_low", "cka_high", "weight_change", "probe_acc", "cross_excitation")
+    print_table([{c: r[c] for c in cols} for r in report.rows()])
+    rec = report.recommendation
+    print(f"\nrecommended freeze point: {rec.freeze_after or 'none (train every layer)'}")
+    print(rec.reason)
+    print(f"2x2 guide: {rec.guide.size} data, {rec.guide.similarity} task: {rec.guide.advice}")
+    print(f"{rec.trainable:,} trainable / {rec.non_trainable:,} non-trainable of {rec.total:,} parameters")
+    for w in [*rec.caveats, *report.warnings]:
+        print(f"note: {w}")
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0

@@ -1,0 +1,150 @@
+"""Batched, differentiable robustness transforms, each image with its own randomness.
+
+Lucent applies pad → jitter → scale → rotate → jitter → upsample as five resampling passes, with one random draw
+shared by the whole batch. Here the whole chain is one affine map per image, so it costs one `grid_sample` from
+the parameterized image straight to the model's input size (one interpolation instead of three, nothing
+resampled twice), and each image draws its own jitter, scale and angle from its own generator: an image
+transforms the same whether it is rendered alone or in a batch of 64. Everything outside the image (Lucent's
+constant padding and the corners uncovered by jitter and rotation) reads as the pad value 0.5.
+
+``classic`` uses Lucent's `standard_transforms` values; ``crops`` is MACO's: several random crops per image,
+resized to the model input, plus Gaussian and uniform noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from explorer.errors import ExplorerError
+
+LUCENT_SCALES: tuple[float, ...] = tuple(1 + (i - 5) / 50.0 for i in range(11))  # 0.90, 0.92, …, 1.10
+LUCENT_ANGLES: tuple[float, ...] = tuple(float(a) for a in list(range(-10, 11)) + 5 * [0])  # 0° weighted up
+TRANSFORM_KINDS = ("classic", "crops", "none")
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """What the random transforms do. Pixel amounts are in pixels of the parameterized image."""
+
+    kind: str = "classic"
+    pad: int = 12
+    jitter: int = 8
+    scales: tuple[float, ...] = LUCENT_SCALES
+    angles: tuple[float, ...] = LUCENT_ANGLES
+    jitter2: int = 4
+    crops: int = 1  # "crops": crops per image each step
+    box: tuple[float, float] = (0.5, 0.8)  # "crops": crop side as a fraction of the image side
+    noise: float = 0.0  # std of Gaussian noise (and width of uniform noise) added in [0, 1] image space
+    fill: float = 0.5
+
+
+def _choice(u: torch.Tensor, options: Sequence[float]) -> float:
+    return float(options[min(int(u * len(options)), len(options) - 1)])
+
+
+def _shift(u: torch.Tensor, d: int) -> float:
+    """A whole-pixel shift in {0, …, d-1}, centred on zero."""
+    return 0.0 if d <= 1 else min(int(u * d), d - 1) - (d - 1) / 2.0
+
+
+def classic_theta(u: torch.Tensor, spec: TransformSpec, size: int) -> torch.Tensor:
+    """One image's (2, 3) affine (output → source, normalised coords) from six uniforms in [0, 1).
+
+    Forward chain on the padded image (side P = size + 2·pad): translate by jitter, scale s, rotate a, translate
+    by jitter2; the result fills the output. The returned map reads the *unpadded* image.
+    """
+    padded = size + 2 * spec.pad
+    t1 = torch.tensor([_shift(u[0], spec.jitter), _shift(u[1], spec.jitter)]) * 2.0 / padded
+    s = _choice(u[2], spec.scales)
+    a = math.radians(_choice(u[3], spec.angles))
+    t2 = torch.tensor([_shift(u[4], spec.jitter2), _shift(u[5], spec.jitter2)]) * 2.0 / padded
+    cos, sin = math.cos(a), math.sin(a)
+    inv_rot = torch.tensor([[cos, sin], [-sin, cos]]) / s  # (R(a)·s)^-1
+    b = -(inv_rot @ t2) - t1
+    theta = torch.cat([inv_rot, b[:, None]], dim=1)
+    return theta * (padded / size)  # padded-image coords → unpadded-image coords
+
+
+def crop_thetas(side_u: torch.Tensor, centre_n: torch.Tensor, spec: TransformSpec) -> torch.Tensor:
+    """(k, 2, 3) affines for k square crops: side ~ U(box) from `side_u` (k,), centre 0.5 + 0.15·`centre_n` (k, 2),
+    kept inside the image."""
+    lo, hi = spec.box
+    side = lo + (hi - lo) * side_u
+    half = (side / 2)[:, None]
+    centre = torch.minimum(torch.maximum(0.5 + 0.15 * centre_n, half), 1 - half)
+    theta = torch.zeros(side_u.shape[0], 2, 3)
+    theta[:, 0, 0] = side
+    theta[:, 1, 1] = side
+    theta[:, :, 2] = centre * 2 - 1
+    return theta
+
+
+class Augment:
+    """Maps a batch of [0, 1] images (N,3,S,S) to the model's normalised input (N·copies, 3, H, W)."""
+
+    def __init__(
+        self,
+        spec: TransformSpec,
+        gens: Sequence[torch.Generator],
+        out_size: tuple[int, int],
+        normalize: Callable[[torch.Tensor], torch.Tensor],
+        device: torch.device,
+    ) -> None:
+        if spec.kind not in TRANSFORM_KINDS:
+            raise ExplorerError(f"Unknown transforms {spec.kind!r}: use one of {', '.join(TRANSFORM_KINDS)}.")
+        self.spec, self.gens, self.out_size, self.normalize, self.device = spec, list(gens), out_size, normalize, device
+        self.copies = max(1, spec.crops) if spec.kind == "crops" else 1
+        self.noise_gens: list[torch.Generator] = []
+        if spec.noise > 0:
+            for g in self.gens:  # a device generator per image, seeded from the image's own generator
+                seed = int(torch.randint(0, 2**62, (1,), generator=g))
+                self.noise_gens.append(torch.Generator(device=device).manual_seed(seed))
+
+    def thetas(self, size: int) -> torch.Tensor:
+        """This step's affines, (N·copies, 2, 3), one random draw per image from its own generator."""
+        if self.spec.kind == "classic":
+            return torch.stack([classic_theta(torch.rand(6, generator=g), self.spec, size) for g in self.gens])
+        if self.spec.kind == "crops":
+            k = self.copies
+            return torch.cat(
+                [crop_thetas(torch.rand(k, generator=g), torch.randn(k, 2, generator=g), self.spec) for g in self.gens]
+            )
+        return torch.eye(2, 3).expand(len(self.gens), 2, 3)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        n, c, _, size = images.shape
+        theta = self.thetas(size).to(device=images.device, dtype=images.dtype)
+        src = images - self.spec.fill
+        seen = self._seen_side(size)
+        if seen < size:  # the model sees the image smaller than it is: low-pass first, or fine detail aliases
+            src = F.interpolate(src, size=(seen, seen), mode="bilinear", antialias=True, align_corners=False)
+        if self.copies > 1:
+            src = src.repeat_interleave(self.copies, dim=0)
+        grid = F.affine_grid(theta, [src.shape[0], c, *self.out_size], align_corners=False)
+        x = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + self.spec.fill
+        if self.noise_gens:
+            x = x + self._noise(x.shape[1:])
+        return self.normalize(x)
+
+    def _seen_side(self, size: int) -> int:
+        """How many model-input pixels span the image's side (at scale 1): the resolution the model sees it at."""
+        out = max(self.out_size)
+        if self.spec.kind == "crops":
+            return max(1, round(out / self.spec.box[0]))  # the smallest crop is the most magnified
+        if self.spec.kind == "classic":
+            return max(1, round(out * size / (size + 2 * self.spec.pad) * max(self.spec.scales)))
+        return out
+
+    def _noise(self, shape: torch.Size) -> torch.Tensor:
+        level = self.spec.noise
+        parts = []
+        for g in self.noise_gens:
+            gauss = torch.randn((self.copies, *shape), generator=g, device=self.device)
+            unif = torch.rand((self.copies, *shape), generator=g, device=self.device) - 0.5
+            parts.append(level * (gauss + unif))
+        return torch.cat(parts)

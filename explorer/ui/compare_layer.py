@@ -1,0 +1,230 @@
+"""The Compare page's view of one layer, base vs tuned: same-seed renders of its most and least changed units,
+the dataset images that excite them in each model, and both models' attribution on one colour scale.
+
+Every piece reads its cache first (renders: the featurevis disk cache; examples: the examples cache; attribution:
+st.cache_data), so revisiting a layer redraws without computing. Each section returns the files it showed, for
+the layer's zip download and the HTML report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from explorer.cache import png_bytes
+from explorer.featurevis import channel
+from explorer.models import LoadedModel
+from explorer.ui.common import model_key, progress_callback, show_error
+from explorer.ui.gallery import RenderSettings, Tile, render_tiles, safe_filename
+
+K_UNITS = 3  # most changed and least changed units shown
+K_EXAMPLES = 4  # dataset examples per unit and model
+MAX_ATTR_IMAGES = 8
+
+
+def unit_picks(row: Any, k: int = K_UNITS) -> tuple[list[int], list[int], bool]:
+    """(most changed units, least changed units, whether the weights changed at all) from per-channel change."""
+    n = int(row.channels or 0)
+    changes = np.asarray(row.weight_change_channels or [], dtype=np.float64)
+    if n <= 0:
+        return [], [], False
+    if changes.size != n or not np.isfinite(changes).all():
+        return [int(u) for u in np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int))], [], False
+    moved = bool(changes.max() > 0)
+    order = np.argsort(-changes, kind="stable")
+    top = [int(u) for u in order[: min(k, n)]]
+    least = [int(u) for u in order[::-1] if int(u) not in top][: min(k, max(n - len(top), 0))]
+    return top, least, moved
+
+
+def spatial(row: Any) -> bool:
+    """Whether a ladder row has a map with more than one position (what the unit views need)."""
+    shape = tuple(row.out_shape) if hasattr(row, "out_shape") else ()
+    return len(shape) == 3 and shape[1] * shape[2] > 1
+
+
+def _sizes(base: LoadedModel, tuned: LoadedModel) -> str:
+    """A note when the two models see images at different sizes (e.g. a run fine-tuned at 64 px)."""
+    b, t = base.input_size[0], tuned.input_size[0]
+    return "" if b == t else f" Each model sees the images at its own input size (base {b} px, tuned {t} px)."
+
+
+# --------------------------------------------------------------------------- same-seed renders
+
+
+def units_section(
+    base: LoadedModel, tuned: LoadedModel, row: Any, settings: RenderSettings
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """Most and least changed units of `row`'s layer rendered in both models from one seed, side by side."""
+    layer = row.name
+    top, least, moved = unit_picks(row)
+    if not top:
+        st.info(f"{layer} has no channels to visualise.")
+        return {}, {}
+    if not moved:
+        st.caption("The weights of this block did not change (it was frozen in this run): both columns match.")
+    groups = [("Most changed units", top)] + ([("Least changed units", least)] if least else [])
+    changes = row.weight_change_channels
+    status = st.empty()  # render_tiles draws its progress and Stop button here; cleared when both are done
+    units: list[int] = []
+    tiles_b: list[Tile] = []
+    tiles_t: list[Tile] = []
+    for title, picked in groups:
+        st.markdown(f"**{title}** · base | tuned, same seed ({settings.describe()})")
+        cols = st.columns(2 * len(picked))
+        for i, u in enumerate(picked):
+            tiles_b.append(Tile(cols[2 * i]))
+            tiles_t.append(Tile(cols[2 * i + 1]))
+            tiles_b[-1].show(None, f"unit {u} · base")
+            tiles_t[-1].show(None, f"unit {u} · tuned")
+            units.append(u)
+    delta = [f" · Δw {100 * changes[u]:.2g} %" if len(changes) > u else "" for u in units]
+    objs = [channel(layer, u) for u in units]
+    rb = render_tiles(
+        base,
+        objs,
+        settings,
+        tiles_b,
+        [f"unit {u} base{d}" for u, d in zip(units, delta, strict=True)],
+        key=f"cmp_rb_{layer}",
+        status=status,
+    )
+    if rb.stopped:
+        return {}, {}
+    rt = render_tiles(
+        tuned, objs, settings, tiles_t, [f"unit {u} tuned" for u in units], key=f"cmp_rt_{layer}", status=status
+    )
+    status.empty()
+    files: dict[str, bytes] = {}
+    for u, pb, pt in zip(units, rb.png, rt.png, strict=True):
+        if pb is not None:
+            files[f"{safe_filename(layer)}-unit{u}-base.png"] = pb
+        if pt is not None:
+            files[f"{safe_filename(layer)}-unit{u}-tuned.png"] = pt
+    renders: dict[str, Any] = {}
+    if rb.complete and rt.complete:
+        renders = {
+            "base": np.stack(rb.images),
+            "tuned": np.stack(rt.images),
+            "units": units,
+            "per_unit": [None] * len(units),
+        }
+    return files, renders
+
+
+# --------------------------------------------------------------------------- dataset examples
+
+
+def examples_section(
+    base: LoadedModel, tuned: LoadedModel, folder: Path, layer: str, units: list[int]
+) -> dict[str, bytes]:
+    """The images (receptive-field crops) of `folder` that excite each unit most, in the base and tuned model."""
+    from explorer.examples import dataset_examples
+
+    slot = st.empty()
+    box = slot.container()
+    found = {}
+    for model, label in ((base, "base"), (tuned, "tuned")):
+        found[label] = dataset_examples(
+            model,
+            folder,
+            [layer],
+            k=K_EXAMPLES,
+            progress=progress_callback(box, text=f"Scanning images with the {label} model…"),
+        )[layer]
+    slot.empty()
+    files: dict[str, bytes] = {}
+    head = st.columns([1, 4, 4])
+    head[1].markdown("**base model**")
+    head[2].markdown("**tuned model**")
+    for u in units:
+        cols = st.columns([1, 4, 4], vertical_alignment="center")
+        cols[0].markdown(f"unit **{u}**")
+        for col, (label, model) in zip(cols[1:], (("base", base), ("tuned", tuned)), strict=True):
+            ex = found[label]
+            patches = ex.patches(model, u, size=96)
+            values = [e.value for e in ex.examples(u)]
+            col.image(patches, width=80, caption=[f"{v:.2f}" for v in values])
+            for i, p in enumerate(patches):
+                name = f"{safe_filename(layer)}-unit{u}-{label}-example{i}.png"
+                files[name] = png_bytes(np.asarray(p.convert("RGB")))
+    used = found["base"].images_used
+    st.caption(
+        f"Strongest position of each unit over {used} images of the compared data, cropped to its receptive "
+        f"field; the number is the unit's activation there.{_sizes(base, tuned)}"
+    )
+    return files
+
+
+# --------------------------------------------------------------------------- attribution
+
+
+@st.cache_data(max_entries=64, show_spinner="Attributing with both models…")
+def _attribution_pair(
+    _base: LoadedModel,
+    base_key: tuple[Any, ...],
+    _tuned: LoadedModel,
+    tuned_key: tuple[Any, ...],
+    path: str,
+    layer: str,
+) -> tuple[Image.Image, Image.Image, tuple[float, float], str, str]:
+    from explorer.attribution import attribute, shared_scale
+    from explorer.data import load_image
+
+    del base_key, tuned_key
+    image = load_image(path)
+    rb = attribute(_base, image, [layer], "gradcam")
+    rt = attribute(_tuned, image, [layer], "gradcam")
+    lo, hi = shared_scale([rb, rt])
+    ob = rb.overlays(scale=(lo, hi))[layer]
+    ot = rt.overlays(scale=(lo, hi))[layer]
+    return ob, ot, (lo, hi), rb.target_name(0), rt.target_name(0)
+
+
+def attribution_images(folder: Path) -> list[Path]:
+    """A few images of `folder` for attribution: the first of each class, then more, up to MAX_ATTR_IMAGES."""
+    from explorer.data import list_images
+
+    files = list_images(folder)
+    firsts: dict[Path, Path] = {}
+    for p in files:
+        firsts.setdefault(p.parent, p)
+    picked = list(firsts.values())[:MAX_ATTR_IMAGES]
+    return picked + [p for p in files if p not in picked][: MAX_ATTR_IMAGES - len(picked)]
+
+
+def attribution_section(base: LoadedModel, tuned: LoadedModel, folder: Path, layer: str) -> dict[str, bytes]:
+    """Grad-CAM of `layer` in both models for one image of the data, on one shared colour scale."""
+    images = attribution_images(folder)
+    if not images:
+        st.info("The data folder has no images to attribute.")
+        return {}
+    names = [p.relative_to(folder).as_posix() for p in images]
+    if st.session_state.get("cmp_attr_image") not in names:
+        st.session_state["cmp_attr_image"] = names[0]
+    name = st.selectbox(
+        "Image", names, key="cmp_attr_image", help="A few images of the compared data, one per class first."
+    )
+    try:
+        ob, ot, (lo, hi), pb, pt = _attribution_pair(
+            base, model_key(base), tuned, model_key(tuned), str(folder / name), layer
+        )
+    except Exception as exc:
+        show_error(exc)
+        return {}
+    cols = st.columns(4)
+    cols[0].image(ob, caption=f"base · predicts {pb}", width="stretch")
+    cols[1].image(ot, caption=f"tuned · predicts {pt}", width="stretch")
+    st.caption(
+        f"Grad-CAM at {layer} for each model's own prediction, both on one colour scale [{lo:.3g}, {hi:.3g}]: "
+        f"brighter means more attribution, comparable across the two pictures.{_sizes(base, tuned)}"
+    )
+    stem = f"{safe_filename(layer)}-{safe_filename(Path(name).stem)}"
+    return {
+        f"{stem}-gradcam-base.png": png_bytes(np.asarray(ob)),
+        f"{stem}-gradcam-tuned.png": png_bytes(np.asarray(ot)),
+    }

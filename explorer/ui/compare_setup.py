@@ -1,0 +1,263 @@
+"""The Compare page's choices: the fine-tuned model, the images, the comparison settings, all kept in the URL.
+
+The URL is the source of truth (a link reopens the view); the session remembers the page's last values for
+visits without them (e.g. from the sidebar). Values from a link are checked: files and folders only inside the
+app's folders, numbers in range; a bad value gets one warning and the default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from explorer.cache import cache_root
+from explorer.models import LoadedModel
+from explorer.ui.common import checkpoint_arch_hint, get_model, save_upload, show_error
+from explorer.ui.runs import RunInfo, get_run, list_runs, runs_dir
+
+UPLOAD = "Upload a checkpoint…"
+DATA_SOURCES = {"demo:digits": "Demo: handwritten digits", "demo:shapes": "Demo: shapes"}
+FOLDER = "A folder on the server"
+INPUT_SIZES = (0, 64, 96, 128, 160, 224)  # 0: the tuned model's own input size
+DEFAULT_IMAGES = 200
+LAST = "cmp_last"  # session_state: the page's last URL state, for visits without it in the URL
+
+
+# --------------------------------------------------------------------------- URL state
+
+
+def param(name: str) -> str | None:
+    """The URL's value, else this session's last one on this page."""
+    value = st.query_params.get(name)
+    return value if value is not None else st.session_state.get(LAST, {}).get(name)
+
+
+def set_param(name: str, value: Any) -> None:
+    """Write a value to the URL and to the session's memory (None removes it)."""
+    last = st.session_state.setdefault(LAST, {})
+    if value is None:
+        st.query_params.pop(name, None)
+        last.pop(name, None)
+        return
+    text = str(value)
+    last[name] = text
+    if st.query_params.get(name) != text:
+        st.query_params[name] = text
+
+
+def from_widget(name: str, key: str) -> None:
+    set_param(name, st.session_state[key])
+
+
+def allowed_path(path: Path) -> bool:
+    """Files and folders a link may name: under the app's cache (runs, uploads) or the working folder."""
+    p = path.expanduser().resolve()
+    return any(p.is_relative_to(root.resolve()) for root in (cache_root(), Path.cwd()))
+
+
+# --------------------------------------------------------------------------- choosing the tuned model
+
+
+def _run_label(runs: dict[str, RunInfo], value: str) -> str:
+    if value == UPLOAD:
+        return value
+    run = runs.get(value)
+    if run is None:
+        return Path(value).name
+    acc = f" · val acc {100 * run.val_acc:.0f} %" if run.val_acc is not None else ""
+    return f"{run.name} · {run.data or '?'}{acc} · {run.status}"
+
+
+def _on_tuned() -> None:
+    """The tuned picker changed: a run or checkpoint goes in the URL; 'upload' is remembered in the session only."""
+    value = st.session_state["cmp_tuned"]
+    for name in ("tfp", "data"):  # another model: its own fingerprint, and by default its own training data
+        set_param(name, None)
+    if value == UPLOAD:
+        st.query_params.pop("tuned", None)
+        st.session_state.setdefault(LAST, {})["tuned"] = UPLOAD
+    else:
+        set_param("tuned", value)
+
+
+def choose_tuned(base: LoadedModel) -> tuple[LoadedModel, RunInfo | None] | None:
+    runs = {r.name: r for r in list_runs()}
+    wanted = param("tuned")
+    if wanted and wanted not in runs and wanted != UPLOAD:
+        run = get_run(wanted)
+        if run is not None:
+            runs[run.name] = run
+        elif not (Path(wanted).suffix and Path(wanted).is_file() and allowed_path(Path(wanted))):
+            st.warning(
+                f"tuned={wanted!r} is not a saved fine-tuning run or a checkpoint in the app's folders.",
+                icon=":material/link_off:",
+            )
+            wanted = None
+    options = [*runs, *([wanted] if wanted and wanted not in runs and wanted != UPLOAD else []), UPLOAD]
+    value = wanted or (next(iter(runs)) if runs else UPLOAD)
+    st.session_state["cmp_tuned"] = value
+    st.selectbox(
+        "Fine-tuned model",
+        options,
+        key="cmp_tuned",
+        format_func=lambda v: _run_label(runs, v),
+        on_change=_on_tuned,
+        help=f"Runs of the Fine-tune page (saved under {runs_dir()}), or a checkpoint you upload.",
+    )
+    if value == UPLOAD:
+        st.query_params.pop("tuned", None)
+        st.session_state.setdefault(LAST, {})["tuned"] = UPLOAD
+        if not runs:
+            st.info(
+                "No fine-tuned runs yet: train one on the Fine-tune page, or upload a fine-tuned checkpoint of "
+                f"{base.arch}.",
+                icon=":material/info:",
+            )
+        up = st.file_uploader(
+            "Checkpoint (.safetensors, .pt, .pth)", type=["safetensors", "pt", "pth", "bin"], key="cmp_upload"
+        )
+        if up is None:
+            return None
+        try:
+            path = save_upload(up.name, up.getvalue())
+        except Exception as exc:
+            show_error(exc)
+            return None
+        set_param("tuned", str(path))
+        st.rerun()
+    run = runs.get(value)
+    path = run.path if run else Path(value)
+    try:
+        with st.spinner("Loading the fine-tuned model…"):
+            tuned = get_model(str(path), checkpoint_arch_hint(path) or base.arch)  # no metadata: the base's
+    except Exception as exc:
+        show_error(exc)
+        return None
+    set_param("tuned", value)
+    old = st.query_params.get("tfp")
+    if old and not tuned.fingerprint.startswith(old):
+        st.warning(
+            f"The weights of {Path(value).name} changed since this link was made (fingerprint "
+            f"{tuned.short_fingerprint}, the link says {old}).",
+            icon=":material/history:",
+        )
+    set_param("tfp", tuned.fingerprint[:12])
+    return tuned, run
+
+
+# --------------------------------------------------------------------------- data and settings
+
+
+def choose_data(run: RunInfo | None, tuned: LoadedModel) -> tuple[str, Path] | None:
+    """The images to compare on: by default those the tuned model was trained on (its run, or its metadata)."""
+    from explorer.data import resolve_data
+
+    sources = dict(DATA_SOURCES)
+    meta_data = tuned.metadata.get("data") if isinstance(tuned.metadata.get("data"), dict) else {}
+    own = (run.data if run else None) or meta_data.get("source") or None
+    if own:
+        sources = {own: f"Its training data ({own})", **{k: v for k, v in sources.items() if k != own}}
+    wanted = param("data") or own or "demo:shapes"
+    if wanted not in sources and wanted != FOLDER:
+        if wanted.startswith("demo:") or allowed_path(Path(wanted)):
+            sources[wanted] = wanted
+        else:
+            st.warning(
+                f"data={wanted!r} is outside the app's folders; using {own or 'demo:shapes'}.",
+                icon=":material/link_off:",
+            )
+            wanted = own or "demo:shapes"
+    options = [*sources, FOLDER]
+    st.session_state["cmp_data"] = wanted
+    choice = st.selectbox(
+        "Images to compare on",
+        options,
+        key="cmp_data",
+        format_func=lambda v: sources.get(v, v),
+        on_change=from_widget,
+        args=("data", "cmp_data"),
+        help="Your own image folder (one sub-folder per class) for real work; the demos need no download.",
+    )
+    if choice == FOLDER:
+        typed = st.text_input("Folder on the server", key="cmp_folder", placeholder="/path/to/images")
+        if not typed.strip():
+            st.info("Type the path of an image folder with one sub-folder per class.", icon=":material/folder:")
+            return None
+        choice = typed.strip()
+    try:
+        with st.spinner(f"Preparing {choice}…"):
+            root = resolve_data(choice)
+    except Exception as exc:
+        show_error(exc)
+        return None
+    set_param("data", choice)
+    return choice, root
+
+
+def int_param(name: str, default: int, lo: int, hi: int) -> int:
+    text = param(name)
+    try:
+        value = int(text) if text is not None else default
+    except ValueError:
+        value = -1
+    if not lo <= value <= hi:
+        st.warning(f"{name}={text!r} is not between {lo} and {hi}; using {default}.", icon=":material/link_off:")
+        value = default
+    return value
+
+
+def choose_settings(tuned: LoadedModel) -> dict[str, Any]:
+    images = int_param("images", DEFAULT_IMAGES, 8, 100_000)
+    size = int_param("input", 0, 0, 1024)
+    size = size if size in INPUT_SIZES else 0
+    probes = param("probes") != "0"
+    st.session_state.update(cmp_images=images, cmp_input=size, cmp_probes=probes)
+    with st.expander(
+        f"Comparison settings: up to {images} images · input "
+        f"{size or tuned.input_size[0]} px · probes {'on' if probes else 'off'}"
+    ):
+        c = st.columns(3)
+        c[0].number_input(
+            "Images (at most)",
+            8,
+            100_000,
+            step=50,
+            key="cmp_images",
+            on_change=from_widget,
+            args=("images", "cmp_images"),
+            help="A class-stratified subset; more is slower but tightens the CKA intervals.",
+        )
+        c[1].selectbox(
+            "Input size (px)",
+            INPUT_SIZES,
+            key="cmp_input",
+            on_change=from_widget,
+            args=("input", "cmp_input"),
+            format_func=lambda s: f"{s}" if s else "the tuned model's",
+        )
+        c[2].toggle(
+            "Linear probes per layer",
+            key="cmp_probes",
+            help="Logistic regression on the base model's pooled features, 5-fold cross-validated.",
+            on_change=lambda: set_param("probes", int(st.session_state["cmp_probes"])),
+        )
+    for name, value in (("images", images), ("input", size), ("probes", int(probes))):
+        set_param(name, value)
+    return {
+        "max_images": images,
+        "input_size": size or None,
+        "probes": probes,
+        "n_boot": 1000,
+        "probe_folds": 5,
+        "seed": 0,
+    }
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def data_signature(root: str) -> str:
+    from explorer.data import list_images
+    from explorer.examples import folder_signature
+
+    return folder_signature(Path(root), list_images(root))

@@ -1,0 +1,138 @@
+"""Comparison results kept for instant revisits: in memory for this process, and as JSON in the disk cache.
+
+A report is keyed by everything that decides it: both models' fingerprints, a signature of the image folder's
+files, the comparison settings and the report's schema. A revisit (another session, a reopened link, a restart)
+reads it back instead of recomputing. The same-seed renders are not part of a stored report (they have their
+own cache). No Streamlit calls here except the process-wide store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from explorer.cache import Cache, make_key
+from explorer.comparison import ComparisonReport, LayerComparison
+from explorer.recommend import GuideCell, Recommendation
+
+KIND = "compare"
+VERSION = 1
+MEMORY_ENTRIES = 16
+SUFFIX = ".report.json"  # not ".json": Cache keeps each entry's metadata in <key>.json
+_FLOATS = {"cka", "cka_low", "cka_high"}
+
+
+def report_key(base_fp: str, tuned_fp: str, data_signature: str, settings: dict[str, Any]) -> str:
+    """The cache key of a comparison: models, data, settings, and the report's field names (its schema)."""
+    schema = [f.name for f in dataclasses.fields(LayerComparison)] + [
+        f.name for f in dataclasses.fields(Recommendation)
+    ]
+    return make_key(
+        kind=KIND, version=VERSION, base=base_fp, tuned=tuned_fp, data=data_signature, settings=settings, schema=schema
+    )
+
+
+def _nan(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) else float("nan")
+
+
+def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
+
+
+def report_from_dict(d: dict[str, Any]) -> ComparisonReport:
+    """Rebuild a ComparisonReport from its `to_dict()` (nulls back to NaN where the record holds floats)."""
+    layers = []
+    for row in d["layers"]:
+        row = {k: (_nan(v) if k in _FLOATS else v) for k, v in _known(LayerComparison, row).items()}
+        layers.append(LayerComparison(**row))
+    rec = dict(d["recommendation"])
+    rec["guide"] = GuideCell(**_known(GuideCell, rec["guide"]))
+    recommendation = Recommendation(**_known(Recommendation, rec))
+    rest = _known(ComparisonReport, d)
+    rest.update(layers=layers, recommendation=recommendation, chance=_nan(d.get("chance")), renders={})
+    return ComparisonReport(**rest)
+
+
+@st.cache_resource(show_spinner=False)
+def _memory() -> tuple[OrderedDict[str, ComparisonReport], threading.Lock]:
+    return OrderedDict(), threading.Lock()
+
+
+def get_report(key: str, cache: Cache | None = None) -> ComparisonReport | None:
+    """The stored report for `key` (memory first, then disk), or None."""
+    memory, lock = _memory()
+    with lock:
+        if key in memory:
+            memory.move_to_end(key)
+            return memory[key]
+    entry = (cache or Cache()).get(KIND, key, suffix=SUFFIX)
+    if entry is None:
+        return None
+    try:
+        report = report_from_dict(json.loads(entry.data))
+    except (KeyError, TypeError, ValueError):  # an older or damaged record: recompute
+        return None
+    _remember(key, report)
+    return report
+
+
+def put_report(key: str, report: ComparisonReport, cache: Cache | None = None) -> None:
+    """Keep `report` in memory and on disk (an unwritable cache only loses the disk copy)."""
+    _remember(key, report)
+    meta = {"base": report.base.get("spec"), "tuned": report.tuned.get("spec"), "data": report.data.get("source")}
+    with contextlib.suppress(OSError):
+        (cache or Cache()).put(KIND, key, report.to_json().encode(), meta, suffix=SUFFIX)
+
+
+def _remember(key: str, report: ComparisonReport) -> None:
+    memory, lock = _memory()
+    with lock:
+        memory[key] = report
+        memory.move_to_end(key)
+        while len(memory) > MEMORY_ENTRIES:
+            memory.popitem(last=False)
+
+
+def with_renders(report: ComparisonReport, layer: str | None, renders: dict[str, Any]) -> ComparisonReport:
+    """A copy of `report` carrying one layer's same-seed renders, so its HTML export shows them (as data URIs)."""
+    return dataclasses.replace(report, renders={layer: renders} if layer and renders else {})
+
+
+def subset_folder(root: Path, max_images: int | None, seed: int, cache_dir: Path) -> Path:
+    """A folder of links to a class-stratified subset of `root`'s images (as `compare` samples them), or `root`.
+
+    Dataset examples scan a whole folder; pointing them at the compared subset bounds their cost by the same
+    `max_images`. Links are made once per subset (content-addressed folder name) and never overwrite a file.
+    """
+    from explorer.data import list_images
+    from explorer.imagesets import stratified_subset
+
+    files = list_images(root)
+    if max_images is None or len(files) <= max_images:
+        return root
+    labels_of = {}
+    labels = [
+        labels_of.setdefault(p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "", len(labels_of))
+        for p in files
+    ]
+    keep = stratified_subset(labels, max_images, seed)
+    target = cache_dir / make_key(root=str(root.resolve()), files=[str(files[i]) for i in keep])[:24]
+    done = target / ".complete"
+    if done.exists():
+        return target
+    for i in keep:
+        link = target / files[i].relative_to(root)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            link.symlink_to(files[i].resolve())
+    done.touch()
+    return target

@@ -1,0 +1,211 @@
+"""The freeze panel: a freeze point as a greyed ladder, Keras-style parameter counts, the recommendation and why,
+the lecture's 2×2 guide with the user's case marked, and the PyTorch code that freezes there.
+
+Counts come from `explorer.freeze.freeze_table` (one trace for every candidate, cached per model fingerprint and
+class count), and each point's code from `freeze_code` (cached per point), so moving the freeze point only
+redraws: nothing is traced again for a point seen before.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from explorer.freeze import FreezeSummary, freeze_code, freeze_table
+from explorer.models import LoadedModel
+from explorer.ui.common import model_key
+
+NONE = "none"  # the freeze point that trains every layer
+GUIDE_CELLS = {
+    ("small", "similar"): "Linear classifier on the top features",
+    ("small", "different"): "Classifier on earlier layers",
+    ("large", "similar"): "Fine-tune the top layers",
+    ("large", "different"): "Fine-tune most / all layers",
+}
+FROZEN_STYLE = "color: #9a9a9a; background-color: #f1f1f1"
+
+
+# --------------------------------------------------------------------------- cached engine calls
+
+
+@st.cache_data(max_entries=16, show_spinner="Counting parameters for every freeze point…")
+def _table(_model: LoadedModel, key: tuple[Any, ...], num_classes: int | None) -> dict[str, FreezeSummary]:
+    del key
+    return {(s.freeze_after or NONE): s for s in freeze_table(_model, num_classes=num_classes)}
+
+
+def summaries(model: LoadedModel, num_classes: int | None) -> dict[str, FreezeSummary]:
+    """Freeze point ('none' or a ladder layer before the head) → its parameter counts, in depth order."""
+    return _table(model, model_key(model), num_classes)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _code(_model: LoadedModel, key: tuple[Any, ...], point: str) -> str:
+    del key
+    return freeze_code(_model, None if point == NONE else point)
+
+
+def code_for(model: LoadedModel, point: str) -> str:
+    """The PyTorch snippet that freezes `model` after `point` (cached per model and point)."""
+    return _code(model, model_key(model), point)
+
+
+# --------------------------------------------------------------------------- pieces (plain data, tested)
+
+
+def count(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k" if n >= 1e3 else str(n)
+
+
+def keras_summary(s: FreezeSummary) -> str:
+    """The three lines Keras prints under a model summary."""
+    return (
+        f"Total params: {s.total:,}\nTrainable params: {s.trainable:,}\nNon-trainable params: {s.non_trainable:,}\n"
+        f"+ {s.frozen_buffers:,} BatchNorm statistics frozen"
+    )
+
+
+def _fmt(value: Any, pattern: str) -> str:
+    return pattern.format(value) if isinstance(value, (int, float)) and math.isfinite(value) else "—"
+
+
+def ladder_frame(report: Any, point: str) -> pd.DataFrame:
+    """One row per ladder block: frozen (at or before `point`), trainable, or the new head; with its measurements
+    (as display strings, '—' where there is none: Δw is the relative weight change, probe the base probe accuracy)."""
+    cut = next((r.index for r in report.layers if r.name == point), -1)
+    rows = []
+    for r in report.layers:
+        state = "new head" if r.new_head else "frozen" if r.index <= cut else "trainable" if r.params else "—"
+        rows.append(
+            {
+                "layer": r.name,
+                "params": int(r.params),
+                "state": state,
+                "CKA": _fmt(r.cka, "{:.3f}"),
+                "Δw %": _fmt(100 * r.weight_change if r.weight_change is not None else None, "{:.2f}"),
+                "probe %": _fmt(100 * r.probe_acc if r.probe_acc is not None else None, "{:.0f}"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def guide_markdown(guide: Any) -> str:
+    """The 2×2 guide as a markdown table with the user's cell highlighted."""
+
+    def cell(size: str, sim: str) -> str:
+        text = GUIDE_CELLS[(size, sim)]
+        return f":orange-background[**{text} ← your case**]" if (size, sim) == (guide.size, guide.similarity) else text
+
+    return (
+        "| | similar to ImageNet | different from ImageNet |\n|---|---|---|\n"
+        f"| **little data** | {cell('small', 'similar')} | {cell('small', 'different')} |\n"
+        f"| **lots of data** | {cell('large', 'similar')} | {cell('large', 'different')} |"
+    )
+
+
+def guide_why(guide: Any) -> str:
+    m = guide.measurements
+
+    def pct(v: Any) -> str:
+        return f"{100 * v:.0f} %" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
+
+    return (
+        f"{m.get('images_per_class')} images per class ('little data' below {m.get('small_below_per_class')}); "
+        f"the base model's features separate your classes best at {m.get('best_probe_layer')} "
+        f"({pct(m.get('best_probe_acc'))}), at the top ({m.get('top_probe_layer')}) {pct(m.get('top_probe_acc'))}."
+    )
+
+
+_COUNTS_LINE = re.compile(r"^# [\d,]+ trainable, [\d,]+ non-trainable of [\d,]+ parameters\.$", re.MULTILINE)
+
+
+def with_counts(code: str, s: FreezeSummary, num_classes: int) -> str:
+    """The snippet with its counts comment made to match the panel (a new head for the data's classes).
+
+    `freeze_code` counts the model as loaded (e.g. a 1000-class ImageNet head); the fine-tune replaces the head.
+    """
+    head = f" (with a new {num_classes}-class head)" if num_classes else ""
+    line = f"# {s.trainable:,} trainable, {s.non_trainable:,} non-trainable of {s.total:,} parameters{head}."
+    return _COUNTS_LINE.sub(line, code, count=1)
+
+
+# --------------------------------------------------------------------------- the panel
+
+
+def finetune_page_available() -> bool:
+    return importlib.util.find_spec("explorer.ui.pages.finetune") is not None
+
+
+def send_to_finetune(point: str, query: dict[str, str]) -> None:
+    """Open the Fine-tune page with this freeze point (and the model and data) in its URL."""
+    from explorer.ui.gallery import page_ref
+
+    st.switch_page(page_ref("finetune", "Fine-tune"), query_params={**query, "freeze": point})
+
+
+def render_panel(model: LoadedModel, report: Any, point: str, *, query: dict[str, str], key: str = "fp") -> None:
+    """Draw the freeze panel for `point` ('none' or a layer) of `model` given a comparison `report`."""
+    table = summaries(model, len(report.data.get("classes") or []) or None)
+    s = table.get(point) or table[NONE]
+    rec = report.recommendation
+    st.subheader(f"Freeze up to {point}" if point != NONE else "Train every layer")
+    left, right = st.columns([1.1, 1], gap="large")
+    with left:
+        df = ladder_frame(report, point)
+        styled = df.style.apply(lambda row: [FROZEN_STYLE if row["state"] == "frozen" else ""] * len(row), axis=1)
+        st.dataframe(
+            styled,
+            hide_index=True,
+            height=min(35 * (len(df) + 1) + 3, 780),
+            key=f"{key}_ladder",
+            column_config={
+                "params": st.column_config.NumberColumn("params", format="localized"),
+                "Δw %": st.column_config.TextColumn("Δw %", help="Relative weight change ‖W_ft − W_pre‖ / ‖W_pre‖"),
+                "probe %": st.column_config.TextColumn("probe %", help="Linear-probe accuracy on the base features"),
+            },
+        )
+    with right:
+        c = st.columns(3)
+        c[0].metric("Trainable params", count(s.trainable), help=f"{s.trainable:,}")
+        c[1].metric("Non-trainable params", count(s.non_trainable), help=f"{s.non_trainable:,}")
+        c[2].metric("Total params", count(s.total), help=f"{s.total:,}")
+        st.progress(s.trainable_fraction, text=f"{100 * s.trainable_fraction:.1f} % of the parameters train")
+        st.code(keras_summary(s), language="text")
+        chosen_is_rec = (rec.freeze_after or NONE) == point
+        head = f"**Recommended: freeze up to `{rec.freeze_after or 'nothing (train every layer)'}`**"
+        box = st.success if chosen_is_rec else st.info
+        box(f"{head}{' (your choice)' if chosen_is_rec else ''}. {rec.reason}", icon=":material/recommend:")
+        st.markdown("**Where your case sits** (the lecture's 2×2 guide, placed from your measurements)")
+        st.markdown(guide_markdown(rec.guide))
+        st.caption(f"{rec.guide.advice} {guide_why(rec.guide)}")
+        with st.expander("Evidence and caveats"):
+            st.markdown("\n".join(f"- {e}" for e in [*rec.evidence, *rec.caveats, *report.warnings]))
+    code = with_counts(code_for(model, point), s, len(report.data.get("classes") or []))
+    st.markdown("**PyTorch: freeze there** (the copy button is at the code's top right)")
+    st.code(code, language="python")
+    c = st.columns([1, 1, 2], vertical_alignment="center")
+    c[0].download_button(
+        "Download freeze.py",
+        code.encode(),
+        file_name=f"freeze_{point.replace('.', '_')}.py",
+        mime="text/x-python",
+        icon=":material/download:",
+        on_click="ignore",
+        key=f"{key}_code_download",
+    )
+    available = finetune_page_available()
+    if c[1].button(
+        "Fine-tune with this freeze point",
+        key=f"{key}_send",
+        icon=":material/model_training:",
+        disabled=not available,
+        type="primary",
+    ):
+        send_to_finetune(point, query)
+    if not available:
+        c[2].caption("The Fine-tune page is not part of this app build, so the freeze point cannot be sent there.")

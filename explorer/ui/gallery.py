@@ -1,0 +1,393 @@
+"""Image grids, downloads and progressive feature-visualization renders, shared by the Progression, Layer and
+Unit pages (and reusable by Compare).
+
+- `Tile` / `tile_grid`: a fixed slot per image (image, caption, actions) that previews can overwrite in place.
+- `zip_bytes`, `png_download`: files for the download buttons.
+- `RenderSettings`: preset, seed, steps, size, kept in the URL (`?preset=…&seed=…&steps=…&size=…`) and edited
+  in `settings_form`; `link_params` carries them (and the model) into links to other pages.
+- `render_tiles`: cached images appear at once; the misses are rendered in bounded batches, each stored in the
+  disk cache only when complete, with a progress bar, previews in the tiles and a Stop button.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from explorer.cache import Cache, make_key
+from explorer.errors import ExplorerError
+from explorer.featurevis import PRESETS, Objective, Preset, get_preset, lookup, render_cached
+from explorer.featurevis.render import default_batch_size, groups_of
+from explorer.models import LoadedModel
+from explorer.ui.common import ARCH_KEY, SPEC_KEY
+
+PLACEHOLDER = np.full((8, 8, 3), 236, dtype=np.uint8)  # a light grey square until a tile has its image
+
+# --------------------------------------------------------------------------- files
+
+
+def safe_filename(text: str) -> str:
+    """A file name from a layer or unit label: dots and dashes kept, anything else becomes '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "image"
+
+
+def zip_bytes(files: Mapping[str, bytes]) -> bytes:
+    """A zip archive of name → bytes (PNGs are stored, not recompressed)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            kind = zipfile.ZIP_STORED if name.lower().endswith(".png") else zipfile.ZIP_DEFLATED
+            zf.writestr(name, data, compress_type=kind)
+    return buf.getvalue()
+
+
+def png_download(container: Any, data: bytes, file_name: str, *, key: str, label: str = "PNG") -> None:
+    """A small download button for one PNG that does not rerun the page."""
+    container.download_button(
+        label, data, file_name=file_name, mime="image/png", key=key, icon=":material/download:", on_click="ignore"
+    )
+
+
+# --------------------------------------------------------------------------- tiles
+
+
+class Tile:
+    """One image slot: the picture, a caption under it, and a container for links and buttons."""
+
+    def __init__(self, container: Any) -> None:
+        self.box = container.container()
+        self._image = self.box.empty()
+        self._caption = self.box.empty()
+        self.actions = self.box.container()
+
+    def show(self, image: np.ndarray | None, caption: str | None = None) -> None:
+        """Draw (or redraw) the image; None draws a grey placeholder."""
+        self._image.image(PLACEHOLDER if image is None else image, width="stretch", output_format="PNG")
+        if caption is not None:
+            self._caption.caption(caption)
+
+
+def tile_grid(n: int, cols: int, container: Any = None, caption: str = "") -> list[Tile]:
+    """`n` tiles in rows of `cols` columns, each showing a placeholder and `caption` until it is filled."""
+    box = container if container is not None else st.container()
+    tiles: list[Tile] = []
+    for start in range(0, n, cols):
+        columns = box.columns(cols)
+        for j in range(min(cols, n - start)):
+            tile = Tile(columns[j])
+            tile.show(None, caption)
+            tiles.append(tile)
+    return tiles
+
+
+# --------------------------------------------------------------------------- settings in the URL
+
+SETTINGS_KEY = "fv_settings"  # session_state: the last settings, for pages opened without them in the URL
+SETTING_PARAMS = ("preset", "seed", "steps", "size")
+LIMITS = {"seed": (0, 2**31 - 1), "steps": (1, 4096), "size": (16, 1024)}
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """What the pages render with; steps/size None mean the preset's own."""
+
+    preset: str = "fast"
+    seed: int = 0
+    steps: int | None = None
+    size: int | None = None
+
+    def resolved(self) -> Preset:
+        return get_preset(self.preset, steps=self.steps, size=self.size)
+
+    def query(self) -> dict[str, str]:
+        """The URL parameters for these settings (steps and size only when they override the preset)."""
+        q = {"preset": self.preset, "seed": str(self.seed)}
+        q.update({k: str(v) for k, v in (("steps", self.steps), ("size", self.size)) if v is not None})
+        return q
+
+    def describe(self) -> str:
+        p = self.resolved()
+        return f"{p.name} · {p.steps} steps · {p.size} px · seed {self.seed}"
+
+
+def _parse_int(name: str, text: str) -> int:
+    lo, hi = LIMITS[name]
+    try:
+        value = int(text)
+    except ValueError:
+        raise ExplorerError(f"{name}={text!r} is not a whole number.") from None
+    if not lo <= value <= hi:
+        raise ExplorerError(f"{name}={value} is outside {lo}–{hi}.")
+    return value
+
+
+def settings_from_url(default: RenderSettings | None = None) -> RenderSettings:
+    """The render settings named in the URL (else the session's last, else `default`), written back to the URL.
+
+    A bad value is reported in one warning and replaced by the fallback; the page keeps working.
+    """
+    base = st.session_state.get(SETTINGS_KEY) or default or RenderSettings()
+    qp = st.query_params
+    changes: dict[str, Any] = {}
+    problems = []
+    if "preset" in qp:
+        if qp["preset"] in PRESETS:
+            changes["preset"] = qp["preset"]
+        else:
+            problems.append(f"preset={qp['preset']!r} is unknown (use {', '.join(PRESETS)})")
+    for name in ("seed", "steps", "size"):
+        if name in qp:
+            try:
+                changes[name] = _parse_int(name, qp[name])
+            except ExplorerError as exc:
+                problems.append(str(exc).rstrip("."))
+    if "preset" in changes and changes["preset"] != base.preset:  # another preset: its own steps and size
+        base = replace(base, steps=None, size=None)
+    settings = replace(base, **changes)
+    if problems:
+        st.warning(
+            f"Ignored from the link: {'; '.join(problems)}. Using {settings.describe()}.", icon=":material/link_off:"
+        )
+    use_settings(settings)
+    return settings
+
+
+def use_settings(settings: RenderSettings) -> None:
+    """Make `settings` the session's and the URL's."""
+    st.session_state[SETTINGS_KEY] = settings
+    wanted = settings.query()
+    for name in SETTING_PARAMS:
+        if name in wanted and st.query_params.get(name) != wanted[name]:
+            st.query_params[name] = wanted[name]
+        elif name not in wanted and name in st.query_params:
+            del st.query_params[name]
+
+
+def _submit_settings(key: str) -> None:
+    s = st.session_state
+    preset = s[f"{key}_preset"]
+    use_settings(RenderSettings(preset, int(s[f"{key}_seed"]), s[f"{key}_steps"], s[f"{key}_size"]))
+
+
+def _set_preset(preset: str) -> None:
+    current = st.session_state.get(SETTINGS_KEY) or RenderSettings()
+    use_settings(RenderSettings(preset, current.seed))
+
+
+def settings_form(settings: RenderSettings, key: str) -> None:
+    """The render settings in a form (applied on submit), plus one-click quality presets."""
+    p = settings.resolved()
+    state = st.session_state
+    if state.get(f"{key}_shown") != settings:  # new settings (a link, a button): show them; else keep edits
+        state[f"{key}_preset"], state[f"{key}_seed"] = settings.preset, settings.seed
+        state[f"{key}_steps"], state[f"{key}_size"] = settings.steps, settings.size
+        state[f"{key}_shown"] = settings
+    with st.form(f"{key}_form", border=True):
+        c = st.columns([1.2, 1, 1, 1, 1], vertical_alignment="bottom")
+        c[0].selectbox(
+            "Preset",
+            list(PRESETS),
+            key=f"{key}_preset",
+            help="fast: CPU previews; classic: Lucent's defaults (512 steps); maco: phase-only, best on deep layers.",
+        )
+        c[1].number_input("Steps", *LIMITS["steps"], step=16, key=f"{key}_steps", placeholder=f"{p.steps}")
+        c[2].number_input("Size (px)", *LIMITS["size"], step=16, key=f"{key}_size", placeholder=f"{p.size}")
+        c[3].number_input("Seed", *LIMITS["seed"], step=1, key=f"{key}_seed")
+        c[4].form_submit_button(
+            "Apply", on_click=_submit_settings, args=(key,), icon=":material/tune:", key=f"{key}_apply"
+        )
+    c = st.columns([3, 1, 1], vertical_alignment="center")
+    c[0].caption(f"Rendering with **{settings.describe()}**. Empty steps/size use the preset's.")
+    for col, name in zip(c[1:], ("classic", "maco"), strict=True):
+        col.button(
+            f"Render with {name}",
+            key=f"{key}_{name}",
+            on_click=_set_preset,
+            args=(name,),
+            disabled=settings.preset == name and settings.steps is None and settings.size is None,
+            width="stretch",
+        )
+
+
+def link_params(settings: RenderSettings, **extra: Any) -> dict[str, str]:
+    """Query parameters for a link to another page: the session's model, the settings, and `extra`."""
+    q: dict[str, str] = {}
+    if st.session_state.get(SPEC_KEY):
+        q["model"] = st.session_state[SPEC_KEY]
+    if st.session_state.get(ARCH_KEY):
+        q["arch"] = st.session_state[ARCH_KEY]
+    return {**q, **settings.query(), **{k: str(v) for k, v in extra.items()}}
+
+
+def page_ref(name: str, title: str) -> st.Page:
+    """The st.Page of one of the app's pages, for st.page_link / st.switch_page (its hash is its url_path)."""
+    from explorer.ui.pages import page
+
+    return page(name, title)
+
+
+# --------------------------------------------------------------------------- progressive render
+
+
+@dataclass
+class Rendered:
+    """What `render_tiles` produced: per objective its image, PNG and final objective value (None if missing)."""
+
+    images: list[np.ndarray | None]
+    png: list[bytes | None]
+    values: list[float | None]
+    cached: int = 0
+    rendered: int = 0
+    stopped: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return all(im is not None for im in self.images)
+
+
+def pack_batches(model: LoadedModel, objectives: Sequence[Objective]) -> list[list[int]]:
+    """Indices in bounded batches (device-sized; a diversity group never split), each stored once complete."""
+    size = default_batch_size(model.device, len(objectives))
+    batches: list[list[int]] = []
+    for group in groups_of(objectives):
+        if batches and len(batches[-1]) + len(group) <= size:
+            batches[-1].extend(group)
+        else:
+            batches.append(list(group))
+    return batches
+
+
+def render_signature(model: LoadedModel, objectives: Sequence[Objective], settings: RenderSettings) -> str:
+    """What a Stop refers to: this model, these objectives, these settings (other work is not stopped)."""
+    preset = settings.resolved()
+    return make_key(
+        model=model.fingerprint,
+        objectives=[o.key for o in objectives],
+        preset=preset.cache_params(),
+        seed=settings.seed,
+    )
+
+
+def stopped_key(key: str) -> str:
+    """The session_state entry holding the signature of the stopped work of a render area."""
+    return f"{key}_stopped"
+
+
+def _stop(key: str, signature: str) -> None:
+    st.session_state[stopped_key(key)] = signature
+
+
+def _resume(key: str) -> None:
+    st.session_state.pop(stopped_key(key), None)
+
+
+def stop_control(container: Any, key: str, signature: str) -> bool:
+    """Whether the work named by `signature` was stopped (then offer Resume); else draw a Stop button."""
+    if st.session_state.get(stopped_key(key)) == signature:
+        return True
+    container.button("Stop", key=f"{key}_stop", on_click=_stop, args=(key, signature), icon=":material/stop:")
+    return False
+
+
+def render_tiles(
+    model: LoadedModel,
+    objectives: Sequence[Objective],
+    settings: RenderSettings,
+    tiles: Sequence[Tile],
+    captions: Sequence[str],
+    *,
+    key: str,
+    status: Any = None,
+    batches: Sequence[Sequence[int]] | None = None,
+    cache: Cache | None = None,
+) -> Rendered:
+    """Fill `tiles[i]` with objective i's image: hits from the disk cache at once, misses rendered batch by batch.
+
+    Each batch goes through `render_cached`, which stores its images only after the whole batch finished, so an
+    interrupted render (Stop, or any widget interaction that reruns the page) never leaves partial images in the
+    cache. Progress and the Stop button go in `status` (a container above the tiles).
+    """
+    cache = cache or Cache()
+    preset = settings.resolved()
+    n = len(objectives)
+    out = Rendered([None] * n, [None] * n, [None] * n)
+    todo: list[tuple[list[int], int]] = []  # (batch, images it must render)
+    for batch in [list(b) for b in batches] if batches is not None else pack_batches(model, objectives):
+        objs = [objectives[i] for i in batch]
+        entries = lookup(model, objs, preset, settings.seed, cache=cache)
+        missing = {j for j, e in enumerate(entries) if e is None}
+        for group in groups_of(objs):  # a group with any miss is rendered whole
+            if missing.intersection(group):
+                missing.update(group)
+        for j, (i, entry) in enumerate(zip(batch, entries, strict=True)):
+            if entry is not None and j not in missing:
+                curve = entry.meta.get("curve") or [float("nan")]
+                _fill(out, tiles, captions, i, entry.image(), entry.data, float(curve[-1]))
+                out.cached += 1
+        if missing:
+            todo.append((batch, len(missing)))
+    if not todo:
+        return out
+    slot = (status if status is not None else st).empty()
+    box = slot.container()
+    signature = render_signature(model, objectives, settings)
+    left, right = box.columns([6, 1], vertical_alignment="center")
+    if stop_control(right, key, signature):
+        waiting = sum(m for _, m in todo)
+        left.info(f"Stopped: {waiting} of {n} images are not rendered yet.", icon=":material/pause_circle:")
+        right.button("Resume", key=f"{key}_resume", on_click=_resume, args=(key,), icon=":material/play_arrow:")
+        out.stopped = True
+        return out
+    total = sum(m for _, m in todo) * preset.steps
+    bar = left.progress(0.0, text=f"Rendering {total // preset.steps} images ({settings.describe()})…")
+    done_before = 0
+    started = time.monotonic()
+    try:
+        for batch, n_missing in todo:
+            objs = [objectives[i] for i in batch]
+            on_step = _progress(bar, tiles, captions, batch, done_before, total, started)
+            result = render_cached(model, objs, preset, seed=settings.seed, progress=on_step, cache=cache)
+            for j, i in enumerate(batch):
+                _fill(out, tiles, captions, i, result.images[j], result.png[j], float(result.final[j]))
+            out.rendered += int((~result.hits).sum())
+            done_before += n_missing * preset.steps
+    except Exception:
+        slot.empty()  # no Stop button left behind; the caller shows the error
+        raise
+    slot.empty()
+    return out
+
+
+def _fill(
+    out: Rendered, tiles: Sequence[Tile], captions: Sequence[str], i: int, image: np.ndarray, data: bytes, value: float
+) -> None:
+    out.images[i], out.png[i], out.values[i] = image, data, value
+    tiles[i].show(image, f"{captions[i]} · {value:.2f}")
+
+
+def _progress(
+    bar: Any, tiles: Sequence[Tile], captions: Sequence[str], batch: list[int], before: int, total: int, started: float
+) -> Any:
+    """A progress callback for one batch: the bar over all batches, previews drawn into their tiles."""
+    last = [0.0]
+
+    def update(done: int, _total: int, preview: Any = None) -> None:
+        now = time.monotonic()
+        if preview is not None:
+            for im, j in zip(preview.images, preview.indices, strict=True):
+                tiles[batch[j]].show(im, f"{captions[batch[j]]} · step {preview.step}/{preview.steps}")
+        if preview is None and now - last[0] < 0.15:
+            return
+        last[0] = now
+        frac = min((before + done) / max(total, 1), 1.0)
+        bar.progress(frac, text=f"Rendering… {frac:.0%} · {now - started:.0f} s")
+
+    return update

@@ -1,0 +1,526 @@
+"""Attribution page: which parts of an image, at every depth, drive a prediction, and which channels carry it.
+
+One method at a time, its cost shown before it runs; every block with a spatial map from early to late, raw
+magnitudes on one colour scale by default (DESIGN §5). The top channels of each layer (gradient × activation)
+come with their feature visualizations (fast preset, served from the cache) and link to the Unit page.
+The view lives in the URL: ``?method=…&target=…&sample=…&scale=…`` (no target: the predicted class).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import io
+import json
+import math
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import streamlit as st
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from explorer import featurevis as fv
+from explorer.attribution import (
+    COLORMAPS,
+    METHODS,
+    AttributionResult,
+    MethodCost,
+    attribute,
+    availability,
+    colorize,
+    method_cost,
+    overlay,
+    resolve_layers,
+)
+from explorer.attribution.colour import DEFAULT_CMAP
+from explorer.models import LoadedModel
+from explorer.ui.common import current_model, model_key, progress_callback, show_error
+from explorer.ui.gallery import RenderSettings, link_params, page_ref
+from explorer.ui.pages.model import top_figure
+
+DEFAULT_METHOD = "gradcam"
+AUTO = -1  # target: the predicted class
+SCALES = {"shared": "Shared scale", "layer": "Per-layer"}
+AUTO_RUN_MAX = 4.0  # methods costing more forwards than this wait for the Run button
+GRID_COLUMNS = 6
+LAYERS_PER_ROW = 3  # in the channels section
+FV_PRESET = "fast"
+MAX_IMAGE_PIXELS = 40_000_000
+_OPTION_FOR = {"ig": "n_steps", "conductance": "n_steps", "ablation": "grid"}
+
+# --------------------------------------------------------------------------- state: session and URL
+
+
+def _parse_target(text: str | None, model: LoadedModel) -> int | None:
+    """A class index from the URL (an index or a class name), AUTO when absent, None when it names nothing."""
+    if not text or text == "auto":
+        return AUTO
+    if text.strip().isdigit():
+        return int(text) if int(text) < model.num_classes else None
+    lower = [c.lower() for c in model.class_names]
+    return lower.index(text.strip().lower()) if text.strip().lower() in lower else None
+
+
+def _seed_state(model: LoadedModel, samples: dict[str, Any]) -> list[str]:
+    """Give each control its value from the URL the first time it is drawn; returns notices about bad values."""
+    state, qp, notes = st.session_state, st.query_params, []
+    first_sample = "chelsea" if "chelsea" in samples else next(iter(samples), None)
+    seeds = {
+        "method": ("att_method", lambda v: v if v in METHODS else None, DEFAULT_METHOD),
+        "scale": ("att_scale", lambda v: "layer" if v == "per-layer" else v if v in SCALES else None, "shared"),
+        "sample": ("att_sample", lambda v: v if v in samples else None, first_sample),
+        "target": ("att_target", lambda v: _parse_target(v, model), AUTO),
+    }
+    for param, (key, parse, default) in seeds.items():
+        if key in state:
+            continue
+        raw = qp.get(param)
+        value = parse(raw) if raw is not None else None
+        if raw is not None and value is None:
+            notes.append(f"The link's {param} {raw!r} is not known here; showing the default instead.")
+        state[key] = default if value is None else value
+    return notes
+
+
+def _write_url(**values: Any) -> None:
+    """Mirror the view in the URL (None removes a parameter); writes only what changed."""
+    qp = st.query_params
+    for k, v in values.items():
+        if v is None:
+            if k in qp:
+                del qp[k]
+        elif qp.get(k) != str(v):
+            qp[k] = str(v)
+
+
+# --------------------------------------------------------------------------- cached computations
+
+
+class _Store:
+    """A small thread-safe LRU of attribution results shared by every session (results are never mutated)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key: tuple[Any, ...]) -> Any:
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+            return self.items.get(key)
+
+    def put(self, key: tuple[Any, ...], value: Any) -> None:
+        with self.lock:
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+@st.cache_resource(show_spinner=False)
+def _store() -> _Store:
+    return _Store(48)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _predict(_model: LoadedModel, key: tuple[Any, ...], digest: str, _image: Any) -> list[tuple[int, float]]:
+    """Top-5 (class index, probability), cached by model and image content (class names can repeat)."""
+    del key, digest
+    with torch.no_grad():
+        probs = _model.module(_model.preprocess(_image)).float().softmax(-1)[0].cpu()
+    top = probs.topk(min(5, probs.numel()))
+    return list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+
+
+@st.cache_data(max_entries=32, show_spinner="Checking which methods fit this network…")
+def _availability(_model: LoadedModel, key: tuple[Any, ...]) -> dict[str, str | None]:
+    del key
+    return availability(_model)
+
+
+def method_options(method: str, n_steps: int, grid: int) -> dict[str, int]:
+    """The options that matter for `method` (so a Grad-CAM result is not recomputed when IG's steps change)."""
+    name = _OPTION_FOR.get(method)
+    return {name: {"n_steps": n_steps, "grid": grid}[name]} if name else {}
+
+
+def cost_caption(cost: MethodCost, problem: str | None) -> str:
+    """One short line under a method's name: its passes for this input, or why it cannot run."""
+    if problem or not cost.available:
+        return f":gray[{problem or cost.reason}]"
+    back = f" + {cost.backward_calls} backward" if cost.backward_calls else ""
+    passes = "passes" if cost.forward_calls + cost.backward_calls > 1 else "pass"
+    return f"{cost.forward_calls} forward{back} {passes} · ≈{cost.relative:.0f}× a forward"
+
+
+def _run(
+    model: LoadedModel, image: Image.Image, digest: str, method: str, target: int, layers: list[str],
+    options: dict[str, int], *, allowed: bool,
+) -> AttributionResult | None:  # fmt: skip
+    """The result from the shared store, else computed (with a progress bar) when `allowed`, else None."""
+    key = (model_key(model), digest, method, target, tuple(layers), tuple(sorted(options.items())))
+    res = _store().get(key)
+    if res is not None or not allowed:
+        return res
+    label = METHODS[method].label
+    if METHODS[method].per_layer_passes:
+        base = model.to_tensor01(image).permute(1, 2, 0).cpu()
+        draw = progress_callback(st.container(), text=f"{label}: layer")
+
+        def progress(done: int, total: int, preview: Any = None) -> None:
+            pic = None
+            if preview is not None:  # (layer, (1, h, w) map): show it over the image on its own scale
+                top = float(preview[1][0].abs().max()) or 1e-12
+                pic = np.asarray(overlay(base, preview[1][0], -top, top, mode="signed"))
+            draw(done, total, pic)
+
+        res = attribute(model, image, layers, method, target, progress=progress, **options)
+    else:
+        with st.spinner(f"{label}: one pass through the network…"):
+            res = attribute(model, image, layers, method, target, **options)
+    _store().put(key, res)
+    return res
+
+
+# --------------------------------------------------------------------------- pictures and exports
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}" if v else "0"
+
+
+def legend_html(vmin: float, vmax: float, cmap: str, *, per_layer: bool) -> str:
+    """A colour bar with its value range (or, per layer, its relative range) as HTML."""
+    stops = ", ".join(f"rgb{tuple(c)}" for c in COLORMAPS[cmap])
+    if per_layer:
+        ticks = ["−max of each layer", "0", "+max of each layer"] if vmin < 0 else ["0", "max of each layer"]
+    else:
+        ticks = [_fmt(vmin), "0", _fmt(vmax)] if vmin < 0 else ["0", _fmt(vmax / 2), _fmt(vmax)]
+    labels = "".join(f"<span>{t}</span>" for t in ticks)
+    return (
+        "<div style='max-width:560px;font-size:0.8rem;color:#555'>"
+        f"<div style='height:14px;border-radius:3px;background:linear-gradient(to right, {stops})'></div>"
+        f"<div style='display:flex;justify-content:space-between'>{labels}</div></div>"
+    )
+
+
+def _peak(res: AttributionResult, name: str) -> float:
+    m = res.maps[name][0]
+    return float(m.max()) if res.display == "positive" else float(m.abs().max())
+
+
+def _cell_caption(res: AttributionResult, name: str, scale: str, rng: tuple[float, float]) -> str:
+    h, w = res.maps[name].shape[1:]
+    if scale == "layer":
+        return f"{name} · {h}×{w} · scale {_fmt(rng[0])} … {_fmt(rng[1])}"
+    return f"{name} · {h}×{w} · peak {_fmt(_peak(res, name))}"
+
+
+def grid_png(res: AttributionResult, scale: str, *, columns: int = GRID_COLUMNS, title: str = "") -> bytes:
+    """Every layer's overlay in one labelled PNG, with the colour bar and its range underneath."""
+    pics, ranges = res.overlays(scale=scale), res.scale(scale, image=0)
+    cmap = DEFAULT_CMAP[res.display]
+    cw, ch = next(iter(pics.values())).size
+    pad, label_h, title_h, bar_h = 8, 20, 30, 58
+    rows = math.ceil(len(pics) / columns)
+    width = pad + columns * (cw + pad)
+    canvas = Image.new("RGB", (width, title_h + rows * (ch + label_h + pad) + bar_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    font, small = ImageFont.load_default(size=16), ImageFont.load_default(size=12)
+    draw.text((pad, 7), title.replace("×", "x").replace("−", "-"), fill="black", font=font)  # the font is ASCII
+    for i, (name, pic) in enumerate(pics.items()):
+        x, y = pad + (i % columns) * (cw + pad), title_h + (i // columns) * (ch + label_h + pad)
+        canvas.paste(pic, (x, y))
+        h, w = res.maps[name].shape[1:]
+        value = f"max {_fmt(ranges[name][1])}" if scale == "layer" else f"peak {_fmt(_peak(res, name))}"
+        draw.text((x, y + ch + 3), f"{name} · {h}x{w} · {value}", fill="#333", font=small)
+    vmin, vmax = ranges[res.layers[0]] if scale == "shared" else (-1.0, 1.0) if res.display != "positive" else (0, 1)
+    bar_w, y0 = min(560, width - 2 * pad), canvas.height - bar_h + 8
+    strip = colorize(np.linspace(vmin, vmax, bar_w)[None].repeat(14, 0), vmin, vmax, cmap)
+    canvas.paste(Image.fromarray(strip), (pad, y0))
+    left, right = (_fmt(vmin), _fmt(vmax)) if scale == "shared" else ("-max" if vmin < 0 else "0", "max of each layer")
+    draw.text((pad, y0 + 18), left, fill="#333", font=small)
+    draw.text((pad + bar_w, y0 + 18), right, fill="#333", font=small, anchor="ra")
+    what = "shared colour scale (raw values)" if scale == "shared" else "per-layer normalisation"
+    draw.text((pad + bar_w + 16, y0), what, fill="#333", font=small)
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def top_channels(scores: dict[str, Any], layer: str, k: int) -> list[tuple[int, float]]:
+    """The `k` channels of `layer` with the largest score for the first image."""
+    if layer not in scores:
+        return []
+    s = scores[layer][0]
+    return [(int(c), float(s[c])) for c in s.argsort(descending=True)[: min(k, s.numel())]]
+
+
+def magnitudes_json(res: AttributionResult, scale: str, scores: dict[str, Any], k: int) -> str:
+    """The result's summary with each layer's colour range, top channels (gradient × activation) and raw map."""
+    data = res.summary(k=k)
+    ranges = res.scale(scale, image=0)
+    data.update(scale=scale, channel_score="gradient × activation summed over space")
+    for name, rec in data["layers"].items():
+        rec["colour_range"] = list(ranges[name])
+        rec["top_channels"] = [{"channel": c, "score": s} for c, s in top_channels(scores, name, k)]
+        rec["map"] = res.maps[name][0].tolist()
+    return json.dumps(data, ensure_ascii=False)
+
+
+def magnitudes_csv(res: AttributionResult) -> str:
+    """Every raw map value, one row each: layer, row, col, value (layers in execution order)."""
+    buf = io.StringIO()
+    out = csv.writer(buf)
+    out.writerow(["layer", "row", "col", "value"])
+    for name in res.layers:
+        m = res.maps[name][0].numpy()
+        rows, cols = np.indices(m.shape)
+        out.writerows(
+            zip([name] * m.size, rows.ravel().tolist(), cols.ravel().tolist(), m.ravel().tolist(), strict=True)
+        )
+    return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=1)
+def _placeholder() -> Image.Image:
+    pic = Image.new("RGB", (96, 96), "#eeeeee")
+    ImageDraw.Draw(pic).text((48, 48), "not\nrendered", fill="#999", anchor="mm", align="center")
+    return pic
+
+
+# --------------------------------------------------------------------------- page sections
+
+
+def _image_input(samples: dict[str, Any]) -> tuple[str, bytes, str | None] | None:
+    """(file name, bytes, sample name or None) of the chosen image, or None while nothing is chosen."""
+    from explorer.data import IMAGE_EXTENSIONS
+
+    source = st.radio("Image", ["Sample", "Upload"], key="att_source", horizontal=True)
+    if source == "Sample":
+        if not samples:
+            st.info("No sample images are installed (assets/); upload one instead.")
+            return None
+        name = st.selectbox("Sample image", list(samples), key="att_sample")
+        return samples[name].name, samples[name].read_bytes(), name
+    up = st.file_uploader("Image file", type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS), key="att_upload")
+    return (up.name, up.getvalue(), None) if up is not None else None
+
+
+def _target_picker(model: LoadedModel, preds: list[tuple[int, float]]) -> int:
+    """Show the top-5 and let the user pick the class to explain; returns its index."""
+    names, probs = model.class_names, dict(preds)
+    if st.session_state.get("att_target", AUTO) not in range(-1, model.num_classes):  # from another model
+        st.session_state["att_target"] = AUTO
+    st.markdown("**Top 5**")
+    st.plotly_chart(top_figure([(names[i], p) for i, p in preds]), key="att_top5")
+
+    def label(i: int) -> str:
+        if i == AUTO:
+            return f"Predicted class: {names[preds[0][0]]}"
+        return f"{names[i]} ({i})" + (f" · {probs[i]:.1%}" if i in probs else "")
+
+    chosen = st.selectbox("Explain the class", [AUTO, *range(model.num_classes)], format_func=label, key="att_target")
+    return preds[0][0] if chosen == AUTO else int(chosen)
+
+
+def _method_picker(
+    model: LoadedModel, layers: list[str], target: int
+) -> tuple[str, MethodCost, dict[str, int], list[str]]:
+    """Method radio (each with its cost for this input, unavailable ones greyed with the reason) and options.
+
+    Returns the method, its cost, its options and the layers to attribute.
+    """
+    problems = _availability(model, model_key(model))
+    radio_box = st.container()  # drawn above the options it depends on
+    if not set(st.session_state.get("att_layers", [])) <= set(layers):  # names from another model: start over
+        del st.session_state["att_layers"]
+    with st.expander("Options: steps, patches, layers"):
+        steps = st.slider("Integrated Gradients / Conductance steps", 2, 128, 32, key="att_steps")
+        grid = st.slider("Ablation patches per side", 1, 14, 7, key="att_grid")
+        chosen = st.multiselect("Layers", layers, default=layers, key="att_layers") or layers
+    chosen = [n for n in layers if n in chosen]
+    costs = {m: method_cost(model, 1, chosen, m, target, **method_options(m, steps, grid)) for m in METHODS}
+    method = radio_box.radio(
+        "Method",
+        list(METHODS),
+        key="att_method",
+        format_func=lambda m: METHODS[m].label + (" — unavailable" if problems.get(m) else ""),
+        captions=[cost_caption(costs[m], problems.get(m)) for m in METHODS],
+    )
+    return method, costs[method], method_options(method, steps, grid), chosen
+
+
+def _unit_link(layer: str, unit: int, score: float) -> None:
+    """A link to the Unit page for this channel, with the model and the fast preset (the picture shown here)."""
+    params = link_params(RenderSettings(preset=FV_PRESET), layer=layer, unit=unit)
+    st.page_link(page_ref("unit", "Unit"), label=f"#{unit} · {score:+.3g}", query_params=params)
+
+
+def _maps_section(res: AttributionResult, model: LoadedModel, scores: dict[str, Any], k: int) -> str:
+    """The overlay grid with its colour scale, the scale toggle and the downloads; returns the scale."""
+    head, toggle = st.columns([3, 2], vertical_alignment="bottom")
+    target = res.target_name()
+    about = "(no target)" if res.method == "activation" else f"for “{target}”"
+    head.subheader(f"{METHODS[res.method].label} {about}, every block from early to late")
+    scale = toggle.segmented_control("Colour scale", list(SCALES), format_func=SCALES.get, key="att_scale") or "shared"
+    ranges = res.scale(scale, image=0)
+    cmap = DEFAULT_CMAP[res.display]
+    vmin, vmax = ranges[res.layers[0]]
+    signed = "raw signed values: red positive, blue negative"
+    what = "raw values, negative parts clipped" if res.display == "positive" else signed
+    if scale == "shared":
+        st.caption(
+            f"**Shared colour scale** for all {len(res.layers)} layers: {_fmt(vmin)} to {_fmt(vmax)} ({what}). "
+            "A faint map is a weak one; switch to Per-layer to see the shape of weak maps."
+        )
+    else:
+        st.caption(
+            f"**Per-layer normalisation**: each map is stretched to its own range (under it), so shapes compare "
+            f"across layers but strengths do not ({what})."
+        )
+    st.html(legend_html(vmin, vmax, cmap, per_layer=scale == "layer"))
+    pics = res.overlays(scale=scale)
+    for start in range(0, len(res.layers), GRID_COLUMNS):
+        cols = st.columns(GRID_COLUMNS)
+        for col, name in zip(cols, res.layers[start : start + GRID_COLUMNS], strict=False):
+            col.image(pics[name], caption=_cell_caption(res, name, scale, ranges[name]), width="stretch")
+    notes = [*res.notes, *(f"{n}: {why}" for n, why in res.skipped.items())]
+    st.caption(f"{res.cost.describe()} Took {res.seconds:.1f} s." + (" " + " ".join(notes) if notes else ""))
+    title = f"{METHODS[res.method].label} · target {target} · {model.spec}"
+    downloads = [
+        ("Overlay grid (PNG)", lambda: grid_png(res, scale, title=title), "png", "image/png"),
+        ("Magnitudes (JSON)", lambda: magnitudes_json(res, scale, scores, k), "json", "application/json"),
+        ("Magnitudes (CSV)", lambda: magnitudes_csv(res), "csv", "text/csv"),
+    ]
+    row = st.container(horizontal=True)
+    for label, data, ext, mime in downloads:
+        row.download_button(
+            label, data, f"attribution_{res.method}_{scale}.{ext}", mime, key=f"att_dl_{ext}", on_click="ignore",
+            icon=":material/download:",
+        )  # fmt: skip
+    return scale
+
+
+def _channels_section(model: LoadedModel, layers: list[str], scores: dict[str, Any], target: str) -> None:
+    """Each layer's top channels with their scores, feature visualizations (cache first) and Unit links."""
+    st.subheader(f"Channels that drive “{target}”")
+    text, pick = st.columns([4, 1], vertical_alignment="center")
+    k = pick.slider("Channels per layer", 1, 8, 3, key="att_k")
+    text.caption(
+        "Per layer, the channels with the largest gradient × activation summed over space (raw scores). The "
+        "pictures are their feature visualizations (fast preset); click a channel to open it on the Unit page."
+    )
+    tops = {n: top_channels(scores, n, k) for n in layers}
+    objs = [(n, c) for n in layers for c, _ in tops[n]]
+    objectives = [fv.channel(n, c) for n, c in objs]
+    pics: dict[tuple[str, int], Any] = {}
+    try:
+        for key, entry in zip(objs, fv.lookup(model, objectives, FV_PRESET), strict=True):
+            if entry is not None:
+                pics[key] = entry.image()
+    except Exception as exc:
+        show_error(exc)
+    missing = [i for i, key in enumerate(objs) if key not in pics]
+    if missing:
+        st.caption(f"{len(objs) - len(missing)} of {len(objs)} visualizations are in the cache.")
+        label = f"Render the {len(missing)} missing visualizations (fast preset, one batch)"
+        cheap = model.device.type == "cuda"  # seconds on a GPU; minutes on a CPU, so there it waits for a click
+        if cheap or st.button(label, key="att_render", icon=":material/brush:"):
+            draw = progress_callback(st.container(), text="Rendering visualizations: image-steps")
+            try:
+                out = fv.render_cached(
+                    model, [objectives[i] for i in missing], FV_PRESET,
+                    progress=lambda d, t, p=None: draw(d, t, p.images if p is not None else None),
+                )  # fmt: skip
+                pics.update({objs[i]: out.images[j] for j, i in enumerate(missing)})
+            except Exception as exc:
+                show_error(exc)
+    for start in range(0, len(layers), LAYERS_PER_ROW):
+        row = st.columns(LAYERS_PER_ROW)
+        for col, name in zip(row, layers[start : start + LAYERS_PER_ROW], strict=False):
+            box = col.container(border=True)
+            box.markdown(f"**{name}**")
+            cells = box.columns(k)
+            for cell, (c, score) in zip(cells, tops[name], strict=False):
+                with cell:
+                    st.image(pics.get((name, c), _placeholder()), width="stretch")
+                    _unit_link(name, c, score)
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def render() -> None:
+    """The Attribution page."""
+    from explorer.data import load_image, sample_images
+
+    st.title("Attribution")
+    st.caption("Which parts of the image drive the prediction at every depth of the network, and which channels.")
+    try:
+        model = current_model()
+        layers = [r.name for r in resolve_layers(model, "all")]
+    except Exception as exc:
+        show_error(exc)
+        return
+    samples = sample_images()
+    for note in _seed_state(model, samples):
+        st.warning(note, icon=":material/link_off:")
+    left, mid, right = st.columns([1, 1.2, 1.3], gap="large")
+    with left:
+        chosen = _image_input(samples)
+        _write_url(sample=chosen[2] if chosen else None)
+        if chosen is None:
+            return
+        name, data, _ = chosen
+        try:
+            image = load_image(data, name=name, max_pixels=MAX_IMAGE_PIXELS)
+        except Exception as exc:
+            show_error(exc)
+            return
+        st.image(image, caption=f"{name} · {image.width}×{image.height}", width="stretch")
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with mid:
+            target = _target_picker(model, _predict(model, model_key(model), digest, image))
+        with right:
+            method, cost, options, used = _method_picker(model, layers, target)
+    except Exception as exc:
+        show_error(exc)
+        return
+    chosen_target = st.session_state.get("att_target", AUTO)
+    _write_url(
+        method=method,
+        target=None if chosen_target == AUTO else chosen_target,
+        scale=st.session_state.get("att_scale") or "shared",
+    )
+    st.divider()
+    if not cost.available:
+        st.warning(f"{METHODS[method].label} cannot run on this network: {cost.reason}", icon=":material/block:")
+        return
+    st.info(cost.describe(), icon=":material/speed:")
+    try:
+        cheap = cost.relative <= AUTO_RUN_MAX
+        res = _run(model, image, digest, method, target, used, options, allowed=cheap)
+        if res is None:
+            st.caption(
+                "This method is slow on this input; run it when ready (a progress bar follows it layer by layer)."
+            )
+            if not st.button(
+                f"Run {METHODS[method].label}", type="primary", key="att_run", icon=":material/play_arrow:"
+            ):
+                return
+            res = _run(model, image, digest, method, target, used, options, allowed=True)
+        if method in ("gradcam", "gradxact"):
+            scores = res.channels  # gradient × activation summed over space, from the same pass
+        else:
+            scores = _run(model, image, digest, "gradxact", target, used, {}, allowed=True).channels  # type: ignore[union-attr]
+    except Exception as exc:
+        show_error(exc)
+        return
+    k = int(st.session_state.get("att_k", 3))
+    _maps_section(res, model, scores, k)
+    st.divider()
+    _channels_section(model, res.layers, scores, res.target_name())

@@ -1,0 +1,336 @@
+"""The Compare page: the current model (base) vs a fine-tuned one, layer by layer, to choose a freeze point.
+
+One chart over depth (CKA with its interval, weight change, probe accuracy; generic → specific zones; the
+recommended freeze point). Clicking a layer on it (or picking one in the list under it) sets the freeze point;
+the freeze panel then shows the parameter counts and code for that point, and the layer view shows its units,
+dataset examples and attribution in both models. Comparisons are cached by (base, tuned, data, settings).
+
+URL: `?tuned=RUN|PATH&tfp=FP&data=demo:digits|FOLDER&freeze=LAYER&images=200&input=0&probes=1`
+plus the render settings (`preset`, `seed`, `steps`, `size`) and the model (`model`, `arch`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import streamlit as st
+
+from explorer.cache import cache_root
+from explorer.compare import check_comparable, compare
+from explorer.models import LoadedModel
+from explorer.ui.common import current_model, get_ladder, set_current_model, show_error
+from explorer.ui.compare_charts import comparison_figure, export_config, selected_layer
+from explorer.ui.compare_layer import attribution_section, examples_section, spatial, unit_picks, units_section
+from explorer.ui.compare_setup import (
+    choose_data,
+    choose_settings,
+    choose_tuned,
+    data_signature,
+    from_widget,
+    param,
+    set_param,
+)
+from explorer.ui.compare_store import get_report, put_report, report_key, subset_folder, with_renders
+from explorer.ui.freeze_panel import NONE, render_panel, summaries
+from explorer.ui.gallery import RenderSettings, safe_filename, settings_from_url, zip_bytes
+
+SECTIONS = ("Units", "Examples", "Attribution")
+
+
+# --------------------------------------------------------------------------- the comparison
+
+
+def _progress(box: Any) -> Any:
+    bar = box.progress(0.0, text="Comparing…")
+    last = [0.0]
+
+    def update(done: int, total: int, preview: Any = None) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < 0.25:
+            return
+        last[0] = now
+        phase = preview.get("phase") if isinstance(preview, dict) else None
+        what = (
+            f"Both models on the images ({preview.get('images')} so far)"
+            if phase == "forward"
+            else "A linear probe per layer"
+        )
+        bar.progress(min(done / max(total, 1), 1.0), text=f"{what} · step {done} of {total}")
+
+    return update
+
+
+def _comparison(base: LoadedModel, tuned: LoadedModel, data: str, root: Path, settings: dict[str, Any]) -> Any:
+    """The cached report, or a button that computes it (with progress and a Stop button)."""
+    key = report_key(base.fingerprint, tuned.fingerprint, data_signature(str(root)), {**settings, "data": data})
+    report = get_report(key)
+    if report is not None:
+        return report
+    probes = " and a linear probe per layer" if settings["probes"] else ""
+    st.info(
+        f"Not compared yet: up to {settings['max_images']} images of {data} through both models{probes}.",
+        icon=":material/compare:",
+    )
+    if not st.button("Compare", key="cmp_run", type="primary", icon=":material/play_arrow:"):
+        return None
+    left, right = st.columns([6, 1], vertical_alignment="center")
+    right.button("Stop", key="cmp_stop", icon=":material/stop:")  # any click reruns the page, which stops this run
+    started = time.perf_counter()
+    report = compare(base, tuned, str(root), progress=_progress(left), **settings)
+    report.data["source"] = data
+    put_report(key, report)
+    st.session_state["cmp_toast"] = f"Compared in {time.perf_counter() - started:.0f} s."
+    st.rerun()  # draw the page from the stored report, without the button and the progress bar
+    return report
+
+
+# --------------------------------------------------------------------------- freeze point
+
+
+def _on_chart_select() -> None:
+    """A click on the chart: the selected layer becomes the freeze point (the head cannot be frozen)."""
+    layer = selected_layer(st.session_state.get("cmp_chart"), st.session_state.get("cmp_layers", []))
+    if layer is None:
+        return
+    if layer in st.session_state.get("cmp_choices", []):
+        set_param("freeze", layer)
+    else:
+        st.session_state["cmp_notice"] = f"{layer} is the classifier: it always trains, so it cannot be frozen."
+
+
+def _freeze_point(report: Any, choices: list[str]) -> str:
+    wanted = param("freeze")
+    fallback = report.recommendation.freeze_after or NONE
+    fallback = fallback if fallback in choices else NONE
+    if wanted is not None and wanted not in choices:
+        st.warning(
+            f"freeze={wanted!r} is not a layer that can be frozen in this model; showing {fallback}.",
+            icon=":material/link_off:",
+        )
+        wanted = None
+    point = wanted or fallback
+    set_param("freeze", point)
+    return point
+
+
+def _use_base(spec: str) -> None:
+    try:
+        set_current_model(spec)
+    except Exception as exc:  # the current model stays; say why
+        from explorer.ui.common import error_message
+
+        st.session_state["cmp_notice"] = f"Could not open {spec}: {error_message(exc)}"
+
+
+def _link() -> str:
+    try:
+        base = st.context.url or ""
+    except Exception:  # no browser session (tests)
+        base = ""
+    return f"{base or '/compare'}?{urlencode(st.query_params.to_dict())}"
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def _layer_view(
+    base: LoadedModel, tuned: LoadedModel, report: Any, layer: str, root: Path, settings: dict[str, Any]
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    row = report.layer(layer)
+    info = {r.name: r for r in get_ladder(base, "blocks")}.get(layer)
+    st.subheader(f"{layer}, base vs tuned")
+    st.session_state.setdefault("cmp_show", list(SECTIONS))
+    show = st.segmented_control("Show", SECTIONS, selection_mode="multi", key="cmp_show")
+    if info is None or not spatial(info):
+        st.info(f"{layer} has no spatial map, so there are no unit pictures, examples or attribution maps for it.")
+        return {}, {}
+    files: dict[str, bytes] = {}
+    renders: dict[str, Any] = {}
+    folder = subset_folder(root, settings["max_images"], settings["seed"], cache_root() / "subsets")
+    top, _least, _ = unit_picks(row)
+    sections = [
+        ("Units", lambda: units_section(base, tuned, row, settings_from_url(RenderSettings(preset="fast")))),
+        ("Examples", lambda: (examples_section(base, tuned, folder, layer, top), {})),
+        ("Attribution", lambda: (attribution_section(base, tuned, folder, layer), {})),
+    ]
+    for name, draw in sections:
+        if name not in (show or []):
+            continue
+        st.markdown(f"#### {name}")
+        try:
+            got, pics = draw()
+        except Exception as exc:
+            show_error(exc)
+            continue
+        files.update(got)
+        renders.update(pics)
+    return files, renders
+
+
+def _exports(report: Any, fig: Any, layer: str | None, renders: dict[str, Any], stem: str) -> None:
+    """CSV, JSON and the one-page HTML report (with `renders`, filled later in this run: it is built on click)."""
+    st.subheader("Export and share")
+    c = st.columns(3)
+    c[0].download_button(
+        "Comparison CSV",
+        report.to_csv().encode(),
+        file_name=f"{stem}.csv",
+        mime="text/csv",
+        icon=":material/table:",
+        on_click="ignore",
+        key="cmp_csv",
+    )
+    c[1].download_button(
+        "Comparison JSON",
+        report.to_json().encode(),
+        file_name=f"{stem}.json",
+        mime="application/json",
+        icon=":material/data_object:",
+        on_click="ignore",
+        key="cmp_json",
+    )
+    c[2].download_button(
+        "One-page HTML report",
+        lambda: with_renders(report, layer, renders).to_html().encode(),
+        file_name=f"{stem}.html",
+        mime="text/html",
+        icon=":material/description:",
+        on_click="ignore",
+        key="cmp_html",
+        help="Chart, recommendation, guide, code and the chosen layer's units; opens offline.",
+    )
+    try:
+        import kaleido  # noqa: F401  (optional: server-side PNG export)
+
+        st.download_button(
+            "Chart PNG",
+            lambda: fig.to_image(format="png", scale=2),
+            file_name=f"{stem}.png",
+            mime="image/png",
+            icon=":material/image:",
+            on_click="ignore",
+            key="cmp_png",
+        )
+    except ImportError:
+        st.caption("Chart as PNG: the camera icon at the chart's top right.")
+    st.markdown("**Link to this view** (copy button at its right)")
+    st.code(_link(), language="text")
+
+
+def _layer_zip(layer: str, files: dict[str, bytes], stem: str) -> None:
+    st.download_button(
+        f"Zip of {layer}'s images ({len(files)} files)",
+        zip_bytes(files) if files else b"",
+        file_name=f"{stem}-{safe_filename(layer)}.zip",
+        mime="application/zip",
+        icon=":material/folder_zip:",
+        on_click="ignore",
+        disabled=not files,
+        key="cmp_zip",
+    )
+
+
+def render() -> None:
+    """The Compare page."""
+    st.title("Compare")
+    st.caption(
+        "The current model before and after fine-tuning, block by block, on your images: where the "
+        "representation stayed the same, the pretrained layers can stay frozen."
+    )
+    toast = st.session_state.pop("cmp_toast", None)
+    if toast:
+        st.toast(toast, icon=":material/check:")
+    try:
+        base = current_model()
+    except Exception as exc:
+        show_error(exc)
+        return
+    top = st.columns(2, gap="large")
+    with top[0]:
+        st.markdown(f"**Base** `{base.spec}` · fingerprint `{base.short_fingerprint}`")
+        chosen = choose_tuned(base)
+    if chosen is None:
+        return
+    tuned, run = chosen
+    if tuned.fingerprint == base.fingerprint and run and run.base_spec and run.base_spec != base.spec:
+        try:  # the current model is this run itself (e.g. "use as current model"): compare it with its base
+            base = set_current_model(run.base_spec)
+        except Exception as exc:
+            show_error(exc)
+            return
+        st.info(
+            f"The current model is this run itself, so it is compared with its base, {base.spec}.",
+            icon=":material/swap_horiz:",
+        )
+    with top[1]:
+        data = choose_data(run, tuned)
+    if data is None:
+        return
+    settings = choose_settings(tuned)
+    try:
+        notes = check_comparable(base, tuned)
+    except Exception as exc:
+        show_error(exc)
+        return
+    for note in notes:
+        st.warning(note, icon=":material/warning:")
+    if run and run.base_spec and run.base_spec != base.spec:
+        st.button(
+            f"Use this run's base model ({run.base_spec})",
+            key="cmp_use_base",
+            on_click=_use_base,
+            args=(run.base_spec,),
+        )
+    try:
+        report = _comparison(base, tuned, data[0], data[1], settings)
+    except Exception as exc:
+        show_error(exc)
+        return
+    if report is None:
+        return
+    table = summaries(base, len(report.data.get("classes") or []) or None)
+    choices = list(table)
+    st.session_state["cmp_choices"] = choices
+    st.session_state["cmp_layers"] = [r.name for r in report.layers]
+    point = _freeze_point(report, choices)
+    notice = st.session_state.pop("cmp_notice", None)
+    if notice:
+        st.warning(notice, icon=":material/block:")
+    st.session_state["cmp_freeze"] = point
+    c = st.columns([2, 3], vertical_alignment="bottom")
+    c[0].selectbox(
+        "Freeze up to (or click a layer on the chart)",
+        choices,
+        key="cmp_freeze",
+        on_change=from_widget,
+        args=("freeze", "cmp_freeze"),
+        format_func=lambda p: "none: train every layer" if p == NONE else p,
+    )
+    acc = f" · tuned accuracy on them {100 * report.tuned_accuracy:.0f} %" if report.tuned_accuracy is not None else ""
+    c[1].caption(
+        f"{report.data.get('images_used')} images of {report.data.get('source')} · "
+        f"{len(report.data.get('classes') or [])} classes{acc} · computed in "
+        f"{report.seconds.get('total', 0):.0f} s"
+    )
+    if not any(math.isfinite(r.cka_low) for r in report.layers):
+        st.caption("No CKA intervals: the bootstrap needs at least 3 minibatches (compare on 24 images or more).")
+    fig = comparison_figure(report, None if point == NONE else point)
+    stem = safe_filename(f"compare-{Path(str(report.tuned.get('spec'))).stem}-{data[0]}")
+    st.plotly_chart(
+        fig, key="cmp_chart", on_select=_on_chart_select, selection_mode=("points",), config=export_config(stem)
+    )
+    query = {k: v for k, v in st.query_params.to_dict().items() if k in ("model", "arch", "data")}
+    render_panel(base, report, point, query=query)
+    layer = None if point == NONE else point
+    renders: dict[str, Any] = {}  # filled by the layer view below; the HTML report reads it when downloaded
+    _exports(report, fig, layer, renders, stem)
+    if layer is None:
+        st.info("Choose a freeze point (click a layer on the chart) to see that layer's units in both models.")
+        return
+    files, pics = _layer_view(base, tuned, report, layer, data[1], settings)
+    renders.update(pics)
+    _layer_zip(layer, files, stem)

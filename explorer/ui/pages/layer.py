@@ -1,0 +1,235 @@
+"""The Layer page: a paged gallery of every channel of one layer, rendered a page at a time.
+
+URL: `?layer=blocks.3.2&page=2&preset=fast&seed=0[&steps=…&size=…]`. Each tile links to its Unit page; each
+rendered unit downloads as a PNG, and the whole layer (every unit rendered so far with these settings) as a zip.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import streamlit as st
+import torch
+
+from explorer.cache import Cache, png_bytes
+from explorer.featurevis import StageMap, channel, contact_sheet, stage_map
+from explorer.featurevis.objectives import as_grid
+from explorer.featurevis.stages import _renderable
+from explorer.featurevis.store import KIND, cache_keys
+from explorer.layers import LayerInfo
+from explorer.models import LoadedModel
+from explorer.ui.common import current_model, get_ladder, model_key, show_error
+from explorer.ui.gallery import (
+    RenderSettings,
+    link_params,
+    page_ref,
+    png_download,
+    render_tiles,
+    safe_filename,
+    settings_form,
+    settings_from_url,
+    tile_grid,
+    zip_bytes,
+)
+
+PER_PAGE = 16
+COLS = 8
+LAYER_KEY = "fv_layer"  # session_state: the last layer looked at (pages opened without ?layer=)
+
+
+# --------------------------------------------------------------------------- layers of a model
+
+
+def renderable_layers(model: LoadedModel) -> dict[str, LayerInfo]:
+    """Layers with a grid output (what can be visualised): the blocks first, then the rest of the full view."""
+    rows = [r for r in get_ladder(model, "blocks") if _renderable(r)]
+    names = {r.name for r in rows}
+    rows += [r for r in get_ladder(model, "full") if _renderable(r) and r.name not in names]
+    return {r.name: r for r in rows}
+
+
+def block_names(model: LoadedModel) -> list[str]:
+    """The renderable layers of the blocks view, in execution order."""
+    return [r.name for r in get_ladder(model, "blocks") if _renderable(r)]
+
+
+def channels_of(row: LayerInfo) -> int:
+    """Units of a layer as the objectives see them (channels of NCHW/NHWC maps, features of token grids)."""
+    return int(as_grid(torch.zeros(1, *row.out_shape)).shape[1])
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _stage_map(_model: LoadedModel, key: tuple[Any, ...]) -> StageMap:
+    del key
+    return stage_map(_model)
+
+
+def get_stage_map(model: LoadedModel) -> StageMap:
+    """The five named stages of this model, cached by its fingerprint."""
+    return _stage_map(model, model_key(model))
+
+
+def layer_from_url(model: LoadedModel, layers: dict[str, LayerInfo], fallback: str) -> str:
+    """The layer in `?layer=` if this model has it (else one error and `fallback`), remembered in the session."""
+    wanted = st.query_params.get("layer")
+    if wanted is None:
+        wanted = st.session_state.get(LAYER_KEY)
+        wanted = wanted if wanted in layers else fallback
+    elif wanted not in layers:
+        st.error(
+            f"{model.spec} has no layer {wanted!r} with a spatial output to visualise; showing {fallback} instead. "
+            "Pick a layer from the list (the Model page shows them all).",
+            icon=":material/error:",
+        )
+        wanted = fallback
+    st.session_state[LAYER_KEY] = wanted
+    if st.query_params.get("layer") != wanted:
+        st.query_params["layer"] = wanted
+    return wanted
+
+
+def layer_label(row: LayerInfo, n_units: int, stages: StageMap | None = None) -> str:
+    """'blocks.3.2 · 80 units · 14×14 · patterns' for pickers."""
+    hw = "×".join(str(s) for s in row.spatial) if row.spatial else "tokens"
+    stage = stages.stage_of(row.name) if stages else None
+    return f"{row.name} · {n_units} units · {hw}" + (f" · {stage}" if stage else "")
+
+
+# --------------------------------------------------------------------------- downloads
+
+
+def cached_units(model: LoadedModel, layer: str, n_units: int, settings: RenderSettings) -> list[int]:
+    """Units of `layer` whose channel image is in the disk cache for these settings (no file is read)."""
+    cache = Cache()
+    keys = cache_keys(model, [channel(layer, u) for u in range(n_units)], settings.resolved(), settings.seed)
+    return [u for u, k in enumerate(keys) if cache.paths(KIND, k)[0].exists()]
+
+
+def layer_zip(model: LoadedModel, layer: str, n_units: int, settings: RenderSettings) -> bytes:
+    """A zip of every rendered unit of `layer` (`<layer>-<unit>.png`) and their contact sheet."""
+    from explorer.featurevis import lookup
+
+    units = cached_units(model, layer, n_units, settings)
+    entries = lookup(model, [channel(layer, u) for u in units], settings.resolved(), settings.seed)
+    found = [(u, e) for u, e in zip(units, entries, strict=True) if e is not None]
+    files = {f"{safe_filename(layer)}-{u}.png": e.data for u, e in found}
+    if found:
+        sheet = contact_sheet([e.image() for _, e in found], [str(u) for u, _ in found], cols=min(8, len(found)))
+        files[f"{safe_filename(layer)}-sheet.png"] = png_bytes(np.asarray(sheet))
+    return zip_bytes(files)
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def _on_layer() -> None:
+    st.query_params["layer"] = st.session_state["layer_pick"]
+    st.query_params["page"] = "1"
+
+
+def _on_page() -> None:
+    st.query_params["page"] = str(st.session_state["layer_page"])
+
+
+def _page_from_url(pages: int) -> int:
+    text = st.query_params.get("page", "1")
+    try:
+        page = int(text)
+    except ValueError:
+        page = 0
+    if not 1 <= page <= pages:
+        st.warning(
+            f"page={text!r} is not a page of this layer (1–{pages}); showing page 1.", icon=":material/link_off:"
+        )
+        page = 1
+    if st.query_params.get("page") != str(page):
+        st.query_params["page"] = str(page)
+    return page
+
+
+def render() -> None:
+    """The Layer page."""
+    st.title("Layer")
+    try:
+        model = current_model()
+        layers = renderable_layers(model)
+        stages = get_stage_map(model)
+    except Exception as exc:
+        show_error(exc)
+        return
+    blocks = block_names(model)
+    if not layers:
+        st.info(f"{model.spec} has no layer with a spatial output to visualise.")
+        return
+    settings = settings_from_url()
+    fallback = blocks[0] if blocks else next(iter(layers))
+    if st.query_params.get("layer", fallback) not in layers:
+        st.query_params["page"] = "1"  # the page of an unknown layer means nothing: one message is enough
+    layer = layer_from_url(model, layers, fallback)
+    options = blocks if layer in blocks else [*blocks, layer]
+    n_units = {name: channels_of(layers[name]) for name in options}
+    st.session_state["layer_pick"] = layer
+    top = st.columns([3, 1], vertical_alignment="bottom")
+    top[0].selectbox(
+        "Layer",
+        options,
+        key="layer_pick",
+        on_change=_on_layer,
+        format_func=lambda name: layer_label(layers[name], n_units[name], stages),
+        help="Blocks of the ladder with a spatial output, in execution order.",
+    )
+    units = n_units[layer]
+    pages = max(1, math.ceil(units / PER_PAGE))
+    page = _page_from_url(pages)
+    st.session_state["layer_page"] = page
+    top[1].number_input(f"Page (of {pages})", 1, pages, key="layer_page", on_change=_on_page)
+    stage = stages.stage_of(layer)
+    row = layers[layer]
+    st.caption(
+        f"{layer} ({row.type}, output {'×'.join(map(str, row.out_shape))})"
+        + (f" is in the **{stage}** stage of this network." if stage else ".")
+        + f" {units} units; units {(page - 1) * PER_PAGE}–{min(page * PER_PAGE, units) - 1} below, rendered as one "
+        "batch. Open a unit for its neuron, negative and diversity images and the dataset examples that excite it."
+    )
+    settings_form(settings, "layer")
+    status = st.container()
+    shown = list(range((page - 1) * PER_PAGE, min(page * PER_PAGE, units)))
+    tiles = tile_grid(len(shown), COLS, caption="waiting…")
+    unit_page = page_ref("unit", "Unit")
+    for tile, u in zip(tiles, shown, strict=True):
+        tile.actions.page_link(
+            unit_page,
+            label=f"Unit {u}",
+            icon=":material/open_in_new:",
+            query_params=link_params(settings, layer=layer, unit=u),
+        )
+    try:
+        result = render_tiles(
+            model,
+            [channel(layer, u) for u in shown],
+            settings,
+            tiles,
+            [f"unit {u}" for u in shown],
+            key=f"layer_{layer}_{page}",
+            status=status,
+            batches=None,
+        )
+    except Exception as exc:
+        show_error(exc)
+        return
+    for tile, u, data in zip(tiles, shown, result.png, strict=True):
+        if data is not None:
+            png_download(tile.actions, data, f"{safe_filename(layer)}-{u}.png", key=f"png_{layer}_{u}")
+    done = cached_units(model, layer, units, settings)
+    st.download_button(
+        f"Download zip of {layer} ({len(done)} of {units} units rendered with these settings)",
+        lambda: layer_zip(model, layer, units, settings),
+        file_name=f"{safe_filename(layer)}-{settings.preset}-seed{settings.seed}.zip",
+        mime="application/zip",
+        icon=":material/folder_zip:",
+        on_click="ignore",
+        disabled=not done,
+        key="layer_zip",
+    )

@@ -1,0 +1,156 @@
+"""The Progression page: one row per stage (edges → textures → patterns → parts → objects), a few units each.
+
+Each row says which blocks of this network make the stage and shows the first units of its representative block
+(the units `python -m explorer atlas` renders, so a cached atlas opens instantly). Rows fill progressively, the
+edges first; a stage opens the Layer page and a unit the Unit page, with the settings carried in the link.
+URL: `?preset=fast&seed=0&per_stage=4[&steps=…&size=…]`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from explorer.cache import png_bytes
+from explorer.featurevis import Objective, channel, labelled_rows
+from explorer.ui.common import current_model, show_error
+from explorer.ui.gallery import (
+    Tile,
+    link_params,
+    page_ref,
+    render_tiles,
+    safe_filename,
+    settings_form,
+    settings_from_url,
+    zip_bytes,
+)
+from explorer.ui.pages.layer import channels_of, get_stage_map, renderable_layers
+
+PER_STAGE = (2, 4, 6, 8)
+DEFAULT_PER_STAGE = 4
+
+
+def _per_stage_from_url() -> int:
+    text = st.query_params.get("per_stage", str(st.session_state.get("prog_per_stage_last", DEFAULT_PER_STAGE)))
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n not in PER_STAGE:
+        st.warning(
+            f"per_stage={text!r} is not one of {PER_STAGE}; showing {DEFAULT_PER_STAGE}.", icon=":material/link_off:"
+        )
+        n = DEFAULT_PER_STAGE
+    st.session_state["prog_per_stage_last"] = n
+    if st.query_params.get("per_stage") != str(n):
+        st.query_params["per_stage"] = str(n)
+    return n
+
+
+def _on_per_stage() -> None:
+    value = st.session_state.get("prog_per_stage")
+    if value is not None:
+        st.query_params["per_stage"] = str(value)
+
+
+def _describe_blocks(blocks: list[str]) -> str:
+    """'3 blocks: a, b, c' or '5 blocks: a, b … e'."""
+    names = ", ".join(blocks) if len(blocks) <= 4 else f"{blocks[0]}, {blocks[1]} … {blocks[-1]}"
+    return f"{len(blocks)} block{'s' if len(blocks) > 1 else ''}: {names}"
+
+
+def render() -> None:
+    """The Progression page."""
+    st.title("Progression")
+    try:
+        model = current_model()
+        stages = get_stage_map(model)
+        layers = renderable_layers(model)
+    except Exception as exc:
+        show_error(exc)
+        return
+    settings = settings_from_url()
+    per_stage = _per_stage_from_url()
+    st.caption(
+        "What each stage of the network responds to, early to late: every picture is optimised to excite one unit "
+        "(activation maximization). Value under each picture: the unit's mean activation it reached."
+    )
+    if not stages.stages:
+        st.info(stages.note)
+        return
+    st.session_state["prog_per_stage"] = per_stage
+    c = st.columns([3, 2], vertical_alignment="bottom")
+    c[0].markdown(f"**How the stages map to `{model.spec}`.** {stages.note}")
+    c[1].pills("Units per stage", PER_STAGE, key="prog_per_stage", on_change=_on_per_stage)
+    settings_form(settings, "prog")
+    status = st.container()
+    layer_page, unit_page = page_ref("layer", "Layer"), page_ref("unit", "Unit")
+    objectives: list[Objective] = []
+    captions: list[str] = []
+    tiles: list[Tile] = []
+    batches: list[list[int]] = []
+    rows: list[tuple[str, str, list[int]]] = []
+    for k, stage in enumerate(stages.stages):
+        layer = stage.representative
+        n = min(per_stage, channels_of(layers[layer])) if layer in layers else per_stage
+        units = list(range(n))
+        with st.container(border=True):
+            cols = st.columns([1.6] + [1] * per_stage, gap="small")
+            with cols[0]:
+                st.markdown(f"#### {k + 1}. {stage.name.capitalize()}")
+                st.caption(
+                    f"{_describe_blocks(stage.blocks)} (relative depth {stage.depth[0]:.2f}–"
+                    f"{stage.depth[1]:.2f}). Shown: **{layer}**, units {units[0]}–{units[-1]}."
+                )
+                st.page_link(
+                    layer_page,
+                    label=f"Open {layer}",
+                    icon=":material/grid_view:",
+                    query_params=link_params(settings, layer=layer, page=1),
+                )
+            batch = []
+            for j, u in enumerate(units):
+                tile = Tile(cols[1 + j])
+                tile.show(None, "waiting…")
+                tile.actions.page_link(
+                    unit_page,
+                    label=f"Unit {u}",
+                    icon=":material/open_in_new:",
+                    query_params=link_params(settings, layer=layer, unit=u),
+                )
+                batch.append(len(objectives))
+                objectives.append(channel(layer, u))
+                captions.append(f"unit {u}")
+                tiles.append(tile)
+            batches.append(batch)
+            rows.append((stage.name, layer, batch))
+    try:
+        result = render_tiles(model, objectives, settings, tiles, captions, key="prog", status=status, batches=batches)
+    except Exception as exc:
+        show_error(exc)
+        return
+    if not result.complete:
+        return
+    sheet = labelled_rows([(f"{name}\n{layer}", [result.images[i] for i in idx]) for name, layer, idx in rows])
+    files = {
+        f"{safe_filename(layer)}-{u}.png": result.png[i] or b"" for _, layer, idx in rows for u, i in enumerate(idx)
+    }
+    stem = f"progression-{safe_filename(model.spec)}-{settings.preset}-seed{settings.seed}"
+    files[f"{stem}.png"] = png_bytes(np.asarray(sheet))
+    c = st.columns(2)
+    c[0].download_button(
+        "Download the progression (PNG)",
+        files[f"{stem}.png"],
+        file_name=f"{stem}.png",
+        mime="image/png",
+        icon=":material/download:",
+        on_click="ignore",
+    )
+    c[1].download_button(
+        "Download every image (zip)",
+        zip_bytes(files),
+        file_name=f"{stem}.zip",
+        mime="application/zip",
+        icon=":material/folder_zip:",
+        on_click="ignore",
+    )

@@ -1,0 +1,344 @@
+"""The Unit page: one unit (a channel of a layer) seen four ways, and the real images that excite it.
+
+Feature visualizations: channel (mean over the map), neuron (the centre position), negative (what it is most
+against) and four diversity images (one objective, pushed apart in style). Dataset examples: the images of a
+folder (the sample photos, a demo dataset, or a folder on the server) whose strongest position excites the unit
+most, cropped to that position's receptive field, and which of their pixels drive it (unit attribution).
+URL: `?layer=blocks.3.2&unit=17&preset=fast&seed=0[&steps=…&size=…][&data=demo:shapes]`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from explorer.featurevis import Objective, channel, diverse, negative, neuron
+from explorer.layers import LayerInfo
+from explorer.models import LoadedModel
+from explorer.ui.common import current_model, model_key, progress_callback, show_error
+from explorer.ui.gallery import (
+    RenderSettings,
+    Tile,
+    link_params,
+    page_ref,
+    png_download,
+    render_tiles,
+    safe_filename,
+    settings_form,
+    settings_from_url,
+    stop_control,
+    stopped_key,
+    tile_grid,
+    zip_bytes,
+)
+from explorer.ui.pages.layer import (
+    PER_PAGE,
+    block_names,
+    channels_of,
+    get_stage_map,
+    layer_from_url,
+    layer_label,
+    renderable_layers,
+)
+
+K = 8  # dataset examples per unit
+SOURCES = {
+    "samples": "Sample photos (assets/)",
+    "demo:shapes": "Demo: shapes",
+    "demo:digits": "Demo: digits",
+    "folder": "A folder on the server",
+}
+KINDS = ["channel", "neuron (centre)", "negative", "diversity 1", "diversity 2", "diversity 3", "diversity 4"]
+METHODS = {"saliency": "Saliency (gradient)", "ig": "Integrated Gradients (32 steps)"}
+
+
+def unit_objectives(layer: str, unit: int) -> list[Objective]:
+    """Channel, neuron, negative and 4 diversity objectives for one unit (rendered together in one batch)."""
+    return [channel(layer, unit), neuron(layer, unit), negative(layer, unit), *diverse(channel(layer, unit), layer, 4)]
+
+
+def _unit_from_url(units: int) -> int:
+    """The unit in `?unit=` (one error if this layer lacks it), else the session's last one if it fits, else 0."""
+    if "unit" not in st.query_params:
+        last = st.session_state.get("fv_unit", 0)
+        st.query_params["unit"] = str(last if 0 <= last < units else 0)
+    text = st.query_params["unit"]
+    try:
+        unit = int(text)
+    except ValueError:
+        unit = -1
+    if not 0 <= unit < units:
+        st.error(
+            f"This layer has {units} units (0–{units - 1}); there is no unit {text!r}. Showing unit 0.",
+            icon=":material/error:",
+        )
+        unit = 0
+    st.session_state["fv_unit"] = unit
+    if st.query_params.get("unit") != str(unit):
+        st.query_params["unit"] = str(unit)
+    return unit
+
+
+def _on_layer() -> None:
+    st.query_params["layer"] = st.session_state["unit_layer"]
+    st.query_params["unit"] = "0"
+
+
+def _on_unit() -> None:
+    st.query_params["unit"] = str(st.session_state["unit_pick"])
+
+
+def _on_source() -> None:
+    source = st.session_state["unit_data"]
+    if source == "folder":
+        st.query_params.pop("data", None)
+    else:
+        st.query_params["data"] = source
+
+
+# --------------------------------------------------------------------------- feature visualizations
+
+
+def _visualizations(model: LoadedModel, layer: str, unit: int, settings: RenderSettings) -> None:
+    st.subheader("What it responds to")
+    status = st.container()
+    first = st.columns(4)
+    tiles = [Tile(first[i]) for i in range(3)]
+    first[3].caption(
+        "**channel**: the unit's mean over the whole map. **neuron**: only its centre position, so the pattern "
+        "sits in the middle at the size of its receptive field. **negative**: what lowers the unit most. "
+        "**diversity**: four images for the same unit pushed apart in style, to show the several things it detects. "
+        "Value: the objective each reached (for negative, minus the unit's mean)."
+    )
+    tiles += tile_grid(4, 4)
+    for t in tiles[:3]:
+        t.show(None, "waiting…")
+    result = render_tiles(
+        model, unit_objectives(layer, unit), settings, tiles, KINDS, key=f"unit_{layer}_{unit}", status=status
+    )
+    stem = f"{safe_filename(layer)}-{unit}"
+    names = [f"{stem}-{k.split(' ')[0]}{k[-1] if k[-1].isdigit() else ''}.png" for k in KINDS]
+    for tile, name, data in zip(tiles, names, result.png, strict=True):
+        if data is not None:
+            png_download(tile.actions, data, name, key=f"png_{name}")
+    if result.complete:
+        st.download_button(
+            f"Download all 7 images of unit {unit} (zip)",
+            zip_bytes({name: data or b"" for name, data in zip(names, result.png, strict=True)}),
+            file_name=f"{stem}-{settings.preset}-seed{settings.seed}.zip",
+            mime="application/zip",
+            icon=":material/folder_zip:",
+            on_click="ignore",
+        )
+
+
+# --------------------------------------------------------------------------- dataset examples
+
+
+def _folder_choice() -> tuple[str, Path | None]:
+    """The chosen image folder (label, path); None when the user still has to type one."""
+    from explorer.data import ASSETS_DIR, resolve_data
+
+    wanted = st.query_params.get("data")
+    if wanted is not None and (wanted not in SOURCES or wanted == "folder"):
+        st.warning(f"data={wanted!r} is not a known image source; using the sample photos.", icon=":material/link_off:")
+        wanted = "samples"
+        st.query_params["data"] = wanted
+    if wanted is not None:
+        st.session_state["unit_data"] = wanted
+    st.session_state.setdefault("unit_data", "samples")
+    source = st.radio(
+        "Images", list(SOURCES), key="unit_data", format_func=SOURCES.get, horizontal=True, on_change=_on_source
+    )
+    if source == "samples":
+        return SOURCES[source], ASSETS_DIR
+    if source == "folder":
+        typed = st.text_input("Folder on the server", key="unit_folder", placeholder="/path/to/images")
+        if not typed.strip():
+            st.info("Type the path of a folder of images (subfolders are searched too).", icon=":material/folder:")
+            return SOURCES[source], None
+        return typed.strip(), resolve_data(typed.strip())
+    with st.spinner(f"Preparing {SOURCES[source]}…"):
+        return SOURCES[source], resolve_data(source)
+
+
+def _examples(model: LoadedModel, folder: Path, layer: str) -> Any:
+    """The layer's dataset examples over `folder` (one cached pass for all its units), with progress and Stop."""
+    from explorer.cache import make_key
+    from explorer.examples import dataset_examples
+
+    slot = st.empty()
+    left, right = slot.container().columns([6, 1], vertical_alignment="center")
+    signature = make_key(model=model.fingerprint, folder=str(folder.resolve()), layer=layer)
+    if stop_control(right, "unit_examples", signature):
+        left.info("Stopped before the examples were found.", icon=":material/pause_circle:")
+        right.button(
+            "Resume",
+            key="unit_examples_resume",
+            icon=":material/play_arrow:",
+            on_click=lambda: st.session_state.pop(stopped_key("unit_examples"), None),
+        )
+        return None
+    found = dataset_examples(model, folder, [layer], k=K, progress=progress_callback(left, text="Scanning images…"))
+    slot.empty()
+    return found[layer]
+
+
+def display_maps(maps: torch.Tensor, method: str, smooth: int = 9, percentile: float = 0.995) -> tuple[Any, float]:
+    """Attribution maps made readable as overlays: smoothed over `smooth` px (pixel gradients are speckled) and
+    put on one scale for the batch whose top is a high percentile, not the single hottest pixel."""
+    m = maps.abs() if method == "saliency" else maps
+    m = F.avg_pool2d(m[:, None].float(), smooth, stride=1, padding=smooth // 2, count_include_pad=False)[:, 0]
+    top = float(torch.quantile(m.abs().flatten()[:: max(1, m.numel() // 1_000_000)], percentile))
+    return m, max(top, 1e-12)
+
+
+@st.cache_data(max_entries=64, show_spinner="Attributing…")
+def _attribution(
+    _model: LoadedModel,
+    key: tuple[Any, ...],
+    stamp: str,
+    paths: tuple[str, ...],
+    boxes: tuple[Any, ...],
+    layer: str,
+    unit: int,
+    method: str,
+    shared: bool,
+) -> tuple[list[Image.Image], list[float]]:
+    """Unit attribution overlays (one colour scale) with the receptive-field box of each strongest position."""
+    from explorer.attribution import overlay, unit_attribution
+
+    del key, stamp
+    res = unit_attribution(_model, list(paths), layer, unit, method)
+    maps, top = display_maps(res.maps, method)
+    tops = [top] * len(maps) if shared else [display_maps(m[None], method)[1] for m in res.maps]
+    mode = "abs" if method == "saliency" else "signed"
+    overlays = [
+        overlay(im, m, 0.0 if mode == "abs" else -t, t, mode=mode, alpha=0.85)
+        for im, m, t in zip(res.images, maps, tops, strict=True)
+    ]
+    for im, box in zip(overlays, boxes, strict=True):
+        ImageDraw.Draw(im).rectangle(box, outline=(0, 229, 255), width=2)
+    return overlays, [float(v) for v in res.values]
+
+
+def _examples_section(model: LoadedModel, layer: str, unit: int) -> None:
+    st.subheader("Images that excite it")
+    try:
+        label, folder = _folder_choice()
+        if folder is None:
+            return
+        ex = _examples(model, folder, layer)
+    except Exception as exc:
+        show_error(exc)
+        return
+    if ex is None:
+        return
+    top = ex.examples(unit)
+    if ex.skipped:
+        names = ", ".join(f for f, _ in ex.skipped[:3]) + (" …" if len(ex.skipped) > 3 else "")
+        st.warning(
+            f"Skipped {len(ex.skipped)} of {len(ex.files)} files that are not usable images: {names}",
+            icon=":material/warning:",
+        )
+    st.caption(
+        f"The {len(top)} of {ex.images_used} images in *{label}* whose strongest position excites unit {unit} most, "
+        f"cropped to that position's receptive field ({ex.rf.size[0]}×{ex.rf.size[1]} px of the "
+        f"{model.input_size[0]}×{model.input_size[1]} input). Value: the unit's maximum on the image."
+    )
+    tiles = tile_grid(len(top), K)
+    patches = ex.patches(model, unit, size=128)
+    for tile, e, patch in zip(tiles, top, patches, strict=True):
+        tile.show(np.asarray(patch), f"{e.value:.2f} · {e.path.name}")
+    c = st.columns([3, 2], vertical_alignment="bottom")
+    method = c[0].radio(
+        "Attribution",
+        list(METHODS),
+        key="unit_attr_method",
+        format_func=METHODS.get,
+        horizontal=True,
+        help="Which pixels of each example raise the unit's strongest position.",
+    )
+    shared = c[1].toggle(
+        "One colour scale for all images",
+        value=True,
+        key="unit_attr_shared",
+        help="On: raw magnitudes compare across images. Off: each image on its own scale.",
+    )
+    paths = tuple(str(e.path) for e in top)
+    stamp = hashlib.sha256("|".join(f"{p}:{Path(p).stat().st_mtime_ns}" for p in paths).encode()).hexdigest()
+    try:
+        overlays, values = _attribution(
+            model, model_key(model), stamp, paths, tuple(e.box for e in top), layer, unit, method, shared
+        )
+    except Exception as exc:
+        show_error(exc)
+        return
+    st.caption(
+        f"{METHODS[method]} of the unit's spatial maximum: which pixels raise it"
+        + (" (red) or lower it (blue)" if method == "ig" else "")
+        + (f", smoothed, on one colour scale for all {len(top)} images." if shared else ", smoothed, per image.")
+        + " The cyan box is the receptive field of the strongest position. Value: the unit's maximum."
+    )
+    tiles = tile_grid(len(overlays), 4)
+    for tile, im, v, e in zip(tiles, overlays, values, top, strict=True):
+        tile.show(np.asarray(im), f"{v:.2f} · {e.path.name}")
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def _unit_layers(model: LoadedModel) -> tuple[dict[str, LayerInfo], list[str]]:
+    layers = renderable_layers(model)
+    return layers, block_names(model) or list(layers)
+
+
+def render() -> None:
+    """The Unit page."""
+    st.title("Unit")
+    try:
+        model = current_model()
+        layers, blocks = _unit_layers(model)
+        stages = get_stage_map(model)
+    except Exception as exc:
+        show_error(exc)
+        return
+    if not layers:
+        st.info(f"{model.spec} has no layer with a spatial output to visualise.")
+        return
+    settings = settings_from_url()
+    if st.query_params.get("layer", blocks[0]) not in layers:
+        st.query_params.pop("unit", None)  # a unit of an unknown layer means nothing: one message is enough
+    layer = layer_from_url(model, layers, blocks[0])
+    units = channels_of(layers[layer])
+    unit = _unit_from_url(units)
+    options = blocks if layer in blocks else [*blocks, layer]
+    st.session_state["unit_layer"], st.session_state["unit_pick"] = layer, unit
+    c = st.columns([3, 1, 1.2], vertical_alignment="bottom")
+    c[0].selectbox(
+        "Layer",
+        options,
+        key="unit_layer",
+        on_change=_on_layer,
+        format_func=lambda n: layer_label(layers[n], channels_of(layers[n]), stages),
+    )
+    c[1].number_input(f"Unit (0–{units - 1})", 0, units - 1, key="unit_pick", on_change=_on_unit)
+    c[2].page_link(
+        page_ref("layer", "Layer"),
+        label=f"All units of {layer}",
+        icon=":material/grid_view:",
+        query_params=link_params(settings, layer=layer, page=unit // PER_PAGE + 1),
+    )
+    settings_form(settings, "unit")
+    try:
+        _visualizations(model, layer, unit, settings)
+    except Exception as exc:
+        show_error(exc)
+    _examples_section(model, layer, unit)

@@ -1,0 +1,366 @@
+"""Fine-tuning runs: where their checkpoints live, how pages find them, and training one in the background.
+
+Every run gets its own folder ``<cache>/runs/<name>/`` holding ``<name>.safetensors`` and its ``<name>.json``
+sidecar (both written by :mod:`explorer.finetune` after each complete epoch) plus ``.run.json`` (when it was
+started, by which process, and how it ended). Names are unique and reserved with an atomic ``mkdir``, so a run
+never overwrites another. `list_runs` reads the sidecars; the Fine-tune and Compare pages both use it.
+No Streamlit here: the page polls a :class:`TrainingJob`, whose thread never touches the UI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from explorer.cache import cache_root
+
+RUN_RECORD = ".run.json"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
+STATES = ("running", "done", "stopped", "failed", "interrupted")
+MAX_POINTS = 1500  # training steps drawn per curve
+
+
+def runs_dir() -> Path:
+    """The folder holding every run: ``<cache>/runs`` (``$LAYER_EXPLORER_CACHE`` or ``~/.cache/layer-explorer``)."""
+    return cache_root() / "runs"
+
+
+def slug(text: str, limit: int = 60) -> str:
+    """A file-name-safe form of `text` (letters, digits, dot, dash, underscore)."""
+    out = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
+    return out[:limit].rstrip("-._") or "run"
+
+
+def valid_run_name(name: str) -> bool:
+    """Whether `name` can name a run (no path separators or leading dots, so it cannot leave the runs folder)."""
+    return bool(_NAME_RE.match(name)) and ".." not in name
+
+
+# --------------------------------------------------------------------------- reading runs
+
+
+@dataclass
+class RunInfo:
+    """A saved run as the sidecar describes it. `path` is the ``.safetensors`` checkpoint."""
+
+    name: str
+    path: Path
+    created: float  # Unix time the run started
+    base_spec: str | None
+    base_fingerprint: str | None
+    arch: str | None
+    classes: list[str]
+    freeze_after: str | None  # None: every layer trained
+    metrics: dict[str, Any]  # the last complete epoch: val_acc, val_loss, train_acc, train_loss, epoch, history
+    data: str | None  # the dataset it was trained on ('demo:shapes' or a folder)
+    status: str  # one of STATES
+    settings: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)  # the whole sidecar
+
+    @property
+    def created_at(self) -> datetime:
+        return datetime.fromtimestamp(self.created)
+
+    @property
+    def epochs_done(self) -> int:
+        return int(self.metrics.get("epoch") or 0)
+
+    @property
+    def val_acc(self) -> float | None:
+        value = self.metrics.get("val_acc")
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def as_row(self) -> dict[str, Any]:
+        """One table row: what a list of runs shows."""
+        m = self.metrics
+        return {
+            "run": self.name,
+            "created": self.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            "data": self.data,
+            "freeze after": self.freeze_after or "none",
+            "epochs": self.epochs_done,
+            "val acc": self.val_acc,
+            "val loss": m.get("val_loss"),
+            "train acc": m.get("train_acc"),
+            "classes": len(self.classes),
+            "status": self.status,
+            "base": self.base_spec,
+            "checkpoint": str(self.path),
+        }
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _status(record: dict[str, Any], meta: dict[str, Any]) -> str:
+    status = str(record.get("status") or ("stopped" if meta.get("stopped") else "done"))
+    if status == "running" and record.get("pid") != os.getpid():
+        return "interrupted"  # the process that trained it is gone: its last complete epoch is what is left
+    return status if status in STATES else "done"
+
+
+def read_run(checkpoint: str | Path, name: str | None = None) -> RunInfo | None:
+    """The run whose checkpoint is `checkpoint`, or None when it has no complete epoch (no readable sidecar)."""
+    path = Path(checkpoint)
+    meta = _read_json(path.with_suffix(".json"))
+    if meta is None or not path.is_file():
+        return None
+    record = (_read_json(path.parent / RUN_RECORD) or {}) if path.parent.name == path.stem else {}
+    created = record.get("created")
+    if not isinstance(created, (int, float)):
+        created = path.with_suffix(".json").stat().st_mtime
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    return RunInfo(
+        name=name or path.stem,
+        path=path,
+        created=float(created),
+        base_spec=meta.get("base_spec"),
+        base_fingerprint=meta.get("base_fingerprint"),
+        arch=meta.get("arch"),
+        classes=[str(c) for c in meta.get("class_names") or []],
+        freeze_after=meta.get("freeze_after") or None,
+        metrics=metrics,
+        data=record.get("data") or data.get("source"),
+        status=_status(record, meta),
+        settings=meta.get("settings") if isinstance(meta.get("settings"), dict) else {},
+        metadata=meta,
+    )
+
+
+def list_runs(root: str | Path | None = None) -> list[RunInfo]:
+    """Every saved run with at least one complete epoch, newest first (runs/<name>/<name>.safetensors and any
+    loose runs/<name>.safetensors with a sidecar)."""
+    base = Path(root) if root is not None else runs_dir()
+    if not base.is_dir():
+        return []
+    found: dict[str, RunInfo] = {}
+    for entry in sorted(base.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            info = read_run(entry / f"{entry.name}.safetensors", entry.name)
+        elif entry.suffix == ".safetensors":
+            info = read_run(entry)
+        else:
+            continue
+        if info is not None and info.name not in found:
+            found[info.name] = info
+    return sorted(found.values(), key=lambda r: (r.created, r.name), reverse=True)
+
+
+def get_run(name: str, root: str | Path | None = None) -> RunInfo | None:
+    """The run called `name` (e.g. from a URL's ``?tuned=``), or None; names that could leave the folder are refused."""
+    if not valid_run_name(name):
+        return None
+    base = Path(root) if root is not None else runs_dir()
+    return read_run(base / name / f"{name}.safetensors", name) or read_run(base / f"{name}.safetensors")
+
+
+# --------------------------------------------------------------------------- creating runs
+
+
+def reserve_run(label: str, *, root: str | Path | None = None, data: str | None = None) -> tuple[str, Path]:
+    """Reserve a fresh run folder named after `label` and the time; returns (name, checkpoint path to write).
+
+    The folder is created with an exclusive ``mkdir``, so two runs started at the same second still get
+    different names, and nothing that exists is ever reused.
+    """
+    base = Path(root) if root is not None else runs_dir()
+    base.mkdir(parents=True, exist_ok=True)
+    stem = f"{slug(label)}-{datetime.now():%Y%m%d-%H%M%S}"
+    for k in range(1000):
+        name = stem if k == 0 else f"{stem}-{k + 1}"
+        folder = base / name
+        if (base / f"{name}.safetensors").exists():
+            continue
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        record = {"name": name, "created": time.time(), "pid": os.getpid(), "status": "running", "data": data}
+        _write_record(folder, record)
+        return name, folder / f"{name}.safetensors"
+    raise OSError(f"No free run name for {stem} in {base}.")
+
+
+def _write_record(folder: Path, record: dict[str, Any]) -> None:
+    tmp = folder / f".{RUN_RECORD}.{threading.get_ident()}.tmp"
+    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    os.replace(tmp, folder / RUN_RECORD)
+
+
+def finish_run(checkpoint: Path, status: str) -> None:
+    """Record how a run ended; a run that never completed an epoch leaves nothing behind (its empty folder goes)."""
+    folder = checkpoint.parent
+    if not checkpoint.is_file():
+        leftovers = [p for p in folder.iterdir() if p.name != RUN_RECORD] if folder.is_dir() else []
+        if not leftovers:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    record = _read_json(folder / RUN_RECORD) or {}
+    with contextlib.suppress(OSError):
+        _write_record(folder, {**record, "status": status, "finished": time.time()})
+
+
+# --------------------------------------------------------------------------- training in the background
+
+
+@dataclass
+class JobSnapshot:
+    """A consistent copy of a job's progress for drawing (the thread keeps appending to the job)."""
+
+    name: str
+    checkpoint: Path
+    state: str  # running, done, stopped, failed
+    step: int
+    total: int
+    steps: list[dict[str, Any]]
+    epochs: list[dict[str, Any]]
+    error: BaseException | None
+    seconds: float
+    images_per_second: float
+    stop_requested: bool
+
+    @property
+    def finished(self) -> bool:
+        return self.state != "running"
+
+
+class TrainingJob:
+    """`explorer.finetune.finetune` in a daemon thread, stoppable, with its progress kept for the UI to poll.
+
+    The model passed in is only read (finetune trains a deep copy). Stopping takes effect before the next step;
+    the checkpoint of the last complete epoch stays, and `finish_run` records how the run ended.
+    """
+
+    def __init__(self, model: Any, data: str, settings: Any, *, label: str, root: str | Path | None = None) -> None:
+        self.model, self.data, self.settings = model, data, settings
+        self.name, self.checkpoint = reserve_run(label, root=root, data=data)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._state = "running"
+        self._step, self._total = 0, 0
+        self._steps: list[dict[str, Any]] = []
+        self._epochs: list[dict[str, Any]] = []
+        self._error: BaseException | None = None
+        self._started = time.monotonic()
+        self._seconds = 0.0
+        self._ips = 0.0
+        self._thread = threading.Thread(target=self._run, name=f"finetune-{self.name}", daemon=True)
+
+    def start(self) -> TrainingJob:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Ask the run to stop before its next step."""
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread; True when it has finished."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _progress(self, done: int, total: int, preview: Any = None) -> None:
+        with self._lock:
+            self._step, self._total = done, total
+            if isinstance(preview, dict) and preview.get("phase") == "train":
+                self._steps.append({k: preview[k] for k in ("step", "epoch", "loss", "acc") if k in preview})
+            elif isinstance(preview, dict) and preview.get("phase") == "val":
+                self._epochs.append({k: v for k, v in preview.items() if k not in ("phase", "checkpoint")})
+
+    def _run(self) -> None:
+        from explorer.finetune import finetune
+
+        state = "failed"
+        try:
+            result = finetune(
+                self.model, self.data, self.settings, out=self.checkpoint, progress=self._progress,
+                should_stop=self._stop,
+            )  # fmt: skip
+            state = "stopped" if result.stopped else "done"
+            with self._lock:
+                self._ips = result.images_per_second
+        except BaseException as exc:  # reported to the page, which shows one message
+            with self._lock:
+                self._error = exc
+        finally:
+            self.model = None  # the shared model is not kept alive by a finished job
+            with contextlib.suppress(OSError):
+                finish_run(self.checkpoint, state)
+            with self._lock:
+                self._state = state
+                self._seconds = time.monotonic() - self._started
+
+    def snapshot(self) -> JobSnapshot:
+        with self._lock:
+            running = self._state == "running"
+            return JobSnapshot(
+                name=self.name,
+                checkpoint=self.checkpoint,
+                state=self._state,
+                step=self._step,
+                total=self._total,
+                steps=list(self._steps),
+                epochs=[dict(e) for e in self._epochs],
+                error=self._error,
+                seconds=time.monotonic() - self._started if running else self._seconds,
+                images_per_second=self._ips,
+                stop_requested=self._stop.is_set(),
+            )
+
+    def run_info(self) -> RunInfo | None:
+        """The saved run (None until an epoch completed), with this job's state while it runs."""
+        info = read_run(self.checkpoint, self.name)
+        if info is not None and self.snapshot().state == "running":
+            info = replace(info, status="running")
+        return info
+
+
+# --------------------------------------------------------------------------- the curves
+
+
+def progress_figure(snap: JobSnapshot) -> Any:
+    """Plotly: per-step training loss and accuracy, each epoch's validation loss and accuracy as markers."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    ends = {s["epoch"]: s["step"] for s in snap.steps}
+    xs = [ends.get(e["epoch"], 0) for e in snap.epochs]
+    shown = snap.steps[:: max(1, len(snap.steps) // MAX_POINTS)]  # long runs: every k-th step keeps redraws fast
+    steps = [s["step"] for s in shown]
+    lines = [("train loss", steps, [s["loss"] for s in shown], "#4C78A8", False, False),
+             ("train accuracy", steps, [s["acc"] for s in shown], "#F58518", True, False),
+             ("validation loss", xs, [e["val_loss"] for e in snap.epochs], "#1F3F66", False, True),
+             ("validation accuracy", xs, [e["val_acc"] for e in snap.epochs], "#B3590E", True, True)]  # fmt: skip
+    for name, x, y, colour, right, val in lines:
+        style: dict[str, Any] = {"mode": "lines", "line": {"color": colour}}
+        if val:
+            style = {"mode": "markers+lines", "line": {"dash": "dot", "color": colour},
+                     "marker": {"size": 10, "symbol": "diamond", "color": colour}}  # fmt: skip
+        fig.add_trace(go.Scatter(x=x, y=y, name=name, **style), secondary_y=right)
+    for x in xs:
+        fig.add_vline(x=x, line_width=1, line_dash="dot", line_color="#bbbbbb")
+    fig.update_xaxes(title_text="training step", range=[0, max(snap.total, 1) * 1.03])
+    fig.update_yaxes(title_text="loss", rangemode="tozero", secondary_y=False)
+    fig.update_yaxes(title_text="accuracy", range=[0, 1.02], dtick=0.25, tickformat=".0%", secondary_y=True,
+                     showgrid=False)  # fmt: skip
+    legend = {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1}
+    fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 40, "b": 10}, hovermode="x unified", legend=legend)
+    return fig

@@ -1,0 +1,275 @@
+"""Fine-tuning on a copy with a freeze point: what stays frozen stays frozen, and checkpoints reopen alone."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from explorer.checkpoint import CheckpointError
+from explorer.errors import ExplorerError
+from explorer.finetune import FinetuneError, FinetuneSettings, finetune, replace_head, trainable_copy
+from explorer.freeze import FreezeError, apply_freeze, freeze_code, freeze_summary, freeze_table, frozen_modules
+from explorer.layers import hook_count, ladder
+from explorer.models import META_KEY, fingerprint, load_model
+
+FAST = {"input_size": 32, "batch_size": 8, "val_fraction": 0.25}
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _owned(name: str, frozen: list[str]) -> bool:
+    return any(name == f or name.startswith(f + ".") for f in frozen)
+
+
+# --------------------------------------------------------------------------- freeze points
+
+
+def test_freeze_counts_add_up_and_match_requires_grad(tiny) -> None:
+    table = freeze_table(tiny)
+    names = [r.name for r in ladder(tiny)]
+    assert [s.freeze_after for s in table] == [None, *names[: names.index("classifier")]]
+    total = sum(p.numel() for p in tiny.module.parameters())
+    trainables = [s.trainable for s in table]
+    assert all(s.total == total and s.trainable + s.non_trainable == total for s in table)
+    assert trainables == sorted(trainables, reverse=True) and trainables[0] == total
+    module = trainable_copy(tiny)
+    apply_freeze(module, "blocks.2.0")
+    s = freeze_summary(tiny, "blocks.2.0")
+    assert s.trainable == sum(p.numel() for p in module.parameters() if p.requires_grad)
+    assert s.non_trainable == sum(p.numel() for p in module.parameters() if not p.requires_grad)
+    assert s.frozen == ["conv_stem", "bn1", "blocks.0", "blocks.1", "blocks.2"]
+    # The new head is counted at its new size.
+    assert freeze_summary(tiny, "blocks.2.0", num_classes=3).trainable == s.trainable - 997 * 257
+
+
+def test_freeze_point_includes_the_layers_own_batchnorm(tiny) -> None:
+    frozen = frozen_modules(tiny, "conv_stem")
+    assert "conv_stem" in frozen and "bn1" in frozen  # bn1 is hidden in the block view but belongs to the stem
+    assert not any(n.startswith("blocks") for n in frozen)
+
+
+def test_bad_freeze_points_are_refused_clearly(tiny) -> None:
+    with pytest.raises(FreezeError, match="Did you mean"):
+        freeze_summary(tiny, "block.2.0")
+    with pytest.raises(FreezeError, match="nothing to train"):
+        freeze_summary(tiny, "classifier")
+    assert freeze_summary(tiny, None).non_trainable == 0
+
+
+def test_freeze_code_freezes_exactly_what_the_fine_tune_freezes(tiny) -> None:
+    ours = trainable_copy(tiny)
+    apply_freeze(ours, "blocks.3.0")
+    model = trainable_copy(tiny)
+    exec(freeze_code(tiny, "blocks.3.0"), {"model": model, "torch": torch})  # noqa: S102 - our own snippet
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == {
+        n: p.requires_grad for n, p in ours.named_parameters()
+    }
+    model.train()
+    assert not model.bn1.training and not model.blocks[3].training and model.blocks[4].training
+    assert "requires_grad_(False)" in freeze_code(tiny, "blocks.3.0")
+    assert "nothing to freeze" in freeze_code(tiny, None)
+
+
+def test_apply_freeze_keeps_frozen_batchnorm_in_eval_through_train(tiny) -> None:
+    module = trainable_copy(tiny)
+    apply_freeze(module, "blocks.1.0")
+    module.train()
+    bns = {n: m.training for n, m in module.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert bns["bn1"] is False and bns["blocks.1.0.bn1"] is False
+    assert bns["blocks.2.0.bn1"] is True and bns["bn2"] is True
+    module.eval()
+    assert not any(m.training for m in module.modules())
+
+
+def test_replace_head_builds_a_fresh_classifier(tiny) -> None:
+    module = trainable_copy(tiny)
+    assert replace_head(module, 3, input_size=tiny.input_size) == "classifier"
+    assert module.classifier.out_features == 3
+    assert module(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+    assert tiny.module.classifier.out_features == 1000  # the shared model still has its head
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_finetune_freezes_params_and_batchnorm_and_leaves_the_base_untouched(tiny, color_folder, tmp_path) -> None:
+    before = fingerprint(tiny.module)
+    grads_before = {n: p.requires_grad for n, p in tiny.module.named_parameters()}
+    base_state = _state(tiny.module)
+    steps: list[dict] = []
+    result = finetune(
+        tiny,
+        color_folder,
+        FinetuneSettings(freeze_after="blocks.2.0", epochs=2, lr=5e-3, backbone_lr=5e-3, **FAST),
+        out=tmp_path / "t.safetensors",
+        progress=lambda d, t, p: steps.append(p),
+    )
+    assert fingerprint(tiny.module) == before and not tiny.module.training and hook_count(tiny.module) == 0
+    assert {n: p.requires_grad for n, p in tiny.module.named_parameters()} == grads_before
+    assert all(p.grad is None for p in tiny.module.parameters())
+    frozen = frozen_modules(tiny, "blocks.2.0")
+    tuned = result.module.state_dict()
+    changed = {
+        k
+        for k in base_state
+        if k in tuned and base_state[k].shape == tuned[k].shape and not torch.equal(base_state[k], tuned[k])
+    }
+    stats = [k for k in base_state if k.endswith(("running_mean", "running_var"))]
+    assert not any(_owned(k.rsplit(".", 1)[0], frozen) for k in changed)  # weights *and* BN statistics fixed
+    assert any(_owned(k.rsplit(".", 1)[0], frozen) for k in stats)  # (there are frozen BN statistics to check)
+    assert {k for k in changed if k.endswith("running_mean")}  # the trainable BatchNorms did adapt
+    assert any(k.startswith("blocks.3") and k.endswith("weight") for k in changed)  # trainable weights moved
+    train = [p for p in steps if p["phase"] == "train"]
+    assert [p["step"] for p in train] == list(range(1, len(train) + 1)) and len(result.epochs) == 2
+    assert {"loss", "acc", "lr", "epoch"} <= set(train[0])
+    assert [p["epoch"] for p in steps if p["phase"] == "val"] == [1, 2]
+    assert result.epochs[-1]["train_loss"] < result.epochs[0]["train_loss"] + 0.5  # it trained, not diverged
+    assert result.images_per_second > 0
+
+
+def test_checkpoint_round_trips_through_load_model(tiny, color_folder, tmp_path) -> None:
+    out = tmp_path / "run" / "colors.safetensors"
+    result = finetune(tiny, color_folder, FinetuneSettings(freeze_after="blocks.1.0", epochs=1, **FAST), out=out)
+    assert result.checkpoint == out and out.with_suffix(".json").exists()
+    from safetensors import safe_open
+
+    with safe_open(str(out), framework="pt") as f:
+        header = json.loads(f.metadata()[META_KEY])
+    side = json.loads(out.with_suffix(".json").read_text())
+    for meta in (header, side):
+        assert meta["arch"] == tiny.arch and meta["base_fingerprint"] == tiny.fingerprint
+        assert meta["class_names"] == ["blue", "green", "red"] and meta["freeze_after"] == "blocks.1.0"
+        assert meta["input_size"] == [32, 32] and meta["metrics"]["epoch"] == 1
+        assert {"mean", "std", "resize_size", "settings", "base_spec"} <= set(meta)
+    loaded = load_model(str(out), device="cpu")  # no arch, no class names: the metadata carries them
+    assert loaded.class_names == ["blue", "green", "red"] and loaded.input_size == (32, 32)
+    assert loaded.fingerprint == fingerprint(result.module)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded.module(x), result.module.eval()(x), atol=1e-5)
+    assert not list(tmp_path.glob("run/.*tmp"))  # atomic writes leave no temporaries
+    direct = result.to_loaded_model(tiny)  # the same model without the file (what the app offers as "tuned")
+    assert direct.fingerprint == loaded.fingerprint and direct.class_names == loaded.class_names
+    assert direct.metadata["freeze_after"] == "blocks.1.0"
+
+
+def test_stopping_keeps_the_last_complete_epoch(tiny, color_folder, tmp_path) -> None:
+    out = tmp_path / "stop.safetensors"
+    stop = threading.Event()
+    steps_per_epoch = 27 // 8
+
+    def progress(done: int, total: int, preview: dict) -> None:
+        if preview["phase"] == "train" and done == steps_per_epoch + 1:
+            stop.set()  # in the middle of epoch 2
+
+    result = finetune(
+        tiny, color_folder, FinetuneSettings(epochs=3, **FAST), out=out, progress=progress, should_stop=stop
+    )
+    assert result.stopped and len(result.epochs) == 1
+    reopened = load_model(str(out), device="cpu")
+    assert reopened.metadata["metrics"]["epoch"] == 1
+
+
+def test_an_interrupted_run_leaves_a_loadable_checkpoint(tiny, color_folder, tmp_path) -> None:
+    out = tmp_path / "crash.safetensors"
+
+    def progress(done: int, total: int, preview: dict) -> None:
+        if preview["phase"] == "train" and preview["epoch"] == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of epoch 2
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny, color_folder, FinetuneSettings(epochs=3, **FAST), out=out, progress=progress)
+    reopened = load_model(str(out), device="cpu")
+    assert reopened.metadata["metrics"]["epoch"] == 1 and reopened.num_classes == 3
+
+
+def test_existing_files_are_not_overwritten(tiny, color_folder, tmp_path) -> None:
+    out = tmp_path / "mine.safetensors"
+    out.write_bytes(b"precious")
+    with pytest.raises(CheckpointError, match="already exists"):
+        finetune(tiny, color_folder, FinetuneSettings(epochs=1, **FAST), out=out)
+    assert out.read_bytes() == b"precious"
+    with pytest.raises(CheckpointError, match=r"\.safetensors"):
+        finetune(tiny, color_folder, FinetuneSettings(epochs=1, **FAST), out=tmp_path / "x.pt")
+
+
+def test_bad_data_and_settings_give_clear_errors(tiny, tmp_path, color_folder) -> None:
+    from PIL import Image
+
+    one = tmp_path / "one"
+    (one / "only").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(one / "only" / "a.png")
+    with pytest.raises(ExplorerError, match="two classes"):
+        finetune(tiny, one, FinetuneSettings(epochs=1, **FAST))
+    empty = tmp_path / "empty"
+    (empty / "a").mkdir(parents=True)
+    (empty / "b").mkdir()
+    Image.new("RGB", (8, 8)).save(empty / "a" / "x.png")
+    (empty / "b" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ExplorerError, match="no readable images"):
+        finetune(tiny, empty, FinetuneSettings(epochs=1, **FAST))
+    with pytest.raises(ExplorerError, match="does not exist"):
+        finetune(tiny, tmp_path / "nowhere", FinetuneSettings(epochs=1, **FAST))
+    with pytest.raises(FinetuneError):
+        finetune(tiny, color_folder, FinetuneSettings(epochs=0))
+    with pytest.raises(FreezeError):
+        finetune(tiny, color_folder, FinetuneSettings(freeze_after="nope", epochs=1, **FAST))
+
+
+def test_cli_finetune_writes_a_checkpoint_and_refuses_to_overwrite(color_folder, tmp_path, capsys) -> None:
+    from explorer.cli import main
+
+    def args(out, freeze: str) -> list[str]:
+        return [
+            "finetune",
+            "--model",
+            "timm:test_efficientnet:untrained",
+            "--device",
+            "cpu",
+            "--data",
+            str(color_folder),
+            "--freeze-after",
+            freeze,
+            "--epochs",
+            "1",
+            "--input-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--out",
+            str(out),
+        ]
+
+    out = tmp_path / "cli.safetensors"
+    assert main(args(out, "blocks.1.0")) == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "trainable" in printed
+    assert load_model(str(out), device="cpu").metadata["freeze_after"] == "blocks.1.0"
+    stamp = out.stat().st_mtime_ns
+    assert main(args(out, "blocks.1.0")) == 2  # exists: one error line, nothing replaced
+    assert "already exists" in capsys.readouterr().err and out.stat().st_mtime_ns == stamp
+    assert main([*args(tmp_path / "all.safetensors", "none"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["freeze_after"] is None
+
+
+def test_a_file_that_fails_only_when_decoded_is_skipped_and_counted(tiny, color_folder, tmp_path) -> None:
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(color_folder, data)
+    bad = data / "red" / "truncated.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(bad, quality=95)
+    bad.write_bytes(bad.read_bytes()[:600])  # the header still parses; decoding fails
+    result = finetune(tiny, data, FinetuneSettings(epochs=1, **{**FAST, "val_fraction": 0.0}))
+    assert len(result.epochs) == 1
+    unreadable = result.metadata["data"]["unreadable"]
+    assert unreadable["count"] == 1 and "truncated" in unreadable["first"][0]

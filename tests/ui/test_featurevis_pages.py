@@ -1,0 +1,272 @@
+"""The Progression, Layer and Unit pages driven by AppTest on the bundled model.
+
+The Unit page test renders for real (tiny steps and size), as does the browser test of the Progression page; the
+others swap the optimisation loop for a fast fake, so they check the pages' logic (URL state, batching, caching,
+errors) and not the engine's pictures.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from io import BytesIO
+
+import numpy as np
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+from streamlit.util import calc_hash
+
+import explorer.featurevis.store as store
+from explorer.featurevis import Preview, RenderResult, channel, get_preset, render
+from explorer.featurevis.stages import STAGES
+
+APP = "../../app.py"  # AppTest resolves it relative to this file
+TINY = {"preset": "fast", "steps": "2", "size": "32"}
+VALUE = re.compile(r"^unit (\d+) · (-?\d+\.\d\d)$")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _streamlit_caches():
+    """Fresh Streamlit caches for this module; kept between its tests (the ladders take seconds to trace)."""
+    st.cache_data.clear()
+    yield
+    st.cache_data.clear()
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    """Each test has its own empty disk cache (renders, dataset examples)."""
+    monkeypatch.setenv("LAYER_EXPLORER_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+class Renders:
+    """Counts the engine's render calls; `fake()` replaces the optimisation with flat images (value = step count)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fake: bool, fail_on: int | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.fail_on = fail_on
+        self.fake = fake
+        monkeypatch.setattr(store, "render", self)
+
+    def __call__(self, model, objectives, preset="classic", seed=0, steps=None, size=None, progress=None, **kw):
+        self.calls.append([o.key for o in objectives])
+        if len(self.calls) == self.fail_on:
+            raise RuntimeError("render failed half-way")
+        if not self.fake:
+            return render(model, objectives, preset, seed=seed, steps=steps, size=size, progress=progress, **kw)
+        p = get_preset(preset, steps=steps, size=size)
+        n = len(objectives)
+        images = np.stack([np.full((p.size, p.size, 3), (37 * i + seed) % 256, np.uint8) for i in range(n)])
+        if progress:
+            progress(n, n * p.steps, Preview(images, list(range(n)), 1, p.steps))
+        curves = np.tile(np.arange(1, p.steps + 1, dtype=np.float32), (n, 1))
+        return RenderResult(images, curves, {"preset": p.name, "seed": seed}, list(objectives))
+
+    @property
+    def images(self) -> int:
+        return sum(len(c) for c in self.calls)
+
+
+def _open(name: str, /, **query: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params.update(query)
+    at._page_hash = calc_hash(name)  # switch_page() only knows file pages; an st.Page's hash is its url_path
+    return at.run()
+
+
+def _images(at: AppTest) -> int:
+    return sum(len(el.proto.imgs) for el in at.get("image"))
+
+
+def _values(at: AppTest) -> dict[str, float]:
+    """Tile captions 'unit 3 · 4.20' → {'unit 3': 4.2} (only final images carry a value)."""
+    found = [VALUE.match(c.value) for c in at.caption]
+    return {f"unit {m.group(1)}": float(m.group(2)) for m in found if m}
+
+
+def _links(at: AppTest, page: str) -> list[dict[str, str]]:
+    out = []
+    for link in at.get("page_link"):
+        if link.proto.page == page:
+            out.append(dict(p.split("=", 1) for p in link.proto.query_string.replace("%3A", ":").split("&")))
+    return out
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _cached_pngs(cache_dir) -> int:
+    return len(list((cache_dir / "featurevis").rglob("*.png")))
+
+
+# --------------------------------------------------------------------------- Progression
+
+
+def test_progression_renders_each_stage_then_serves_a_second_visit_from_the_cache(monkeypatch):
+    renders = Renders(monkeypatch, fake=True)  # the browser test renders this page for real
+    at = _open("progression", per_stage="2", **TINY)
+    _ok(at)
+    assert [m.value for m in at.markdown if m.value.startswith("#### ")] == [
+        f"#### {i + 1}. {s.capitalize()}" for i, s in enumerate(STAGES)
+    ]
+    stage_layers = [link["layer"] for link in _links(at, "layer")]
+    captions = [c.value for c in at.caption if re.match(r"^\d blocks?: ", c.value)]
+    assert len(stage_layers) == 5 and len(captions) == 5
+    for layer, caption in zip(stage_layers, captions, strict=True):  # each caption names the blocks it shows
+        assert f"Shown: **{layer}**" in caption and "relative depth" in caption and "blocks." in caption
+    assert _images(at) == 10 and not at.get("progress")  # all final: no progress bar (and no Stop) left
+    assert len(renders.calls) == 5 and renders.images == 10  # one batch per stage, two units each
+    assert renders.calls[0] == [f"channel({stage_layers[0]}:0)", f"channel({stage_layers[0]}:1)"]
+    first = _values(at)
+    assert first == {"unit 0": 2.0, "unit 1": 2.0}  # the fake's last value is its step count
+    units = _links(at, "unit")
+    assert len(units) == 10 and {u["unit"] for u in units} == {"0", "1"}
+    assert all(u["preset"] == "fast" and u["steps"] == "2" for u in units)
+    assert all(u["model"] == "bundled:efficientnet_lite0" for u in units)
+    again = _open("progression", per_stage="2", **TINY)
+    _ok(again)
+    assert len(renders.calls) == 5  # nothing rendered: every image came from the disk cache
+    assert _images(again) == 10 and _values(again) == first
+
+
+def test_settings_form_applies_on_submit_and_lands_in_the_url(monkeypatch):
+    renders = Renders(monkeypatch, fake=True)
+    at = _open("progression", per_stage="2", **TINY)
+    _ok(at)
+    assert renders.images == 10
+    at.number_input(key="prog_seed").set_value(7)
+    at.number_input(key="prog_steps").set_value(3)
+    at.button(key="prog_apply").click().run()
+    _ok(at)
+    assert at.query_params["seed"] == "7" and at.query_params["steps"] == "3"
+    assert renders.images == 20  # the new settings are new images
+    assert all(link["seed"] == "7" for link in _links(at, "unit"))
+    at.button(key="prog_classic").click().run()  # one click to the quality preset, the preset's own steps
+    assert at.query_params["preset"] == "classic" and "steps" not in at.query_params
+    assert at.query_params["seed"] == "7"
+
+
+# --------------------------------------------------------------------------- Layer
+
+
+def test_layer_page_reopens_layer_and_page_from_the_url(monkeypatch):
+    renders = Renders(monkeypatch, fake=True)
+    at = _open("layer", layer="blocks.1.0", page="2", **TINY)  # 24 channels: page 2 holds units 16-23
+    _ok(at)
+    assert at.selectbox(key="layer_pick").value == "blocks.1.0"
+    assert at.number_input(key="layer_page").value == 2
+    assert _images(at) == 8 and renders.calls == [[f"channel(blocks.1.0:{u})" for u in range(16, 24)]]
+    assert sorted(_values(at)) == sorted(f"unit {u}" for u in range(16, 24))
+    links = _links(at, "unit")
+    assert [int(link["unit"]) for link in links] == list(range(16, 24))
+    assert all(link["layer"] == "blocks.1.0" for link in links)
+    pngs = [b for b in at.get("download_button") if b.proto.label == "PNG"]
+    assert len(pngs) == 8
+    at.selectbox(key="layer_pick").set_value("blocks.2.0").run()  # a new layer starts on its first page
+    _ok(at)
+    assert at.query_params["layer"] == "blocks.2.0" and at.query_params["page"] == "1"
+    assert _images(at) == 16
+
+
+def test_layer_page_keeps_finished_batches_and_offers_stop_and_resume(monkeypatch, cache_dir, bundled):
+    from explorer.ui.gallery import RenderSettings, render_signature, stopped_key
+
+    renders = Renders(monkeypatch, fake=True, fail_on=2)  # 16 units = two batches of 8; the second fails
+    at = _open("layer", layer="conv_stem", **TINY)
+    assert not at.exception
+    assert len(at.error) == 1 and "render failed half-way" in at.error[0].value
+    assert _cached_pngs(cache_dir) == 8  # the finished batch is kept, nothing of the failed one
+    key = "layer_conv_stem_1"
+    objs = [channel("conv_stem", u) for u in range(16)]
+    at.session_state[stopped_key(key)] = render_signature(bundled, objs, RenderSettings("fast", 0, 2, 32))
+    at.run()  # as after a click on Stop: the cached half shows, nothing renders
+    _ok(at)
+    assert len(renders.calls) == 2 and len(_values(at)) == 8
+    assert any("Stopped: 8 of 16" in i.value for i in at.info)
+    at.button(key=f"{key}_resume").click().run()
+    _ok(at)
+    assert renders.calls[-1] == [f"channel(conv_stem:{u})" for u in range(8, 16)]  # only the missing half
+    assert len(_values(at)) == 16 and _cached_pngs(cache_dir) == 16
+
+
+def test_layer_zip_holds_every_rendered_unit_and_a_sheet(monkeypatch, bundled):
+    from explorer.ui.gallery import RenderSettings
+    from explorer.ui.pages.layer import cached_units, layer_zip
+
+    Renders(monkeypatch, fake=True)
+    settings = RenderSettings("fast", 0, 2, 32)
+    store.render_cached(bundled, [channel("blocks.0.0", u) for u in (1, 4, 5)], settings.resolved(), seed=0)
+    assert cached_units(bundled, "blocks.0.0", 16, settings) == [1, 4, 5]
+    assert cached_units(bundled, "blocks.0.0", 16, RenderSettings("fast", 1, 2, 32)) == []  # another seed
+    with zipfile.ZipFile(BytesIO(layer_zip(bundled, "blocks.0.0", 16, settings))) as zf:
+        names = zf.namelist()
+        assert sorted(names) == ["blocks.0.0-1.png", "blocks.0.0-4.png", "blocks.0.0-5.png", "blocks.0.0-sheet.png"]
+        assert zf.read("blocks.0.0-4.png")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_layer_or_unit_in_the_url_is_one_error_and_the_page_works(monkeypatch):
+    Renders(monkeypatch, fake=True)
+    at = _open("layer", layer="blocks.99.0", page="3", **TINY)
+    assert not at.exception
+    assert len(at.error) == 1 and "blocks.99.0" in at.error[0].value and not at.warning
+    assert at.query_params["layer"] == "conv_stem" and _images(at) == 16  # the first block instead
+    at = _open("unit", layer="blocks.1.0", unit="999", **TINY)
+    assert not at.exception
+    assert len(at.error) == 1 and "999" in at.error[0].value
+    assert at.query_params["unit"] == "0" and at.number_input(key="unit_pick").value == 0
+    at = _open("progression", preset="nope", seed="x", **{"steps": "2", "size": "32", "per_stage": "2"})
+    assert not at.exception and len(at.warning) == 1
+    assert "preset='nope'" in at.warning[0].value and "seed" in at.warning[0].value
+    assert at.query_params["preset"] == "fast" and at.query_params["seed"] == "0"
+
+
+# --------------------------------------------------------------------------- Unit
+
+
+@pytest.mark.slow  # ~10-20 s: real renders of 7 images, dataset examples and attribution on the sample photos
+def test_unit_page_shows_four_kinds_of_image_examples_and_attribution(monkeypatch):
+    renders = Renders(monkeypatch, fake=False)
+    at = _open("unit", layer="blocks.0.0", unit="3", **TINY)
+    _ok(at)
+    assert at.selectbox(key="unit_layer").value == "blocks.0.0" and at.number_input(key="unit_pick").value == 3
+    assert len(renders.calls) == 1 and len(renders.calls[0]) == 7  # channel, neuron, negative, 4 diversity
+    keys = renders.calls[0]
+    assert keys[:3] == ["channel(blocks.0.0:3)", "neuron(blocks.0.0:3)", "-1.0*(channel(blocks.0.0:3))"]
+    assert len(set(keys[3:])) == 1 and "diversity(blocks.0.0)" in keys[3]
+    kinds = [c.value.split(" · ")[0] for c in at.caption if " · " in c.value and "." in c.value.split(" · ")[-1]]
+    for kind in ("channel", "neuron (centre)", "negative", "diversity 1", "diversity 4"):
+        assert kind in kinds
+    samples = 5  # assets/*.jpg
+    assert _images(at) == 7 + samples + samples  # visualizations, receptive-field patches, attribution overlays
+    assert not at.get("progress") and not [b for b in at.button if b.label == "Stop"]
+    examples = [c.value for c in at.caption if re.match(r"^-?\d+\.\d\d · \w+\.jpg$", c.value)]
+    assert len(examples) == 2 * samples
+    values = [float(v.split(" · ")[0]) for v in examples[:samples]]
+    assert values == sorted(values, reverse=True)  # strongest first
+    assert any("receptive field" in c.value for c in at.caption)
+    assert at.query_params["layer"] == "blocks.0.0" and at.query_params["unit"] == "3"
+    back = _links(at, "layer")
+    assert back and back[0]["layer"] == "blocks.0.0" and back[0]["page"] == "1"
+
+
+def test_unit_page_explains_bad_folders_and_keeps_working(monkeypatch, tmp_path):
+    Renders(monkeypatch, fake=True)
+    empty, junk = tmp_path / "empty", tmp_path / "junk"
+    empty.mkdir()
+    junk.mkdir()
+    (junk / "notes.png").write_bytes(b"this is not a png")
+    (junk / "readme.txt").write_text("hello")
+    at = _open("unit", layer="blocks.0.0", unit="1", **TINY)
+    _ok(at)
+    at.radio(key="unit_data").set_value("folder").run()
+    assert any("Type the path" in i.value for i in at.info)
+    assert "data" not in at.query_params  # server paths never go into a shared link
+    for folder, expected in ((empty, "contains no images"), (junk, "could be used"), (tmp_path / "nope", "not")):
+        at.text_input(key="unit_folder").set_value(str(folder)).run()
+        assert not at.exception
+        assert len(at.error) == 1 and expected in at.error[0].value, [e.value for e in at.error]
+        assert _images(at) == 7  # the visualizations are still there
