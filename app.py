@@ -1,5 +1,9 @@
 """Layer Explorer, the Streamlit app: `streamlit run app.py`. A router only; pages live in explorer/ui/pages/."""
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must not spin while Streamlit waits
+
 import sys
 from pathlib import Path
 

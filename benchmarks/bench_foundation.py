@@ -54,7 +54,9 @@ def main() -> None:
         f"cold start {SPECS[0]}: import {statistics.median(c['import_s'] for c in cold):.2f} s, "
         f"load {statistics.median(c['load_s'] for c in cold):.2f} s (median of 3 fresh processes)"
     )
-    print(f"{'model':34s} {'load s (median)':>16s} {'ladder s (median)':>18s} {'blocks':>7s} {'full':>5s} {'params':>12s}")
+    print(
+        f"{'model':34s} {'load s (median)':>16s} {'ladder s (median)':>18s} {'blocks':>7s} {'full':>5s} {'params':>12s}"
+    )
     for spec in SPECS:
         loads, ladders = [], []
         for _ in range(args.repeat):
