@@ -1,8 +1,49 @@
-"""Layer Explorer: what every layer of a CNN has learned, before and after fine-tuning."""
+"""Layer Explorer: what every layer of a CNN has learned, before and after fine-tuning.
 
-from explorer.errors import ExplorerError
+The light core (models, ladder, hooks) is imported at once; the engines are imported on first use, so
+``import explorer`` stays fast::
+
+    from explorer import load_model, render, attribute, dataset_examples, FinetuneSettings, freeze_code
+    from explorer.finetune import finetune      # these three share their module's name,
+    from explorer.compare import compare        # so they are imported from it
+    from explorer.recommend import recommend
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from explorer.errors import ExplorerError, ModelError
 from explorer.layers import LayerInfo, capture, forward_until, hook_count, ladder
-from explorer.models import DEFAULT_SPEC, LoadedModel, ModelError, load_model
+from explorer.models import DEFAULT_SPEC, LoadedModel, load_model
+
+# name -> module that defines it (imported lazily by __getattr__)
+_LAZY = {
+    "render": "explorer.featurevis",
+    "objectives": "explorer.featurevis.objectives",
+    "attribute": "explorer.attribution",
+    "channel_attribution": "explorer.attribution",
+    "AttributionResult": "explorer.attribution",
+    "dataset_examples": "explorer.examples",
+    "FinetuneSettings": "explorer.finetune",
+    "apply_freeze": "explorer.freeze",
+    "freeze_code": "explorer.freeze",
+    "freeze_table": "explorer.freeze",
+    "resolve_data": "explorer.data",
+    "demo_dataset": "explorer.data",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'explorer' has no attribute {name!r}")
+    mod = importlib.import_module(module)
+    value = mod if name == "objectives" else getattr(mod, name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_SPEC",
@@ -15,4 +56,5 @@ __all__ = [
     "hook_count",
     "ladder",
     "load_model",
+    *_LAZY,
 ]

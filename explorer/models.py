@@ -16,12 +16,7 @@ import contextlib
 import difflib
 import hashlib
 import importlib
-import json
 import os
-import pickle
-import re
-import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +26,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from explorer.errors import ExplorerError
+from explorer.errors import ExplorerError, ModelError
+from explorer.weights import (  # noqa: F401 (re-exported: the checkpoint API lives in explorer.weights)
+    CHECKPOINT_SUFFIXES,
+    META_KEY,
+    LoadReport,
+    load_into,
+    read_checkpoint,
+)
 
 DEFAULT_SPEC = "bundled:efficientnet_lite0"
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-META_KEY = "layer_explorer"  # key of our JSON metadata inside a safetensors header
 
 # bundled name -> (timm architecture, python package, file-class name)
 BUNDLED: dict[str, tuple[str, str, str]] = {
@@ -46,33 +46,6 @@ BUNDLED: dict[str, tuple[str, str, str]] = {
     )
     for i in range(3)
 }
-
-
-class ModelError(ExplorerError):
-    """A problem with a model spec or checkpoint, phrased for the user (one sentence, no traceback)."""
-
-
-@dataclass
-class LoadReport:
-    """What happened when a checkpoint's tensors were put into the architecture."""
-
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    resized: list[str] = field(default_factory=list)
-
-    @property
-    def clean(self) -> bool:
-        return not (self.missing or self.unexpected)
-
-    def summary(self) -> str:
-        parts = []
-        if self.resized:
-            parts.append("classifier resized from the checkpoint: " + ", ".join(self.resized))
-        if self.missing:
-            parts.append(f"{len(self.missing)} missing keys: " + ", ".join(self.missing[:8]))
-        if self.unexpected:
-            parts.append(f"{len(self.unexpected)} unexpected keys: " + ", ".join(self.unexpected[:8]))
-        return "; ".join(parts) or "all keys matched"
 
 
 @dataclass(eq=False)
@@ -413,129 +386,6 @@ def build_arch(spec: str, *, load_weights: bool = True) -> _Arch:
     )
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and our metadata (if any) from a checkpoint file, never running code from it."""
-    path = Path(path)
-    if not path.exists():
-        raise ModelError(f"Checkpoint {path} does not exist.")
-    if not path.is_file():
-        raise ModelError(f"Checkpoint {path} is not a file.")
-    meta: dict[str, Any] = {}
-    sidecar = path.with_suffix(".json")
-    if sidecar.exists():
-        try:
-            meta = json.loads(sidecar.read_text())
-        except (OSError, ValueError):
-            meta = {}
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            tensors = {}
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                header = f.metadata() or {}
-                for k in f.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
-                    tensors[k] = f.get_tensor(k)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"{path.name} is not a readable safetensors file (corrupt or truncated).") from exc
-        if META_KEY in header:
-            with contextlib.suppress(ValueError):
-                meta = {**json.loads(header[META_KEY]), **meta}
-        return tensors, meta
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; the error says it all
-            warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        if found:
-            raise ModelError(
-                f"Refused to load {path.name}: it contains Python objects other than tensors ({found.group(1)}), "
-                "and a pickle can run code. Save a plain state_dict or use safetensors."
-            ) from exc
-        raise ModelError(
-            f"{path.name} is not a readable PyTorch checkpoint: corrupt, or a pickle that the tensors-only loader "
-            "refuses (a pickle can run code)."
-        ) from exc
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise ModelError(f"{path.name} is not a readable PyTorch checkpoint (corrupt or truncated).") from exc
-    except Exception as exc:  # the unpickler fails in many ways on garbage (KeyError, struct.error, …)
-        raise ModelError(f"{path.name} is not a readable PyTorch checkpoint (corrupt or truncated).") from exc
-    return _unwrap_state_dict(obj, path.name), meta
-
-
-def _unwrap_state_dict(obj: Any, name: str) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "model_state_dict", "module", "net"):
-            inner = obj.get(key)
-            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                obj = inner
-                break
-    if not isinstance(obj, dict) or not obj:
-        raise ModelError(f"{name} holds no state_dict (expected a dict of tensors, or one under 'state_dict'/'model').")
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise ModelError(f"{name} holds no tensors.")
-    for prefix in ("module.", "model."):
-        if all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
-    return tensors
-
-
-def _resize_head(module: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
-    """Replace the final classifier when the checkpoint's differs only in its number of outputs."""
-    own = module.state_dict()
-    bad = [k for k in state if k in own and own[k].shape != state[k].shape]
-    if not bad:
-        return []
-    owners = sorted({k.rsplit(".", 1)[0] for k in bad})
-    last_param_owner = [n for n, _ in module.named_parameters()][-1].rsplit(".", 1)[0]
-    if len(owners) == 1 and owners[0] == last_param_owner:
-        name = owners[0]
-        old = module.get_submodule(name)
-        w = state[f"{name}.weight"]
-        if isinstance(old, nn.Linear) and w.shape[1] == old.in_features:
-            new: nn.Module = nn.Linear(old.in_features, w.shape[0], bias=old.bias is not None)
-        elif isinstance(old, nn.Conv2d) and w.shape[1:] == old.weight.shape[1:]:
-            new = nn.Conv2d(
-                old.in_channels, w.shape[0], old.kernel_size, old.stride, old.padding, bias=old.bias is not None
-            )
-        else:
-            new = None  # type: ignore[assignment]
-        if new is not None:
-            parent_name, _, child = name.rpartition(".")
-            parent = module.get_submodule(parent_name) if parent_name else module
-            setattr(parent, child, new)
-            if hasattr(module, "num_classes"):
-                with contextlib.suppress(AttributeError):
-                    module.num_classes = int(w.shape[0])
-            return [f"{name}: {tuple(own[name + '.weight'].shape)} → {tuple(w.shape)}"]
-    k = bad[0]
-    raise ModelError(
-        f"The checkpoint is for another architecture: {len(bad)} tensors have other shapes "
-        f"(e.g. {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)})."
-    )
-
-
-def _load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
-    report = LoadReport(resized=_resize_head(module, state))
-    own = module.state_dict()
-    matched = [k for k in state if k in own]
-    if len(matched) < max(1, len(own) // 2):
-        sample = ", ".join(list(state)[:3])
-        raise ModelError(
-            f"{source} does not fit this architecture: only {len(matched)} of its {len(state)} tensors match "
-            f"the model's {len(own)} (its keys start: {sample})."
-        )
-    result = module.load_state_dict(state, strict=False)
-    report.missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    report.unexpected = list(result.unexpected_keys)
-    return report
-
-
 # --------------------------------------------------------------------------- the one entry point
 
 
@@ -557,7 +407,7 @@ def load_model(
         if parse_spec(arch_spec)[0] == "file":
             raise ModelError(f"The architecture must be bundled:, torchvision: or timm:, not a file ({arch_spec}).")
         built = build_arch(arch_spec, load_weights=False)
-        report = _load_into(built.module, state, Path(name).name)
+        report = load_into(built.module, state, Path(name).name)
         n_out = _num_outputs(built.module)
         built.class_names = _class_names(n_out, meta.get("class_names"))
         built.description = f"checkpoint {Path(name).name} on {arch_spec}"
@@ -567,12 +417,20 @@ def load_model(
         built = build_arch(spec)
         pretrained = variant != "untrained"
     module = built.module.eval().to(dev)
+    input_size = tuple(meta.get("input_size", built.input_size))
+    if kind == "file" and meta.get("freeze_after"):
+        # a fine-tuned checkpoint keeps its freeze point, so the ladder shows which layers stayed frozen
+        from explorer.freeze import apply_freeze
+
+        with contextlib.suppress(ExplorerError):
+            apply_freeze(module, meta["freeze_after"], input_size=input_size)  # type: ignore[arg-type]
+            module.eval()
     return LoadedModel(
         module=module,
         spec=spec,
         arch=arch_spec,
         description=built.description,
-        input_size=tuple(meta.get("input_size", built.input_size)),  # type: ignore[arg-type]
+        input_size=input_size,  # type: ignore[arg-type]
         mean=tuple(meta.get("mean", built.mean)),  # type: ignore[arg-type]
         std=tuple(meta.get("std", built.std)),  # type: ignore[arg-type]
         class_names=built.class_names,

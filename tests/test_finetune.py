@@ -157,6 +157,10 @@ def test_checkpoint_round_trips_through_load_model(tiny, color_folder, tmp_path)
     direct = result.to_loaded_model(tiny)  # the same model without the file (what the app offers as "tuned")
     assert direct.fingerprint == loaded.fingerprint and direct.class_names == loaded.class_names
     assert direct.metadata["freeze_after"] == "blocks.1.0"
+    # the reopened checkpoint keeps its freeze point: the ladder shows the frozen layers as frozen
+    rows = {r.name: r for r in ladder(loaded.module)}
+    assert rows["blocks.0.0"].params_frozen > 0 and rows["blocks.1.0"].params_frozen > 0
+    assert rows["blocks.2.0"].params_frozen == 0 and not loaded.module.training
 
 
 def test_stopping_keeps_the_last_complete_epoch(tiny, color_folder, tmp_path) -> None:

@@ -304,3 +304,21 @@ def test_pick_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="CUDA"):
             pick_device("cuda")
+
+
+def test_package_exports_the_engines_lazily() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, explorer; assert 'explorer.attribution' not in sys.modules; "
+        "from explorer import attribute, render, dataset_examples, freeze_code; "
+        "from explorer.attribution import attribute as a; assert attribute is a; "
+        "import explorer.compare, explorer.finetune; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == "ok", out.stderr
+    import explorer
+
+    with pytest.raises(AttributeError):
+        explorer.no_such_thing  # noqa: B018
