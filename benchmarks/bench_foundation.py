@@ -14,6 +14,10 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 SPECS = [
     "bundled:efficientnet_lite0",
@@ -46,10 +50,8 @@ def main() -> None:
     from explorer.models import load_model
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
-    cold = [
-        json.loads(subprocess.check_output([sys.executable, "-c", COLD.format(spec=SPECS[0], device=args.device)]))
-        for _ in range(3)
-    ]
+    cold_code = COLD.format(spec=SPECS[0], device=args.device)
+    cold = [json.loads(subprocess.check_output([sys.executable, "-c", cold_code], cwd=ROOT)) for _ in range(3)]
     print(
         f"cold start {SPECS[0]}: import {statistics.median(c['import_s'] for c in cold):.2f} s, "
         f"load {statistics.median(c['load_s'] for c in cold):.2f} s (median of 3 fresh processes)"

@@ -100,7 +100,8 @@ class Cache:
     def paths(self, kind: str, key: str, suffix: str = ".png") -> tuple[Path, Path]:
         """(payload path, JSON path) of an entry."""
         folder = self.root / kind / key[:2]
-        return folder / f"{key}{suffix}", folder / f"{key}.json"
+        meta = f"{key}.meta.json" if suffix == ".json" else f"{key}.json"  # never the payload's own path
+        return folder / f"{key}{suffix}", folder / meta
 
     def get(self, kind: str, key: str, suffix: str = ".png") -> Entry | None:
         """The entry if present and intact; a damaged one is deleted and reported as a miss."""

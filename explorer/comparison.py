@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -76,6 +77,11 @@ class ComparisonReport:
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ComparisonReport:
+        """The report back from `to_dict()` / the JSON export (same-seed renders are not in it)."""
+        return report_from_dict(d)
+
     def rows(self) -> list[dict[str, Any]]:
         """One flat dict per layer (the table the app shows and the CSV holds)."""
         return [row.as_row() for row in self.layers]
@@ -109,6 +115,34 @@ class ComparisonReport:
         html.write_text(self.to_html())
         self.to_csv(csv)
         return [p, html, csv]
+
+
+_FLOATS = {"cka", "cka_low", "cka_high"}
+
+
+def _nan(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) else float("nan")
+
+
+def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
+
+
+def report_from_dict(d: dict[str, Any]) -> ComparisonReport:
+    """Rebuild a ComparisonReport from its `to_dict()` (nulls back to NaN where the record holds floats)."""
+    from explorer.recommend import GuideCell
+
+    layers = []
+    for row in d["layers"]:
+        row = {k: (_nan(v) if k in _FLOATS else v) for k, v in _known(LayerComparison, row).items()}
+        layers.append(LayerComparison(**row))
+    rec = dict(d["recommendation"])
+    rec["guide"] = GuideCell(**_known(GuideCell, rec["guide"]))
+    recommendation = Recommendation(**_known(Recommendation, rec))
+    rest = _known(ComparisonReport, d)
+    rest.update(layers=layers, recommendation=recommendation, chance=_nan(d.get("chance")), renders={})
+    return ComparisonReport(**rest)
 
 
 def _json_safe(obj: Any) -> Any:

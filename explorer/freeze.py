@@ -180,11 +180,40 @@ def freeze_summary(model: Any, freeze_after: str | None, *, num_classes: int | N
     return _summary(module, freeze_after or None, frozen, num_classes, _head_name(module, order))
 
 
-def freeze_code(model: Any, freeze_after: str | None, *, var: str = "model") -> str:
-    """Plain PyTorch that freezes `var` after `freeze_after` the way our fine-tune does (BatchNorm included)."""
-    s = freeze_summary(model, freeze_after)
+def _new_head_code(module: nn.Module, head: str, num_classes: int | None, var: str) -> str:
+    """The line that replaces the classifier for `num_classes` classes ('' when it already has that many)."""
+    if num_classes is None:
+        return ""
+    old = module.get_submodule(head)
+    if isinstance(old, nn.Linear):
+        if old.out_features == num_classes:
+            return ""
+        new = f"nn.Linear({old.in_features}, {num_classes})"
+    elif isinstance(old, nn.Conv2d):
+        if old.out_channels == num_classes:
+            return ""
+        new = f"nn.Conv2d({old.in_channels}, {num_classes}, kernel_size={old.kernel_size})"
+    else:
+        return ""
+    parent, _, child = head.rpartition(".")
+    owner = f"{var}.get_submodule({parent!r})" if parent else var
+    target = f"{owner}.{child}" if child.isidentifier() else f"{owner}[{int(child)}]"
+    return f"# A new head for your {num_classes} classes (trainable):\n{target} = {new}\n\n"
+
+
+def freeze_code(model: Any, freeze_after: str | None, *, var: str = "model", num_classes: int | None = None) -> str:
+    """Plain PyTorch that freezes `var` after `freeze_after` the way our fine-tune does (BatchNorm included).
+
+    With `num_classes`, the snippet first replaces the classifier for that many classes, and the counts in its
+    comment are those of the model with the new head (as `freeze_table(num_classes=...)` shows them).
+    """
+    module, size = _module_and_size(model)
+    head = _head_name(module, _execution_order(module, size))
+    s = freeze_summary(model, freeze_after, num_classes=num_classes)
+    new_head = _new_head_code(module, head, num_classes, var)
     if not s.frozen:
         return (
+            f"import torch\nfrom torch import nn\n\n{new_head}"
             f"# Train every layer: nothing to freeze ({s.total:,} parameters, all trainable).\n"
             f"optimizer = torch.optim.AdamW({var}.parameters(), lr=1e-4)\n"
         )
@@ -192,7 +221,7 @@ def freeze_code(model: Any, freeze_after: str | None, *, var: str = "model") -> 
     return f'''import torch
 from torch import nn
 
-# Freeze everything up to and including {freeze_after!r}:
+{new_head}# Freeze everything up to and including {freeze_after!r}:
 # {s.trainable:,} trainable, {s.non_trainable:,} non-trainable of {s.total:,} parameters.
 FROZEN = [
 {names},

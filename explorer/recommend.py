@@ -182,7 +182,7 @@ def recommend(
         trainable=s.trainable,
         non_trainable=s.non_trainable,
         total=s.total,
-        code=freeze_code(base, point),
+        code=freeze_code(base, point, num_classes=n_classes),
         caveats=caveats,
     )
 

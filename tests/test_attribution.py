@@ -438,6 +438,9 @@ def test_cli_attribute_writes_overlays_and_magnitudes(bundled, tmp_path, monkeyp
     assert rec["colour_range"] == summary["layers"]["blocks.3.2"]["colour_range"]  # shared scale
     assert rec["colour_range"][1] == pytest.approx(max(r["max"] for r in summary["layers"].values()), rel=1e-5)
     assert Image.open(out / rec["png"]).size == (224, 224) and (out / "input.png").exists()
+    assert Image.open(out / "grid.png").width > 2 * 224  # both layers side by side above the colour bar
+    csv_layers = {line.split(",")[0] for line in (out / "magnitudes.csv").read_text().splitlines()[1:]}
+    assert csv_layers == {"blocks.3.2", "blocks.5.3"}
     assert "1 forward pass" in capsys.readouterr().err
     assert main(["attribute", chelsea, "--method", "deeplift", "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip().startswith("error: DeepLift has no rule for ReLU6")

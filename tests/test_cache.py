@@ -108,3 +108,13 @@ def test_root_comes_from_env_or_home(monkeypatch, tmp_path):
     monkeypatch.delenv(ENV_VAR)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert cache_root() == tmp_path / ".cache" / "layer-explorer"
+
+
+def test_a_json_payload_does_not_overwrite_its_own_metadata(tmp_path) -> None:
+    cache = Cache(tmp_path)
+    payload = b'{"layers": [1, 2, 3]}'
+    cache.put("reports", "ab" + "0" * 30, payload, {"what": "report"}, suffix=".json")
+    entry = cache.get("reports", "ab" + "0" * 30, suffix=".json")
+    assert entry is not None and entry.data == payload and entry.meta == {"what": "report"}
+    data_path, meta_path = cache.paths("reports", "ab" + "0" * 30, suffix=".json")
+    assert data_path != meta_path and data_path.read_bytes() == payload

@@ -146,6 +146,7 @@ def test_stage_map_of_the_bundled_model(bundled):
     assert sm.stage_of("blocks.6.0") == "objects"
     assert all(s.representative in s.blocks for s in sm.stages)
     assert "relative depth" in sm.note
+    assert all(f"{s.name} {s.representative}" in sm.note for s in sm.stages)  # the note names what is shown
 
 
 def test_stage_map_of_a_shallow_network_still_names_five_stages():

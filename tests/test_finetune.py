@@ -76,6 +76,20 @@ def test_freeze_code_freezes_exactly_what_the_fine_tune_freezes(tiny) -> None:
     assert "nothing to freeze" in freeze_code(tiny, None)
 
 
+@pytest.mark.parametrize("point", ["blocks.3.0", None])
+def test_freeze_code_with_new_classes_replaces_the_head_and_counts_it(tiny, point) -> None:
+    model = trainable_copy(tiny)
+    code = freeze_code(tiny, point, num_classes=3)
+    exec(code, {"model": model, "torch": torch})  # noqa: S102 - our own snippet
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 3)
+    expected = freeze_summary(tiny, point, num_classes=3)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected.trainable
+    assert sum(p.numel() for p in model.parameters()) == expected.total
+    if point:
+        assert f"{expected.trainable:,} trainable" in code
+    assert "new head" not in freeze_code(tiny, point, num_classes=tiny.num_classes)
+
+
 def test_apply_freeze_keeps_frozen_batchnorm_in_eval_through_train(tiny) -> None:
     module = trainable_copy(tiny)
     apply_freeze(module, "blocks.1.0")

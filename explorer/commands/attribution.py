@@ -25,7 +25,8 @@ def register(subparsers: Any) -> None:
         "attribute",
         help="per-layer attribution maps of an image (Grad-CAM, Integrated Gradients, ...)",
         description="Attribute the predicted (or given) class of an image to every chosen layer. Writes one overlay "
-        "PNG per layer, the model's view of the image, and attribution.json with the raw magnitudes, the top "
+        "PNG per layer, grid.png with all of them above their colour bar, magnitudes.csv (every raw value), the "
+        "model's view of the image, and attribution.json with the raw magnitudes, the top "
         "channels of each layer and the cost. The cost is printed before the work starts.",
     )
     p.add_argument("image", metavar="IMAGE", help="an image file")
@@ -120,7 +121,13 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         rec["png"] = files[name]
         rec["colour_range"] = list(scales[name])
     (args.out / "attribution.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-    print(f"{len(files)} overlays and attribution.json written to {args.out} ({res.seconds:.1f} s).", file=sys.stderr)
+    from explorer.attribution.export import grid_png, magnitudes_csv
+
+    title = f"{args.method} · {Path(args.image).name} · {model.spec}"
+    (args.out / "grid.png").write_bytes(grid_png(res, args.scale, title=title))
+    (args.out / "magnitudes.csv").write_text(magnitudes_csv(res))
+    done = f"{len(files)} overlays, grid.png, magnitudes.csv and attribution.json written to {args.out}"
+    print(f"{done} ({res.seconds:.1f} s).", file=sys.stderr)
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0

@@ -3,7 +3,11 @@
 Why it is faster than the usual loop: the forward stops at the deepest layer the objectives read
 (`explorer.layers.forward_until`), all images share each forward, the transforms are one resampling per image,
 gradients are taken with `torch.autograd.grad` for the image parameters only (no weight gradients, nothing
-written to the shared model), and on CUDA the forward runs under bf16 autocast with a channels-last input.
+written to the shared model), BatchNorms are folded into their convolutions in a render-only copy
+(`explorer.featurevis.fold`), and the input is channels-last. On CUDA the forward runs under bf16 autocast; on
+a CPU with native bf16 (AVX512-BF16 / AMX) it does too when the deepest layer read is at most 16× smaller than
+the input (early and middle blocks, where bf16 halves the step time here; for late blocks it is slower), decided
+from the first step's output shape so a render's numerics depend only on the model and its layers.
 
 Each image is seeded from (seed, its objective's key, its occurrence), never from its batch position, so an
 image is the same whether rendered alone or among 64 others, and a cache can fill in only the missing ones.
@@ -11,6 +15,7 @@ image is the same whether rendered alone or among 64 others, and a cache can fil
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -21,6 +26,7 @@ import numpy as np
 import torch
 
 from explorer.errors import ExplorerError
+from explorer.featurevis.fold import render_network
 from explorer.featurevis.objectives import Channel, Context, Objective, as_grid
 from explorer.featurevis.optim import make_optimizer
 from explorer.featurevis.param import image_generator, make_param, to_uint8
@@ -147,6 +153,35 @@ def _evaluate(objectives: Sequence[Objective], grids: dict[str, torch.Tensor], c
     return torch.stack(values)
 
 
+CPU_BF16_MAX_STRIDE = 16  # bf16 autocast on CPU for layers at most this many times smaller than the input
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bf16 convolutions natively ($LAYER_EXPLORER_CPU_BF16=0/1 overrides)."""
+    forced = os.environ.get("LAYER_EXPLORER_CPU_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def use_bf16(device: torch.device, input_hw: Sequence[int], layer_hw: Sequence[int] | None) -> bool:
+    """bf16 autocast for this forward: always on CUDA; on CPU for early/middle layers when the CPU has bf16."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu" or layer_hw is None or not cpu_bf16_supported():
+        return False
+    stride = max(input_hw[0] / max(layer_hw[0], 1), input_hw[1] / max(layer_hw[1], 1))
+    return stride <= CPU_BF16_MAX_STRIDE
+
+
+def autocast(device: torch.device, enabled: bool) -> Any:
+    """bf16 autocast on `device` when `enabled`, else a no-op context."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
 class _Reporter:
     """Turns steps into progress calls, with previews at the first step, then every `every_s` seconds, then last."""
 
@@ -188,7 +223,8 @@ def _render_batch(
     layers = list(dict.fromkeys(name for obj in objectives for name in obj.layers))
     if not layers:
         raise RenderError("The objectives read no layer.")
-    cuda = device.type == "cuda"
+    bf16 = device.type == "cuda"  # on CPU decided after the first step, from the deepest layer's size
+    net = render_network(model, layers)  # BatchNorms folded into their convolutions (explorer.featurevis.fold)
     history: list[torch.Tensor] = []  # kept on the device: no host sync per step
 
     def preview(step: int) -> Callable[[], Preview]:
@@ -199,13 +235,13 @@ def _render_batch(
         return make
 
     for step in range(preset.steps):
-        x = augment(param())
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-        with amp:
-            outs = forward_until(model.module, layers, x)
+        x = augment(param()).contiguous(memory_format=torch.channels_last)
+        with autocast(device, bf16):
+            outs = forward_until(net, layers, x)
         grids = {name: as_grid(outs[name]).float() for name in layers}
+        if step == 0 and device.type != "cuda":
+            smallest = min(grids.values(), key=lambda g: g.shape[-2] * g.shape[-1])
+            bf16 = use_bf16(device, x.shape[-2:], smallest.shape[-2:])
         values = _evaluate(objectives, grids, augment.copies)
         opt.step(torch.autograd.grad(-values.sum(), params))
         history.append(values.detach())

@@ -4,9 +4,9 @@ Distill's appendix finds them in GoogLeNet at conv2d0, mixed3a–3b, mixed4a, mi
 networks have no such names, so blocks are mapped by *relative depth*: a block's position among the blocks with
 a spatial (or token-grid) output, 0 for the first, 1 for the last. The cut points 0.20 / 0.35 / 0.60 / 0.90 are
 chosen so that the bundled EfficientNet-Lite0 lands where its renders say it should (DESIGN §4 and
-docs/progression.png): blocks.1.1 (depth 0.18) oriented edges, blocks.2.1 (0.29) textures, blocks.3.2 (0.47)
-patterns, blocks.5.3 (0.88) parts, blocks.6.0 (0.94) objects. Each stage's representative block (the one the
-Progression page shows) is its deepest block with weights, where the stage's features are most developed;
+docs/progression.png): blocks.1.1 (depth 0.18) oriented edges, blocks.2.1 (0.29) textures, blocks.3.0–4.1
+(0.35–0.59) patterns, blocks.5.3 (0.88) parts, blocks.6.0 (0.94) objects. Each stage's representative block
+(the one the Progression page shows) is its deepest block with weights, where the stage's features are most developed;
 in the objects stage it is the first one, because the last is often the head's projection to the classifier.
 """
 
@@ -22,8 +22,7 @@ CUTS = (0.0, 0.20, 0.35, 0.60, 0.90, 1.0001)
 NOTE = (
     "Stages follow relative depth among the blocks with a spatial output (0 = first, 1 = last), cut at "
     "0.20 / 0.35 / 0.60 / 0.90, as Distill's GoogLeNet progression suggests and the bundled EfficientNet-Lite0's "
-    "renders confirm (blocks.1.1 edges, blocks.2.1 textures, blocks.3.2 patterns, blocks.5.3 parts, "
-    "blocks.6.0 objects)."
+    "renders confirm. Shown for this network: {shown}."
 )
 
 
@@ -87,4 +86,5 @@ def stage_map(model: Any) -> StageMap:
                 channels={r.name: int(r.channels or 0) for r in members},
             )
         )
-    return StageMap(stages, NOTE)
+    shown = ", ".join(f"{st.name} {st.representative}" for st in stages)
+    return StageMap(stages, NOTE.format(shown=shown))

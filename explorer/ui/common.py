@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from explorer.cache import cache_root
 from explorer.errors import ExplorerError
 from explorer.layers import LayerInfo, ladder
 from explorer.models import CHECKPOINT_SUFFIXES, DEFAULT_SPEC, META_KEY, LoadedModel, ModelError, parse_spec
@@ -65,9 +66,10 @@ def show_error(exc: BaseException) -> None:
 # --------------------------------------------------------------------------- model cache
 
 
-def cache_root() -> Path:
-    """Where the app keeps files (uploads): $LAYER_EXPLORER_CACHE or ~/.cache/layer-explorer."""
-    return Path(os.environ.get("LAYER_EXPLORER_CACHE") or Path.home() / ".cache" / "layer-explorer")
+def allowed_path(path: Path) -> bool:
+    """Files and folders a link may name: under the app's cache (runs, uploads, datasets) or the working folder."""
+    p = Path(path).expanduser().resolve()
+    return any(p.is_relative_to(root.expanduser().resolve()) for root in (cache_root(), Path.cwd()))
 
 
 def upload_dir() -> Path:
@@ -106,12 +108,9 @@ def get_model(spec: str, arch: str | None = None, device: str | None = None) -> 
 
 
 def _allowed_from_url(spec: str) -> bool:
-    """URL specs may name any bundled/torchvision/timm model, but only files under the upload cache or cwd."""
+    """URL specs may name any bundled/torchvision/timm model, but only files under the app's folders or cwd."""
     kind, name, _ = parse_spec(spec)
-    if kind != "file":
-        return True
-    path = Path(name).resolve()
-    return any(path.is_relative_to(root.resolve()) for root in (upload_dir(), Path.cwd()))
+    return kind != "file" or allowed_path(Path(name))
 
 
 def _spec_from_url() -> tuple[str, str | None]:

@@ -12,9 +12,8 @@ from typing import Any
 
 import streamlit as st
 
-from explorer.cache import cache_root
 from explorer.models import LoadedModel
-from explorer.ui.common import checkpoint_arch_hint, get_model, save_upload, show_error
+from explorer.ui.common import allowed_path, checkpoint_arch_hint, get_model, save_upload, show_error
 from explorer.ui.runs import RunInfo, get_run, list_runs, runs_dir
 
 UPLOAD = "Upload a checkpoint…"
@@ -49,12 +48,6 @@ def set_param(name: str, value: Any) -> None:
 
 def from_widget(name: str, key: str) -> None:
     set_param(name, st.session_state[key])
-
-
-def allowed_path(path: Path) -> bool:
-    """Files and folders a link may name: under the app's cache (runs, uploads) or the working folder."""
-    p = path.expanduser().resolve()
-    return any(p.is_relative_to(root.resolve()) for root in (cache_root(), Path.cwd()))
 
 
 # --------------------------------------------------------------------------- choosing the tuned model

@@ -20,13 +20,12 @@ import streamlit as st
 
 from explorer.cache import Cache, make_key
 from explorer.comparison import ComparisonReport, LayerComparison
-from explorer.recommend import GuideCell, Recommendation
+from explorer.recommend import Recommendation
 
 KIND = "compare"
 VERSION = 1
 MEMORY_ENTRIES = 16
 SUFFIX = ".report.json"  # not ".json": Cache keeps each entry's metadata in <key>.json
-_FLOATS = {"cka", "cka_low", "cka_high"}
 
 
 def report_key(base_fp: str, tuned_fp: str, data_signature: str, settings: dict[str, Any]) -> str:
@@ -37,29 +36,6 @@ def report_key(base_fp: str, tuned_fp: str, data_signature: str, settings: dict[
     return make_key(
         kind=KIND, version=VERSION, base=base_fp, tuned=tuned_fp, data=data_signature, settings=settings, schema=schema
     )
-
-
-def _nan(v: Any) -> float:
-    return float(v) if isinstance(v, (int, float)) else float("nan")
-
-
-def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in values.items() if k in names}
-
-
-def report_from_dict(d: dict[str, Any]) -> ComparisonReport:
-    """Rebuild a ComparisonReport from its `to_dict()` (nulls back to NaN where the record holds floats)."""
-    layers = []
-    for row in d["layers"]:
-        row = {k: (_nan(v) if k in _FLOATS else v) for k, v in _known(LayerComparison, row).items()}
-        layers.append(LayerComparison(**row))
-    rec = dict(d["recommendation"])
-    rec["guide"] = GuideCell(**_known(GuideCell, rec["guide"]))
-    recommendation = Recommendation(**_known(Recommendation, rec))
-    rest = _known(ComparisonReport, d)
-    rest.update(layers=layers, recommendation=recommendation, chance=_nan(d.get("chance")), renders={})
-    return ComparisonReport(**rest)
 
 
 @st.cache_resource(show_spinner=False)
@@ -78,7 +54,7 @@ def get_report(key: str, cache: Cache | None = None) -> ComparisonReport | None:
     if entry is None:
         return None
     try:
-        report = report_from_dict(json.loads(entry.data))
+        report = ComparisonReport.from_dict(json.loads(entry.data))
     except (KeyError, TypeError, ValueError):  # an older or damaged record: recompute
         return None
     _remember(key, report)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import re
 from typing import Any
 
 import pandas as pd
@@ -45,14 +44,14 @@ def summaries(model: LoadedModel, num_classes: int | None) -> dict[str, FreezeSu
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def _code(_model: LoadedModel, key: tuple[Any, ...], point: str) -> str:
+def _code(_model: LoadedModel, key: tuple[Any, ...], point: str, num_classes: int | None) -> str:
     del key
-    return freeze_code(_model, None if point == NONE else point)
+    return freeze_code(_model, None if point == NONE else point, num_classes=num_classes)
 
 
-def code_for(model: LoadedModel, point: str) -> str:
-    """The PyTorch snippet that freezes `model` after `point` (cached per model and point)."""
-    return _code(model, model_key(model), point)
+def code_for(model: LoadedModel, point: str, num_classes: int | None = None) -> str:
+    """The PyTorch snippet that freezes `model` after `point`, with a new head for `num_classes` (cached)."""
+    return _code(model, model_key(model), point, num_classes)
 
 
 # --------------------------------------------------------------------------- pieces (plain data, tested)
@@ -121,19 +120,6 @@ def guide_why(guide: Any) -> str:
     )
 
 
-_COUNTS_LINE = re.compile(r"^# [\d,]+ trainable, [\d,]+ non-trainable of [\d,]+ parameters\.$", re.MULTILINE)
-
-
-def with_counts(code: str, s: FreezeSummary, num_classes: int) -> str:
-    """The snippet with its counts comment made to match the panel (a new head for the data's classes).
-
-    `freeze_code` counts the model as loaded (e.g. a 1000-class ImageNet head); the fine-tune replaces the head.
-    """
-    head = f" (with a new {num_classes}-class head)" if num_classes else ""
-    line = f"# {s.trainable:,} trainable, {s.non_trainable:,} non-trainable of {s.total:,} parameters{head}."
-    return _COUNTS_LINE.sub(line, code, count=1)
-
-
 # --------------------------------------------------------------------------- the panel
 
 
@@ -185,7 +171,7 @@ def render_panel(model: LoadedModel, report: Any, point: str, *, query: dict[str
         st.caption(f"{rec.guide.advice} {guide_why(rec.guide)}")
         with st.expander("Evidence and caveats"):
             st.markdown("\n".join(f"- {e}" for e in [*rec.evidence, *rec.caveats, *report.warnings]))
-    code = with_counts(code_for(model, point), s, len(report.data.get("classes") or []))
+    code = code_for(model, point, len(report.data.get("classes") or []) or None)
     st.markdown("**PyTorch: freeze there** (the copy button is at the code's top right)")
     st.code(code, language="python")
     c = st.columns([1, 1, 2], vertical_alignment="center")

@@ -20,11 +20,11 @@ from streamlit.util import calc_hash
 
 import explorer.featurevis as fv
 from explorer.attribution import attribute, channel_attribution, method_cost, method_problem, resolve_layers
+from explorer.attribution.export import grid_png, magnitudes_csv, magnitudes_json
 from explorer.cache import Cache, png_bytes
 from explorer.data import load_image, sample_images
 from explorer.featurevis.presets import get_preset
 from explorer.featurevis.store import KIND, cache_keys
-from explorer.ui.pages.attribution import grid_png, magnitudes_csv, magnitudes_json
 
 APP = "../../app.py"  # AppTest resolves it relative to this file
 CATS = {"tabby", "tiger cat", "Egyptian cat"}

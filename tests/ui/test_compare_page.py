@@ -307,7 +307,7 @@ def test_selected_layer_reads_every_shape_of_selection_event():
 
 
 def test_report_round_trips_through_the_stored_json(report):
-    back = compare_store.report_from_dict(json.loads(report.to_json()))
+    back = ComparisonReport.from_dict(json.loads(report.to_json()))
     assert [r.name for r in back.layers] == [r.name for r in report.layers]
     assert math.isnan(back.layers[-1].cka) and back.layers[0].cka == report.layers[0].cka
     assert back.recommendation.guide.size == "small" and back.recommendation.freeze_after == "b"

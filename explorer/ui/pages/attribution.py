@@ -8,12 +8,8 @@ The view lives in the URL: ``?method=…&target=…&sample=…&scale=…`` (no t
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
-import io
-import json
-import math
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -21,7 +17,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from explorer import featurevis as fv
 from explorer.attribution import (
@@ -31,12 +27,12 @@ from explorer.attribution import (
     MethodCost,
     attribute,
     availability,
-    colorize,
     method_cost,
     overlay,
     resolve_layers,
 )
 from explorer.attribution.colour import DEFAULT_CMAP
+from explorer.attribution.export import GRID_COLUMNS, fmt, grid_png, magnitudes_csv, magnitudes_json, peak, top_channels
 from explorer.models import LoadedModel
 from explorer.ui.common import current_model, model_key, progress_callback, show_error
 from explorer.ui.gallery import RenderSettings, link_params, page_ref
@@ -46,7 +42,6 @@ DEFAULT_METHOD = "gradcam"
 AUTO = -1  # target: the predicted class
 SCALES = {"shared": "Shared scale", "layer": "Per-layer"}
 AUTO_RUN_MAX = 4.0  # methods costing more forwards than this wait for the Run button
-GRID_COLUMNS = 6
 LAYERS_PER_ROW = 3  # in the channels section
 FV_PRESET = "fast"
 MAX_IMAGE_PIXELS = 40_000_000
@@ -187,17 +182,13 @@ def _run(
 # --------------------------------------------------------------------------- pictures and exports
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.3g}" if v else "0"
-
-
 def legend_html(vmin: float, vmax: float, cmap: str, *, per_layer: bool) -> str:
     """A colour bar with its value range (or, per layer, its relative range) as HTML."""
     stops = ", ".join(f"rgb{tuple(c)}" for c in COLORMAPS[cmap])
     if per_layer:
         ticks = ["−max of each layer", "0", "+max of each layer"] if vmin < 0 else ["0", "max of each layer"]
     else:
-        ticks = [_fmt(vmin), "0", _fmt(vmax)] if vmin < 0 else ["0", _fmt(vmax / 2), _fmt(vmax)]
+        ticks = [fmt(vmin), "0", fmt(vmax)] if vmin < 0 else ["0", fmt(vmax / 2), fmt(vmax)]
     labels = "".join(f"<span>{t}</span>" for t in ticks)
     return (
         "<div style='max-width:560px;font-size:0.8rem;color:#555'>"
@@ -206,82 +197,11 @@ def legend_html(vmin: float, vmax: float, cmap: str, *, per_layer: bool) -> str:
     )
 
 
-def _peak(res: AttributionResult, name: str) -> float:
-    m = res.maps[name][0]
-    return float(m.max()) if res.display == "positive" else float(m.abs().max())
-
-
 def _cell_caption(res: AttributionResult, name: str, scale: str, rng: tuple[float, float]) -> str:
     h, w = res.maps[name].shape[1:]
     if scale == "layer":
-        return f"{name} · {h}×{w} · scale {_fmt(rng[0])} … {_fmt(rng[1])}"
-    return f"{name} · {h}×{w} · peak {_fmt(_peak(res, name))}"
-
-
-def grid_png(res: AttributionResult, scale: str, *, columns: int = GRID_COLUMNS, title: str = "") -> bytes:
-    """Every layer's overlay in one labelled PNG, with the colour bar and its range underneath."""
-    pics, ranges = res.overlays(scale=scale), res.scale(scale, image=0)
-    cmap = DEFAULT_CMAP[res.display]
-    cw, ch = next(iter(pics.values())).size
-    pad, label_h, title_h, bar_h = 8, 20, 30, 58
-    rows = math.ceil(len(pics) / columns)
-    width = pad + columns * (cw + pad)
-    canvas = Image.new("RGB", (width, title_h + rows * (ch + label_h + pad) + bar_h), "white")
-    draw = ImageDraw.Draw(canvas)
-    font, small = ImageFont.load_default(size=16), ImageFont.load_default(size=12)
-    draw.text((pad, 7), title.replace("×", "x").replace("−", "-"), fill="black", font=font)  # the font is ASCII
-    for i, (name, pic) in enumerate(pics.items()):
-        x, y = pad + (i % columns) * (cw + pad), title_h + (i // columns) * (ch + label_h + pad)
-        canvas.paste(pic, (x, y))
-        h, w = res.maps[name].shape[1:]
-        value = f"max {_fmt(ranges[name][1])}" if scale == "layer" else f"peak {_fmt(_peak(res, name))}"
-        draw.text((x, y + ch + 3), f"{name} · {h}x{w} · {value}", fill="#333", font=small)
-    vmin, vmax = ranges[res.layers[0]] if scale == "shared" else (-1.0, 1.0) if res.display != "positive" else (0, 1)
-    bar_w, y0 = min(560, width - 2 * pad), canvas.height - bar_h + 8
-    strip = colorize(np.linspace(vmin, vmax, bar_w)[None].repeat(14, 0), vmin, vmax, cmap)
-    canvas.paste(Image.fromarray(strip), (pad, y0))
-    left, right = (_fmt(vmin), _fmt(vmax)) if scale == "shared" else ("-max" if vmin < 0 else "0", "max of each layer")
-    draw.text((pad, y0 + 18), left, fill="#333", font=small)
-    draw.text((pad + bar_w, y0 + 18), right, fill="#333", font=small, anchor="ra")
-    what = "shared colour scale (raw values)" if scale == "shared" else "per-layer normalisation"
-    draw.text((pad + bar_w + 16, y0), what, fill="#333", font=small)
-    buf = io.BytesIO()
-    canvas.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def top_channels(scores: dict[str, Any], layer: str, k: int) -> list[tuple[int, float]]:
-    """The `k` channels of `layer` with the largest score for the first image."""
-    if layer not in scores:
-        return []
-    s = scores[layer][0]
-    return [(int(c), float(s[c])) for c in s.argsort(descending=True)[: min(k, s.numel())]]
-
-
-def magnitudes_json(res: AttributionResult, scale: str, scores: dict[str, Any], k: int) -> str:
-    """The result's summary with each layer's colour range, top channels (gradient × activation) and raw map."""
-    data = res.summary(k=k)
-    ranges = res.scale(scale, image=0)
-    data.update(scale=scale, channel_score="gradient × activation summed over space")
-    for name, rec in data["layers"].items():
-        rec["colour_range"] = list(ranges[name])
-        rec["top_channels"] = [{"channel": c, "score": s} for c, s in top_channels(scores, name, k)]
-        rec["map"] = res.maps[name][0].tolist()
-    return json.dumps(data, ensure_ascii=False)
-
-
-def magnitudes_csv(res: AttributionResult) -> str:
-    """Every raw map value, one row each: layer, row, col, value (layers in execution order)."""
-    buf = io.StringIO()
-    out = csv.writer(buf)
-    out.writerow(["layer", "row", "col", "value"])
-    for name in res.layers:
-        m = res.maps[name][0].numpy()
-        rows, cols = np.indices(m.shape)
-        out.writerows(
-            zip([name] * m.size, rows.ravel().tolist(), cols.ravel().tolist(), m.ravel().tolist(), strict=True)
-        )
-    return buf.getvalue()
+        return f"{name} · {h}×{w} · scale {fmt(rng[0])} … {fmt(rng[1])}"
+    return f"{name} · {h}×{w} · peak {fmt(peak(res, name))}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -373,7 +293,7 @@ def _maps_section(res: AttributionResult, model: LoadedModel, scores: dict[str, 
     what = "raw values, negative parts clipped" if res.display == "positive" else signed
     if scale == "shared":
         st.caption(
-            f"**Shared colour scale** for all {len(res.layers)} layers: {_fmt(vmin)} to {_fmt(vmax)} ({what}). "
+            f"**Shared colour scale** for all {len(res.layers)} layers: {fmt(vmin)} to {fmt(vmax)} ({what}). "
             "A faint map is a weak one; switch to Per-layer to see the shape of weak maps."
         )
     else:

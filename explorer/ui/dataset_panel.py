@@ -1,0 +1,143 @@
+"""The Fine-tune page's data section: a demo dataset, a folder on the server or an uploaded zip, summarised.
+
+Shows the classes with their counts, the files skipped and why, and thumbnails; a zip is extracted once per
+content under the app's cache (never over anything).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from explorer.data import DEMO_DATASETS, DataError, ImageFolderDataset, load_image, resolve_data, safe_extract_zip
+from explorer.ui.common import show_error
+
+SOURCES = ["Demo dataset", "Folder on the server", "Upload a zip"]
+THUMBS = 12
+
+
+@dataclass
+class DataSummary:
+    """What an image folder holds: classes with their counts, files skipped with why, a few sample paths."""
+
+    root: str
+    classes: list[str]
+    counts: list[int]
+    skipped: list[tuple[str, str]]
+    samples: list[tuple[str, str]]  # (path, class), round-robin over the classes
+
+
+def _signature(root: Path) -> tuple[Any, ...]:
+    """Changes when class folders or their files are added or removed (folder modification times)."""
+    dirs = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
+    return tuple((p.name, p.stat().st_mtime_ns) for p in dirs)
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the dataset…")
+def _summarize(root: str, signature: tuple[Any, ...]) -> DataSummary:
+    del signature  # part of the cache key only
+    ds = ImageFolderDataset(root)  # raises DataError for one class, empty classes, no folders
+    counts = [0] * len(ds.classes)
+    per_class: list[list[str]] = [[] for _ in ds.classes]
+    for path, label in ds.samples:
+        counts[label] += 1
+        if len(per_class[label]) < THUMBS:
+            per_class[label].append(str(path))
+    samples = []
+    for i in range(THUMBS):
+        samples += [(paths[i], ds.classes[c]) for c, paths in enumerate(per_class) if i < len(paths)]
+    return DataSummary(root, list(ds.classes), counts, [(str(p), r) for p, r in ds.skipped], samples[:THUMBS])
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _thumb(path: str) -> np.ndarray:
+    image = load_image(path)
+    image.thumbnail((96, 96))
+    return np.asarray(image)
+
+
+def _extract_zip(up: Any) -> str:
+    """Extract an uploaded zip once per content into ``<cache>/datasets/<hash>/`` (never over anything)."""
+    from explorer.cache import cache_root
+
+    data = up.getvalue()
+    target = cache_root() / "datasets" / hashlib.sha256(data).hexdigest()[:20]
+    marker = target / ".extracted.json"
+    try:
+        known = target / json.loads(marker.read_text())["path"]
+        if known.is_dir():
+            return str(known)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    folder = safe_extract_zip(up, target)
+    marker.write_text(json.dumps({"path": str(folder.relative_to(target)), "name": up.name}))
+    return str(folder)
+
+
+def _choose_data() -> tuple[str | None, str]:
+    """The data spec ('demo:NAME' or a folder) the user picked, and a short label for run names."""
+    state = st.session_state
+    wanted = st.query_params.get("data", "")
+    if "ft_source" not in state and wanted.removeprefix("demo:") in DEMO_DATASETS:
+        state["ft_source"], state["ft_demo"] = SOURCES[0], wanted.removeprefix("demo:")
+    source = st.radio("Images", SOURCES, key="ft_source", horizontal=True)
+    if source == SOURCES[0]:
+        name = st.selectbox("Demo dataset", list(DEMO_DATASETS), key="ft_demo")
+        st.caption(f"**{name}**: {DEMO_DATASETS[name]}.")
+        return f"demo:{name}", name
+    if source == SOURCES[1]:
+        text = st.text_input("Folder on the server", key="ft_folder", placeholder="/data/pets (pets/cat/…, pets/dog/…)")
+        return (text.strip() or None), Path(text.strip()).name or "folder"
+    up = st.file_uploader("Zip of class folders", type=["zip"], key="ft_zip")
+    if up is None:
+        return None, "zip"
+    cached = state.get("_ft_zip")
+    if not cached or cached[0] != up.file_id:
+        try:
+            cached = (up.file_id, _extract_zip(up))
+        except Exception as exc:
+            show_error(exc)
+            return None, "zip"
+        state["_ft_zip"] = cached
+    return cached[1], Path(up.name).stem
+
+
+def data_section() -> tuple[str | None, str, DataSummary | None]:
+    st.subheader("1 · Data")
+    st.caption(
+        "For real work bring your own images: a folder with **one sub-folder per class** (`pets/cat/1.jpg`, "
+        "`pets/dog/7.png`, …) on the server, or the same as a zip. The demo datasets are for trying the app."
+    )
+    spec, label = _choose_data()
+    if spec is None:
+        return None, label, None
+    try:
+        root = resolve_data(spec)
+        summary = _summarize(str(root), _signature(root))
+    except Exception as exc:
+        show_error(exc)
+        return None, label, None
+    c = st.columns(3)
+    c[0].metric("Classes", len(summary.classes))
+    c[1].metric("Images", f"{sum(summary.counts):,}")
+    c[2].metric("Skipped", len(summary.skipped), help="Files that are not readable images; they are not used.")
+    counts = pd.DataFrame({"class": summary.classes, "images": summary.counts})
+    bar = st.column_config.ProgressColumn("images", format="%d", min_value=0, max_value=max(summary.counts))
+    st.dataframe(counts, hide_index=True, key="ft_counts", height=min(35 * len(counts) + 38, 300),
+                 column_config={"images": bar})  # fmt: skip
+    if summary.skipped:
+        st.warning(f"{len(summary.skipped)} file(s) skipped: they are not readable images.", icon=":material/warning:")
+        with st.expander("Skipped files and why"):
+            st.dataframe(pd.DataFrame(summary.skipped, columns=["file", "reason"]), hide_index=True, key="ft_skip")
+    try:
+        st.image([_thumb(p) for p, _ in summary.samples], caption=[c for _, c in summary.samples], width=72)
+    except DataError as exc:  # a file changed since the scan
+        st.caption(f"No preview: {exc}")
+    return spec, label, summary
