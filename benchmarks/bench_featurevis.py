@@ -32,6 +32,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from explorer import featurevis as fv  # noqa: E402
+from explorer.featurevis.fold import render_network  # noqa: E402
 from explorer.featurevis.presets import get_preset  # noqa: E402
 from explorer.layers import forward_until, hook_count  # noqa: E402
 from explorer.models import LoadedModel, load_model  # noqa: E402
@@ -100,23 +101,27 @@ def final_activation(model: LoadedModel, layer: str, channels: list[int], images
     return np.array([float(out[i, c].mean()) for i, c in enumerate(channels)])
 
 
-def floor_step(model: LoadedModel, layer: str, batch: int, reps: int = 5) -> tuple[float, bool]:
+def floor_step(
+    model: LoadedModel, layer: str, batch: int, reps: int = 5, module: nn.Module | None = None
+) -> tuple[float, bool]:
     """Seconds for forward + backward of the network truncated at `layer`, alone, at this batch and input size.
 
-    Same numerics as the render loop: channels-last input, bf16 autocast where `use_bf16` picks it.
+    Same numerics as the render loop: channels-last input, bf16 autocast where `use_bf16` picks it. `module`:
+    another network to time the same way (the render's BatchNorm-folded copy).
     """
     from explorer.featurevis.render import autocast, use_bf16
 
+    net = module if module is not None else model.module
     x = torch.randn(batch, 3, *model.input_size, device=model.device, requires_grad=True)
     with torch.no_grad():
-        hw = fv.as_grid(forward_until(model.module, layer, x[:1])).shape[-2:]
+        hw = fv.as_grid(forward_until(net, layer, x[:1])).shape[-2:]
     bf16 = use_bf16(model.device, model.input_size, hw)
     times = []
     for _ in range(reps + 1):
         _sync(model.device)
         t = time.perf_counter()
         with autocast(model.device, bf16):
-            out = forward_until(model.module, layer, x.contiguous(memory_format=torch.channels_last))
+            out = forward_until(net, layer, x.contiguous(memory_format=torch.channels_last))
         torch.autograd.grad(fv.as_grid(out).float()[:, 0].mean(), x)
         _sync(model.device)
         times.append(time.perf_counter() - t)
@@ -171,7 +176,8 @@ def main() -> None:
     wrapped = None if a.skip_lucent else Normalized(model).to(model.device)
     header = (
         f"{'layer':<12} {'lucent s/ch':>11} {'ours s/ch':>9} {'speedup':>7} {'lucent act':>10} {'ours act':>8} "
-        f"{'act ratio':>9} {'ours s/step':>11} {'floor s/step':>12} {'step/floor':>10} {'batch':>5} {'dtype':>5}"
+        f"{'act ratio':>9} {'ours s/step':>11} {'floor s/step':>12} {'step/floor':>10} {'batch':>5} {'dtype':>5} "
+        f"{'folded floor':>12}"
     )
     print(header)
     for layer in (a.layers or suite["layers"]).split(","):
@@ -188,6 +194,7 @@ def main() -> None:
         n_batches = int(np.ceil(n / batch))
         ours_step = ours_s * n / n_batches / steps
         floor, bf16 = floor_step(model, layer, batch)
+        folded, _ = floor_step(model, layer, batch, module=render_network(model, [layer]))
         ours_act = final_activation(model, layer, channels, ours.images)
         luc_s, luc_act = float("nan"), np.full(n, np.nan)
         if wrapped is not None:
@@ -203,7 +210,7 @@ def main() -> None:
         print(
             f"{layer:<12} {luc_s:>11.3f} {ours_s:>9.3f} {luc_s / ours_s:>6.2f}x {np.mean(luc_act):>10.3f} "
             f"{np.mean(ours_act):>8.3f} {np.mean(ours_act) / np.mean(luc_act):>9.2f} {ours_step:>11.3f} "
-            f"{floor:>12.3f} {ours_step / floor:>10.2f} {batch:>5} {'bf16' if bf16 else 'fp32':>5}",
+            f"{floor:>12.3f} {ours_step / floor:>10.2f} {batch:>5} {'bf16' if bf16 else 'fp32':>5} {folded:>12.3f}",
             flush=True,
         )
     if a.suite == "cpu":

@@ -52,6 +52,17 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number ≥ 1, with a plain message otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def load_model_arg(args: argparse.Namespace) -> Any:
     """The LoadedModel that the --model/--arch/--device options name."""
     from explorer.models import DEFAULT_SPEC, load_model

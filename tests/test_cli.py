@@ -225,6 +225,9 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["predict", CHELSEA, "--k", "0"]) == 2
     assert "--k" in capsys.readouterr().err
     assert main([]) == 2
+    for argv in (["render", "--layer", "blocks.1.1", "--steps", "0", "--out", "x"], ["finetune", "--epochs", "-1"]):
+        assert main(argv) == 2
+        assert "must be at least 1" in capsys.readouterr().err  # before any model is loaded
 
 
 # --------------------------------------------------------------------------- helpers

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from explorer.cli import add_model_args, load_model_arg, progress_bar
+from explorer.cli import add_model_args, load_model_arg, positive_int, progress_bar
 from explorer.errors import ExplorerError
 
 
@@ -39,9 +39,9 @@ def register(subparsers: Any) -> None:
                    help="one colour scale for all layers (default) or one per layer")  # fmt: skip
     p.add_argument("--mode", default=None, choices=["positive", "signed", "abs"],
                    help="how signs are coloured (default: the method's own)")  # fmt: skip
-    p.add_argument("--n-steps", type=_positive, default=32, help="ig, conductance: steps (default 32)")
-    p.add_argument("--grid", type=_positive, default=7, help="ablation: patches per side (default 7)")
-    p.add_argument("--top", type=_positive, default=5, help="top channels per layer in the JSON (default 5)")
+    p.add_argument("--n-steps", type=positive_int, default=32, help="ig, conductance: steps (default 32)")
+    p.add_argument("--grid", type=positive_int, default=7, help="ablation: patches per side (default 7)")
+    p.add_argument("--top", type=positive_int, default=5, help="top channels per layer in the JSON (default 5)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
     p.add_argument("--json", action="store_true", help="also print the JSON summary on stdout")
     p.set_defaults(func=cmd_attribute)
@@ -56,24 +56,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("folder", metavar="FOLDER", help="a folder of images (subfolders included), or demo:NAME")
     add_model_args(p)
     p.add_argument("--layer", required=True, action="append", help="layer name (repeat for several)")
-    p.add_argument("--k", type=_positive, default=9, help="examples per channel (default 9)")
+    p.add_argument("--k", type=positive_int, default=9, help="examples per channel (default 9)")
     p.add_argument("--channels", default="all", help="'all' or e.g. '0-15,32' (default all)")
     p.add_argument("--bottom", action="store_true", help="also write the k most negative examples")
-    p.add_argument("--patch-size", type=_positive, default=None, help="resize patches to this many pixels")
-    p.add_argument("--batch-size", type=_positive, default=32, help="images per forward (default 32)")
+    p.add_argument("--patch-size", type=positive_int, default=None, help="resize patches to this many pixels")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward (default 32)")
     p.add_argument("--no-cache", action="store_true", help="recompute even if cached")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
     p.set_defaults(func=cmd_examples)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _safe(name: str) -> str:

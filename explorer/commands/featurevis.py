@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from explorer.cli import add_model_args, load_model_arg, print_table, progress_bar
+from explorer.cli import add_model_args, load_model_arg, positive_int, print_table, progress_bar
 from explorer.errors import ExplorerError
 
 
@@ -31,10 +31,10 @@ def _add_render_settings(p: argparse.ArgumentParser) -> None:
     from explorer.featurevis.presets import PRESETS
 
     p.add_argument("--preset", choices=list(PRESETS), default="classic", help="render settings (default classic)")
-    p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the preset's)")
-    p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the preset's)")
+    p.add_argument("--steps", type=positive_int, default=None, help="optimisation steps (default: the preset's)")
+    p.add_argument("--size", type=positive_int, default=None, help="image side in pixels (default: the preset's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: by device)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="images per batch (default: by device)")
     p.add_argument("--no-cache", action="store_true", help="render again even when the cache has the images")
 
 
@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
         "and Layer pages open instantly. With --out, also writes one contact sheet per block.",
     )
     add_model_args(p)
-    p.add_argument("--per-layer", type=int, default=8, help="units per block (default 8)")
+    p.add_argument("--per-layer", type=positive_int, default=8, help="units per block (default 8)")
     p.add_argument("--layers", default=None, help="comma-separated blocks (default: every block with a grid output)")
     _add_render_settings(p)
     p.add_argument("--out", type=Path, default=None, help="also write <layer>-sheet.png here")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from explorer.cli import add_model_args, load_model_arg, print_json, print_table, progress_bar
+from explorer.cli import add_model_args, load_model_arg, positive_int, print_json, print_table, progress_bar
 
 
 def register(subparsers: Any) -> None:
@@ -33,8 +33,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--out", required=True, metavar="CKPT", help="checkpoint path ending in .safetensors (+ .json sidecar)"
     )
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the data (default {d.epochs})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
+    p.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"passes over the data (default {d.epochs})")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"(default {d.batch_size})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate of the new head (default {d.lr:g})")
     p.add_argument(
         "--backbone-lr", type=float, default=d.backbone_lr, help=f"for trainable pretrained layers ({d.backbone_lr:g})"
@@ -43,9 +43,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--augment", choices=["none", "light", "light+flip"], default=d.augment)
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=f"held out per class ({d.val_fraction})")
     p.add_argument(
-        "--input-size", type=int, default=None, metavar="PX", help="train at this size (default: the model's)"
+        "--input-size", type=positive_int, default=None, metavar="PX", help="train at this size (default: the model's)"
     )
-    p.add_argument("--max-images", type=int, default=None, metavar="N", help="use a stratified subset of N images")
+    p.add_argument(
+        "--max-images", type=positive_int, default=None, metavar="N", help="use a stratified subset of N images"
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -64,14 +66,20 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--out", required=True, metavar="REPORT.json", help="report path; .html and .csv are written beside it"
     )
-    p.add_argument("--max-images", type=int, default=1000, metavar="N", help="images used (default 1000; 0: all)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass: peak memory (default 32)")
+    p.add_argument(
+        "--max-images", type=positive_int, default=1000, metavar="N", help="images used (default 1000; 0: all)"
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=32, help="images per forward pass: peak memory (default 32)"
+    )
     p.add_argument("--cka-batch", type=int, default=64, help="images per CKA minibatch (default 64)")
     p.add_argument("--grid", type=int, default=4, help="average-pool feature maps to GRID×GRID for CKA (default 4)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds of the probes (default 5)")
     p.add_argument("--no-probes", action="store_true", help="skip the linear probes (faster)")
-    p.add_argument("--input-size", type=int, default=None, metavar="PX", help="compare at this size (default: tuned's)")
+    p.add_argument(
+        "--input-size", type=positive_int, default=None, metavar="PX", help="compare at this size (default: tuned's)"
+    )
     p.add_argument(
         "--cross-excitation",
         type=int,

@@ -7,7 +7,7 @@ import fnmatch
 import textwrap
 from typing import Any
 
-from explorer.cli import add_model_args, load_model_arg, print_json, print_table
+from explorer.cli import add_model_args, load_model_arg, positive_int, print_json, print_table
 
 
 def register(subparsers: Any) -> None:
@@ -41,19 +41,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     add_model_args(p)
-    p.add_argument("--k", type=_positive_int, default=5, help="how many classes to show (default 5)")
+    p.add_argument("--k", type=positive_int, default=5, help="how many classes to show (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=cmd_predict)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 # --------------------------------------------------------------------------- models

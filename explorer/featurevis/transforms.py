@@ -43,13 +43,29 @@ class TransformSpec:
     fill: float = 0.5
 
 
-def _choice(u: torch.Tensor, options: Sequence[float]) -> float:
+def _choice(u: float, options: Sequence[float]) -> float:
     return float(options[min(int(u * len(options)), len(options) - 1)])
 
 
-def _shift(u: torch.Tensor, d: int) -> float:
+def _shift(u: float, d: int) -> float:
     """A whole-pixel shift in {0, …, d-1}, centred on zero."""
     return 0.0 if d <= 1 else min(int(u * d), d - 1) - (d - 1) / 2.0
+
+
+def classic_affine(u: Sequence[float], spec: TransformSpec, size: int) -> list[float]:
+    """One image's (2, 3) affine as six floats (row-major), from six uniforms in [0, 1); plain Python, so a
+    step's affines cost one tensor, not a dozen small ones per image. See `classic_theta`."""
+    padded = size + 2 * spec.pad
+    k = 2.0 / padded
+    t1x, t1y = _shift(u[0], spec.jitter) * k, _shift(u[1], spec.jitter) * k
+    s = _choice(u[2], spec.scales)
+    a = math.radians(_choice(u[3], spec.angles))
+    t2x, t2y = _shift(u[4], spec.jitter2) * k, _shift(u[5], spec.jitter2) * k
+    cos, sin = math.cos(a) / s, math.sin(a) / s  # (R(a)·s)^-1 = [[cos, sin], [-sin, cos]] / s
+    bx = -(cos * t2x + sin * t2y) - t1x
+    by = -(-sin * t2x + cos * t2y) - t1y
+    f = padded / size  # padded-image coords → unpadded-image coords
+    return [cos * f, sin * f, bx * f, -sin * f, cos * f, by * f]
 
 
 def classic_theta(u: torch.Tensor, spec: TransformSpec, size: int) -> torch.Tensor:
@@ -58,16 +74,7 @@ def classic_theta(u: torch.Tensor, spec: TransformSpec, size: int) -> torch.Tens
     Forward chain on the padded image (side P = size + 2·pad): translate by jitter, scale s, rotate a, translate
     by jitter2; the result fills the output. The returned map reads the *unpadded* image.
     """
-    padded = size + 2 * spec.pad
-    t1 = torch.tensor([_shift(u[0], spec.jitter), _shift(u[1], spec.jitter)]) * 2.0 / padded
-    s = _choice(u[2], spec.scales)
-    a = math.radians(_choice(u[3], spec.angles))
-    t2 = torch.tensor([_shift(u[4], spec.jitter2), _shift(u[5], spec.jitter2)]) * 2.0 / padded
-    cos, sin = math.cos(a), math.sin(a)
-    inv_rot = torch.tensor([[cos, sin], [-sin, cos]]) / s  # (R(a)·s)^-1
-    b = -(inv_rot @ t2) - t1
-    theta = torch.cat([inv_rot, b[:, None]], dim=1)
-    return theta * (padded / size)  # padded-image coords → unpadded-image coords
+    return torch.tensor(classic_affine(u.tolist(), spec, size)).view(2, 3)
 
 
 def crop_thetas(side_u: torch.Tensor, centre_n: torch.Tensor, spec: TransformSpec) -> torch.Tensor:
@@ -108,7 +115,8 @@ class Augment:
     def thetas(self, size: int) -> torch.Tensor:
         """This step's affines, (N·copies, 2, 3), one random draw per image from its own generator."""
         if self.spec.kind == "classic":
-            return torch.stack([classic_theta(torch.rand(6, generator=g), self.spec, size) for g in self.gens])
+            rows = [classic_affine(torch.rand(6, generator=g).tolist(), self.spec, size) for g in self.gens]
+            return torch.tensor(rows).view(len(rows), 2, 3)
         if self.spec.kind == "crops":
             k = self.copies
             return torch.cat(
