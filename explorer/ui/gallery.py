@@ -25,10 +25,11 @@ import streamlit as st
 from explorer.cache import Cache, make_key
 from explorer.errors import ExplorerError
 from explorer.featurevis import PRESETS, Objective, Preset, get_preset, lookup, render_cached
-from explorer.featurevis.render import default_batch_size, groups_of
+from explorer.featurevis.render import groups_of
 from explorer.models import LoadedModel
 from explorer.ui.common import ARCH_KEY, SPEC_KEY
 
+TILE_BATCH = 8  # images stored (and shown) together on CPU; a Stop keeps every finished batch
 PLACEHOLDER = np.full((8, 8, 3), 236, dtype=np.uint8)  # a light grey square until a tile has its image
 
 # --------------------------------------------------------------------------- files
@@ -254,8 +255,11 @@ class Rendered:
 
 
 def pack_batches(model: LoadedModel, objectives: Sequence[Objective]) -> list[list[int]]:
-    """Indices in bounded batches (device-sized; a diversity group never split), each stored once complete."""
-    size = default_batch_size(model.device, len(objectives))
+    """Indices in bounded batches (device-sized; a diversity group never split), each stored once complete.
+
+    On CPU a stored batch holds up to TILE_BATCH images; the render splits it into its own compute batches.
+    """
+    size = len(objectives) if model.device.type == "cuda" else min(len(objectives), TILE_BATCH)
     batches: list[list[int]] = []
     for group in groups_of(objectives):
         if batches and len(batches[-1]) + len(group) <= size:
