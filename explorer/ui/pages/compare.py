@@ -174,35 +174,16 @@ def _layer_view(
 def _exports(report: Any, fig: Any, layer: str | None, renders: dict[str, Any], stem: str) -> None:
     """CSV, JSON and the one-page HTML report (with `renders`, filled later in this run: it is built on click)."""
     st.subheader("Export and share")
-    c = st.columns(3)
-    c[0].download_button(
-        "Comparison CSV",
-        report.to_csv().encode(),
-        file_name=f"{stem}.csv",
-        mime="text/csv",
-        icon=":material/table:",
-        on_click="ignore",
-        key="cmp_csv",
-    )
-    c[1].download_button(
-        "Comparison JSON",
-        report.to_json().encode(),
-        file_name=f"{stem}.json",
-        mime="application/json",
-        icon=":material/data_object:",
-        on_click="ignore",
-        key="cmp_json",
-    )
-    c[2].download_button(
-        "One-page HTML report",
-        lambda: with_renders(report, layer, renders).to_html().encode(),
-        file_name=f"{stem}.html",
-        mime="text/html",
-        icon=":material/description:",
-        on_click="ignore",
-        key="cmp_html",
-        help="Chart, recommendation, guide, code and the chosen layer's units; opens offline.",
-    )
+    exports = [  # label, data (bytes or a callable run on click), suffix, mime, icon, key, help
+        ("Comparison CSV", report.to_csv().encode(), "csv", "text/csv", "table", "cmp_csv", None),
+        ("Comparison JSON", report.to_json().encode(), "json", "application/json", "data_object", "cmp_json", None),
+        ("One-page HTML report", lambda: with_renders(report, layer, renders).to_html().encode(), "html",
+         "text/html", "description", "cmp_html",
+         "Chart, recommendation, guide, code and the chosen layer's units; opens offline."),
+    ]  # fmt: skip
+    for col, (label, data, suffix, mime, icon, key, tip) in zip(st.columns(3), exports, strict=True):
+        col.download_button(label, data, file_name=f"{stem}.{suffix}", mime=mime, icon=f":material/{icon}:",
+                            on_click="ignore", key=key, help=tip)  # fmt: skip
     try:
         import kaleido  # noqa: F401  (optional: server-side PNG export)
 
