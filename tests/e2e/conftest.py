@@ -104,6 +104,29 @@ def wait_idle(page: object, timeout_ms: int = 120_000) -> None:
     page.wait_for_selector(IDLE, state="attached", timeout=timeout_ms)  # type: ignore[attr-defined]
 
 
+IMAGES_LOADED = (
+    "([sel, n]) => { const ims = [...document.querySelectorAll(sel)];"
+    " return ims.length >= n && ims.every(im => im.complete && im.naturalWidth > 0); }"
+)
+
+
+def wait_images(
+    page: object, n: int, selector: str = "[data-testid=stMain] [data-testid=stImage] img", timeout_ms: int = 120_000
+) -> None:
+    """Wait until at least `n` images match `selector` and every one of them has loaded.
+
+    Streamlit sends an image as a media URL that the browser fetches after the script's delta arrives: a caption
+    written in the same run can be on screen, and the script idle, while the `<img>` is still missing or loading.
+    """
+    page.wait_for_function(IMAGES_LOADED, arg=[selector, n], timeout=timeout_ms)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def images_loaded() -> Callable[..., None]:
+    """`images_loaded(page, n)`: wait until `n` images of the main area are in the page and fully loaded."""
+    return wait_images
+
+
 @pytest.fixture
 def open_app(app_url: str) -> Callable[..., None]:
     """`open_app(page, "model?model=…")`: load a URL of the app and wait until it has finished running."""

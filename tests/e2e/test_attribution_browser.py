@@ -7,7 +7,7 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # ~15-30 s: a real server, model load, one attribution pass
 
 
-def test_attribution_page_shows_every_block_on_a_shared_scale(page, open_app, screenshot):
+def test_attribution_page_shows_every_block_on_a_shared_scale(page, open_app, screenshot, images_loaded):
     open_app(page, "attribution?method=gradcam&sample=chelsea&scale=shared")
     main = page.locator("[data-testid='stMain']")
     main.get_by_text("every block from early to late").wait_for()
@@ -16,6 +16,7 @@ def test_attribution_page_shows_every_block_on_a_shared_scale(page, open_app, sc
     assert "Shared colour scale" in body and "tiger cat" in body
     grid = main.locator("[data-testid='stImage']").filter(has_text="peak")
     assert grid.count() == 18  # the bundled model's blocks with a spatial map, each captioned with its peak
+    images_loaded(page, 18)  # the 18 maps (and the input image)
     first, last = grid.first.locator("img"), grid.last.locator("img")
     for img in (first, last):
         assert img.evaluate("im => im.complete && im.naturalWidth > 0")

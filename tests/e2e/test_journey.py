@@ -65,7 +65,7 @@ def _page_switch(page, title: str, ready: str) -> float:
     return time.perf_counter() - started
 
 
-def test_journey_progression_finetune_compare_freeze(page, open_app, screenshot):
+def test_journey_progression_finetune_compare_freeze(page, open_app, screenshot, images_loaded):
     timings: dict[str, float] = {}
     main = page.locator("[data-testid='stMain']")
 
@@ -74,6 +74,7 @@ def test_journey_progression_finetune_compare_freeze(page, open_app, screenshot)
     images = main.locator("[data-testid='stImage'] img")
     images.nth(9).wait_for()
     wait_idle(page, 300_000)
+    images_loaded(page, 10)
     _no_errors(page)
     assert images.count() >= 10
     screenshot(page, "journey_1_progression.png")

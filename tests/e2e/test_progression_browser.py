@@ -17,7 +17,7 @@ COUNT_FINAL = (
 )
 
 
-def test_progression_fills_every_stage_and_links_to_units(page, app_url, screenshot):
+def test_progression_fills_every_stage_and_links_to_units(page, app_url, screenshot, images_loaded):
     page.goto(f"{app_url}/progression?preset=fast&steps=2&size=64&per_stage=2")
     page.wait_for_selector("[data-testid='stApp']", state="attached")
     main = page.locator("[data-testid='stMain']")
@@ -26,6 +26,7 @@ def test_progression_fills_every_stage_and_links_to_units(page, app_url, screens
     # Real renders on a CPU that may be shared: wait for all 10 images, however long the machine needs.
     page.wait_for_function(f"() => ({COUNT_FINAL})({FINAL!r}) >= 10", timeout=400_000)
     page.wait_for_selector(IDLE, state="attached", timeout=60_000)
+    images_loaded(page, 10)  # the captions come with the script's deltas, the pictures after their own fetch
     body = page.inner_text("body")
     assert "Traceback" not in body and not page.locator("[data-testid='stException']").count()
     assert not main.locator("[data-testid='stProgress']").count()  # the progress bar is gone
