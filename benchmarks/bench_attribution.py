@@ -94,7 +94,7 @@ def bench_gradcam(spec: str, batch: int, repeat: int, device: str | None) -> dic
 
 def bench_examples(n_images: int, batch: int, device: str | None, layers: list[str]) -> dict:
     from explorer.data import demo_dataset, list_images
-    from explorer.examples import dataset_examples
+    from explorer.exemplars import dataset_examples
     from explorer.models import load_model
 
     model = load_model(SPECS[0], device=device)

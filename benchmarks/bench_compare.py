@@ -5,7 +5,7 @@
 1. Fine-tuning throughput (training images/second, forward + backward + AdamW step) for three freeze points:
    none (every layer trains), blocks.3.2 (first half frozen) and global_pool (head only), at the model's input
    size; on CUDA too whenever a GPU is present. The run that trains every layer also makes the tuned checkpoint.
-2. The comparison (`explorer.compare.compare`: CKA with bootstrap, weight change, probes) on demo:digits for
+2. The comparison (`explorer.transfer.compare.compare`: CKA with bootstrap, weight change, probes) on demo:digits for
    each image count, each in a fresh process so peak memory is its own: seconds (forward pass and probes
    apart), peak Python-heap memory (tracemalloc; tensors are not on it) and peak resident memory (VmHWM, or
    ru_maxrss where /proc is missing) minus the resident memory once both models are loaded. A forward
@@ -30,7 +30,7 @@ CHILD = r"""
 import json, resource, sys, time, tracemalloc
 sys.path.insert(0, {root!r})
 import torch
-from explorer.compare import compare
+from explorer.transfer.compare import compare
 from explorer.models import load_model
 
 def rss_mb():
@@ -74,8 +74,8 @@ print(json.dumps({{"images": report.data["images_used"], "seconds": seconds, "fo
 
 def finetune_throughput(device: str, n: int, out: Path) -> list[dict]:
     """Images/s of one epoch over `n` digits for three freeze points; saves the all-trainable run to `out`."""
-    from explorer.finetune import FinetuneSettings, finetune
     from explorer.models import load_model
+    from explorer.transfer.finetune import FinetuneSettings, finetune
 
     base = load_model(device=device)
     rows = []

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from explorer import featurevis as fv  # noqa: E402
 from explorer.featurevis.fold import render_network  # noqa: E402
 from explorer.featurevis.presets import get_preset  # noqa: E402
-from explorer.layers import forward_until, hook_count  # noqa: E402
+from explorer.layers import forward_until, hook_count, to_nchw  # noqa: E402
 from explorer.models import LoadedModel, load_model  # noqa: E402
 
 SUITES = {
@@ -97,7 +97,7 @@ def final_activation(model: LoadedModel, layer: str, channels: list[int], images
     """Each image's channel mean: uint8 (N,H,W,3) → upsampled to the model input, normalised, no transforms."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(model.device)
     x = F.interpolate(x, size=model.input_size, mode="bilinear", align_corners=True)
-    out = fv.as_grid(forward_until(model.module, layer, model.normalize(x))).float()
+    out = to_nchw(forward_until(model.module, layer, model.normalize(x))).float()
     return np.array([float(out[i, c].mean()) for i, c in enumerate(channels)])
 
 
@@ -114,7 +114,7 @@ def floor_step(
     net = module if module is not None else model.module
     x = torch.randn(batch, 3, *model.input_size, device=model.device, requires_grad=True)
     with torch.no_grad():
-        hw = fv.as_grid(forward_until(net, layer, x[:1])).shape[-2:]
+        hw = to_nchw(forward_until(net, layer, x[:1])).shape[-2:]
     bf16 = use_bf16(model.device, model.input_size, hw)
     times = []
     for _ in range(reps + 1):
@@ -122,7 +122,7 @@ def floor_step(
         t = time.perf_counter()
         with autocast(model.device, bf16):
             out = forward_until(net, layer, x.contiguous(memory_format=torch.channels_last))
-        torch.autograd.grad(fv.as_grid(out).float()[:, 0].mean(), x)
+        torch.autograd.grad(to_nchw(out).float()[:, 0].mean(), x)
         _sync(model.device)
         times.append(time.perf_counter() - t)
     return float(np.median(times[1:])), bf16

@@ -1,12 +1,10 @@
-"""Layer Explorer: what every layer of a CNN has learned, before and after fine-tuning.
+"""Layer Explorer: what every layer of a network has learned, before and after fine-tuning.
 
 The light core (models, ladder, hooks) is imported at once; the engines are imported on first use, so
 ``import explorer`` stays fast::
 
-    from explorer import load_model, render, attribute, dataset_examples, FinetuneSettings, freeze_code
-    from explorer.finetune import finetune      # these three share their module's name,
-    from explorer.compare import compare        # so they are imported from it
-    from explorer.recommend import recommend
+    from explorer import load_model, ladder, render, attribute, dataset_examples, objectives as obj
+    from explorer.transfer import finetune, compare, FinetuneSettings, freeze_code
 """
 
 from __future__ import annotations
@@ -25,11 +23,11 @@ _LAZY = {
     "attribute": "explorer.attribution",
     "channel_attribution": "explorer.attribution",
     "AttributionResult": "explorer.attribution",
-    "dataset_examples": "explorer.examples",
-    "FinetuneSettings": "explorer.finetune",
-    "apply_freeze": "explorer.freeze",
-    "freeze_code": "explorer.freeze",
-    "freeze_table": "explorer.freeze",
+    "dataset_examples": "explorer.exemplars",
+    "FinetuneSettings": "explorer.transfer",
+    "apply_freeze": "explorer.transfer",
+    "freeze_code": "explorer.transfer",
+    "freeze_table": "explorer.transfer",
     "resolve_data": "explorer.data",
     "demo_dataset": "explorer.data",
 }

@@ -1,4 +1,10 @@
-"""One base class for every problem that is the user's to fix: the app and the CLI show its message alone."""
+"""The project's error types: one base class for every problem that is the user's to fix.
+
+The app and the CLI show an :class:`ExplorerError`'s message alone, never a traceback; anything else is a bug and
+is reported as one. Each package defines its own subclasses next to the code that raises them (``LayerError`` in
+:mod:`explorer.layers`, ``FinetuneError`` in :mod:`explorer.transfer.finetune`, …); the ones several packages
+raise live here.
+"""
 
 
 class ExplorerError(ValueError):
@@ -7,3 +13,13 @@ class ExplorerError(ValueError):
 
 class ModelError(ExplorerError):
     """A problem with a model spec or checkpoint, phrased for the user (one sentence, no traceback)."""
+
+
+class DataError(ExplorerError):
+    """A problem with the user's data (an image, a folder, a zip), described in one sentence."""
+
+
+def brief(exc: BaseException, limit: int = 120) -> str:
+    """The first line of an exception's message (or its type), cut to `limit` characters, for a user message."""
+    text = str(exc).strip().rstrip(".") or type(exc).__name__
+    return text.splitlines()[0][:limit]

@@ -1,13 +1,17 @@
-"""Layer discovery in execution order, and hooks that never outlive their `with` block.
+"""Layers: discovery in execution order, the layout of their outputs, and hooks that never outlive their block.
 
 Layers are named by their dotted `named_modules` path (``blocks.3.2``, ``layer3.1.conv2``) and ordered by when
-their forward hooks first fire, not by registration order. Every hook here is registered inside a context
-manager that removes it in ``finally``, and fires only for the thread that registered it, so a model shared by
-several app sessions can be inspected from two threads at once.
+their forward hooks first fire, not by registration order (:func:`ladder`, :func:`execution_order`). Every hook
+here is registered inside a context manager that removes it in ``finally``, and fires only for the thread that
+registered it, so a model shared by several app sessions can be inspected from two threads at once. Layout
+questions — is an output a map, in which layout, how many channels — are answered here (:func:`to_nchw`,
+:attr:`LayerInfo.has_map`) and nowhere else.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -20,7 +24,7 @@ from torch import nn
 from explorer.errors import ExplorerError
 
 # Leaves that neither compute features nor change shape: hidden from the compact "blocks" view.
-_QUIET = (
+QUIET_TYPES = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
     nn.ELU, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm,
     nn.GroupNorm, nn.Flatten,
@@ -56,6 +60,14 @@ class LayerInfo:
     def spatial(self) -> tuple[int, int] | None:
         return _hw_channels(self.out_shape)[0]
 
+    @property
+    def has_map(self) -> bool:
+        """Whether the output is a grid a picture can show: (C,H,W) / (H,W,C) larger than 1×1, or tokens (T, D)."""
+        if len(self.out_shape) == 3:
+            hw = self.spatial
+            return hw is not None and hw[0] * hw[1] > 1
+        return len(self.out_shape) == 2 and self.out_shape[0] > 1
+
     def as_row(self) -> dict[str, Any]:
         return {
             "order": self.order,
@@ -72,17 +84,18 @@ class LayerInfo:
 # --------------------------------------------------------------------------- hooks
 
 
-def _first_tensor(out: Any) -> torch.Tensor | None:
+def first_tensor(out: Any) -> torch.Tensor | None:
+    """The first tensor in a module's output (a tensor, or nested tuples, lists and dicts), None if it has none."""
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, (tuple, list)):
         for o in out:
-            t = _first_tensor(o)
+            t = first_tensor(o)
             if t is not None:
                 return t
     if isinstance(out, dict):
         for o in out.values():
-            t = _first_tensor(o)
+            t = first_tensor(o)
             if t is not None:
                 return t
     return None
@@ -147,7 +160,7 @@ def capture(module: nn.Module, layers: Sequence[str], *, grads: bool = False, de
     cap = Capture()
 
     def on_output(name: str, _mod: nn.Module, out: Any) -> None:
-        t = _first_tensor(out)
+        t = first_tensor(out)
         if t is None or name in cap.activations:
             return
         # A copy: a later in-place op (ResNet's ReLU(inplace=True) after bn1) would otherwise change the record.
@@ -177,7 +190,7 @@ def forward_until(module: nn.Module, layers: str | Sequence[str], x: torch.Tenso
     outs: dict[str, torch.Tensor] = {}
 
     def on_output(name: str, _mod: nn.Module, out: Any) -> None:
-        t = _first_tensor(out)
+        t = first_tensor(out)
         if t is not None and name not in outs:
             # The forward goes on after all but the last layer: copy those so in-place ops cannot change them.
             outs[name] = t if len(outs) + 1 == len(names) else t.clone()
@@ -217,7 +230,7 @@ def trace(module: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module, tupl
         if name in seen:
             seen[name][3] += 1
             return
-        t = _first_tensor(out)
+        t = first_tensor(out)
         shape = tuple(t.shape[1:]) if t is not None else ()
         seen[name] = [name, mod, shape, 1]
 
@@ -243,8 +256,9 @@ def _own_params(m: nn.Module) -> bool:
     return any(True for _ in m.parameters(recurse=False))
 
 
-def _quiet(m: nn.Module) -> bool:
-    return isinstance(m, _QUIET) or type(m).__name__ in ("Permute", "StochasticDepth", "DropPath")
+def is_quiet(m: nn.Module) -> bool:
+    """A leaf that neither computes features nor changes shape (activation, norm, dropout, identity)."""
+    return isinstance(m, QUIET_TYPES) or type(m).__name__ in ("Permute", "StochasticDepth", "DropPath")
 
 
 def _hw_channels(shape: tuple[int, ...]) -> tuple[tuple[int, int] | None, int | None]:
@@ -275,7 +289,7 @@ def _block_names(module: nn.Module) -> set[str]:
             stacks = [c for _, c in children if _is_stack(c) and len(list(c.children())) >= 2]
             descend = any(total[id(c)] >= 0.8 * total[id(m)] for c in stacks)
         if not descend or not children:
-            if not is_root and not _quiet(m):
+            if not is_root and not is_quiet(m):
                 blocks.add(name)
             return
         for child_name, child in children:
@@ -304,14 +318,13 @@ def _stages(rows: list[tuple[str, nn.Module, tuple[int, ...], int]], blocks: set
         else:
             stages_of_blocks.append(stage + 1 if spatial_seen else stage)
     by_name = {r[0]: st for r, st in zip(block_rows, stages_of_blocks, strict=False)}
-    out, pending = [], 0
+    out = []
     for i, r in enumerate(rows):
         if r[0] not in by_name:
             nxt = next((by_name[q[0]] for q in rows[i:] if q[0] in by_name), stages_of_blocks[-1])
             out.append(nxt)
         else:
             out.append(by_name[r[0]])
-    del pending
     return out
 
 
@@ -356,5 +369,36 @@ def ladder(model: Any, view: str = "blocks", *, x: torch.Tensor | None = None) -
     return out
 
 
-def layer_names(model: Any, view: str = "blocks") -> list[str]:
-    return [row.name for row in ladder(model, view)]
+def execution_order(module: nn.Module, size: tuple[int, int] = (224, 224)) -> list[str]:
+    """Module names in the order their outputs appear (the ladder's order), traced in eval mode on a zero image."""
+    if module.training:  # tracing a training module would update BatchNorm statistics: trace a copy
+        module = copy.deepcopy(module).eval()
+    p = next(module.parameters(), None)
+    x = torch.zeros(1, 3, *size, device=p.device if p is not None else "cpu")
+    return [row[0] for row in trace(module, x)]
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+class LayoutError(ExplorerError):
+    """A layer output that has no channels-and-grid form."""
+
+
+def to_nchw(t: torch.Tensor) -> torch.Tensor:
+    """Any layer output as (N, C, H, W): NCHW as is, NHWC (H == W != C) permuted, tokens (N, T, D) to their
+    √T×√T grid after dropping up to 8 leading class/register tokens, vectors (N, D) as (N, D, 1, 1)."""
+    if t.ndim == 4:
+        if t.shape[1] == t.shape[2] and t.shape[3] != t.shape[1]:
+            return t.permute(0, 3, 1, 2)
+        return t
+    if t.ndim == 3:
+        n, tokens, d = t.shape
+        side = math.isqrt(tokens)
+        extra = tokens - side * side
+        if extra > 8:  # e.g. (N, C, L) sequence features: treat L as a 1-row grid
+            return t.unsqueeze(2)
+        return t[:, extra:].reshape(n, side, side, d).permute(0, 3, 1, 2)
+    if t.ndim == 2:
+        return t[:, :, None, None]
+    raise LayoutError(f"Cannot read a layer output of shape {tuple(t.shape)} as channels.")

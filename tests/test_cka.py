@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from explorer.cka import MinibatchCKA, StreamingCKA, gram_cka, gram_linear, hsic_terms, linear_cka
+from explorer.transfer.cka import MinibatchCKA, StreamingCKA, gram_cka, gram_linear, hsic_terms, linear_cka
 
 seeds = st.integers(0, 2**32 - 1)
 debiased = st.booleans()

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.compare import CompareError, ComparisonReport, LayerComparison, compare
 from explorer.errors import ExplorerError
-from explorer.finetune import FinetuneSettings, finetune
 from explorer.layers import hook_count, ladder
 from explorer.models import fingerprint, load_model
-from explorer.recommend import recommend
+from explorer.transfer.compare import CompareError, ComparisonReport, LayerComparison, compare
+from explorer.transfer.finetune import FinetuneSettings, finetune
+from explorer.transfer.recommend import recommend
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +249,7 @@ def test_cli_compare_writes_json_html_and_csv(tuned_tiny, color_folder, tmp_path
 
 
 def test_cross_excitation_plugin_measures_units_and_returns_same_seed_renders(tiny, tuned_tiny, color_folder):
-    from explorer.crossexcite import as_plugin, cross_excitation
+    from explorer.transfer.crossexcite import as_plugin, cross_excitation
 
     same = cross_excitation(tiny, tiny, units=2, max_layers=3, steps=3, size=48)
     assert len(same.values) == 3

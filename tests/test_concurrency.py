@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from explorer import featurevis as fv
-from explorer.checkpoint import save_checkpoint
-from explorer.compare import compare
 from explorer.layers import hook_count, ladder
 from explorer.models import LoadedModel, fingerprint, load_model
+from explorer.transfer.checkpoints import save_checkpoint
+from explorer.transfer.compare import compare
 
 
 @pytest.fixture(scope="module")

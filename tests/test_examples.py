@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-import explorer.examples.scan as scan_module
+import explorer.exemplars.scan as scan_module
 from explorer.cache import Cache
 from explorer.data import ASSETS_DIR, list_images, load_image
-from explorer.examples import ExamplesError, dataset_examples, patch_image, receptive_field
+from explorer.exemplars import ExamplesError, dataset_examples, patch_image, receptive_field
 from explorer.layers import forward_until, hook_count
 from explorer.models import LoadedModel, fingerprint
 

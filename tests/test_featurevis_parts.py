@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from explorer import featurevis as fv
-from explorer.featurevis.objectives import Context, as_grid
+from explorer.featurevis.objectives import Context
 from explorer.featurevis.optim import Adam, NAdam
 from explorer.featurevis.param import (
     FFTParam,
@@ -22,6 +22,7 @@ from explorer.featurevis.param import (
     natural_spectrum,
 )
 from explorer.featurevis.transforms import Augment, TransformSpec, classic_theta
+from explorer.layers import to_nchw
 
 
 def _ctx(**acts: torch.Tensor) -> Context:
@@ -111,14 +112,14 @@ def test_for_unit_vocabulary():
 
 def test_as_grid_handles_cnn_vit_nhwc_and_vectors():
     nchw = torch.randn(2, 8, 5, 5)
-    assert as_grid(nchw) is nchw
+    assert to_nchw(nchw) is nchw
     nhwc = torch.randn(2, 5, 5, 8)
-    assert torch.equal(as_grid(nhwc), nhwc.permute(0, 3, 1, 2))
+    assert torch.equal(to_nchw(nhwc), nhwc.permute(0, 3, 1, 2))
     tokens = torch.randn(2, 1 + 16, 8)  # class token + 4×4 patches
-    grid = as_grid(tokens)
+    grid = to_nchw(tokens)
     assert grid.shape == (2, 8, 4, 4)
     assert torch.equal(grid[:, :, 1, 2], tokens[:, 1 + 1 * 4 + 2])
-    assert as_grid(torch.randn(2, 10)).shape == (2, 10, 1, 1)
+    assert to_nchw(torch.randn(2, 10)).shape == (2, 10, 1, 1)
 
 
 # --------------------------------------------------------------------------- parameterizations

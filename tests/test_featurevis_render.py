@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from explorer import featurevis as fv
-from explorer.featurevis.objectives import Context, as_grid
+from explorer.featurevis.objectives import Context
 from explorer.featurevis.presets import get_preset
-from explorer.layers import capture, forward_until, hook_count
+from explorer.layers import capture, forward_until, hook_count, to_nchw
 from explorer.models import LoadedModel, fingerprint
 
 
@@ -105,7 +105,7 @@ def test_truncated_forward_gives_the_same_activations_as_the_full_forward(model)
         assert torch.equal(trunc[name], cap.activations[name])
     # the objective the render optimises is the one computed on the full forward
     obj = fv.channel("act2", 3)
-    ctx = Context({"act2": as_grid(trunc["act2"])[:1]}, [], 0)
+    ctx = Context({"act2": to_nchw(trunc["act2"])[:1]}, [], 0)
     full = cap.activations["act2"][0, 3].mean()
     assert torch.allclose(obj.evaluate(ctx)[0], full)
 

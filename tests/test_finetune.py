@@ -9,12 +9,19 @@ import pytest
 import torch
 from torch import nn
 
-from explorer.checkpoint import CheckpointError
 from explorer.errors import ExplorerError
-from explorer.finetune import FinetuneError, FinetuneSettings, finetune, replace_head, trainable_copy
-from explorer.freeze import FreezeError, apply_freeze, freeze_code, freeze_summary, freeze_table, frozen_modules
 from explorer.layers import hook_count, ladder
 from explorer.models import META_KEY, fingerprint, load_model
+from explorer.transfer.checkpoints import CheckpointError
+from explorer.transfer.finetune import FinetuneError, FinetuneSettings, finetune, replace_head, trainable_copy
+from explorer.transfer.freeze import (
+    FreezeError,
+    apply_freeze,
+    freeze_code,
+    freeze_summary,
+    freeze_table,
+    frozen_modules,
+)
 
 FAST = {"input_size": 32, "batch_size": 8, "val_fraction": 0.25}
 

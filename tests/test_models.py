@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import explorer.models as models
+import explorer.models.sources as sources
 from explorer.data import ASSETS_DIR, load_image
 from explorer.layers import hook_count, ladder
 from explorer.models import META_KEY, LoadedModel, ModelError, fingerprint, load_model, pick_device, read_checkpoint
@@ -273,8 +274,8 @@ def test_offline_timm_download_names_where_to_put_the_file(monkeypatch: pytest.M
         raise AssertionError("must not try to download when the hub is unreachable")
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(models, "_in_hf_cache", lambda _name: False)
-    monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(sources, "_in_hf_cache", lambda _name: False)
+    monkeypatch.setattr(sources, "_hub_reachable", lambda *a, **k: False)
     monkeypatch.setattr("timm.create_model", no_download)
     with pytest.raises(ModelError) as info:
         load_model("timm:resnet18", device="cpu")
@@ -314,7 +315,7 @@ def test_package_exports_the_engines_lazily() -> None:
         "import sys, explorer; assert 'explorer.attribution' not in sys.modules; "
         "from explorer import attribute, render, dataset_examples, freeze_code; "
         "from explorer.attribution import attribute as a; assert attribute is a; "
-        "import explorer.compare, explorer.finetune; print('ok')"
+        "import explorer.transfer.compare, explorer.transfer.finetune; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert out.stdout.strip() == "ok", out.stderr

@@ -109,7 +109,8 @@ def resolve_target(model: Any, target: Any, n: int, logits: torch.Tensor | None 
     return torch.tensor(out, dtype=torch.long)
 
 
-def _baseline(model: Any, x: torch.Tensor, baseline: Any) -> torch.Tensor:
+def baseline_tensor(model: Any, x: torch.Tensor, baseline: Any) -> torch.Tensor:
+    """The Integrated-Gradients baseline for batch `x`: a tensor as given, a black image, or zeros."""
     if isinstance(baseline, torch.Tensor):
         b = baseline.to(x.device, x.dtype)
         return b.expand_as(x).clone() if b.shape != x.shape else b
@@ -289,7 +290,7 @@ def attribute(
             with torch.no_grad():
                 logits = model.module(x).detach()
         tgt = resolve_target(model, target, x.shape[0], logits).to(x.device)
-        base = _baseline(model, x, opt.baseline)
+        base = baseline_tensor(model, x, opt.baseline)
         twin = shadow(model.module, no_inplace=method == "deeplift")
         for done, info in enumerate(infos, 1):
             attr, delta = _captum_layer(method, twin, info, x, tgt, base, opt)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from explorer.attribution import colour as ov
-from explorer.attribution.core import _baseline, prepare
+from explorer.attribution.core import baseline_tensor, prepare
 from explorer.attribution.methods import AttributionError
 from explorer.attribution.sanitize import shadow
 from explorer.layers import forward_until, resolve
@@ -85,7 +85,7 @@ def unit_attribution(
     else:
         ibs = None if internal_batch_size is None else max(internal_batch_size, x.shape[0])
         attr = NeuronIntegratedGradients(forward, target).attribute(
-            xi, neuron_selector=unit, baselines=_baseline(model, x, baseline), n_steps=n_steps,
+            xi, neuron_selector=unit, baselines=baseline_tensor(model, x, baseline), n_steps=n_steps,
             internal_batch_size=ibs,
         )  # fmt: skip
         maps = attr.detach().sum(1)

@@ -142,7 +142,7 @@ def parse_channels(text: str, n: int) -> list[int]:
 
 def cmd_examples(args: argparse.Namespace) -> int:
     from explorer.data import resolve_data
-    from explorer.examples import dataset_examples, patch_image
+    from explorer.exemplars import dataset_examples, patch_image
 
     folder = resolve_data(args.folder)
     model = load_model_arg(args)

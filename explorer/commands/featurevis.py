@@ -71,8 +71,7 @@ def register(subparsers: Any) -> None:
 
 
 def _channels_of(model: Any, layer: str) -> int:
-    from explorer.featurevis.objectives import as_grid
-    from explorer.layers import ladder
+    from explorer.layers import ladder, to_nchw
 
     rows = {r.name: r for r in ladder(model, "full")} | {r.name: r for r in ladder(model, "blocks")}
     if layer not in rows:
@@ -85,7 +84,7 @@ def _channels_of(model: Any, layer: str) -> int:
         raise ExplorerError(f"Layer {layer} has no tensor output to visualise.")
     import torch
 
-    return int(as_grid(torch.zeros(1, *shape)).shape[1])
+    return int(to_nchw(torch.zeros(1, *shape)).shape[1])
 
 
 def _cache(no_cache: bool) -> Any:
@@ -136,14 +135,13 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_atlas(args: argparse.Namespace) -> int:
     from explorer.featurevis.objectives import channel
     from explorer.featurevis.sheet import contact_sheet
-    from explorer.featurevis.stages import _renderable
     from explorer.featurevis.store import render_cached
     from explorer.layers import ladder
 
     if args.per_layer < 1:
         raise ExplorerError("--per-layer must be at least 1.")
     model = load_model_arg(args)
-    rows = [r for r in ladder(model, "blocks") if _renderable(r)]
+    rows = [r for r in ladder(model, "blocks") if r.has_map]
     if args.layers:
         wanted = [w.strip() for w in args.layers.split(",") if w.strip()]
         known = {r.name: r for r in rows}

@@ -13,7 +13,7 @@ from explorer.cli import add_model_args, load_model_arg, positive_int, print_jso
 
 def register(subparsers: Any) -> None:
     """Add the `finetune` and `compare` subcommands."""
-    from explorer.finetune import FinetuneSettings
+    from explorer.transfer.finetune import FinetuneSettings
 
     d = FinetuneSettings()
     p = subparsers.add_parser(
@@ -102,8 +102,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune, print the per-epoch metrics and where the checkpoint is."""
     from tqdm import tqdm
 
-    from explorer.checkpoint import check_writable
-    from explorer.finetune import FinetuneSettings, finetune
+    from explorer.transfer.checkpoints import check_writable
+    from explorer.transfer.finetune import FinetuneSettings, finetune
 
     freeze = None if args.freeze_after.lower() in ("none", "") else args.freeze_after
     settings = FinetuneSettings(
@@ -185,8 +185,8 @@ def _has_arch_metadata(path: str) -> bool:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run the comparison, write report.json/.html/.csv, print the table and the recommendation."""
-    from explorer.compare import CompareError, compare
     from explorer.models import load_model
+    from explorer.transfer.compare import CompareError, compare
 
     out = Path(args.out)
     if out.suffix.lower() != ".json":
@@ -208,7 +208,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         base = load_model(spec, device=device)
     plugin = None
     if args.cross_excitation > 0:
-        from explorer.crossexcite import as_plugin
+        from explorer.transfer.crossexcite import as_plugin
 
         plugin = as_plugin(units=args.cross_excitation, progress=progress_bar("rendering"))
     report = compare(

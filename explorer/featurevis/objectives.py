@@ -14,7 +14,6 @@ with the same key.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,25 +28,6 @@ LOGITS = ""  # the layer name of the model's own output (the root module)
 
 class ObjectiveError(ExplorerError):
     """An objective that does not fit the model (a channel the layer lacks, a wrong-size direction)."""
-
-
-def as_grid(t: torch.Tensor) -> torch.Tensor:
-    """Any layer output as (N, C, H, W): NCHW as is, NHWC (H == W != C) permuted, tokens (N, T, D) to their
-    √T×√T grid after dropping up to 8 leading class/register tokens, vectors (N, D) as (N, D, 1, 1)."""
-    if t.ndim == 4:
-        if t.shape[1] == t.shape[2] and t.shape[3] != t.shape[1]:
-            return t.permute(0, 3, 1, 2)
-        return t
-    if t.ndim == 3:
-        n, tokens, d = t.shape
-        side = math.isqrt(tokens)
-        extra = tokens - side * side
-        if extra > 8:  # e.g. (N, C, L) sequence features: treat L as a 1-row grid
-            return t.unsqueeze(2)
-        return t[:, extra:].reshape(n, side, side, d).permute(0, 3, 1, 2)
-    if t.ndim == 2:
-        return t[:, :, None, None]
-    raise ObjectiveError(f"Cannot read a layer output of shape {tuple(t.shape)} as channels.")
 
 
 @dataclass

@@ -27,12 +27,12 @@ import torch
 
 from explorer.errors import ExplorerError
 from explorer.featurevis.fold import render_network
-from explorer.featurevis.objectives import Channel, Context, Objective, as_grid
+from explorer.featurevis.objectives import Channel, Context, Objective
 from explorer.featurevis.optim import make_optimizer
 from explorer.featurevis.param import image_generator, make_param, to_uint8
 from explorer.featurevis.presets import Preset, get_preset
 from explorer.featurevis.transforms import Augment
-from explorer.layers import forward_until
+from explorer.layers import forward_until, to_nchw
 from explorer.models import LoadedModel
 
 Progress = Callable[[int, int, Any], None]
@@ -241,7 +241,7 @@ def _render_batch(
         x = augment(param()).contiguous(memory_format=torch.channels_last)
         with autocast(device, bf16):
             outs = forward_until(net, layers, x)
-        grids = {name: as_grid(outs[name]).float() for name in layers}
+        grids = {name: to_nchw(outs[name]).float() for name in layers}
         if step == 0 and device.type != "cuda":
             smallest = min(grids.values(), key=lambda g: g.shape[-2] * g.shape[-1])
             bf16 = use_bf16(device, x.shape[-2:], smallest.shape[-2:])

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from explorer.layers import LayerInfo, ladder
+from explorer.layers import ladder
 
 STAGES = ("edges", "textures", "patterns", "parts", "objects")
 CUTS = (0.0, 0.20, 0.35, 0.60, 0.90, 1.0001)
@@ -54,17 +54,9 @@ class StageMap:
         return next((s.name for s in self.stages if block in s.blocks), None)
 
 
-def _renderable(row: LayerInfo) -> bool:
-    """Blocks with a grid output: (C,H,W) / (H,W,C) larger than 1×1, or ViT tokens (T, D); not pooled vectors."""
-    if len(row.out_shape) == 3:
-        hw = row.spatial
-        return hw is not None and hw[0] * hw[1] > 1
-    return len(row.out_shape) == 2 and row.out_shape[0] > 1
-
-
 def stage_map(model: Any) -> StageMap:
     """Map the five stages to this network's blocks (see the module docstring for the rule)."""
-    rows = [r for r in ladder(model, "blocks") if _renderable(r)]
+    rows = [r for r in ladder(model, "blocks") if r.has_map]
     if not rows:
         return StageMap([], "This model has no blocks with a spatial output to visualise.")
     last = max(len(rows) - 1, 1)

@@ -13,7 +13,8 @@ from torch import nn
 from explorer.layers import ladder
 from explorer.models import ModelError
 from explorer.ui.common import _preview_images, checkpoint_arch_hint, error_message, save_upload
-from explorer.ui.pages.model import ladder_figure, ladder_frame, top_figure
+from explorer.ui.pages.model import ladder_figure, ladder_frame
+from explorer.ui.widgets.figures import top_figure
 
 
 @pytest.fixture(autouse=True)

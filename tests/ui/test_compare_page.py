@@ -24,13 +24,13 @@ from streamlit.proto.WidgetStates_pb2 import WidgetState
 from streamlit.testing.v1 import AppTest
 from streamlit.util import calc_hash
 
-from explorer.checkpoint import save_checkpoint
-from explorer.comparison import ComparisonReport, LayerComparison
-from explorer.recommend import GuideCell, Recommendation
-from explorer.ui import compare_store
-from explorer.ui.compare_charts import comparison_figure, selected_layer, zones
-from explorer.ui.compare_layer import unit_picks
-from explorer.ui.freeze_panel import guide_markdown, ladder_frame
+from explorer.transfer.checkpoints import save_checkpoint
+from explorer.transfer.recommend import GuideCell, Recommendation
+from explorer.transfer.report import ComparisonReport, LayerComparison
+from explorer.ui.compare import store as compare_store
+from explorer.ui.compare.charts import comparison_figure, selected_layer, zones
+from explorer.ui.compare.freeze_panel import guide_markdown, ladder_frame
+from explorer.ui.compare.layer import unit_picks
 
 APP = "../../app.py"  # AppTest resolves it relative to this file
 QUERY = {"tuned": "t1", "images": "32", "input": "64", "probes": "0", "steps": "2", "size": "32"}

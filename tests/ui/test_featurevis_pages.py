@@ -173,7 +173,7 @@ def test_layer_page_reopens_layer_and_page_from_the_url(monkeypatch):
 
 
 def test_layer_page_keeps_finished_batches_and_offers_stop_and_resume(monkeypatch, cache_dir, bundled):
-    from explorer.ui.gallery import RenderSettings, render_signature, stopped_key
+    from explorer.ui.widgets.gallery import RenderSettings, render_signature, stopped_key
 
     renders = Renders(monkeypatch, fake=True, fail_on=2)  # 16 units = two batches of 8; the second fails
     at = _open("layer", layer="conv_stem", **TINY)
@@ -194,8 +194,8 @@ def test_layer_page_keeps_finished_batches_and_offers_stop_and_resume(monkeypatc
 
 
 def test_layer_zip_holds_every_rendered_unit_and_a_sheet(monkeypatch, bundled):
-    from explorer.ui.gallery import RenderSettings
     from explorer.ui.pages.layer import cached_units, layer_zip
+    from explorer.ui.widgets.gallery import RenderSettings
 
     Renders(monkeypatch, fake=True)
     settings = RenderSettings("fast", 0, 2, 32)

@@ -24,13 +24,14 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 from streamlit.util import calc_hash
 
-from explorer.checkpoint import save_checkpoint
 from explorer.data import ImageFolderDataset, resolve_data
-from explorer.demos import DEMO_DATASETS
-from explorer.finetune import FinetuneSettings
-from explorer.freeze import freeze_summary
+from explorer.data.demos import DEMO_DATASETS
 from explorer.models import fingerprint, load_model
-from explorer.ui import runs
+from explorer.transfer import runs
+from explorer.transfer.checkpoints import save_checkpoint
+from explorer.transfer.finetune import FinetuneSettings
+from explorer.transfer.freeze import freeze_summary
+from explorer.ui.widgets.figures import MAX_POINTS, progress_figure
 
 APP = "../../app.py"  # AppTest resolves it relative to this file
 
@@ -308,8 +309,8 @@ def test_progress_figure_marks_each_epoch_at_its_last_step_and_thins_long_runs()
     steps = [{"step": i + 1, "epoch": i // 1000 + 1, "loss": 1.0, "acc": 0.5} for i in range(4000)]
     epochs = [{"epoch": e, "val_loss": 0.5, "val_acc": 0.5 + e / 10} for e in (1, 2)]
     snap = runs.JobSnapshot("x", Path("x"), "running", 4000, 8000, steps, epochs, None, 1.0, 0.0, False)
-    fig = runs.progress_figure(snap)
+    fig = progress_figure(snap)
     traces = {t.name: t for t in fig.data}
     assert list(traces["validation accuracy"].x) == [1000, 2000]
     assert list(traces["validation accuracy"].y) == [0.6, 0.7]
-    assert len(traces["train loss"].x) <= 2 * runs.MAX_POINTS and traces["train loss"].x[0] == 1
+    assert len(traces["train loss"].x) <= 2 * MAX_POINTS and traces["train loss"].x[0] == 1

@@ -9,7 +9,6 @@ The view lives in the URL: ``?method=…&target=…&sample=…&scale=…`` (no t
 from __future__ import annotations
 
 import functools
-import hashlib
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -33,10 +32,12 @@ from explorer.attribution import (
 )
 from explorer.attribution.colour import DEFAULT_CMAP
 from explorer.attribution.export import GRID_COLUMNS, fmt, grid_png, magnitudes_csv, magnitudes_json, peak, top_channels
+from explorer.data import sample_images
 from explorer.models import LoadedModel
-from explorer.ui.common import current_model, model_key, progress_callback, show_error
-from explorer.ui.gallery import RenderSettings, link_params, page_ref
-from explorer.ui.pages.model import top_figure
+from explorer.ui.common import current_model, model_key, page_ref, progress_callback, show_error
+from explorer.ui.widgets.figures import top_figure
+from explorer.ui.widgets.gallery import RenderSettings, link_params
+from explorer.ui.widgets.images import image_picker
 
 DEFAULT_METHOD = "gradcam"
 AUTO = -1  # target: the predicted class
@@ -44,7 +45,6 @@ SCALES = {"shared": "Shared scale", "layer": "Per-layer"}
 AUTO_RUN_MAX = 4.0  # methods costing more forwards than this wait for the Run button
 LAYERS_PER_ROW = 3  # in the channels section
 FV_PRESET = "fast"
-MAX_IMAGE_PIXELS = 40_000_000
 _OPTION_FOR = {"ig": "n_steps", "conductance": "n_steps", "ablation": "grid"}
 
 # --------------------------------------------------------------------------- state: session and URL
@@ -214,21 +214,6 @@ def _placeholder() -> Image.Image:
 # --------------------------------------------------------------------------- page sections
 
 
-def _image_input(samples: dict[str, Any]) -> tuple[str, bytes, str | None] | None:
-    """(file name, bytes, sample name or None) of the chosen image, or None while nothing is chosen."""
-    from explorer.data import IMAGE_EXTENSIONS
-
-    source = st.radio("Image", ["Sample", "Upload"], key="att_source", horizontal=True)
-    if source == "Sample":
-        if not samples:
-            st.info("No sample images are installed (assets/); upload one instead.")
-            return None
-        name = st.selectbox("Sample image", list(samples), key="att_sample")
-        return samples[name].name, samples[name].read_bytes(), name
-    up = st.file_uploader("Image file", type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS), key="att_upload")
-    return (up.name, up.getvalue(), None) if up is not None else None
-
-
 def _target_picker(model: LoadedModel, preds: list[tuple[int, float]]) -> int:
     """Show the top-5 and let the user pick the class to explain; returns its index."""
     names, probs = model.class_names, dict(preds)
@@ -375,8 +360,6 @@ def _channels_section(model: LoadedModel, layers: list[str], scores: dict[str, A
 
 def render() -> None:
     """The Attribution page."""
-    from explorer.data import load_image, sample_images
-
     st.title("Attribution")
     st.caption("Which parts of the image drive the prediction at every depth of the network, and which channels.")
     try:
@@ -390,18 +373,11 @@ def render() -> None:
         st.warning(note, icon=":material/link_off:")
     left, mid, right = st.columns([1, 1.2, 1.3], gap="large")
     with left:
-        chosen = _image_input(samples)
-        _write_url(sample=chosen[2] if chosen else None)
-        if chosen is None:
+        picked = image_picker("att", samples)
+        _write_url(sample=picked.sample if picked else None)
+        if picked is None:
             return
-        name, data, _ = chosen
-        try:
-            image = load_image(data, name=name, max_pixels=MAX_IMAGE_PIXELS)
-        except Exception as exc:
-            show_error(exc)
-            return
-        st.image(image, caption=f"{name} · {image.width}×{image.height}", width="stretch")
-    digest = hashlib.sha256(data).hexdigest()
+    image, digest = picked.image, picked.digest
     try:
         with mid:
             target = _target_picker(model, _predict(model, model_key(model), digest, image))

@@ -20,12 +20,13 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from explorer.cache import cache_root
-from explorer.compare import check_comparable, compare
 from explorer.models import LoadedModel
+from explorer.transfer.compare import check_comparable, compare
 from explorer.ui.common import current_model, get_ladder, set_current_model, show_error
-from explorer.ui.compare_charts import comparison_figure, export_config, selected_layer
-from explorer.ui.compare_layer import attribution_section, examples_section, spatial, unit_picks, units_section
-from explorer.ui.compare_setup import (
+from explorer.ui.compare.charts import comparison_figure, export_config, selected_layer
+from explorer.ui.compare.freeze_panel import NONE, render_panel, summaries
+from explorer.ui.compare.layer import attribution_section, examples_section, spatial, unit_picks, units_section
+from explorer.ui.compare.setup import (
     choose_data,
     choose_settings,
     choose_tuned,
@@ -34,9 +35,8 @@ from explorer.ui.compare_setup import (
     param,
     set_param,
 )
-from explorer.ui.compare_store import get_report, put_report, report_key, subset_folder, with_renders
-from explorer.ui.freeze_panel import NONE, render_panel, summaries
-from explorer.ui.gallery import RenderSettings, safe_filename, settings_from_url, zip_bytes
+from explorer.ui.compare.store import get_report, put_report, report_key, subset_folder, with_renders
+from explorer.ui.widgets.gallery import RenderSettings, safe_filename, settings_from_url, zip_bytes
 
 SECTIONS = ("Units", "Examples", "Attribution")
 

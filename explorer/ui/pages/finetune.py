@@ -1,6 +1,6 @@
 """Fine-tune page: choose data and a freeze point, train a copy of the current model with live progress, keep runs.
 
-Training runs in a background thread (:class:`explorer.ui.runs.TrainingJob`), so the page redraws its progress
+Training runs in a background thread (:class:`explorer.transfer.runs.TrainingJob`), so the page redraws its progress
 every second, other pages stay usable, and Stop ends the run before its next step with the last complete
 epoch's checkpoint kept. ``?freeze=LAYER`` preselects the freeze point (the Compare page sends one) and
 ``?data=demo:NAME`` a demo dataset.
@@ -14,12 +14,13 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from explorer.finetune import FinetuneSettings
-from explorer.freeze import FreezeSummary, freeze_code, freeze_table
 from explorer.models import LoadedModel
+from explorer.transfer.finetune import FinetuneSettings
+from explorer.transfer.freeze import FreezeSummary, freeze_code, freeze_table
+from explorer.transfer.runs import JobSnapshot, TrainingJob, list_runs, read_run
 from explorer.ui.common import current_model, get_ladder, model_key, show_error
-from explorer.ui.dataset_panel import data_section
-from explorer.ui.runs import JobSnapshot, TrainingJob, list_runs, progress_figure, read_run
+from explorer.ui.widgets.dataset_panel import data_section
+from explorer.ui.widgets.figures import progress_figure
 
 JOB_KEY = "ft_job"  # session_state: the session's TrainingJob (running or finished)
 LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
@@ -221,8 +222,7 @@ def _use_as_current(path: Path, name: str) -> None:
 
 def _compare_with_base(info: Any) -> None:
     """Open the Compare page on this run, with its base as the current model (the Compare page's base)."""
-    from explorer.ui.common import set_current_model
-    from explorer.ui.pages import page
+    from explorer.ui.common import page_ref, set_current_model
 
     if info.base_spec and current_model().fingerprint != info.base_fingerprint:
         try:
@@ -230,7 +230,7 @@ def _compare_with_base(info: Any) -> None:
         except Exception as exc:
             show_error(exc)
             return
-    st.switch_page(page("compare", "Compare"), query_params={"tuned": info.name})
+    st.switch_page(page_ref("compare", "Compare"), query_params={"tuned": info.name})
 
 
 def _run_panel(info: Any, key: str) -> None:

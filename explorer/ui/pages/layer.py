@@ -7,24 +7,18 @@ rendered unit downloads as a PNG, and the whole layer (every unit rendered so fa
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import streamlit as st
-import torch
 
 from explorer.cache import Cache, png_bytes
-from explorer.featurevis import StageMap, channel, contact_sheet, stage_map
-from explorer.featurevis.objectives import as_grid
-from explorer.featurevis.stages import _renderable
+from explorer.featurevis import channel, contact_sheet
 from explorer.featurevis.store import KIND, cache_keys
-from explorer.layers import LayerInfo
 from explorer.models import LoadedModel
-from explorer.ui.common import current_model, get_ladder, model_key, show_error
-from explorer.ui.gallery import (
+from explorer.ui.common import current_model, page_ref, show_error
+from explorer.ui.widgets.gallery import (
     RenderSettings,
     link_params,
-    page_ref,
     png_download,
     render_tiles,
     safe_filename,
@@ -33,68 +27,17 @@ from explorer.ui.gallery import (
     tile_grid,
     zip_bytes,
 )
+from explorer.ui.widgets.layers import (
+    PER_PAGE,
+    block_names,
+    channels_of,
+    get_stage_map,
+    layer_from_url,
+    layer_label,
+    renderable_layers,
+)
 
-PER_PAGE = 16
 COLS = 8
-LAYER_KEY = "fv_layer"  # session_state: the last layer looked at (pages opened without ?layer=)
-
-
-# --------------------------------------------------------------------------- layers of a model
-
-
-def renderable_layers(model: LoadedModel) -> dict[str, LayerInfo]:
-    """Layers with a grid output (what can be visualised): the blocks first, then the rest of the full view."""
-    rows = [r for r in get_ladder(model, "blocks") if _renderable(r)]
-    names = {r.name for r in rows}
-    rows += [r for r in get_ladder(model, "full") if _renderable(r) and r.name not in names]
-    return {r.name: r for r in rows}
-
-
-def block_names(model: LoadedModel) -> list[str]:
-    """The renderable layers of the blocks view, in execution order."""
-    return [r.name for r in get_ladder(model, "blocks") if _renderable(r)]
-
-
-def channels_of(row: LayerInfo) -> int:
-    """Units of a layer as the objectives see them (channels of NCHW/NHWC maps, features of token grids)."""
-    return int(as_grid(torch.zeros(1, *row.out_shape)).shape[1])
-
-
-@st.cache_data(max_entries=32, show_spinner=False)
-def _stage_map(_model: LoadedModel, key: tuple[Any, ...]) -> StageMap:
-    del key
-    return stage_map(_model)
-
-
-def get_stage_map(model: LoadedModel) -> StageMap:
-    """The five named stages of this model, cached by its fingerprint."""
-    return _stage_map(model, model_key(model))
-
-
-def layer_from_url(model: LoadedModel, layers: dict[str, LayerInfo], fallback: str) -> str:
-    """The layer in `?layer=` if this model has it (else one error and `fallback`), remembered in the session."""
-    wanted = st.query_params.get("layer")
-    if wanted is None:
-        wanted = st.session_state.get(LAYER_KEY)
-        wanted = wanted if wanted in layers else fallback
-    elif wanted not in layers:
-        st.error(
-            f"{model.spec} has no layer {wanted!r} with a spatial output to visualise; showing {fallback} instead. "
-            "Pick a layer from the list (the Model page shows them all).",
-            icon=":material/error:",
-        )
-        wanted = fallback
-    st.session_state[LAYER_KEY] = wanted
-    if st.query_params.get("layer") != wanted:
-        st.query_params["layer"] = wanted
-    return wanted
-
-
-def layer_label(row: LayerInfo, n_units: int, stages: StageMap | None = None) -> str:
-    """'blocks.3.2 · 80 units · 14×14 · patterns' for pickers."""
-    hw = "×".join(str(s) for s in row.spatial) if row.spatial else "tokens"
-    stage = stages.stage_of(row.name) if stages else None
-    return f"{row.name} · {n_units} units · {hw}" + (f" · {stage}" if stage else "")
 
 
 # --------------------------------------------------------------------------- downloads

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,11 @@ from explorer.ui.common import (
     set_current_model,
     show_error,
 )
+from explorer.ui.widgets.figures import top_figure
+from explorer.ui.widgets.images import image_picker
 
 SOURCES = ["Bundled", "torchvision", "timm", "Upload checkpoint"]
 _KIND_TO_SOURCE = {"bundled": "Bundled", "torchvision": "torchvision", "timm": "timm", "file": "Upload checkpoint"}
-MAX_IMAGE_PIXELS = 40_000_000
 STAGE_COLOURS = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D", "#EECA3B", "#FF9DA6"]
 
 
@@ -313,67 +313,20 @@ def _predict(_model: LoadedModel, key: tuple[Any, ...], digest: str, _image: Any
     return _model.predict(_image, k)
 
 
-def _image_choice() -> tuple[str, bytes] | None:
-    from explorer.data import IMAGE_EXTENSIONS, sample_images
-
-    source = st.radio("Image", ["Sample", "Upload"], key="try_source", horizontal=True)
-    if source == "Sample":
-        samples = sample_images()
-        if not samples:
-            st.info("No sample images are installed (assets/); upload one instead.")
-            return None
-        if st.session_state.get("try_sample") not in samples:
-            st.session_state["try_sample"] = "chelsea" if "chelsea" in samples else next(iter(samples))
-        name = st.selectbox("Sample image", list(samples), key="try_sample")
-        return name, samples[name].read_bytes()
-    up = st.file_uploader("Image file", type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS), key="try_upload")
-    return (up.name, up.getvalue()) if up is not None else None
-
-
-def top_figure(preds: list[tuple[str, float]]) -> go.Figure:
-    """Top-k probabilities as horizontal bars, the most likely class on top."""
-    names = [n for n, _ in preds][::-1]
-    probs = [p for _, p in preds][::-1]
-    fig = go.Figure(
-        go.Bar(
-            x=probs,
-            y=names,
-            orientation="h",
-            text=[f"{p:.1%}" for p in probs],
-            textposition="auto",
-            marker_color="#4C78A8",
-        )
-    )
-    fig.update_layout(height=60 + 44 * len(preds), margin={"l": 10, "r": 10, "t": 10, "b": 10})
-    fig.update_xaxes(range=[0, 1.02], tickvals=[0, 0.25, 0.5, 0.75, 1], tickformat=".0%", title_text="probability")
-    fig.update_yaxes(automargin=True)
-    return fig
-
-
 def _try_it(model: LoadedModel) -> None:
-    from explorer.data import load_image
-
     st.subheader("Try it")
     left, right = st.columns([1, 2], gap="large")
     with left:
-        chosen = _image_choice()
-        if chosen is None:
+        picked = image_picker("try")
+        if picked is None:
             return
-        name, data = chosen
-        try:
-            image = load_image(data, name=name, max_pixels=MAX_IMAGE_PIXELS)
-        except Exception as exc:
-            show_error(exc)
-            return
-        st.image(image, caption=f"{name} · {image.width}×{image.height}", width="stretch")
     with right:
-        digest = hashlib.sha256(data).hexdigest()
         try:
-            preds = _predict(model, model_key(model), digest, image, 5)
+            preds = _predict(model, model_key(model), picked.digest, picked.image, 5)
         except Exception as exc:
             show_error(exc)
             return
-        st.markdown(f"**Top {len(preds)}** for *{name}*")
+        st.markdown(f"**Top {len(preds)}** for *{picked.sample or picked.name}*")
         st.plotly_chart(top_figure(preds), key="top5_chart")
         if not model.pretrained:
             st.caption("Random weights: these guesses are meaningless.")

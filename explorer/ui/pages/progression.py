@@ -13,18 +13,17 @@ import streamlit as st
 
 from explorer.cache import png_bytes
 from explorer.featurevis import Objective, channel, labelled_rows
-from explorer.ui.common import current_model, show_error
-from explorer.ui.gallery import (
+from explorer.ui.common import current_model, page_ref, show_error
+from explorer.ui.widgets.gallery import (
     Tile,
     link_params,
-    page_ref,
     render_tiles,
     safe_filename,
     settings_form,
     settings_from_url,
     zip_bytes,
 )
-from explorer.ui.pages.layer import channels_of, get_stage_map, renderable_layers
+from explorer.ui.widgets.layers import channels_of, get_stage_map, renderable_layers
 
 PER_STAGE = (2, 4, 6, 8)
 DEFAULT_PER_STAGE = 4

@@ -22,12 +22,11 @@ from PIL import Image, ImageDraw
 from explorer.featurevis import Objective, channel, diverse, negative, neuron
 from explorer.layers import LayerInfo
 from explorer.models import LoadedModel
-from explorer.ui.common import current_model, model_key, progress_callback, show_error
-from explorer.ui.gallery import (
+from explorer.ui.common import current_model, model_key, page_ref, progress_callback, show_error
+from explorer.ui.widgets.gallery import (
     RenderSettings,
     Tile,
     link_params,
-    page_ref,
     png_download,
     render_tiles,
     safe_filename,
@@ -38,7 +37,7 @@ from explorer.ui.gallery import (
     tile_grid,
     zip_bytes,
 )
-from explorer.ui.pages.layer import (
+from explorer.ui.widgets.layers import (
     PER_PAGE,
     block_names,
     channels_of,
@@ -172,7 +171,7 @@ def _folder_choice() -> tuple[str, Path | None]:
 def _examples(model: LoadedModel, folder: Path, layer: str) -> Any:
     """The layer's dataset examples over `folder` (one cached pass for all its units), with progress and Stop."""
     from explorer.cache import make_key
-    from explorer.examples import dataset_examples
+    from explorer.exemplars import dataset_examples
 
     slot = st.empty()
     left, right = slot.container().columns([6, 1], vertical_alignment="center")

@@ -2,7 +2,7 @@
 
 The shared model is never touched: training runs on a deep copy with a new head for the dataset's classes.
 Everything up to and including the freeze point is frozen (parameters *and* BatchNorm statistics, see
-:mod:`explorer.freeze`). After every complete epoch the checkpoint is written atomically (safetensors with our
+:mod:`explorer.transfer.freeze`). After every complete epoch the checkpoint is written atomically (safetensors with our
 JSON metadata in its header, plus a ``.json`` sidecar), so an interrupted run leaves the last epoch usable.
 """
 
@@ -12,7 +12,6 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,22 +20,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from explorer.checkpoint import check_writable, save_checkpoint
-from explorer.errors import ExplorerError
-from explorer.freeze import _execution_order, _head_name, apply_freeze
-from explorer.imagesets import (
+from explorer.data import (
     AUGMENTS,
     TransformedView,
     eval_transform,
     open_dataset,
+    split_indices,
     stratified_subset,
     train_transform,
-    user_data_errors,
 )
+from explorer.errors import ExplorerError
+from explorer.layers import execution_order
 from explorer.models import LoadedModel, fingerprint
-
-Progress = Callable[[int, int, Any], None]
-StopSignal = Callable[[], bool] | Any  # a callable returning True to stop, or anything with is_set() (Event)
+from explorer.runtime import Progress, StopSignal, autocast, stop_requested, to_input
+from explorer.transfer.checkpoints import check_writable, save_checkpoint
+from explorer.transfer.freeze import apply_freeze, head_name
 
 
 class FinetuneError(ExplorerError):
@@ -139,7 +137,7 @@ def trainable_copy(model: LoadedModel) -> nn.Module:
 
 def replace_head(module: nn.Module, num_classes: int, *, input_size: tuple[int, int] = (224, 224)) -> str:
     """Swap the final classifier (a Linear or 1×1 Conv2d) for a fresh one with `num_classes` outputs; its name."""
-    head = _head_name(module, _execution_order(module, input_size))
+    head = head_name(module, execution_order(module, input_size))
     old = module.get_submodule(head)
     if isinstance(old, nn.Linear):
         new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
@@ -157,14 +155,6 @@ def replace_head(module: nn.Module, num_classes: int, *, input_size: tuple[int, 
         with contextlib.suppress(AttributeError):
             module.num_classes = num_classes
     return head
-
-
-def _stop_fn(should_stop: StopSignal | None) -> Callable[[], bool]:
-    if should_stop is None:
-        return lambda: False
-    if hasattr(should_stop, "is_set"):
-        return should_stop.is_set
-    return should_stop
 
 
 # --------------------------------------------------------------------------- the loop
@@ -186,24 +176,13 @@ def evaluate(module: nn.Module, loader: DataLoader, device: torch.device) -> dic
     module.eval()
     loss_sum, correct, n = 0.0, 0, 0
     for x, y in loader:
-        x, y = _to(x, device), y.to(device)
-        with _autocast(device):
+        x, y = to_input(x, device), y.to(device)
+        with autocast(device):
             logits = module(x).float()
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
         n += len(y)
     return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1)}
-
-
-def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
-
-
-def _autocast(device: torch.device) -> Any:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def finetune(
@@ -226,17 +205,14 @@ def finetune(
     s = settings or FinetuneSettings()
     s.check()
     out_path = check_writable(out, overwrite=overwrite) if out is not None else None
-    stop = _stop_fn(should_stop)
+    stop = stop_requested(should_stop)
     dataset = open_dataset(data)
     classes = list(getattr(dataset, "classes", []))
     labels = [int(y) for y in getattr(dataset, "targets", [])]
     if len(classes) < 2 or not labels:
         raise FinetuneError("Fine-tuning needs a dataset with at least two classes of images.")
-    from explorer.data import split_indices
-
-    with user_data_errors():
-        chosen = stratified_subset(labels, s.max_images, s.seed)
-        tr, va = split_indices([labels[i] for i in chosen], s.val_fraction, s.seed)
+    chosen = stratified_subset(labels, s.max_images, s.seed)
+    tr, va = split_indices([labels[i] for i in chosen], s.val_fraction, s.seed)
     train_idx, val_idx = [chosen[i] for i in tr], [chosen[i] for i in va]
     size = s.input_size or model.input_size[0]
     eval_tf, resize = eval_transform(model, size)
@@ -301,8 +277,8 @@ def finetune(
                 if stop():
                     result.stopped = True
                     break
-                x, y = _to(x, device), y.to(device)
-                with _autocast(device):
+                x, y = to_input(x, device), y.to(device)
+                with autocast(device):
                     logits = module(x).float()
                 loss = loss_fn(logits, y)
                 opt.zero_grad(set_to_none=True)

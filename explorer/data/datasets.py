@@ -1,62 +1,36 @@
-"""Image folders as fine-tuning and comparison read them: opening, stratified subsets, transforms, robust views.
+"""Datasets as fine-tuning and comparison read them: opening, stratified subsets, transforms, robust views.
 
-A thin layer over :mod:`explorer.data` (which validates files and folders): everything here turns data
-problems into an ExplorerError, and a file that only fails when decoded is skipped (and counted), not fatal.
+Built on :mod:`explorer.data.folders` (which validates files and folders). A file that only fails when decoded is
+skipped (and counted), not fatal.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-from explorer.errors import ExplorerError
+from explorer.data.folders import ImageFolderDataset, resolve_data, split_indices
+from explorer.errors import DataError, ExplorerError
 from explorer.models import LoadedModel
 
 AUGMENTS = ("none", "light", "light+flip")
-
-
-class ImageSetError(ExplorerError):
-    """A dataset that cannot be used, in one sentence."""
-
-
-@contextlib.contextmanager
-def user_data_errors() -> Iterator[None]:
-    """Make data problems ExplorerErrors, whichever class the data module raises."""
-    try:
-        yield
-    except ExplorerError:
-        raise
-    except Exception as exc:
-        from explorer.data import DataError
-
-        if isinstance(exc, DataError):
-            raise ImageSetError(str(exc)) from None
-        raise
 
 
 def open_dataset(data: str | Path | Dataset) -> Any:
     """An ImageFolderDataset from 'demo:NAME' or a folder path (one sub-folder per class), or the dataset given."""
     if isinstance(data, Dataset):
         return data
-    from explorer.data import ImageFolderDataset, resolve_data
-
-    with user_data_errors():
-        return ImageFolderDataset(resolve_data(data))
+    return ImageFolderDataset(resolve_data(data))
 
 
 def stratified_subset(labels: list[int], max_images: int | None, seed: int) -> list[int]:
     """Indices of a class-stratified random subset of about `max_images` items (all when None or enough)."""
     if max_images is None or max_images >= len(labels):
         return list(range(len(labels)))
-    from explorer.data import split_indices
-
-    with user_data_errors():
-        keep, _ = split_indices(labels, 1.0 - max_images / len(labels), seed)
+    keep, _ = split_indices(labels, 1.0 - max_images / len(labels), seed)
     return keep
 
 
@@ -83,7 +57,7 @@ def train_transform(model: LoadedModel, size: int | None = None, augment: str = 
     from torchvision import transforms as T
 
     if augment not in AUGMENTS:
-        raise ImageSetError(f"Unknown augmentation {augment!r}: use {', '.join(AUGMENTS)}.")
+        raise DataError(f"Unknown augmentation {augment!r}: use {', '.join(AUGMENTS)}.")
     if augment == "none":
         return eval_transform(model, size)[0]
     crop = size or model.input_size[0]
@@ -111,16 +85,14 @@ class TransformedView(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from explorer.data import DataError
-
         for k in range(len(self.indices)):
             j = self.indices[(i + k) % len(self.indices)]
             if j in self.skipped:
                 continue
             try:
                 image, label = self.base[j]
-            except (DataError, ExplorerError) as exc:
+            except ExplorerError as exc:
                 self.skipped[j] = str(exc)
                 continue
             return self.transform(image), label
-        raise ImageSetError("None of the images could be read.")
+        raise DataError("None of the images could be read.")

@@ -19,7 +19,7 @@ from explorer.cache import png_bytes
 from explorer.featurevis import channel
 from explorer.models import LoadedModel
 from explorer.ui.common import model_key, progress_callback, show_error
-from explorer.ui.gallery import RenderSettings, Tile, render_tiles, safe_filename
+from explorer.ui.widgets.gallery import RenderSettings, Tile, render_tiles, safe_filename
 
 K_UNITS = 3  # most changed and least changed units shown
 K_EXAMPLES = 4  # dataset examples per unit and model
@@ -123,7 +123,7 @@ def examples_section(
     base: LoadedModel, tuned: LoadedModel, folder: Path, layer: str, units: list[int]
 ) -> dict[str, bytes]:
     """The images (receptive-field crops) of `folder` that excite each unit most, in the base and tuned model."""
-    from explorer.examples import dataset_examples
+    from explorer.exemplars import dataset_examples
 
     slot = st.empty()
     box = slot.container()

@@ -1,7 +1,7 @@
 """The freeze panel: a freeze point as a greyed ladder, Keras-style parameter counts, the recommendation and why,
 the lecture's 2×2 guide with the user's case marked, and the PyTorch code that freezes there.
 
-Counts come from `explorer.freeze.freeze_table` (one trace for every candidate, cached per model fingerprint and
+Counts come from `freeze_table` (one trace for every candidate, cached per model fingerprint and
 class count), and each point's code from `freeze_code` (cached per point), so moving the freeze point only
 redraws: nothing is traced again for a point seen before.
 """
@@ -15,9 +15,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from explorer.freeze import FreezeSummary, freeze_code, freeze_table
 from explorer.models import LoadedModel
-from explorer.ui.common import model_key
+from explorer.transfer.freeze import FreezeSummary, freeze_code, freeze_table
+from explorer.ui.common import model_key, page_ref
 
 NONE = "none"  # the freeze point that trains every layer
 GUIDE_CELLS = {
@@ -129,8 +129,6 @@ def finetune_page_available() -> bool:
 
 def send_to_finetune(point: str, query: dict[str, str]) -> None:
     """Open the Fine-tune page with this freeze point (and the model and data) in its URL."""
-    from explorer.ui.gallery import page_ref
-
     st.switch_page(page_ref("finetune", "Fine-tune"), query_params={**query, "freeze": point})
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import streamlit as st
 
 from explorer.models import LoadedModel
+from explorer.transfer.runs import RunInfo, get_run, list_runs, runs_dir
 from explorer.ui.common import allowed_path, checkpoint_arch_hint, get_model, save_upload, show_error
-from explorer.ui.runs import RunInfo, get_run, list_runs, runs_dir
 
 UPLOAD = "Upload a checkpoint…"
 DATA_SOURCES = {"demo:digits": "Demo: handwritten digits", "demo:shapes": "Demo: shapes"}
@@ -251,6 +251,6 @@ def choose_settings(tuned: LoadedModel) -> dict[str, Any]:
 @st.cache_data(ttl=30, show_spinner=False)
 def data_signature(root: str) -> str:
     from explorer.data import list_images
-    from explorer.examples import folder_signature
+    from explorer.exemplars import folder_signature
 
     return folder_signature(Path(root), list_images(root))

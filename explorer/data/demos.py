@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from explorer.data import DataError
+from explorer.errors import DataError
 
 DEMO_DATASETS: dict[str, str] = {
     "digits": "1,797 real 8x8 handwritten digits (scikit-learn), 10 classes, upscaled to 64x64",

@@ -19,8 +19,8 @@ from typing import Any
 import streamlit as st
 
 from explorer.cache import Cache, make_key
-from explorer.comparison import ComparisonReport, LayerComparison
-from explorer.recommend import Recommendation
+from explorer.transfer.recommend import Recommendation
+from explorer.transfer.report import ComparisonReport, LayerComparison
 
 KIND = "compare"
 VERSION = 1
@@ -90,7 +90,7 @@ def subset_folder(root: Path, max_images: int | None, seed: int, cache_dir: Path
     `max_images`. Links are made once per subset (content-addressed folder name) and never overwrite a file.
     """
     from explorer.data import list_images
-    from explorer.imagesets import stratified_subset
+    from explorer.data.datasets import stratified_subset
 
     files = list_images(root)
     if max_images is None or len(files) <= max_images:

@@ -77,7 +77,7 @@ def recommend(
     similar_cka: float = 0.9,
 ) -> Recommendation:
     """Pick the freeze point from per-layer comparisons (`LayerComparison` rows in depth order)."""
-    from explorer.freeze import freeze_code, freeze_summary
+    from explorer.transfer.freeze import freeze_code, freeze_summary
 
     body = [r for r in layers if not r.new_head and r.name != _head(layers)]
     candidates = [r for r in body if math.isfinite(r.cka)]

@@ -228,13 +228,6 @@ def link_params(settings: RenderSettings, **extra: Any) -> dict[str, str]:
     return {**q, **settings.query(), **{k: str(v) for k, v in extra.items()}}
 
 
-def page_ref(name: str, title: str) -> st.Page:
-    """The st.Page of one of the app's pages, for st.page_link / st.switch_page (its hash is its url_path)."""
-    from explorer.ui.pages import page
-
-    return page(name, title)
-
-
 # --------------------------------------------------------------------------- progressive render
 
 

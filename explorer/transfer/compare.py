@@ -3,7 +3,7 @@
 For every block of the ladder, in depth order: relative weight change (whole block and per output channel),
 debiased minibatch CKA between the two models' activations with a bootstrap interval, and the cross-validated
 accuracy of a linear probe on the *base* model's features; then a freeze-point recommendation
-(:mod:`explorer.recommend`). Each image passes through each model exactly once; hooks pool every block's
+(:mod:`explorer.transfer.recommend`). Each image passes through each model exactly once; hooks pool every block's
 output on the fly, so memory for CKA does not grow with the number of images.
 
 Pooling: a block output (N, C, H, W) is average-pooled to a ``grid``×``grid`` map (default 4×4, or H×W when
@@ -24,18 +24,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from explorer.cka import MinibatchCKA
-from explorer.comparison import ComparisonReport, LayerComparison
+from explorer.data import TransformedView, eval_transform, open_dataset, stratified_subset
 from explorer.errors import ExplorerError
-from explorer.finetune import _autocast, _stop_fn
-from explorer.freeze import _execution_order, frozen_modules
-from explorer.imagesets import TransformedView, eval_transform, open_dataset, stratified_subset, user_data_errors
-from explorer.layers import forward_hooks, ladder
+from explorer.layers import execution_order, first_tensor, forward_hooks, ladder, to_nchw
 from explorer.models import LoadedModel
-from explorer.probes import ProbeResult, chance_level, probe_layers
-from explorer.recommend import recommend
-
-Progress = Callable[[int, int, Any], None]
+from explorer.runtime import Progress, autocast, stop_requested, to_input
+from explorer.transfer.cka import MinibatchCKA
+from explorer.transfer.freeze import frozen_modules
+from explorer.transfer.probes import ProbeResult, chance_level, probe_layers
+from explorer.transfer.recommend import recommend
+from explorer.transfer.report import ComparisonReport, LayerComparison
 
 
 class CompareError(ExplorerError):
@@ -80,8 +78,7 @@ def _pool(t: torch.Tensor, grid: int | None) -> torch.Tensor:
     """A block output → (N, features) float32 for CKA: average-pool spatial maps to grid×grid, tokens to their mean."""
     t = t.detach()
     if t.dim() == 4:
-        if t.shape[1] == t.shape[2] and t.shape[2] != t.shape[3]:  # channels-last (N, H, W, C)
-            t = t.permute(0, 3, 1, 2)
+        t = to_nchw(t)
         if grid:
             t = nn.functional.adaptive_avg_pool2d(t.float(), (min(grid, t.shape[2]), min(grid, t.shape[3])))
     elif t.dim() == 3:
@@ -93,9 +90,7 @@ def _gap(t: torch.Tensor) -> torch.Tensor:
     """Global-average-pooled features for the probes (N, C)."""
     t = t.detach()
     if t.dim() == 4:
-        if t.shape[1] == t.shape[2] and t.shape[2] != t.shape[3]:
-            return t.float().mean((1, 2)).cpu()
-        return t.float().mean((2, 3)).cpu()
+        return to_nchw(t).float().mean((2, 3)).cpu()
     if t.dim() == 3:
         return t.float().mean(1).cpu()
     return t.float().reshape(t.shape[0], -1).cpu()
@@ -107,17 +102,15 @@ def _run(model: LoadedModel, x01: torch.Tensor, names: list[str], grid: int | No
     gapped: dict[str, torch.Tensor] = {}
 
     def on_output(name: str, _mod: nn.Module, out: Any) -> None:
-        t = out if isinstance(out, torch.Tensor) else next((o for o in out if isinstance(o, torch.Tensor)), None)
+        t = first_tensor(out)
         if t is None or name in pooled:
             return
         pooled[name] = _pool(t, grid)
         if gap:
             gapped[name] = _gap(t)
 
-    x = model.normalize(x01.to(model.device))
-    if model.device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), _autocast(model.device), forward_hooks(model.module, dict.fromkeys(names, on_output)):
+    x = to_input(model.normalize(x01.to(model.device)), model.device)
+    with torch.inference_mode(), autocast(model.device), forward_hooks(model.module, dict.fromkeys(names, on_output)):
         logits = model.module(x)
     return pooled, gapped, logits.float().cpu()
 
@@ -221,10 +214,10 @@ def compare(
     used (stratified subset; None: all). Images go through the models `batch_size` at a time (peak memory);
     CKA minibatches hold `cka_batch` images (fewer when needed for ≥ 10 minibatches, so the bootstrap works).
     `cross_excitation` is an optional plug-in ``(base, tuned, layer_names) -> {"values": {layer: float},
-    "renders": {...}}``, e.g. ``explorer.crossexcite.as_plugin(units=4)``.
+    "renders": {...}}``, e.g. ``explorer.transfer.crossexcite.as_plugin(units=4)``.
     """
     t0 = time.perf_counter()
-    stop = _stop_fn(should_stop)
+    stop = stop_requested(should_stop)
     notes = check_comparable(base, tuned)
     rows = ladder(base, "blocks")
     names = [r.name for r in rows]
@@ -246,22 +239,21 @@ def compare(
     loader = _loader(dataset, idx, tuned, max(1, batch_size), input_size)
     total_steps = len(loader) + (len(names) if probes else 0)
     t1 = time.perf_counter()
-    with user_data_errors():
-        for x01, y in loader:
-            if stop():
-                raise CompareError("The comparison was cancelled.")
-            pb, gb, _ = _run(base, x01, names, grid, probes)
-            pt, _, logits = _run(tuned, x01, names, grid, False)
-            batches.add(pb, pt, len(y))
-            for n in names if probes else ():
-                feats[n].append(gb[n])
-            if same_classes:
-                correct += int((logits.argmax(1) == y).sum())
-            n_seen += len(y)
-            ys.append(y)
-            done += 1
-            if progress:
-                progress(done, total_steps, {"phase": "forward", "images": n_seen})
+    for x01, y in loader:
+        if stop():
+            raise CompareError("The comparison was cancelled.")
+        pb, gb, _ = _run(base, x01, names, grid, probes)
+        pt, _, logits = _run(tuned, x01, names, grid, False)
+        batches.add(pb, pt, len(y))
+        for n in names if probes else ():
+            feats[n].append(gb[n])
+        if same_classes:
+            correct += int((logits.argmax(1) == y).sum())
+        n_seen += len(y)
+        ys.append(y)
+        done += 1
+        if progress:
+            progress(done, total_steps, {"phase": "forward", "images": n_seen})
     t2 = time.perf_counter()
     labels = torch.cat(ys).numpy()  # from the loader: an unreadable file was replaced by a readable one
     ckas = batches.finish()
@@ -281,7 +273,7 @@ def compare(
         )
     t3 = time.perf_counter()
 
-    order = _execution_order(base.module, base.input_size)
+    order = execution_order(base.module, base.input_size)
     frozen = (
         set(frozen_modules(tuned, tuned.metadata.get("freeze_after"))) if tuned.metadata.get("freeze_after") else set()
     )
@@ -321,7 +313,9 @@ def compare(
             for name, pics in cx.get("renders", {}).items()
         }
     else:
-        notes.append("Cross-excitation was not measured (pass cross_excitation=explorer.crossexcite.as_plugin()).")
+        notes.append(
+            "Cross-excitation was not measured (pass cross_excitation=explorer.transfer.crossexcite.as_plugin())."
+        )
     tuned_acc = correct / n_seen if same_classes and n_seen else None
     n_classes = len(classes)
     rec = recommend(

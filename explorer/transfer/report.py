@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from explorer.recommend import Recommendation
+from explorer.transfer.recommend import Recommendation
 
 
 @dataclass
@@ -102,7 +102,7 @@ class ComparisonReport:
         return text
 
     def to_html(self) -> str:
-        from explorer.report_html import render_html
+        from explorer.transfer.report_html import render_html
 
         return render_html(self)
 
@@ -131,7 +131,7 @@ def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 
 def report_from_dict(d: dict[str, Any]) -> ComparisonReport:
     """Rebuild a ComparisonReport from its `to_dict()` (nulls back to NaN where the record holds floats)."""
-    from explorer.recommend import GuideCell
+    from explorer.transfer.recommend import GuideCell
 
     layers = []
     for row in d["layers"]:

@@ -5,8 +5,8 @@ ex["blocks.3.2"].examples(17)            # [Example(image, path, value, y, x, bo
 ex["blocks.3.2"].patches(model, 17)      # receptive-field crops as PIL images
 """
 
-from explorer.examples.receptive import ReceptiveField, receptive_field
-from explorer.examples.scan import (
+from explorer.exemplars.receptive import ReceptiveField, receptive_field
+from explorer.exemplars.scan import (
     Example,
     ExamplesError,
     LayerExamples,

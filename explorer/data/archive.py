@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from explorer.data import DataError, _short
+from explorer.errors import DataError, brief
 
 _CHUNK = 1 << 20
 _RATIO_MIN_BYTES = 1 << 20  # smaller members cannot be bombs; a blank BMP may compress 1000x
@@ -60,9 +60,9 @@ def safe_extract_zip(
     except DataError:
         raise
     except zipfile.BadZipFile as e:
-        raise DataError(f"{name} is not a valid zip file ({_short(e)}).") from None
+        raise DataError(f"{name} is not a valid zip file ({brief(e)}).") from None
     except (OSError, EOFError, RuntimeError, NotImplementedError, ValueError) as e:
-        raise DataError(f"{name} could not be extracted ({_short(e)}).") from None
+        raise DataError(f"{name} could not be extracted ({brief(e)}).") from None
 
     top = [p for p in final.iterdir()]
     return top[0] if len(top) == 1 and top[0].is_dir() else final

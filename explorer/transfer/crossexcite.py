@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from explorer.layers import forward_until, ladder
+from explorer.layers import forward_until, ladder, to_nchw
 from explorer.models import LoadedModel
 
 Progress = Callable[[int, int, Any], None]
@@ -55,11 +55,9 @@ def _unit_means(
     model: LoadedModel, images: np.ndarray, layer: str, units: list[int], size: tuple[int, int]
 ) -> np.ndarray:
     """Mean activation of each image's unit (image i ↔ units[i]) at `layer`, images resized to `size`."""
-    from explorer.featurevis import as_grid
-
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0).to(model.device)
     x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    out = as_grid(forward_until(model.module, layer, model.normalize(x))).float()
+    out = to_nchw(forward_until(model.module, layer, model.normalize(x))).float()
     idx = torch.as_tensor(units, device=out.device)
     return out[torch.arange(len(units), device=out.device), idx].mean((1, 2)).cpu().numpy()
 

@@ -25,7 +25,7 @@ from PIL import Image
 
 from explorer.data import IMAGE_EXTENSIONS, DataError, list_images, load_image
 from explorer.errors import ExplorerError
-from explorer.examples.receptive import ReceptiveField, receptive_field
+from explorer.exemplars.receptive import ReceptiveField, receptive_field
 from explorer.layers import LayerError, forward_until, resolve
 
 Progress = Callable[[int, int, Any], None]

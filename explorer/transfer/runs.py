@@ -1,7 +1,7 @@
 """Fine-tuning runs: where their checkpoints live, how pages find them, and training one in the background.
 
 Every run gets its own folder ``<cache>/runs/<name>/`` holding ``<name>.safetensors`` and its ``<name>.json``
-sidecar (both written by :mod:`explorer.finetune` after each complete epoch) plus ``.run.json`` (when it was
+sidecar (both written by :mod:`explorer.transfer.finetune` after each complete epoch) plus ``.run.json`` (when it was
 started, by which process, and how it ended). Names are unique and reserved with an atomic ``mkdir``, so a run
 never overwrites another. `list_runs` reads the sidecars; the Fine-tune and Compare pages both use it.
 No Streamlit here: the page polls a :class:`TrainingJob`, whose thread never touches the UI.
@@ -16,7 +16,7 @@ import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,6 @@ from explorer.cache import cache_root
 RUN_RECORD = ".run.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
 STATES = ("running", "done", "stopped", "failed", "interrupted")
-MAX_POINTS = 1500  # training steps drawn per curve
 
 
 def runs_dir() -> Path:
@@ -242,7 +241,7 @@ class JobSnapshot:
 
 
 class TrainingJob:
-    """`explorer.finetune.finetune` in a daemon thread, stoppable, with its progress kept for the UI to poll.
+    """`explorer.transfer.finetune.finetune` in a daemon thread, stoppable, with its progress kept for the UI to poll.
 
     The model passed in is only read (finetune trains a deep copy). Stopping takes effect before the next step;
     the checkpoint of the last complete epoch stays, and `finish_run` records how the run ended.
@@ -285,7 +284,7 @@ class TrainingJob:
                 self._epochs.append({k: v for k, v in preview.items() if k not in ("phase", "checkpoint")})
 
     def _run(self) -> None:
-        from explorer.finetune import finetune
+        from explorer.transfer.finetune import finetune
 
         state = "failed"
         try:
@@ -323,44 +322,3 @@ class TrainingJob:
                 images_per_second=self._ips,
                 stop_requested=self._stop.is_set(),
             )
-
-    def run_info(self) -> RunInfo | None:
-        """The saved run (None until an epoch completed), with this job's state while it runs."""
-        info = read_run(self.checkpoint, self.name)
-        if info is not None and self.snapshot().state == "running":
-            info = replace(info, status="running")
-        return info
-
-
-# --------------------------------------------------------------------------- the curves
-
-
-def progress_figure(snap: JobSnapshot) -> Any:
-    """Plotly: per-step training loss and accuracy, each epoch's validation loss and accuracy as markers."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
-    ends = {s["epoch"]: s["step"] for s in snap.steps}
-    xs = [ends.get(e["epoch"], 0) for e in snap.epochs]
-    shown = snap.steps[:: max(1, len(snap.steps) // MAX_POINTS)]  # long runs: every k-th step keeps redraws fast
-    steps = [s["step"] for s in shown]
-    lines = [("train loss", steps, [s["loss"] for s in shown], "#4C78A8", False, False),
-             ("train accuracy", steps, [s["acc"] for s in shown], "#F58518", True, False),
-             ("validation loss", xs, [e["val_loss"] for e in snap.epochs], "#1F3F66", False, True),
-             ("validation accuracy", xs, [e["val_acc"] for e in snap.epochs], "#B3590E", True, True)]  # fmt: skip
-    for name, x, y, colour, right, val in lines:
-        style: dict[str, Any] = {"mode": "lines", "line": {"color": colour}}
-        if val:
-            style = {"mode": "markers+lines", "line": {"dash": "dot", "color": colour},
-                     "marker": {"size": 10, "symbol": "diamond", "color": colour}}  # fmt: skip
-        fig.add_trace(go.Scatter(x=x, y=y, name=name, **style), secondary_y=right)
-    for x in xs:
-        fig.add_vline(x=x, line_width=1, line_dash="dot", line_color="#bbbbbb")
-    fig.update_xaxes(title_text="training step", range=[0, max(snap.total, 1) * 1.03])
-    fig.update_yaxes(title_text="loss", rangemode="tozero", secondary_y=False)
-    fig.update_yaxes(title_text="accuracy", range=[0, 1.02], dtick=0.25, tickformat=".0%", secondary_y=True,
-                     showgrid=False)  # fmt: skip
-    legend = {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1}
-    fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 40, "b": 10}, hovermode="x unified", legend=legend)
-    return fig

@@ -8,17 +8,15 @@ their BatchNorm running statistics (and dropout) behave exactly as at inference.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import types
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from explorer.errors import ExplorerError
-from explorer.layers import _quiet, trace
+from explorer.layers import execution_order, is_quiet, ladder
 
 FROZEN_ATTR = "_explorer_frozen"  # tuple of frozen module names stored on a module that apply_freeze changed
 
@@ -51,23 +49,11 @@ def _module_and_size(model: Any) -> tuple[nn.Module, tuple[int, int]]:
     return module, tuple(getattr(model, "input_size", (224, 224)))  # type: ignore[return-value]
 
 
-def _probe_input(module: nn.Module, size: tuple[int, int]) -> torch.Tensor:
-    p = next(module.parameters(), None)
-    return torch.zeros(1, 3, *size, device=p.device if p is not None else "cpu")
-
-
-def _execution_order(module: nn.Module, size: tuple[int, int]) -> list[str]:
-    """Module names in the order their outputs appear (the ladder's order), traced in eval mode."""
-    if module.training:  # tracing a training module would update BatchNorm statistics: trace a copy
-        module = copy.deepcopy(module).eval()
-    return [row[0] for row in trace(module, _probe_input(module, size))]
-
-
 def _has_state(m: nn.Module) -> bool:
     return any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))
 
 
-def _head_name(module: nn.Module, order: list[str]) -> str:
+def head_name(module: nn.Module, order: list[str]) -> str:
     """The module owning the last parameter to run: the classifier a fine-tune replaces."""
     with_params = [n for n in order if any(True for _ in module.get_submodule(n).parameters(recurse=False))]
     if not with_params:
@@ -80,12 +66,12 @@ def frozen_modules(model: Any, freeze_after: str | None, *, order: list[str] | N
     if freeze_after in (None, "", "none"):
         return []
     module, size = _module_and_size(model)
-    order = order if order is not None else _execution_order(module, size)
+    order = order if order is not None else execution_order(module, size)
     if freeze_after not in order:
         close = difflib.get_close_matches(str(freeze_after), order, n=4, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else " Pick a layer from the ladder."
         raise FreezeError(f"Cannot freeze after {freeze_after!r}: no layer of that name runs in this model.{hint}")
-    head = _head_name(module, order)
+    head = head_name(module, order)
     cut = order.index(freeze_after)
     if cut >= order.index(head):
         raise FreezeError(
@@ -93,7 +79,7 @@ def frozen_modules(model: Any, freeze_after: str | None, *, order: list[str] | N
             "trainable; choose an earlier layer, or 'none' to train everything."
         )
     # The layer's own BatchNorm / activation (hidden in the ladder's block view) belongs to it: freeze it too.
-    while cut + 1 < order.index(head) and _quiet(module.get_submodule(order[cut + 1])):
+    while cut + 1 < order.index(head) and is_quiet(module.get_submodule(order[cut + 1])):
         cut += 1
     return [n for n in order[: cut + 1] if _has_state(module.get_submodule(n))]
 
@@ -143,11 +129,9 @@ def freeze_table(model: Any, *, num_classes: int | None = None, points: list[str
     One trace for all rows, so the app can show the whole table at once. `num_classes` counts the head
     as the fine-tune will build it.
     """
-    from explorer.layers import ladder
-
     module, size = _module_and_size(model)
-    order = _execution_order(module, size)
-    head = _head_name(module, order)
+    order = execution_order(module, size)
+    head = head_name(module, order)
     if points is None:
         rows = [r.name for r in ladder(model, "blocks")]
         points = [n for n in rows if order.index(n) < order.index(head)]
@@ -175,9 +159,9 @@ def _summary(
 def freeze_summary(model: Any, freeze_after: str | None, *, num_classes: int | None = None) -> FreezeSummary:
     """Trainable / non-trainable / total parameter counts when freezing after `freeze_after` (None: train all)."""
     module, size = _module_and_size(model)
-    order = _execution_order(module, size)
+    order = execution_order(module, size)
     frozen = frozen_modules(module, freeze_after, order=order)
-    return _summary(module, freeze_after or None, frozen, num_classes, _head_name(module, order))
+    return _summary(module, freeze_after or None, frozen, num_classes, head_name(module, order))
 
 
 def _new_head_code(module: nn.Module, head: str, num_classes: int | None, var: str) -> str:
@@ -208,7 +192,7 @@ def freeze_code(model: Any, freeze_after: str | None, *, var: str = "model", num
     comment are those of the model with the new head (as `freeze_table(num_classes=...)` shows them).
     """
     module, size = _module_and_size(model)
-    head = _head_name(module, _execution_order(module, size))
+    head = head_name(module, execution_order(module, size))
     s = freeze_summary(model, freeze_after, num_classes=num_classes)
     new_head = _new_head_code(module, head, num_classes, var)
     if not s.frozen:
@@ -258,7 +242,7 @@ def apply_freeze(model: Any, freeze_after: str | None, *, input_size: tuple[int,
     is the size traced for a bare module (default: the LoadedModel's, else 224).
     """
     module, size = _module_and_size(model)
-    order = _execution_order(module, tuple(input_size or size))  # type: ignore[arg-type]
+    order = execution_order(module, tuple(input_size or size))  # type: ignore[arg-type]
     frozen = frozen_modules(module, freeze_after, order=order)
     covered = _collapse(module, set(frozen))
     for name in covered:

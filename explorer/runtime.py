@@ -1,0 +1,50 @@
+"""What every engine shares about running work: progress reports, stop signals, and the device rules.
+
+- :class:`Progress`: the one callback every long computation takes, ``progress(done, total, info)``. ``done`` and
+  ``total`` count the engine's own unit of work (optimisation steps × images, training steps, batches); ``info``
+  is a dict describing the latest step (its ``"phase"`` says which kind) or an engine-specific preview object, or
+  None when there is nothing to add.
+- :data:`StopSignal` / :func:`stop_requested`: a callable returning True, or anything with ``is_set()`` (a
+  ``threading.Event``), checked between steps.
+- :func:`autocast` and :func:`to_input`: bf16 autocast and channels-last input on CUDA, nothing elsewhere; the
+  feature-visualization renderer adds its own CPU bf16 rule on top (see :mod:`explorer.featurevis.render`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+
+
+class Progress(Protocol):
+    """``progress(done, total, info)``: `done` of `total` units of work finished; `info` describes the latest."""
+
+    def __call__(self, done: int, total: int, info: Any = None, /) -> None: ...
+
+
+StopSignal = Callable[[], bool] | Any  # a callable returning True to stop, or anything with is_set() (an Event)
+
+
+def stop_requested(signal: StopSignal | None) -> Callable[[], bool]:
+    """A no-argument check for `signal` (None: never stop)."""
+    if signal is None:
+        return lambda: False
+    if hasattr(signal, "is_set"):
+        return signal.is_set  # type: ignore[no-any-return]  # an Event's bound method
+    return signal  # type: ignore[no-any-return]
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA (tensor cores), plain fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch moved to `device`; channels-last on CUDA, where convolutions run faster in that layout."""
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" and x.dim() == 4 else x

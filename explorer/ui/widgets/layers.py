@@ -1,0 +1,72 @@
+"""Layer pickers shared by the feature-visualization pages (Progression, Layer, Unit): which layers can be shown,
+their units, the stage map, and the layer named in the URL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+import torch
+
+from explorer.featurevis import StageMap, stage_map
+from explorer.layers import LayerInfo, to_nchw
+from explorer.models import LoadedModel
+from explorer.ui.common import get_ladder, model_key
+
+PER_PAGE = 16  # units per page of the Layer gallery (the Unit page links back to the right page)
+LAYER_KEY = "fv_layer"  # session_state: the last layer looked at (pages opened without ?layer=)
+
+
+def renderable_layers(model: LoadedModel) -> dict[str, LayerInfo]:
+    """Layers with a grid output (what can be visualised): the blocks first, then the rest of the full view."""
+    rows = [r for r in get_ladder(model, "blocks") if r.has_map]
+    names = {r.name for r in rows}
+    rows += [r for r in get_ladder(model, "full") if r.has_map and r.name not in names]
+    return {r.name: r for r in rows}
+
+
+def block_names(model: LoadedModel) -> list[str]:
+    """The renderable layers of the blocks view, in execution order."""
+    return [r.name for r in get_ladder(model, "blocks") if r.has_map]
+
+
+def channels_of(row: LayerInfo) -> int:
+    """Units of a layer as the objectives see them (channels of NCHW/NHWC maps, features of token grids)."""
+    return int(to_nchw(torch.zeros(1, *row.out_shape)).shape[1])
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _stage_map(_model: LoadedModel, key: tuple[Any, ...]) -> StageMap:
+    del key
+    return stage_map(_model)
+
+
+def get_stage_map(model: LoadedModel) -> StageMap:
+    """The five named stages of this model, cached by its fingerprint."""
+    return _stage_map(model, model_key(model))
+
+
+def layer_from_url(model: LoadedModel, layers: dict[str, LayerInfo], fallback: str) -> str:
+    """The layer in `?layer=` if this model has it (else one error and `fallback`), remembered in the session."""
+    wanted = st.query_params.get("layer")
+    if wanted is None:
+        wanted = st.session_state.get(LAYER_KEY)
+        wanted = wanted if wanted in layers else fallback
+    elif wanted not in layers:
+        st.error(
+            f"{model.spec} has no layer {wanted!r} with a spatial output to visualise; showing {fallback} instead. "
+            "Pick a layer from the list (the Model page shows them all).",
+            icon=":material/error:",
+        )
+        wanted = fallback
+    st.session_state[LAYER_KEY] = wanted
+    if st.query_params.get("layer") != wanted:
+        st.query_params["layer"] = wanted
+    return wanted
+
+
+def layer_label(row: LayerInfo, n_units: int, stages: StageMap | None = None) -> str:
+    """'blocks.3.2 · 80 units · 14×14 · patterns' for pickers."""
+    hw = "×".join(str(s) for s in row.spatial) if row.spatial else "tokens"
+    stage = stages.stage_of(row.name) if stages else None
+    return f"{row.name} · {n_units} units · {hw}" + (f" · {stage}" if stage else "")
