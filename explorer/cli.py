@@ -16,17 +16,17 @@ import json
 import pkgutil
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import IO, Any
 
 from explorer.errors import ExplorerError
+from explorer.runtime import Progress
 
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 EXIT_USER = 2
 EXIT_INTERRUPTED = 130  # the shell convention for Ctrl-C
 
-Progress = Callable[[int, int, Any], None]
 
 
 # --------------------------------------------------------------------------- helpers for command modules

@@ -35,8 +35,8 @@ from explorer.attribution.result import AttributionResult
 from explorer.attribution.sanitize import shadow
 from explorer.errors import ExplorerError
 from explorer.layers import LayerInfo, capture, resolve
+from explorer.runtime import Progress
 
-Progress = Callable[[int, int, Any], None]
 ONE_PASS = ("gradcam", "gradxact", "activation", "guided_gradcam")  # all layers from one forward (and backward)
 
 warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", module=r"captum\.")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -27,8 +27,8 @@ from explorer.data import IMAGE_EXTENSIONS, DataError, list_images, load_image
 from explorer.errors import ExplorerError
 from explorer.exemplars.receptive import ReceptiveField, receptive_field
 from explorer.layers import LayerError, forward_until, resolve
+from explorer.runtime import Progress
 
-Progress = Callable[[int, int, Any], None]
 CACHE_KIND = "examples"
 FORMAT_VERSION = 1
 MAX_PIXELS = 40_000_000  # larger images are refused (skipped with the reason)

@@ -34,8 +34,7 @@ from explorer.featurevis.presets import Preset, get_preset
 from explorer.featurevis.transforms import Augment
 from explorer.layers import forward_until, to_nchw
 from explorer.models import LoadedModel
-
-Progress = Callable[[int, int, Any], None]
+from explorer.runtime import Progress
 
 
 class RenderError(ExplorerError):

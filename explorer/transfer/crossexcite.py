@@ -19,8 +19,7 @@ import torch
 
 from explorer.layers import forward_until, ladder, to_nchw
 from explorer.models import LoadedModel
-
-Progress = Callable[[int, int, Any], None]
+from explorer.runtime import Progress
 
 
 @dataclass

@@ -25,12 +25,12 @@ from explorer.cache import cache_root
 from explorer.errors import ExplorerError
 from explorer.layers import LayerInfo, ladder
 from explorer.models import CHECKPOINT_SUFFIXES, DEFAULT_SPEC, META_KEY, LoadedModel, ModelError, parse_spec
+from explorer.runtime import Progress
 
 SPEC_KEY = "model_spec"  # session_state: the spec of the session's current model
 ARCH_KEY = "model_arch"  # session_state: its architecture (checkpoints without metadata)
 NOTICE_KEY = "model_notice"  # session_state: a message about the model to show once (e.g. a URL that failed)
 
-Progress = Callable[[int, int, Any], None]
 
 
 # --------------------------------------------------------------------------- errors
@@ -277,25 +277,46 @@ def _preview_images(preview: Any) -> list[np.ndarray]:
     return list(arr)
 
 
-def progress_callback(container: Any = None, *, text: str = "Working…", every_s: float = 0.2) -> Progress:
-    """A `(done, total, preview)` callback drawing an st.progress bar (+ preview images) in `container`.
+def progress_callback(
+    container: Any = None,
+    *,
+    text: str = "Working…",
+    every_s: float = 0.2,
+    bar: Any = None,
+    offset: int = 0,
+    grand_total: int | None = None,
+    started: float | None = None,
+    on_preview: Callable[[Any], None] | None = None,
+) -> Progress:
+    """A `Progress` callback drawing an st.progress bar (+ preview images) in `container`.
 
-    Updates are throttled to one per `every_s` seconds (the last step always draws). Call it from the script thread.
+    Updates are throttled to one per `every_s` seconds (the last step and every preview always draw). For work done
+    in parts, pass the part's `offset` and the `grand_total` of all parts and one shared `bar`; with `started` (a
+    time.monotonic()) the bar shows the elapsed seconds. Previews go to `on_preview` when given, else they are drawn
+    as small images under the bar. Call it from the script thread.
     """
-    box = container if container is not None else st.container()
-    bar = box.progress(0.0, text=text)
-    slot = box.empty()
+    if bar is None:
+        box = container if container is not None else st.container()
+        bar = box.progress(0.0, text=text)
+        slot = box.empty()
+    else:
+        slot = None
     last = [0.0]
 
     def update(done: int, total: int, preview: Any = None) -> None:
         now = time.monotonic()
-        if done < total and now - last[0] < every_s:
+        if preview is not None and on_preview is not None:
+            on_preview(preview)
+        whole = grand_total if grand_total is not None else total
+        at = offset + done
+        if at < whole and preview is None and now - last[0] < every_s:
             return
         last[0] = now
-        frac = min(max(done / total, 0.0), 1.0) if total else 0.0
-        bar.progress(frac, text=f"{text} {done}/{total}")
-        images = _preview_images(preview)
-        if images:
+        frac = min(max(at / whole, 0.0), 1.0) if whole else 0.0
+        label = f"{text} {frac:.0%} · {now - started:.0f} s" if started is not None else f"{text} {at}/{whole}"
+        bar.progress(frac, text=label)
+        images = _preview_images(preview) if on_preview is None else []
+        if images and slot is not None:
             slot.image(images[:8], width=96)
 
     return update

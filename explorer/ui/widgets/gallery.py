@@ -27,7 +27,7 @@ from explorer.errors import ExplorerError
 from explorer.featurevis import PRESETS, Objective, Preset, get_preset, lookup, render_cached
 from explorer.featurevis.render import groups_of
 from explorer.models import LoadedModel
-from explorer.ui.common import ARCH_KEY, SPEC_KEY
+from explorer.ui.common import ARCH_KEY, SPEC_KEY, progress_callback
 
 TILE_BATCH = 8  # images stored (and shown) together on CPU; a Stop keeps every finished batch
 PLACEHOLDER = np.full((8, 8, 3), 236, dtype=np.uint8)  # a light grey square until a tile has its image
@@ -350,7 +350,15 @@ def render_tiles(
     try:
         for batch, n_missing in todo:
             objs = [objectives[i] for i in batch]
-            on_step = _progress(bar, tiles, captions, batch, done_before, total, started)
+            on_step = progress_callback(
+                bar=bar,
+                text="Rendering…",
+                every_s=0.15,
+                offset=done_before,
+                grand_total=total,
+                started=started,
+                on_preview=_preview_into(tiles, captions, batch),
+            )
             result = render_cached(model, objs, preset, seed=settings.seed, progress=on_step, cache=cache)
             for j, i in enumerate(batch):
                 _fill(out, tiles, captions, i, result.images[j], result.png[j], float(result.final[j]))
@@ -370,21 +378,11 @@ def _fill(
     tiles[i].show(image, f"{captions[i]} · {value:.2f}")
 
 
-def _progress(
-    bar: Any, tiles: Sequence[Tile], captions: Sequence[str], batch: list[int], before: int, total: int, started: float
-) -> Any:
-    """A progress callback for one batch: the bar over all batches, previews drawn into their tiles."""
-    last = [0.0]
+def _preview_into(tiles: Sequence[Tile], captions: Sequence[str], batch: list[int]) -> Any:
+    """Draw a render preview's images into the tiles of their objectives, captioned with the step reached."""
 
-    def update(done: int, _total: int, preview: Any = None) -> None:
-        now = time.monotonic()
-        if preview is not None:
-            for im, j in zip(preview.images, preview.indices, strict=True):
-                tiles[batch[j]].show(im, f"{captions[batch[j]]} · step {preview.step}/{preview.steps}")
-        if preview is None and now - last[0] < 0.15:
-            return
-        last[0] = now
-        frac = min((before + done) / max(total, 1), 1.0)
-        bar.progress(frac, text=f"Rendering… {frac:.0%} · {now - started:.0f} s")
+    def show(preview: Any) -> None:
+        for im, j in zip(preview.images, preview.indices, strict=True):
+            tiles[batch[j]].show(im, f"{captions[batch[j]]} · step {preview.step}/{preview.steps}")
 
-    return update
+    return show
