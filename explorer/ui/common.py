@@ -7,6 +7,7 @@ may mutate one; everything derived from a model is cached by its fingerprint (`s
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -53,6 +54,22 @@ def error_message(exc: BaseException) -> str:
     if isinstance(exc, _user_errors()):
         return str(exc)
     return f"Something went wrong ({type(exc).__name__}: {str(exc)[:200]}). The app is still running."
+
+
+def shows_errors(fn: Callable[[], None]) -> Callable[[], None]:
+    """Wrap a page's `render`: whatever it raises is shown as one st.error (and the rest of the app keeps running).
+
+    Streamlit's own control flow (st.rerun, st.stop, st.switch_page) raises BaseException subclasses, which pass.
+    """
+
+    @functools.wraps(fn)
+    def run() -> None:
+        try:
+            fn()
+        except Exception as exc:
+            show_error(exc)
+
+    return run
 
 
 def show_error(exc: BaseException) -> None:

@@ -1,6 +1,7 @@
 """The app's pages: one module per page, each exposing `render() -> None`.
 
-`app.py` lists them with `page(...)`, so adding a page is one line there.
+`app.py` lists them with `page(...)`, so adding a page is one line there. Every page's `render` runs inside
+`shows_errors`: a page needs no try/except of its own except where it can go on after a failure.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ import importlib
 
 import streamlit as st
 
+from explorer.ui.common import shows_errors
+
 
 def page(name: str, title: str, icon: str | None = None, *, default: bool = False) -> st.Page:
     """An st.Page running `explorer.ui.pages.<name>.render`, at URL path `/<name>`."""
     module = importlib.import_module(f"{__name__}.{name}")
-    return st.Page(module.render, title=title, icon=icon, url_path=name, default=default)
+    return st.Page(shows_errors(module.render), title=title, icon=icon, url_path=name, default=default)

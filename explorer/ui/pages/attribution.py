@@ -362,12 +362,8 @@ def render() -> None:
     """The Attribution page."""
     st.title("Attribution")
     st.caption("Which parts of the image drive the prediction at every depth of the network, and which channels.")
-    try:
-        model = current_model()
-        layers = [r.name for r in resolve_layers(model, "all")]
-    except Exception as exc:
-        show_error(exc)
-        return
+    model = current_model()
+    layers = [r.name for r in resolve_layers(model, "all")]
     samples = sample_images()
     for note in _seed_state(model, samples):
         st.warning(note, icon=":material/link_off:")

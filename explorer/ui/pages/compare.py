@@ -225,11 +225,7 @@ def render() -> None:
     toast = st.session_state.pop("cmp_toast", None)
     if toast:
         st.toast(toast, icon=":material/check:")
-    try:
-        base = current_model()
-    except Exception as exc:
-        show_error(exc)
-        return
+    base = current_model()
     top = st.columns(2, gap="large")
     with top[0]:
         st.markdown(f"**Base** `{base.spec}` · fingerprint `{base.short_fingerprint}`")

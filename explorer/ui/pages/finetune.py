@@ -307,11 +307,7 @@ def render() -> None:
     flash = st.session_state.pop("_ft_flash", None)
     if flash:
         st.success(flash, icon=":material/check_circle:")
-    try:
-        model = current_model()
-    except Exception as exc:
-        show_error(exc)
-        return
+    model = current_model()
     left, right = st.columns(2, gap="large")
     with left:
         spec, label, summary = data_section()

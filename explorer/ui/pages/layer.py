@@ -95,13 +95,9 @@ def _page_from_url(pages: int) -> int:
 def render() -> None:
     """The Layer page."""
     st.title("Layer")
-    try:
-        model = current_model()
-        layers = renderable_layers(model)
-        stages = get_stage_map(model)
-    except Exception as exc:
-        show_error(exc)
-        return
+    model = current_model()
+    layers = renderable_layers(model)
+    stages = get_stage_map(model)
     blocks = block_names(model)
     if not layers:
         st.info(f"{model.spec} has no layer with a spatial output to visualise.")

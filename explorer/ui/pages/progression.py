@@ -61,13 +61,9 @@ def _describe_blocks(blocks: list[str]) -> str:
 def render() -> None:
     """The Progression page."""
     st.title("Progression")
-    try:
-        model = current_model()
-        stages = get_stage_map(model)
-        layers = renderable_layers(model)
-    except Exception as exc:
-        show_error(exc)
-        return
+    model = current_model()
+    stages = get_stage_map(model)
+    layers = renderable_layers(model)
     settings = settings_from_url()
     per_stage = _per_stage_from_url()
     st.caption(

@@ -302,13 +302,9 @@ def _unit_layers(model: LoadedModel) -> tuple[dict[str, LayerInfo], list[str]]:
 def render() -> None:
     """The Unit page."""
     st.title("Unit")
-    try:
-        model = current_model()
-        layers, blocks = _unit_layers(model)
-        stages = get_stage_map(model)
-    except Exception as exc:
-        show_error(exc)
-        return
+    model = current_model()
+    layers, blocks = _unit_layers(model)
+    stages = get_stage_map(model)
     if not layers:
         st.info(f"{model.spec} has no layer with a spatial output to visualise.")
         return
