@@ -28,7 +28,6 @@ EXIT_USER = 2
 EXIT_INTERRUPTED = 130  # the shell convention for Ctrl-C
 
 
-
 # --------------------------------------------------------------------------- helpers for command modules
 
 

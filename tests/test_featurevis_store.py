@@ -217,3 +217,31 @@ def test_cli_atlas_fills_the_cache(cli_model, tmp_path, capsys):
     assert len(pngs) == 2 * 2
     assert cli.main(argv) == 0
     assert all(line.split()[2] == "2" for line in capsys.readouterr().out.strip().splitlines()[1:])
+
+
+# --------------------------------------------------------------------------- planning a progressive render
+
+
+def test_plan_shows_hits_at_once_and_rerenders_a_diversity_group_whole(tmp_path):
+    model, cache = tiny_model(), Cache(tmp_path)
+    objs = [fv.channel("2", 0), fv.channel("2", 1), *fv.diverse(fv.channel("2", 3), "2", 3)]
+    plan = store_mod.plan_render(model, objs, SMALL, 0, cache=cache)
+    assert plan.hits == {} and plan.renders == 5 and [b for b, _ in plan.todo] == [[0, 1, 2, 3, 4]]
+    render_cached(model, objs, SMALL, seed=0, cache=cache)
+    assert store_mod.plan_render(model, objs, SMALL, 0, cache=cache).complete
+    # Lose one image of the diversity group: the whole group (3 images) is rendered again, the rest are hits.
+    key = cache_keys(model, objs, SMALL, 0)[3]
+    cache.paths(store_mod.KIND, key)[0].unlink()
+    plan = store_mod.plan_render(model, objs, SMALL, 0, cache=cache)
+    assert sorted(plan.hits) == [0, 1] and plan.renders == 3
+    assert store_mod.cached_mask(model, objs, SMALL, 0, cache=cache) == [True, True, True, False, True]
+
+
+def test_store_batches_never_split_a_group_and_bound_cpu_batches():
+    model = tiny_model()
+    objs = [fv.channel("2", u) for u in range(7)] + fv.diverse(fv.channel("2", 0), "2", 4)
+    batches = store_mod.store_batches(model, objs)
+    assert sorted(i for b in batches for i in b) == list(range(11))
+    assert all(len(b) <= store_mod.STORE_BATCH_CPU for b in batches)
+    group = set(range(7, 11))
+    assert any(group <= set(b) for b in batches)  # the four diversity images stay together

@@ -17,7 +17,6 @@ import torchvision.models as tvm
 from safetensors.torch import save_file
 from torch import nn
 
-import explorer.models as models
 import explorer.models.sources as sources
 from explorer.data import ASSETS_DIR, load_image
 from explorer.layers import hook_count, ladder

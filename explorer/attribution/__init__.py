@@ -12,16 +12,17 @@ One call shape for every method, built on Captum's layer classes::
 
 from explorer.attribution.colour import COLORMAPS, colorize, heatmap, overlay, scale
 from explorer.attribution.core import attribute, channel_attribution, one_pass, prepare, resolve_target
+from explorer.attribution.layers import resolve_layers
 from explorer.attribution.methods import (
     METHODS,
     AttributionError,
+    Method,
     MethodCost,
-    MethodInfo,
     Options,
     availability,
+    get_method,
     method_cost,
     method_problem,
-    resolve_layers,
 )
 from explorer.attribution.result import AttributionResult, shared_scale
 from explorer.attribution.sanitize import shadow
@@ -34,11 +35,12 @@ __all__ = [
     "AttributionError",
     "AttributionResult",
     "MethodCost",
-    "MethodInfo",
+    "Method",
     "UnitAttribution",
     "Options",
     "attribute",
     "availability",
+    "get_method",
     "channel_attribution",
     "colorize",
     "heatmap",

@@ -11,36 +11,26 @@ from __future__ import annotations
 
 import difflib
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from PIL import Image
-from torch.nn import functional as F
 
+from explorer.attribution.layers import resolve_layers
 from explorer.attribution.methods import (
     METHODS,
     AttributionError,
-    Options,
-    ablation_groups,
-    captum_batch_size,
-    layer_problem,
+    LayerOutput,
+    Method,
+    get_method,
     make_options,
     method_cost,
-    method_problem,
-    resolve_layers,
 )
 from explorer.attribution.result import AttributionResult
 from explorer.attribution.sanitize import shadow
-from explorer.errors import ExplorerError
-from explorer.layers import LayerInfo, capture, resolve
+from explorer.layers import LayerInfo, capture
 from explorer.runtime import Progress
-
-ONE_PASS = ("gradcam", "gradxact", "activation", "guided_gradcam")  # all layers from one forward (and backward)
-
-warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", module=r"captum\.")
-warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients", module=r"captum\.")
 
 # --------------------------------------------------------------------------- inputs and targets
 
@@ -73,12 +63,7 @@ def _open(item: Any) -> Image.Image:
         return item
     from explorer.data import load_image
 
-    try:
-        return load_image(item)
-    except ExplorerError:
-        raise
-    except ValueError as exc:  # DataError: already one sentence for the user
-        raise AttributionError(str(exc)) from None
+    return load_image(item)  # a DataError is already one sentence for the user
 
 
 def resolve_target(model: Any, target: Any, n: int, logits: torch.Tensor | None = None) -> torch.Tensor:
@@ -145,84 +130,6 @@ def one_pass(
     return acts, grads_out, logits.detach(), tgt
 
 
-def _as_map(t: torch.Tensor) -> torch.Tensor:
-    """A per-image attribution reduced to (N, h, w): (N,h,w) stays, (N,L) → (N,1,L), (N,) → (N,1,1)."""
-    if t.dim() == 1:
-        return t.view(-1, 1, 1)
-    if t.dim() == 2:
-        return t.unsqueeze(1)
-    return t.reshape(t.shape[0], t.shape[1], -1) if t.dim() > 3 else t
-
-
-def gradcam_map(act: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM without the ReLU, exactly as Captum's LayerGradCam: Σ_c mean_hw(∂y/∂A_c) · A_c."""
-    if act.dim() > 2:
-        w = grad.mean(dim=tuple(range(2, act.dim())), keepdim=True)
-        return _as_map((w * act).sum(1))
-    return _as_map((grad * act).sum(1))
-
-
-def channel_scores(attr: torch.Tensor) -> torch.Tensor:
-    """(N, C) per-channel attribution: the attribution summed over space."""
-    return attr.sum(dim=tuple(range(2, attr.dim()))) if attr.dim() > 2 else attr
-
-
-# --------------------------------------------------------------------------- Captum, layer by layer
-
-
-def _captum_layer(
-    method: str, twin: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor, base: torch.Tensor,
-    opt: Options,
-) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
-    from captum.attr import LayerConductance, LayerDeepLift, LayerFeatureAblation, LayerIntegratedGradients
-
-    layer = resolve(twin, info.name)
-    ibs = captum_batch_size(opt, x.shape[0], method)
-    xi = x.detach().clone().requires_grad_(True)
-    if method == "ig":
-        attr, delta = LayerIntegratedGradients(twin, layer).attribute(
-            xi, baselines=base, target=tgt, n_steps=opt.n_steps, internal_batch_size=ibs, return_convergence_delta=True
-        )
-    elif method == "conductance":
-        attr, delta = LayerConductance(twin, layer).attribute(
-            xi, baselines=base, target=tgt, n_steps=opt.n_steps, internal_batch_size=ibs, return_convergence_delta=True
-        )
-    elif method == "deeplift":
-        attr, delta = LayerDeepLift(twin, layer).attribute(
-            xi, baselines=base, target=tgt, return_convergence_delta=True
-        )
-    elif method == "ablation":
-        mask = ablation_mask(info, opt.grid).to(x.device)
-        # Captum applies a per-image target unexpanded to its batch of perturbations: select it ourselves.
-        attr = LayerFeatureAblation(_target_score(twin, tgt), layer).attribute(
-            xi, layer_mask=mask, perturbations_per_eval=opt.perturbations_per_eval
-        )
-        delta = None
-    else:
-        raise AssertionError(method)
-    return attr.detach(), (delta.detach() if delta is not None else None)
-
-
-def _target_score(module: torch.nn.Module, tgt: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A forward returning each image's target logit, for batches that repeat the images (Captum's expansion)."""
-
-    def score(inp: torch.Tensor) -> torch.Tensor:
-        out = module(inp)
-        picks = tgt.to(out.device).repeat(out.shape[0] // tgt.shape[0])
-        return out.gather(1, picks[:, None])[:, 0]
-
-    return score
-
-
-def ablation_mask(info: LayerInfo, grid: int) -> torch.Tensor:
-    """(1, 1, h, w) feature groups: the layer's map cut into at most `grid` × `grid` patches."""
-    h, w = info.spatial or (1, 1)
-    gh, gw = ablation_groups(info, grid)
-    rows = torch.arange(h) * gh // h
-    cols = torch.arange(w) * gw // w
-    return (rows[:, None] * gw + cols[None, :]).view(1, 1, h, w)
-
-
 # --------------------------------------------------------------------------- the entry point
 
 
@@ -245,12 +152,13 @@ def attribute(
     """
     opt = make_options(options)
     started = time.perf_counter()
-    problem = method_problem(model, method)
+    m = get_method(method)
+    problem = m.problem(model)
     if problem:
         raise AttributionError(problem)
     x, images01 = prepare(model, inputs)
     infos = resolve_layers(model, layers)
-    skipped = {i.name: p for i in infos if (p := layer_problem(method, i))}
+    skipped = {i.name: p for i in infos if (p := m.layer_problem(i))}
     infos = [i for i in infos if i.name not in skipped]
     if not infos:
         raise AttributionError(
@@ -263,67 +171,56 @@ def attribute(
     res.class_names = list(model.class_names)
     reused = [i.name for i in infos if i.calls > 1]
     if reused:
-        which = "first" if method in ONE_PASS else "last (as Captum does)"
+        which = "first" if m.one_pass else "last (as Captum does)"
         res.notes.append(f"{', '.join(reused)} run several times per forward; their {which} call is used.")
-
-    if method in ONE_PASS:
-        acts, grads, logits, tgt = one_pass(model, x, names, target, grads=method != "activation")
-        for name in names:
-            a = acts[name]
-            if method == "activation":
-                res.maps[name] = _as_map(a.sum(1)).float().cpu()
-                res.channels[name] = channel_scores(a).float().cpu()
-                continue
-            g = grads[name]
-            prod = g * a
-            res.channels[name] = channel_scores(prod).float().cpu()
-            res.maps[name] = (gradcam_map(a, g) if method != "gradxact" else _as_map(prod.sum(1))).float().cpu()
-            if keep_raw and method == "gradxact":
-                res.raw[name] = prod.float().cpu()
-        if method == "guided_gradcam":
-            _guided(model, x, tgt, res, keep_raw)
-        if progress:
-            progress(1, 1, None)
+    if m.one_pass:
+        outputs, logits, tgt = _one_pass(m, model, x, names, target, keep_raw)
     else:
-        logits = None
-        if target is None:
-            with torch.no_grad():
-                logits = model.module(x).detach()
-        tgt = resolve_target(model, target, x.shape[0], logits).to(x.device)
-        base = baseline_tensor(model, x, opt.baseline)
-        twin = shadow(model.module, no_inplace=method == "deeplift")
-        for done, info in enumerate(infos, 1):
-            attr, delta = _captum_layer(method, twin, info, x, tgt, base, opt)
-            if method == "ablation":
-                res.maps[info.name] = _as_map(attr[:, 0]).float().cpu()  # every channel holds its patch's value
-            else:
-                res.maps[info.name] = _as_map(attr.sum(1)).float().cpu()
-                res.channels[info.name] = channel_scores(attr).float().cpu()
-            if delta is not None:
-                res.delta[info.name] = delta.float().cpu()
-            if keep_raw:
-                res.raw[info.name] = attr.float().cpu()
-            if progress:
-                progress(done, len(infos), (info.name, res.maps[info.name]))
+        outputs, logits, tgt = _per_layer(m, model, x, infos, target, opt, keep_raw, progress)
+    for name, out in outputs.items():
+        res.maps[name] = out.map
+        if out.channels is not None:
+            res.channels[name] = out.channels
+        if out.delta is not None:
+            res.delta[name] = out.delta
+        if keep_raw and out.raw is not None:
+            res.raw[name] = out.raw
+    if m.one_pass and progress:
+        progress(1, 1, None)
     res.target = [int(t) for t in tgt.tolist()]
     res.logits = logits.float().cpu() if logits is not None else None
     res.seconds = time.perf_counter() - started
     return res
 
 
-def _guided(model: Any, x: torch.Tensor, tgt: torch.Tensor, res: AttributionResult, keep_raw: bool) -> None:
-    """Captum's GuidedGradCam for every layer at the price of one guided backprop pass in total."""
-    from captum.attr import GuidedBackprop
+def _one_pass(
+    m: Method, model: Any, x: torch.Tensor, names: list[str], target: Any, keep_raw: bool
+) -> tuple[dict[str, LayerOutput], torch.Tensor | None, torch.Tensor]:
+    """Every layer from one forward (and backward) with hooks, reduced by the method."""
+    acts, grads, logits, tgt = one_pass(model, x, names, target, grads=m.needs_grad)
+    outputs = {name: m.reduce(acts[name], grads.get(name), keep_raw) for name in names}
+    m.finish(model, x, tgt, outputs)
+    return outputs, logits, tgt
 
-    twin = shadow(model.module, no_inplace=True, relu6_as_relu=True)
-    gb = GuidedBackprop(twin).attribute(x.detach().clone().requires_grad_(True), target=tgt).detach()
-    size = tuple(x.shape[2:])
-    for name in res.layers:
-        cam = res.maps[name].to(gb.device).clamp_min(0).unsqueeze(1)  # Captum: relu_attributions=True
-        full = gb * F.interpolate(cam, size=size, mode="nearest")
-        res.maps[name] = full.sum(1).float().cpu()
-        if keep_raw:
-            res.raw[name] = full.float().cpu()
+
+def _per_layer(
+    m: Method, model: Any, x: torch.Tensor, infos: list[LayerInfo], target: Any, opt: Any, keep_raw: bool,
+    progress: Progress | None,
+) -> tuple[dict[str, LayerOutput], torch.Tensor | None, torch.Tensor]:  # fmt: skip
+    """A Captum layer method on a sanitised shadow of the model, one layer at a time."""
+    logits = None
+    if target is None:
+        with torch.no_grad():
+            logits = model.module(x).detach()
+    tgt = resolve_target(model, target, x.shape[0], logits).to(x.device)
+    base = baseline_tensor(model, x, opt.baseline)
+    twin = shadow(model.module, **m.shadow_options)
+    outputs: dict[str, LayerOutput] = {}
+    for done, info in enumerate(infos, 1):
+        outputs[info.name] = m.attribute_layer(twin, info, x, tgt, base, opt, keep_raw)
+        if progress:
+            progress(done, len(infos), (info.name, outputs[info.name].map))
+    return outputs, logits, tgt
 
 
 def channel_attribution(

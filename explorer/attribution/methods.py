@@ -1,5 +1,9 @@
-"""The attribution methods, what each can run on, and what each costs before it runs.
+"""The attribution methods: one object per method, carrying its label, what it can run on, what it costs before it
+runs, and how it computes. Adding a method is one class here and one line in `METHODS`.
 
+Two kinds: one-pass methods (Grad-CAM, Gradient × Activation, Activation, Guided Grad-CAM) reduce the activations
+and gradients that ONE forward and backward recorded at every layer; per-layer methods (Integrated Gradients,
+Conductance, DeepLift, feature ablation) run a Captum layer class on a sanitised shadow of the model, layer by layer.
 Costs are counted in passes through the whole network, exactly as the implementation makes them (Captum's
 internal batching included), so the app can say "37 forward passes (296 images), 18 backward" before the user
 commits to a method. `tests/test_attribution.py` checks every formula against a hook that counts the calls.
@@ -8,56 +12,29 @@ commits to a method. `tests/test_attribution.py` checks every formula against a 
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from torch import nn
+from torch.nn import functional as F
 
-from explorer.attribution.sanitize import deeplift_problem, guided_backprop_problem
+from explorer.attribution.layers import cached_ladder, resolve_layers
+from explorer.attribution.maps import (
+    ablation_groups,
+    ablation_mask,
+    as_map,
+    channel_scores,
+    gradcam_map,
+    target_score,
+)
+from explorer.attribution.sanitize import deeplift_problem, guided_backprop_problem, shadow
 from explorer.errors import ExplorerError
-from explorer.layers import LayerError, LayerInfo, ladder, resolve, trace
+from explorer.layers import LayerInfo, resolve
 
 
 class AttributionError(ExplorerError):
     """A method, layer, target or option the attribution cannot use, phrased for the user."""
-
-
-@dataclass(frozen=True)
-class MethodInfo:
-    """What the UI needs to list a method: its label, one line of explanation, how to colour its maps."""
-
-    name: str
-    label: str
-    summary: str
-    display: str  # default colour mode: "positive" (Grad-CAM's ReLU) or "signed"
-    has_delta: bool = False  # reports a completeness error (sum of attributions vs output change)
-    per_layer_passes: bool = True  # cost grows with the number of layers
-
-
-METHODS: dict[str, MethodInfo] = {
-    m.name: m
-    for m in (
-        MethodInfo("gradcam", "Grad-CAM", "Activations weighted by their channel's mean gradient.", "positive",
-                   per_layer_passes=False),
-        MethodInfo("gradxact", "Gradient × Activation", "Each activation times its gradient, summed over channels.",
-                   "signed", per_layer_passes=False),
-        MethodInfo("ig", "Integrated Gradients", "Gradient × activation change, integrated from a baseline image.",
-                   "signed", has_delta=True),
-        MethodInfo("conductance", "Layer Conductance", "The flow of Integrated Gradients through the layer.",
-                   "signed", has_delta=True),
-        MethodInfo("activation", "Activation", "The layer's output itself, summed over channels (no target).",
-                   "signed", per_layer_passes=False),
-        MethodInfo("guided_gradcam", "Guided Grad-CAM", "Guided backprop at full resolution times the layer's "
-                   "Grad-CAM.", "signed", per_layer_passes=False),
-        MethodInfo("ablation", "Feature ablation", "Drop in the target score when a patch of the layer's output "
-                   "is set to zero.", "signed"),
-        MethodInfo("deeplift", "DeepLift", "Contribution relative to a baseline by DeepLift's rescale rule.",
-                   "signed", has_delta=True),
-    )
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -120,77 +97,6 @@ class MethodCost:
         )
 
 
-# --------------------------------------------------------------------------- layers
-
-_LADDERS: weakref.WeakKeyDictionary[nn.Module, dict[str, list[LayerInfo]]] = weakref.WeakKeyDictionary()
-
-
-def cached_ladder(model: Any, view: str = "blocks") -> list[LayerInfo]:
-    """`explorer.layers.ladder` ('blocks', 'full', or 'traced': every module that runs), once per module object."""
-    per = _LADDERS.setdefault(model.module, {})
-    if view not in per:
-        per[view] = _traced(model) if view == "traced" else ladder(model, view)
-    return per[view]
-
-
-def _traced(model: Any) -> list[LayerInfo]:
-    """Every module that runs (containers too), in the order its output appears; counts are left at zero."""
-    x = torch.zeros(1, 3, *model.input_size, device=model.device)
-    rows = []
-    for order, (name, mod, shape, calls) in enumerate(trace(model.module, x)):
-        channels = shape[0] if len(shape) == 3 else (shape[-1] if shape else None)
-        rows.append(LayerInfo(name, type(mod).__name__, order, shape, channels, 0, 0, 0, name.count("."), calls))
-    return rows
-
-
-def resolve_layers(model: Any, layers: str | Sequence[str] = "all") -> list[LayerInfo]:
-    """'all': every block with a spatial map (h·w > 1), in execution order; 'blocks': every block; or names."""
-    if isinstance(layers, str) and layers in ("all", "blocks"):
-        rows = cached_ladder(model, "blocks")
-        if layers == "blocks":
-            return list(rows)
-        return [r for r in rows if r.spatial is not None and r.spatial[0] * r.spatial[1] > 1]
-    names = [layers] if isinstance(layers, str) else list(layers)
-    if not names:
-        raise AttributionError("No layers were chosen.")
-    known = {r.name: r for r in cached_ladder(model, "blocks")}
-    out = []
-    for name in dict.fromkeys(names):
-        if name not in known:
-            resolve(model.module, name)  # raises LayerError for a name the model does not have
-            known.update({r.name: r for r in cached_ladder(model, "traced") if r.name not in known})
-            if name not in known:
-                raise LayerError(f"Layer {name!r} did not run in the forward pass.")
-        out.append(known[name])
-    return sorted(out, key=lambda r: r.order)
-
-
-def layer_problem(method: str, info: LayerInfo) -> str | None:
-    """Why `method` cannot attribute to this layer, or None."""
-    if not info.out_shape:
-        return f"{info.name} does not output a single tensor."
-    if method == "ablation" and info.spatial is None:
-        return f"{info.name} has no spatial map to ablate patches of."
-    return None
-
-
-def method_problem(model: Any, method: str) -> str | None:
-    """Why `method` cannot run on this network at all, or None."""
-    if method not in METHODS:
-        raise AttributionError(f"Unknown attribution method {method!r}; choose one of: {', '.join(METHODS)}.")
-    if method == "guided_gradcam":
-        return guided_backprop_problem(model.module)
-    if method == "deeplift":
-        calls = {r.name: r.calls for r in cached_ladder(model, "traced")}
-        return deeplift_problem(model.module, calls)
-    return None
-
-
-def availability(model: Any) -> dict[str, str | None]:
-    """Method name → None if it runs on this network, else the reason (for greying options out)."""
-    return {m: method_problem(model, m) for m in METHODS}
-
-
 # --------------------------------------------------------------------------- costs
 
 
@@ -206,36 +112,12 @@ def _chunks(n_points: int, step_count: int, include_endpoint: bool) -> list[int]
     return sizes
 
 
-def captum_batch_size(options: Options, batch: int, method: str) -> int | None:
-    """The internal batch size handed to Captum (never below what Captum would silently raise it to)."""
+def captum_batch_size(options: Options, batch: int, per_image: int = 1) -> int | None:
+    """The internal batch size handed to Captum: never below `per_image` × `batch`, what Captum would silently raise
+    it to (Conductance evaluates two points per image at once)."""
     if options.internal_batch_size is None:
         return None
-    return max(options.internal_batch_size, batch * (2 if method == "conductance" else 1))
-
-
-def ablation_groups(info: LayerInfo, grid: int) -> tuple[int, int]:
-    """Rows and columns of the ablation patch grid on this layer's map."""
-    h, w = info.spatial or (1, 1)
-    return min(grid, h), min(grid, w)
-
-
-def _per_layer(method: str, info: LayerInfo, n: int, opt: Options) -> tuple[int, int, int]:
-    """(forward calls, backward calls, images forward) for one layer of a per-layer method."""
-    ibs = captum_batch_size(opt, n, method)
-    if method == "ig":
-        chunks = [opt.n_steps] if ibs is None else _chunks(opt.n_steps, max(1, ibs // n), False)
-        return 2 + len(chunks) + 2, len(chunks), n * (4 + sum(chunks))
-    if method == "conductance":
-        points = opt.n_steps + 1
-        chunks = [points] if ibs is None else _chunks(points, max(1, ibs // n), True)
-        return len(chunks) + 2, len(chunks), n * (2 + sum(chunks))
-    if method == "ablation":
-        gh, gw = ablation_groups(info, opt.grid)
-        groups = gh * gw
-        return 2 + math.ceil(groups / opt.perturbations_per_eval), 0, n * (2 + groups)
-    if method == "deeplift":
-        return 3, 1, 4 * n
-    raise AssertionError(method)
+    return max(options.internal_batch_size, batch * per_image)
 
 
 def method_cost(
@@ -255,24 +137,14 @@ def method_cost(
     infos = resolve_layers(model, layers)
     if not infos:
         return MethodCost(method, 0, n, 0, 0, 0, available=False, reason="no block with a spatial map; name layers")
-    problem = method_problem(model, method)
-    usable = [i for i in infos if layer_problem(method, i) is None]
+    m = get_method(method)
+    problem = m.problem(model)
+    usable = [i for i in infos if m.layer_problem(i) is None]
     if problem is None and not usable:
-        problem = layer_problem(method, infos[0]) or "no layer can be attributed"
+        problem = m.layer_problem(infos[0]) or "no layer can be attributed"
     if problem is not None:
         return MethodCost(method, len(usable), n, 0, 0, 0, available=False, reason=problem)
-    if method == "activation":
-        return MethodCost(method, len(usable), n, 1, 0, n)
-    if method in ("gradcam", "gradxact"):
-        return MethodCost(method, len(usable), n, 1, 1, n)
-    if method == "guided_gradcam":
-        return MethodCost(method, len(usable), n, 2, 2, 2 * n)
-    fwd = bwd = imgs = 0
-    for info in usable:
-        f, b, i = _per_layer(method, info, n, opt)
-        fwd, bwd, imgs = fwd + f, bwd + b, imgs + i
-    if target is None:  # one forward to find the predicted class first
-        fwd, imgs = fwd + 1, imgs + n
+    fwd, bwd, imgs = m.cost(usable, n, opt, target)
     return MethodCost(method, len(usable), n, fwd, bwd, imgs)
 
 
@@ -283,3 +155,274 @@ def _batch_size(inputs: Any) -> int:
     if shape is not None:
         return 1 if len(shape) == 3 else int(shape[0])
     return 1  # one PIL image
+
+
+# --------------------------------------------------------------------------- the methods
+
+
+@dataclass(frozen=True)
+class LayerOutput:
+    """What a method produced for one layer: (N, h, w) map, (N, C) channel scores, completeness error, full tensor."""
+
+    map: torch.Tensor
+    channels: torch.Tensor | None = None
+    delta: torch.Tensor | None = None
+    raw: torch.Tensor | None = None
+
+
+class Method:
+    """One attribution method: its metadata, where it applies, what it costs, and how it computes."""
+
+    name: ClassVar[str]
+    label: ClassVar[str]
+    summary: ClassVar[str]  # one line of explanation for the UI
+    display: ClassVar[str] = "signed"  # default colour mode: "positive" (Grad-CAM's ReLU) or "signed"
+    one_pass: ClassVar[bool] = False  # every layer from one forward (and backward) with hooks
+    needs_grad: ClassVar[bool] = True  # one-pass methods: the shared pass also runs a backward
+    per_layer_passes: ClassVar[bool] = True  # cost grows with the number of layers
+    scores_are_grad_x_act: ClassVar[bool] = False  # its channel scores are gradient × activation summed over space
+
+    def problem(self, model: Any) -> str | None:
+        """Why this method cannot run on this network at all, or None."""
+        return None
+
+    def layer_problem(self, info: LayerInfo) -> str | None:
+        """Why this method cannot attribute to this layer, or None."""
+        if not info.out_shape:
+            return f"{info.name} does not output a single tensor."
+        return None
+
+    def cost(self, infos: Sequence[LayerInfo], n: int, opt: Options, target: Any) -> tuple[int, int, int]:
+        """(forward calls, backward calls, images forward) of one call on `n` images."""
+        fwd = bwd = imgs = 0
+        for info in infos:
+            f, b, i = self.layer_cost(info, n, opt)
+            fwd, bwd, imgs = fwd + f, bwd + b, imgs + i
+        if target is None:  # one forward to find the predicted class first
+            fwd, imgs = fwd + 1, imgs + n
+        return fwd, bwd, imgs
+
+    def layer_cost(self, info: LayerInfo, n: int, opt: Options) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    # one-pass methods
+    def reduce(self, act: torch.Tensor, grad: torch.Tensor | None, keep_raw: bool) -> LayerOutput:
+        """This layer's attribution from the activation and target gradient the shared pass recorded."""
+        raise NotImplementedError
+
+    def finish(self, model: Any, x: torch.Tensor, tgt: torch.Tensor, maps: dict[str, LayerOutput]) -> None:
+        """Work shared by all layers after the pass (Guided Grad-CAM's guided backprop); nothing by default."""
+
+    # per-layer methods
+    shadow_options: ClassVar[dict[str, bool]] = {}
+
+    def attribute_layer(
+        self, twin: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor, base: torch.Tensor,
+        opt: Options, keep_raw: bool,
+    ) -> LayerOutput:  # fmt: skip
+        """This layer's attribution by a Captum layer method on `twin` (a sanitised shadow of the model)."""
+        raise NotImplementedError
+
+
+class OnePassMethod(Method):
+    one_pass = True
+    per_layer_passes = False
+
+    def cost(self, infos: Sequence[LayerInfo], n: int, opt: Options, target: Any) -> tuple[int, int, int]:
+        return 1, int(self.needs_grad), n
+
+
+class GradCAM(OnePassMethod):
+    name, label, display = "gradcam", "Grad-CAM", "positive"
+    summary = "Activations weighted by their channel's mean gradient."
+    scores_are_grad_x_act = True
+
+    def reduce(self, act: torch.Tensor, grad: torch.Tensor | None, keep_raw: bool) -> LayerOutput:
+        assert grad is not None
+        return LayerOutput(gradcam_map(act, grad).float().cpu(), channel_scores(grad * act).float().cpu())
+
+
+class GradXAct(OnePassMethod):
+    name, label = "gradxact", "Gradient × Activation"
+    summary = "Each activation times its gradient, summed over channels."
+    scores_are_grad_x_act = True
+
+    def reduce(self, act: torch.Tensor, grad: torch.Tensor | None, keep_raw: bool) -> LayerOutput:
+        assert grad is not None
+        prod = grad * act
+        raw = prod.float().cpu() if keep_raw else None
+        return LayerOutput(as_map(prod.sum(1)).float().cpu(), channel_scores(prod).float().cpu(), raw=raw)
+
+
+class Activation(OnePassMethod):
+    name, label = "activation", "Activation"
+    summary = "The layer's output itself, summed over channels (no target)."
+    needs_grad = False
+
+    def reduce(self, act: torch.Tensor, grad: torch.Tensor | None, keep_raw: bool) -> LayerOutput:
+        return LayerOutput(as_map(act.sum(1)).float().cpu(), channel_scores(act).float().cpu())
+
+
+class GuidedGradCAM(GradCAM):
+    name, label, display = "guided_gradcam", "Guided Grad-CAM", "signed"
+    summary = "Guided backprop at full resolution times the layer's Grad-CAM."
+
+    def problem(self, model: Any) -> str | None:
+        return guided_backprop_problem(model.module)
+
+    def cost(self, infos: Sequence[LayerInfo], n: int, opt: Options, target: Any) -> tuple[int, int, int]:
+        return 2, 2, 2 * n
+
+    def finish(self, model: Any, x: torch.Tensor, tgt: torch.Tensor, maps: dict[str, LayerOutput]) -> None:
+        """Captum's GuidedGradCam for every layer at the price of one guided backprop pass in total."""
+        from captum.attr import GuidedBackprop
+
+        twin = shadow(model.module, no_inplace=True, relu6_as_relu=True)
+        gb = GuidedBackprop(twin).attribute(x.detach().clone().requires_grad_(True), target=tgt).detach()
+        size = tuple(x.shape[2:])
+        for name, out in list(maps.items()):
+            cam = out.map.to(gb.device).clamp_min(0).unsqueeze(1)  # Captum: relu_attributions=True
+            full = gb * F.interpolate(cam, size=size, mode="nearest")
+            maps[name] = LayerOutput(full.sum(1).float().cpu(), out.channels, raw=full.float().cpu())
+
+
+class IntegratedGradients(Method):
+    name, label = "ig", "Integrated Gradients"
+    per_image: ClassVar[int] = 1
+    summary = "Gradient × activation change, integrated from a baseline image."
+
+    def layer_cost(self, info: LayerInfo, n: int, opt: Options) -> tuple[int, int, int]:
+        ibs = captum_batch_size(opt, n, self.per_image)
+        chunks = [opt.n_steps] if ibs is None else _chunks(opt.n_steps, max(1, ibs // n), False)
+        return 2 + len(chunks) + 2, len(chunks), n * (4 + sum(chunks))
+
+    def attribute_layer(
+        self, twin: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor, base: torch.Tensor,
+        opt: Options, keep_raw: bool,
+    ) -> LayerOutput:  # fmt: skip
+        from captum.attr import LayerIntegratedGradients
+
+        attr, delta = LayerIntegratedGradients(twin, resolve(twin, info.name)).attribute(
+            _leaf(x), baselines=base, target=tgt, n_steps=opt.n_steps,
+            internal_batch_size=captum_batch_size(opt, x.shape[0], self.per_image), return_convergence_delta=True,
+        )  # fmt: skip
+        return _summed(attr, delta, keep_raw)
+
+
+class Conductance(Method):
+    name, label = "conductance", "Layer Conductance"
+    per_image: ClassVar[int] = 2
+    summary = "The flow of Integrated Gradients through the layer."
+
+    def layer_cost(self, info: LayerInfo, n: int, opt: Options) -> tuple[int, int, int]:
+        ibs = captum_batch_size(opt, n, self.per_image)
+        points = opt.n_steps + 1
+        chunks = [points] if ibs is None else _chunks(points, max(1, ibs // n), True)
+        return len(chunks) + 2, len(chunks), n * (2 + sum(chunks))
+
+    def attribute_layer(
+        self, twin: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor, base: torch.Tensor,
+        opt: Options, keep_raw: bool,
+    ) -> LayerOutput:  # fmt: skip
+        from captum.attr import LayerConductance
+
+        attr, delta = LayerConductance(twin, resolve(twin, info.name)).attribute(
+            _leaf(x), baselines=base, target=tgt, n_steps=opt.n_steps,
+            internal_batch_size=captum_batch_size(opt, x.shape[0], self.per_image), return_convergence_delta=True,
+        )  # fmt: skip
+        return _summed(attr, delta, keep_raw)
+
+
+class DeepLift(Method):
+    name, label = "deeplift", "DeepLift"
+    summary = "Contribution relative to a baseline by DeepLift's rescale rule."
+    shadow_options = {"no_inplace": True}
+
+    def problem(self, model: Any) -> str | None:
+        calls = {r.name: r.calls for r in cached_ladder(model, "traced")}
+        return deeplift_problem(model.module, calls)
+
+    def layer_cost(self, info: LayerInfo, n: int, opt: Options) -> tuple[int, int, int]:
+        return 3, 1, 4 * n
+
+    def attribute_layer(
+        self, twin: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor, base: torch.Tensor,
+        opt: Options, keep_raw: bool,
+    ) -> LayerOutput:  # fmt: skip
+        from captum.attr import LayerDeepLift
+
+        attr, delta = LayerDeepLift(twin, resolve(twin, info.name)).attribute(
+            _leaf(x), baselines=base, target=tgt, return_convergence_delta=True
+        )
+        return _summed(attr, delta, keep_raw)
+
+
+class Ablation(Method):
+    name, label = "ablation", "Feature ablation"
+    summary = "Drop in the target score when a patch of the layer's output is set to zero."
+
+    def layer_problem(self, info: LayerInfo) -> str | None:
+        if info.out_shape and info.spatial is None:
+            return f"{info.name} has no spatial map to ablate patches of."
+        return super().layer_problem(info)
+
+    def layer_cost(self, info: LayerInfo, n: int, opt: Options) -> tuple[int, int, int]:
+        gh, gw = ablation_groups(info, opt.grid)
+        groups = gh * gw
+        return 2 + math.ceil(groups / opt.perturbations_per_eval), 0, n * (2 + groups)
+
+    def attribute_layer(
+        self, twin: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor, base: torch.Tensor,
+        opt: Options, keep_raw: bool,
+    ) -> LayerOutput:  # fmt: skip
+        from captum.attr import LayerFeatureAblation
+
+        mask = ablation_mask(info, opt.grid).to(x.device)
+        # Captum applies a per-image target unexpanded to its batch of perturbations: select it ourselves.
+        attr = (
+            LayerFeatureAblation(target_score(twin, tgt), resolve(twin, info.name))
+            .attribute(_leaf(x), layer_mask=mask, perturbations_per_eval=opt.perturbations_per_eval)
+            .detach()
+        )
+        raw = attr.float().cpu() if keep_raw else None
+        return LayerOutput(as_map(attr[:, 0]).float().cpu(), raw=raw)  # every channel holds its patch's value
+
+
+def _leaf(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().clone().requires_grad_(True)
+
+
+def _summed(attr: torch.Tensor, delta: torch.Tensor | None, keep_raw: bool) -> LayerOutput:
+    attr = attr.detach()
+    return LayerOutput(
+        as_map(attr.sum(1)).float().cpu(),
+        channel_scores(attr).float().cpu(),
+        delta.detach().float().cpu() if delta is not None else None,
+        attr.float().cpu() if keep_raw else None,
+    )
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        GradCAM(), GradXAct(), IntegratedGradients(), Conductance(), Activation(), GuidedGradCAM(), Ablation(),
+        DeepLift(),
+    )
+}  # fmt: skip
+
+
+def get_method(name: str) -> Method:
+    """The method called `name`, or an AttributionError listing the known ones."""
+    if name not in METHODS:
+        raise AttributionError(f"Unknown attribution method {name!r}; choose one of: {', '.join(METHODS)}.")
+    return METHODS[name]
+
+
+def method_problem(model: Any, method: str) -> str | None:
+    """Why `method` cannot run on this network at all, or None."""
+    return get_method(method).problem(model)
+
+
+def availability(model: Any) -> dict[str, str | None]:
+    """Method name → None if it runs on this network, else the reason (for greying options out)."""
+    return {name: m.problem(model) for name, m in METHODS.items()}

@@ -94,7 +94,7 @@ def groups_of(objectives: Sequence[Objective]) -> list[list[int]]:
     return out
 
 
-def _chunks(groups: list[list[int]], batch_size: int) -> list[list[int]]:
+def pack_groups(groups: list[list[int]], batch_size: int) -> list[list[int]]:
     """Pack whole groups into batches of at most `batch_size` (a larger group gets a batch of its own)."""
     chunks: list[list[int]] = []
     current: list[int] = []
@@ -288,7 +288,7 @@ def render(
     finished = 0
     with torch.enable_grad():
         while pending:
-            chunk = _chunks(pending, bs)[0]
+            chunk = pack_groups(pending, bs)[0]
             taken = set(chunk)
             try:
                 imgs, cur = _render_batch(

@@ -18,11 +18,13 @@ import numpy as np
 from explorer.cache import Cache, Entry, make_key, png_bytes
 from explorer.featurevis.objectives import Objective
 from explorer.featurevis.presets import Preset, get_preset
-from explorer.featurevis.render import Preview, Progress, RenderResult, groups_of, image_keys, render
+from explorer.featurevis.render import Preview, RenderResult, groups_of, image_keys, pack_groups, render
 from explorer.models import LoadedModel
+from explorer.runtime import Progress
 
 ENGINE_VERSION = 1
 KIND = "featurevis"
+STORE_BATCH_CPU = 8  # images stored (and shown) together on CPU; a Stop keeps every finished batch
 
 
 @dataclass
@@ -100,12 +102,7 @@ def render_cached(
     p = get_preset(preset, steps=steps, size=size)
     keys = cache_keys(model, objs, p, seed)
     entries = [cache.get(KIND, k) for k in keys]
-    missing = [i for i, e in enumerate(entries) if e is None]
-    # Coupled images (diversity groups) are rendered together, so a group with any miss is rendered whole.
-    for g in groups_of(objs):
-        if any(i in missing for i in g):
-            missing.extend(i for i in g if i not in missing)
-    missing.sort()
+    missing = whole_groups(objs, [i for i, e in enumerate(entries) if e is None])
     result: RenderResult | None = None
     if missing:
 
@@ -142,3 +139,72 @@ def render_cached(
     hits = np.array([i not in missing for i in range(len(objs))], dtype=bool)
     params = {"preset": p.name, "seed": int(seed), **p.cache_params()}
     return CachedRender(images, [e.data for e in done], curves, hits, keys, params)
+
+
+# --------------------------------------------------------------------------- planning a progressive render
+
+
+def whole_groups(objectives: Sequence[Objective], missing: Sequence[int]) -> list[int]:
+    """`missing` widened to whole groups: coupled images (diversity) are rendered together, so a group with any
+    missing image is rendered again whole. Sorted indices into `objectives`."""
+    out = set(missing)
+    for g in groups_of(objectives):
+        if out.intersection(g):
+            out.update(g)
+    return sorted(out)
+
+
+def store_batches(model: LoadedModel, objectives: Sequence[Objective]) -> list[list[int]]:
+    """Indices in batches each stored (and shown) only once complete: everything at once on CUDA, up to
+    STORE_BATCH_CPU images on CPU (the render splits a batch into its own compute batches); groups never split."""
+    size = len(objectives) if model.device.type == "cuda" else min(len(objectives), STORE_BATCH_CPU)
+    return pack_groups(groups_of(objectives), max(1, size))
+
+
+@dataclass
+class RenderPlan:
+    """What a progressive render has to do: the cached entries it can show at once, and the batches to render."""
+
+    hits: dict[int, Entry]  # objective index → its intact cached image
+    todo: list[tuple[list[int], int]]  # (batch of objective indices, images it will render), in order
+
+    @property
+    def renders(self) -> int:
+        """Images the batches will render (hits inside a re-rendered group count again)."""
+        return sum(n for _, n in self.todo)
+
+    @property
+    def complete(self) -> bool:
+        return not self.todo
+
+
+def plan_render(
+    model: LoadedModel,
+    objectives: Sequence[Objective],
+    preset: Preset,
+    seed: int,
+    *,
+    batches: Sequence[Sequence[int]] | None = None,
+    cache: Cache | None = None,
+) -> RenderPlan:
+    """Look every objective up in the cache and group the misses into store batches (see `store_batches`)."""
+    cache = cache or Cache()
+    plan = RenderPlan({}, [])
+    for batch in [list(b) for b in batches] if batches is not None else store_batches(model, objectives):
+        objs = [objectives[i] for i in batch]
+        entries = [cache.get(KIND, k) for k in cache_keys(model, objs, preset, seed)]
+        missing = set(whole_groups(objs, [j for j, e in enumerate(entries) if e is None]))
+        for j, (i, entry) in enumerate(zip(batch, entries, strict=True)):
+            if entry is not None and j not in missing:
+                plan.hits[i] = entry
+        if missing:
+            plan.todo.append((batch, len(missing)))
+    return plan
+
+
+def cached_mask(
+    model: LoadedModel, objectives: Sequence[Objective], preset: Preset, seed: int, cache: Cache | None = None
+) -> list[bool]:
+    """Whether each objective's image is in the cache (a cheap existence check: no file is read or verified)."""
+    cache = cache or Cache()
+    return [cache.paths(KIND, k)[0].exists() for k in cache_keys(model, objectives, preset, seed)]

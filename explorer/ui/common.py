@@ -33,7 +33,6 @@ ARCH_KEY = "model_arch"  # session_state: its architecture (checkpoints without 
 NOTICE_KEY = "model_notice"  # session_state: a message about the model to show once (e.g. a URL that failed)
 
 
-
 # --------------------------------------------------------------------------- errors
 
 

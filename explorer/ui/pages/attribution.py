@@ -405,7 +405,7 @@ def render() -> None:
             ):
                 return
             res = _run(model, image, digest, method, target, used, options, allowed=True)
-        if method in ("gradcam", "gradxact"):
+        if METHODS[method].scores_are_grad_x_act:
             scores = res.channels  # gradient × activation summed over space, from the same pass
         else:
             scores = _run(model, image, digest, "gradxact", target, used, {}, allowed=True).channels  # type: ignore[union-attr]

@@ -11,9 +11,9 @@ import math
 import numpy as np
 import streamlit as st
 
-from explorer.cache import Cache, png_bytes
+from explorer.cache import png_bytes
 from explorer.featurevis import channel, contact_sheet
-from explorer.featurevis.store import KIND, cache_keys
+from explorer.featurevis.store import cached_mask
 from explorer.models import LoadedModel
 from explorer.ui.common import current_model, page_ref, show_error
 from explorer.ui.widgets.gallery import (
@@ -45,9 +45,8 @@ COLS = 8
 
 def cached_units(model: LoadedModel, layer: str, n_units: int, settings: RenderSettings) -> list[int]:
     """Units of `layer` whose channel image is in the disk cache for these settings (no file is read)."""
-    cache = Cache()
-    keys = cache_keys(model, [channel(layer, u) for u in range(n_units)], settings.resolved(), settings.seed)
-    return [u for u, k in enumerate(keys) if cache.paths(KIND, k)[0].exists()]
+    objs = [channel(layer, u) for u in range(n_units)]
+    return [u for u, hit in enumerate(cached_mask(model, objs, settings.resolved(), settings.seed)) if hit]
 
 
 def layer_zip(model: LoadedModel, layer: str, n_units: int, settings: RenderSettings) -> bytes:

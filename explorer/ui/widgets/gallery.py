@@ -24,12 +24,11 @@ import streamlit as st
 
 from explorer.cache import Cache, make_key
 from explorer.errors import ExplorerError
-from explorer.featurevis import PRESETS, Objective, Preset, get_preset, lookup, render_cached
-from explorer.featurevis.render import groups_of
+from explorer.featurevis import PRESETS, Objective, Preset, get_preset, render_cached
+from explorer.featurevis.store import plan_render
 from explorer.models import LoadedModel
 from explorer.ui.common import ARCH_KEY, SPEC_KEY, progress_callback
 
-TILE_BATCH = 8  # images stored (and shown) together on CPU; a Stop keeps every finished batch
 PLACEHOLDER = np.full((8, 8, 3), 236, dtype=np.uint8)  # a light grey square until a tile has its image
 
 # --------------------------------------------------------------------------- files
@@ -247,21 +246,6 @@ class Rendered:
         return all(im is not None for im in self.images)
 
 
-def pack_batches(model: LoadedModel, objectives: Sequence[Objective]) -> list[list[int]]:
-    """Indices in bounded batches (device-sized; a diversity group never split), each stored once complete.
-
-    On CPU a stored batch holds up to TILE_BATCH images; the render splits it into its own compute batches.
-    """
-    size = len(objectives) if model.device.type == "cuda" else min(len(objectives), TILE_BATCH)
-    batches: list[list[int]] = []
-    for group in groups_of(objectives):
-        if batches and len(batches[-1]) + len(group) <= size:
-            batches[-1].extend(group)
-        else:
-            batches.append(list(group))
-    return batches
-
-
 def render_signature(model: LoadedModel, objectives: Sequence[Objective], settings: RenderSettings) -> str:
     """What a Stop refers to: this model, these objectives, these settings (other work is not stopped)."""
     preset = settings.resolved()
@@ -316,21 +300,12 @@ def render_tiles(
     preset = settings.resolved()
     n = len(objectives)
     out = Rendered([None] * n, [None] * n, [None] * n)
-    todo: list[tuple[list[int], int]] = []  # (batch, images it must render)
-    for batch in [list(b) for b in batches] if batches is not None else pack_batches(model, objectives):
-        objs = [objectives[i] for i in batch]
-        entries = lookup(model, objs, preset, settings.seed, cache=cache)
-        missing = {j for j, e in enumerate(entries) if e is None}
-        for group in groups_of(objs):  # a group with any miss is rendered whole
-            if missing.intersection(group):
-                missing.update(group)
-        for j, (i, entry) in enumerate(zip(batch, entries, strict=True)):
-            if entry is not None and j not in missing:
-                curve = entry.meta.get("curve") or [float("nan")]
-                _fill(out, tiles, captions, i, entry.image(), entry.data, float(curve[-1]))
-                out.cached += 1
-        if missing:
-            todo.append((batch, len(missing)))
+    plan = plan_render(model, objectives, preset, settings.seed, batches=batches, cache=cache)
+    for i, entry in plan.hits.items():
+        curve = entry.meta.get("curve") or [float("nan")]
+        _fill(out, tiles, captions, i, entry.image(), entry.data, float(curve[-1]))
+    out.cached = len(plan.hits)
+    todo = plan.todo
     if not todo:
         return out
     slot = (status if status is not None else st).empty()
@@ -338,12 +313,12 @@ def render_tiles(
     signature = render_signature(model, objectives, settings)
     left, right = box.columns([6, 1], vertical_alignment="center")
     if stop_control(right, key, signature):
-        waiting = sum(m for _, m in todo)
+        waiting = plan.renders
         left.info(f"Stopped: {waiting} of {n} images are not rendered yet.", icon=":material/pause_circle:")
         right.button("Resume", key=f"{key}_resume", on_click=_resume, args=(key,), icon=":material/play_arrow:")
         out.stopped = True
         return out
-    total = sum(m for _, m in todo) * preset.steps
+    total = plan.renders * preset.steps
     bar = left.progress(0.0, text=f"Rendering {total // preset.steps} images ({settings.describe()})…")
     done_before = 0
     started = time.monotonic()
