@@ -4,11 +4,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must not spin while Streamlit waits
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # `explorer` importable however the app is started
-
 import streamlit as st  # noqa: E402
 
 from explorer.ui.common import current_model, model_indicator, show_error, show_notice  # noqa: E402

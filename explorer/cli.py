@@ -150,18 +150,6 @@ def print_json(obj: Any, file: IO[str] | None = None) -> None:
 # --------------------------------------------------------------------------- parser and entry point
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions whose message is for the user: ExplorerError, plus DataError if it is not (yet) one."""
-    kinds: list[type[BaseException]] = [ExplorerError]
-    try:
-        from explorer.data import DataError
-
-        kinds.append(DataError)
-    except ImportError:
-        pass
-    return tuple(kinds)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every discovered command registered."""
     import explorer.commands as commands_pkg
@@ -210,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except _user_errors() as exc:
+    except ExplorerError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USER
     except OSError as exc:  # a file the user named could not be read or written

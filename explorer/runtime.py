@@ -22,7 +22,7 @@ import torch
 class Progress(Protocol):
     """``progress(done, total, info)``: `done` of `total` units of work finished; `info` describes the latest."""
 
-    def __call__(self, done: int, total: int, info: Any = None, /) -> None: ...
+    def __call__(self, done: int, total: int, info: Any, /) -> None: ...
 
 
 StopSignal = Callable[[], bool] | Any  # a callable returning True to stop, or anything with is_set() (an Event)
@@ -32,9 +32,8 @@ def stop_requested(signal: StopSignal | None) -> Callable[[], bool]:
     """A no-argument check for `signal` (None: never stop)."""
     if signal is None:
         return lambda: False
-    if hasattr(signal, "is_set"):
-        return signal.is_set  # type: ignore[no-any-return]  # an Event's bound method
-    return signal  # type: ignore[no-any-return]
+    check: Callable[[], bool] = signal.is_set if hasattr(signal, "is_set") else signal  # an Event, or a callable
+    return check
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:

@@ -104,21 +104,6 @@ class AttributionResult:
             for n in (layers or self.layers)
         }
 
-    def heatmaps(
-        self, image: int = 0, scale: str | float | tuple[float, float] = "shared", *, mode: str | None = None,
-        cmap: str | None = None,
-    ) -> dict[str, Image.Image]:  # fmt: skip
-        """Layer → the map alone at the image's size, coloured on the chosen scale."""
-        mode = mode or self.display
-        scales = self.scale(scale, mode, image=image if scale in ("shared", "layer") else None)
-        size = tuple(self.images.shape[1:3])
-        out = {}
-        for n in self.layers:
-            m = self.maps[n][image]
-            m = m.abs() if mode == "abs" else (m.clamp_min(0) if mode == "positive" else m)
-            out[n] = ov.heatmap(m, *scales[n], cmap=cmap or ov.DEFAULT_CMAP[mode], size=size)  # type: ignore[arg-type]
-        return out
-
     def summary(self, image: int = 0, k: int = 5) -> dict[str, Any]:
         """A JSON-ready record: method, cost, target and, per layer, the raw magnitudes and top channels."""
         layers = {}

@@ -44,12 +44,6 @@ class StageMap:
     stages: list[Stage]
     note: str
 
-    def as_dict(self) -> dict[str, list[str]]:
-        return {s.name: list(s.blocks) for s in self.stages}
-
-    def representatives(self) -> dict[str, str]:
-        return {s.name: s.representative for s in self.stages}
-
     def stage_of(self, block: str) -> str | None:
         return next((s.name for s in self.stages if block in s.blocks), None)
 

@@ -130,27 +130,32 @@ def resize_head(module: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
         name = owners[0]
         old = module.get_submodule(name)
         w = state[f"{name}.weight"]
+        new: nn.Module | None = None
         if isinstance(old, nn.Linear) and w.shape[1] == old.in_features:
-            new: nn.Module = nn.Linear(old.in_features, w.shape[0], bias=old.bias is not None)
+            new = nn.Linear(old.in_features, w.shape[0], bias=old.bias is not None)
         elif isinstance(old, nn.Conv2d) and w.shape[1:] == old.weight.shape[1:]:
-            new = nn.Conv2d(
-                old.in_channels, w.shape[0], old.kernel_size, old.stride, old.padding, bias=old.bias is not None
-            )
-        else:
-            new = None  # type: ignore[assignment]
+            new = resized_conv(old, int(w.shape[0]))
         if new is not None:
             parent_name, _, child = name.rpartition(".")
             parent = module.get_submodule(parent_name) if parent_name else module
             setattr(parent, child, new)
             if hasattr(module, "num_classes"):
                 with contextlib.suppress(AttributeError):
-                    module.num_classes = int(w.shape[0])
+                    setattr(module, "num_classes", int(w.shape[0]))  # noqa: B010 (an attribute of some models only)
             return [f"{name}: {tuple(own[name + '.weight'].shape)} → {tuple(w.shape)}"]
     k = bad[0]
     raise ModelError(
         f"The checkpoint is for another architecture: {len(bad)} tensors have other shapes "
         f"(e.g. {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)})."
     )
+
+
+def resized_conv(old: nn.Conv2d, out_channels: int) -> nn.Conv2d:
+    """A fresh Conv2d like `old` (kernel, stride, padding, bias) with `out_channels` outputs: a resized 1×1 head."""
+    return nn.Conv2d(
+        old.in_channels, out_channels, old.kernel_size, old.stride, old.padding,  # type: ignore[arg-type]  # torch's own attributes
+        bias=old.bias is not None,
+    )  # fmt: skip
 
 
 def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:

@@ -11,7 +11,7 @@ from torch import nn
 from explorer.errors import ExplorerError, ModelError
 from explorer.models.checkpoint import load_into, read_checkpoint
 from explorer.models.loaded import LoadedModel, fingerprint, pick_device
-from explorer.models.sources import build_arch
+from explorer.models.sources import build_arch, rgb
 from explorer.models.specs import DEFAULT_SPEC, class_names, parse_spec
 
 
@@ -43,13 +43,14 @@ def load_model(
         built = build_arch(spec)
         pretrained = variant != "untrained"
     module = built.module.eval().to(dev)
-    input_size = tuple(meta.get("input_size", built.input_size))
+    h, w = (int(v) for v in meta.get("input_size", built.input_size))
+    input_size = (h, w)
     if kind == "file" and meta.get("freeze_after"):
         # a fine-tuned checkpoint keeps its freeze point, so the ladder shows which layers stayed frozen
         from explorer.transfer.freeze import apply_freeze
 
         try:
-            apply_freeze(module, meta["freeze_after"], input_size=input_size)  # type: ignore[arg-type]
+            apply_freeze(module, meta["freeze_after"], input_size=input_size)
         except ExplorerError as exc:  # a checkpoint must not load silently unfrozen
             raise ModelError(
                 f"{Path(name).name} says it was frozen after {meta['freeze_after']!r}, but that point does not fit "
@@ -61,9 +62,9 @@ def load_model(
         spec=spec,
         arch=arch_spec,
         description=built.description,
-        input_size=input_size,  # type: ignore[arg-type]
-        mean=tuple(meta.get("mean", built.mean)),  # type: ignore[arg-type]
-        std=tuple(meta.get("std", built.std)),  # type: ignore[arg-type]
+        input_size=input_size,
+        mean=rgb(meta.get("mean", built.mean)),
+        std=rgb(meta.get("std", built.std)),
         class_names=built.class_names,
         fingerprint=fingerprint(module),
         device=dev,

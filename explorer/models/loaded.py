@@ -102,7 +102,7 @@ class LoadedModel:
 
     def to_tensor01(self, image: Image.Image) -> torch.Tensor:
         """Resize (shorter side), centre-crop to the input size: a (3,H,W) float tensor in [0, 1]."""
-        resample = Image.BICUBIC if self.interpolation == "bicubic" else Image.BILINEAR
+        resample = Image.Resampling.BICUBIC if self.interpolation == "bicubic" else Image.Resampling.BILINEAR
         image = image.convert("RGB")
         w, h = image.size
         scale = self.resize_size / min(w, h)

@@ -19,6 +19,12 @@ from explorer.errors import ModelError
 from explorer.models.specs import BUNDLED, class_names, close_names, parse_spec
 
 
+def rgb(values: Any) -> tuple[float, float, float]:
+    """Three per-channel numbers (mean or std) as a tuple of floats."""
+    r, g, b = (float(v) for v in values)
+    return r, g, b
+
+
 @dataclass
 class Arch:
     module: nn.Module
@@ -63,11 +69,11 @@ def timm_arch(name: str, *, pretrained: bool, num_classes: int | None = None) ->
     return Arch(
         module=module,
         input_size=(int(size[0]), int(size[1])),
-        mean=tuple(float(m) for m in cfg.get("mean", (0.485, 0.456, 0.406))),  # type: ignore[arg-type]
-        std=tuple(float(s) for s in cfg.get("std", (0.229, 0.224, 0.225))),  # type: ignore[arg-type]
+        mean=rgb(cfg.get("mean", (0.485, 0.456, 0.406))),
+        std=rgb(cfg.get("std", (0.229, 0.224, 0.225))),
         resize_size=int(size[0] / crop),
         interpolation="bicubic" if interp == "bicubic" else "bilinear",
-        class_names=class_names(module.num_classes if hasattr(module, "num_classes") else 1000),
+        class_names=class_names(int(getattr(module, "num_classes", 1000))),
         description=f"timm {name}" + (" (pretrained)" if pretrained else " (untrained)"),
     )
 
@@ -76,7 +82,8 @@ def _hf_repo(name: str) -> str:
     try:
         import timm.models
 
-        return timm.models.get_pretrained_cfg(name).hf_hub_id or ""
+        cfg = timm.models.get_pretrained_cfg(name)
+        return (cfg.hf_hub_id if cfg is not None else None) or ""
     except Exception:  # no pretrained config: the message simply names no repository
         return ""
 
@@ -86,8 +93,9 @@ def _in_hf_cache(name: str) -> bool:
         import timm.models
         from huggingface_hub import try_to_load_from_cache
 
-        repo = timm.models.get_pretrained_cfg(name).hf_hub_id
-        return bool(repo) and any(
+        cfg = timm.models.get_pretrained_cfg(name)
+        repo = cfg.hf_hub_id if cfg is not None else None
+        return repo is not None and any(
             isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")
         )
     except Exception:  # any doubt: let timm try
@@ -156,8 +164,8 @@ def torchvision_arch(name: str, variant: str | None, *, load_weights: bool) -> A
     return Arch(
         module=module,
         input_size=(crop, crop),
-        mean=tuple(tf.mean),  # type: ignore[arg-type]
-        std=tuple(tf.std),  # type: ignore[arg-type]
+        mean=rgb(tf.mean),
+        std=rgb(tf.std),
         resize_size=int(tf.resize_size[0]),
         interpolation="bicubic" if "BICUBIC" in str(tf.interpolation) else "bilinear",
         class_names=class_names(1000, weights.meta.get("categories")),

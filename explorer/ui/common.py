@@ -36,21 +36,9 @@ NOTICE_KEY = "model_notice"  # session_state: a message about the model to show 
 # --------------------------------------------------------------------------- errors
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions whose message is written for the user (explorer.data's DataError may not subclass ours)."""
-    kinds: list[type[BaseException]] = [ExplorerError]
-    try:
-        from explorer.data import DataError
-
-        kinds.append(DataError)
-    except ImportError:  # explorer.data is optional for this module
-        pass
-    return tuple(kinds)
-
-
 def error_message(exc: BaseException) -> str:
     """The one sentence a user sees for `exc`; a generic one for bugs."""
-    if isinstance(exc, _user_errors()):
+    if isinstance(exc, ExplorerError):
         return str(exc)
     return f"Something went wrong ({type(exc).__name__}: {str(exc)[:200]}). The app is still running."
 
@@ -74,7 +62,7 @@ def shows_errors(fn: Callable[[], None]) -> Callable[[], None]:
 def show_error(exc: BaseException) -> None:
     """Show a user error as one st.error; an unexpected one also gets its traceback in a closed expander."""
     st.error(error_message(exc), icon=":material/error:")
-    if not isinstance(exc, _user_errors()):
+    if not isinstance(exc, ExplorerError):
         with st.expander("Details"):
             st.code("".join(traceback.format_exception(exc)), language="text")
 

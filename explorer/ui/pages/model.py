@@ -49,12 +49,6 @@ def timm_names(pattern: str) -> list[str]:
 # --------------------------------------------------------------------------- choosing a model
 
 
-def load_upload(name: str, data: bytes, arch: str | None) -> LoadedModel:
-    """Store an uploaded checkpoint (content-addressed) and make it the current model; raises ModelError."""
-    path = save_upload(name, data)
-    return set_current_model(str(path), arch or checkpoint_arch_hint(path))
-
-
 def _load_and_rerun(spec: str, arch: str | None = None) -> None:
     """Switch to the model, or show why not (the previous model stays selected)."""
     try:
