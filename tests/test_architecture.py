@@ -1,0 +1,138 @@
+"""The house rules that the source itself can be checked for (docs/architecture.md): read with `ast`, nothing run."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "explorer"
+
+
+def _modules() -> dict[str, tuple[Path, ast.Module]]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        name = name.removesuffix(".__init__")
+        out[name] = (path, ast.parse(path.read_text(encoding="utf-8")))
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path, tree: ast.Module) -> list[tuple[str, str | None]]:
+    """(module imported, name imported from it or None) for every import anywhere in the file."""
+    pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: list[tuple[str, str | None]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, None) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            for a in node.names:
+                full = f"{base}.{a.name}"
+                out.append((full, None) if full in MODULES else (base, a.name))
+    return out
+
+
+def _edges() -> dict[str, set[str]]:
+    edges: dict[str, set[str]] = {}
+    for name, (path, tree) in MODULES.items():
+        for target, _ in _imports(name, path, tree):
+            if target in MODULES and target != name:
+                edges.setdefault(name, set()).add(target)
+    return edges
+
+
+def test_no_import_circle_among_modules():
+    edges = _edges()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    circles: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                circles.append(sorted(comp))
+
+    for v in MODULES:
+        if v not in index:
+            visit(v)
+    assert circles == []
+
+
+def test_pages_never_import_pages():
+    found = [
+        f"{a} -> {b}"
+        for a, targets in _edges().items()
+        for b in targets
+        if a.startswith("explorer.ui.pages.") and b.startswith("explorer.ui.pages.")
+    ]
+    assert found == []
+
+
+def test_no_private_name_is_imported_from_another_module():
+    found = [
+        f"{name} <- {module}.{what}"
+        for name, (path, tree) in MODULES.items()
+        for module, what in _imports(name, path, tree)
+        if what and what.startswith("_") and not what.startswith("__") and module in MODULES and module != name
+    ]
+    assert found == []
+
+
+def test_streamlit_only_in_the_ui_package():
+    found = [
+        name
+        for name, (path, tree) in MODULES.items()
+        if not name.startswith("explorer.ui")
+        and any(target.split(".")[0] == "streamlit" for target, _ in _imports(name, path, tree))
+    ]
+    assert found == []
+
+
+def test_every_torch_load_refuses_pickled_code():
+    found = []
+    for name, (_, tree) in MODULES.items():
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "torch"
+                and not any(k.arg == "weights_only" and getattr(k.value, "value", None) is True for k in node.keywords)
+            ):
+                found.append(f"{name}:{node.lineno}")
+    assert found == []
+
+
+def test_every_package_says_what_it_owns():
+    missing = [
+        name for name, (path, tree) in MODULES.items() if path.name == "__init__.py" and not ast.get_docstring(tree)
+    ]
+    assert missing == []
