@@ -1,0 +1,38 @@
+"""The app around the pages: page config, navigation, the sidebar's model indicator and one-off notices.
+
+`app.py` calls `run_app()`; tests call `run_app(default="compare")` through `AppTest.from_function` to open the app on
+one page, exactly as a browser opening that page's URL would.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from explorer.ui.common import current_model, model_indicator, show_error, show_notice
+from explorer.ui.pages import page
+
+# One line per page: (module name in explorer/ui/pages/, title, icon), in the sidebar's order.
+PAGES = [
+    ("model", "Model", ":material/account_tree:"),
+    ("attribution", "Attribution", ":material/gradient:"),
+    ("progression", "Progression", ":material/timeline:"),
+    ("layer", "Layer", ":material/grid_view:"),
+    ("unit", "Unit", ":material/center_focus_strong:"),
+    ("finetune", "Fine-tune", ":material/model_training:"),
+    ("compare", "Compare", ":material/compare:"),
+]
+
+
+def run_app(default: str = "model") -> None:
+    """Draw the whole app; `default` is the page shown at the root URL (the Model page for users)."""
+    st.set_page_config(page_title="Layer Explorer", page_icon=":material/layers:", layout="wide")
+    pages = [page(name, title, icon, default=name == default) for name, title, icon in PAGES]
+    nav = st.navigation(pages, position="sidebar", expanded=True)
+    with st.sidebar:
+        st.markdown("### :material/layers: Layer Explorer")
+        try:
+            model_indicator(current_model())
+        except Exception as exc:  # the Model page still lets the user pick another model
+            show_error(exc)
+    show_notice()  # e.g. a link whose model could not be opened
+    nav.run()
