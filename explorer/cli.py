@@ -15,6 +15,7 @@ import importlib
 import json
 import pkgutil
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from typing import IO, Any
@@ -75,14 +76,14 @@ def load_model_arg(args: argparse.Namespace) -> Any:
 
 
 class _Bar:
-    """A progress callback `(done, total, preview)` drawing a tqdm bar on stderr; closes itself when done."""
+    """A progress callback `(done, total, info)` drawing a tqdm bar on stderr; closes itself when done."""
 
     def __init__(self, desc: str, file: IO[str] | None = None) -> None:
         self.desc = desc
         self.file = file
         self._bar: Any = None
 
-    def __call__(self, done: int, total: int, preview: Any = None) -> None:
+    def __call__(self, done: int, total: int, info: Any = None) -> None:
         from tqdm import tqdm
 
         if self._bar is None:
@@ -100,9 +101,32 @@ class _Bar:
             self._bar = None
 
 
-def progress_bar(desc: str) -> Progress:
-    """A progress callback for long work: a tqdm bar on stderr, so stdout stays clean for results."""
-    return _Bar(desc)
+class _Lines:
+    """A progress callback for logs, CI and pipes: one plain line at the start, every 10 %, and at the end."""
+
+    def __init__(self, desc: str, file: IO[str] | None = None, step: float = 0.1) -> None:
+        self.desc, self.file, self.step = desc, file, step
+        self._next = 0.0
+        self._started: float | None = None
+
+    def __call__(self, done: int, total: int, info: Any = None) -> None:
+        now = time.monotonic()
+        if self._started is None:
+            self._started = now
+        frac = done / total if total else 1.0
+        if frac + 1e-12 < self._next:
+            return
+        out = self.file or sys.stderr
+        print(f"{self.desc}: {frac:.0%} ({done}/{total}) · {now - self._started:.0f} s", file=out, flush=True)
+        self._next = 1.0 + 1.0 if frac >= 1.0 else (int(frac / self.step + 1e-9) + 1) * self.step
+
+
+def progress_bar(desc: str, file: IO[str] | None = None) -> Progress:
+    """A progress callback for long work on stderr (stdout stays clean for results): a tqdm bar in a terminal, a few
+    plain lines (start, every 10 %, end) when stderr is a log file, a pipe or CI."""
+    stream = file or sys.stderr
+    isatty = getattr(stream, "isatty", None)
+    return _Bar(desc, file) if isatty is not None and isatty() else _Lines(desc, file)
 
 
 def _cell(value: Any) -> str:

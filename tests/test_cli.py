@@ -246,13 +246,31 @@ def test_print_table_aligns_columns() -> None:
     assert lines[1].startswith("conv ") and lines[2].startswith("blocks.10.0 ")
 
 
-def test_progress_bar_draws_on_stderr_and_closes(capsys: pytest.CaptureFixture[str]) -> None:
-    progress = progress_bar("rendering")
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_in_a_terminal_is_a_tqdm_bar_that_closes() -> None:
+    err = _Terminal()
+    progress = progress_bar("rendering", file=err)
     for done in range(4):
         progress(done, 3, None)
-    captured = capsys.readouterr()
-    assert "rendering" in captured.err and captured.out == ""
+    assert "rendering" in err.getvalue() and "\r" in err.getvalue()  # tqdm redraws in place
     assert progress._bar is None  # type: ignore[attr-defined]  # closed once done reached total
+
+
+def test_progress_bar_in_a_log_writes_a_few_plain_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    progress = progress_bar("render conv_stem")  # stderr is captured: not a terminal
+    for done in range(769):
+        progress(done, 768, None)
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert captured.out == "" and "\r" not in captured.err
+    assert 2 <= len(lines) <= 12, lines  # start, every 10 %, end — not one line per step
+    assert lines[0].startswith("render conv_stem: 0% (0/768)") and lines[-1].startswith("render conv_stem: 100%")
+    percents = [int(line.split(": ")[1].split("%")[0]) for line in lines]
+    assert percents == sorted(percents) and all(b - a >= 10 for a, b in zip(percents[1:-1], percents[2:], strict=False))
 
 
 def test_load_model_arg_passes_model_arch_and_device(monkeypatch: pytest.MonkeyPatch) -> None:
