@@ -70,10 +70,47 @@ def show_error(exc: BaseException) -> None:
 # --------------------------------------------------------------------------- model cache
 
 
-def allowed_path(path: Path) -> bool:
-    """Files and folders a link may name: under the app's cache (runs, uploads, datasets) or the working folder."""
-    p = Path(path).expanduser().resolve()
-    return any(p.is_relative_to(root.expanduser().resolve()) for root in (cache_root(), Path.cwd()))
+DATA_ROOTS_VAR = "LAYER_EXPLORER_DATA_ROOTS"  # os.pathsep-separated folders the app may read; default below
+MAX_PATH_CHARS = 1024
+
+
+def data_roots() -> list[Path]:
+    """The folders a path typed into the app or named in a link may lie under: ``$LAYER_EXPLORER_DATA_ROOTS``
+    (separated by the system's path separator), else the working folder and the app's cache (uploads, runs,
+    extracted datasets, demos). The CLI, run by the machine's own user, is not fenced."""
+    env = os.environ.get(DATA_ROOTS_VAR, "").strip()
+    roots = [Path(p) for p in env.split(os.pathsep) if p.strip()] if env else [Path.cwd(), cache_root()]
+    return [r.expanduser().resolve() for r in roots]
+
+
+def fenced_path(text: str | Path, what: str = "The path") -> Path:
+    """`text` as a resolved path (``..`` and symbolic links followed), or an ExplorerError in one line when it lies
+    outside `data_roots()`, is too long, or cannot be a path."""
+    raw = str(text)
+    shown = raw if len(raw) <= 80 else raw[:77] + "…"
+    if len(raw) > MAX_PATH_CHARS:
+        raise ExplorerError(f"{what} is {len(raw):,} characters long; paths here have at most {MAX_PATH_CHARS:,}.")
+    if "\x00" in raw or not raw.strip():
+        raise ExplorerError(f"{what} {shown!r} is not a valid path.")
+    try:
+        resolved = Path(raw.strip()).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, an unreadable home folder
+        raise ExplorerError(f"{what} {shown!r} cannot be resolved on this server.") from None
+    if not any(resolved.is_relative_to(root) for root in data_roots()):
+        raise ExplorerError(
+            f"{what} {shown!r} is outside the folders this server shares; its operator can add folders to "
+            f"{DATA_ROOTS_VAR}."
+        )
+    return resolved
+
+
+def allowed_path(path: str | Path) -> bool:
+    """Whether the app may read `path` (see `fenced_path`)."""
+    try:
+        fenced_path(path)
+    except ExplorerError:
+        return False
+    return True
 
 
 def upload_dir() -> Path:
@@ -111,19 +148,17 @@ def get_model(spec: str, arch: str | None = None, device: str | None = None) -> 
     return _load(spec.strip(), (arch or "").strip() or None, str(device) if device else None, _content_key(spec))
 
 
-def _allowed_from_url(spec: str) -> bool:
-    """URL specs may name any bundled/torchvision/timm model, but only files under the app's folders or cwd."""
-    kind, name, _ = parse_spec(spec)
-    return kind != "file" or allowed_path(Path(name))
-
-
 def _spec_from_url() -> tuple[str, str | None]:
+    """The model a link names: any bundled/torchvision/timm spec, or a checkpoint file under `data_roots()`."""
     spec = st.query_params.get("model") or DEFAULT_SPEC
     arch = st.query_params.get("arch") or None
     try:
-        if not _allowed_from_url(spec):
-            raise ModelError(f"The link names a file outside the app's folders ({spec}); it was not opened.")
-    except ModelError as exc:
+        for value in (spec, arch or ""):
+            if len(value) > MAX_PATH_CHARS:
+                raise ModelError(f"The link's model is {len(value):,} characters long; it was not opened.")
+        if parse_spec(spec)[0] == "file":
+            fenced_path(spec, "The link's model file")
+    except ExplorerError as exc:
         st.session_state[NOTICE_KEY] = f"{exc} Showing {DEFAULT_SPEC} instead."
         return DEFAULT_SPEC, None
     return spec, arch
@@ -257,12 +292,12 @@ def checkpoint_arch_hint(path: str | Path) -> str | None:
 # --------------------------------------------------------------------------- progress
 
 
-def _preview_images(preview: Any) -> list[np.ndarray]:
+def preview_images(preview: Any) -> list[np.ndarray]:
     """Turn a preview (PIL, array or tensor; one image or a batch, CHW or HWC, [0,1] or uint8) into uint8 HWC."""
     if preview is None:
         return []
     if isinstance(preview, (list, tuple)):
-        return [im for p in preview for im in _preview_images(p)]
+        return [im for p in preview for im in preview_images(p)]
     if hasattr(preview, "detach"):
         preview = preview.detach().float().cpu().numpy()
     arr = np.asarray(preview)
@@ -319,7 +354,7 @@ def progress_callback(
         frac = min(max(at / whole, 0.0), 1.0) if whole else 0.0
         label = f"{text} {frac:.0%} · {now - started:.0f} s" if started is not None else f"{text} {at}/{whole}"
         bar.progress(frac, text=label)
-        images = _preview_images(preview) if on_preview is None else []
+        images = preview_images(preview) if on_preview is None else []
         if images and slot is not None:
             slot.image(images[:8], width=96)
 

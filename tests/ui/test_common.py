@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +12,18 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from explorer.errors import ExplorerError
 from explorer.layers import ladder
 from explorer.models import ModelError
-from explorer.ui.common import _preview_images, checkpoint_arch_hint, error_message, save_upload
+from explorer.ui.common import (
+    DATA_ROOTS_VAR,
+    allowed_path,
+    checkpoint_arch_hint,
+    error_message,
+    fenced_path,
+    preview_images,
+    save_upload,
+)
 from explorer.ui.pages.model import ladder_figure, ladder_frame
 from explorer.ui.widgets.figures import top_figure
 
@@ -62,15 +73,15 @@ def test_arch_hint_reads_safetensors_metadata_only_when_present(tmp_path):
         (None, 0, None),
     ],
 )
-def test_preview_images_become_uint8_hwc(preview, count, shape):
-    images = _preview_images(preview)
+def testpreview_images_become_uint8_hwc(preview, count, shape):
+    images = preview_images(preview)
     assert len(images) == count
     for im in images:
         assert im.dtype == np.uint8 and im.shape == shape
 
 
 def test_preview_floats_are_clipped_to_the_byte_range():
-    (im,) = _preview_images(np.array([[[-1.0, 0.5, 2.0]]]))
+    (im,) = preview_images(np.array([[[-1.0, 0.5, 2.0]]]))
     assert im.tolist() == [[[0, 128, 255]]]
 
 
@@ -103,3 +114,64 @@ def test_error_message_keeps_user_errors_and_wraps_bugs():
     assert error_message(ModelError("No such model.")) == "No such model."
     msg = error_message(KeyError("x"))
     assert "KeyError" in msg and "still running" in msg
+
+
+# --------------------------------------------------------------------------- paths the app may read
+
+
+@pytest.fixture
+def fenced(tmp_path, monkeypatch):
+    """A server whose operator shares only tmp/shared; a secret folder sits next to it."""
+    shared, secret = tmp_path / "shared", tmp_path / "secret"
+    (shared / "cats").mkdir(parents=True)
+    secret.mkdir()
+    (secret / "model.pt").write_bytes(b"x")
+    monkeypatch.setenv(DATA_ROOTS_VAR, str(shared))
+    return shared, secret
+
+
+def test_paths_inside_the_shared_folders_are_allowed(fenced):
+    shared, _ = fenced
+    assert fenced_path(shared / "cats") == (shared / "cats").resolve()
+    assert fenced_path(f"{shared}/cats/../cats") == (shared / "cats").resolve()
+    assert allowed_path(shared / "not-there-yet.pt")  # a missing file inside is the page's to report
+
+
+@pytest.mark.parametrize(
+    "trick",
+    [
+        "{shared}/../secret/model.pt",  # climbing out with ..
+        "{secret}/model.pt",  # an absolute path elsewhere
+        "/",  # the whole file system
+        "/etc/passwd",
+        "{shared}/cats/../../secret",
+        "~/.ssh/id_rsa",  # the server user's home
+        "{shared}/link-out/model.pt",  # a symbolic link inside that points outside
+    ],
+)
+def test_paths_outside_the_shared_folders_are_refused_in_one_line(fenced, trick):
+    shared, secret = fenced
+    (shared / "link-out").symlink_to(secret, target_is_directory=True)
+    path = trick.format(shared=shared, secret=secret)
+    with pytest.raises(ExplorerError) as info:
+        fenced_path(path, "The folder")
+    message = str(info.value)
+    assert "outside the folders this server shares" in message and "\n" not in message
+    assert not allowed_path(path)
+
+
+def test_absurd_paths_are_refused_without_touching_the_disk(fenced):
+    shared, _ = fenced
+    with pytest.raises(ExplorerError, match="characters long"):
+        fenced_path(str(shared / ("a" * 5000)))
+    with pytest.raises(ExplorerError, match="not a valid path"):
+        fenced_path(f"{shared}/x\x00y")
+    with pytest.raises(ExplorerError, match="not a valid path"):
+        fenced_path("   ")
+
+
+def test_default_roots_are_the_working_folder_and_the_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv(DATA_ROOTS_VAR, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert allowed_path(tmp_path / "data") and allowed_path(Path(os.environ["LAYER_EXPLORER_CACHE"]) / "runs")
+    assert not allowed_path(tmp_path.parent / "elsewhere")
