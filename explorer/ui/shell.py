@@ -9,10 +9,13 @@ from __future__ import annotations
 import streamlit as st
 
 from explorer.ui.common import current_model, model_indicator, show_error, show_notice
+from explorer.ui.i18n import language_switch
 from explorer.ui.pages import page
+from explorer.ui.tour import step_from_url, tour_panel
 
 # One line per page: (module name in explorer/ui/pages/, title, icon), in the sidebar's order.
 PAGES = [
+    ("start", "Start here", ":material/school:"),
     ("model", "Model", ":material/account_tree:"),
     ("attribution", "Attribution", ":material/gradient:"),
     ("progression", "Progression", ":material/timeline:"),
@@ -30,6 +33,10 @@ def run_app(default: str = "model") -> None:
     nav = st.navigation(pages, position="sidebar", expanded=True)
     with st.sidebar:
         st.markdown("### :material/layers: Layer Explorer")
+        language_switch()
+        step = step_from_url()
+        if step is not None:
+            tour_panel(step)
         try:
             model_indicator(current_model())
         except Exception as exc:  # the Model page still lets the user pick another model
