@@ -219,11 +219,13 @@ class Cache:
     @staticmethod
     def _drop_half(data_path: Path, meta_path: Path) -> None:
         """Delete what is left of an entry missing a file; a lone young payload may be a write in progress."""
-        if meta_path.exists():
-            _remove(meta_path, data_path)
-        with contextlib.suppress(OSError):
-            if time.time() - data_path.stat().st_mtime > ORPHAN_GRACE:
-                _remove(data_path)
+        record_there, payload_there = meta_path.exists(), data_path.exists()  # again: a writer may have finished
+        if record_there and not payload_there:
+            _remove(meta_path)
+        elif payload_there and not record_there:
+            with contextlib.suppress(OSError):
+                if time.time() - data_path.stat().st_mtime > ORPHAN_GRACE:
+                    _remove(data_path)
 
     def _account(self, nbytes: int) -> None:
         """Add a put's bytes to the running estimate; walk and evict when the estimate or the schedule says so."""
