@@ -20,9 +20,11 @@ folder that is not reserved. The reserved folders are never `Cache` kinds and ne
 nothing) bounds the derived entries, evicted least recently used first: an entry's last use is its record's
 mtime, which `Cache.get` touches on every hit (one ``utime``). Eviction is amortised: each process keeps a running
 estimate of the derived size per root (seeded from ``<root>/.cache-state.json``, which every walk rewrites) and
-adds each put's bytes; it walks the kind folders only when the estimate passes the bound, after ``WALK_EVERY``
-puts or ``WALK_MAX_AGE`` seconds, and then evicts down to ``LOW_WATER`` of the bound. Other processes' writes since
-the last walk are not in a process's estimate, so the bound can be overshot by what they wrote in between. Files
+adds each put's bytes; it walks the kind folders only when the estimate passes the bound, after writing
+``WALK_SLACK`` of the bound, or ``WALK_MAX_AGE`` seconds after the last walk, and evicts down to ``LOW_WATER`` of
+the bound. So a walk, whose cost grows with the number of entries, is paid once per the same share of the cache
+written, and the cost per put stays flat as the cache grows. Other processes' writes since the last walk are not in
+a process's estimate, so with P processes writing the bound can be overshot by about P × WALK_SLACK. Files
 that vanish during a walk (another process evicting) are skipped; half entries and temporary files older than
 ``ORPHAN_GRACE`` seconds (a crashed writer's) are removed by the walk.
 """
@@ -57,8 +59,8 @@ DEFAULT_MAX_GB = 5.0
 USER_DATA_DIRS = ("uploads", "runs", "datasets", "demo")  # never evicted; `clear(user_data=True)` only
 LINK_DIRS = ("subsets",)  # folders of links into user data: not Cache entries, left alone by eviction
 RESERVED_DIRS = frozenset(USER_DATA_DIRS + LINK_DIRS)
-WALK_EVERY = 256  # puts between walks of the kind folders (per process and root)
-WALK_MAX_AGE = 600.0  # seconds after which a put walks again however few puts there were
+WALK_SLACK = 0.05  # a process walks again after writing this share of the bound (and when over it)
+WALK_MAX_AGE = 600.0  # seconds after which a put walks again however little was written
 LOW_WATER = 0.9  # automatic eviction goes down to this fraction of the bound, so it does not run on every put
 ORPHAN_GRACE = 600.0  # half entries and temporary files younger than this may belong to a write in progress
 STATE_FILE = ".cache-state.json"
@@ -235,10 +237,10 @@ class Cache:
                 budget.seeded = True
                 budget.estimate, budget.walked_at = _read_state(self.root)
             budget.estimate += nbytes
-            budget.puts += 1
+            budget.written += nbytes
             due = (
                 budget.estimate > self.max_bytes
-                or budget.puts >= WALK_EVERY
+                or budget.written >= WALK_SLACK * self.max_bytes
                 or time.time() - budget.walked_at >= WALK_MAX_AGE
             )
             if not due or budget.walking:
@@ -247,12 +249,12 @@ class Cache:
         remaining = before
         try:
             remaining = _enforce(self.root, int(self.max_bytes * LOW_WATER), self.max_bytes).remaining_bytes
-        except OSError:  # an unreadable cache folder: try again after the next WALK_EVERY puts
+        except OSError:  # an unreadable cache folder: try again after the next WALK_SLACK of writes
             pass
         finally:
             with budget.lock:
                 budget.estimate = remaining + (budget.estimate - before)  # puts made during the walk
-                budget.puts, budget.walked_at, budget.walking = 0, time.time(), False
+                budget.written, budget.walked_at, budget.walking = 0, time.time(), False
 
 
 def _verified(record: Any, key: str, payload_name: str, data: bytes) -> dict[str, Any] | None:
@@ -302,7 +304,7 @@ class _Budget:
     lock: threading.Lock = field(default_factory=threading.Lock)
     seeded: bool = False
     estimate: int = 0
-    puts: int = 0
+    written: int = 0
     walked_at: float = 0.0
     walking: bool = False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from explorer.cache import (
     ORPHAN_GRACE,
     STATE_FILE,
     USER_DATA_DIRS,
-    WALK_EVERY,
+    WALK_SLACK,
     Cache,
     CacheError,
     cache_max_bytes,
@@ -171,8 +172,9 @@ def test_a_crashed_writers_leftovers_are_reaped_only_when_old(tmp_path):
     assert cache.get("scan", k, ".npy") is not None
 
 
-def test_walks_are_amortised_over_puts(tmp_path):
-    cache = Cache(tmp_path, max_bytes=10**9)
+def test_walks_are_amortised_over_what_is_written(tmp_path):
+    bound = 1_000_000
+    cache = Cache(tmp_path, max_bytes=bound)
     state = tmp_path / STATE_FILE
 
     def walked_at() -> float:
@@ -180,12 +182,15 @@ def test_walks_are_amortised_over_puts(tmp_path):
 
     cache.put("scan", key_of(0), payload(key_of(0)), {}, suffix=".npy")
     first = walked_at()  # a new root: the first put walks, to learn the size
-    for i in range(1, WALK_EVERY):
+    entry = cache_summary(tmp_path).derived_bytes
+    due = math.ceil(WALK_SLACK * bound / entry)  # the put whose bytes reach the slack since that walk
+    for i in range(1, due):
         cache.put("scan", key_of(i), payload(key_of(i)), {}, suffix=".npy")
         assert walked_at() == first, f"walked again at put {i}"
-    cache.put("scan", key_of(WALK_EVERY), payload(key_of(WALK_EVERY)), {}, suffix=".npy")
+    cache.put("scan", key_of(due), payload(key_of(due)), {}, suffix=".npy")
     assert walked_at() > first
-    assert json.loads(state.read_text())["derived_bytes"] == cache_summary(tmp_path).derived_bytes
+    on_disk_now = cache_summary(tmp_path).derived_bytes
+    assert json.loads(state.read_text())["derived_bytes"] == on_disk_now == (due + 1) * entry
 
 
 def test_a_new_process_starts_from_the_last_walk_instead_of_walking(tmp_path):
