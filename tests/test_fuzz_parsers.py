@@ -77,10 +77,11 @@ def run_fuzz(n: int, strategy: st.SearchStrategy, check: Callable[[Any], str], n
 # Phrases of the readers' messages, to count refusals by reason in the printed summary.
 REASONS = [
     "absolute path", "leaving the folder", "symbolic link", "special file", "password-protected", "zip bomb",
-    "more than the limit", "would expand", "beyond its declared size", "shorter than declared", "not a valid zip",
-    "could not be extracted", "no free folder name", "truncated or corrupt", "not an image", "over the limit",
-    "is empty", "colour mode", "unusable metadata", "not a readable", "holds no", "does not fit",
-    "another architecture", "carries no metadata", "Refused to load", "must be bundled", "Unknown", "not found",
+    "would expand", "entries, more than the limit", "beyond its declared size", "shorter than declared",
+    "not a valid zip", "could not be extracted", "no free folder name", "a file and a folder",
+    "truncated or corrupt", "not an image", "over the limit", "is empty", "colour mode",
+    "unusable metadata", "not a readable", "holds no", "does not fit", "another architecture",
+    "carries no metadata", "Refused to load", "must be bundled", "Unknown", "not found",
 ]  # fmt: skip
 
 
