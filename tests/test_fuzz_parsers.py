@@ -349,12 +349,12 @@ def members(draw: st.DrawFn, hostile: bool = False) -> dict[str, Any]:
     kinds = ["file", "dir", "symlink", "fifo", "encrypted", "nested", "bomb"] if hostile else ["file", "dir", "nested"]
     kind = draw(st.sampled_from(kinds))
     return {
-        "name": draw(member_names(hostile)),
+        "name": draw(member_names(hostile and draw(st.booleans()))),  # a hostile kind may have a plain name
         "kind": kind,
         "data": draw(st.binary(max_size=300)),
         "bomb": draw(st.integers(1 << 20, 3 << 20)),
         "compress": draw(st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])),
-        "declared": draw(SIZES if hostile else st.none()),  # a size written into the directory, not the real one
+        "declared": draw(st.none() | SIZES if hostile else st.none()),  # written into the directory instead
     }
 
 
@@ -371,8 +371,6 @@ def build_zip(entries: list[dict[str, Any]]) -> bytes:
                 data = f"../../../evil{MARK}".encode()
             elif e["kind"] == "fifo":
                 info.create_system, info.external_attr = 3, (stat.S_IFIFO | 0o644) << 16
-            elif e["kind"] == "encrypted":
-                info.flag_bits |= 0x1
             elif e["kind"] == "nested":
                 data = build_zip([{**e, "kind": "file", "name": f"../evil{MARK}.txt", "declared": None}])
             elif e["kind"] == "bomb":
@@ -380,15 +378,19 @@ def build_zip(entries: list[dict[str, Any]]) -> bytes:
             elif e["kind"] == "dir":
                 data = b""
             zf.writestr(info, data)
-            if e["declared"] is not None:
-                patches.append((info.filename, e["declared"]))
+            if e["declared"] is not None or e["kind"] == "encrypted":
+                patches.append((info.filename, e["declared"], e["kind"] == "encrypted"))
     raw = bytearray(buf.getvalue())
-    for filename, size in patches:  # lie about the uncompressed size in the central directory
+    for filename, size, encrypted in patches:  # what zipfile will not write: lies and an encryption flag
         at = raw.find(b"PK\x01\x02")
         while at != -1:
             n_name = struct.unpack("<H", raw[at + 28 : at + 30])[0]
             if raw[at + 46 : at + 46 + n_name] == filename.encode():
-                raw[at + 24 : at + 28] = struct.pack("<I", min(max(size, 0), 2**32 - 1))
+                if size is not None:  # the uncompressed size in the central directory
+                    raw[at + 24 : at + 28] = struct.pack("<I", min(max(size, 0), 2**32 - 1))
+                if encrypted:  # bit 0 of the flags, in the central directory and the local header
+                    raw[at + 8] |= 1
+                    raw[struct.unpack("<I", raw[at + 42 : at + 46])[0] + 6] |= 1
                 break
             at = raw.find(b"PK\x01\x02", at + 4)
     return bytes(raw)
