@@ -313,8 +313,8 @@ def test_load_model_on_mutated_checkpoints(n, base, real_checkpoint):
                 path.with_suffix(".json").write_bytes(sidecar)
             before = snapshot(folder)
             label, model = outcome(lambda: load_model(str(path), device="cpu"))
-            if model is not None:
-                assert model.arch == ARCH and len(model.input_size) == 2
+            if model is not None:  # a flip may leave a spec that still builds ("timm:test_resnet:tntrained")
+                assert model.arch.startswith("timm:") and len(model.input_size) == 2 and model.fingerprint
             assert snapshot(folder) == before
             return label
         finally:
