@@ -1,12 +1,32 @@
 """A content-addressed disk cache: what was computed is stored under a hash of everything that determined it.
 
-Each entry is a PNG (or another payload) and a JSON file side by side, ``<root>/<kind>/<ab>/<key>.png`` and
-``<key>.json``. The JSON holds the key's parts, any metadata, and the payload's SHA-256, so a half-written,
-truncated or edited file is detected and treated as a miss (then recomputed and overwritten), never served.
-Writes go to a temporary file in the same folder and are renamed into place (``os.replace``), so readers in
-other threads or processes see either the old entry or the new one, never a mix.
+Each entry is a payload (a PNG by default) and a JSON record side by side, ``<root>/<kind>/<ab>/<key>.png`` and
+``<key>.json`` (``<key>.meta.json`` when the payload is itself JSON). The record holds the key, the payload's file
+name, size and SHA-256, the metadata, and a SHA-256 of all of these, so a truncated, bit-flipped or edited payload
+or record, or half an entry, is detected on read, deleted and reported as a miss (then recomputed), never served.
+Writes go to a temporary file in the same folder and are renamed into place (``os.replace``), payload first, then
+the record that vouches for it; removal deletes the record first. Races between threads or processes can cost a
+recomputation, never wrong bytes.
 
 The root is ``$LAYER_EXPLORER_CACHE`` when set, else ``~/.cache/layer-explorer``.
+
+**Derived entries and user data.** Only `Cache` entries are derived, and only they are ever evicted or removed by
+`prune` and `clear`: an entry is recognised by its record, ``<kind>/<key[:2]>/<key>(.meta).json``, in a top-level
+folder that is not reserved. The reserved folders are never `Cache` kinds and never walked: ``USER_DATA_DIRS``
+(``uploads``, ``runs``, ``datasets``, ``demo``: what the user brought or trained, removed only by
+``clear(user_data=True)``) and ``subsets`` (the Compare page's folders of links into user data).
+
+**Size bound.** ``$LAYER_EXPLORER_CACHE_MAX_GB`` (default 5, decimal gigabytes, fractions allowed, 0 keeps
+nothing) bounds the derived entries, evicted least recently used first: an entry's last use is its record's
+mtime, which `Cache.get` touches on every hit (one ``utime``). Eviction is amortised: each process keeps a running
+estimate of the derived size per root (seeded from ``<root>/.cache-state.json``, which every walk rewrites) and
+adds each put's bytes; it walks the kind folders only when the estimate passes the bound, after writing
+``WALK_SLACK`` of the bound, or ``WALK_MAX_AGE`` seconds after the last walk, and evicts down to ``LOW_WATER`` of
+the bound. So a walk, whose cost grows with the number of entries, is paid once per the same share of the cache
+written, and the cost per put stays flat as the cache grows. Other processes' writes since the last walk are not in
+a process's estimate, so with P processes writing the bound can be overshot by about P × WALK_SLACK. Files
+that vanish during a walk (another process evicting) are skipped; half entries and temporary files older than
+``ORPHAN_GRACE`` seconds (a crashed writer's) are removed by the walk.
 """
 
 from __future__ import annotations
@@ -15,24 +35,66 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
+import re
+import shutil
 import tempfile
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from explorer.errors import ExplorerError
+
 ENV_VAR = "LAYER_EXPLORER_CACHE"
 DEFAULT_ROOT = Path("~/.cache/layer-explorer")
 KEY_VERSION = 1  # bump when the meaning of stored entries changes
+MAX_GB_VAR = "LAYER_EXPLORER_CACHE_MAX_GB"
+DEFAULT_MAX_GB = 5.0
+USER_DATA_DIRS = ("uploads", "runs", "datasets", "demo")  # never evicted; `clear(user_data=True)` only
+LINK_DIRS = ("subsets",)  # folders of links into user data: not Cache entries, left alone by eviction
+RESERVED_DIRS = frozenset(USER_DATA_DIRS + LINK_DIRS)
+WALK_SLACK = 0.05  # a process walks again after writing this share of the bound (and when over it)
+WALK_MAX_AGE = 600.0  # seconds after which a put walks again however little was written
+LOW_WATER = 0.9  # automatic eviction goes down to this fraction of the bound, so it does not run on every put
+ORPHAN_GRACE = 600.0  # half entries and temporary files younger than this may belong to a write in progress
+STATE_FILE = ".cache-state.json"
+
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_RECORD_FIELDS = frozenset({"key", "payload", "bytes", "sha256", "meta", "check"})
+_LEGACY_FIELDS = frozenset({"key", "sha256", "meta"})  # records written before the record checksum existed
+
+
+class CacheError(ExplorerError):
+    """A cache setting or request the user must fix, in one sentence."""
 
 
 def cache_root() -> Path:
     """The cache folder: ``$LAYER_EXPLORER_CACHE`` or ``~/.cache/layer-explorer`` (not created here)."""
     env = os.environ.get(ENV_VAR, "").strip()
     return Path(env).expanduser() if env else DEFAULT_ROOT.expanduser()
+
+
+def parse_gb(text: str, what: str = MAX_GB_VAR) -> int:
+    """Bytes from a size in decimal gigabytes (``"5"``, ``"0.5"``); CacheError naming `what` otherwise."""
+    try:
+        gb = float(str(text).strip())
+    except ValueError:
+        raise CacheError(f"{what} must be a number of gigabytes such as 5 or 0.5, not {text!r}.") from None
+    if not math.isfinite(gb) or gb < 0:
+        raise CacheError(f"{what} must be a finite number of gigabytes, 0 or more, not {text!r}.")
+    return int(gb * 1e9)
+
+
+def cache_max_bytes() -> int:
+    """The bound on derived entries: ``$LAYER_EXPLORER_CACHE_MAX_GB`` (default 5 GB) in bytes."""
+    text = os.environ.get(MAX_GB_VAR, "").strip()
+    return parse_gb(text) if text else int(DEFAULT_MAX_GB * 1e9)
 
 
 def _canonical(value: Any) -> Any:
@@ -76,6 +138,11 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _record_check(record: dict[str, Any]) -> str:
+    fields = {k: v for k, v in record.items() if k != "check"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 @dataclass
 class Entry:
     """A cache hit: the payload bytes exactly as stored, its metadata, and where it lives."""
@@ -92,42 +159,57 @@ class Entry:
 
 
 class Cache:
-    """A content-addressed store of payloads (PNG by default) with JSON metadata beside each."""
+    """A content-addressed store of payloads (PNG by default) with JSON records beside each, bounded in size."""
 
-    def __init__(self, root: str | Path | None = None) -> None:
+    def __init__(self, root: str | Path | None = None, max_bytes: int | None = None) -> None:
         self.root = Path(root).expanduser() if root is not None else cache_root()
+        self.max_bytes = cache_max_bytes() if max_bytes is None else int(max_bytes)  # read now: fail before work
 
     def paths(self, kind: str, key: str, suffix: str = ".png") -> tuple[Path, Path]:
-        """(payload path, JSON path) of an entry."""
+        """(payload path, JSON record path) of an entry."""
+        if not _NAME.fullmatch(kind) or kind in RESERVED_DIRS:
+            raise ValueError(f"{kind!r} is not a cache kind (letters, digits, - and _; not {sorted(RESERVED_DIRS)})")
+        if not _NAME.fullmatch(key):
+            raise ValueError(f"{key!r} is not a cache key (letters, digits, - and _)")
         folder = self.root / kind / key[:2]
         meta = f"{key}.meta.json" if suffix == ".json" else f"{key}.json"  # never the payload's own path
         return folder / f"{key}{suffix}", folder / meta
 
     def get(self, kind: str, key: str, suffix: str = ".png") -> Entry | None:
-        """The entry if present and intact; a damaged one is deleted and reported as a miss."""
+        """The entry if present and intact (marking it used); a damaged or half entry is deleted: a miss."""
         data_path, meta_path = self.paths(kind, key, suffix)
         try:
             data = data_path.read_bytes()
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            record = json.loads(meta_path.read_bytes())
         except FileNotFoundError:
+            self._drop_half(data_path, meta_path)
             return None
         except (OSError, ValueError):
-            self._discard(data_path, meta_path)
+            _remove(meta_path, data_path)
             return None
-        ok = isinstance(meta, dict) and meta.get("sha256") == hashlib.sha256(data).hexdigest()
-        if ok and suffix == ".png":
-            ok = _png_decodes(data)
-        if not ok:
-            self._discard(data_path, meta_path)
+        meta = _verified(record, key, data_path.name, data)
+        if meta is None:
+            _remove(meta_path, data_path)
             return None
-        return Entry(key=key, data=data, meta=meta.get("meta", {}), path=data_path)
+        with contextlib.suppress(OSError):  # last use, for eviction; a read-only cache still serves
+            os.utime(meta_path)
+        return Entry(key=key, data=data, meta=meta, path=data_path)
 
     def put(self, kind: str, key: str, data: bytes, meta: dict[str, Any] | None = None, suffix: str = ".png") -> Path:
-        """Store `data` with `meta` atomically (payload first, then the JSON that vouches for it)."""
+        """Store `data` with `meta` atomically (payload first, then the record), then keep the size bound."""
         data_path, meta_path = self.paths(kind, key, suffix)
-        record = {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "meta": _canonical(meta or {})}
+        record: dict[str, Any] = {
+            "key": key,
+            "payload": data_path.name,
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "meta": _canonical(meta or {}),
+        }
+        record["check"] = _record_check(json.loads(json.dumps(record)))  # as a reader will parse it
+        blob = json.dumps(record, indent=1).encode()
         _atomic_write(data_path, data)
-        _atomic_write(meta_path, json.dumps(record, indent=1).encode())
+        _atomic_write(meta_path, blob)
+        self._account(len(data) + len(blob))
         return data_path
 
     def put_image(self, kind: str, key: str, image: np.ndarray, meta: dict[str, Any] | None = None) -> Entry:
@@ -137,10 +219,61 @@ class Cache:
         return Entry(key=key, data=data, meta=_canonical(meta or {}), path=path)
 
     @staticmethod
-    def _discard(*paths: Path) -> None:
-        for p in paths:
+    def _drop_half(data_path: Path, meta_path: Path) -> None:
+        """Delete what is left of an entry missing a file; a lone young payload may be a write in progress."""
+        record_there, payload_there = meta_path.exists(), data_path.exists()  # again: a writer may have finished
+        if record_there and not payload_there:
+            _remove(meta_path)
+        elif payload_there and not record_there:
             with contextlib.suppress(OSError):
-                p.unlink()
+                if time.time() - data_path.stat().st_mtime > ORPHAN_GRACE:
+                    _remove(data_path)
+
+    def _account(self, nbytes: int) -> None:
+        """Add a put's bytes to the running estimate; walk and evict when the estimate or the schedule says so."""
+        budget = _budget(self.root)
+        with budget.lock:
+            if not budget.seeded:
+                budget.seeded = True
+                budget.estimate, budget.walked_at = _read_state(self.root)
+            budget.estimate += nbytes
+            budget.written += nbytes
+            due = (
+                budget.estimate > self.max_bytes
+                or budget.written >= WALK_SLACK * self.max_bytes
+                or time.time() - budget.walked_at >= WALK_MAX_AGE
+            )
+            if not due or budget.walking:
+                return
+            budget.walking, before = True, budget.estimate
+        remaining = before
+        try:
+            remaining = _enforce(self.root, int(self.max_bytes * LOW_WATER), self.max_bytes).remaining_bytes
+        except OSError:  # an unreadable cache folder: try again after the next WALK_SLACK of writes
+            pass
+        finally:
+            with budget.lock:
+                budget.estimate = remaining + (budget.estimate - before)  # puts made during the walk
+                budget.written, budget.walked_at, budget.walking = 0, time.time(), False
+
+
+def _verified(record: Any, key: str, payload_name: str, data: bytes) -> dict[str, Any] | None:
+    """The metadata of a record that vouches for exactly `data`, else None."""
+    if not isinstance(record, dict) or not isinstance(record.get("meta"), dict) or record.get("key") != key:
+        return None
+    fields = frozenset(record)
+    if fields == _RECORD_FIELDS:
+        if record["check"] != _record_check(record) or record["payload"] != payload_name:
+            return None
+        if record["bytes"] != len(data):
+            return None
+    elif fields != _LEGACY_FIELDS:
+        return None
+    if record["sha256"] != hashlib.sha256(data).hexdigest():
+        return None
+    if payload_name.endswith(".png") and not _png_decodes(data):
+        return None
+    return record["meta"]
 
 
 def _png_decodes(data: bytes) -> bool:
@@ -150,3 +283,280 @@ def _png_decodes(data: bytes) -> bool:
         return True
     except Exception:  # any decoder failure means a damaged entry
         return False
+
+
+def _remove(*paths: Path) -> int:
+    """Unlink files in order (record before payload), ignoring ones already gone; the bytes freed."""
+    freed = 0
+    for p in paths:
+        with contextlib.suppress(OSError):
+            size = p.stat().st_size
+            p.unlink()
+            freed += size
+    return freed
+
+
+# --------------------------------------------------------------------------- running size estimate
+
+
+@dataclass
+class _Budget:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    seeded: bool = False
+    estimate: int = 0
+    written: int = 0
+    walked_at: float = 0.0
+    walking: bool = False
+
+
+_BUDGETS: dict[str, _Budget] = {}
+_BUDGETS_LOCK = threading.Lock()
+
+
+def _budget(root: Path) -> _Budget:
+    with _BUDGETS_LOCK:
+        return _BUDGETS.setdefault(os.path.abspath(root), _Budget())
+
+
+def _read_state(root: Path) -> tuple[int, float]:
+    """(derived bytes, time) of the last walk by any process, or (0, 0.0): walk at the first put."""
+    try:
+        state = json.loads((root / STATE_FILE).read_bytes())
+        return int(state["derived_bytes"]), float(state["walked_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0, 0.0
+
+
+def _write_state(root: Path, derived: int) -> None:
+    if not root.is_dir():  # nothing cached yet: do not create the root just for this
+        return
+    with contextlib.suppress(OSError):
+        _atomic_write(root / STATE_FILE, json.dumps({"derived_bytes": derived, "walked_at": time.time()}).encode())
+
+
+# --------------------------------------------------------------------------- walking, eviction, summary
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """One complete entry found by a walk."""
+
+    kind: str
+    record: Path
+    payloads: tuple[Path, ...]
+    bytes: int
+    last_used: float
+
+
+@dataclass
+class _Walk:
+    entries: list[_Stored] = field(default_factory=list)
+    loose: list[tuple[str, Path, int, float]] = field(default_factory=list)  # (kind, file, bytes, mtime)
+
+    @property
+    def total(self) -> int:
+        return sum(e.bytes for e in self.entries) + sum(b for _, _, b, _ in self.loose)
+
+
+def _walk(root: Path) -> _Walk:
+    """Every derived entry, half entry and temporary file under `root`; vanishing files are skipped."""
+    out = _Walk()
+    for kind_dir in _scandir(root):
+        if kind_dir.name in RESERVED_DIRS or not _NAME.fullmatch(kind_dir.name) or not _is_dir(kind_dir):
+            continue
+        for shard in _scandir(Path(kind_dir.path)):
+            if len(shard.name) > 2 or not _is_dir(shard):
+                continue
+            groups: dict[str, dict[str, tuple[Path, int, float]]] = {}
+            for f in _scandir(Path(shard.path)):
+                try:
+                    if not f.is_file(follow_symlinks=False):
+                        continue
+                    st = f.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                info = (Path(f.path), st.st_size, st.st_mtime)
+                key = f.name.split(".", 1)[0]
+                if f.name.endswith(".tmp") and f.name.startswith("."):
+                    out.loose.append((kind_dir.name, *info))
+                elif key and key[:2] == shard.name and _NAME.fullmatch(key):
+                    groups.setdefault(key, {})[f.name] = info
+            for key, files in groups.items():
+                record = next((n for n in (f"{key}.meta.json", f"{key}.json") if n in files), None)
+                payloads = [files[n] for n in files if n != record]
+                if record is None or not payloads:
+                    out.loose.extend((kind_dir.name, *info) for info in files.values())
+                    continue
+                rec_path, rec_size, rec_time = files[record]
+                size = rec_size + sum(s for _, s, _ in payloads)
+                out.entries.append(_Stored(kind_dir.name, rec_path, tuple(p for p, _, _ in payloads), size, rec_time))
+    return out
+
+
+def _scandir(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError:  # gone, or not a folder
+        return []
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What an eviction did: entries evicted, half entries and temporary files removed, bytes freed and left."""
+
+    evicted: int
+    loose_removed: int
+    freed_bytes: int
+    remaining_bytes: int
+    max_bytes: int
+
+
+def _evict(walk: _Walk, target: int, now: float, loose_age: float) -> tuple[int, int, int]:
+    """Remove loose files older than `loose_age`, then entries by last use until the total is ≤ target."""
+    total, evicted, loose, freed = walk.total, 0, 0, 0
+    for _, path, size, mtime in walk.loose:
+        if now - mtime >= loose_age:
+            got = _remove(path)
+            loose += bool(got)
+            freed, total = freed + got, total - size
+    for e in sorted(walk.entries, key=lambda e: e.last_used):
+        if total <= target:
+            break
+        with contextlib.suppress(OSError):
+            if e.record.stat().st_mtime > e.last_used:  # used since the walk: keep it
+                continue
+        got = _remove(e.record, *e.payloads)
+        evicted += bool(got)
+        freed, total = freed + got, total - e.bytes
+    return evicted, loose, freed
+
+
+def _enforce(root: Path, target: int, max_bytes: int) -> PruneResult:
+    """Walk; when derived entries exceed `max_bytes`, evict down to `target`; always reap old loose files."""
+    walk = _walk(root)
+    goal = target if walk.total > max_bytes else walk.total
+    evicted, loose, freed = _evict(walk, goal, time.time(), ORPHAN_GRACE)
+    remaining = max(0, walk.total - freed)
+    _write_state(root, remaining)
+    return PruneResult(evicted, loose, freed, remaining, max_bytes)
+
+
+def prune(root: str | Path | None = None, max_bytes: int | None = None) -> PruneResult:
+    """Evict least recently used derived entries until they fit in `max_bytes` (default: the configured bound)."""
+    bound = cache_max_bytes() if max_bytes is None else int(max_bytes)
+    where = Path(root).expanduser() if root is not None else cache_root()
+    return _enforce(where, bound, bound)
+
+
+@dataclass(frozen=True)
+class ClearResult:
+    """What `clear` removed: derived entries, other loose cache files, user-data folders, and the bytes freed."""
+
+    entries: int
+    loose_removed: int
+    user_dirs: tuple[str, ...]
+    freed_bytes: int
+
+
+def clear(root: str | Path | None = None, *, user_data: bool = False) -> ClearResult:
+    """Remove every derived entry; with `user_data`, also uploads, runs, datasets, demo data and subset links.
+
+    Temporary files younger than ``ORPHAN_GRACE`` are kept: they belong to writes in progress. Folders of kinds
+    are kept (a writer may be about to use them); anything the cache does not know is never touched.
+    """
+    where = Path(root).expanduser() if root is not None else cache_root()
+    walk = _walk(where)
+    now = time.time()
+    halves = [item for item in walk.loose if not item[1].name.startswith(".")]
+    temps = [item for item in walk.loose if item[1].name.startswith(".")]
+    entries, loose, freed = _evict(_Walk(walk.entries, halves), -1, now, 0.0)
+    _, old_temps, freed_temps = _evict(_Walk(loose=temps), -1, now, ORPHAN_GRACE)
+    removed: list[str] = []
+    if user_data:
+        for name in USER_DATA_DIRS + LINK_DIRS:
+            folder = where / name
+            if folder.is_dir() and not folder.is_symlink():
+                size = _tree_usage(folder)[0]
+                shutil.rmtree(folder, ignore_errors=True)
+                if not folder.exists():
+                    removed.append(name)
+                    freed += size
+    _write_state(where, max(0, walk.total - freed - freed_temps))
+    return ClearResult(entries, loose + old_temps, tuple(removed), freed + freed_temps)
+
+
+@dataclass(frozen=True)
+class KindUsage:
+    """Disk use of one top-level folder of the cache."""
+
+    name: str
+    category: str  # "derived" (Cache entries, evictable), "user data" or "other"
+    bytes: int
+    entries: int  # complete Cache entries for derived kinds; files otherwise
+    incomplete: int = 0  # half entries and temporary files (derived kinds)
+
+
+@dataclass(frozen=True)
+class CacheSummary:
+    """Where the cache is, its bound, and what each top-level folder holds."""
+
+    root: Path
+    max_bytes: int
+    kinds: tuple[KindUsage, ...]
+
+    def total(self, category: str) -> int:
+        """Bytes in folders of one category ("derived", "user data", "other")."""
+        return sum(k.bytes for k in self.kinds if k.category == category)
+
+    @property
+    def derived_bytes(self) -> int:
+        """Bytes the bound applies to."""
+        return self.total("derived")
+
+    @property
+    def over_bound(self) -> bool:
+        """True when derived entries exceed the bound (the next walk will evict)."""
+        return self.derived_bytes > self.max_bytes
+
+
+def _tree_usage(folder: Path) -> tuple[int, int]:
+    """(bytes, files) under `folder`, links counted as themselves, vanishing files skipped."""
+    size = count = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                size += os.lstat(os.path.join(dirpath, name)).st_size
+                count += 1
+    return size, count
+
+
+def cache_summary(root: str | Path | None = None, max_bytes: int | None = None) -> CacheSummary:
+    """Size and entry count of each top-level folder, derived kinds first (walks the whole cache: seconds at most)."""
+    where = Path(root).expanduser() if root is not None else cache_root()
+    bound = cache_max_bytes() if max_bytes is None else int(max_bytes)
+    walk = _walk(where)
+    kinds: dict[str, KindUsage] = {}
+    for e in walk.entries:
+        k = kinds.get(e.kind, KindUsage(e.kind, "derived", 0, 0))
+        kinds[e.kind] = KindUsage(e.kind, "derived", k.bytes + e.bytes, k.entries + 1, k.incomplete)
+    for kind, _, size, _ in walk.loose:
+        k = kinds.get(kind, KindUsage(kind, "derived", 0, 0))
+        kinds[kind] = KindUsage(kind, "derived", k.bytes + size, k.entries, k.incomplete + 1)
+    for entry in _scandir(where):
+        if entry.name in kinds or entry.name.startswith(".") or not _is_dir(entry):
+            continue
+        if entry.name in RESERVED_DIRS or not _NAME.fullmatch(entry.name):
+            category = "user data" if entry.name in USER_DATA_DIRS else "other"
+            kinds[entry.name] = KindUsage(entry.name, category, *_tree_usage(Path(entry.path)))
+        else:  # a kind folder with no entries (left after eviction or clear)
+            kinds[entry.name] = KindUsage(entry.name, "derived", 0, 0)
+    order = {"derived": 0, "user data": 1, "other": 2}
+    return CacheSummary(where, bound, tuple(sorted(kinds.values(), key=lambda k: (order[k.category], k.name))))

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
-from explorer.cache import ENV_VAR, Cache, cache_root, make_key, png_bytes
+from explorer import featurevis as fv
+from explorer.cache import ENV_VAR, ORPHAN_GRACE, Cache, cache_root, make_key, png_bytes
+from explorer.featurevis import get_preset, render_cached
+from explorer.models import LoadedModel, fingerprint
 
 
 def _image(seed: int = 0) -> np.ndarray:
@@ -51,27 +60,197 @@ def test_miss_is_none(tmp_path):
     assert Cache(tmp_path).get("fv", "0" * 64) is None
 
 
-@pytest.mark.parametrize("damage", ["truncate_png", "garbage_png", "bad_json", "missing_json", "other_png"])
-def test_damaged_entry_is_a_miss_and_is_removed(tmp_path, damage):
+def _age(*paths: Path) -> None:
+    """Make files older than the grace given to writes in progress."""
+    past = time.time() - ORPHAN_GRACE - 60
+    for p in paths:
+        os.utime(p, (past, past))
+
+
+def _flip(data: bytes, index: int, bit: int = 0) -> bytes:
+    out = bytearray(data)
+    out[index] ^= 1 << bit
+    return bytes(out)
+
+
+def _flip_digit_in_meta(record: bytes) -> bytes:
+    """A single bit flip that keeps the record valid JSON: the first digit of a metadata value (2 ↔ 3, …)."""
+    start = record.index(b'"meta"')
+    i = next(i for i in range(start, len(record)) if record[i : i + 1].isdigit())
+    return _flip(record, i, 0)
+
+
+def _record_for_another_key(data: bytes, record: bytes) -> bytes:
+    """A record that is intact in itself and vouches for these very bytes, but under another key."""
+    with tempfile.TemporaryDirectory() as folder:
+        scratch = Cache(folder)
+        scratch.put("fv", "c" * 64, data, json.loads(record)["meta"])
+        return scratch.paths("fv", "c" * 64)[1].read_bytes()
+
+
+DAMAGE = {
+    "truncated payload": lambda data, record: (data[: len(data) // 2], record),
+    "truncated record": lambda data, record: (data, record[: len(record) // 2]),
+    "empty payload": lambda data, record: (b"", record),
+    "empty record": lambda data, record: (data, b""),
+    "wrong size": lambda data, record: (data + b"\0" * 7, record),  # a PNG with trailing bytes still decodes
+    "bit flip in payload": lambda data, record: (_flip(data, len(data) // 2, 3), record),
+    "bit flip in record": lambda data, record: (data, _flip_digit_in_meta(record)),
+    "payload missing": lambda data, record: (None, record),
+    "record missing": lambda data, record: (data, None),
+    "another entry's payload": lambda data, record: (png_bytes(_image(1)), record),
+    "record not an object": lambda data, record: (data, b"[1, 2]"),
+    "another entry's record": lambda data, record: (data, _record_for_another_key(data, record)),
+}
+
+PAYLOADS = {".png": png_bytes(_image()), ".json": b'{"layers": [1, 2, 3]}', ".npy": bytes(range(200))}
+
+
+def _write_damaged(cache: Cache, suffix: str, damage: str) -> tuple[Path, Path]:
+    key = "a" * 64
+    cache.put("fv", key, PAYLOADS[suffix], {"curve": [1.25, 2.5], "label": "x"}, suffix=suffix)
+    data_path, meta_path = cache.paths("fv", key, suffix)
+    data, record = DAMAGE[damage](data_path.read_bytes(), meta_path.read_bytes())
+    for path, content in ((data_path, data), (meta_path, record)):
+        if content is None:
+            path.unlink()
+        else:
+            path.write_bytes(content)
+    _age(*(p for p in (data_path, meta_path) if p.exists()))  # a crash long ago, not a write in progress
+    return data_path, meta_path
+
+
+@pytest.mark.parametrize("suffix", list(PAYLOADS))
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_entry_is_a_miss_is_removed_and_is_rewritten(tmp_path, damage, suffix):
+    cache = Cache(tmp_path)
+    data_path, meta_path = _write_damaged(cache, suffix, damage)
+    assert cache.get("fv", "a" * 64, suffix) is None
+    assert not data_path.exists() and not meta_path.exists()  # dropped whole, so the next put starts clean
+    cache.put("fv", "a" * 64, PAYLOADS[suffix], {"v": 2}, suffix=suffix)
+    hit = cache.get("fv", "a" * 64, suffix)
+    assert hit is not None and hit.data == PAYLOADS[suffix] and hit.meta == {"v": 2}
+
+
+def test_a_lone_young_payload_is_left_for_the_write_in_progress(tmp_path):
+    cache = Cache(tmp_path)
+    cache.put_image("fv", "a" * 64, _image(), {})
+    data_path, meta_path = cache.paths("fv", "a" * 64)
+    meta_path.unlink()  # as between a writer's two renames
+    assert cache.get("fv", "a" * 64) is None
+    assert data_path.exists()  # its record may be about to land
+    _age(data_path)
+    assert cache.get("fv", "a" * 64) is None
+    assert not data_path.exists()  # a crashed writer's leftover
+
+
+def test_every_single_bit_flip_of_a_record_is_detected(tmp_path):
+    cache = Cache(tmp_path)
+    key = "a" * 64
+    cache.put_image("fv", key, _image(), {"curve": [1.25, 2.5, -0.125], "label": "cat", "n": 12})
+    data_path, meta_path = cache.paths("fv", key)
+    data, record = data_path.read_bytes(), meta_path.read_bytes()
+    served = 0
+    for i in range(len(record)):
+        for bit in range(8):
+            data_path.write_bytes(data)
+            meta_path.write_bytes(_flip(record, i, bit))
+            served += cache.get("fv", key) is not None
+    assert served == 0, f"{served} of {len(record) * 8} flipped records were served"
+    assert len(record) > 300
+
+
+def test_a_bit_flip_in_any_byte_of_the_payload_is_detected(tmp_path):
     cache = Cache(tmp_path)
     key = "a" * 64
     cache.put_image("fv", key, _image(), {})
-    png, meta = cache.paths("fv", key)
-    if damage == "truncate_png":
-        png.write_bytes(png.read_bytes()[:40])
-    elif damage == "garbage_png":
-        png.write_bytes(b"not a png at all")
-    elif damage == "bad_json":
-        meta.write_text("{ this is not json")
-    elif damage == "missing_json":
-        meta.unlink()
-    else:  # a valid PNG that is not the one the JSON vouches for
-        png.write_bytes(png_bytes(_image(1)))
-    assert cache.get("fv", key) is None
-    if damage != "missing_json":
-        assert not png.exists()  # removed, so the next put starts clean
-    cache.put_image("fv", key, _image(), {})
-    assert cache.get("fv", key) is not None
+    data_path, meta_path = cache.paths("fv", key)
+    data, record = data_path.read_bytes(), meta_path.read_bytes()
+    for i in range(len(data)):
+        data_path.write_bytes(_flip(data, i, i % 8))
+        meta_path.write_bytes(record)
+        assert cache.get("fv", key) is None, f"byte {i} bit {i % 8}"
+
+
+def test_records_from_before_the_record_checksum_are_still_served(tmp_path):
+    cache = Cache(tmp_path)
+    data = png_bytes(_image())
+    data_path, meta_path = cache.paths("fv", "a" * 64)
+    data_path.parent.mkdir(parents=True)
+    data_path.write_bytes(data)
+    legacy = {"key": "a" * 64, "sha256": hashlib.sha256(data).hexdigest(), "meta": {"i": 1}}
+    meta_path.write_text(json.dumps(legacy, indent=1))
+    hit = cache.get("fv", "a" * 64)
+    assert hit is not None and hit.meta == {"i": 1}
+    meta_path.write_text(json.dumps({**legacy, "kez": 1}))  # an unknown field: not a record this code wrote
+    assert cache.get("fv", "a" * 64) is None
+
+
+def test_a_hit_marks_the_entry_used(tmp_path):
+    cache = Cache(tmp_path)
+    cache.put_image("fv", "a" * 64, _image(), {})
+    meta_path = cache.paths("fv", "a" * 64)[1]
+    _age(meta_path)
+    before = meta_path.stat().st_mtime
+    assert cache.get("fv", "a" * 64) is not None
+    assert meta_path.stat().st_mtime > before + ORPHAN_GRACE
+
+
+def test_reserved_folders_and_odd_names_are_not_kinds(tmp_path):
+    cache = Cache(tmp_path)
+    for kind in ("uploads", "runs", "datasets", "demo", "subsets", "../x", ".hidden", ""):
+        with pytest.raises(ValueError, match="not a cache kind"):
+            cache.put(kind, "a" * 64, b"x", {})
+    for key in ("../../etc", "a.b", ""):
+        with pytest.raises(ValueError, match="not a cache key"):
+            cache.get("fv", key)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- a real render through the cache
+
+
+def _tiny_model() -> LoadedModel:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+    ).eval()  # fmt: skip
+    return LoadedModel(
+        module=net, spec="test:tiny", arch="test:tiny", description="tiny", input_size=(32, 32),
+        mean=(0.5,) * 3, std=(0.25,) * 3, class_names=list("abc"), fingerprint=fingerprint(net),
+        device=torch.device("cpu"), resize_size=36,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_render_setup():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield _tiny_model(), get_preset("classic", steps=2, size=32), [fv.channel("2", c) for c in (0, 3)]
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_render_cached_serves_a_recomputed_image_after_damage(tmp_path, tiny_render_setup, damage):
+    model, preset, objs = tiny_render_setup
+    cache = Cache(tmp_path)
+    first = render_cached(model, objs, preset, seed=3, cache=cache)
+    assert not first.hits.any()
+    data_path, meta_path = cache.paths("featurevis", first.keys[1])
+    data, record = DAMAGE[damage](data_path.read_bytes(), meta_path.read_bytes())
+    for path, content in ((data_path, data), (meta_path, record)):
+        if content is None:
+            path.unlink()
+        else:
+            path.write_bytes(content)
+    _age(*(p for p in (data_path, meta_path) if p.exists()))
+    again = render_cached(model, objs, preset, seed=3, cache=cache)
+    assert list(again.hits) == [True, False]  # the damaged image was rendered again, the other served
+    assert again.png == first.png  # deterministic on one CPU thread: the recomputed image is the same
+    assert np.array_equal(again.images, first.images)
+    hit = cache.get("featurevis", first.keys[1])
+    assert hit is not None and hit.data == first.png[1]  # and the entry is whole again
 
 
 def test_write_leaves_no_temporary_files(tmp_path):

@@ -101,6 +101,11 @@ def _plan_zip(
         if not rel.parts or any(p.startswith(".") or p == "__MACOSX" for p in rel.parts):
             continue
         plan.append((info, rel))
+    files = {rel for info, rel in plan if not info.is_dir()}
+    folders = {parent for _, rel in plan for parent in rel.parents} | {rel for info, rel in plan if info.is_dir()}
+    clash = sorted(files & folders)
+    if clash:  # extracting would fail half-way with an OS error naming our temporary folder
+        raise DataError(f"{name} has a file and a folder both named {clash[0]}; refusing it.")
     return plan
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import pickle
 import re
 import warnings
@@ -63,6 +64,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             meta = json.loads(sidecar.read_text())
         except (OSError, ValueError):
             meta = {}
+        meta = meta if isinstance(meta, dict) else {}  # like unreadable JSON: not metadata we wrote
     if path.suffix.lower() == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
@@ -75,9 +77,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise ModelError(f"{path.name} is not a readable safetensors file (corrupt or truncated).") from exc
         if META_KEY in header:
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, TypeError):  # TypeError: JSON that is not an object
                 meta = {**json.loads(header[META_KEY]), **meta}
-        return tensors, meta
+        return tensors, check_metadata(meta, path.name)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; the error says it all
             warnings.simplefilter("ignore", UserWarning)
@@ -97,7 +99,44 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise ModelError(f"{path.name} is not a readable PyTorch checkpoint (corrupt or truncated).") from exc
     except Exception as exc:  # the unpickler fails in many ways on garbage (KeyError, struct.error, …)
         raise ModelError(f"{path.name} is not a readable PyTorch checkpoint (corrupt or truncated).") from exc
-    return unwrap_state_dict(obj, path.name), meta
+    return unwrap_state_dict(obj, path.name), check_metadata(meta, path.name)
+
+
+def _sizes(lo: int, hi: int, n: int) -> Any:
+    return lambda v: isinstance(v, list) and len(v) == n and all(type(x) is int and lo <= x <= hi for x in v)
+
+
+def _numbers(positive: bool) -> Any:
+    ok = (int, float)
+    return lambda v: (
+        isinstance(v, list)
+        and len(v) == 3
+        and all(type(x) in ok and math.isfinite(x) and (x > 0 or not positive) for x in v)
+    )
+
+
+# The metadata fields `load_model` uses, with the shape each must have (a checkpoint may carry more).
+_META_RULES: dict[str, tuple[Any, str]] = {
+    "arch": (lambda v: isinstance(v, str), "a model spec (text)"),
+    "base_spec": (lambda v: isinstance(v, str), "a model spec (text)"),
+    "freeze_after": (lambda v: isinstance(v, str), "a layer name (text)"),
+    "class_names": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of names"),
+    "input_size": (_sizes(16, 2048, 2), "two whole numbers of pixels between 16 and 2048"),
+    "resize_size": (lambda v: type(v) is int and 16 <= v <= 4096, "a whole number of pixels between 16 and 4096"),
+    "mean": (_numbers(positive=False), "three finite numbers"),
+    "std": (_numbers(positive=True), "three finite numbers above 0"),
+}
+
+
+def check_metadata(meta: dict[str, Any], name: str) -> dict[str, Any]:
+    """`meta` without null fields (null means absent) when every field the loader uses has a usable type and
+    range, else ModelError naming the field."""
+    meta = {k: v for k, v in meta.items() if not (v is None and k in _META_RULES)}
+    for key, (ok, what) in _META_RULES.items():
+        if key in meta and not ok(meta[key]):
+            shown = repr(meta[key]) if len(repr(meta[key])) <= 60 else repr(meta[key])[:57] + "..."
+            raise ModelError(f"{name} has unusable metadata: {key} must be {what}, not {shown}.")
+    return meta
 
 
 def unwrap_state_dict(obj: Any, name: str) -> dict[str, torch.Tensor]:
