@@ -20,7 +20,16 @@ from torch import nn
 import explorer.models.sources as sources
 from explorer.data import ASSETS_DIR, load_image
 from explorer.layers import hook_count, ladder
-from explorer.models import META_KEY, LoadedModel, ModelError, fingerprint, load_model, pick_device, read_checkpoint
+from explorer.models import (
+    META_KEY,
+    LoadedModel,
+    ModelError,
+    fingerprint,
+    load_model,
+    parse_spec,
+    pick_device,
+    read_checkpoint,
+)
 
 CATS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 SMALL = "torchvision:mobilenet_v3_small"  # the fastest torchvision model to build: the checkpoint tests use it
@@ -322,3 +331,9 @@ def test_package_exports_the_engines_lazily() -> None:
 
     with pytest.raises(AttributeError):
         explorer.no_such_thing  # noqa: B018
+
+
+@pytest.mark.parametrize("spec", ["timm:resnet18:untraned", "bundled:efficientnet_lite0:pretrained", "timm:x:DEFAULT"])
+def test_a_misspelt_variant_is_refused_instead_of_loading_pretrained_weights(spec: str) -> None:
+    with pytest.raises(ModelError, match="only ':untrained'"):
+        parse_spec(spec)

@@ -56,6 +56,11 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
         name, _, variant = rest.partition(":")
         if not name:
             raise ModelError(f"Model spec {spec!r} names no model after '{kind}:'.")
+        if kind != "torchvision" and variant not in ("", "untrained"):  # torchvision's variant names its weights
+            raise ModelError(
+                f"Model spec {spec!r}: after the name, {kind}: takes only ':untrained' (random weights), "
+                f"not {variant!r}; write {kind}:{name} for the pretrained weights."
+            )
         return kind, name, variant or None
     if Path(spec).suffix.lower() in CHECKPOINT_SUFFIXES or os.path.exists(spec):
         return "file", spec, None
