@@ -1,9 +1,9 @@
 """explorer.distributed: the atlas plan, the in-process back end, and (marked `ray`) a local Ray cluster.
 
 The Ray tests run a 2-CPU cluster in this process. The reference for every image is a serial `render_cached` in
-this process with one torch thread, as each CPU worker has (on CPU the pixels may differ by one level between
-thread counts). The model is timm's tiny test_efficientnet saved as a checkpoint, so every worker loads the same
-weights.
+this process with one torch thread, as each CPU worker has (on CPU, oneDNN's results depend on the thread count,
+so pixels may differ between thread counts). The model is timm's tiny test_efficientnet saved as a checkpoint, so
+every worker loads the same weights.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from explorer.distributed import (
     map_tasks,
     plan_atlas,
 )
-from explorer.featurevis import channel, render_cached
+from explorer.featurevis import channel, get_preset, render_cached
 from explorer.featurevis.store import KIND
 from explorer.models import LoadedModel, load_model
 
@@ -193,6 +193,19 @@ def test_ray_atlas_equals_serial_and_a_second_run_executes_nothing(
     again = atlas(tiny, pool=pool, chunk=3, cache=cache, **SETTINGS)
     assert again.executed == 0
     assert [r["rendered"] for r in again.rows] == [0, 0] and [r["cached"] for r in again.rows] == [16, 32]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_user_error_in_a_worker_arrives_as_one_sentence_and_the_pool_goes_on(pool: Pool) -> None:
+    preset = get_preset("classic", steps=1, size=32)
+    wrong = Task("atlas.render", {"layer": "blocks.0.0", "units": [0], "keys": ["0" * 64], "preset": preset, "seed": 0})
+    with pytest.raises(DistributedError) as err:
+        pool.map([wrong])
+    assert str(err.value).startswith("A worker computes other cache keys for blocks.0.0 than the driver")
+    assert "Traceback" not in str(err.value)
+    probe = Task("atlas.probe", {"layers": ["blocks.0.0"], "channels": {"blocks.0.0": 16}})
+    assert pool.map([probe, probe]).results == [{"chunks": {"blocks.0.0": CPU_CHUNK}}] * 2
 
 
 @pytest.mark.ray

@@ -32,6 +32,7 @@ class AtlasReport:
     seconds: float = 0.0
     workers: list[str] = field(default_factory=list)
     chunks: dict[str, int] = field(default_factory=dict)
+    busy_seconds: float = 0.0  # time workers spent inside tasks (see MapResult)
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -108,7 +109,9 @@ def atlas(
             widest = max((len(u) for u in plan.units.values()), default=1)
             chunk = widest if loaded.device.type == "cuda" else CPU_CHUNK
         run = run_local(plan.tasks(chunk, batch_size), loaded, progress, store)
-        return AtlasReport(plan, cache.root, run.executed, 0, time.perf_counter() - start, run.workers)
+        return AtlasReport(
+            plan, cache.root, run.executed, 0, time.perf_counter() - start, run.workers, {}, run.busy_seconds
+        )
     loaded = model if isinstance(model, LoadedModel) else _load(model, arch, "cpu")
     own = pool is None
     active = pool or Pool(
@@ -124,7 +127,9 @@ def atlas(
     finally:
         if own:
             active.close()
-    return AtlasReport(plan, cache.root, run.executed, run.retries, time.perf_counter() - start, run.workers, chunks)
+    return AtlasReport(
+        plan, cache.root, run.executed, run.retries, time.perf_counter() - start, run.workers, chunks, run.busy_seconds
+    )
 
 
 def _load(spec: str, arch: str | None, device: str | None) -> LoadedModel:

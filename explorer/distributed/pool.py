@@ -34,13 +34,18 @@ WAIT_S = 0.2
 
 @dataclass
 class MapResult:
-    """Each task's returned dict (in task order), how many tasks ran, how many reruns a dead worker cost."""
+    """Each task's returned dict (in task order), how many tasks ran, how many reruns a dead worker cost.
+
+    `busy_seconds` sums the time workers spent inside tasks: ``busy_seconds / (seconds × workers)`` is how busy
+    the scheduler kept them.
+    """
 
     results: list[dict[str, Any]]
     executed: int = 0
     retries: int = 0
     seconds: float = 0.0
     workers: list[str] = field(default_factory=list)
+    busy_seconds: float = 0.0
 
 
 @dataclass
@@ -105,12 +110,28 @@ class Pool:
         return _Slot(actor, actor.info.remote())
 
     def start(self) -> None:
-        """Start the workers (each loads the model); `map` calls this itself."""
-        if self._started:
-            return
-        self._hub = self._ray.remote(Hub).options(num_cpus=0).remote()
-        self._slots = [self._spawn() for _ in range(self.shape.count)]
-        self._started = True
+        """Start the workers (each loads the model), or top them up to the pool's size; `map` calls this itself."""
+        if not self._started:
+            self._hub = self._ray.remote(Hub).options(num_cpus=0).remote()
+            self._started = True
+        while len(self._slots) < self.shape.count:
+            self._slots.append(self._spawn())
+
+    def ready(self) -> list[WorkerInfo]:
+        """Start the workers and wait until each has loaded the model (to time work apart from start-up)."""
+        self.start()
+        for slot in list(self._slots):
+            if slot.ready is None:
+                continue
+            try:
+                info = self._ray.get(slot.ready)
+            except self._retryable() as exc:
+                raise DistributedError(f"A worker died while loading the model ({type(exc).__name__}).") from None
+            slot.ready = None
+            if info.error:
+                raise DistributedError(info.error)
+            slot.info = info
+        return self.workers
 
     def close(self) -> None:
         """Stop the workers (the cluster itself stays up)."""
@@ -148,11 +169,11 @@ class Pool:
             raise
 
     def _reset_busy(self) -> None:
-        """After a failed or interrupted map: workers still busy with its tasks are replaced by fresh ones."""
-        for i, s in enumerate(self._slots):
-            if s.task is not None:
-                self._kill(s.actor)
-                self._slots[i] = self._spawn()
+        """After a failed or interrupted map: workers still busy with its tasks are stopped (the next map starts
+        new ones in their place)."""
+        for s in [s for s in self._slots if s.task is not None]:
+            self._kill(s.actor)
+            self._slots.remove(s)
 
     def _run(
         self, tasks: list[Task], tracker: Tracker, on_result: OnResult | None, max_retries: int, start: float
@@ -160,7 +181,7 @@ class Pool:
         results: list[dict[str, Any] | None] = [None] * len(tasks)
         pending: deque[int] = deque(range(len(tasks)))
         attempts = [0] * len(tasks)
-        retries, executed, used = 0, 0, set()
+        retries, executed, used, busy = 0, 0, set(), 0.0
         last_ready = time.monotonic()
         while pending or any(s.task is not None for s in self._slots):
             for s in self._slots:  # keep every ready worker busy
@@ -212,6 +233,7 @@ class Pool:
                     raise
                 results[index] = out["value"]
                 executed += 1
+                busy += out["seconds"]
                 used.add(out["worker"])
                 if on_result is not None:
                     on_result(tasks[index], out["value"])
@@ -222,7 +244,8 @@ class Pool:
                     f"No worker could start within {self.start_timeout_s:.0f} s; the cluster may lack the resources "
                     f"one needs ({self.shape.num_cpus:g} CPU, {self.shape.num_gpus:g} GPU)."
                 )
-        return MapResult(results, executed, retries, time.perf_counter() - start, sorted(used))  # type: ignore[arg-type]
+        wall = time.perf_counter() - start
+        return MapResult(results, executed, retries, wall, sorted(used), busy)  # type: ignore[arg-type]
 
     def _replace(self, slot: _Slot, max_retries: int) -> None:
         """Put a new worker in a dead one's place (at most (max_retries + 1) × workers times in a pool's life)."""
@@ -288,10 +311,13 @@ def run_local(
     tasks = list(tasks)
     tracker = Tracker(tasks, progress)
     results = []
+    busy = 0.0
     for i, task in enumerate(tasks):
+        began = time.perf_counter()
         value = run_task(model, task, lambda done, total, _i=i: tracker.step(_i, done, total, "local"))
+        busy += time.perf_counter() - began
         results.append(value)
         if on_result is not None:
             on_result(task, value)
         tracker.finished(i, "local")
-    return MapResult(results, len(tasks), 0, time.perf_counter() - start, ["local"] if tasks else [])
+    return MapResult(results, len(tasks), 0, time.perf_counter() - start, ["local"] if tasks else [], busy)
