@@ -7,14 +7,17 @@
 
 CPU suite: the same channels of one block rendered (a) in-process as `python -m explorer atlas` does today, with
 torch.set_num_threads(2), and (b) by `explorer.distributed.atlas` on a local Ray cluster of 2 CPU workers with one
-thread each, pool already started (its start-up is printed apart). It prints both wall times and their ratio, how
-busy the scheduler kept the workers, and checks the Ray images against a serial in-process render with one thread
-(each worker's thread count; on CPU pixels may differ between thread counts).
+thread each, alternating, the pool started and warmed up first (start-up is printed apart). Then the same at one
+thread (in-process with 1 thread vs 1 worker), which isolates what Ray itself costs from how 2 threads scale. It
+prints wall times, ratios, how busy the scheduler kept the workers, and whether the Ray images equal a serial
+in-process render with one thread (each worker's thread count; on CPU pixels may differ between thread counts).
+Ray's workers run at nice 0 here, like this process (Ray's default is 15).
 
 GPU suite (one machine, every GPU on it):
-1. atlas: every block with a spatial output, its channels in the batch the Ray atlas would use (chunk by memory,
-   `explorer.distributed.atlas_tasks.probe_task`), timed for `--steps` steps; per-image-step time × channels ×
-   `--full-steps` gives the whole-network atlas time per GPU (renders are linear in steps and channels);
+1. atlas: for every block with a spatial output, one task of the batch the Ray atlas would use (chunk by memory,
+   `explorer.distributed.atlas_tasks.probe_task`), timed at `--steps` and `--steps` / 4 steps: a task costs
+   fixed + steps × per-step, so every task of the whole-network atlas at `--full-steps` steps, summed, gives its
+   time on one GPU;
 2. scaling: the same atlas subset on 1 Ray worker and on N (one per GPU; with one GPU, two workers sharing it),
    pools started before timing; efficiency = t1 / (N × tN). Skipped, saying so, when Ray is not installed;
 3. torch.compile on/off of the render step's floor (forward + backward of the BatchNorm-folded network truncated
@@ -24,6 +27,7 @@ GPU suite (one machine, every GPU on it):
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
@@ -67,7 +71,10 @@ def _checkpoint(model: LoadedModel, folder: Path) -> LoadedModel:
 
 
 def _ray_init(**resources: Any) -> Any:
+    """A local cluster whose workers run at this process's priority (Ray's default is nice 15: on a shared machine
+    they would yield to everything else, and the comparison with in-process would measure that)."""
     ray = require_ray()
+    os.environ.setdefault("RAY_worker_niceness", "0")
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, **resources)
     return ray
@@ -83,48 +90,61 @@ def _warm(pool: Pool) -> float:
 # --------------------------------------------------------------------------- CPU: overhead
 
 
+def _pair(
+    model: LoadedModel, root: Path, layer: str, n: int, steps: int, size: int, workers: int, rounds: int
+) -> tuple[list[float], list[float], Any, Any]:
+    """Alternate an in-process render at `workers` threads and a Ray atlas on `workers` 1-thread workers."""
+    objs = [channel(layer, u) for u in range(n)]
+    t_in, t_ray = [], []
+    with Pool(model, "auto", device="cpu", workers=workers) as pool:
+        t_start = _warm(pool)
+        warm = Cache(root / f"warm{workers}")  # one short task per worker, as in-process had a warm-up render
+        atlas(model, pool=pool, layers=[layer], per_layer=workers, steps=2, size=size, chunk=1, cache=warm)
+        for r in range(rounds):
+            torch.set_num_threads(workers)
+            t = time.perf_counter()
+            local = render_cached(
+                model, objs, "classic", steps=steps, size=size, cache=Cache(root / f"in{workers}-{r}")
+            )
+            t_in.append(time.perf_counter() - t)
+            torch.set_num_threads(1)  # the driver only waits
+            report = atlas(model, pool=pool, layers=[layer], per_layer=n, steps=steps, size=size,
+                           cache=Cache(root / f"ray{workers}-{r}"))  # fmt: skip
+            t_ray.append(report.seconds)
+            busy = report.busy_seconds / (report.seconds * len(report.workers))
+            print(f"  round {r + 1}: in-process 1 x {workers} thread(s) {t_in[-1]:7.2f} s, Ray {workers} worker(s) x 1 "
+                  f"thread {t_ray[-1]:7.2f} s ({report.executed} tasks of {report.chunks[layer]} channels on "
+                  f"{len(report.workers)} workers, busy {busy:.0%}): ratio {t_ray[-1] / t_in[-1]:.3f}")  # fmt: skip
+    print(f"  ({workers} worker(s) loaded the model in {t_start:.2f} s, not counted above)")
+    return t_in, t_ray, local, report
+
+
 def cpu_suite(a: argparse.Namespace, s: dict[str, Any]) -> None:
     model = load_model(a.model or s["model"], device="cpu")
     layer, n = a.layer or s["layer"], a.channels or s["channels"]
     steps, size = a.steps or s["steps"], a.size or s["size"]
-    objs = [channel(layer, u) for u in range(n)]
     print(f"# {model.spec}, {layer}: {n} channels, {size} px, {steps} steps, classic; {platform.processor() or ''} "
-          f"{torch.get_num_threads()} threads available, torch {torch.__version__}; {a.rounds} rounds, in-process "
-          f"and Ray alternating")  # fmt: skip
-    render(model, objs[:1], "classic", steps=2, size=size)  # warm-up
+          f"{torch.get_num_threads()} threads available, torch {torch.__version__}; load average "
+          f"{os.getloadavg()[0]:.1f}; {a.rounds} rounds, in-process and Ray alternating")  # fmt: skip
+    render(model, [channel(layer, 0)], "classic", steps=2, size=size)  # warm-up
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = _checkpoint(model, root)
-        torch.set_num_threads(1)
-        one = render_cached(model, objs, "classic", steps=steps, size=size, cache=Cache(root / "in1"))
         t = time.perf_counter()
         _ray_init(num_cpus=2, object_store_memory=200 * 2**20)
-        t_cluster = time.perf_counter() - t
-        t_in, t_ray, busy = [], [], []
-        with Pool(model, "auto", device="cpu", workers=2) as pool:
-            t_start = _warm(pool)
-            for r in range(a.rounds):
-                torch.set_num_threads(2)
-                t = time.perf_counter()
-                two = render_cached(model, objs, "classic", steps=steps, size=size, cache=Cache(root / f"in2-{r}"))
-                t_in.append(time.perf_counter() - t)
-                torch.set_num_threads(1)  # the driver only waits
-                report = atlas(model, pool=pool, layers=[layer], per_layer=n, steps=steps, size=size,
-                               cache=Cache(root / f"ray-{r}"))  # fmt: skip
-                t_ray.append(report.seconds)
-                busy.append(report.busy_seconds / (report.seconds * len(report.workers)))
-                print(f"round {r + 1}: in-process 1 x 2 threads {t_in[-1]:7.2f} s, Ray 2 workers x 1 thread "
-                      f"{t_ray[-1]:7.2f} s ({report.executed} tasks of {report.chunks[layer]} channels, workers busy "
-                      f"{busy[-1]:.0%}): ratio {t_ray[-1] / t_in[-1]:.3f}")  # fmt: skip
-        images = report.images(layer)
-    ratio = float(np.median(t_ray)) / float(np.median(t_in))
-    print(f"Ray start-up (not in the times above): cluster {t_cluster:.2f} s, 2 workers loading the model "
-          f"{t_start:.2f} s")  # fmt: skip
-    print(f"median: in-process {np.median(t_in):.2f} s, Ray {np.median(t_ray):.2f} s; ratio Ray / in-process "
-          f"{ratio:.3f} (overhead {ratio - 1:+.1%}; target <= +15 %)")  # fmt: skip
-    same = np.array_equal(images, one.images)
-    print(f"Ray images == serial 1-thread render, same seeds: {same}  (max |diff| vs the 2-thread render: "
-          f"{int(np.abs(images.astype(int) - two.images).max())})")  # fmt: skip
+        print(f"local Ray cluster started in {time.perf_counter() - t:.2f} s (not counted below)")
+        print("same total threads: 2")
+        in2, ray2, two, report2 = _pair(model, root, layer, n, steps, size, 2, a.rounds)
+        print("same compute: 1 thread (what Ray itself costs)")
+        in1, ray1, one, report1 = _pair(model, root, layer, n, steps, size, 1, a.rounds)
+        images = report2.images(layer), report1.images(layer)
+    for label, t_in, t_ray in (("2 threads", in2, ray2), ("1 thread", in1, ray1)):
+        ratio = float(np.median(t_ray)) / float(np.median(t_in))
+        print(f"median at {label}: in-process {np.median(t_in):.2f} s, Ray {np.median(t_ray):.2f} s; ratio Ray / "
+              f"in-process {ratio:.3f} (overhead {ratio - 1:+.1%}; target <= +15 %)")  # fmt: skip
+    same = all(np.array_equal(im, one.images) for im in images)
+    print(f"Ray images (2 and 1 workers) == serial 1-thread render, same seeds: {same}  (max |diff| vs the 2-thread "
+          f"render: {int(np.abs(images[0].astype(int) - two.images).max())})")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- GPU: atlas, scaling, compile

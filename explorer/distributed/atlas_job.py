@@ -88,6 +88,7 @@ def atlas(
     batch_size: int | None = None,
     progress: RunProgress | None = None,
     pool: Pool | None = None,
+    runtime_env: dict[str, Any] | None = None,
 ) -> AtlasReport:
     """Render every channel (or the first `per_layer`) of every block with a spatial output into the cache.
 
@@ -96,7 +97,8 @@ def atlas(
     GPU (see `Pool`); None renders here, one chunk after another. With Ray this process loads the model on its
     CPU only to list layers and compute keys; give a checkpoint path every node can read for a model that is not
     a named spec. `chunk`: channels per task (default 8 on CPU, by GPU memory on CUDA); `batch_size`: images per
-    render batch inside a task (default by device); `pool`: a `Pool` to reuse (left open).
+    render batch inside a task (default by device); `pool`: a `Pool` to reuse (left open); `runtime_env`: Ray's,
+    when joining a cluster whose nodes lack this project's code (e.g. ``{"working_dir": "."}``).
     """
     start = time.perf_counter()
     cache = cache or Cache()
@@ -116,7 +118,7 @@ def atlas(
     own = pool is None
     active = pool or Pool(
         loaded, ray or "auto", device=device, workers=workers, cpus_per_worker=cpus_per_worker,
-        gpus_per_worker=gpus_per_worker,
+        gpus_per_worker=gpus_per_worker, runtime_env=runtime_env,
     )  # fmt: skip
     try:
         plan = plan_atlas(loaded, cache=cache, device=active.device, **settings)
