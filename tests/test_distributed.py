@@ -141,6 +141,19 @@ def test_in_process_atlas_equals_the_serial_render(tiny: LoadedModel, serial: di
     assert again.executed == 0 and [r["cached"] for r in again.rows] == [16, 32]
 
 
+def test_cli_atlas_all_in_process(tiny: LoadedModel, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("LAYER_EXPLORER_CACHE", str(tmp_path))
+    base = ["atlas", "--model", tiny.spec, "--arch", TINY, "--device", "cpu", "--layers", "blocks.0.0", "--steps", "1",
+            "--size", "32"]  # fmt: skip
+    with one_thread():
+        assert main([*base, "--per-layer", "3"]) == 0
+        assert capsys.readouterr().out.split("\n")[1].split()[:3] == ["blocks.0.0", "3", "0"]
+        assert main([*base, "--all"]) == 0
+        assert capsys.readouterr().out.split("\n")[1].split()[:3] == ["blocks.0.0", "16", "3"]  # 3 were cached
+    assert main([*base, "--all", "--workers", "2"]) == 2
+    assert "add --ray auto" in capsys.readouterr().err
+
+
 def test_tasks_run_in_process_by_kind(tiny: LoadedModel) -> None:
     probe = Task("atlas.probe", {"layers": ["blocks.0.0"], "channels": {"blocks.0.0": 16}})
     assert map_tasks([probe], tiny).results == [{"chunks": {"blocks.0.0": CPU_CHUNK}}]
