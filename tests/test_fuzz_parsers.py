@@ -32,13 +32,13 @@ from typing import Any
 
 import pytest
 import torch
+from explorer.checkpoint import save_checkpoint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from explorer.checkpoint import save_checkpoint
 from explorer.data import ASSETS_DIR, load_image, safe_extract_zip
 from explorer.errors import ExplorerError
 from explorer.models import META_KEY, build_arch, load_model, read_checkpoint

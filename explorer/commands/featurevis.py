@@ -58,15 +58,29 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "atlas",
-        help="render K units of every block into the cache (for the app's pages)",
+        help="render K units (or all) of every block into the cache (for the app's pages), here or on Ray",
         description="Render the first K units of every block of the model into the cache, so the Progression "
-        "and Layer pages open instantly. With --out, also writes one contact sheet per block.",
+        "and Layer pages open instantly. With --out, also writes one contact sheet per block. Only images "
+        "missing from the cache are rendered. With --ray, (layer x channel chunk) tasks run on a Ray cluster, "
+        "one worker per GPU (pip install -r requirements-ray.txt).",
     )
     add_model_args(p)
-    p.add_argument("--per-layer", type=positive_int, default=8, help="units per block (default 8)")
+    units = p.add_mutually_exclusive_group()
+    units.add_argument("--per-layer", type=positive_int, default=8, help="units per block (default 8)")
+    units.add_argument("--all", action="store_true", help="every unit of every block (the whole network)")
     p.add_argument("--layers", default=None, help="comma-separated blocks (default: every block with a grid output)")
     _add_render_settings(p)
     p.add_argument("--out", type=Path, default=None, help="also write <layer>-sheet.png here")
+    ray = p.add_argument_group("Ray (optional)")
+    ray.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        default=None,
+        help="run on Ray: auto (this machine's cluster, else a new local one), local, or a cluster address; "
+        "--device then picks the workers' device",
+    )
+    ray.add_argument("--workers", type=positive_int, default=None, help="Ray workers (default: 1 per GPU or CPU)")
+    ray.add_argument("--chunk", type=positive_int, default=None, help="units per task (default: 8 CPU, by GPU memory)")
     p.set_defaults(func=cmd_atlas)
 
 
@@ -133,41 +147,64 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_atlas(args: argparse.Namespace) -> int:
+    from explorer.distributed import atlas_layers
     from explorer.featurevis.objectives import channel
     from explorer.featurevis.sheet import contact_sheet
     from explorer.featurevis.store import render_cached
-    from explorer.layers import ladder
 
     if args.per_layer < 1:
         raise ExplorerError("--per-layer must be at least 1.")
+    wanted = [w.strip() for w in args.layers.split(",") if w.strip()] if args.layers else None
+    if args.ray is None and (args.workers or args.chunk):
+        raise ExplorerError("--workers and --chunk set up Ray workers: add --ray auto (or a cluster address).")
+    if args.ray is not None:
+        return _atlas_on_ray(args, wanted)
     model = load_model_arg(args)
-    rows = [r for r in ladder(model, "blocks") if r.has_map]
-    if args.layers:
-        wanted = [w.strip() for w in args.layers.split(",") if w.strip()]
-        known = {r.name: r for r in rows}
-        missing = [w for w in wanted if w not in known]
-        if missing:
-            raise ExplorerError(f"{missing[0]} is not a block with a spatial output; see `python -m explorer layers`.")
-        rows = [known[w] for w in wanted]
     cache = _cache(args.no_cache)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     table = []
-    for row in rows:
-        units = list(range(min(args.per_layer, _channels_of(model, row.name))))
+    for name, n_units in atlas_layers(model, wanted):
+        units = list(range(n_units if args.all else min(args.per_layer, n_units)))
         start = time.perf_counter()
         result = render_cached(
-            model, [channel(row.name, u) for u in units], args.preset, seed=args.seed, steps=args.steps,
-            size=args.size, progress=progress_bar(row.name), batch_size=args.batch_size, cache=cache,
+            model, [channel(name, u) for u in units], args.preset, seed=args.seed, steps=args.steps,
+            size=args.size, progress=progress_bar(name), batch_size=args.batch_size, cache=cache,
         )  # fmt: skip
         if args.out:
             contact_sheet(result.images, [str(u) for u in units], cols=min(8, len(units))).save(
-                args.out / f"{row.name}-sheet.png"
+                args.out / f"{name}-sheet.png"
             )
         table.append(
-            {"layer": row.name, "units": len(units), "cached": int(result.hits.sum()),
+            {"layer": name, "units": len(units), "cached": int(result.hits.sum()),
              "seconds": round(time.perf_counter() - start, 1)}
         )  # fmt: skip
     print_table(table)
     print(f"cache: {cache.root}", file=sys.stderr)
+    return 0
+
+
+def _atlas_on_ray(args: argparse.Namespace, layers: list[str] | None) -> int:
+    """`atlas --ray`: the same images, rendered by (layer x chunk) tasks on Ray workers (explorer.distributed)."""
+    from explorer.distributed import atlas
+    from explorer.featurevis.sheet import contact_sheet
+
+    report = atlas(
+        args.model, arch=args.arch, layers=layers, per_layer=None if args.all else args.per_layer,
+        preset=args.preset, seed=args.seed, steps=args.steps, size=args.size, cache=_cache(args.no_cache),
+        ray=args.ray, device=args.device, workers=args.workers, chunk=args.chunk, batch_size=args.batch_size,
+        progress=progress_bar("atlas"),
+    )  # fmt: skip
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for layer, units in report.plan.units.items():
+            contact_sheet(report.images(layer), [str(u) for u in units], cols=min(8, len(units))).save(
+                args.out / f"{layer}-sheet.png"
+            )
+    print_table(report.rows)
+    print(
+        f"Ray: {report.executed} task(s) on {len(report.workers)} worker(s), {report.retries} rerun after a worker "
+        f"died, {report.seconds:.1f} s; cache: {report.cache_root}",
+        file=sys.stderr,
+    )
     return 0
