@@ -821,6 +821,21 @@ def format_table(title: str, rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _whole_run(sampler: RssSampler) -> dict[str, Any]:
+    """RSS from the server's start to the end: first sample after it answered, peak, and each phase's end."""
+    xs = [s for s in sampler.samples if s[1] > 0]
+    if not xs:
+        return {}
+    at = lambda t: min(xs, key=lambda s: abs(s[0] - t))[1]  # noqa: E731
+    peak = max(xs, key=lambda s: s[1])
+    return {
+        "first_mb": at(sampler.marks.get("warmup:start", 0)),
+        "peak_mb": peak[1],
+        "peak_t": peak[0],
+        "at_marks_mb": {name: at(t) for name, t in sampler.marks.items()},
+    }
+
+
 def _groups(entries: list[dict[str, Any]]) -> dict[str, int]:
     """Console errors counted by text and page, media file names folded (``/media/*.png``)."""
     fold = re.compile(r"/media/[0-9a-f]{16,}")
@@ -908,6 +923,7 @@ def summarize(bench: Bench, extra: dict[str, Any]) -> dict[str, Any]:
         "blocked_external_requests": dict(bench.blocked),
         "failed_local_requests": dict(sorted(bench.failed_requests.items(), key=lambda kv: -kv[1])[:30]),
         "rss": rss,
+        "rss_whole_run": _whole_run(bench.sampler),
         "rss_curve": [{"t": t, "rss_mb": r, "cpu_s": c} for t, r, c in bench.sampler.samples],
         "marks": m,
         "compare": bench.compare,
@@ -960,6 +976,11 @@ def print_report(result: dict[str, Any]) -> None:
                   f"({r['machine_busy_pct']} %: server, browser and anything else), 1-min load average "
                   f"{r['loadavg_1min_mean']}")  # fmt: skip
         print(f"  curve (s:MB): {rss_curve_text(result)}")
+        w = result["rss_whole_run"]
+        if w:
+            ends = ", ".join(f"{k.split(':')[0]} {v:.0f}" for k, v in w["at_marks_mb"].items() if k.endswith(":end"))
+            print(f"  whole run: {w['first_mb']:.0f} MB before the warm-up, peak {w['peak_mb']:.0f} MB at "
+                  f"{w['peak_t']:.0f} s; MB at each phase's end: {ends}")  # fmt: skip
     if "cold_check" in result:
         c = result["cold_check"]
         print(f"cold Progression: single user {_f(c['single_user_s'])} s · {len(c['users_s'])} users p50 "
