@@ -6,12 +6,16 @@ one page, exactly as a browser opening that page's URL would.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from explorer.ui.common import current_model, model_indicator, show_error, show_notice
 from explorer.ui.i18n import language_switch
 from explorer.ui.pages import page
 from explorer.ui.tour import step_from_url, tour_panel
+
+ICON = Path(__file__).resolve().parent / "icon.png"
 
 # One line per page: (module name in explorer/ui/pages/, title, icon), in the sidebar's order.
 PAGES = [
@@ -28,7 +32,8 @@ PAGES = [
 
 def run_app(default: str = "model") -> None:
     """Draw the whole app; `default` is the page shown at the root URL (the Model page for users)."""
-    st.set_page_config(page_title="Layer Explorer", page_icon=":material/layers:", layout="wide")
+    # A local icon: a :material/…: page icon makes every browser fetch the favicon from Google's font servers.
+    st.set_page_config(page_title="Layer Explorer", page_icon=str(ICON), layout="wide")
     pages = [page(name, title, icon, default=name == default) for name, title, icon in PAGES]
     nav = st.navigation(pages, position="sidebar", expanded=True)
     with st.sidebar:
