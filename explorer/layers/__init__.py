@@ -19,6 +19,7 @@ from explorer.layers.hooks import (
     forward_hooks,
     forward_until,
     hook_count,
+    not_run_error,
     resolve,
 )
 from explorer.layers.ladder import (
@@ -69,6 +70,7 @@ __all__ = [
     "is_transformer",
     "ladder",
     "layout_of",
+    "not_run_error",
     "resolve",
     "to_nchw",
     "trace",
