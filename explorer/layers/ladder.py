@@ -79,6 +79,7 @@ class LayerInfo:
             "layer": self.name,
             "type": self.type,
             "output": "×".join(str(s) for s in self.out_shape),
+            "layout": self.grid_layout.short(),
             "channels": self.channels,
             "stage": self.stage,
             "trainable": self.params_trainable,

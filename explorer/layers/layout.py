@@ -67,6 +67,17 @@ class Layout:
     def tokens(self) -> bool:
         return self.kind == "tokens"
 
+    def short(self) -> str:
+        """'NCHW 14×14', 'NHWC 56×56', 'tokens 14×14+1', 'vector', 'no grid': for tables."""
+        if self.kind == "none":
+            return "no grid"
+        if self.kind == "vector":
+            return "vector"
+        h, w = self.grid or (1, 1)
+        if self.kind == "tokens":
+            return f"tokens {h}×{w}" + (f"+{self.prefix}" if self.prefix else "")
+        return f"{self.kind.upper()} {h}×{w}"
+
     def problem(self, name: str = "") -> str:
         """'<name> works on windows of the image …': the reason as a sentence about the layer."""
         return f"{name or 'This layer'} {self.reason}" if self.kind == "none" else ""
