@@ -15,6 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -23,9 +24,15 @@ from explorer import featurevis as fv  # noqa: E402
 from explorer.models import load_model  # noqa: E402
 
 
+def ascii_text(text: str) -> str:
+    """PIL's default font has no dashes or multiplication sign."""
+    return text.replace("—", "-").replace("–", "-").replace("×", "x").replace("→", "->")
+
+
 def header(lines: list[str], width: int) -> Image.Image:
     """White strip with wrapped text lines, as wide as the sheet."""
     font = ImageFont.load_default(size=15)
+    lines = [ascii_text(line) for line in lines]
     wrapped = [w for line in lines for w in (textwrap.wrap(line, max(40, width // 8)) or [""])]
     strip = Image.new("RGB", (width, 10 + 20 * len(wrapped)), "white")
     draw = ImageDraw.Draw(strip)
@@ -43,6 +50,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
+    torch.manual_seed(args.seed)  # an untrained model's random weights: the same on every run
     model = load_model(args.model, device="cpu")
     stages = fv.stage_map(model)
     preset = fv.get_preset(args.preset, steps=args.steps)
@@ -50,14 +58,15 @@ def main() -> int:
     for st in stages.stages:
         objs = [fv.channel(st.representative, u) for u in range(args.per_stage)]
         res = fv.render_cached(model, objs, preset, seed=args.seed)
-        rows.append((f"{st.name}\n{st.representative}", list(res.images)))
+        short = st.representative.rsplit(".", 1)[-1] if len(st.representative) > 20 else st.representative
+        rows.append((f"{st.name}\n{short}", list(res.images)))
         print(f"{st.name}: {st.representative} ({time.perf_counter() - started:.0f} s)", flush=True)
     sheet = fv.labelled_rows(rows)
-    weights = "RANDOM weights (untrained: no pretrained weights here)" if not model.pretrained else "pretrained"
+    weights = f"RANDOM weights (untrained, torch seed {args.seed})" if not model.pretrained else "pretrained weights"
     lines = [
-        f"{model.spec} — {weights}",
+        f"{model.spec} - {weights}",
         f"preset {preset.name}: {preset.steps} steps, {preset.size} px image, seed {args.seed}; "
-        f"units 0–{args.per_stage - 1} of each stage's block; the network always sees {model.input_size[0]} px.",
+        f"units 0-{args.per_stage - 1} of each stage's block; the network always sees {model.input_size[0]} px.",
         stages.note,
     ]
     top = header(lines, sheet.width)
