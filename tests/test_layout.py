@@ -187,3 +187,43 @@ def test_a_fixed_size_model_refuses_other_sizes_in_one_sentence() -> None:
     with pytest.raises(InputSizeError, match=r"does not run on a 24×24 input \(Wrong image width!\)"):
         ladder(wrong)
     assert check_input_size(_wrap(Square(), 32), (48, 48)) is None  # a flexible model takes any size
+
+
+# --------------------------------------------------------------------------- the commands of the issue
+
+
+@pytest.mark.parametrize(
+    ("args", "wrote"),
+    [
+        (["--model", "torchvision:resnet18:untrained", "--layer", "layer3"], "layer3-sheet.png"),
+        (["--model", "torchvision:convnext_tiny:untrained", "--layer", "features.5"], "features.5-sheet.png"),
+        (["--model", "torchvision:vit_b_16:untrained", "--layer", "encoder.layers.encoder_layer_6", "--size", "224"],
+         "encoder.layers.encoder_layer_6-sheet.png"),
+    ],
+    ids=["resnet-stage", "convnext-stage", "vit-block"],
+)  # fmt: skip
+def test_render_command_on_containers_and_vit_blocks(args: list[str], wrote: str, tmp_path, monkeypatch) -> None:
+    from explorer.cli import main
+
+    monkeypatch.setenv("LAYER_EXPLORER_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert main(["render", *args, "--channels", "0-1", "--preset", "fast", "--steps", "1", "--out", str(out)]) == 0
+    assert (out / wrote).exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--layer", "heads.head", "--objective", "neuron"], "needs positions on a spatial map, and heads.head"),
+        (["--layer", "encoder.layers.encoder_layer_0.self_attention.out_proj"], "did not run in the forward pass"),
+    ],
+    ids=["neuron-on-a-vector", "never-runs"],
+)
+def test_render_command_bad_layers_give_one_line(args: list[str], says: str, tmp_path, monkeypatch, capsys) -> None:
+    from explorer.cli import main
+
+    monkeypatch.setenv("LAYER_EXPLORER_CACHE", str(tmp_path / "cache"))
+    cmd = ["render", "--model", "torchvision:vit_b_16:untrained", *args, "--steps", "1", "--out", str(tmp_path)]
+    assert main(cmd) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0] and "unexpected" not in err[0]
