@@ -84,6 +84,24 @@ def test_captum_per_layer_methods_run_on_token_and_channels_last_layers(method: 
         assert hook_count(model.module) == 0
 
 
+def test_integrated_gradients_on_token_blocks_stays_complete_with_the_class_token_apart() -> None:
+    model = _vit()
+    x = _x(1)
+    layers = ["conv_proj", "encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"]
+    res = attribute(model, x, layers, "ig", n_steps=64)
+    with torch.no_grad():
+        gap = float(
+            model.module(x)[0, res.target[0]] - model.module(model.normalize(torch.zeros_like(x)))[0, res.target[0]]
+        )
+    assert "conv_proj" not in res.prefix and set(res.prefix) == set(layers[1:])
+    for name in layers:
+        total = float(res.maps[name].sum()) + (float(res.prefix[name][0]) if name in res.prefix else 0.0)
+        assert abs(total - gap) < 1e-2 * max(1.0, abs(gap)), (name, total, gap)  # IG's completeness, all tokens
+        assert abs(float(res.delta[name][0])) < 1e-2
+    assert any("class token's own attribution" in note for note in res.notes)
+    assert "class_tokens" in res.summary()["layers"]["encoder.layers.encoder_layer_0"]
+
+
 def test_unavailable_methods_say_why_and_blocks_without_a_grid_are_skipped() -> None:
     model = _vit()
     problems = availability(model)

@@ -186,8 +186,17 @@ def attribute(
             res.delta[name] = out.delta
         if keep_raw and out.raw is not None:
             res.raw[name] = out.raw
+        if out.prefix is not None:
+            res.prefix[name] = out.prefix
     if m.one_pass and progress:
         progress(1, 1, None)
+    if res.prefix:
+        shares = [f"{n} {float(p[0]):+.3g}" for n, p in res.prefix.items()]
+        res.notes.append(
+            "The maps show the patch tokens; the class token's own attribution (first image) is apart: "
+            + ", ".join(shares)
+            + "."
+        )
     zero = [n for n, mp in res.maps.items() if float(mp.abs().max()) == 0.0] if m.needs_grad else []
     if zero and len(zero) == len(res.maps):
         res.notes.append(zero_maps_note(model))
@@ -232,7 +241,9 @@ def _per_layer(
     tgt = resolve_target(model, target, x.shape[0], logits).to(x.device)
     base = baseline_tensor(model, x, opt.baseline)
     twin = shadow(model.module, **m.shadow_options)
-    taps = tap_grids(twin, {i.name: i.grid_layout for i in infos})  # tokens and NHWC maps: Captum sees grids
+    # Ablation's patch mask needs a (N, C, h, w) grid: tokens and NHWC maps get a grid tap. The other methods
+    # attribute the layer's own output (every token, so completeness holds), read through its layout afterwards.
+    taps = tap_grids(twin, {i.name: i.grid_layout for i in infos}) if m.grid_tap else {i.name: i.name for i in infos}
     net = Logits(twin)
     outputs: dict[str, LayerOutput] = {}
     for done, info in enumerate(infos, 1):

@@ -162,12 +162,14 @@ def _batch_size(inputs: Any) -> int:
 
 @dataclass(frozen=True)
 class LayerOutput:
-    """What a method produced for one layer: (N, h, w) map, (N, C) channel scores, completeness error, full tensor."""
+    """What a method produced for one layer: (N, h, w) map, (N, C) channel scores, completeness error, full tensor,
+    and (token layers) the attribution carried by the class and register tokens, which the map leaves out."""
 
     map: torch.Tensor
     channels: torch.Tensor | None = None
     delta: torch.Tensor | None = None
     raw: torch.Tensor | None = None
+    prefix: torch.Tensor | None = None  # (N,)
 
 
 class Method:
@@ -218,13 +220,15 @@ class Method:
 
     # per-layer methods
     shadow_options: ClassVar[dict[str, bool]] = {}
+    grid_tap: ClassVar[bool] = False  # Captum must see the layer as a (N, C, h, w) grid (ablation's patch mask)
 
     def attribute_layer(
         self, net: torch.nn.Module, layer: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor,
         base: torch.Tensor, opt: Options, keep_raw: bool,
     ) -> LayerOutput:  # fmt: skip
         """This layer's attribution by a Captum layer method: `net` returns the class scores of a sanitised shadow
-        of the model, and `layer` is the shadow's module whose output is the layer's (N, C, h, w) grid."""
+        of the model, and `layer` is the shadow's module for it (its (N, C, h, w) grid tap when `grid_tap`, else the
+        layer itself, whose attribution is read through `info`'s layout)."""
         raise NotImplementedError
 
 
@@ -310,7 +314,7 @@ class IntegratedGradients(Method):
             _leaf(x), baselines=base, target=tgt, n_steps=opt.n_steps,
             internal_batch_size=captum_batch_size(opt, x.shape[0], self.per_image), return_convergence_delta=True,
         )  # fmt: skip
-        return _summed(attr, delta, keep_raw)
+        return _summed(attr, delta, keep_raw, info)
 
 
 class Conductance(Method):
@@ -334,7 +338,7 @@ class Conductance(Method):
             _leaf(x), baselines=base, target=tgt, n_steps=opt.n_steps,
             internal_batch_size=captum_batch_size(opt, x.shape[0], self.per_image), return_convergence_delta=True,
         )  # fmt: skip
-        return _summed(attr, delta, keep_raw)
+        return _summed(attr, delta, keep_raw, info)
 
 
 class DeepLift(Method):
@@ -358,12 +362,13 @@ class DeepLift(Method):
         attr, delta = LayerDeepLift(net, layer).attribute(
             _leaf(x), baselines=base, target=tgt, return_convergence_delta=True
         )
-        return _summed(attr, delta, keep_raw)
+        return _summed(attr, delta, keep_raw, info)
 
 
 class Ablation(Method):
     name, label = "ablation", "Feature ablation"
     summary = "Drop in the target score when a patch of the layer's output is set to zero."
+    grid_tap = True
 
     def layer_problem(self, info: LayerInfo) -> str | None:
         if info.out_shape and info.spatial is None:
@@ -396,13 +401,19 @@ def _leaf(x: torch.Tensor) -> torch.Tensor:
     return x.detach().clone().requires_grad_(True)
 
 
-def _summed(attr: torch.Tensor, delta: torch.Tensor | None, keep_raw: bool) -> LayerOutput:
-    attr = attr.detach()
+def _summed(attr: torch.Tensor, delta: torch.Tensor | None, keep_raw: bool, info: LayerInfo) -> LayerOutput:
+    """A Captum attribution of the layer's own output, read through its layout: the map and channel scores over the
+    grid (patch tokens), and what the class/register tokens carry apart (completeness holds over both)."""
+    attr = (attr[0] if isinstance(attr, (tuple, list)) else attr).detach()  # a layer returning (output, weights)
+    lay = info.grid_layout
+    grid = lay.to_grid(attr)
+    extra = lay.prefix_tokens(attr)
     return LayerOutput(
-        as_map(attr.sum(1)).float().cpu(),
-        channel_scores(attr).float().cpu(),
+        grid.sum(1).float().cpu(),
+        channel_scores(grid).float().cpu(),
         delta.detach().float().cpu() if delta is not None else None,
-        attr.float().cpu() if keep_raw else None,
+        grid.float().cpu() if keep_raw else None,
+        extra.sum(dim=(1, 2)).float().cpu() if extra is not None else None,
     )
 
 
