@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vision_transformer import VisionTransformer
 
-from explorer.attribution import attribute, availability, method_cost, resolve_layers, shadow
+from explorer.attribution import AttributionError, attribute, availability, method_cost, resolve_layers, shadow
 from explorer.attribution.sanitize import Logits, tap_grids
 from explorer.errors import ModelError
 from explorer.layers import hook_count, layout_of, resolve
@@ -165,3 +165,23 @@ def test_a_forward_returning_a_dict_or_a_tuple_is_used_or_refused_in_one_sentenc
         ) as err:
             attribute(model, x, ["conv"], "gradcam")
         assert "\n" not in str(err.value)
+
+
+def test_unit_attribution_on_a_token_layer_ranks_by_the_patch_tokens() -> None:
+    from explorer.attribution import unit_attribution
+
+    model = _vit()
+    x = _x(2)
+    res = unit_attribution(model, x, "encoder.layers.encoder_layer_1", 3)
+    tokens = forward_until_tokens(model, "encoder.layers.encoder_layer_1", x)
+    assert res.maps.shape == (2, 32, 32) and float(res.maps.abs().sum()) > 0
+    assert torch.allclose(res.values, tokens[:, 1:, 3].amax(1))  # the patch tokens' maximum, class token left out
+    with pytest.raises(AttributionError, match="16 channels; channel 99"):
+        unit_attribution(model, x, "encoder.layers.encoder_layer_1", 99)
+
+
+def forward_until_tokens(model: LoadedModel, layer: str, x: torch.Tensor) -> torch.Tensor:
+    from explorer.layers import forward_until
+
+    with torch.no_grad():
+        return forward_until(model.module, layer, x)  # `x` is already normalised, as `attribute` takes it

@@ -69,9 +69,10 @@ def unit_attribution(
     if lay.kind == "none":
         raise AttributionError(lay.problem(layer))
     with torch.no_grad():
-        out = lay.to_grid(forward_until(twin, layer, x))
-    if not 0 <= channel < out.shape[1]:
-        raise AttributionError(f"Layer {layer} has {out.shape[1]} channels; channel {channel} is out of range.")
+        raw = forward_until(twin, layer, x)
+    channels = lay.to_grid(raw).shape[1]
+    if not 0 <= channel < channels:
+        raise AttributionError(f"Layer {layer} has {channels} channels; channel {channel} is out of range.")
 
     def unit(act: torch.Tensor) -> torch.Tensor:
         a = lay.to_grid(act)[:, channel].reshape(act.shape[0], -1)
@@ -91,4 +92,4 @@ def unit_attribution(
             internal_batch_size=ibs,
         )  # fmt: skip
         maps = attr.detach().sum(1)
-    return UnitAttribution(layer, channel, method, maps.float().cpu(), unit(out).float().cpu(), images01)
+    return UnitAttribution(layer, channel, method, maps.float().cpu(), unit(raw).float().cpu(), images01)
