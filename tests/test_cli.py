@@ -81,7 +81,7 @@ def test_layers_table_and_totals(
     assert main(["layers"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     header = lines[1].split()
-    assert header == ["order", "layer", "type", "output", "channels", "stage", "trainable", "frozen"]
+    assert header == ["order", "layer", "type", "output", "layout", "channels", "stage", "trainable", "frozen"]
     body = lines[2:-1]
     assert len(body) == 20
     assert body[0].split()[1] == "conv_stem" and body[-1].split()[1] == "classifier"

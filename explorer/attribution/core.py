@@ -28,8 +28,9 @@ from explorer.attribution.methods import (
     method_cost,
 )
 from explorer.attribution.result import AttributionResult
-from explorer.attribution.sanitize import shadow
-from explorer.layers import LayerInfo, capture
+from explorer.attribution.sanitize import Logits, shadow, tap_grids
+from explorer.layers import LayerInfo, capture, resolve
+from explorer.models import logits_of
 from explorer.runtime import Progress
 
 # --------------------------------------------------------------------------- inputs and targets
@@ -120,7 +121,7 @@ def one_pass(
     if xg.is_cuda:
         xg = xg.contiguous(memory_format=torch.channels_last)
     with torch.set_grad_enabled(grads), capture(model.module, list(layers), grads=grads) as cap:
-        logits = model.module(xg)
+        logits = logits_of(model.module(xg))
     tgt = resolve_target(model, target, x.shape[0], logits).to(logits.device)
     if grads:
         score = logits.gather(1, tgt[:, None]).sum()
@@ -174,7 +175,7 @@ def attribute(
         which = "first" if m.one_pass else "last (as Captum does)"
         res.notes.append(f"{', '.join(reused)} run several times per forward; their {which} call is used.")
     if m.one_pass:
-        outputs, logits, tgt = _one_pass(m, model, x, names, target, keep_raw)
+        outputs, logits, tgt = _one_pass(m, model, x, infos, target, keep_raw)
     else:
         outputs, logits, tgt = _per_layer(m, model, x, infos, target, opt, keep_raw, progress)
     for name, out in outputs.items():
@@ -185,8 +186,27 @@ def attribute(
             res.delta[name] = out.delta
         if keep_raw and out.raw is not None:
             res.raw[name] = out.raw
+        if out.prefix is not None:
+            res.prefix[name] = out.prefix
     if m.one_pass and progress:
         progress(1, 1, None)
+    if res.prefix:
+        shares = [f"{n} {float(p[0]):+.3g}" for n, p in res.prefix.items()]
+        res.notes.append(
+            "The maps show the patch tokens; the class token's own attribution (first image) is apart: "
+            + ", ".join(shares)
+            + "."
+        )
+    zero = [n for n, mp in res.maps.items() if float(mp.abs().max()) == 0.0] if m.needs_grad else []
+    if zero and len(zero) == len(res.maps):
+        res.notes.append(zero_maps_note(model))
+    else:
+        unread = [i.name for i in infos if i.name in zero and i.grid_layout.tokens and i.grid_layout.prefix]
+        if unread:
+            res.notes.append(
+                f"{', '.join(unread)}: zero, because after {'these blocks' if len(unread) > 1 else 'this block'} "
+                "the classifier reads only the class token, so the patch tokens get no gradient."
+            )
     res.target = [int(t) for t in tgt.tolist()]
     res.logits = logits.float().cpu() if logits is not None else None
     res.seconds = time.perf_counter() - started
@@ -194,11 +214,17 @@ def attribute(
 
 
 def _one_pass(
-    m: Method, model: Any, x: torch.Tensor, names: list[str], target: Any, keep_raw: bool
+    m: Method, model: Any, x: torch.Tensor, infos: list[LayerInfo], target: Any, keep_raw: bool
 ) -> tuple[dict[str, LayerOutput], torch.Tensor | None, torch.Tensor]:
-    """Every layer from one forward (and backward) with hooks, reduced by the method."""
-    acts, grads, logits, tgt = one_pass(model, x, names, target, grads=m.needs_grad)
-    outputs = {name: m.reduce(acts[name], grads.get(name), keep_raw) for name in names}
+    """Every layer from one forward (and backward) with hooks, read as grids by its layout, reduced by the method."""
+    acts, grads, logits, tgt = one_pass(model, x, [i.name for i in infos], target, grads=m.needs_grad)
+    outputs = {}
+    for info in infos:
+        lay = info.grid_layout
+        grad = grads.get(info.name)
+        outputs[info.name] = m.reduce(
+            lay.to_grid(acts[info.name]), None if grad is None else lay.to_grid(grad), keep_raw
+        )
     m.finish(model, x, tgt, outputs)
     return outputs, logits, tgt
 
@@ -211,16 +237,32 @@ def _per_layer(
     logits = None
     if target is None:
         with torch.no_grad():
-            logits = model.module(x).detach()
+            logits = logits_of(model.module(x)).detach()
     tgt = resolve_target(model, target, x.shape[0], logits).to(x.device)
     base = baseline_tensor(model, x, opt.baseline)
     twin = shadow(model.module, **m.shadow_options)
+    # Ablation's patch mask needs a (N, C, h, w) grid: tokens and NHWC maps get a grid tap. The other methods
+    # attribute the layer's own output (every token, so completeness holds), read through its layout afterwards.
+    taps = tap_grids(twin, {i.name: i.grid_layout for i in infos}) if m.grid_tap else {i.name: i.name for i in infos}
+    net = Logits(twin)
     outputs: dict[str, LayerOutput] = {}
     for done, info in enumerate(infos, 1):
-        outputs[info.name] = m.attribute_layer(twin, info, x, tgt, base, opt, keep_raw)
+        layer = resolve(twin, taps[info.name])
+        outputs[info.name] = m.attribute_layer(net, layer, info, x, tgt, base, opt, keep_raw)
         if progress:
             progress(done, len(infos), (info.name, outputs[info.name].map))
     return outputs, logits, tgt
+
+
+def zero_maps_note(model: Any) -> str:
+    """Why every map can be exactly zero: usually a classifier whose weights are all zero (a freshly built ViT)."""
+    linears = [(n, m) for n, m in model.module.named_modules() if isinstance(m, torch.nn.Linear)]
+    if linears and not linears[-1][1].weight.detach().any():
+        return (
+            f"Every map is zero because the classifier {linears[-1][0]} has all-zero weights, so the class score does "
+            "not depend on the image (torchvision builds an untrained ViT that way); load trained weights."
+        )
+    return "Every map is zero: the target's score does not depend on these layers for this image."
 
 
 def channel_attribution(

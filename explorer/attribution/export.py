@@ -46,7 +46,7 @@ def grid_png(res: AttributionResult, scale: str, *, columns: int = GRID_COLUMNS,
         canvas.paste(pic, (x, y))
         h, w = res.maps[name].shape[1:]
         value = f"max {fmt(ranges[name][1])}" if scale == "layer" else f"peak {fmt(peak(res, name))}"
-        draw.text((x, y + ch + 3), f"{name} · {h}x{w} · {value}", fill="#333", font=small)
+        draw.text((x, y + ch + 3), fit_label(draw, name, f" · {h}x{w} · {value}", small, cw), fill="#333", font=small)
     vmin, vmax = ranges[res.layers[0]] if scale == "shared" else (-1.0, 1.0) if res.display != "positive" else (0, 1)
     bar_w, y0 = min(560, width - 2 * pad), canvas.height - bar_h + 8
     strip = colorize(np.linspace(vmin, vmax, bar_w)[None].repeat(14, 0), vmin, vmax, cmap)
@@ -59,6 +59,18 @@ def grid_png(res: AttributionResult, scale: str, *, columns: int = GRID_COLUMNS,
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def fit_label(draw: ImageDraw.ImageDraw, name: str, tail: str, font: Any, width: int) -> str:
+    """`name + tail` within `width` pixels: the name loses its leading part ('…encoder_layer_10'), then the tail."""
+    text = name + tail
+    if draw.textlength(text, font=font) <= width:
+        return text
+    for cut in range(1, len(name)):
+        short = "…" + name[cut:] + tail
+        if draw.textlength(short, font=font) <= width:
+            return short
+    return "…" + name.rsplit(".", 1)[-1]
 
 
 def top_channels(scores: dict[str, Any], layer: str, k: int) -> list[tuple[int, float]]:

@@ -7,31 +7,22 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from explorer.errors import ExplorerError
-from explorer.layers import LayerError, LayerInfo, ladder, resolve, trace
+from explorer.layers import LayerInfo, ladder, not_run_error, resolve
 
 _LADDERS: weakref.WeakKeyDictionary[nn.Module, dict[str, list[LayerInfo]]] = weakref.WeakKeyDictionary()
 
 
 def cached_ladder(model: Any, view: str = "blocks") -> list[LayerInfo]:
-    """`explorer.layers.ladder` ('blocks', 'full', or 'traced': every module that runs), once per module object."""
+    """`explorer.layers.ladder` ('blocks', or 'full'/'traced': every module that runs, containers too), once per
+    module object."""
+    view = "full" if view == "traced" else view
     per = _LADDERS.setdefault(model.module, {})
     if view not in per:
-        per[view] = _traced(model) if view == "traced" else ladder(model, view)
+        per[view] = ladder(model, view)
     return per[view]
-
-
-def _traced(model: Any) -> list[LayerInfo]:
-    """Every module that runs (containers too), in the order its output appears; counts are left at zero."""
-    x = torch.zeros(1, 3, *model.input_size, device=model.device)
-    rows = []
-    for order, (name, mod, shape, calls) in enumerate(trace(model.module, x)):
-        channels = shape[0] if len(shape) == 3 else (shape[-1] if shape else None)
-        rows.append(LayerInfo(name, type(mod).__name__, order, shape, channels, 0, 0, 0, name.count("."), calls))
-    return rows
 
 
 def resolve_layers(model: Any, layers: str | Sequence[str] = "all") -> list[LayerInfo]:
@@ -40,7 +31,7 @@ def resolve_layers(model: Any, layers: str | Sequence[str] = "all") -> list[Laye
         rows = cached_ladder(model, "blocks")
         if layers == "blocks":
             return list(rows)
-        return [r for r in rows if r.spatial is not None and r.spatial[0] * r.spatial[1] > 1]
+        return [r for r in rows if r.has_map]
     names = [layers] if isinstance(layers, str) else list(layers)
     if not names:
         raise ExplorerError("No layers were chosen.")
@@ -49,8 +40,8 @@ def resolve_layers(model: Any, layers: str | Sequence[str] = "all") -> list[Laye
     for name in dict.fromkeys(names):
         if name not in known:
             resolve(model.module, name)  # raises LayerError for a name the model does not have
-            known.update({r.name: r for r in cached_ladder(model, "traced") if r.name not in known})
+            known.update({r.name: r for r in cached_ladder(model, "full") if r.name not in known})
             if name not in known:
-                raise LayerError(f"Layer {name!r} did not run in the forward pass.")
+                raise not_run_error(model.module, [name])
         out.append(known[name])
     return sorted(out, key=lambda r: r.order)

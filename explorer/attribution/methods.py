@@ -28,9 +28,9 @@ from explorer.attribution.maps import (
     gradcam_map,
     target_score,
 )
-from explorer.attribution.sanitize import deeplift_problem, guided_backprop_problem, shadow
+from explorer.attribution.sanitize import Logits, deeplift_problem, guided_backprop_problem, shadow
 from explorer.errors import ExplorerError
-from explorer.layers import LayerInfo, resolve
+from explorer.layers import LayerInfo
 
 
 class AttributionError(ExplorerError):
@@ -162,12 +162,14 @@ def _batch_size(inputs: Any) -> int:
 
 @dataclass(frozen=True)
 class LayerOutput:
-    """What a method produced for one layer: (N, h, w) map, (N, C) channel scores, completeness error, full tensor."""
+    """What a method produced for one layer: (N, h, w) map, (N, C) channel scores, completeness error, full tensor,
+    and (token layers) the attribution carried by the class and register tokens, which the map leaves out."""
 
     map: torch.Tensor
     channels: torch.Tensor | None = None
     delta: torch.Tensor | None = None
     raw: torch.Tensor | None = None
+    prefix: torch.Tensor | None = None  # (N,)
 
 
 class Method:
@@ -190,6 +192,8 @@ class Method:
         """Why this method cannot attribute to this layer, or None."""
         if not info.out_shape:
             return f"{info.name} does not output a single tensor."
+        if info.grid_layout.kind == "none":
+            return info.grid_layout.problem(info.name)
         return None
 
     def cost(self, infos: Sequence[LayerInfo], n: int, opt: Options, target: Any) -> tuple[int, int, int]:
@@ -207,7 +211,8 @@ class Method:
 
     # one-pass methods
     def reduce(self, act: torch.Tensor, grad: torch.Tensor | None, keep_raw: bool) -> LayerOutput:
-        """This layer's attribution from the activation and target gradient the shared pass recorded."""
+        """This layer's attribution from the activation and target gradient the shared pass recorded, both as
+        (N, C, h, w) grids read through the layer's layout (tokens → patch grid)."""
         raise NotImplementedError
 
     def finish(self, model: Any, x: torch.Tensor, tgt: torch.Tensor, maps: dict[str, LayerOutput]) -> None:
@@ -215,12 +220,15 @@ class Method:
 
     # per-layer methods
     shadow_options: ClassVar[dict[str, bool]] = {}
+    grid_tap: ClassVar[bool] = False  # Captum must see the layer as a (N, C, h, w) grid (ablation's patch mask)
 
     def attribute_layer(
-        self, twin: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor, base: torch.Tensor,
-        opt: Options, keep_raw: bool,
+        self, net: torch.nn.Module, layer: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor,
+        base: torch.Tensor, opt: Options, keep_raw: bool,
     ) -> LayerOutput:  # fmt: skip
-        """This layer's attribution by a Captum layer method on `twin` (a sanitised shadow of the model)."""
+        """This layer's attribution by a Captum layer method: `net` returns the class scores of a sanitised shadow
+        of the model, and `layer` is the shadow's module for it (its (N, C, h, w) grid tap when `grid_tap`, else the
+        layer itself, whose attribution is read through `info`'s layout)."""
         raise NotImplementedError
 
 
@@ -277,7 +285,7 @@ class GuidedGradCAM(GradCAM):
         """Captum's GuidedGradCam for every layer at the price of one guided backprop pass in total."""
         from captum.attr import GuidedBackprop
 
-        twin = shadow(model.module, no_inplace=True, relu6_as_relu=True)
+        twin = Logits(shadow(model.module, no_inplace=True, relu6_as_relu=True))
         gb = GuidedBackprop(twin).attribute(x.detach().clone().requires_grad_(True), target=tgt).detach()
         size = tuple(x.shape[2:])
         for name, out in list(maps.items()):
@@ -297,16 +305,16 @@ class IntegratedGradients(Method):
         return 2 + len(chunks) + 2, len(chunks), n * (4 + sum(chunks))
 
     def attribute_layer(
-        self, twin: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor, base: torch.Tensor,
-        opt: Options, keep_raw: bool,
+        self, net: torch.nn.Module, layer: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor,
+        base: torch.Tensor, opt: Options, keep_raw: bool,
     ) -> LayerOutput:  # fmt: skip
         from captum.attr import LayerIntegratedGradients
 
-        attr, delta = LayerIntegratedGradients(twin, resolve(twin, info.name)).attribute(
+        attr, delta = LayerIntegratedGradients(net, layer).attribute(
             _leaf(x), baselines=base, target=tgt, n_steps=opt.n_steps,
             internal_batch_size=captum_batch_size(opt, x.shape[0], self.per_image), return_convergence_delta=True,
         )  # fmt: skip
-        return _summed(attr, delta, keep_raw)
+        return _summed(attr, delta, keep_raw, info)
 
 
 class Conductance(Method):
@@ -321,16 +329,16 @@ class Conductance(Method):
         return len(chunks) + 2, len(chunks), n * (2 + sum(chunks))
 
     def attribute_layer(
-        self, twin: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor, base: torch.Tensor,
-        opt: Options, keep_raw: bool,
+        self, net: torch.nn.Module, layer: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor,
+        base: torch.Tensor, opt: Options, keep_raw: bool,
     ) -> LayerOutput:  # fmt: skip
         from captum.attr import LayerConductance
 
-        attr, delta = LayerConductance(twin, resolve(twin, info.name)).attribute(
+        attr, delta = LayerConductance(net, layer).attribute(
             _leaf(x), baselines=base, target=tgt, n_steps=opt.n_steps,
             internal_batch_size=captum_batch_size(opt, x.shape[0], self.per_image), return_convergence_delta=True,
         )  # fmt: skip
-        return _summed(attr, delta, keep_raw)
+        return _summed(attr, delta, keep_raw, info)
 
 
 class DeepLift(Method):
@@ -346,20 +354,21 @@ class DeepLift(Method):
         return 3, 1, 4 * n
 
     def attribute_layer(
-        self, twin: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor, base: torch.Tensor,
-        opt: Options, keep_raw: bool,
+        self, net: torch.nn.Module, layer: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor,
+        base: torch.Tensor, opt: Options, keep_raw: bool,
     ) -> LayerOutput:  # fmt: skip
         from captum.attr import LayerDeepLift
 
-        attr, delta = LayerDeepLift(twin, resolve(twin, info.name)).attribute(
+        attr, delta = LayerDeepLift(net, layer).attribute(
             _leaf(x), baselines=base, target=tgt, return_convergence_delta=True
         )
-        return _summed(attr, delta, keep_raw)
+        return _summed(attr, delta, keep_raw, info)
 
 
 class Ablation(Method):
     name, label = "ablation", "Feature ablation"
     summary = "Drop in the target score when a patch of the layer's output is set to zero."
+    grid_tap = True
 
     def layer_problem(self, info: LayerInfo) -> str | None:
         if info.out_shape and info.spatial is None:
@@ -372,15 +381,15 @@ class Ablation(Method):
         return 2 + math.ceil(groups / opt.perturbations_per_eval), 0, n * (2 + groups)
 
     def attribute_layer(
-        self, twin: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor, base: torch.Tensor,
-        opt: Options, keep_raw: bool,
+        self, net: torch.nn.Module, layer: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor,
+        base: torch.Tensor, opt: Options, keep_raw: bool,
     ) -> LayerOutput:  # fmt: skip
         from captum.attr import LayerFeatureAblation
 
         mask = ablation_mask(info, opt.grid).to(x.device)
         # Captum applies a per-image target unexpanded to its batch of perturbations: select it ourselves.
         attr = (
-            LayerFeatureAblation(target_score(twin, tgt), resolve(twin, info.name))
+            LayerFeatureAblation(target_score(net, tgt), layer)
             .attribute(_leaf(x), layer_mask=mask, perturbations_per_eval=opt.perturbations_per_eval)
             .detach()
         )
@@ -392,13 +401,19 @@ def _leaf(x: torch.Tensor) -> torch.Tensor:
     return x.detach().clone().requires_grad_(True)
 
 
-def _summed(attr: torch.Tensor, delta: torch.Tensor | None, keep_raw: bool) -> LayerOutput:
-    attr = attr.detach()
+def _summed(attr: torch.Tensor, delta: torch.Tensor | None, keep_raw: bool, info: LayerInfo) -> LayerOutput:
+    """A Captum attribution of the layer's own output, read through its layout: the map and channel scores over the
+    grid (patch tokens), and what the class/register tokens carry apart (completeness holds over both)."""
+    attr = (attr[0] if isinstance(attr, (tuple, list)) else attr).detach()  # a layer returning (output, weights)
+    lay = info.grid_layout
+    grid = lay.to_grid(attr)
+    extra = lay.prefix_tokens(attr)
     return LayerOutput(
-        as_map(attr.sum(1)).float().cpu(),
-        channel_scores(attr).float().cpu(),
+        grid.sum(1).float().cpu(),
+        channel_scores(grid).float().cpu(),
         delta.detach().float().cpu() if delta is not None else None,
-        attr.float().cpu() if keep_raw else None,
+        grid.float().cpu() if keep_raw else None,
+        extra.sum(dim=(1, 2)).float().cpu() if extra is not None else None,
     )
 
 

@@ -30,6 +30,7 @@ class AttributionResult:
     channels: dict[str, torch.Tensor] = field(default_factory=dict)
     delta: dict[str, torch.Tensor] = field(default_factory=dict)
     raw: dict[str, torch.Tensor] = field(default_factory=dict)
+    prefix: dict[str, torch.Tensor] = field(default_factory=dict)  # token layers: (N,) on class/register tokens
     skipped: dict[str, str] = field(default_factory=dict)  # layer → why this method cannot use it
     notes: list[str] = field(default_factory=list)
     target: list[int] = field(default_factory=list)
@@ -119,6 +120,8 @@ class AttributionResult:
             }
             if n in self.delta:
                 rec["delta"] = float(self.delta[n][image])
+            if n in self.prefix:
+                rec["class_tokens"] = float(self.prefix[n][image])
             layers[n] = rec
         return {
             "method": self.method,

@@ -13,10 +13,14 @@ from __future__ import annotations
 import copy
 import itertools
 from collections import Counter
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from explorer.layers import Layout
+from explorer.models import logits_of
 
 # Module types whose hooks a shadow must not inherit from the shared model.
 _HOOK_DICTS = (
@@ -67,6 +71,50 @@ def shadow(module: nn.Module, *, no_inplace: bool = False, relu6_as_relu: bool =
     if relu6_as_relu:
         _swap(twin, nn.ReLU6, lambda _old: GuidedReLU6())
     return twin
+
+
+class GridTap(nn.Module):
+    """A layer wrapped so that its output passes through `grid` (an Identity) as (N, C, h, w) and comes back in its
+    own layout: a Captum layer method aimed at `grid` sees channels on a grid, whatever the layer's layout (a
+    ViT's tokens, Swin's channels-last maps). The class and register tokens go around the tap, unchanged."""
+
+    def __init__(self, inner: nn.Module, layout: Layout) -> None:
+        super().__init__()
+        self.inner = inner
+        self.grid = nn.Identity()
+        self.layout = layout
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.inner(*args, **kwargs)
+        t = out[0] if isinstance(out, (tuple, list)) else out
+        back = self.layout.from_grid(self.grid(self.layout.to_grid(t)), t)
+        return type(out)([back, *out[1:]]) if isinstance(out, (tuple, list)) else back
+
+
+def tap_grids(twin: nn.Module, layouts: dict[str, Layout]) -> dict[str, str]:
+    """Wrap each named layer of `twin` whose layout is not NCHW in a GridTap (the twin only; the shared model is
+    untouched). Returns layer name → the name of the module to hand a Captum layer method."""
+    targets: dict[str, str] = {}
+    for name, layout in layouts.items():
+        if layout.kind == "nchw" or name == "":
+            targets[name] = name
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = twin.get_submodule(parent_name) if parent_name else twin
+        setattr(parent, child, GridTap(getattr(parent, child), layout))
+        targets[name] = f"{name}.grid"
+    return targets
+
+
+class Logits(nn.Module):
+    """`inner` with its forward's output reduced to the class scores (`explorer.models.logits_of`), for Captum."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.inner(x))
 
 
 def _swap(root: nn.Module, kind: type[nn.Module], make: object) -> int:

@@ -16,7 +16,7 @@ from explorer.attribution import colour as ov
 from explorer.attribution.core import baseline_tensor, prepare
 from explorer.attribution.methods import AttributionError
 from explorer.attribution.sanitize import shadow
-from explorer.layers import forward_until, resolve
+from explorer.layers import forward_until, layout_of, resolve
 
 UNIT_METHODS = {"saliency": "largest |gradient| over RGB", "ig": "Integrated Gradients summed over RGB"}
 
@@ -65,14 +65,17 @@ def unit_attribution(
     x, images01 = prepare(model, inputs)
     twin = shadow(model.module)
     target = resolve(twin, layer)
+    lay = layout_of(model, layer)  # tokens → their patch grid, channels-last maps → channels first
+    if lay.kind == "none":
+        raise AttributionError(lay.problem(layer))
     with torch.no_grad():
-        out = forward_until(twin, layer, x)
-    if out.dim() < 2 or not 0 <= channel < out.shape[1]:
-        n = out.shape[1] if out.dim() >= 2 else 0
-        raise AttributionError(f"Layer {layer} has {n} channels; channel {channel} is out of range.")
+        raw = forward_until(twin, layer, x)
+    channels = lay.to_grid(raw).shape[1]
+    if not 0 <= channel < channels:
+        raise AttributionError(f"Layer {layer} has {channels} channels; channel {channel} is out of range.")
 
     def unit(act: torch.Tensor) -> torch.Tensor:
-        a = act[:, channel].reshape(act.shape[0], -1)
+        a = lay.to_grid(act)[:, channel].reshape(act.shape[0], -1)
         return a.amax(1) if reduce == "max" else a.mean(1)
 
     def forward(inp: torch.Tensor) -> torch.Tensor:
@@ -89,4 +92,4 @@ def unit_attribution(
             internal_batch_size=ibs,
         )  # fmt: skip
         maps = attr.detach().sum(1)
-    return UnitAttribution(layer, channel, method, maps.float().cpu(), unit(out).float().cpu(), images01)
+    return UnitAttribution(layer, channel, method, maps.float().cpu(), unit(raw).float().cpu(), images01)

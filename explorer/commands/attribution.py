@@ -174,6 +174,7 @@ def cmd_examples(args: argparse.Namespace) -> int:
             recs[str(c)] = rec
         index["layers"][name] = {
             "channels": ex.channels, "grid": list(ex.grid), "receptive_field": list(ex.rf.size),
+            "receptive_field_kind": ex.rf.kind, "receptive_field_note": ex.rf.note,
             "stride": list(ex.rf.stride), "images_used": ex.images_used, "cached": ex.cached,
             "skipped": [{"file": f, "reason": r} for f, r in ex.skipped], "examples": recs,
         }  # fmt: skip

@@ -85,20 +85,12 @@ def register(subparsers: Any) -> None:
 
 
 def _channels_of(model: Any, layer: str) -> int:
-    from explorer.layers import ladder, to_nchw
+    from explorer.layers import layout_of
 
-    rows = {r.name: r for r in ladder(model, "full")} | {r.name: r for r in ladder(model, "blocks")}
-    if layer not in rows:
-        from explorer.layers import resolve
-
-        resolve(model.module, layer)  # raises the LayerError that names close matches
-        raise ExplorerError(f"Layer {layer} does not run in the forward pass.")
-    shape = rows[layer].out_shape
-    if not shape:
-        raise ExplorerError(f"Layer {layer} has no tensor output to visualise.")
-    import torch
-
-    return int(to_nchw(torch.zeros(1, *shape)).shape[1])
+    lay = layout_of(model, layer)  # any module that runs, containers included; LayerError otherwise
+    if lay.kind == "none":
+        raise ExplorerError(f"Cannot visualise it: {lay.problem(layer)}")
+    return int(lay.channels or 0)
 
 
 def _cache(no_cache: bool) -> Any:

@@ -2,7 +2,13 @@
 
 Measured, not derived from kernel sizes, so it holds for any architecture (residual branches, 'same'
 padding, depthwise convolutions): the gradient of one map position with respect to the input is exactly zero
-outside its receptive field. Positions are then mapped to input boxes by the layer's stride.
+outside its receptive field. Positions are then mapped to input boxes by the layer's stride. Outputs are read
+through the layer's layout (`explorer.layers.layout_of`), so channels-last maps (Swin) are measured the same way.
+
+A ViT's token is different: attention lets every token of every block see the whole image, so its receptive field
+is the image and a box around it would show nothing. For tokens the box is the patch the token sits on, and
+`ReceptiveField.note` says so, with the token's *effective* field measured: the share of its input gradient that
+falls on its own patch (high in the first blocks, lower as attention mixes the patches).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import torch
 from torch import nn
 
 from explorer.errors import ExplorerError
-from explorer.layers import forward_until
+from explorer.layers import forward_until, layout_of
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,9 @@ class ReceptiveField:
     origin: tuple[float, float]  # input-pixel centre (y, x) of map position (0, 0)
     grid: tuple[int, int]  # the layer's map size (h, w)
     input_size: tuple[int, int]  # (H, W)
+    kind: str = "measured"  # "measured" (gradient support), "patch" (a token: the patch it covers), "image"
+    own_share: float | None = None  # tokens: share of the centre token's input gradient inside its own patch
+    note: str = ""  # one sentence saying what the box is, for tokens and vectors
 
     def center(self, y: int, x: int) -> tuple[float, float]:
         return self.origin[0] + y * self.stride[0], self.origin[1] + x * self.stride[1]
@@ -51,6 +60,28 @@ def _extent(mask: torch.Tensor) -> tuple[int, int]:
     return int(idx.min()), int(idx.max()) + 1
 
 
+def _token_field(
+    layer: str, out: torch.Tensor, x: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]
+) -> ReceptiveField:
+    """A token's patch as its box, and the share of the centre token's input gradient that falls on that patch."""
+    (h, w), (H, W) = grid, size
+    sy, sx = H / h, W / w
+    cy, cx = h // 2, w // 2
+    (g,) = torch.autograd.grad(out[:, :, cy, cx].sum(), x)
+    mass = g.abs().sum(dim=(0, 1))
+    total = float(mass.sum())
+    top, left = round(cy * sy), round(cx * sx)
+    inside = float(mass[top : round((cy + 1) * sy), left : round((cx + 1) * sx)].sum())
+    share = inside / total if total > 0 else None
+    seen = f"; {share:.0%} of its input gradient falls on that patch" if share is not None else ""
+    note = (
+        f"Each token of {layer} sits on one {round(sy)}×{round(sx)} px patch of the input, and the box shows that "
+        f"patch; through attention it sees the whole image{seen} (its effective receptive field)."
+    )
+    return ReceptiveField(layer, (round(sy), round(sx)), (sy, sx), ((sy - 1) / 2, (sx - 1) / 2), grid, size,
+                          kind="patch", own_share=share, note=note)  # fmt: skip
+
+
 def receptive_field(model: Any, layer: str) -> ReceptiveField:
     """Measure `layer`'s receptive field on `model` (a LoadedModel) from the gradient of one map position."""
     per = _CACHE.setdefault(model.module, {})
@@ -58,15 +89,24 @@ def receptive_field(model: Any, layer: str) -> ReceptiveField:
     if key in per:
         return per[key]
     H, W = model.input_size
+    lay = layout_of(model, layer)
+    if lay.kind == "none":
+        raise ExplorerError(lay.problem(layer))
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, H, W, generator=gen).to(model.device).requires_grad_(True)
     with torch.enable_grad():
-        out = forward_until(model.module, layer, x)
-        if out.dim() < 4:
-            rf = ReceptiveField(layer, (H, W), (float(H), float(W)), ((H - 1) / 2, (W - 1) / 2), (1, 1), (H, W))
+        out = lay.to_grid(forward_until(model.module, layer, x))
+        h, w = out.shape[-2:]
+        if h * w == 1:
+            note = f"{layer} has no spatial map ({lay.describe()}): each example is the whole image."
+            rf = ReceptiveField(layer, (H, W), (float(H), float(W)), ((H - 1) / 2, (W - 1) / 2), (1, 1), (H, W),
+                                kind="image", note=note)  # fmt: skip
             per[key] = rf
             return rf
-        h, w = out.shape[-2:]
+        if lay.tokens:
+            rf = _token_field(layer, out, x, (h, w), (H, W))
+            per[key] = rf
+            return rf
         supports = []
         for y, x_ in ((h // 2, w // 2), (0, 0), (h - 1, w - 1)):  # centre, first and last positions
             (g,) = torch.autograd.grad(out[:, :, y, x_].sum(), x, retain_graph=True)

@@ -26,11 +26,11 @@ from PIL import Image
 from explorer.data import IMAGE_EXTENSIONS, DataError, list_images, load_image
 from explorer.errors import ExplorerError
 from explorer.exemplars.receptive import ReceptiveField, receptive_field
-from explorer.layers import LayerError, forward_until, resolve
+from explorer.layers import forward_until, layout_of
 from explorer.runtime import Progress
 
 CACHE_KIND = "examples"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: token and channels-last layers read through their layout (1 read them as raw axes)
 MAX_PIXELS = 40_000_000  # larger images are refused (skipped with the reason)
 
 
@@ -205,7 +205,9 @@ def dataset_examples(
     if k < 1:
         raise ExamplesError("k must be at least 1.")
     for n in names:
-        resolve(model.module, n)
+        lay = layout_of(model, n)  # an unknown or never-run layer: LayerError
+        if lay.kind == "none":
+            raise ExamplesError(f"{lay.problem(n)} Pick a layer with channels to rank images by.")
     root = Path(folder).expanduser()
     try:
         files = list_images(root)
@@ -261,6 +263,7 @@ def _scan(
 ) -> dict[str, LayerExamples]:  # fmt: skip
     device = model.device
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    layouts = {n: layout_of(model, n) for n in layers}
     top = {n: _TopK(k) for n in layers}
     bottom = {n: _TopK(k) for n in layers}
     grids: dict[str, tuple[int, int]] = {}
@@ -284,10 +287,8 @@ def _scan(
                     acts = forward_until(model.module, layers, x)
                 image = torch.tensor([i for i, _ in ok])
                 for n in layers:
-                    a = acts[n].float()
-                    if a.dim() < 2:
-                        raise LayerError(f"Layer {n} has no channels to rank images by.")
-                    grids[n] = tuple(a.shape[2:4]) if a.dim() >= 4 else (1, 1)  # type: ignore[assignment]
+                    a = layouts[n].to_grid(acts[n]).float()  # (N, C, h, w): patch tokens only, channels first
+                    grids[n] = (int(a.shape[2]), int(a.shape[3]))
                     flat = a.reshape(a.shape[0], a.shape[1], -1).cpu()
                     hi, hi_at = flat.max(dim=2)
                     lo, lo_at = flat.min(dim=2)

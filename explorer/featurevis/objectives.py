@@ -6,7 +6,9 @@ cache keys, and composes with ``+``, ``-`` and ``*`` by a number::
     fv.channel("blocks.3.2", 7) - 0.5 * fv.diversity("blocks.3.2")
 
 Activations reach an objective as a grid (copies, C, H, W) for one image (copies > 1 when the transforms take
-several crops of it); token outputs (N, T, D) of ViT-style models are reshaped to their square grid first.
+several crops of it), read by the layer's layout (`explorer.layers.Layout`): channels-last maps are permuted, and
+a ViT's tokens become their patch grid with the class and register tokens left out, so a transformer's "channel"
+is an embedding dimension averaged over the patch tokens and a "neuron" is one patch position.
 A *coupled* objective (diversity) also sees the other images of its group: the images in the same render call
 with the same key.
 """
@@ -49,6 +51,7 @@ class Objective:
     layers: tuple[str, ...] = ()
     key: str = ""
     coupled: bool = False
+    grid_layers: tuple[str, ...] = ()  # layers it needs positions on (a neuron, diversity): a map, not a vector
 
     def evaluate(self, ctx: Context) -> torch.Tensor:
         raise NotImplementedError
@@ -106,6 +109,7 @@ class Sum(Objective):
             flat.extend(t.terms if isinstance(t, Sum) else [t])
         self.terms = tuple(flat)
         self.layers = tuple(dict.fromkeys(layer for t in self.terms for layer in t.layers))
+        self.grid_layers = tuple(dict.fromkeys(layer for t in self.terms for layer in t.grid_layers))
         self.coupled = any(t.coupled for t in self.terms)
         self.key = " + ".join(t.key for t in self.terms)
 
@@ -125,7 +129,7 @@ class Scaled(Objective):
         if isinstance(inner, Scaled):
             weight, inner = weight * inner.weight, inner.inner
         self.weight, self.inner = weight, inner
-        self.layers, self.coupled = inner.layers, inner.coupled
+        self.layers, self.coupled, self.grid_layers = inner.layers, inner.coupled, inner.grid_layers
         self.key = f"{_fmt(weight)}*({inner.key})"
 
     def evaluate(self, ctx: Context) -> torch.Tensor:
@@ -171,6 +175,7 @@ class Neuron(Objective):
         self.layer, self.unit, self.x, self.y = layer, int(unit), x, y
         where = "" if x is None and y is None else f"@{x},{y}"
         self.layers, self.key = (layer,), f"neuron({layer}:{self.unit}{where})"
+        self.grid_layers = (layer,)
 
     def evaluate(self, ctx: Context) -> torch.Tensor:
         act = ctx.acts[self.layer]
@@ -224,6 +229,7 @@ class Diversity(Objective):
     def __init__(self, layer: str) -> None:
         self.layer = layer
         self.layers, self.key = (layer,), f"diversity({layer})"
+        self.grid_layers = (layer,)
 
     def evaluate(self, ctx: Context) -> torch.Tensor:
         grams = []

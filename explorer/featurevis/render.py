@@ -32,7 +32,7 @@ from explorer.featurevis.optim import make_optimizer
 from explorer.featurevis.param import image_generator, make_param, to_uint8
 from explorer.featurevis.presets import Preset, get_preset
 from explorer.featurevis.transforms import Augment
-from explorer.layers import forward_until, to_nchw
+from explorer.layers import Layout, fixed_input_size, forward_until, layout_of
 from explorer.models import LoadedModel
 from explorer.runtime import Progress
 
@@ -218,13 +218,11 @@ def _render_batch(
         preset.param, n, preset.size, gens, device, decay_power=preset.decay_power, decorrelate=preset.decorrelate,
         sd=preset.sd, spectrum_folder=preset.spectrum_folder, maco_gain=preset.maco_gain,
     )  # fmt: skip
-    out_size = (preset.model_size, preset.model_size) if preset.model_size else tuple(model.input_size)
-    augment = Augment(preset.transforms, gens, out_size, model.normalize, device)  # type: ignore[arg-type]
+    augment = Augment(preset.transforms, gens, model_input_size(model, preset), model.normalize, device)
     params = param.parameters()
     opt = make_optimizer(preset.optimizer, params, preset.lr)
-    layers = list(dict.fromkeys(name for obj in objectives for name in obj.layers))
-    if not layers:
-        raise RenderError("The objectives read no layer.")
+    layouts = check_layers(model, objectives)
+    layers = list(layouts)
     bf16 = device.type == "cuda"  # on CPU decided after the first step, from the deepest layer's size
     net = render_network(model, layers)  # BatchNorms folded into their convolutions (explorer.featurevis.fold)
     history: list[torch.Tensor] = []  # kept on the device: no host sync per step
@@ -240,7 +238,7 @@ def _render_batch(
         x = augment(param()).contiguous(memory_format=torch.channels_last)
         with autocast(device, bf16):
             outs = forward_until(net, layers, x)
-        grids = {name: to_nchw(outs[name]).float() for name in layers}
+        grids = {name: layouts[name].to_grid(outs[name]).float() for name in layers}
         if step == 0 and device.type != "cuda":
             smallest = min(grids.values(), key=lambda g: g.shape[-2] * g.shape[-1])
             bf16 = use_bf16(device, x.shape[-2:], smallest.shape[-2:])
@@ -250,6 +248,34 @@ def _render_batch(
         report(step + 1, preview(step + 1), step + 1)
     with torch.no_grad():
         return to_uint8(param()), torch.stack(history, 1).float().cpu().numpy()
+
+
+def model_input_size(model: LoadedModel, preset: Preset) -> tuple[int, int]:
+    """The size the network sees: the preset's smaller input (fast) when the model takes other sizes, else its own
+    (a ViT or Swin always sees its size: the transforms pad, jitter and crop to it)."""
+    if preset.model_size and fixed_input_size(model) is None:
+        return preset.model_size, preset.model_size
+    return int(model.input_size[0]), int(model.input_size[1])
+
+
+def check_layers(model: LoadedModel, objectives: Sequence[Objective]) -> dict[str, Layout]:
+    """The layout of every layer the objectives read, or a RenderError in one sentence: a layer with no channels
+    on a grid, or a position-based objective (neuron, diversity) on a layer without a map."""
+    layers = list(dict.fromkeys(name for obj in objectives for name in obj.layers))
+    if not layers:
+        raise RenderError("The objectives read no layer.")
+    layouts = {name: layout_of(model, name) for name in layers}
+    for name, lay in layouts.items():
+        if lay.kind == "none":
+            raise RenderError(f"Cannot visualise it: {lay.problem(name or 'the model output')}")
+    for obj in objectives:
+        for name in obj.grid_layers:
+            if not layouts[name].has_map:
+                raise RenderError(
+                    f"{obj.label} needs positions on a spatial map, and {name or 'the model output'} has none "
+                    f"({layouts[name].describe()}); use the channel objective there."
+                )
+    return layouts
 
 
 def _is_oom(exc: BaseException) -> bool:

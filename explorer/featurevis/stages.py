@@ -73,4 +73,13 @@ def stage_map(model: Any) -> StageMap:
             )
         )
     shown = ", ".join(f"{st.name} {st.representative}" for st in stages)
-    return StageMap(stages, NOTE.format(shown=shown))
+    note = NOTE.format(shown=shown)
+    tokens = [r for r in rows if r.layout is not None and r.layout.tokens]
+    if len(tokens) > len(rows) / 2:
+        h, w = tokens[0].spatial or (0, 0)
+        note += (
+            f" This is a transformer: its {len(tokens)} token blocks all keep the {h}×{w} patch grid, so depth "
+            "alone places them; a channel here is one embedding dimension averaged over the patch tokens (class "
+            "token left out)."
+        )
+    return StageMap(stages, note)

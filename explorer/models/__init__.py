@@ -9,7 +9,7 @@ checkpoint files without running code from them and fits their tensors into an a
 from explorer.errors import ModelError
 from explorer.models.checkpoint import CHECKPOINT_SUFFIXES, META_KEY, LoadReport, load_into, read_checkpoint
 from explorer.models.load import load_model, num_outputs
-from explorer.models.loaded import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, fingerprint, pick_device
+from explorer.models.loaded import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, fingerprint, logits_of, pick_device
 from explorer.models.sources import Arch, build_arch
 from explorer.models.specs import BUNDLED, DEFAULT_SPEC, class_names, imagenet_classes, parse_spec
 
@@ -30,6 +30,7 @@ __all__ = [
     "imagenet_classes",
     "load_into",
     "load_model",
+    "logits_of",
     "num_outputs",
     "parse_spec",
     "pick_device",

@@ -121,15 +121,45 @@ class LoadedModel:
         x = torch.stack([self.to_tensor01(im) for im in images]).to(self.device)
         return self.normalize(x)
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The class scores (N, classes) of a normalised batch, whatever container the forward returns them in."""
+        return logits_of(self.module(x))
+
     @torch.no_grad()
     def predict(self, image: Image.Image, k: int = 5) -> list[tuple[str, float]]:
         """Top-k (class name, probability) for one image."""
-        logits = self.module(self.preprocess(image))
+        logits = self.logits(self.preprocess(image))
         probs = logits.float().softmax(-1)[0]
         top = probs.topk(min(k, probs.numel()))
         return [
             (self.class_names[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=False)
         ]
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The class scores in a forward's output: a (N, classes) tensor as it is, or the `logits` of an output that
+    names them (torchvision's InceptionOutputs, Hugging Face outputs, a dict); anything else is a ModelError."""
+    if isinstance(output, torch.Tensor):
+        if output.dim() == 2:
+            return output
+        shape = "×".join(str(s) for s in output.shape)
+        raise ModelError(
+            f"The model outputs a {shape} tensor, not one score per class (N×classes): only classifiers can be "
+            "explained here."
+        )
+    named = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
+    if named is not None:
+        return logits_of(named)
+    if isinstance(output, dict):
+        keys = ", ".join(map(str, list(output)[:5])) or "none"
+        what = f"a dict (keys {keys}) without 'logits'"
+    elif isinstance(output, (tuple, list)):
+        what = f"a {type(output).__name__} of {len(output)} values"
+    else:
+        what = f"a {type(output).__name__}"
+    raise ModelError(
+        f"The model's forward returns {what}, not a tensor of class scores: wrap it so that it returns the logits."
+    )
 
 
 def pick_device(preference: str | torch.device | None = None) -> torch.device:

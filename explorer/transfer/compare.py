@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from explorer.data import TransformedView, eval_transform, open_dataset, stratified_subset
 from explorer.errors import ExplorerError
-from explorer.layers import execution_order, first_tensor, forward_hooks, ladder, to_nchw
+from explorer.layers import Layout, execution_order, first_tensor, forward_hooks, guess_layout, ladder
 from explorer.models import LoadedModel
 from explorer.runtime import Progress, autocast, stop_requested, to_input
 from explorer.transfer.cka import MinibatchCKA
@@ -74,26 +74,27 @@ def check_comparable(base: LoadedModel, tuned: LoadedModel) -> list[str]:
 # --------------------------------------------------------------------------- pooling and the pass
 
 
-def _pool(t: torch.Tensor, grid: int | None) -> torch.Tensor:
-    """A block output → (N, features) float32 for CKA: average-pool spatial maps to grid×grid, tokens to their mean."""
+def _pool(t: torch.Tensor, grid: int | None, layout: Layout | None = None) -> torch.Tensor:
+    """A block output → (N, features) float32 for CKA: its grid (`explorer.layers` layout: NCHW, NHWC, or a ViT's
+    patch tokens, class token left out) average-pooled to grid×grid; vectors as they are. `layout` defaults to the
+    one the shape suggests."""
     t = t.detach()
-    if t.dim() == 4:
-        t = to_nchw(t)
-        if grid:
-            t = nn.functional.adaptive_avg_pool2d(t.float(), (min(grid, t.shape[2]), min(grid, t.shape[3])))
-    elif t.dim() == 3:
-        t = t.float().mean(1)
-    return t.float().reshape(t.shape[0], -1).cpu()
+    lay = layout or guess_layout(tuple(t.shape[1:]))
+    if lay.kind == "none":
+        return t.float().reshape(t.shape[0], -1).cpu()
+    g = lay.to_grid(t).float()
+    if grid:
+        g = nn.functional.adaptive_avg_pool2d(g, (min(grid, g.shape[2]), min(grid, g.shape[3])))
+    return g.reshape(g.shape[0], -1).cpu()
 
 
-def _gap(t: torch.Tensor) -> torch.Tensor:
-    """Global-average-pooled features for the probes (N, C)."""
+def _gap(t: torch.Tensor, layout: Layout | None = None) -> torch.Tensor:
+    """Global-average-pooled features for the probes (N, C): the mean over the grid (patch tokens only)."""
     t = t.detach()
-    if t.dim() == 4:
-        return to_nchw(t).float().mean((2, 3)).cpu()
-    if t.dim() == 3:
-        return t.float().mean(1).cpu()
-    return t.float().reshape(t.shape[0], -1).cpu()
+    lay = layout or guess_layout(tuple(t.shape[1:]))
+    if lay.kind == "none":
+        return t.float().reshape(t.shape[0], -1).cpu()
+    return lay.pooled(t).float().cpu()
 
 
 def _run(model: LoadedModel, x01: torch.Tensor, names: list[str], grid: int | None, gap: bool) -> tuple[Any, ...]:

@@ -33,6 +33,7 @@ from explorer.attribution import (
 from explorer.attribution.colour import DEFAULT_CMAP
 from explorer.attribution.export import GRID_COLUMNS, fmt, grid_png, magnitudes_csv, magnitudes_json, peak, top_channels
 from explorer.data import sample_images
+from explorer.layers import layout_of
 from explorer.models import LoadedModel
 from explorer.ui.common import current_model, model_key, page_ref, progress_callback, show_error
 from explorer.ui.widgets.figures import top_figure
@@ -124,7 +125,7 @@ def _predict(_model: LoadedModel, key: tuple[Any, ...], digest: str, _image: Any
     """Top-5 (class index, probability), cached by model and image content (class names can repeat)."""
     del key, digest
     with torch.no_grad():
-        probs = _model.module(_model.preprocess(_image)).float().softmax(-1)[0].cpu()
+        probs = _model.logits(_model.preprocess(_image)).float().softmax(-1)[0].cpu()
     top = probs.topk(min(5, probs.numel()))
     return list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
 
@@ -287,6 +288,13 @@ def _maps_section(res: AttributionResult, model: LoadedModel, scores: dict[str, 
             f"across layers but strengths do not ({what})."
         )
     st.html(legend_html(vmin, vmax, cmap, per_layer=scale == "layer"))
+    tokens = [n for n in res.layers if layout_of(model, n).tokens]
+    if tokens:
+        h, w = layout_of(model, tokens[0]).grid or (0, 0)
+        st.caption(
+            f"{len(tokens)} token blocks are shown on their {h}×{w} patch grid: each cell is one patch token "
+            "(the class token, which the classifier reads, is left out)."
+        )
     pics = res.overlays(scale=scale)
     for start in range(0, len(res.layers), GRID_COLUMNS):
         cols = st.columns(GRID_COLUMNS)

@@ -24,6 +24,7 @@ from explorer.ui.widgets.gallery import (
     safe_filename,
     settings_form,
     settings_from_url,
+    suggested_settings,
     tile_grid,
     zip_bytes,
 )
@@ -101,7 +102,7 @@ def render() -> None:
     if not layers:
         st.info(f"{model.spec} has no layer with a spatial output to visualise.")
         return
-    settings = settings_from_url()
+    settings = settings_from_url(suggested_settings(model))
     fallback = blocks[0] if blocks else next(iter(layers))
     if st.query_params.get("layer", fallback) not in layers:
         st.query_params["page"] = "1"  # the page of an unknown layer means nothing: one message is enough
@@ -131,7 +132,7 @@ def render() -> None:
         + f" {units} units; units {(page - 1) * PER_PAGE}–{min(page * PER_PAGE, units) - 1} below, rendered as one "
         "batch. Open a unit for its neuron, negative and diversity images and the dataset examples that excite it."
     )
-    settings_form(settings, "layer")
+    settings_form(settings, "layer", model)
     status = st.container()
     shown = list(range((page - 1) * PER_PAGE, min(page * PER_PAGE, units)))
     tiles = tile_grid(len(shown), COLS, caption="waiting…")

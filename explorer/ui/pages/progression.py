@@ -21,6 +21,7 @@ from explorer.ui.widgets.gallery import (
     safe_filename,
     settings_form,
     settings_from_url,
+    suggested_settings,
     zip_bytes,
 )
 from explorer.ui.widgets.layers import channels_of, get_stage_map, renderable_layers
@@ -64,7 +65,7 @@ def render() -> None:
     model = current_model()
     stages = get_stage_map(model)
     layers = renderable_layers(model)
-    settings = settings_from_url()
+    settings = settings_from_url(suggested_settings(model))
     per_stage = _per_stage_from_url()
     st.caption(
         "What each stage of the network responds to, early to late: every picture is optimised to excite one unit "
@@ -77,7 +78,7 @@ def render() -> None:
     c = st.columns([3, 2], vertical_alignment="bottom")
     c[0].markdown(f"**How the stages map to `{model.spec}`.** {stages.note}")
     c[1].pills("Units per stage", PER_STAGE, key="prog_per_stage", on_change=_on_per_stage)
-    settings_form(settings, "prog")
+    settings_form(settings, "prog", model)
     status = st.container()
     layer_page, unit_page = page_ref("layer", "Layer"), page_ref("unit", "Unit")
     objectives: list[Objective] = []

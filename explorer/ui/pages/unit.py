@@ -34,6 +34,7 @@ from explorer.ui.widgets.gallery import (
     settings_from_url,
     stop_control,
     stopped_key,
+    suggested_settings,
     tile_grid,
     zip_bytes,
 )
@@ -247,10 +248,15 @@ def _examples_section(model: LoadedModel, layer: str, unit: int) -> None:
             f"Skipped {len(ex.skipped)} of {len(ex.files)} files that are not usable images: {names}",
             icon=":material/warning:",
         )
+    where = (
+        f"cropped to that token's patch ({ex.rf.size[0]}×{ex.rf.size[1]} px)"
+        if ex.rf.kind == "patch"
+        else f"cropped to that position's receptive field ({ex.rf.size[0]}×{ex.rf.size[1]} px)"
+    )
     st.caption(
         f"The {len(top)} of {ex.images_used} images in *{label}* whose strongest position excites unit {unit} most, "
-        f"cropped to that position's receptive field ({ex.rf.size[0]}×{ex.rf.size[1]} px of the "
-        f"{model.input_size[0]}×{model.input_size[1]} input). Value: the unit's maximum on the image."
+        f"{where} of the {model.input_size[0]}×{model.input_size[1]} input. Value: the unit's maximum on the image."
+        + (f" {ex.rf.note}" if ex.rf.note else "")
     )
     tiles = tile_grid(len(top), K)
     patches = ex.patches(model, unit, size=128)
@@ -284,7 +290,12 @@ def _examples_section(model: LoadedModel, layer: str, unit: int) -> None:
         f"{METHODS[method]} of the unit's spatial maximum: which pixels raise it"
         + (" (red) or lower it (blue)" if method == "ig" else "")
         + (f", smoothed, on one colour scale for all {len(top)} images." if shared else ", smoothed, per image.")
-        + " The cyan box is the receptive field of the strongest position. Value: the unit's maximum."
+        + (
+            " The cyan box is the strongest token's patch."
+            if ex.rf.kind == "patch"
+            else " The cyan box is the receptive field of the strongest position."
+        )
+        + " Value: the unit's maximum."
     )
     tiles = tile_grid(len(overlays), 4)
     for tile, im, v, e in zip(tiles, overlays, values, top, strict=True):
@@ -308,7 +319,7 @@ def render() -> None:
     if not layers:
         st.info(f"{model.spec} has no layer with a spatial output to visualise.")
         return
-    settings = settings_from_url()
+    settings = settings_from_url(suggested_settings(model))
     if st.query_params.get("layer", blocks[0]) not in layers:
         st.query_params.pop("unit", None)  # a unit of an unknown layer means nothing: one message is enough
     layer = layer_from_url(model, layers, blocks[0])
@@ -331,7 +342,7 @@ def render() -> None:
         icon=":material/grid_view:",
         query_params=link_params(settings, layer=layer, page=unit // PER_PAGE + 1),
     )
-    settings_form(settings, "unit")
+    settings_form(settings, "unit", model)
     try:
         _visualizations(model, layer, unit, settings)
     except Exception as exc:

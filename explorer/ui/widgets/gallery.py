@@ -118,6 +118,21 @@ class RenderSettings:
         return f"{p.name} · {p.steps} steps · {p.size} px · seed {self.seed}"
 
 
+MACO_NOTE = (
+    "This is a transformer: the **maco** preset is the suggested start (Fel et al. 2023 show it on ViTs; the "
+    "classic and fast presets give noisier pictures here). It is slower (256 steps of 4 crops), so on a CPU "
+    "expect minutes per batch; *fast* is there for a quick look."
+)
+
+
+def suggested_settings(model: LoadedModel) -> RenderSettings:
+    """The settings a page starts with when neither the link nor the session chose any: maco for transformers
+    (ViT, DeiT, Swin, MaxViT), fast otherwise."""
+    from explorer.layers import is_transformer
+
+    return RenderSettings(preset="maco" if is_transformer(model) else "fast")
+
+
 def _parse_int(name: str, text: str) -> int:
     lo, hi = LIMITS[name]
     try:
@@ -182,10 +197,13 @@ def _set_preset(preset: str) -> None:
     use_settings(RenderSettings(preset, current.seed))
 
 
-def settings_form(settings: RenderSettings, key: str) -> None:
-    """The render settings in a form (applied on submit), plus one-click quality presets."""
+def settings_form(settings: RenderSettings, key: str, model: LoadedModel | None = None) -> None:
+    """The render settings in a form (applied on submit), plus one-click quality presets; for a transformer, a
+    line saying that maco is the suggested preset."""
     p = settings.resolved()
     state = st.session_state
+    if model is not None and suggested_settings(model).preset == "maco":
+        st.caption(MACO_NOTE)
     if state.get(f"{key}_shown") != settings:  # new settings (a link, a button): show them; else keep edits
         state[f"{key}_preset"], state[f"{key}_seed"] = settings.preset, settings.seed
         state[f"{key}_steps"], state[f"{key}_size"] = settings.steps, settings.size

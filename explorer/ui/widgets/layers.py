@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import streamlit as st
-import torch
 
 from explorer.featurevis import StageMap, stage_map
-from explorer.layers import LayerInfo, to_nchw
+from explorer.layers import LayerInfo
 from explorer.models import LoadedModel
 from explorer.ui.common import get_ladder, model_key
 
@@ -31,8 +30,8 @@ def block_names(model: LoadedModel) -> list[str]:
 
 
 def channels_of(row: LayerInfo) -> int:
-    """Units of a layer as the objectives see them (channels of NCHW/NHWC maps, features of token grids)."""
-    return int(to_nchw(torch.zeros(1, *row.out_shape)).shape[1])
+    """Units of a layer as the objectives see them (channels of NCHW/NHWC maps, embedding dimensions of tokens)."""
+    return int(row.grid_layout.channels or 0)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -67,6 +66,7 @@ def layer_from_url(model: LoadedModel, layers: dict[str, LayerInfo], fallback: s
 
 def layer_label(row: LayerInfo, n_units: int, stages: StageMap | None = None) -> str:
     """'blocks.3.2 · 80 units · 14×14 · patterns' for pickers."""
-    hw = "×".join(str(s) for s in row.spatial) if row.spatial else "tokens"
+    hw = "×".join(str(s) for s in row.spatial) if row.spatial else "no grid"
+    hw += " patch tokens" if row.grid_layout.tokens else ""
     stage = stages.stage_of(row.name) if stages else None
     return f"{row.name} · {n_units} units · {hw}" + (f" · {stage}" if stage else "")
