@@ -337,3 +337,14 @@ def test_package_exports_the_engines_lazily() -> None:
 def test_a_misspelt_variant_is_refused_instead_of_loading_pretrained_weights(spec: str) -> None:
     with pytest.raises(ModelError, match="only ':untrained'"):
         parse_spec(spec)
+
+
+def test_untrained_models_are_the_same_network_every_time_without_touching_the_callers_random_state() -> None:
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = load_model("timm:test_efficientnet:untrained", device="cpu")
+    after = torch.rand(1)
+    b = load_model("timm:test_efficientnet:untrained", device="cpu")
+    assert a.fingerprint == b.fingerprint  # so the disk cache serves it across restarts
+    assert torch.equal(before, after)  # the caller's random stream is not consumed

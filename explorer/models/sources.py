@@ -201,8 +201,20 @@ def bundled_arch(name: str, *, load_weights: bool) -> Arch:
     return arch
 
 
+UNTRAINED_SEED = 0  # random weights are drawn from this seed, so NAME:untrained is the same network every time
+
+
 def build_arch(spec: str, *, load_weights: bool = True) -> Arch:
-    """The architecture a spec names, with its pretrained weights unless `load_weights` is False."""
+    """The architecture a spec names, with its pretrained weights unless `load_weights` is False.
+
+    Random initialisation is seeded (without touching the caller's random state), so ``NAME:untrained`` builds the
+    same weights in every process: its fingerprint, and with it everything cached for it, survives a restart."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(UNTRAINED_SEED)
+        return _build(spec, load_weights)
+
+
+def _build(spec: str, load_weights: bool) -> Arch:
     kind, name, variant = parse_spec(spec)
     if kind == "bundled":
         return bundled_arch(name, load_weights=load_weights and variant != "untrained")
