@@ -34,7 +34,7 @@ from explorer.distributed import (
 )
 from explorer.featurevis import channel, get_preset, render_cached
 from explorer.featurevis.store import KIND
-from explorer.models import LoadedModel, load_model
+from explorer.models import LoadedModel, fingerprint, load_model
 
 TINY = "timm:test_efficientnet:untrained"
 LAYERS = {"blocks.0.0": 16, "blocks.2.0": 32}  # 48 images
@@ -256,9 +256,12 @@ def test_a_killed_worker_s_task_is_rerun_elsewhere(
 @pytest.mark.ray
 @pytest.mark.slow
 def test_workers_that_build_other_weights_are_refused(cpus: Pool, tmp_path: Path) -> None:
-    untrained = load_model(TINY, device="cpu")  # random weights: every process builds different ones
+    changed = load_model(TINY, device="cpu")  # what the spec builds in every process (seeded), then changed here
+    with torch.no_grad():
+        next(changed.module.parameters()).add_(1.0)
+    changed.fingerprint = fingerprint(changed.module)
     with pytest.raises(DistributedError, match="save it as a checkpoint"):
-        atlas(untrained, ray="auto", workers=1, cache=Cache(tmp_path), **SETTINGS)
+        atlas(changed, ray="auto", workers=1, cache=Cache(tmp_path), **SETTINGS)
     assert not any(tmp_path.rglob("*.png"))
 
 

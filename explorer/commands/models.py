@@ -58,8 +58,8 @@ def bundled_descriptions() -> dict[str, str]:
     out = {}
     for name, (timm_name, package, _cls) in BUNDLED.items():
         try:
-            size = timm.models.get_pretrained_cfg(timm_name).input_size[-1]
-            px = f", {size} px input"
+            cfg = timm.models.get_pretrained_cfg(timm_name)
+            px = f", {cfg.input_size[-1]} px input" if cfg is not None else ""
         except Exception:  # the size is a nicety; a timm without the config still lists the model
             px = ""
         label = name.replace("efficientnet_lite", "EfficientNet-Lite")

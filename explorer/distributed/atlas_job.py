@@ -103,7 +103,9 @@ def atlas(
     start = time.perf_counter()
     cache = cache or Cache()
     store = _storer(cache)
-    settings = {"layers": layers, "per_layer": per_layer, "preset": preset, "seed": seed, "steps": steps, "size": size}
+    settings: dict[str, Any] = {
+        "layers": layers, "per_layer": per_layer, "preset": preset, "seed": seed, "steps": steps, "size": size,
+    }  # fmt: skip
     if ray is None and pool is None:
         loaded = model if isinstance(model, LoadedModel) else _load(model, arch, None if device == "auto" else device)
         plan = plan_atlas(loaded, cache=cache, **settings)

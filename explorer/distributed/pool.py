@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from explorer.distributed.cluster import WorkerShape, connect, worker_shape
@@ -314,7 +315,7 @@ def run_local(
     busy = 0.0
     for i, task in enumerate(tasks):
         began = time.perf_counter()
-        value = run_task(model, task, lambda done, total, _i=i: tracker.step(_i, done, total, "local"))
+        value = run_task(model, task, partial(tracker.step, i, worker="local"))
         busy += time.perf_counter() - began
         results.append(value)
         if on_result is not None:

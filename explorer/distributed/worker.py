@@ -23,8 +23,8 @@ PUSH_EVERY_S = 0.5  # a running task's progress goes to the driver at its first 
 class ModelSource:
     """How a worker gets the model: a spec (or a checkpoint path on storage every node reads) and its weights' hash.
 
-    With `fingerprint` set, a worker that builds other weights refuses to work (an untrained spec is random in
-    every process: save it as a checkpoint and pass the path).
+    With `fingerprint` set, a worker that builds other weights refuses to work (a model changed in this process is
+    not what its spec builds: save it as a checkpoint and pass the path).
     """
 
     spec: str
@@ -82,8 +82,9 @@ class Worker:
             if source.fingerprint and self.model.fingerprint != source.fingerprint:
                 error = (
                     f"The worker on {host} built {source.spec} with other weights than this process "
-                    f"({self.model.fingerprint[:12]} ≠ {source.fingerprint[:12]}): an untrained model is random in "
-                    f"every process, so save it as a checkpoint that every node can read and pass its path."
+                    f"({self.model.fingerprint[:12]} ≠ {source.fingerprint[:12]}): a model changed in this process, "
+                    f"or another version of a library, builds other weights; save it as a checkpoint that every node "
+                    f"can read and pass its path."
                 )
         except Exception as exc:  # reported by info(), phrased by the pool
             error = f"The worker on {host} could not load {source.spec}: {exc}"
