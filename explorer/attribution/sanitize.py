@@ -67,7 +67,7 @@ def shadow(module: nn.Module, *, no_inplace: bool = False, relu6_as_relu: bool =
             if hooks is not None:
                 hooks.clear()
         if no_inplace and isinstance(getattr(m, "inplace", None), bool):
-            m.inplace = False
+            setattr(m, "inplace", False)  # noqa: B010 (an attribute of some activations only)
     if relu6_as_relu:
         _swap(twin, nn.ReLU6, lambda _old: GuidedReLU6())
     return twin

@@ -120,7 +120,7 @@ class LayerExamples:
             skipped = [tuple(s.split("\t", 1)) for s in z["skipped"].tolist()]
             return cls(layer, k, folder, z["files"].tolist(), z["top_value"], z["top_image"], z["top_pos"],
                        z["bottom_value"], z["bottom_image"], z["bottom_pos"], grid, rf,
-                       skipped=skipped, images_used=images_used, cached=True)  # type: ignore[arg-type]  # fmt: skip
+                       skipped=skipped, images_used=images_used, cached=True)  # fmt: skip
 
 
 def patch_image(model: Any, path: str | Path, box: tuple[int, int, int, int], size: int | None = None) -> Image.Image:
@@ -164,17 +164,17 @@ class _TopK:
 
     def __init__(self, k: int) -> None:
         self.k = k
-        self.value: torch.Tensor | None = None
-        self.image: torch.Tensor | None = None
-        self.pos: torch.Tensor | None = None
+        self.value = torch.empty(0, 0)  # (C, ≤k) once something was added
+        self.image = torch.empty(0, 0, dtype=torch.long)
+        self.pos = torch.empty(0, 0, dtype=torch.long)
 
     def add(self, value: torch.Tensor, image: torch.Tensor, pos: torch.Tensor) -> None:
         """value, pos: (B, C); image: (B,)."""
         v, i, p = value.T, image[None, :].expand_as(value.T), pos.T
-        if self.value is not None:
+        if self.value.numel():
             v = torch.cat([self.value, v], 1)
-            i = torch.cat([self.image, i], 1)  # type: ignore[list-item]
-            p = torch.cat([self.pos, p], 1)  # type: ignore[list-item]
+            i = torch.cat([self.image, i], 1)
+            p = torch.cat([self.pos, p], 1)
         top = v.topk(min(self.k, v.shape[1]), dim=1)
         self.value, self.image, self.pos = top.values, i.gather(1, top.indices), p.gather(1, top.indices)
 
@@ -232,7 +232,7 @@ def dataset_examples(
                 root,
                 tuple(meta["grid"]),
                 rf,
-                int(meta["images_used"]),  # type: ignore[arg-type]
+                int(meta["images_used"]),
             )
     todo = [n for n in names if n not in out]
     if todo:
@@ -306,10 +306,16 @@ def _scan(
         t, m = top[n], bottom[n]
         out[n] = LayerExamples(
             layer=n, k=k, folder=root, files=rel,
-            top_value=t.value.numpy().astype(np.float32), top_image=t.image.numpy().astype(np.int64),  # type: ignore[union-attr]
-            top_pos=np.stack([(t.pos // w).numpy(), (t.pos % w).numpy()], -1).astype(np.int64),  # type: ignore[operator]
-            bottom_value=(-m.value).numpy().astype(np.float32), bottom_image=m.image.numpy().astype(np.int64),  # type: ignore[union-attr, operator]
-            bottom_pos=np.stack([(m.pos // w).numpy(), (m.pos % w).numpy()], -1).astype(np.int64),  # type: ignore[operator]
+            top_value=t.value.numpy().astype(np.float32), top_image=t.image.numpy().astype(np.int64),
+            top_pos=_rows_cols(t.pos, w),
+            bottom_value=(-m.value).numpy().astype(np.float32), bottom_image=m.image.numpy().astype(np.int64),
+            bottom_pos=_rows_cols(m.pos, w),
             grid=grids[n], rf=receptive_field(model, n), skipped=list(skipped), images_used=used,
         )  # fmt: skip
     return out
+
+
+def _rows_cols(pos: torch.Tensor, width: int) -> np.ndarray:
+    """Flat positions on a grid of `width` columns → (…, 2) int64 (row, column)."""
+    rows = torch.div(pos, width, rounding_mode="floor")
+    return np.stack([rows.numpy(), (pos - rows * width).numpy()], -1).astype(np.int64)

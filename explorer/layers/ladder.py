@@ -117,7 +117,7 @@ def _trace(module: nn.Module, x: torch.Tensor) -> tuple[list[Row], tuple[int, ..
     # A hook fires when a module *finishes*; a parent finishes after its children, which is the order we want
     # for outputs (a block's output comes after its layers' outputs).
     root = tuple(result.shape[1:]) if result is not None else ()
-    return [tuple(v) for v in seen.values()], root  # type: ignore[misc]
+    return [(v[0], v[1], v[2], v[3]) for v in seen.values()], root
 
 
 def trace(module: nn.Module, x: torch.Tensor) -> list[Row]:
@@ -143,7 +143,7 @@ _ANATOMY_LOCK = threading.Lock()
 
 def _structure(module: nn.Module) -> int:
     """A hash of the module tree and its parameter shapes: a changed head or a swapped layer traces again."""
-    parts = [(n, type(m).__name__) for n, m in module.named_modules()]
+    parts: list[tuple[str, Any]] = [(n, type(m).__name__) for n, m in module.named_modules()]
     parts += [(n, tuple(p.shape)) for n, p in module.named_parameters()]
     return hash(tuple(parts))
 
