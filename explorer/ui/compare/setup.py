@@ -242,7 +242,6 @@ def choose_settings(tuned: LoadedModel) -> dict[str, Any]:
         "max_images": images,
         "input_size": size or None,
         "probes": probes,
-        "n_boot": 1000,
         "probe_folds": 5,
         "seed": 0,
     }
