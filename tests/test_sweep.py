@@ -40,17 +40,20 @@ def tiny_sweep(tiny, color_folder):
     return report
 
 
-def test_auto_points_are_none_each_stage_boundary_and_head_only(bundled):
+def test_auto_points_are_none_the_stage_boundaries_a_split_of_the_largest_stage_and_head_only(bundled):
     points = auto_points(bundled)
     rows = {r.name: r for r in ladder(bundled)}
-    assert 6 <= len(points) <= 8
-    assert points[0] == "none" and points[-1] == "global_pool"  # train everything … head only
-    stages = [rows[p].stage for p in points[1:-1]]
-    assert stages == sorted(set(stages))  # one point per stage, in depth order
     names = list(rows)
-    for p in points[1:-1]:  # each is the last block of its stage
-        nxt = names[names.index(p) + 1]
-        assert rows[nxt].stage != rows[p].stage
+    assert 6 <= len(points) <= 8 and points == ["none", *sorted(points[1:], key=names.index)]
+    assert points[0] == "none" and points[-1] == "global_pool"  # train everything … head only
+    spatial = [r for r in rows.values() if r.has_map]
+    stages = sorted({r.stage for r in spatial})
+    ends = {max((r for r in spatial if r.stage == st), key=lambda r: names.index(r.name)).name for st in stages}
+    inner = [p for p in points[1:-1] if p in ends]
+    assert [rows[p].stage for p in inner] == stages[1:-1]  # every stage end but the stem's and the last one's
+    (split,) = [p for p in points[1:-1] if p not in ends]  # and one block inside the largest stage
+    biggest = max(stages, key=lambda st: sum(r.params for r in spatial if r.stage == st))
+    assert rows[split].stage == biggest
 
 
 def test_every_option_is_measured_with_its_interval_and_cost(tiny_sweep, tiny):

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from explorer.data import TransformedView, eval_transform
 from explorer.errors import ExplorerError
-from explorer.layers import ladder
+from explorer.layers import LayerInfo, ladder
 from explorer.models import LoadedModel
 from explorer.transfer.finetune import image_loaders, trainable_model
 from explorer.transfer.freeze import FreezeError, frozen_modules, head_name
@@ -119,20 +119,46 @@ def in_process(tasks: list[SweepTask], context: SweepContext, on_done: Callable[
 
 
 def auto_points(model: LoadedModel) -> list[str]:
-    """'none', the last block of every stage, and 'head only' (the last layer before the classifier): 6–8 points."""
+    """6–8 freeze points spread over where the network's parameters are, in depth order.
+
+    'none' (train every layer); the last block of every stage except the stem's (freezing only the stem leaves
+    99.9 % of the network to train: the same as 'none') and the last one's (its end is 'head only'); then, while
+    there are fewer than six, the block that halves the parameters of the largest stage not yet split (the
+    deep, wide stages where "fine-tune the top layers" lives); and 'head only', the last layer before the
+    classifier.
+    """
     rows = ladder(model, "blocks")
-    module = model.module
     names = [r.name for r in rows]
-    head = head_name(module, _order(model))
+    head = head_name(model.module, _order(model))
     body = [r for r in rows if names.index(r.name) < names.index(head)] if head in names else rows[:-1]
     if not body:
         raise SweepError("This model has no layer before its classifier to freeze at.")
-    spatial = [r for r in body if r.has_map]
-    ends = [r.name for i, r in enumerate(spatial) if i + 1 == len(spatial) or spatial[i + 1].stage != r.stage]
-    points = [p for p in ends if p != spatial[-1].name] if spatial else []
-    while len(points) > 6:  # keep at most 8 points in all: drop every other boundary from the start
-        points = points[1::2] + ([points[-1]] if len(points) % 2 == 0 else [])
+    stages: dict[int, list[LayerInfo]] = {}
+    for r in body:
+        if r.has_map:
+            stages.setdefault(r.stage, []).append(r)
+    groups = list(stages.values())
+    points = [g[-1].name for g in groups[1:-1]]
+    while len(points) > 5:  # at most 8 points in all: drop every other boundary, keep the deepest
+        points = points[-1::-2][::-1]
+    for g in sorted(groups[1:], key=lambda g: -sum(r.params for r in g)):
+        if len(points) >= 4:
+            break
+        middle = _middle(g)
+        if middle is not None and middle not in points:
+            points.append(middle)
+    points.sort(key=names.index)
     return [NONE, *points, body[-1].name]
+
+
+def _middle(group: list[LayerInfo]) -> str | None:
+    """The last block of `group` (not its end) whose cumulative parameters stay within half the group's."""
+    total, running, out = sum(r.params for r in group), 0, None
+    for r in group[:-1]:
+        running += r.params
+        if running <= total / 2:
+            out = r.name
+    return out
 
 
 def _order(model: LoadedModel) -> list[str]:
