@@ -412,3 +412,14 @@ def test_science_the_defaults_reach_the_best_probe_on_digits(bundled) -> None:
         f"\ndefaults: held-out {100 * acc:.1f} % on {result.metadata['data']['val_images']} images in {seconds:.0f} s"
     )
     assert acc >= 0.95
+
+
+def test_the_linear_route_code_extracts_the_pooled_features_the_sweep_used(tiny) -> None:
+    from explorer.transfer.freeze import linear_route_code
+
+    model = trainable_copy(tiny)
+    scope = {"model": model}
+    exec(linear_route_code(tiny, "blocks.2.0"), scope)  # noqa: S102 - our own snippet
+    feats = scope["features"](torch.rand(4, 3, 32, 32))
+    channels = {r.name: r.channels for r in ladder(tiny)}
+    assert feats.shape == (4, channels["blocks.2.0"]) and "LogisticRegression" in linear_route_code(tiny, "blocks.2.0")

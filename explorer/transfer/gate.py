@@ -31,13 +31,13 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f} %"
 
 
-def too_few(n: int) -> Gate:
-    """Closed when `n` held-out images are too few to decide."""
+def too_few(n: int, what: str = "held-out images") -> Gate:
+    """Closed when `n` images (`what` they are) are too few to decide."""
     if n >= MIN_IMAGES_TO_DECIDE:
         return Gate(True)
     return Gate(
         False,
-        f"Too few images to decide: {n} held-out images (at least {MIN_IMAGES_TO_DECIDE} are needed for the "
+        f"Too few images to decide: {n} {what} (at least {MIN_IMAGES_TO_DECIDE} are needed for the "
         "intervals to tell freeze points apart); the measurements are shown with their intervals.",
         ["Use a dataset with more images per class, or a larger held-out fraction when fine-tuning."],
     )

@@ -1,6 +1,6 @@
 """Linear probes: how well a frozen layer's features separate the user's classes.
 
-The lecture's "pretrained network as a feature extractor + linear classifier" route, layer by layer (and
+The classic "pretrained network as a feature extractor + linear classifier" route, layer by layer (and
 Head2Toe's observation that middle layers can rival fine-tuning): standardised pooled features, a multinomial
 logistic regression, k-fold stratified cross-validation. Accuracy far above chance at a layer means the
 pretrained features there already carry what the task needs.

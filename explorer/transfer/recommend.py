@@ -161,7 +161,7 @@ def _stability(layers: list[LayerComparison], halves: list[str | None]) -> bool 
 
 
 def _gate(n_images: int, tuned_correct: int | None, tuned_n: int, chance: float, best_probe: float | None) -> Gate:
-    few = too_few(n_images)
+    few = too_few(n_images, "held-out images" if tuned_correct is not None else "images compared")
     if not few.open:
         return few
     if tuned_correct is None:
@@ -289,6 +289,10 @@ def reconsider(
         out.trainable, out.non_trainable, out.total = s.trainable, s.non_trainable, s.total
         out.code = freeze_code(base, freeze, num_classes=n_classes)
     if chosen is not None and chosen.route == "linear":
+        from explorer.transfer.freeze import linear_route_code
+
         out.trainable = chosen.trainable
         out.total = out.non_trainable + chosen.trainable
+        if base is not None and freeze is not None:
+            out.code = linear_route_code(base, freeze)
     return out

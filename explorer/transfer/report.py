@@ -106,8 +106,14 @@ class ComparisonReport:
         return report_from_dict(d)
 
     def rows(self) -> list[dict[str, Any]]:
-        """One flat dict per layer (the table the app shows and the CSV holds)."""
-        return [row.as_row() for row in self.layers]
+        """One flat dict per layer (the table the app shows and the CSV holds); every CKA figure carries the
+        pooling and input size it was measured with, and which images."""
+        where = {
+            "cka_pooling": self.settings.get("pooling"),
+            "input_px": (self.data.get("input_size") or [None])[0],
+            "images": self.heldout.get("status"),
+        }
+        return [{**row.as_row(), **where} for row in self.layers]
 
     def to_csv(self, path: str | Path | None = None) -> str:
         import csv
