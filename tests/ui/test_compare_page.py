@@ -138,11 +138,13 @@ def test_compare_then_a_chart_click_moves_the_freeze_point_and_the_counts(compar
     at = compared
     spec = json.loads(_chart(at).proto.spec)
     names = [t.get("name") for t in spec["data"]]
-    assert {"CKA base vs tuned", "CKA 95 % interval", "weight change (%)"} <= set(names)
+    assert {"CKA base vs tuned", "CKA 95 % interval", "weight change (absolute RMS)"} <= set(names)
+    assert {"CKA: tuned weights + base BN statistics", "CKA: base weights + tuned BN statistics"} <= set(names)
     layers = spec["data"][0]["x"]
     assert layers[0] == "conv_stem" and "blocks.6.0" in layers and layers[-1] == "classifier"
-    recommended = at.query_params["freeze"]
-    assert at.selectbox(key="cmp_freeze").value == recommended
+    recommended = at.query_params["freeze"]  # 33 images: too few to decide, so "none" is shown
+    assert recommended == "none" and at.selectbox(key="cmp_freeze").value == recommended
+    assert any("No freeze point from this comparison" in w.value and "Too few images" in w.value for w in at.warning)
     before = _metrics(at)
     assert before["Total params"] == before["Trainable params"] + before["Non-trainable params"]
 
@@ -263,7 +265,8 @@ def _row(i: int, name: str, cka: float, wc: float | None, probe: float | None, h
     return LayerComparison(name=name, index=i, type="Conv2d", stage=i, channels=4, params=100 if name != "pool" else 0,
                            cka=cka, cka_low=cka - 0.02, cka_high=min(cka + 0.02, 1.0), weight_change=wc,
                            weight_change_channels=[0.3, 0.1, 0.0, 0.2] if wc else [], probe_acc=probe,
-                           new_head=head)  # fmt: skip
+                           new_head=head, weight_rms=wc / 10 if wc else None,
+                           weight_per_step=wc if wc else None)  # fmt: skip
 
 
 @pytest.fixture
@@ -290,8 +293,8 @@ def test_figure_marks_the_recommended_and_chosen_points_and_shades_the_band(repo
     assert band.fill == "tonexty" and list(band.y[:3]) == pytest.approx([0.97, 0.95, 0.58])
     lines = sorted(s.x0 for s in fig.layout.shapes if s.type == "line" and s.x0 == s.x1)
     assert lines == [1.5, 2.5]  # after b (recommended) and after c (chosen)
-    weight = next(t for t in fig.data if t.name == "weight change (%)")
-    assert list(weight.y[3:]) == [None, None] and list(weight.y[:3]) == pytest.approx([1.0, 2.0, 20.0])
+    weight = next(t for t in fig.data if (t.name or "").startswith("weight change per step budget"))
+    assert list(weight.y[3:]) == [None, None] and list(weight.y[:3]) == pytest.approx([0.01, 0.02, 0.2])
     assert weight.yaxis == "y2"
     assert list(fig.data[0].x) == ["a", "b", "c", "pool", "head"]  # the clickable columns, one per layer
 
@@ -318,7 +321,7 @@ def test_html_report_is_one_offline_file_with_the_layers_pictures(report):
     pics = np.zeros((2, 8, 8, 3), dtype=np.uint8)
     renders = {"base": pics, "tuned": pics + 200, "units": [0, 3], "per_unit": [None, None]}
     html = compare_store.with_renders(report, "b", renders).to_html()
-    assert html.count("data:image/png;base64,") == 4 and "<svg" in html and "Recommendation" in html
+    assert html.count("data:image/png;base64,") == 4 and "<svg" in html and "Predicted (no sweep has run)" in html
     assert "http://" not in html and "https://" not in html and "<script" not in html  # opens offline
     assert "data:image" not in compare_store.with_renders(report, None, renders).to_html()
 
@@ -330,6 +333,7 @@ def test_guide_highlights_exactly_the_users_cell_and_ladder_greys_the_frozen_row
     assert "your case" in row.split("|")[3]  # little data × different from ImageNet
     df = ladder_frame(report, "b")
     assert df["state"].tolist() == ["frozen", "frozen", "trainable", "—", "new head"]
+    assert {"tuned w + base BN", "base w + tuned BN", "Δw RMS", "Δw / step budget", "BN shift"} <= set(df.columns)
 
 
 def test_unit_picks_take_the_most_and_least_changed_channels(report):
