@@ -50,9 +50,19 @@ def main() -> None:
     ap.add_argument("--input-size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--skip-defaults", action="store_true", help="skip part 1")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's). On a shared, busy machine use 1: two threads that wait for each "
+        "other can run 10× slower, while one thread's CPU time stays what the work costs",
+    )
     args = ap.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from explorer.models import load_model
     from explorer.transfer.finetune import finetune

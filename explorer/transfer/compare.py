@@ -41,7 +41,8 @@ from explorer.transfer.report import ComparisonReport
 from explorer.transfer.sweep_report import SweepReport
 from explorer.transfer.weights import has_bn_stats, hybrid
 
-CrossExcitation = Callable[[LoadedModel, LoadedModel, list[str]], dict[str, Any]]
+# (base, tuned, layer names) -> {"values": {layer: float}, "renders": {layer: {...}}, "units": …, "per_unit": …}
+CrossExcitation = Callable[[LoadedModel, LoadedModel, list[str]], dict[str, dict[str, object]]]
 
 FEATURE_BUDGET_BYTES = 3_000_000_000  # pooled features held for the Gram matrices, all models together
 
@@ -359,7 +360,7 @@ def _probes(
     return probe_layers(arrays, labels, folds=folds, seed=seed, progress=probe_progress, should_stop=stop)
 
 
-def _add_cross_excitation(report: ComparisonReport, cx: dict[str, Any]) -> None:
+def _add_cross_excitation(report: ComparisonReport, cx: dict[str, dict[str, Any]]) -> None:
     for row in report.layers:
         row.cross_excitation = cx.get("values", {}).get(row.name)
     units, per_unit = cx.get("units", {}), cx.get("per_unit", {})

@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer.models import LoadedModel
+from explorer.transfer.settings import FinetuneSettings
 from explorer.transfer.sweep import SweepReport, sweep, sweep_settings
 from explorer.transfer.sweep_tasks import auto_points
 from explorer.ui.compare.charts import sweep_figure
@@ -22,7 +23,7 @@ from explorer.ui.compare.setup import data_signature
 from explorer.ui.compare.store import get_sweep, stored_tasks, sweep_path
 
 
-def settings_for(cfg: dict[str, int]) -> Any:
+def settings_for(cfg: dict[str, int]) -> FinetuneSettings:
     """The FinetuneSettings budget of a sweep from the page's choices (epochs, input px, image cap)."""
     return sweep_settings(cfg["epochs"], input_size=cfg["input"], max_images=cfg["images"] or None)
 
