@@ -144,7 +144,9 @@ def advice(rec: Recommendation) -> tuple[str, str]:
     if rec.source == "sweep":
         text = f"**Measured: freeze up to `{point}`{route}.** {rec.reason}"
         return "sweep", text + (f"\n\n*Explanation:* {rec.agreement}" if rec.agreement else "")
-    return "prediction", f"**Predicted (no sweep has run): freeze up to `{point}`.** {rec.reason}"
+    text = f"**Predicted (no sweep has run): freeze up to `{point}`.** {rec.reason}"
+    unstable = next((c for c in rec.caveats if c.startswith("Unstable")), None)
+    return "prediction", text + (f"\n\n**{unstable}**" if unstable else "")
 
 
 # --------------------------------------------------------------------------- the panel
