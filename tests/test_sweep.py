@@ -40,20 +40,29 @@ def tiny_sweep(tiny, color_folder):
     return report
 
 
-def test_auto_points_are_none_the_stage_boundaries_a_split_of_the_largest_stage_and_head_only(bundled):
+def test_auto_points_spread_over_the_parameters_stage_ends_and_cuts_of_the_largest_stage(bundled):
     points = auto_points(bundled)
     rows = {r.name: r for r in ladder(bundled)}
     names = list(rows)
     assert 6 <= len(points) <= 8 and points == ["none", *sorted(points[1:], key=names.index)]
     assert points[0] == "none" and points[-1] == "global_pool"  # train everything … head only
-    spatial = [r for r in rows.values() if r.has_map]
+    body = names[: names.index("global_pool") + 1]
+    total = sum(rows[n].params for n in body)
+    frozen = {n: sum(rows[m].params for m in body[: body.index(n) + 1]) / total for n in body}
+    spatial = [rows[n] for n in body if rows[n].has_map]
     stages = sorted({r.stage for r in spatial})
-    ends = {max((r for r in spatial if r.stage == st), key=lambda r: names.index(r.name)).name for st in stages}
-    inner = [p for p in points[1:-1] if p in ends]
-    assert [rows[p].stage for p in inner] == stages[1:-1]  # every stage end but the stem's and the last one's
-    (split,) = [p for p in points[1:-1] if p not in ends]  # and one block inside the largest stage
+    ends = {st: [r.name for r in spatial if r.stage == st][-1] for st in stages}
+    kept = [ends[st] for st in stages[:-1] if frozen[ends[st]] >= 0.01]
+    assert [p for p in points if p in ends.values()] == kept  # stage ends that freeze ≥ 1 % (not the last)
+    assert frozen["blocks.1.1"] < 0.01 and "blocks.1.1" not in points  # the stem's stages: 'none' in all but name
+    cuts = [p for p in points[1:-1] if p not in ends.values()]
     biggest = max(stages, key=lambda st: sum(r.params for r in spatial if r.stage == st))
-    assert rows[split].stage == biggest
+    assert cuts and all(rows[c].stage == biggest for c in cuts)  # cut into equal parameter parts
+    share = [
+        sum(rows[n].params for n in body if rows[n].stage == biggest and names.index(n) <= names.index(c)) for c in cuts
+    ]
+    whole = sum(r.params for r in spatial if r.stage == biggest)
+    assert all(abs(v / whole - (i + 1) / (len(cuts) + 1)) < 0.2 for i, v in enumerate(share))
 
 
 def test_every_option_is_measured_with_its_interval_and_cost(tiny_sweep, tiny):

@@ -118,14 +118,17 @@ def in_process(tasks: list[SweepTask], context: SweepContext, on_done: Callable[
 # --------------------------------------------------------------------------- points
 
 
-def auto_points(model: LoadedModel) -> list[str]:
-    """6–8 freeze points spread over where the network's parameters are, in depth order.
+MIN_FROZEN_SHARE = 0.01  # a stage end that freezes less of the network than this is 'none' in all but name
 
-    'none' (train every layer); the last block of every stage except the stem's (freezing only the stem leaves
-    99.9 % of the network to train: the same as 'none') and the last one's (its end is 'head only'); then, while
-    there are fewer than six, the block that halves the parameters of the largest stage not yet split (the
-    deep, wide stages where "fine-tune the top layers" lives); and 'head only', the last layer before the
-    classifier.
+
+def auto_points(model: LoadedModel) -> list[str]:
+    """Six to eight freeze points spread along what a freeze point changes: how much of the network trains.
+
+    'none' (train every layer); the end of every stage but the last (whose end is 'head only') that freezes at
+    least 1 % of the parameters before the head (freezing the stem alone leaves 99.9 % to train: 'none' in all
+    but name, at most of the cost of training everything); then, while there are fewer than six, blocks that cut
+    the stage holding the most parameters into parts of equal parameter count (the deep, wide stages where
+    "fine-tune the top layers" lives); and 'head only', the last layer before the classifier.
     """
     rows = ladder(model, "blocks")
     names = [r.name for r in rows]
@@ -133,31 +136,34 @@ def auto_points(model: LoadedModel) -> list[str]:
     body = [r for r in rows if names.index(r.name) < names.index(head)] if head in names else rows[:-1]
     if not body:
         raise SweepError("This model has no layer before its classifier to freeze at.")
+    total = sum(r.params for r in body) or 1
     stages: dict[int, list[LayerInfo]] = {}
     for r in body:
         if r.has_map:
             stages.setdefault(r.stage, []).append(r)
     groups = list(stages.values())
-    points = [g[-1].name for g in groups[1:-1]]
+    cumulative = {r.name: sum(q.params for q in body[: body.index(r) + 1]) / total for r in body}
+    points = [g[-1].name for g in groups[:-1] if cumulative[g[-1].name] >= MIN_FROZEN_SHARE]
     while len(points) > 5:  # at most 8 points in all: drop every other boundary, keep the deepest
         points = points[-1::-2][::-1]
-    for g in sorted(groups[1:], key=lambda g: -sum(r.params for r in g)):
+    for g in sorted(groups, key=lambda g: -sum(r.params for r in g)):  # the largest stage first, then the next
         if len(points) >= 4:
             break
-        middle = _middle(g)
-        if middle is not None and middle not in points:
-            points.append(middle)
-    points.sort(key=names.index)
+        points += [c for c in _cuts(g, 4 - len(points)) if c not in points]
+    points = sorted(dict.fromkeys(points), key=names.index)
     return [NONE, *points, body[-1].name]
 
 
-def _middle(group: list[LayerInfo]) -> str | None:
-    """The last block of `group` (not its end) whose cumulative parameters stay within half the group's."""
-    total, running, out = sum(r.params for r in group), 0, None
+def _cuts(group: list[LayerInfo], k: int) -> list[str]:
+    """Up to `k` blocks of `group` (never its last) that cut it into k + 1 parts of about equal parameter count."""
+    total, running, out = sum(r.params for r in group), 0, []
+    targets = [total * (i + 1) / (k + 1) for i in range(k)]
     for r in group[:-1]:
         running += r.params
-        if running <= total / 2:
-            out = r.name
+        while targets and running >= targets[0] - 0.5 * r.params:
+            targets.pop(0)
+            if not out or out[-1] != r.name:
+                out.append(r.name)
     return out
 
 
