@@ -98,6 +98,8 @@ def _band(fig: go.Figure, cs: ChartSeries) -> None:
         go.Scatter(
             x=cs.names, y=cs.cka_high, mode="lines", line=line, hoverinfo="skip", showlegend=False, connectgaps=True
         ),
+        row=1,
+        col=1,
         secondary_y=False,
     )
     fig.add_trace(
@@ -112,6 +114,8 @@ def _band(fig: go.Figure, cs: ChartSeries) -> None:
             hoverinfo="skip",
             connectgaps=True,
         ),
+        row=1,
+        col=1,
         secondary_y=False,
     )
 
@@ -137,12 +141,15 @@ def _line(
                 marker={"size": size},
                 hoverinfo="skip",
             ),
+            row=1,
+            col=1,
             secondary_y=secondary,
         )
 
 
 def _sweep(fig: go.Figure, cs: ChartSeries) -> None:
-    """The measured held-out accuracy at each freeze point, by route, with its interval; 'none' as a line."""
+    """Under the curves: the measured held-out accuracy at each freeze point by route, 95 % intervals; 'none'
+    (train every layer) as a dashed line."""
     for route, opts in cs.sweep.items():
         y = [o.accuracy if o else None for o in opts]
         plus = [o.high - o.accuracy if o else None for o in opts]
@@ -158,31 +165,50 @@ def _sweep(fig: go.Figure, cs: ChartSeries) -> None:
                 line={"color": COLOURS[route], "width": 1.5, "dash": "dot"},
                 marker={"size": 10, "symbol": "square" if route == "finetune" else "triangle-up"},
                 error_y={"type": "data", "array": plus, "arrayminus": minus, "width": 4, "color": COLOURS[route]},
-                hoverinfo="skip",
+                customdata=[[o.trainable, o.low, o.high] if o else [None, None, None] for o in opts],
+                hovertemplate="%{x}: %{y:.1%} [%{customdata[1]:.1%}, %{customdata[2]:.1%}]<br>"
+                "%{customdata[0]:,} trainable<extra>" + label + "</extra>",
             ),
-            secondary_y=False,
+            row=2,
+            col=1,
         )
     if cs.sweep_all is not None:
         o = cs.sweep_all
         fig.add_hline(
             y=o.accuracy,
+            row=2,
+            col=1,
             line={"color": COLOURS["finetune"], "width": 1.5, "dash": "dash"},
-            annotation_text=f"train every layer: {100 * o.accuracy:.1f} %",
-            annotation_position="top left",
+            annotation_text=f"train every layer: {100 * o.accuracy:.1f} % [{100 * o.low:.1f}, {100 * o.high:.1f}]",
+            annotation_position="bottom left",
             annotation_font={"size": 10, "color": COLOURS["finetune"]},
         )
+
+
+def _sweep_range(cs: ChartSeries) -> list[float]:
+    lows = [o.low for opts in cs.sweep.values() for o in opts if o] + ([cs.sweep_all.low] if cs.sweep_all else [])
+    return [max(0.0, min(lows, default=0.0) - 0.02), 1.005]
 
 
 def comparison_figure(
     report: ComparisonReport, freeze_after: str | None = None, *, similar_cka: float | None = None, height: int = 480
 ) -> go.Figure:
-    """The per-layer curves of a ComparisonReport, zones shaded, the recommended and chosen freeze points marked."""
+    """The per-layer curves of a ComparisonReport, zones shaded, the recommended and chosen freeze points marked;
+    with a sweep, a second panel under them: held-out accuracy at each freeze point, on its own scale."""
     rows = list(report.layers)
     cs = chart_series(report)
     threshold = similar_cka if similar_cka is not None else float(report.settings.get("similar_cka", 0.9))
     lows = [v for v in cs.cka_low + cs.cka + cs.cka_stats + cs.cka_weights if v is not None]
     bottom, top = min([0.0, *lows]) - 0.02, 1.04
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    swept = bool(cs.sweep)
+    fig = make_subplots(
+        rows=2 if swept else 1,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.05,
+        row_heights=[0.66, 0.34] if swept else None,
+        specs=[[{"secondary_y": True}], [{}]] if swept else [[{"secondary_y": True}]],
+    )
     fig.add_trace(  # the click targets: one full-height column per layer, carrying the hover text
         go.Bar(
             x=cs.names,
@@ -195,6 +221,8 @@ def comparison_figure(
             hovertext=[_hover(r) for r in rows],
             hovertemplate="%{hovertext}<extra></extra>",
         ),
+        row=1,
+        col=1,
         secondary_y=False,
     )
     _band(fig, cs)
@@ -205,16 +233,19 @@ def comparison_figure(
     if cs.probe and any(v is not None for v in cs.probe) and finite(report.chance):
         fig.add_hline(
             y=report.chance,
+            row=1,
+            col=1,
             line={"color": COLOURS["probe"], "width": 1, "dash": "dot"},
             annotation_text="chance",
             annotation_position="bottom right",
             annotation_font={"size": 10, "color": COLOURS["probe"]},
         )
-    _sweep(fig, cs)
     _line(fig, cs.names, cs.weight, cs.weight_label, COLOURS["weight"], secondary=True)
+    if swept:
+        _sweep(fig, cs)
     _zones(fig, rows, threshold)
     _marks(fig, report, rows, freeze_after)
-    _layout(fig, cs, bottom, top, height)
+    _layout(fig, cs, bottom, top, height + (220 if swept else 0))
     return fig
 
 
@@ -262,9 +293,13 @@ def _marks(fig: go.Figure, report: ComparisonReport, rows: list[LayerComparison]
 
 
 def _layout(fig: go.Figure, cs: ChartSeries, bottom: float, top: float, height: int) -> None:
-    fig.update_yaxes(title_text="CKA · accuracy", range=[bottom, top], secondary_y=False, zeroline=False)
+    fig.update_yaxes(title_text="CKA · accuracy", range=[bottom, top], secondary_y=False, zeroline=False, row=1, col=1)
+    if cs.sweep:
+        fig.update_yaxes(title_text="held-out accuracy", tickformat=".0%", range=_sweep_range(cs), row=2, col=1)
     fig.update_yaxes(
         title_text=cs.weight_label.split(" (")[0],
+        row=1,
+        col=1,
         secondary_y=True,
         rangemode="tozero",
         showgrid=False,
@@ -272,7 +307,8 @@ def _layout(fig: go.Figure, cs: ChartSeries, bottom: float, top: float, height: 
         nticks=6,
         zeroline=False,
     )
-    fig.update_xaxes(title_text="layer, input → output", type="category", tickangle=-45)
+    fig.update_xaxes(type="category", tickangle=-45)
+    fig.update_xaxes(title_text="layer, input → output", row=2 if cs.sweep else 1, col=1)
     fig.update_layout(
         height=height,
         margin={"l": 10, "r": 10, "t": 80, "b": 10},

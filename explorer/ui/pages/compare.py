@@ -32,6 +32,7 @@ from explorer.ui.compare.demo import demo_panel
 from explorer.ui.compare.freeze_panel import NONE, render_panel, summaries
 from explorer.ui.compare.layer import attribution_section, examples_section, spatial, unit_picks, units_section
 from explorer.ui.compare.setup import (
+    UPLOAD,
     choose_data,
     choose_settings,
     choose_sweep_settings,
@@ -236,8 +237,7 @@ def _layer_zip(layer: str, files: dict[str, bytes], stem: str) -> None:
 
 
 def _first_visit(base: LoadedModel, column: Any) -> None:
-    """No fine-tuned model yet: the demo button, and the sweep on images of the user's choice."""
-    demo_panel(base)
+    """No fine-tuned model yet: (the demo button above, then) the sweep on images of the user's choice."""
     with column:
         data = choose_data(None, None, name="sw_data", key="sw_data")
     if data is None:
@@ -288,12 +288,15 @@ def render() -> None:
     if toast:
         st.toast(toast, icon=":material/check:")
     base = current_model()
+    first = not list_runs() and param("tuned") in (None, UPLOAD)
+    if first:
+        demo_panel(base)
     top = st.columns(2, gap="large")
     with top[0]:
         st.markdown(f"**Base** `{base.spec}` · fingerprint `{base.short_fingerprint}`")
         chosen = choose_tuned(base)
     if chosen is None:
-        if not list_runs():  # a first visit (with runs, the user is choosing a checkpoint to upload)
+        if first:  # with runs, the user is choosing a checkpoint to upload
             _first_visit(base, top[1])
         return
     tuned, run = chosen
