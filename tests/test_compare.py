@@ -15,10 +15,10 @@ import torch
 from explorer.errors import ExplorerError
 from explorer.layers import hook_count, ladder
 from explorer.models import fingerprint, load_model
-from explorer.transfer.compare import CompareError, ComparisonReport, LayerComparison, compare
+from explorer.transfer.compare import CompareError, compare
 from explorer.transfer.finetune import FinetuneSettings, finetune
 from explorer.transfer.recommend import bn_explanation, recommend
-from explorer.transfer.report import chart_series
+from explorer.transfer.report import ComparisonReport, LayerComparison, chart_series
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from explorer.transfer.cka import LayerCKA
 from explorer.transfer.freeze import frozen_modules
 from explorer.transfer.heldout import HeldOut
 from explorer.transfer.probes import ProbeResult, chance_level
-from explorer.transfer.recommend import predict, recommend
+from explorer.transfer.recommend import body_rows, predict, recommend
 from explorer.transfer.report import ComparisonReport, LayerComparison
 from explorer.transfer.weights import block_change, step_budget
 
@@ -117,7 +117,7 @@ def build_report(
     correct, n_scored = tuned_score(tuned, classes, held, logits, labels)
     chance = chance_level(labels.numpy())
     per_class = held.train_images / max(len(classes), 1) if held.train_images else None
-    body = [r.name for r in layers if not r.new_head][:-1] if layers else []
+    body = [r.name for r in body_rows(layers)]  # the top layer is the last one before the classifier
     rec = recommend(
         base,
         layers,

@@ -143,6 +143,11 @@ def advice(rec: Recommendation) -> tuple[str, str]:
     route = " and train a linear classifier on it" if rec.route == "linear" else ""
     if rec.source == "sweep":
         text = f"**Measured: freeze up to `{point}`{route}.** {rec.reason}"
+        if rec.route == "linear":
+            text += (
+                f" The linear route trains {rec.trainable:,} parameters; the counts beside are those of "
+                f"fine-tuning after {point}."
+            )
         return "sweep", text + (f"\n\n*Explanation:* {rec.agreement}" if rec.agreement else "")
     text = f"**Predicted (no sweep has run): freeze up to `{point}`.** {rec.reason}"
     unstable = next((c for c in rec.caveats if c.startswith("Unstable")), None)

@@ -101,7 +101,8 @@ def show(report: SweepReport, *, key: str, figure: bool) -> None:
         "images/s": st.column_config.NumberColumn(format="%.0f"),
         "McNemar p vs best": st.column_config.NumberColumn(format="%.3f"),
     }
-    st.dataframe(options_frame(report), hide_index=True, key=f"{key}_table", column_config=fmt)
+    frame = options_frame(report)
+    st.dataframe(frame, hide_index=True, key=f"{key}_table", column_config=fmt, height=35 * (len(frame) + 1) + 3)
     d = report.data
     st.caption(
         f"{d.get('train_images')} training and {d.get('heldout_images')} held-out images, "

@@ -272,7 +272,7 @@ def _caption(report: Any) -> None:
     st.caption(
         f"{report.data.get('images_used')} images of {report.data.get('source')} · "
         f"{len(report.data.get('classes') or [])} classes{acc} · {report.heldout.get('note', '')} "
-        f"CKA: {report.settings.get('pooling')}; {report.settings.get('cka')} · computed in "
+        f"{report.settings.get('pooling')}; {report.settings.get('cka')} · computed in "
         f"{report.seconds.get('total', 0):.0f} s"
     )
 
