@@ -427,3 +427,41 @@ def test_no_freeze_point_from_a_model_that_has_not_learned(bundled, digits_runs,
     assert report.heldout["status"] == "heldout" and report.data["images_used"] == 120
     assert rec.source == "withheld" and rec.freeze_after is None
     assert "has not learned" in rec.reason and rec.try_next
+
+
+def test_with_a_sweep_the_guide_compares_its_linear_classifiers_trained_on_the_whole_split(tiny):
+    from explorer.transfer.report import ComparisonReport
+    from explorer.transfer.sweep_report import SweepReport, choose, make_options
+
+    rng = np.random.default_rng(3)
+    best, top = rng.random(300) < 0.97, rng.random(300) < 0.85
+    bits = {"linear@blocks.2.0": best, "linear@global_pool": top, "finetune@none": best}
+    tasks = {
+        f"{k}#0": {
+            "accuracy": float(v.mean()),
+            "correct": "".join("1" if c else "0" for c in v),
+            "trainable": 10 if k.startswith("linear") else 99_000,
+            "seconds": 1.0,
+            "images_per_second": 1.0,
+        }
+        for k, v in bits.items()
+    }
+    options, ob = make_options(tasks, ["none", "blocks.2.0", "global_pool"])
+    sweep = SweepReport(
+        base={},
+        data={"images_per_class": 400.0},
+        settings={},
+        options=options,
+        choice=choose(options, ob, 0.1),
+        chance=0.1,
+    )
+    layers = _rows(tiny, CKA)
+    rec = _recommend(tiny, layers, probes=_probes({"blocks.2.0": top, "global_pool": top}))
+    assert rec.guide.similarity == "similar"  # the probes (same folds) saw no difference
+    report = ComparisonReport(
+        base={}, tuned={}, data={"classes": list("abc")}, settings={}, layers=layers, recommendation=rec
+    )
+    measured = report.with_sweep(sweep, tiny).recommendation
+    g = measured.guide
+    assert (g.size, g.similarity) == ("large", "different") and g.measurements["top_probe_layer"] == "global_pool"
+    assert g.measurements["probes_from"] == "the sweep's linear route" and g.measurements["probe_gap_low"] > 0

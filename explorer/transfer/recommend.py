@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from explorer.models import LoadedModel
 from explorer.transfer.gate import Gate, learned, too_few
-from explorer.transfer.guide import GUIDE, GuideCell, place, why
+from explorer.transfer.guide import GUIDE, GuideCell, place, place_from_sweep, why
 from explorer.transfer.probes import ProbeResult
 
 if TYPE_CHECKING:
@@ -275,6 +275,8 @@ def reconsider(
     chosen = sweep.chosen
     freeze = None if point == "none" else point
     agreement = _agreement(rec, point, report.layers, sweep)
+    per_class = sweep.data.get("images_per_class")
+    guide = place_from_sweep(float(per_class), sweep.options) if isinstance(per_class, (int, float)) else None
     out = dataclasses.replace(
         rec,
         freeze_after=freeze,
@@ -282,6 +284,7 @@ def reconsider(
         route=sweep.choice.route or "finetune",
         reason=f"Measured by the freeze sweep: {sweep.choice.reason}",
         agreement=agreement,
+        guide=guide or rec.guide,
     )
     n_classes = len(report.data.get("classes") or []) or None
     if base is not None:

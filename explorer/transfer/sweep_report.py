@@ -44,6 +44,7 @@ class SweepOption:
     only_this: int = 0  # held-out images (× seeds) only this option got right, against the best
     only_best: int = 0
     indistinguishable: bool = True  # not found worse than the best
+    correct: str = field(default="", repr=False)  # '0'/'1' per held-out image, seed after seed (the paired tests)
 
     @property
     def key(self) -> str:
@@ -182,6 +183,7 @@ def make_options(
             )
         )  # type: ignore[arg-type]
         bits_of[out[-1].key] = bits
+        out[-1].correct = "".join("1" if b else "0" for b in bits)
     rank = {p: i for i, p in enumerate(order)}
     return sorted(out, key=lambda o: (rank.get(o.point, len(rank)), o.route)), bits_of
 
