@@ -430,6 +430,7 @@ def test_no_freeze_point_from_a_model_that_has_not_learned(bundled, digits_runs,
 
 
 def test_with_a_sweep_the_guide_compares_its_linear_classifiers_trained_on_the_whole_split(tiny):
+    from explorer.transfer.guide import why
     from explorer.transfer.report import ComparisonReport
     from explorer.transfer.sweep_report import SweepReport, choose, make_options
 
@@ -465,3 +466,4 @@ def test_with_a_sweep_the_guide_compares_its_linear_classifiers_trained_on_the_w
     g = measured.guide
     assert (g.size, g.similarity) == ("large", "different") and g.measurements["top_probe_layer"] == "global_pool"
     assert g.measurements["probes_from"] == "the sweep's linear route" and g.measurements["probe_gap_low"] > 0
+    assert "the sweep's linear route: best at blocks.2.0" in why(g)

@@ -125,8 +125,9 @@ def why(cell: GuideCell) -> str:
         if isinstance(gap, float) and math.isfinite(gap)
         else ""
     )  # type: ignore[operator]
+    probes = m.get("probes_from") or "linear probes on the base features, same folds"
     return (
-        f"{size}; linear probes on the base features, same folds: best at {m.get('best_probe_layer')} "
+        f"{size}; {probes}: best at {m.get('best_probe_layer')} "
         f"({pct(m.get('best_probe_acc'))}), top layer {m.get('top_probe_layer')} ({pct(m.get('top_probe_acc'))}), "
         f"{gap_text} → {cell.similarity}."
     )
