@@ -7,7 +7,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from explorer.transfer.cka import MinibatchCKA, StreamingCKA, gram_cka, gram_linear, hsic_terms, linear_cka
+from explorer.transfer.cka import (
+    GramStats,
+    MinibatchCKA,
+    StreamingCKA,
+    cka_interval,
+    gram_cka,
+    gram_linear,
+    hsic_terms,
+    linear_cka,
+)
 
 seeds = st.integers(0, 2**32 - 1)
 debiased = st.booleans()
@@ -128,9 +137,6 @@ def test_minibatch_cka_averages_unbiased_hsic_over_batches_and_tracks_the_full_v
     # The same quantity by hand: mean per-batch HSIC₁ terms (equal batch sizes), then the ratio.
     t = np.mean([np.array(hsic_terms(bx, by)) / (len(bx) * (len(bx) - 3)) for bx, by in batches], axis=0)
     assert acc.value == pytest.approx(t[0] / np.sqrt(t[1] * t[2]), rel=1e-12)
-    est = acc.estimate(n_boot=500, seed=0)
-    assert est.low <= est.value <= est.high
-    assert est.batches == 12 and est.examples == 600
     full = linear_cka(x, y, debiased=True)
     assert abs(acc.value - full) < 0.05  # same population quantity, estimated from fewer pairs
     noise = MinibatchCKA()
@@ -140,20 +146,37 @@ def test_minibatch_cka_averages_unbiased_hsic_over_batches_and_tracks_the_full_v
     assert abs(noise.value) < 0.05
 
 
-def test_minibatch_cka_interval_widens_with_fewer_batches_and_skips_tiny_batches() -> None:
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds, shape=dims)
+def test_the_gram_estimate_is_the_full_debiased_cka_and_its_interval_contains_it(
+    seed: int, shape: tuple[int, int, int]
+) -> None:
+    x, y = _pair(seed, *shape)
+    est = cka_interval(GramStats(gram_linear(x)), GramStats(gram_linear(y)))
+    assert est.value == pytest.approx(linear_cka(x, y, debiased=True), abs=1e-9)
+    assert est.low <= est.value <= est.high <= 1.0 and est.examples == x.shape[0]
+
+
+def test_the_jackknife_leaves_out_each_image_exactly() -> None:
+    """The O(n²) leave-one-out formula equals recomputing the debiased CKA without that image."""
+    x, y = _pair(5, 30, 6, 4)
+    gx, gy = GramStats(gram_linear(x)), GramStats(gram_linear(y))
+    _, loo_xy = gx.u_inner(gy)
+    _, loo_xx = gx.u_inner(gx)
+    _, loo_yy = gy.u_inner(gy)
+    for i in (0, 11, 29):
+        keep = np.arange(30) != i
+        want = linear_cka(x[keep], y[keep], debiased=True)
+        assert float(loo_xy[i] / np.sqrt(loo_xx[i] * loo_yy[i])) == pytest.approx(want, abs=1e-9)
+
+
+def test_the_interval_narrows_with_more_images_and_is_nan_below_five() -> None:
     x, y = _pair(3, 800, 30, 30, noise=6.0)
-    many, few = MinibatchCKA(), MinibatchCKA()
-    for i in range(0, 800, 40):
-        many.update(x[i : i + 40], y[i : i + 40])
-    for i in range(0, 200, 40):
-        few.update(x[i : i + 40], y[i : i + 40])
-    few.update(x[:3], y[:3])  # < 4 rows: no unbiased HSIC, ignored
-    e_many, e_few = many.estimate(seed=0), few.estimate(seed=0)
-    assert e_few.batches == 5
-    assert (e_few.high - e_few.low) > (e_many.high - e_many.low)
-    single = MinibatchCKA()
-    single.update(x[:40], y[:40])
-    assert np.isnan(single.estimate().low)  # cannot resample one batch
+    few = cka_interval(GramStats(gram_linear(x[:50])), GramStats(gram_linear(y[:50])))
+    many = cka_interval(GramStats(gram_linear(x)), GramStats(gram_linear(y)))
+    assert (few.high - few.low) > (many.high - many.low) > 0
+    tiny = cka_interval(GramStats(gram_linear(x[:4])), GramStats(gram_linear(y[:4])))
+    assert np.isfinite(tiny.value) and np.isnan(tiny.low)
 
 
 def test_mismatched_rows_are_refused() -> None:

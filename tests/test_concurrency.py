@@ -40,7 +40,7 @@ def _session(base: LoadedModel, tuned: LoadedModel, folder: Any, layer: str, uni
     """What one browser session does on the Compare page: same-seed renders of a layer's units, then compare."""
     objs = [fv.channel(layer, u) for u in units]
     renders = fv.render(base, objs, preset="fast", seed=seed, steps=4, size=32).images
-    report = compare(base, tuned, folder, max_images=24, input_size=64, n_boot=200, probe_folds=2, seed=seed)
+    report = compare(base, tuned, folder, max_images=24, input_size=64, probe_folds=2, seed=seed)
     rows = [(r.name, r.cka, r.cka_low, r.cka_high, r.weight_change, r.probe_acc) for r in report.layers]
     return {"renders": renders, "rows": rows, "freeze": report.recommendation.freeze_after}
 

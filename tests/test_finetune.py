@@ -298,3 +298,128 @@ def test_a_file_that_fails_only_when_decoded_is_skipped_and_counted(tiny, color_
     assert len(result.epochs) == 1
     unreadable = result.metadata["data"]["unreadable"]
     assert unreadable["count"] == 1 and "truncated" in unreadable["first"][0]
+
+
+# --------------------------------------------------------------------------- the split, the best epoch, the optimiser
+
+
+def test_the_split_is_saved_and_compare_finds_the_held_out_images_again(tiny, color_folder, tmp_path) -> None:
+    import shutil
+
+    from explorer.data import open_dataset
+    from explorer.transfer.heldout import file_list_sha256, heldout_images, split_of
+
+    out = tmp_path / "s.safetensors"
+    finetune(tiny, color_folder, FinetuneSettings(epochs=1, **FAST), out=out)
+    meta = load_model(str(out), device="cpu").metadata
+    split = split_of(meta)
+    dataset = open_dataset(color_folder)
+    assert split is not None and not set(split.train) & set(split.heldout)
+    assert sorted(split.train + split.heldout) == list(range(36)) and len(split.heldout) == 9
+    assert split.files_sha256 == file_list_sha256(dataset) and meta["data"]["val_images"] == 9
+    held = heldout_images(meta, dataset, str(color_folder))
+    assert held.status == "heldout" and held.indices == split.heldout and held.train_images == 27
+    changed = tmp_path / "changed"
+    shutil.copytree(color_folder, changed)
+    (changed / "red" / "00.png").rename(changed / "red" / "zz.png")  # same images, another file list
+    moved = heldout_images(
+        {**meta, "data": {**meta["data"], "source": str(changed)}}, open_dataset(changed), str(changed)
+    )
+    assert moved.status == "unknown" and "file list changed" in moved.note and len(moved.indices) == 36
+    other = heldout_images(meta, open_dataset(changed), str(changed))
+    assert other.status == "different" and "not the tuning data" in other.note
+    bare = heldout_images({}, dataset, str(color_folder))
+    assert bare.status == "unknown" and "does not say" in bare.note
+
+
+def test_the_best_epoch_by_held_out_loss_is_the_one_saved(tiny, color_folder, tmp_path) -> None:
+    from torch.utils.data import DataLoader
+
+    from explorer.data import TransformedView, eval_transform, open_dataset
+    from explorer.transfer.heldout import split_of
+    from explorer.transfer.trainer import evaluate
+
+    out = tmp_path / "best.safetensors"
+    s = FinetuneSettings(epochs=3, lr=0.05, backbone_lr=0.05, patience=None, **FAST)  # a high rate: loss moves about
+    result = finetune(tiny, color_folder, s, out=out)
+    history = result.metadata["metrics"]["history"]
+    best = min(history, key=lambda e: e["val_loss"])
+    assert result.metadata["best_epoch"] == best["epoch"] and result.metadata["metrics"]["val_loss"] == best["val_loss"]
+    loaded = load_model(str(out), device="cpu")
+    split = split_of(loaded.metadata)
+    view = TransformedView(open_dataset(color_folder), split.heldout, eval_transform(loaded, 32)[0])
+    scored = evaluate(loaded.module, DataLoader(view, batch_size=16), torch.device("cpu"))
+    assert scored["loss"] == pytest.approx(best["val_loss"], rel=1e-4) and scored["acc"] == best["val_acc"]
+    assert result.heldout_correct == scored["correct"]  # the returned module is the saved one
+
+
+def test_early_stopping_keeps_the_best_epoch(tiny, color_folder, monkeypatch) -> None:
+    from explorer.transfer import trainer
+
+    losses = iter([1.0, 0.5, 0.7, 0.9, 0.4, 0.3])
+    real = trainer.evaluate
+    saved: dict[int, dict[str, torch.Tensor]] = {}
+
+    def scripted(module, loader, device):
+        out = real(module, loader, device)
+        saved[len(saved) + 1] = {k: v.clone() for k, v in module.state_dict().items()}
+        return {**out, "loss": next(losses)}
+
+    monkeypatch.setattr(trainer, "evaluate", scripted)
+    result = finetune(tiny, color_folder, FinetuneSettings(epochs=6, patience=2, **FAST))
+    assert [e["epoch"] for e in result.epochs] == [1, 2, 3, 4]  # two epochs without a better loss: stop
+    assert result.metadata["early_stopped"] and result.metadata["best_epoch"] == 2
+    state = result.module.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved[2].items())  # epoch 2's weights restored
+
+
+def test_no_weight_decay_on_batchnorm_or_biases_and_a_warm_up(tiny) -> None:
+    from explorer.transfer.finetune import trainable_model
+    from explorer.transfer.optim import lr_factor, param_groups
+
+    module, head = trainable_model(tiny, 3, "blocks.1.0")
+    groups = param_groups(module, head, lr=1e-2, backbone_lr=1e-3, weight_decay=0.05)
+    for g in groups:
+        assert all((p.ndim >= 2) == (g["weight_decay"] > 0) for p in g["params"])
+        assert g["lr"] == (1e-2 if g["part"] == "head" else 1e-3)
+    grouped = {id(p) for g in groups for p in g["params"]}
+    assert grouped == {id(p) for p in module.parameters() if p.requires_grad}
+    bn = [p for n, p in module.named_parameters() if ".bn" in n and p.requires_grad]
+    assert bn and all(g["weight_decay"] == 0 for g in groups for p in g["params"] if any(p is q for q in bn))
+    f = lr_factor("cosine", total_steps=100, warmup_steps=10)
+    ramp = [f(k) for k in range(10)]
+    assert ramp == sorted(ramp) and ramp[0] < 0.2 and f(10) == pytest.approx(1.0) and f(99) < 0.01
+
+
+def test_frozen_batchnorm_keeps_the_base_statistics_while_weights_train(tiny, color_folder) -> None:
+    result = finetune(tiny, color_folder, FinetuneSettings(epochs=1, bn="frozen", lr=5e-3, backbone_lr=5e-3, **FAST))
+    base, tuned = tiny.module.state_dict(), result.module.state_dict()
+    stats = [k for k in base if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(base[k], tuned[k]) for k in stats)
+    assert any(not torch.equal(base[k], tuned[k]) for k in base if k.endswith("conv_pw.weight"))
+
+
+@pytest.mark.slow
+def test_science_the_defaults_reach_the_best_probe_on_digits(bundled) -> None:
+    """The defaults, every layer trainable, 64 px: ≥ 95 % on the held-out digits (the frozen-feature probe's level)."""
+    import time
+
+    t0 = time.perf_counter()
+    result = finetune(bundled, "demo:digits", FinetuneSettings(input_size=64))
+    seconds = time.perf_counter() - t0
+    acc = result.metadata["metrics"]["val_acc"]
+    print(
+        f"\ndefaults: held-out {100 * acc:.1f} % on {result.metadata['data']['val_images']} images in {seconds:.0f} s"
+    )
+    assert acc >= 0.95
+
+
+def test_the_linear_route_code_extracts_the_pooled_features_the_sweep_used(tiny) -> None:
+    from explorer.transfer.freeze import linear_route_code
+
+    model = trainable_copy(tiny)
+    scope = {"model": model}
+    exec(linear_route_code(tiny, "blocks.2.0"), scope)  # noqa: S102 - our own snippet
+    feats = scope["features"](torch.rand(4, 3, 32, 32))
+    channels = {r.name: r.channels for r in ladder(tiny)}
+    assert feats.shape == (4, channels["blocks.2.0"]) and "LogisticRegression" in linear_route_code(tiny, "blocks.2.0")

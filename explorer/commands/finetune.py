@@ -39,7 +39,31 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--backbone-lr", type=float, default=d.backbone_lr, help=f"for trainable pretrained layers ({d.backbone_lr:g})"
     )
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=d.weight_decay,
+        help=f"weights only, not BN or biases ({d.weight_decay:g})",
+    )
+    p.add_argument(
+        "--warmup", type=float, default=d.warmup, help=f"fraction of steps with a rising learning rate ({d.warmup:g})"
+    )
     p.add_argument("--schedule", choices=["cosine", "constant"], default=d.schedule)
+    p.add_argument(
+        "--bn",
+        choices=["train", "frozen"],
+        default=d.bn,
+        help="train: trainable BatchNorms re-estimate their statistics (default); frozen: keep the base's",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help=f"stop after this many epochs without a better held-out loss (default {d.patience}; 0: never)",
+    )
+    p.add_argument(
+        "--keep-last", action="store_true", help="end with the last epoch instead of the best one by held-out loss"
+    )
     p.add_argument("--augment", choices=["none", "light", "light+flip"], default=d.augment)
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=f"held out per class ({d.val_fraction})")
     p.add_argument(
@@ -56,9 +80,12 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "compare",
         help="compare a base model and its fine-tuned checkpoint layer by layer; recommend a freeze point",
-        description="Per ladder block: relative weight change, debiased CKA between the two models' activations "
-        "(with a bootstrap interval), and linear-probe accuracy of the base model's features on your data; then "
-        "the deepest layer that can stay frozen. Writes OUT (.json) plus an HTML summary and a CSV beside it.",
+        description="On the images the fine-tune held out (when DATA is its tuning data): per ladder block, debiased "
+        "CKA between the two models' activations with a 95 % interval, the same for tuned weights with base BatchNorm "
+        "statistics and the reverse, weight change (absolute, per step budget, relative), BatchNorm statistic change, "
+        "and linear-probe accuracy of the base features; then the advice: measured when --sweep gives a freeze "
+        "sweep, else predicted from CKA (or withheld when the tuned model has not learned). Writes OUT (.json) plus "
+        "an HTML summary and a CSV beside it.",
     )
     p.add_argument("--base", default=None, metavar="SPEC", help="the base model (default: the tuned one's base_spec)")
     p.add_argument("--tuned", required=True, metavar="CKPT", help="the fine-tuned checkpoint")
@@ -72,9 +99,11 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--batch-size", type=positive_int, default=32, help="images per forward pass: peak memory (default 32)"
     )
-    p.add_argument("--cka-batch", type=int, default=64, help="images per CKA minibatch (default 64)")
     p.add_argument("--grid", type=int, default=4, help="average-pool feature maps to GRID×GRID for CKA (default 4)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
+    p.add_argument("--sweep", default=None, metavar="SWEEP.json", help="a freeze sweep that decides")
+    p.add_argument(
+        "--no-bn-parts", action="store_true", help="skip the two BatchNorm hybrids (two forward passes fewer)"
+    )
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds of the probes (default 5)")
     p.add_argument("--no-probes", action="store_true", help="skip the linear probes (faster)")
     p.add_argument(
@@ -112,7 +141,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         backbone_lr=args.backbone_lr,
+        weight_decay=args.weight_decay,
+        warmup=args.warmup,
         schedule=args.schedule,
+        bn=args.bn,
+        patience=args.patience or None,
+        keep_best=not args.keep_last,
         augment=args.augment,
         val_fraction=args.val_fraction,
         input_size=args.input_size,
@@ -130,7 +164,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             epochs.append(preview)
             tqdm.write(
                 f"epoch {preview['epoch']}: train loss {preview['train_loss']:.3f} acc {preview['train_acc']:.3f} · "
-                f"val loss {preview['val_loss']:.3f} acc {preview['val_acc']:.3f} · saved {out}",
+                f"held-out loss {preview['val_loss']:.3f} acc {preview['val_acc']:.3f} · {preview['seconds']:.0f} s",
                 file=sys.stderr,
             )
         bar(done, total, preview)
@@ -138,11 +172,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     try:
         result = finetune(model, args.data, settings, out=out, overwrite=args.overwrite, progress=progress)
     except KeyboardInterrupt:
-        kept = f"the checkpoint of epoch {epochs[-1]['epoch']} is at {out}" if epochs else "no epoch completed"
+        kept = f"the checkpoint of the best complete epoch is at {out}" if epochs else "no epoch completed"
         print(f"error: interrupted; {kept}.", file=sys.stderr)
         return 130
     summary = {
         "checkpoint": str(result.checkpoint),
+        "best_epoch": result.metadata.get("best_epoch"),
+        "heldout_accuracy": result.metadata.get("metrics", {}).get("val_acc"),
         "epochs": result.epochs,
         "images_per_second": result.images_per_second,
         "seconds": result.seconds,
@@ -154,6 +190,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         return 0
     print_table([{k: round(v, 4) if isinstance(v, float) else v for k, v in e.items()} for e in result.epochs])
     p = result.metadata.get("parameters", {})
+    m = result.metadata.get("metrics", {})
+    if isinstance(m.get("val_acc"), float):
+        print(f"kept epoch {result.metadata.get('best_epoch')}: held-out accuracy {100 * m['val_acc']:.1f} % "
+              f"on {result.metadata['data']['val_images']} images · {result.seconds:.0f} s in all")  # fmt: skip
     print(
         f"checkpoint {result.checkpoint} (+ {Path(str(result.checkpoint)).with_suffix('.json').name}) · "
         f"{p.get('trainable', 0):,} trainable / {p.get('non_trainable', 0):,} frozen parameters · "
@@ -187,6 +227,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Run the comparison, write report.json/.html/.csv, print the table and the recommendation."""
     from explorer.models import load_model
     from explorer.transfer.compare import CompareError, compare
+    from explorer.transfer.sweep import load_sweep
 
     out = Path(args.out)
     if out.suffix.lower() != ".json":
@@ -217,10 +258,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.data,
         max_images=args.max_images or None,
         batch_size=args.batch_size,
-        cka_batch=args.cka_batch,
         grid=args.grid,
-        n_boot=args.bootstrap,
         probes=not args.no_probes,
+        bn_parts=not args.no_bn_parts,
+        sweep=load_sweep(args.sweep) if args.sweep else None,
         probe_folds=args.folds,
         seed=args.seed,
         input_size=args.input_size,
@@ -231,13 +272,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.to_dict())
         return 0
-    cols = ("index", "name", "cka", "cka_low", "cka_high", "weight_change", "probe_acc", "cross_excitation")
+    cols = ("index", "name", "cka", "cka_low", "cka_high", "cka_weights", "cka_stats", "weight_rms", "weight_per_step",
+            "bn_shift", "probe_acc", "cross_excitation")  # fmt: skip
     print_table([{c: r[c] for c in cols} for r in report.rows()])
     rec = report.recommendation
-    print(f"\nrecommended freeze point: {rec.freeze_after or 'none (train every layer)'}")
-    print(rec.reason)
-    print(f"2x2 guide: {rec.guide.size} data, {rec.guide.similarity} task: {rec.guide.advice}")
-    print(f"{rec.trainable:,} trainable / {rec.non_trainable:,} non-trainable of {rec.total:,} parameters")
+    acc = f"{100 * report.tuned_accuracy:.1f} %" if report.tuned_accuracy is not None else "not reported"
+    print(f"\nimages: {report.heldout.get('note')} Tuned accuracy on them: {acc}.")
+    if rec.source == "withheld":
+        print(f"no freeze point: {rec.reason}")
+        for t in rec.try_next:
+            print(f"try: {t}")
+    else:
+        kind = "measured" if rec.source == "sweep" else "predicted from CKA (no sweep)"
+        print(f"freeze point ({kind}): {rec.freeze_after or 'none (train every layer)'}")
+        print(rec.reason)
+        if rec.agreement:
+            print(rec.agreement)
+        print(f"{rec.trainable:,} trainable / {rec.non_trainable:,} non-trainable of {rec.total:,} parameters")
+    print(f"the classic transfer-learning 2x2 guide: {rec.guide.size} data, {rec.guide.similarity} task: "
+          f"{rec.guide.advice}")  # fmt: skip
     for w in [*rec.caveats, *report.warnings]:
         print(f"note: {w}")
     print("wrote " + ", ".join(str(p) for p in written))

@@ -1,11 +1,17 @@
-"""Transfer analysis: fine-tune with a freeze point, compare the tuned model with its base, and advise where to freeze.
+"""Transfer analysis: fine-tune with a freeze point, measure where to freeze, and explain it with the representation.
 
 ``freeze`` decides which modules a freeze point leaves alone (parameters and BatchNorm statistics), counts them and
-writes the PyTorch that freezes there; ``finetune`` trains a copy of a model with a new head and saves checkpoints
-(``checkpoints``) that `load_model` reopens alone; ``runs`` is the registry of fine-tune runs the app lists and
-trains in the background; ``compare`` measures base against tuned block by block — ``cka`` (representation
-similarity), ``probes`` (linear probes on the base features), ``crossexcite`` (same-seed renders in both) — and
-``recommend`` turns the measurements into the freeze advice that ``report`` exports as JSON, CSV and HTML.
+writes the PyTorch that freezes there; ``finetune`` trains a copy of a model with a new head (``settings``,
+``trainer``, ``optim``) and saves checkpoints (``checkpoints``) with the held-out split (``heldout``) that
+`load_model` reopens alone; ``runs`` is the registry of fine-tune runs the app lists and trains in the background.
+``sweep`` is the ground truth: held-out accuracy and cost at several freeze points by two routes (fine-tune after
+the point; linear classifier on it), as independent tasks (``sweep_tasks``) sharing one pass of the frozen prefix
+(``prefix``), chosen by a paired test (``sweep_report``, ``stats``). ``compare`` measures base against tuned on
+held-out images block by block — ``cka`` (representation similarity with jackknife intervals), ``weights`` (weight
+and BatchNorm-statistic change, and the hybrids that tell them apart), ``probes`` (linear probes on the base
+features), ``crossexcite`` (same-seed renders in both) — and ``recommend`` turns sweep and measurements into advice,
+behind a ``gate`` (no advice from a model that has not learned) and with the classic 2×2 ``guide``; ``report`` and
+``report_html`` export it as JSON, CSV and HTML.
 """
 
 from explorer.transfer.checkpoints import CheckpointError, save_checkpoint
@@ -21,8 +27,19 @@ from explorer.transfer.freeze import (
     frozen_modules,
     head_name,
 )
-from explorer.transfer.recommend import GuideCell, Recommendation, recommend
-from explorer.transfer.report import ComparisonReport, LayerComparison
+from explorer.transfer.guide import GuideCell
+from explorer.transfer.heldout import HeldOut, Split
+from explorer.transfer.recommend import Recommendation, recommend
+from explorer.transfer.report import ComparisonReport, LayerComparison, chart_series
+from explorer.transfer.sweep import (
+    SweepError,
+    SweepReport,
+    SweepTask,
+    load_sweep,
+    run_sweep_task,
+    sweep,
+    sweep_settings,
+)
 
 __all__ = [
     "CheckpointError",
@@ -34,9 +51,15 @@ __all__ = [
     "FreezeError",
     "FreezeSummary",
     "GuideCell",
+    "HeldOut",
     "LayerComparison",
     "Recommendation",
+    "Split",
+    "SweepError",
+    "SweepReport",
+    "SweepTask",
     "apply_freeze",
+    "chart_series",
     "check_comparable",
     "compare",
     "finetune",
@@ -45,6 +68,10 @@ __all__ = [
     "freeze_table",
     "frozen_modules",
     "head_name",
+    "load_sweep",
     "recommend",
+    "run_sweep_task",
     "save_checkpoint",
+    "sweep",
+    "sweep_settings",
 ]

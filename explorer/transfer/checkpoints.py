@@ -42,19 +42,21 @@ def check_writable(out: str | Path, *, overwrite: bool = False) -> Path:
     return path
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """`obj` with non-finite floats as None and anything else unknown as its string, for JSON."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     return str(obj)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file, fsync and rename: readers see the old or the new file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -73,9 +75,21 @@ def save_checkpoint(module: nn.Module, path: str | Path, metadata: dict[str, Any
     from safetensors.torch import save
 
     path = Path(path)
-    meta = _json_safe(metadata)
+    meta = json_safe(metadata)
     text = json.dumps(meta, indent=1)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
-    _write_atomic(path, save(tensors, metadata={META_KEY: json.dumps(meta)}))
-    _write_atomic(path.with_suffix(".json"), text.encode())
+    write_atomic(path, save(tensors, metadata={META_KEY: json.dumps(meta)}))
+    write_atomic(path.with_suffix(".json"), text.encode())
+    return path
+
+
+def update_metadata(path: str | Path, metadata: dict[str, Any]) -> Path:
+    """Rewrite a checkpoint's metadata (header and sidecar) keeping its weights, each file atomically."""
+    from safetensors.torch import load_file, save
+
+    path = Path(path)
+    meta = json_safe(metadata)
+    tensors = load_file(str(path))
+    write_atomic(path, save(tensors, metadata={META_KEY: json.dumps(meta)}))
+    write_atomic(path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
     return path

@@ -9,9 +9,13 @@ unrelated features then read ≈ 0 (it can dip slightly below 0).
 Three ways to compute it:
 
 - :func:`linear_cka` (feature form) and :func:`gram_cka` (Gram form) on all the data at once; they agree.
+- :class:`GramStats` and :func:`cka_interval`: the full-sample debiased CKA of two Gram matrices with a 95 %
+  interval from the delete-one-image jackknife (t quantile), computed in O(n²) from row sums. This is what
+  comparison reports use. It resamples *images*; the older bootstrap over a handful of minibatches covered only
+  74–89 % at 24–200 images, this interval covers ≥ 93 % at 48, 200 and 1,000 images on features of known CKA
+  (tests/test_cka_coverage.py).
 - :class:`MinibatchCKA`: Nguyen et al.'s minibatch CKA, mean unbiased HSIC over minibatches, then the ratio.
-  Memory is one minibatch's Gram matrices, whatever the number of images; its bootstrap over minibatches
-  gives the confidence interval used in comparison reports. With a single minibatch it equals the
+  Memory is one minibatch's Gram matrices, whatever the number of images. With a single minibatch it equals the
   full debiased CKA; with several it estimates the same population quantity.
 - :class:`StreamingCKA`: the *exact* full-data CKA (biased or debiased) from sufficient statistics
   accumulated batch by batch; memory grows with (d₁+d₂)², not with n. For small feature dimensions.
@@ -19,6 +23,7 @@ Three ways to compute it:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,13 +114,66 @@ def linear_cka(x: ArrayLike, y: ArrayLike, *, debiased: bool = False) -> float:
 
 @dataclass
 class CKAEstimate:
-    """A CKA value with its bootstrap confidence interval (NaN when too few minibatches to resample)."""
+    """A debiased CKA value with its 95 % jackknife interval (NaN when there are fewer than 5 images)."""
 
     value: float
     low: float
     high: float
-    batches: int
     examples: int
+    se: float = float("nan")
+
+
+class GramStats:
+    """A Gram matrix with its diagonal zeroed and the sums that U-centring and the jackknife reuse."""
+
+    def __init__(self, gram: ArrayLike) -> None:
+        k = _as_square(gram).clone()
+        k.fill_diagonal_(0.0)
+        self.k, self.rows, self.n = k, k.sum(1), k.shape[0]
+
+    def u_inner(self, other: GramStats) -> tuple[float, torch.Tensor]:
+        """U-centred inner product on all n images, and on every sample of n − 1 (image i left out)."""
+        n, a, b, ra, rb = self.n, self.k, other.k, self.rows, other.rows
+        ab_rows = (a * b).sum(1)
+        tr = float(ab_rows.sum())
+        full = tr + float(ra.sum() * rb.sum()) / ((n - 1) * (n - 2)) - 2 * float(ra @ rb) / (n - 2)
+        m = n - 1
+        if m < 4:
+            return full, torch.full((n,), float("nan"), dtype=torch.float64)
+        sa, sb = ra.sum() - 2 * ra, rb.sum() - 2 * rb
+        cross = ra @ rb - ra * rb - a @ rb - b @ ra + ab_rows
+        loo = (tr - 2 * ab_rows) + sa * sb / ((m - 1) * (m - 2)) - 2 * cross / (m - 2)
+        return full, loo
+
+
+@functools.lru_cache(maxsize=256)
+def _t_quantile(level: float, dof: int) -> float:
+    from scipy.stats import t as student
+
+    return float(student.ppf(0.5 + level / 2, dof))
+
+
+def cka_interval(x: GramStats, y: GramStats, *, level: float = 0.95) -> CKAEstimate:
+    """Debiased linear CKA of two representations of the same images, with a delete-one-image jackknife interval.
+
+    The interval is value ± t(n−1) · SE_jackknife, capped at 1 (CKA cannot exceed 1).
+    """
+    n = x.n
+    if n != y.n:
+        raise ValueError(f"CKA needs the same inputs in both: {n} vs {y.n} rows.")
+    if n < 4:
+        return CKAEstimate(float("nan"), float("nan"), float("nan"), n)
+    xy, lxy = x.u_inner(y)
+    xx, lxx = x.u_inner(x)
+    yy, lyy = y.u_inner(y)
+    value = _ratio(xy, xx, yy)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loo = (lxy / (lxx.clamp_min(0) * lyy.clamp_min(0)).sqrt()).numpy()
+    if n < 5 or not np.all(np.isfinite(loo)):
+        return CKAEstimate(value, float("nan"), float("nan"), n)
+    se = float(np.sqrt((n - 1) / n * np.sum((loo - loo.mean()) ** 2)))
+    half = _t_quantile(level, n - 1) * se
+    return CKAEstimate(value, value - half, min(1.0, value + half), n, se)
 
 
 class MinibatchCKA:
@@ -149,24 +207,6 @@ class MinibatchCKA:
         w = np.asarray(self.sizes, dtype=np.float64)
         t = np.asarray(self.terms) * w[:, None]
         return _ratio(*t.sum(0))
-
-    def estimate(self, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> CKAEstimate:
-        """The value and a percentile bootstrap interval that resamples whole minibatches."""
-        k = len(self.terms)
-        low = high = float("nan")
-        if k >= 3 and n_boot > 0:
-            rng = np.random.default_rng(seed)
-            w = np.asarray(self.sizes, dtype=np.float64)
-            t = np.asarray(self.terms) * w[:, None]
-            idx = rng.integers(0, k, size=(n_boot, k))
-            s = t[idx].sum(1)  # (n_boot, 3)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                boots = s[:, 0] / np.sqrt(np.clip(s[:, 1], 0, None) * np.clip(s[:, 2], 0, None))
-            boots = boots[np.isfinite(boots)]
-            if boots.size:
-                a = (1 - level) / 2
-                low, high = (float(v) for v in np.quantile(boots, [a, 1 - a]))
-        return CKAEstimate(self.value, low, high, k, int(sum(self.sizes)))
 
 
 class StreamingCKA:
@@ -239,3 +279,42 @@ class StreamingCKA:
         xx = u_inner(zz[:d, :d], sx, sx, sa, aa, sa, ax, ax)
         yy = u_inner(zz[d:, d:], sy, sy, sb, bb, sb, by, by)
         return _ratio(xy, xx, yy)
+
+
+# --------------------------------------------------------------------------- one layer of a comparison
+
+
+@dataclass
+class LayerCKA:
+    """A layer's CKA with the base: the tuned model (with its interval), the two BatchNorm hybrids, each half."""
+
+    value: float
+    low: float
+    high: float
+    weights: float  # tuned weights + base BatchNorm statistics
+    stats: float  # base weights + tuned BatchNorm statistics
+    halves: list[tuple[float, float]]  # (value, lower end) on each of two disjoint halves of the images
+
+
+def layer_cka(feats: dict[str, ArrayLike], halves: list[np.ndarray]) -> LayerCKA:
+    """From one layer's features per model ('base', 'tuned', optionally 'weights', 'stats'; same images in rows)."""
+    grams = {k: gram_linear(v) for k, v in feats.items()}
+    stats = {k: GramStats(g) for k, g in grams.items()}
+    est = cka_interval(stats["base"], stats["tuned"])
+    part = {
+        k: cka_interval(stats["base"], stats[k]).value if k in stats else float("nan") for k in ("weights", "stats")
+    }
+    per_half = []
+    for h in halves:
+        sub = torch.as_tensor(h, dtype=torch.long)
+        e = cka_interval(GramStats(grams["base"][sub][:, sub]), GramStats(grams["tuned"][sub][:, sub]))
+        per_half.append((e.value, e.low))
+    return LayerCKA(est.value, est.low, est.high, part["weights"], part["stats"], per_half)
+
+
+def split_halves(n: int, seed: int) -> list[np.ndarray]:
+    """Two disjoint random halves of n images, for a stability check (none when a half would have < 5 images)."""
+    if n < 10:
+        return []
+    order = np.random.default_rng(seed + 1).permutation(n)
+    return [np.sort(order[: n // 2]), np.sort(order[n // 2 :])]

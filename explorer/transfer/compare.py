@@ -1,19 +1,23 @@
-"""Per-layer comparison of a base model and its fine-tuned copy on the user's images.
+"""Per-layer comparison of a base model and its fine-tuned copy, on images the tuned model never trained on.
 
-For every block of the ladder, in depth order: relative weight change (whole block and per output channel),
-debiased minibatch CKA between the two models' activations with a bootstrap interval, and the cross-validated
-accuracy of a linear probe on the *base* model's features; then a freeze-point recommendation
-(:mod:`explorer.transfer.recommend`). Each image passes through each model exactly once; hooks pool every block's
-output on the fly, so memory for CKA does not grow with the number of images.
+Images: when they are the tuning data, only the images the fine-tune held out (the split saved in its checkpoint,
+:mod:`explorer.transfer.heldout`); otherwise every image, and the report says plainly whether the data are
+different or the split unknown (then the tuned model's accuracy is not reported). Each image passes once through
+the base, the tuned model and, with BatchNorm, two hybrids that tell statistics from weights (tuned weights + base
+statistics; base weights + tuned statistics, :mod:`explorer.transfer.weights`). For every block of the ladder, in
+depth order: debiased CKA with the base (full sample, 95 % jackknife interval over images, and again on two
+disjoint halves), weight change (relative, absolute RMS, per step budget) and BatchNorm statistic change, and the
+cross-validated accuracy of a linear probe on the *base* features. Then the advice (:mod:`explorer.transfer.recommend`).
 
 Pooling: a block output (N, C, H, W) is average-pooled to a ``grid``×``grid`` map (default 4×4, or H×W when
 smaller) and flattened, which keeps a coarse spatial layout for CKA; probes use global average pooling
-(C features per image, the usual "feature extractor" setting). Vector outputs are used as they are.
+(C features per image, the usual "feature extractor" setting). Vector outputs are used as they are. Pooled
+features of every layer are held in memory until the Gram matrices are built (checked against a budget first).
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,14 +30,21 @@ from torch.utils.data import DataLoader, Dataset
 
 from explorer.data import TransformedView, eval_transform, open_dataset, stratified_subset
 from explorer.errors import ExplorerError
-from explorer.layers import Layout, execution_order, first_tensor, forward_hooks, guess_layout, ladder
+from explorer.layers import LayerInfo, Layout, first_tensor, forward_hooks, guess_layout, ladder
 from explorer.models import LoadedModel
-from explorer.runtime import Progress, autocast, stop_requested, to_input
-from explorer.transfer.cka import MinibatchCKA
-from explorer.transfer.freeze import frozen_modules
-from explorer.transfer.probes import ProbeResult, chance_level, probe_layers
-from explorer.transfer.recommend import recommend
-from explorer.transfer.report import ComparisonReport, LayerComparison
+from explorer.runtime import Progress, StopSignal, autocast, stop_requested, to_input
+from explorer.transfer.assemble import build_report, layer_rows
+from explorer.transfer.cka import layer_cka, split_halves
+from explorer.transfer.heldout import HeldOut, heldout_images, labels_of
+from explorer.transfer.probes import ProbeResult, probe_layers
+from explorer.transfer.report import ComparisonReport
+from explorer.transfer.sweep_report import SweepReport
+from explorer.transfer.weights import has_bn_stats, hybrid
+
+# (base, tuned, layer names) -> {"values": {layer: float}, "renders": {layer: {...}}, "units": …, "per_unit": …}
+CrossExcitation = Callable[[LoadedModel, LoadedModel, list[str]], dict[str, dict[str, object]]]
+
+FEATURE_BUDGET_BYTES = 3_000_000_000  # pooled features held for the Gram matrices, all models together
 
 
 class CompareError(ExplorerError):
@@ -97,6 +108,10 @@ def _gap(t: torch.Tensor, layout: Layout | None = None) -> torch.Tensor:
     return lay.pooled(t).float().cpu()
 
 
+pooled_features = _pool  # public names for the two pooling rules (CKA; probes and the sweep's linear route)
+gap_features = _gap
+
+
 def _run(model: LoadedModel, x01: torch.Tensor, names: list[str], grid: int | None, gap: bool) -> tuple[Any, ...]:
     """One forward: pooled block outputs (and GAP features) recorded by thread-local hooks, plus logits."""
     pooled: dict[str, torch.Tensor] = {}
@@ -125,68 +140,111 @@ def _loader(dataset: Any, indices: list[int], model: LoadedModel, batch_size: in
     )
 
 
-# --------------------------------------------------------------------------- weights
+def _feature_bytes(rows: list[LayerInfo], grid: int | None, images: int, models: int) -> int:
+    """Bytes of pooled float32 features `images` images put in memory for `models` models."""
+    per_image = 0
+    for r in rows:
+        shape = r.out_shape
+        if len(shape) == 3:
+            hw = r.spatial or (1, 1)
+            cells = min(grid, hw[0]) * min(grid, hw[1]) if grid else hw[0] * hw[1]
+            per_image += (r.channels or 1) * cells
+        else:
+            per_image += int(np.prod(shape)) if shape else 1
+    return 4 * per_image * images * models
 
 
-def _weight_changes(
-    base: nn.Module, tuned: nn.Module, name: str, order: list[str]
-) -> tuple[float | None, list[float], bool]:
-    """(relative change of the block's parameters, per output channel of its last conv/linear, new head?)"""
-    pb = dict(base.get_submodule(name).named_parameters())
-    pt = dict(tuned.get_submodule(name).named_parameters())
-    if not pb:
-        return None, [], False
-    if any(pb[k].shape != pt[k].shape for k in pb):
-        return None, [], True
-    num = sum(float((pt[k].detach().double() - pb[k].detach().double()).pow(2).sum()) for k in pb)
-    den = sum(float(pb[k].detach().double().pow(2).sum()) for k in pb)
-    whole = math.sqrt(num / den) if den > 0 else None
-    inside = [n for n in order if n == name or n.startswith(name + ".")]
-    last = None
-    for n in reversed(inside):
-        w = getattr(base.get_submodule(n), "weight", None)
-        if isinstance(w, torch.Tensor) and w.dim() >= 2:
-            last = n
-            break
-    channels: list[float] = []
-    if last is not None:
-        wb = base.get_submodule(last).weight.detach().double().flatten(1)
-        wt = tuned.get_submodule(last).weight.detach().double().flatten(1)
-        channels = ((wt - wb).norm(dim=1) / wb.norm(dim=1).clamp_min(1e-12)).tolist()
-    return whole, channels, False
+def _models(base: LoadedModel, tuned: LoadedModel, bn_parts: bool) -> dict[str, LoadedModel]:
+    """The networks every image passes through: base, tuned, and the two BatchNorm hybrids (private copies)."""
+    out = {"base": base, "tuned": tuned}
+    if bn_parts and has_bn_stats(base.module):
+        out["weights"] = dataclasses.replace(tuned, module=hybrid(tuned.module, base.module))
+        out["stats"] = dataclasses.replace(base, module=hybrid(base.module, tuned.module))
+    return out
 
 
-class _Minibatches:
-    """Gathers forward chunks' pooled features into CKA minibatches of `size` rows (memory: one minibatch)."""
+def _forward(
+    models: dict[str, LoadedModel],
+    loader: DataLoader,
+    names: list[str],
+    grid: int | None,
+    probes: bool,
+    stop: Callable[[], bool],
+    tick: Callable[[int], None],
+) -> tuple[dict[str, dict[str, list[torch.Tensor]]], dict[str, list[torch.Tensor]], torch.Tensor, torch.Tensor]:
+    """Every image once through each model: pooled features per model and layer, base GAP features, logits, labels."""
+    feats: dict[str, dict[str, list[torch.Tensor]]] = {m: {n: [] for n in names} for m in models}
+    gaps: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    logits, labels = [], []
+    for x01, y in loader:
+        if stop():
+            raise CompareError("The comparison was cancelled.")
+        for key, model in models.items():
+            pooled, gapped, out = _run(model, x01, names, grid, probes and key == "base")
+            for n in names:
+                feats[key][n].append(pooled[n])
+            if key == "base":
+                for n in gapped:
+                    gaps[n].append(gapped[n])
+            if key == "tuned":
+                logits.append(out)
+        labels.append(y)
+        tick(len(y))
+    return feats, gaps, torch.cat(logits), torch.cat(labels)
 
-    def __init__(self, names: list[str], size: int) -> None:
-        self.size = size
-        self.cka = {n: MinibatchCKA(debiased=True) for n in names}
-        self.buf: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {n: ([], []) for n in names}
-        self.rows = 0
 
-    def add(self, base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], rows: int) -> None:
-        for n, (xs, ys) in self.buf.items():
-            xs.append(base[n])
-            ys.append(tuned[n])
-        self.rows += rows
-        while self.rows >= self.size:
-            self._emit(self.size)
-
-    def _emit(self, k: int) -> None:
-        for n, (xs, ys) in self.buf.items():
-            x, y = torch.cat(xs), torch.cat(ys)
-            self.cka[n].update(x[:k], y[:k])
-            self.buf[n] = ([x[k:]], [y[k:]])
-        self.rows -= k
-
-    def finish(self) -> dict[str, MinibatchCKA]:
-        if self.rows >= 4:  # a last, smaller minibatch (weighted by its size)
-            self._emit(self.rows)
-        return self.cka
+# --------------------------------------------------------------------------- CKA per layer
 
 
 # --------------------------------------------------------------------------- the comparison
+
+
+@dataclasses.dataclass
+class _Plan:
+    """What a comparison will measure: the layers, the images, the networks each image goes through."""
+
+    rows: list[LayerInfo]
+    names: list[str]
+    dataset: Dataset
+    source: str
+    classes: list[str]
+    held: HeldOut
+    indices: list[int]
+    models: dict[str, LoadedModel]
+    notes: list[str]
+
+
+def _plan(
+    base: LoadedModel,
+    tuned: LoadedModel,
+    data: str | Path | Dataset,
+    max_images: int | None,
+    seed: int,
+    grid: int | None,
+    bn_parts: bool,
+) -> _Plan:
+    notes = check_comparable(base, tuned)
+    rows = ladder(base, "blocks")
+    names = [r.name for r in rows]
+    if [r.name for r in ladder(tuned, "blocks")] != names:
+        raise CompareError("The two models' layer ladders differ: compare needs two versions of one network.")
+    dataset = open_dataset(data)
+    source = str(data) if not isinstance(data, Dataset) else type(data).__name__
+    held = heldout_images(tuned.metadata, dataset, source)
+    labels = labels_of(dataset)
+    sub = stratified_subset([labels[i] for i in held.indices], max_images, seed)
+    idx = sorted(held.indices[i] for i in sub)
+    if len(idx) < 8:
+        raise CompareError(f"Comparing needs at least 8 images; only {len(idx)} are usable here ({held.note})")
+    models = _models(base, tuned, bn_parts)
+    need = _feature_bytes(rows, grid, len(idx), len(models))
+    if need > FEATURE_BUDGET_BYTES:
+        raise CompareError(
+            f"Comparing {len(idx)} images would hold {need / 2**30:.1f} GiB of features; use fewer "
+            "images (max_images) or a coarser grid."
+        )
+    classes = list(getattr(dataset, "classes", []))
+    return _Plan(rows, names, dataset, source, classes, held, idx, models, notes)
 
 
 def compare(
@@ -196,176 +254,114 @@ def compare(
     *,
     max_images: int | None = 1000,
     batch_size: int = 32,
-    cka_batch: int = 64,
     grid: int | None = 4,
-    n_boot: int = 1000,
     probes: bool = True,
     probe_folds: int = 5,
     similar_cka: float = 0.9,
     seed: int = 0,
     input_size: int | None = None,
-    cross_excitation: Callable[..., dict[str, Any]] | None = None,
+    bn_parts: bool = True,
+    cross_excitation: CrossExcitation | None = None,
+    sweep: SweepReport | None = None,
     progress: Progress | None = None,
-    should_stop: Any = None,
+    should_stop: StopSignal | None = None,
 ) -> ComparisonReport:
     """Compare `base` and `tuned` block by block on an image folder ('demo:digits', a path, or a dataset).
 
-    Images are shuffled with `seed` (so every CKA minibatch mixes classes), resized and cropped as the
-    *tuned* model expects (or to `input_size` px), and normalised per model. `max_images` caps the images
-    used (stratified subset; None: all). Images go through the models `batch_size` at a time (peak memory);
-    CKA minibatches hold `cka_batch` images (fewer when needed for ≥ 10 minibatches, so the bootstrap works).
-    `cross_excitation` is an optional plug-in ``(base, tuned, layer_names) -> {"values": {layer: float},
-    "renders": {...}}``, e.g. ``explorer.transfer.crossexcite.as_plugin(units=4)``.
+    Uses the tuned model's held-out images when `data` is its tuning data (see the module docstring), at most
+    `max_images` of them (stratified; None: all), resized and cropped as the *tuned* model expects (or to
+    `input_size` px) and normalised per model, `batch_size` at a time. `bn_parts` adds the two BatchNorm hybrids
+    (one more forward each). `sweep`: a measured freeze sweep, which then decides the advice. `cross_excitation`
+    is an optional plug-in ``(base, tuned, layer_names) -> {"values": {layer: float}, "renders": {...}}``, e.g.
+    ``explorer.transfer.crossexcite.as_plugin(units=4)``.
     """
     t0 = time.perf_counter()
     stop = stop_requested(should_stop)
-    notes = check_comparable(base, tuned)
-    rows = ladder(base, "blocks")
-    names = [r.name for r in rows]
-    if [r.name for r in ladder(tuned, "blocks")] != names:
-        raise CompareError("The two models' layer ladders differ: compare needs two versions of one network.")
-    dataset = open_dataset(data)
-    labels_all = np.asarray(getattr(dataset, "targets", []), dtype=np.int64)
-    classes = list(getattr(dataset, "classes", []))
-    if labels_all.size < 8:
-        raise CompareError("Comparing needs at least 8 images (CKA and probes need several per minibatch).")
-    rng = np.random.default_rng(seed)
-    idx = np.asarray(stratified_subset(labels_all.tolist(), max_images, seed))
-    idx = idx[rng.permutation(idx.size)].tolist()
-    same_classes = list(tuned.class_names) == classes
-    mb = max(8, min(cka_batch, len(idx) // 10))  # ≥ ~10 minibatches for the bootstrap when data allow
-    batches = _Minibatches(names, mb)
-    feats: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    correct, n_seen, done, ys = 0, 0, 0, []
-    loader = _loader(dataset, idx, tuned, max(1, batch_size), input_size)
-    total_steps = len(loader) + (len(names) if probes else 0)
-    t1 = time.perf_counter()
-    for x01, y in loader:
-        if stop():
-            raise CompareError("The comparison was cancelled.")
-        pb, gb, _ = _run(base, x01, names, grid, probes)
-        pt, _, logits = _run(tuned, x01, names, grid, False)
-        batches.add(pb, pt, len(y))
-        for n in names if probes else ():
-            feats[n].append(gb[n])
-        if same_classes:
-            correct += int((logits.argmax(1) == y).sum())
-        n_seen += len(y)
-        ys.append(y)
-        done += 1
+    plan = _plan(base, tuned, data, max_images, seed, grid, bn_parts)
+    loader = _loader(plan.dataset, plan.indices, tuned, max(1, batch_size), input_size)
+    total = len(loader) + (len(plan.names) if probes else 0)
+    done = [0, 0]
+
+    def tick(n: int) -> None:
+        done[0], done[1] = done[0] + 1, done[1] + n
         if progress:
-            progress(done, total_steps, {"phase": "forward", "images": n_seen})
+            progress(done[0], total, {"phase": "forward", "images": done[1]})
+
+    t1 = time.perf_counter()
+    feats, gaps, logits, labels = _forward(plan.models, loader, plan.names, grid, probes, stop, tick)
     t2 = time.perf_counter()
-    labels = torch.cat(ys).numpy()  # from the loader: an unreadable file was replaced by a readable one
-    ckas = batches.finish()
-
-    probe_res: dict[str, ProbeResult | None] = {}
-    if probes:
-        arrays = {n: torch.cat(v).numpy() for n, v in feats.items()}
-        feats.clear()
-        offset = done
-
-        def probe_progress(i: int, _total: int, preview: Any) -> None:
-            if progress:
-                progress(offset + i, total_steps, preview)
-
-        probe_res = probe_layers(
-            arrays, labels, folds=probe_folds, seed=seed, progress=probe_progress, should_stop=stop
-        )
+    halves = split_halves(len(labels), seed)
+    ckas = {n: layer_cka({k: torch.cat(v[n]) for k, v in feats.items()}, halves) for n in plan.names}
+    del feats
+    probe_res = _probes(gaps, labels.numpy(), probe_folds, seed, progress, done[0], total, stop) if probes else {}
     t3 = time.perf_counter()
-
-    order = execution_order(base.module, base.input_size)
-    frozen = (
-        set(frozen_modules(tuned, tuned.metadata.get("freeze_after"))) if tuned.metadata.get("freeze_after") else set()
+    layers = layer_rows(base, tuned, plan.rows, ckas, probe_res)
+    settings = {
+        "batch_size": batch_size,
+        "grid": grid,
+        "probe_folds": probe_folds,
+        "seed": seed,
+        "similar_cka": similar_cka,
+        "bn_parts": len(plan.models) > 2,
+    }
+    report = build_report(
+        base,
+        tuned,
+        plan.source,
+        plan.classes,
+        plan.held,
+        layers,
+        probe_res,
+        ckas,
+        logits,
+        labels,
+        similar_cka,
+        plan.notes,
+        settings,
+        input_size,
     )
-    layers = []
-    for i, r in enumerate(rows):
-        est = ckas[r.name].estimate(n_boot=n_boot, seed=seed)
-        wc, wch, new_head = _weight_changes(base.module, tuned.module, r.name, order)
-        stateful = [n for n in order if (n == r.name or n.startswith(r.name + ".")) and _stateful(base.module, n)]
-        pr = probe_res.get(r.name)
-        layers.append(
-            LayerComparison(
-                name=r.name,
-                index=i,
-                type=r.type,
-                stage=r.stage,
-                channels=r.channels,
-                params=r.params,
-                cka=est.value,
-                cka_low=est.low,
-                cka_high=est.high,
-                weight_change=wc,
-                weight_change_channels=wch,
-                probe_acc=pr.accuracy if pr else None,
-                probe_std=pr.std if pr else None,
-                frozen_in_tuned=bool(stateful) and all(n in frozen for n in stateful),
-                new_head=new_head,
-            )
-        )
-    renders: dict[str, Any] = {}
+    report.seconds = {"setup": t1 - t0, "forward": t2 - t1, "cka_and_probes": t3 - t2}
+    _cross_excitation(report, base, tuned, plan.names, cross_excitation)
+    report.seconds["total"] = time.perf_counter() - t0
+    return report if sweep is None else report.with_sweep(sweep, base)
+
+
+def _cross_excitation(
+    report: ComparisonReport, base: LoadedModel, tuned: LoadedModel, names: list[str], plugin: CrossExcitation | None
+) -> None:
+    cross_excitation = plugin
     if cross_excitation is not None:
-        cx = cross_excitation(base, tuned, names)
-        for row in layers:
-            row.cross_excitation = cx.get("values", {}).get(row.name)
-        units, per_unit = cx.get("units", {}), cx.get("per_unit", {})
-        renders = {
-            name: {**pics, "units": units.get(name, []), "per_unit": per_unit.get(name, [])}
-            for name, pics in cx.get("renders", {}).items()
-        }
+        _add_cross_excitation(report, cross_excitation(base, tuned, names))
     else:
-        notes.append(
+        report.warnings.append(
             "Cross-excitation was not measured (pass cross_excitation=explorer.transfer.crossexcite.as_plugin())."
         )
-    tuned_acc = correct / n_seen if same_classes and n_seen else None
-    n_classes = len(classes)
-    rec = recommend(
-        base,
-        layers,
-        n_images=int(labels_all.size),
-        n_classes=n_classes,
-        tuned_accuracy=tuned_acc,
-        chance=chance_level(labels),
-        tuned_freeze_after=tuned.metadata.get("freeze_after"),
-        similar_cka=similar_cka,
-    )
-    return ComparisonReport(
-        base={"spec": base.spec, "arch": base.arch, "fingerprint": base.fingerprint},
-        tuned={
-            "spec": tuned.spec,
-            "arch": tuned.arch,
-            "fingerprint": tuned.fingerprint,
-            "freeze_after": tuned.metadata.get("freeze_after"),
-            "metrics": tuned.metadata.get("metrics", {}),
-        },
-        data={
-            "source": str(data) if not isinstance(data, Dataset) else type(data).__name__,
-            "images_total": int(labels_all.size),
-            "images_used": n_seen,
-            "classes": classes,
-            "input_size": [input_size, input_size] if input_size else list(tuned.input_size),
-        },
-        settings={
-            "batch_size": batch_size,
-            "cka_batch": mb,
-            "grid": grid,
-            "n_boot": n_boot,
-            "probe_folds": probe_folds,
-            "seed": seed,
-            "similar_cka": similar_cka,
-            "cka": "debiased minibatch CKA (Nguyen et al. 2021), linear kernel",
-            "pooling": f"CKA: average pool to {grid}x{grid} grid; probes: global average pool",
-        },
-        layers=layers,
-        recommendation=rec,
-        tuned_accuracy=tuned_acc,
-        chance=chance_level(labels),
-        warnings=notes,
-        seconds={"setup": t1 - t0, "forward": t2 - t1, "probes": t3 - t2, "total": time.perf_counter() - t0},
-        renders=renders,
-    )
 
 
-def _stateful(module: nn.Module, name: str) -> bool:
-    m = module.get_submodule(name)
-    return any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))
+def _probes(
+    gaps: dict[str, list[torch.Tensor]],
+    labels: np.ndarray,
+    folds: int,
+    seed: int,
+    progress: Progress | None,
+    offset: int,
+    total: int,
+    stop: Callable[[], bool],
+) -> dict[str, ProbeResult | None]:
+    arrays = {n: torch.cat(v).numpy() for n, v in gaps.items()}
+
+    def probe_progress(i: int, _total: int, info: Any = None) -> None:
+        if progress:
+            progress(offset + i, total, info)
+
+    return probe_layers(arrays, labels, folds=folds, seed=seed, progress=probe_progress, should_stop=stop)
+
+
+def _add_cross_excitation(report: ComparisonReport, cx: dict[str, dict[str, Any]]) -> None:
+    for row in report.layers:
+        row.cross_excitation = cx.get("values", {}).get(row.name)
+    units, per_unit = cx.get("units", {}), cx.get("per_unit", {})
+    report.renders = {
+        name: {**pics, "units": units.get(name, []), "per_unit": per_unit.get(name, [])}
+        for name, pics in cx.get("renders", {}).items()
+    }

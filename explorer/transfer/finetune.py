@@ -2,15 +2,17 @@
 
 The shared model is never touched: training runs on a deep copy with a new head for the dataset's classes.
 Everything up to and including the freeze point is frozen (parameters *and* BatchNorm statistics, see
-:mod:`explorer.transfer.freeze`). After every complete epoch the checkpoint is written atomically (safetensors with our
-JSON metadata in its header, plus a ``.json`` sidecar), so an interrupted run leaves the last epoch usable.
+:mod:`explorer.transfer.freeze`). The loop is :func:`explorer.transfer.trainer.train` with the settings of
+:mod:`explorer.transfer.settings`. The held-out split (:mod:`explorer.transfer.heldout`) is saved in the checkpoint's
+metadata, so a comparison can later measure on images the model never trained on. The checkpoint is written
+atomically (safetensors with our JSON metadata in its header, plus a ``.json`` sidecar) after every epoch that
+improved the held-out loss, so an interrupted run leaves its best complete epoch usable.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,62 +22,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from explorer.data import (
-    AUGMENTS,
-    TransformedView,
-    eval_transform,
-    open_dataset,
-    split_indices,
-    stratified_subset,
-    train_transform,
-)
-from explorer.errors import ExplorerError
+from explorer.data import TransformedView, eval_transform, open_dataset, train_transform
 from explorer.layers import execution_order
 from explorer.models import LoadedModel, fingerprint
-from explorer.runtime import Progress, StopSignal, autocast, stop_requested, to_input
-from explorer.transfer.checkpoints import check_writable, save_checkpoint
+from explorer.runtime import Progress, StopSignal, stop_requested
+from explorer.transfer.checkpoints import check_writable, save_checkpoint, update_metadata
 from explorer.transfer.freeze import apply_freeze, head_name
+from explorer.transfer.heldout import Split, make_split
+from explorer.transfer.settings import FinetuneError, FinetuneSettings
+from explorer.transfer.trainer import TrainOutcome, evaluate, train
 
-
-class FinetuneError(ExplorerError):
-    """A fine-tuning setting or dataset that cannot work, phrased for the user."""
-
-
-@dataclass
-class FinetuneSettings:
-    """What a fine-tune does; the defaults suit a few hundred to a few thousand images on a pretrained CNN."""
-
-    freeze_after: str | None = None  # a ladder layer: it and everything before it stay frozen; None trains all
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 1e-3  # the new head
-    backbone_lr: float = 1e-4  # trainable pretrained layers: 10x lower so they adapt without forgetting
-    weight_decay: float = 0.01
-    schedule: str = "cosine"  # or "constant"
-    augment: str = "light"  # "none", "light" (random crop 80–100 %, slight colour jitter), "light+flip"
-    val_fraction: float = 0.2
-    input_size: int | None = None  # train at this square size instead of the model's (e.g. 128 for speed)
-    max_images: int | None = None  # use a stratified random subset of the dataset (quick runs)
-    label_smoothing: float = 0.0
-    seed: int = 0
-    num_workers: int = 0
-
-    def check(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise FinetuneError("Epochs and batch size must be at least 1.")
-        if not (self.lr > 0 and self.backbone_lr > 0 and self.weight_decay >= 0):
-            raise FinetuneError(
-                "Learning rates must be positive and weight decay non-negative (to train only the head, freeze "
-                "after the last layer before it instead of a zero learning rate)."
-            )
-        if self.schedule not in ("cosine", "constant"):
-            raise FinetuneError(f"Unknown schedule {self.schedule!r}: use cosine or constant.")
-        if self.augment not in AUGMENTS:
-            raise FinetuneError(f"Unknown augmentation {self.augment!r}: use none, light or light+flip.")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise FinetuneError("The validation fraction must be in [0, 1).")
-        if self.input_size is not None and not 32 <= self.input_size <= 1024:
-            raise FinetuneError("The input size must be between 32 and 1024 pixels.")
+__all__ = ["FinetuneError", "FinetuneResult", "FinetuneSettings", "evaluate", "finetune", "replace_head"]
 
 
 @dataclass
@@ -90,6 +47,7 @@ class FinetuneResult:
     stopped: bool = False
     seconds: float = 0.0
     images_per_second: float = 0.0
+    heldout_correct: list[bool] = field(default_factory=list)  # per held-out image, for the kept epoch
 
     def to_loaded_model(self, base: LoadedModel) -> LoadedModel:
         """The tuned network as a LoadedModel (eval mode), without going through the checkpoint file."""
@@ -127,12 +85,16 @@ def _strip_hooks(module: nn.Module) -> None:
                 d.clear()
 
 
+def private_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of a (possibly shared) network in eval mode, without the hooks other threads had on it."""
+    out = copy.deepcopy(module)
+    _strip_hooks(out)
+    return out.eval()
+
+
 def trainable_copy(model: LoadedModel) -> nn.Module:
     """A private deep copy of the model's network, eval mode, every parameter trainable, no hooks."""
-    module = copy.deepcopy(model.module)
-    _strip_hooks(module)
-    module.eval().requires_grad_(True)
-    return module
+    return private_copy(model.module).requires_grad_(True)
 
 
 def replace_head(module: nn.Module, num_classes: int, *, input_size: tuple[int, int] = (224, 224)) -> str:
@@ -157,32 +119,86 @@ def replace_head(module: nn.Module, num_classes: int, *, input_size: tuple[int, 
     return head
 
 
-# --------------------------------------------------------------------------- the loop
+def trainable_model(model: LoadedModel, num_classes: int, freeze_after: str | None) -> tuple[nn.Module, str]:
+    """A private copy with a new head for `num_classes`, frozen after `freeze_after`, channels-last: (module, head)."""
+    module = trainable_copy(model)
+    head = replace_head(module, num_classes, input_size=model.input_size)
+    apply_freeze(module, freeze_after, input_size=model.input_size)
+    return module.to(memory_format=torch.channels_last), head
 
 
-def _param_groups(module: nn.Module, head: str, s: FinetuneSettings) -> list[dict[str, Any]]:
-    head_params = [p for p in module.get_submodule(head).parameters() if p.requires_grad]
-    ids = {id(p) for p in head_params}
-    body = [p for p in module.parameters() if p.requires_grad and id(p) not in ids]
-    groups = [{"params": head_params, "lr": s.lr}]
-    if body:
-        groups.append({"params": body, "lr": s.backbone_lr})
-    return groups
+# --------------------------------------------------------------------------- data
 
 
-@torch.no_grad()
-def evaluate(module: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of `module` (left in eval mode) on a loader."""
-    module.eval()
-    loss_sum, correct, n = 0.0, 0, 0
-    for x, y in loader:
-        x, y = to_input(x, device), y.to(device)
-        with autocast(device):
-            logits = module(x).float()
-        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-        n += len(y)
-    return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1)}
+def training_data(data: str | Path | Dataset, s: FinetuneSettings) -> tuple[Dataset, list[str], Split]:
+    """The dataset, its class names and the split a run with settings `s` uses; one sentence if it cannot work."""
+    dataset = open_dataset(data)
+    classes = list(getattr(dataset, "classes", []))
+    split = make_split(dataset, val_fraction=s.val_fraction, seed=s.seed, max_images=s.max_images)
+    if len(classes) < 2 or not split.train:
+        raise FinetuneError("Fine-tuning needs a dataset with at least two classes of images.")
+    return dataset, classes, split
+
+
+def image_loaders(
+    model: LoadedModel, dataset: Dataset, split: Split, s: FinetuneSettings, *, augment: str | None = None
+) -> tuple[DataLoader, DataLoader | None, list[TransformedView]]:
+    """Shuffled training batches (augmented as `s.augment`) and in-order held-out batches, at the run's input size."""
+    size = s.input_size or model.input_size[0]
+    gen = torch.Generator().manual_seed(s.seed)
+    bs = min(s.batch_size, len(split.train))
+    train_set = TransformedView(dataset, split.train, train_transform(model, size, augment or s.augment))
+    val_set = TransformedView(dataset, split.heldout, eval_transform(model, size)[0])
+    pin = model.device.type == "cuda"
+    train_loader = DataLoader(
+        train_set,
+        batch_size=bs,
+        shuffle=True,
+        generator=gen,
+        drop_last=len(split.train) > bs,
+        num_workers=s.num_workers,
+        pin_memory=pin,
+    )
+    val_loader = (
+        DataLoader(val_set, batch_size=max(bs, 64), num_workers=s.num_workers, pin_memory=pin)
+        if split.heldout
+        else None
+    )
+    return train_loader, val_loader, [train_set, val_set]
+
+
+def _metadata(
+    model: LoadedModel, module: nn.Module, head: str, data: Any, classes: list[str], split: Split, s: FinetuneSettings
+) -> dict[str, Any]:
+    size = s.input_size or model.input_size[0]
+    return {
+        "format": "layer_explorer.finetune/2",
+        "arch": model.arch,
+        "base_spec": model.spec,
+        "base_fingerprint": model.fingerprint,
+        "class_names": classes,
+        "input_size": [size, size],
+        "resize_size": eval_transform(model, size)[1],
+        "mean": list(model.mean),
+        "std": list(model.std),
+        "freeze_after": s.freeze_after,
+        "head": head,
+        "parameters": {
+            "trainable": sum(p.numel() for p in module.parameters() if p.requires_grad),
+            "non_trainable": sum(p.numel() for p in module.parameters() if not p.requires_grad),
+        },
+        "data": {
+            "source": str(data) if not isinstance(data, Dataset) else type(data).__name__,
+            "train_images": len(split.train),
+            "val_images": len(split.heldout),
+        },
+        "split": split.to_dict(),
+        "settings": asdict(s),
+        "metrics": {},
+    }
+
+
+# --------------------------------------------------------------------------- the fine-tune
 
 
 def finetune(
@@ -197,135 +213,92 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune a copy of `model` on an image folder ('demo:digits', a path, or an image dataset).
 
-    Reports every step through `progress(step, total_steps, preview)` (preview: a dict with phase, epoch,
+    Reports every step through `progress(step, total_steps, info)` (info: a dict with phase "train", epoch,
     loss, acc, lr; after each epoch phase "val" with the epoch's metrics). `should_stop` (callable or
     threading.Event) is checked before every step; the result then has ``stopped=True`` and the checkpoint of
-    the last complete epoch. `out` (a ``.safetensors`` path) is refused if it exists unless `overwrite`.
+    the best complete epoch. `out` (a ``.safetensors`` path) is refused if it exists unless `overwrite`.
     """
     s = settings or FinetuneSettings()
     s.check()
     out_path = check_writable(out, overwrite=overwrite) if out is not None else None
-    stop = stop_requested(should_stop)
-    dataset = open_dataset(data)
-    classes = list(getattr(dataset, "classes", []))
-    labels = [int(y) for y in getattr(dataset, "targets", [])]
-    if len(classes) < 2 or not labels:
-        raise FinetuneError("Fine-tuning needs a dataset with at least two classes of images.")
-    chosen = stratified_subset(labels, s.max_images, s.seed)
-    tr, va = split_indices([labels[i] for i in chosen], s.val_fraction, s.seed)
-    train_idx, val_idx = [chosen[i] for i in tr], [chosen[i] for i in va]
-    size = s.input_size or model.input_size[0]
-    eval_tf, resize = eval_transform(model, size)
-    prep = {"input_size": [size, size], "resize_size": resize, "mean": list(model.mean), "std": list(model.std)}
+    dataset, classes, split = training_data(data, s)
+    train_loader, val_loader, views = image_loaders(model, dataset, split, s)
     device = model.device
-    gen = torch.Generator().manual_seed(s.seed)
-    bs = min(s.batch_size, len(train_idx))
-    train_set = TransformedView(dataset, train_idx, train_transform(model, size, s.augment))
-    val_set = TransformedView(dataset, val_idx, eval_tf)
-    train_loader = DataLoader(
-        train_set,
-        batch_size=bs,
-        shuffle=True,
-        generator=gen,
-        drop_last=len(train_idx) > bs,
-        num_workers=s.num_workers,
-        pin_memory=device.type == "cuda",
-    )
-    val_loader = DataLoader(val_set, batch_size=max(bs, 64), num_workers=s.num_workers)
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # seed our run without changing other threads' RNG for good
         torch.manual_seed(s.seed)
-        module = trainable_copy(model)
-        head = replace_head(module, len(classes), input_size=model.input_size)
-        apply_freeze(module, s.freeze_after, input_size=model.input_size)
-        if device.type == "cuda":
-            module = module.to(memory_format=torch.channels_last)
-        groups = _param_groups(module, head, s)
-        opt = torch.optim.AdamW(groups, weight_decay=s.weight_decay)
-        total = s.epochs * len(train_loader)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, (lambda k: 0.5 * (1 + math.cos(math.pi * k / total))) if s.schedule == "cosine" else (lambda k: 1.0)
+        module, head = trainable_model(model, len(classes), s.freeze_after)
+        result = FinetuneResult(
+            module=module, checkpoint=None, metadata=_metadata(model, module, head, data, classes, split, s)
         )
-        meta: dict[str, Any] = {
-            "format": "layer_explorer.finetune/1",
-            "arch": model.arch,
-            "base_spec": model.spec,
-            "base_fingerprint": model.fingerprint,
-            "class_names": classes,
-            **prep,
-            "freeze_after": s.freeze_after,
-            "head": head,
-            "parameters": {
-                "trainable": sum(p.numel() for p in module.parameters() if p.requires_grad),
-                "non_trainable": sum(p.numel() for p in module.parameters() if not p.requires_grad),
-            },
-            "data": {
-                "source": str(data) if not isinstance(data, Dataset) else type(data).__name__,
-                "train_images": len(train_idx),
-                "val_images": len(val_idx),
-            },
-            "settings": asdict(s),
-            "metrics": {},
-        }
-        result = FinetuneResult(module=module, checkpoint=None, metadata=meta)
-        t0, seen, step, train_s = time.perf_counter(), 0, 0, 0.0
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)
-        for epoch in range(1, s.epochs + 1):
-            module.train()  # apply_freeze keeps the frozen part in eval mode
-            e_loss, e_correct, e_n, e_t0 = 0.0, 0, 0, time.perf_counter()
-            for x, y in train_loader:
-                if stop():
-                    result.stopped = True
-                    break
-                x, y = to_input(x, device), y.to(device)
-                with autocast(device):
-                    logits = module(x).float()
-                loss = loss_fn(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                step += 1
-                seen += len(y)
-                correct = int((logits.detach().argmax(1) == y).sum())
-                e_loss, e_correct, e_n = e_loss + loss.item() * len(y), e_correct + correct, e_n + len(y)
-                rec = {
-                    "step": step,
-                    "epoch": epoch,
-                    "loss": loss.item(),
-                    "acc": correct / len(y),
-                    "lr": opt.param_groups[0]["lr"],
-                }
-                result.steps.append(rec)
-                if progress:
-                    progress(step, total, {"phase": "train", **rec})
-            train_s += time.perf_counter() - e_t0
-            if result.stopped:
-                break
-            val = evaluate(module, val_loader, device) if val_idx else {"loss": float("nan"), "acc": float("nan")}
-            ep = {
-                "epoch": epoch,
-                "train_loss": e_loss / max(e_n, 1),
-                "train_acc": e_correct / max(e_n, 1),
-                "val_loss": val["loss"],
-                "val_acc": val["acc"],
-                "seconds": time.perf_counter() - t0,
-            }
-            result.epochs.append(ep)
-            meta["metrics"] = {**ep, "history": list(result.epochs)}
-            unreadable = [
-                *(str(p) for p, _ in getattr(dataset, "skipped", [])),
-                *train_set.skipped.values(),
-                *val_set.skipped.values(),
-            ]
-            meta["data"]["unreadable"] = {"count": len(unreadable), "first": unreadable[:5]}
-            if out_path is not None:
-                save_checkpoint(module, out_path, meta)
-                result.checkpoint = out_path
-            result.images_per_second = seen / train_s if train_s > 0 else 0.0
-            if progress:
-                progress(step, total, {"phase": "val", **ep, "checkpoint": str(out_path) if out_path else None})
-        module.eval()
-    result.seconds = time.perf_counter() - t0
-    meta["stopped"] = result.stopped
+        saver = _Saver(result, out_path, [dataset, *views], progress, s.epochs * len(train_loader))
+        outcome = train(
+            module,
+            head,
+            train_loader,
+            val_loader,
+            s,
+            device,
+            progress=_recording(progress, result),
+            stop=stop_requested(should_stop),
+            on_epoch=saver.on_epoch,
+        )
+    _finish(result, outcome, result.metadata, time.perf_counter() - saver.t0)
     return result
+
+
+class _Saver:
+    """After each epoch: the history and the best epoch in the metadata; the checkpoint when the epoch is the best."""
+
+    def __init__(
+        self, result: FinetuneResult, out: Path | None, sources: list[Any], progress: Progress | None, total: int
+    ) -> None:
+        self.result, self.out, self.sources, self.progress, self.total = result, out, sources, progress, total
+        self.t0 = time.perf_counter()
+
+    def _unreadable(self) -> dict[str, Any]:
+        dataset, *views = self.sources
+        bad = [*(str(p) for p, _ in getattr(dataset, "skipped", [])), *(r for v in views for r in v.skipped.values())]
+        return {"count": len(bad), "first": bad[:5]}
+
+    def on_epoch(self, ep: dict[str, float], improved: bool, budget: dict[str, object]) -> None:
+        r, meta = self.result, self.result.metadata
+        r.epochs.append(ep)
+        meta["data"]["unreadable"] = self._unreadable()
+        best = ep if improved else next(e for e in r.epochs if e["epoch"] == meta["best_epoch"])
+        meta["best_epoch"] = best["epoch"]
+        if improved:  # the step budget that moved the weights being kept
+            meta["optimizer"] = {"name": "AdamW", **budget}
+        seconds = time.perf_counter() - self.t0
+        meta["metrics"] = {**best, "seconds": seconds, "history": list(r.epochs)}
+        if self.out is not None and improved:
+            save_checkpoint(r.module, self.out, meta)
+            r.checkpoint = self.out
+        elif self.out is not None and r.checkpoint is not None:  # keep the best weights, update the history
+            update_metadata(self.out, meta)
+        if self.progress:
+            info = {"phase": "val", **ep, "seconds": seconds, "checkpoint": str(self.out) if self.out else None}
+            self.progress(len(r.steps), self.total, info)
+
+
+def _recording(progress: Progress | None, result: FinetuneResult) -> Progress:
+    def record(done: int, total: int, info: Any = None) -> None:
+        if isinstance(info, dict) and info.get("phase") == "train":
+            result.steps.append({k: v for k, v in info.items() if k != "phase"})
+        if progress:
+            progress(done, total, info)
+
+    return record
+
+
+def _finish(result: FinetuneResult, outcome: TrainOutcome, meta: dict[str, Any], seconds: float) -> None:
+    result.stopped = outcome.stopped
+    result.seconds = seconds
+    result.images_per_second = outcome.images_per_second
+    result.heldout_correct = outcome.correct
+    meta["stopped"] = outcome.stopped
+    meta["early_stopped"] = outcome.early_stopped
+    if not outcome.epochs:  # nothing kept: the budget spent so far moved the returned weights
+        meta["optimizer"] = {"name": "AdamW", **outcome.budget.as_dict()}
+    if result.checkpoint is not None:
+        update_metadata(result.checkpoint, meta)

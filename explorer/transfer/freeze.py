@@ -227,6 +227,40 @@ optimizer = torch.optim.AdamW([p for p in {var}.parameters() if p.requires_grad]
 '''
 
 
+def linear_route_code(model: Any, point: str, *, var: str = "model") -> str:
+    """Plain PyTorch + scikit-learn for the linear route a sweep measures: the frozen network's output at `point`,
+    averaged over positions, as the features of a standardised logistic regression."""
+    from explorer.transfer.prefix import prefix_layer
+
+    module, size = _module_and_size(model)
+    layer = prefix_layer(module, point, size)
+    return f'''import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+# The feature-extractor route: the pretrained network stays frozen (eval mode); the output of {layer!r}
+# (the freeze point {point!r}), averaged over positions, feeds a linear classifier.
+{var}.eval()
+_kept = {{}}
+_handle = {var}.get_submodule({layer!r}).register_forward_hook(lambda m, i, out: _kept.__setitem__("x", out))
+
+
+@torch.no_grad()
+def features(images: torch.Tensor) -> np.ndarray:
+    """Pooled features of a batch of normalised images (N, 3, H, W)."""
+    {var}(images)
+    x = _kept["x"]
+    return (x.mean((2, 3)) if x.dim() == 4 else x.flatten(1)).float().cpu().numpy()
+
+
+classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=300))
+# classifier.fit(features(train_images), train_labels)
+# predictions = classifier.predict(features(new_images))
+'''
+
+
 def _train_keeping_frozen_eval(self: nn.Module, mode: bool = True) -> nn.Module:
     nn.Module.train(self, mode)
     for name in getattr(self, FROZEN_ATTR, ()):

@@ -1,49 +1,41 @@
-"""The freeze-point recommendation and the lecture's 2×2 guide, placed from measurements.
+"""The freeze advice: measured by the sweep when one ran, predicted from CKA otherwise, withheld by the gate.
 
-Rule: the deepest block up to which fine-tuning left every block's representation nearly unchanged
-(debiased CKA with the base model ≥ ``similar_cka``, judged by the lower end of its bootstrap interval) can stay
-frozen: training those blocks bought little. The 2×2 guide (dataset size × similarity to ImageNet) is placed
-from the dataset size per class and from where the *base* model's linear probes peak: if its top features
-separate the user's classes about as well as any layer, the task is ImageNet-like; if a middle block does
-clearly better, it is not. With little data and an ImageNet-like task whose top features already match the
-fine-tuned accuracy, the recommendation moves to a linear classifier on the top features.
+- **Measured** (``source="sweep"``): the sweep's choice, the cheapest option its paired test does not find worse
+  than the best (:mod:`explorer.transfer.sweep_report`). The representation then *explains* it.
+- **Predicted** (``source="prediction"``): with no sweep, the deepest block up to which fine-tuning left every
+  block's representation nearly unchanged (debiased CKA with the base ≥ ``similar_cka``, judged by the lower end
+  of its 95 % interval). It is computed again on two disjoint halves of the images; halves that disagree by more
+  than one block make it *unstable*. It says what training changed, not what freezing would cost.
+- **Withheld** (``source="withheld"``): the gate (:mod:`explorer.transfer.gate`) is closed, the tuned model has
+  not learned the task or there are too few images, and the page says why and what to try.
+The classic 2×2 guide is placed by :mod:`explorer.transfer.guide`; BatchNorm statistics are told apart from
+weights by the hybrid models' CKA (:mod:`explorer.transfer.weights`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
-SMALL_PER_CLASS = 300  # fewer labelled images per class than this counts as "little data"
-TOP_PROBE_MARGIN = 0.03  # top-feature probe within 3 points of the best layer's → "similar to ImageNet"
-LINEAR_HEAD_MARGIN = 0.02  # top-feature probe within 2 points of the fine-tuned accuracy → a linear head suffices
+from explorer.models import LoadedModel
+from explorer.transfer.gate import Gate, learned, too_few
+from explorer.transfer.guide import GUIDE, GuideCell, place, place_from_sweep, why
+from explorer.transfer.probes import ProbeResult
 
-GUIDE = {
-    ("small", "similar"): "Little data, similar task: train a linear classifier on the top features; freeze the rest.",
-    ("small", "different"): "Little data, different task: train a classifier on earlier features, where the "
-    "pretrained network's features are still generic; keep the rest frozen.",
-    ("large", "similar"): "Lots of data, similar task: fine-tune the top layers, keep the early ones frozen.",
-    ("large", "different"): "Lots of data, different task: fine-tune most layers (or all), starting from the "
-    "pretrained weights.",
-}
+if TYPE_CHECKING:
+    from explorer.transfer.report import ComparisonReport, LayerComparison
+    from explorer.transfer.sweep_report import SweepReport
 
-
-@dataclass
-class GuideCell:
-    """Where the user's case sits in the 2×2 guide, and the measurements that put it there."""
-
-    size: str  # "small" | "large"
-    similarity: str  # "similar" | "different"
-    advice: str
-    measurements: dict[str, Any] = field(default_factory=dict)
+__all__ = ["GUIDE", "GuideCell", "Recommendation", "predict", "recommend", "reconsider"]
 
 
 @dataclass
 class Recommendation:
-    """The deepest layer that can stay frozen, why, and what freezing there costs and saves."""
+    """Where to freeze (or why not to say), how that was decided, and what freezing there costs and saves."""
 
-    freeze_after: str | None  # None: train every layer
+    freeze_after: str | None  # None: train every layer (or nothing decided: see `source`)
     reason: str
     evidence: list[str]
     guide: GuideCell
@@ -52,6 +44,14 @@ class Recommendation:
     total: int = 0
     code: str = ""
     caveats: list[str] = field(default_factory=list)
+    source: str = "prediction"  # "sweep" (measured) | "prediction" (from CKA, no sweep) | "withheld"
+    route: str = "finetune"  # "linear": a linear classifier on the pooled output of freeze_after
+    prediction: str | None = None  # the CKA prediction on all images ("none": train every layer)
+    prediction_halves: list[str | None] = field(default_factory=list)
+    stable: bool | None = None  # the two halves agree within one block
+    agreement: str = ""  # prediction against the measured sweep
+    withheld: str = ""  # why the tuned model's representation gives no advice (the gate)
+    try_next: list[str] = field(default_factory=list)
 
 
 def _fmt(x: float | None, pct: bool = False) -> str:
@@ -60,119 +60,167 @@ def _fmt(x: float | None, pct: bool = False) -> str:
     return f"{100 * x:.0f} %" if pct else f"{x:.2f}"
 
 
-def _cka_floor(row: Any) -> float:
+def _floor(row: LayerComparison) -> float:
     """The CKA value a decision uses: the interval's lower end when there is one."""
     return row.cka_low if math.isfinite(row.cka_low) else row.cka
 
 
-def recommend(
-    base: Any,
-    layers: list[Any],
-    *,
-    n_images: int,
-    n_classes: int,
-    tuned_accuracy: float | None,
-    chance: float,
-    tuned_freeze_after: str | None = None,
-    similar_cka: float = 0.9,
-) -> Recommendation:
-    """Pick the freeze point from per-layer comparisons (`LayerComparison` rows in depth order)."""
-    from explorer.transfer.freeze import freeze_code, freeze_summary
+def body_rows(layers: list[LayerComparison]) -> list[LayerComparison]:
+    """The rows a freeze point can be: everything before the classifier."""
+    with_params = [r for r in layers if r.params]
+    head = with_params[-1].name if with_params else None
+    return [r for r in layers if not r.new_head and r.name != head]
 
-    body = [r for r in layers if not r.new_head and r.name != _head(layers)]
-    candidates = [r for r in body if math.isfinite(r.cka)]
-    deepest = None
-    first_changed = None
-    for r in candidates:
-        if _cka_floor(r) >= similar_cka:
+
+def predict(
+    layers: list[LayerComparison], similar_cka: float, cka: dict[str, tuple[float, float]] | None = None
+) -> tuple[LayerComparison | None, LayerComparison | None]:
+    """(deepest block of the unchanged prefix, first changed block) from CKA values (or `cka`: name → (value, low))."""
+    deepest = first_changed = None
+    for r in body_rows(layers):
+        value, low = cka[r.name] if cka is not None else (r.cka, r.cka_low)
+        floor = low if math.isfinite(low) else value
+        if not math.isfinite(floor):
+            continue
+        if floor >= similar_cka:
             deepest = r
         else:
             first_changed = r
             break
+    return deepest, first_changed
 
-    probed = [r for r in body if r.probe_acc is not None]
-    best = max(probed, key=lambda r: r.probe_acc) if probed else None
-    top = probed[-1] if probed else None
-    per_class = n_images / max(n_classes, 1)
-    size = "small" if per_class < SMALL_PER_CLASS else "large"
-    similar = best is not None and top is not None and top.probe_acc >= best.probe_acc - TOP_PROBE_MARGIN
-    similarity = "similar" if similar else "different"
-    third = max(1, len(candidates) // 3)
-    late = [r.cka for r in candidates[-third:]]
-    guide = GuideCell(
-        size=size,
-        similarity=similarity,
-        advice=GUIDE[(size, similarity)],
-        measurements={
-            "images": n_images,
-            "classes": n_classes,
-            "images_per_class": round(per_class, 1),
-            "small_below_per_class": SMALL_PER_CLASS,
-            "best_probe_layer": best.name if best else None,
-            "best_probe_acc": best.probe_acc if best else None,
-            "top_probe_layer": top.name if top else None,
-            "top_probe_acc": top.probe_acc if top else None,
-            "late_cka_mean": sum(late) / len(late) if late else None,
-            "chance": chance,
-        },
-    )
 
-    evidence: list[str] = []
-    caveats: list[str] = []
-    if deepest is None:
-        point = None
-        reason = (
-            f"Fine-tuning changed the representation from the very first block ({candidates[0].name}: CKA "
-            f"{_fmt(candidates[0].cka)}), so no layer is safe to freeze on this evidence: train every layer."
-            if candidates
-            else "No layer could be measured, so nothing is recommended for freezing."
-        )
-    else:
-        point = deepest.name
-        reason = (
-            f"Fine-tuning left every block up to {deepest.name} nearly unchanged (CKA with the base model on your "
-            f"images ≥ {similar_cka:.2f}, lower end of its 95 % interval), so training those blocks bought little: "
-            "keep them frozen"
-            + (
-                f"; the first block that changed is {first_changed.name} (CKA {_fmt(first_changed.cka)} "
-                f"[{_fmt(first_changed.cka_low)}, {_fmt(first_changed.cka_high)}])."
-                if first_changed is not None
-                else "."
-            )
-        )
-    linear_enough = (
-        top is not None and tuned_accuracy is not None and top.probe_acc >= tuned_accuracy - LINEAR_HEAD_MARGIN
+def bn_explanation(layers: list[LayerComparison]) -> str:
+    """Which part moved the representation where it changed most: BatchNorm statistics, weights, or both."""
+    rows = [
+        r
+        for r in body_rows(layers)
+        if math.isfinite(r.cka) and math.isfinite(r.cka_weights) and math.isfinite(r.cka_stats)
+    ]
+    if not rows:
+        return ""
+    r = min(rows, key=lambda row: row.cka)
+    drop_w, drop_s = 1 - r.cka_weights, 1 - r.cka_stats
+    parts = (
+        f"at {r.name} (CKA {_fmt(r.cka)}), tuned weights with the base's BatchNorm statistics read "
+        f"{_fmt(r.cka_weights)} and base weights with the tuned statistics {_fmt(r.cka_stats)}"
     )
-    if size == "small" and similar and linear_enough and top.name != point:
-        point = top.name
-        reason = (
-            f"With {per_class:.0f} images per class and a task close to ImageNet, a linear classifier on the "
-            f"frozen top features ({top.name}: {_fmt(top.probe_acc, True)} cross-validated) does about as "
-            f"well as the fine-tuned model ({_fmt(tuned_accuracy, True)}): freeze everything before the head."
-        )
-    for r in body:
+    if drop_s > 2 * max(drop_w, 0.005):
+        return f"BatchNorm statistics, not weights, moved the representation most: {parts}."
+    if drop_w > 2 * max(drop_s, 0.005):
+        return f"The weights, not the BatchNorm statistics, moved the representation most: {parts}."
+    return f"Weights and BatchNorm statistics both moved the representation: {parts}."
+
+
+def _evidence(layers: list[LayerComparison], probes: dict[str, ProbeResult | None], chance: float) -> list[str]:
+    out = []
+    for r in body_rows(layers):
         bits = [f"CKA {_fmt(r.cka)} [{_fmt(r.cka_low)}, {_fmt(r.cka_high)}]"]
-        if r.weight_change is not None:
-            bits.append(f"weight change {100 * r.weight_change:.1f} %")
+        if math.isfinite(r.cka_weights):
+            bits.append(f"weights only {_fmt(r.cka_weights)}, BN statistics only {_fmt(r.cka_stats)}")
+        if r.weight_rms is not None:
+            step = f", {r.weight_per_step:.2g} of the step budget" if r.weight_per_step is not None else ""
+            bits.append(f"weight RMS change {r.weight_rms:.2g}{step}")
         if r.probe_acc is not None:
             bits.append(f"probe {_fmt(r.probe_acc, True)}")
         if r.frozen_in_tuned:
             bits.append("frozen in this run")
-        evidence.append(f"{r.name}: " + ", ".join(bits))
-    if best is not None:
-        evidence.append(
-            f"The base model's features separate your classes best at {best.name} ({_fmt(best.probe_acc, True)}, "
-            f"chance {_fmt(chance, True)}); at the top ({top.name}) {_fmt(top.probe_acc, True)}."
+        out.append(f"{r.name}: " + ", ".join(bits))
+    return out
+
+
+def _prediction_text(
+    deepest: LayerComparison | None, first: LayerComparison | None, body: list[LayerComparison], similar_cka: float
+) -> str:
+    if deepest is None:
+        if not body:
+            return "No layer could be measured, so nothing is predicted."
+        return (
+            f"Prediction from CKA: fine-tuning changed the representation from the very first block ({body[0].name}:"
+            f" CKA {_fmt(body[0].cka)}), so no layer looks safe to freeze: train every layer."
         )
-    if tuned_accuracy is not None:
-        evidence.append(f"The fine-tuned model scores {_fmt(tuned_accuracy, True)} on these images.")
+    text = (
+        f"Prediction from CKA (no sweep has run): fine-tuning left every block up to {deepest.name} nearly "
+        f"unchanged (CKA with the base on held-out images ≥ {similar_cka:.2f}, lower end of its 95 % interval), so "
+        "training those blocks bought little"
+    )
+    if first is not None:
+        ci = f"[{_fmt(first.cka_low)}, {_fmt(first.cka_high)}]"
+        text += f"; the first block that changed is {first.name} (CKA {_fmt(first.cka)} {ci})"
+    return text + ". Run the freeze sweep to measure it."
+
+
+def _index(layers: list[LayerComparison], point: str | None) -> int:
+    return next((r.index for r in layers if r.name == point), -1)
+
+
+def _stability(layers: list[LayerComparison], halves: list[str | None]) -> bool | None:
+    if len(halves) != 2:
+        return None
+    return abs(_index(layers, halves[0]) - _index(layers, halves[1])) <= 1
+
+
+def _gate(n_images: int, tuned_correct: int | None, tuned_n: int, chance: float, best_probe: float | None) -> Gate:
+    few = too_few(n_images, "held-out images" if tuned_correct is not None else "images compared")
+    if not few.open:
+        return few
+    if tuned_correct is None:
+        return Gate(
+            False,
+            "The tuned model's accuracy on held-out images is unknown (see the note on the images), so "
+            "it cannot be checked that it learned the task: no freeze point is read from its representation.",
+            [
+                "Compare on the data it was fine-tuned on (fine-tunes made here save their split).",
+                "Or run the freeze sweep, which measures every freeze point by itself.",
+            ],
+        )
+    return learned(tuned_correct, tuned_n, chance, best_probe)
+
+
+def recommend(
+    base: LoadedModel,
+    layers: list[LayerComparison],
+    *,
+    n_images: int,
+    n_classes: int,
+    chance: float,
+    tuned_correct: int | None,
+    tuned_n: int,
+    train_per_class: float | None,
+    probes: dict[str, ProbeResult | None],
+    halves: list[str | None] | None = None,
+    per_class_known: bool = True,
+    tuned_freeze_after: str | None = None,
+    similar_cka: float = 0.9,
+) -> Recommendation:
+    """The advice from a comparison's per-layer rows (in depth order), without a sweep: predicted or withheld."""
+    from explorer.transfer.freeze import freeze_code, freeze_summary
+
+    guide = place(train_per_class, probes, per_class_known=per_class_known)
+    best_probe = max((p.accuracy for p in probes.values() if p is not None), default=None)
+    gate = _gate(n_images, tuned_correct, tuned_n, chance, best_probe)
+    body = body_rows(layers)
+    deepest, first = predict(layers, similar_cka)
+    prediction = deepest.name if deepest is not None else "none"
+    stable = _stability(layers, halves or [])
+    explanation = bn_explanation(layers)
+    caveats = []
+    if stable is False:
+        caveats.append(
+            f"Unstable: on two disjoint halves of the images the prediction is {halves[0] or 'none'} and "  # type: ignore[index]
+            f"{halves[1] or 'none'}, more than one block apart; use more images or run the sweep."
+        )  # type: ignore[index]
     if tuned_freeze_after:
         caveats.append(
-            f"This tuned model was trained with everything up to {tuned_freeze_after} frozen, so those layers read "
-            "CKA 1 by construction; fine-tune with nothing frozen to measure how much they would have changed."
+            f"This tuned model was trained with everything up to {tuned_freeze_after} frozen, so those "
+            "layers read CKA 1 by construction; fine-tune with nothing frozen to see how far they would move."
         )
-    if tuned_accuracy is not None:
-        caveats.append("The fine-tuned accuracy is measured on these images, which may include its training images.")
+    if gate.open:
+        point, source = deepest.name if deepest is not None else None, "prediction"
+        reason = _prediction_text(deepest, first, body, similar_cka) + (f" {explanation}" if explanation else "")
+    else:
+        point, source, reason = None, "withheld", gate.reason
+    evidence = _evidence(layers, probes, chance) + ([explanation] if explanation else []) + [why(guide)]
     s = freeze_summary(base, point, num_classes=n_classes)
     return Recommendation(
         freeze_after=point,
@@ -184,10 +232,70 @@ def recommend(
         total=s.total,
         code=freeze_code(base, point, num_classes=n_classes),
         caveats=caveats,
+        source=source,
+        prediction=prediction,
+        prediction_halves=list(halves or []),
+        stable=stable,
+        withheld="" if gate.open else gate.reason,
+        try_next=gate.try_next,
     )
 
 
-def _head(layers: list[Any]) -> str | None:
-    """The last row with parameters (the classifier)."""
-    with_params = [r for r in layers if r.params]
-    return with_params[-1].name if with_params else None
+def _agreement(rec: Recommendation, point: str, layers: list[LayerComparison], sweep: SweepReport) -> str:
+    if rec.withheld:
+        return f"The CKA prediction is not used: {rec.withheld}"
+    stage = {r.name: r.stage for r in layers}
+    first = min(stage.values(), default=0) - 1  # 'none' sits before the first stage
+    a, b = stage.get(rec.prediction or "none", first), stage.get(point, first)
+    said = f"CKA predicted {rec.prediction or 'none'} (stage {a}); the sweep measured {point} (stage {b})"
+    if abs(a - b) <= 1:
+        return f"{said}: they agree within one stage."
+    why_not = ["CKA says how far fine-tuning moved each block, not whether moving it was needed"]
+    if sweep.choice.route == "linear":
+        why_not.append("a linear classifier on a frozen layer did as well as fine-tuning, so the change was not needed")
+    explanation = bn_explanation(layers)
+    if explanation.startswith("BatchNorm"):
+        why_not.append("much of the CKA drop comes from re-estimated BatchNorm statistics, not from learned weights")
+    return f"{said}: they disagree by more than one stage, because " + "; and ".join(why_not) + "."
+
+
+def reconsider(
+    rec: Recommendation, sweep: SweepReport | None, report: ComparisonReport, base: LoadedModel | None = None
+) -> Recommendation:
+    """`rec` decided by a measured sweep: its choice becomes the advice, the CKA prediction its explanation."""
+    from explorer.transfer.freeze import freeze_code, freeze_summary
+
+    if sweep is None or sweep.choice.point is None:
+        if sweep is not None:
+            return dataclasses.replace(
+                rec, caveats=[*rec.caveats, f"The sweep recommends nothing: {sweep.choice.reason}"]
+            )
+        return rec
+    point = sweep.choice.point
+    chosen = sweep.chosen
+    freeze = None if point == "none" else point
+    agreement = _agreement(rec, point, report.layers, sweep)
+    per_class = sweep.data.get("images_per_class")
+    guide = place_from_sweep(float(per_class), sweep.options) if isinstance(per_class, (int, float)) else None
+    out = dataclasses.replace(
+        rec,
+        freeze_after=freeze,
+        source="sweep",
+        route=sweep.choice.route or "finetune",
+        reason=f"Measured by the freeze sweep: {sweep.choice.reason}",
+        agreement=agreement,
+        guide=guide or rec.guide,
+    )
+    n_classes = len(report.data.get("classes") or []) or None
+    if base is not None:
+        s = freeze_summary(base, freeze, num_classes=n_classes)
+        out.trainable, out.non_trainable, out.total = s.trainable, s.non_trainable, s.total
+        out.code = freeze_code(base, freeze, num_classes=n_classes)
+    if chosen is not None and chosen.route == "linear":
+        from explorer.transfer.freeze import linear_route_code
+
+        out.trainable = chosen.trainable
+        out.total = out.non_trainable + chosen.trainable
+        if base is not None and freeze is not None:
+            out.code = linear_route_code(base, freeze)
+    return out

@@ -1,7 +1,9 @@
 """What a comparison produced: per-layer records in depth order, the recommendation, and their exports.
 
 `ComparisonReport.to_json()` / `.to_dict()` (NaN written as null), `.to_csv()` (one row per layer),
-`.to_html()` (a self-contained summary) and `.save(path.json)` (all three side by side).
+`.to_html()` (a self-contained summary) and `.save(path.json)` (all three side by side). :func:`chart_series`
+is the per-layer series the HTML chart and the app's plotly chart both draw, and :func:`finite` the test they
+share for a value that can be drawn.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from explorer.models import LoadedModel
 from explorer.transfer.recommend import Recommendation
+from explorer.transfer.sweep_report import SweepOption, SweepReport
 
 
 @dataclass
@@ -28,8 +32,8 @@ class LayerComparison:
     stage: int
     channels: int | None
     params: int
-    cka: float  # debiased minibatch CKA, base vs tuned activations (1 = same representation up to rotation/scale)
-    cka_low: float  # bootstrap interval over minibatches
+    cka: float  # debiased CKA, base vs tuned activations on the held-out images (1 = same up to rotation/scale)
+    cka_low: float  # 95 % interval, delete-one-image jackknife
     cka_high: float
     weight_change: float | None  # ‖W_ft − W_pre‖ / ‖W_pre‖ over the block's parameters; None: no params or new head
     weight_change_channels: list[float] = field(default_factory=list)  # per output channel of its last conv/linear
@@ -38,10 +42,19 @@ class LayerComparison:
     frozen_in_tuned: bool = False  # the tuned run kept this block frozen (so CKA 1 and no change are by design)
     new_head: bool = False
     cross_excitation: float | None = None
+    cka_weights: float = float("nan")  # CKA with the base of (tuned weights + base BatchNorm statistics)
+    cka_stats: float = float("nan")  # CKA with the base of (base weights + tuned BatchNorm statistics)
+    cka_halves: list[float] = field(default_factory=list)  # the CKA on each of two disjoint halves of the images
+    weight_rms: float | None = None  # absolute RMS change of the block's parameters
+    weight_per_step: float | None = None  # weight_rms / Σ learning rate over the steps: the fraction Adam could move
+    bn_shift: float | None = None  # RMS over channels of |Δ running mean| / base running std
+    bn_scale: float | None = None  # RMS over channels of |ln(tuned std / base std)|
 
     def as_row(self) -> dict[str, Any]:
         row = asdict(self)
         ch = row.pop("weight_change_channels")
+        halves = row.pop("cka_halves")
+        row["cka_half_a"], row["cka_half_b"] = (halves + [None, None])[:2]
         row["weight_change_channel_median"] = float(np.median(ch)) if ch else None
         row["weight_change_channel_max"] = float(np.max(ch)) if ch else None
         return row
@@ -57,11 +70,21 @@ class ComparisonReport:
     settings: dict[str, Any]
     layers: list[LayerComparison]
     recommendation: Recommendation
-    tuned_accuracy: float | None = None  # on these images (optimistic if they include its training images)
+    tuned_accuracy: float | None = None  # on held-out images only; None when no image is known to be unseen
     chance: float = float("nan")
     warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     renders: dict[str, Any] = field(default_factory=dict, repr=False)  # same-seed pictures (not exported to JSON)
+    heldout: dict[str, Any] = field(default_factory=dict)  # status (heldout/different/unknown), note, images
+    sweep: SweepReport | None = None  # the measured freeze sweep the recommendation used, if any
+
+    def with_sweep(self, sweep: SweepReport | None, base: LoadedModel | None = None) -> ComparisonReport:
+        """This report with its advice decided by `sweep` (measured) instead of predicted from CKA; `base` (the
+        compared base model) recounts parameters and rewrites the code for the measured point."""
+        from explorer.transfer.recommend import reconsider
+
+        rec = reconsider(self.recommendation, sweep, self, base)
+        return dataclasses.replace(self, sweep=sweep, recommendation=rec)
 
     def layer(self, name: str) -> LayerComparison:
         for row in self.layers:
@@ -83,8 +106,14 @@ class ComparisonReport:
         return report_from_dict(d)
 
     def rows(self) -> list[dict[str, Any]]:
-        """One flat dict per layer (the table the app shows and the CSV holds)."""
-        return [row.as_row() for row in self.layers]
+        """One flat dict per layer (the table the app shows and the CSV holds); every CKA figure carries the
+        pooling and input size it was measured with, and which images."""
+        where = {
+            "cka_pooling": self.settings.get("pooling"),
+            "input_px": (self.data.get("input_size") or [None])[0],
+            "images": self.heldout.get("status"),
+        }
+        return [{**row.as_row(), **where} for row in self.layers]
 
     def to_csv(self, path: str | Path | None = None) -> str:
         import csv
@@ -117,7 +146,7 @@ class ComparisonReport:
         return [p, html, csv]
 
 
-_FLOATS = {"cka", "cka_low", "cka_high"}
+_FLOATS = {"cka", "cka_low", "cka_high", "cka_weights", "cka_stats"}
 
 
 def _nan(v: Any) -> float:
@@ -141,7 +170,8 @@ def report_from_dict(d: dict[str, Any]) -> ComparisonReport:
     rec["guide"] = GuideCell(**_known(GuideCell, rec["guide"]))
     recommendation = Recommendation(**_known(Recommendation, rec))
     rest = _known(ComparisonReport, d)
-    rest.update(layers=layers, recommendation=recommendation, chance=_nan(d.get("chance")), renders={})
+    sweep = SweepReport.from_dict(d["sweep"]) if isinstance(d.get("sweep"), dict) else None
+    rest.update(layers=layers, recommendation=recommendation, chance=_nan(d.get("chance")), renders={}, sweep=sweep)
     return ComparisonReport(**rest)
 
 
@@ -155,3 +185,69 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, (np.floating, np.integer)):
         return _json_safe(obj.item())
     return obj
+
+
+# --------------------------------------------------------------------------- what the charts draw
+
+
+def finite(x: object) -> bool:
+    """Whether `x` is a number that can be drawn (not None, NaN or infinite)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _value(x: object) -> float | None:
+    return float(x) if finite(x) else None  # type: ignore[arg-type]
+
+
+@dataclass
+class ChartSeries:
+    """The per-layer curves of a comparison, in ladder order (None where a layer has no value)."""
+
+    names: list[str]
+    cka: list[float | None]
+    cka_low: list[float | None]
+    cka_high: list[float | None]
+    cka_weights: list[float | None]  # tuned weights + base BatchNorm statistics
+    cka_stats: list[float | None]  # base weights + tuned BatchNorm statistics
+    probe: list[float | None]
+    weight: list[float | None]  # the scale-aware weight change (see weight_label)
+    weight_label: str
+    sweep: dict[str, list[SweepOption | None]]  # route → the option measured at each layer
+    sweep_all: SweepOption | None  # 'none' (train every layer), drawn as a reference line
+    recommended: str | None
+
+
+def chart_series(report: ComparisonReport) -> ChartSeries:
+    """What both charts draw: CKA with its interval and BN parts, probe accuracy, weight change, the sweep."""
+    rows = report.layers
+    per_step = any(finite(r.weight_per_step) for r in rows)
+    weight = [_value(r.weight_per_step if per_step else r.weight_rms) for r in rows]
+    label = (
+        "weight change per step budget (RMS change ÷ Σ learning rate)" if per_step else "weight change (absolute RMS)"
+    )
+    sweep: dict[str, list[SweepOption | None]] = {}
+    sweep_all = None
+    if report.sweep is not None:
+        for o in report.sweep.options:
+            if o.point == "none":
+                sweep_all = o if o.route == "finetune" else sweep_all
+                continue
+            sweep.setdefault(o.route, [None] * len(rows))
+            i = next((k for k, r in enumerate(rows) if r.name == o.point), None)
+            if i is not None:
+                sweep[o.route][i] = o
+    rec = report.recommendation
+    return ChartSeries(
+        names=[r.name for r in rows],
+        cka=[_value(r.cka) for r in rows],
+        cka_low=[_value(r.cka_low) for r in rows],
+        cka_high=[_value(r.cka_high) for r in rows],
+        cka_weights=[_value(r.cka_weights) for r in rows],
+        cka_stats=[_value(r.cka_stats) for r in rows],
+        probe=[_value(r.probe_acc) for r in rows],
+        weight=weight,
+        weight_label=label,
+        sweep=sweep,
+        sweep_all=sweep_all,
+        recommended=rec.freeze_after if rec.source != "withheld" else None,
+    )

@@ -1,75 +1,111 @@
-"""A self-contained HTML summary of a comparison report: the curves, the recommendation, the 2×2 guide, the table.
+"""A self-contained HTML summary of a comparison report: the curves, the advice, the 2×2 guide, the sweep, the table.
 
-No JavaScript and no downloads: one file with an inline SVG chart, readable offline and attachable anywhere.
+No JavaScript and no downloads: one file with inline SVG charts, readable offline and attachable anywhere. The
+per-layer curves are :func:`explorer.transfer.report.chart_series`, the same the app's plotly chart draws.
 """
 
 from __future__ import annotations
 
 import html
-import math
-from typing import Any
+from collections.abc import Callable
+
+import numpy as np
+
+from explorer.transfer.guide import why
+from explorer.transfer.report import ChartSeries, ComparisonReport, chart_series, finite
+from explorer.transfer.sweep_report import SweepReport
 
 _W, _H, _PAD_L, _PAD_R, _PAD_T, _PAD_B = 920, 320, 48, 16, 16, 110
-_COLOURS = {"cka": "#1f77b4", "weight": "#d62728", "probe": "#2ca02c"}
+_COLOURS = {"cka": "#1f77b4", "weight": "#d62728", "probe": "#2ca02c", "parts": "#17becf"}
+_STYLE = """
+body{font-family:system-ui,sans-serif;max-width:980px;margin:24px auto;padding:0 12px;color:#222}
+table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ccc;padding:3px 7px;font-size:13px}
+table.layers td:nth-child(n+3){text-align:right} .box{background:#f4f8ff;border:1px solid #bcd;padding:10px 14px}
+pre{background:#f6f6f6;padding:10px;overflow:auto;font-size:12px} .legend{font-size:12px}
+"""
+_Scale = Callable[[float], float]
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def _chart(report: Any) -> str:
-    rows = report.layers
-    n = len(rows)
-    if not n:
-        return ""
+def _axes(n: int, label: str) -> tuple[list[str], _Scale, _Scale]:
     x = lambda i: _PAD_L + (i + 0.5) * (_W - _PAD_L - _PAD_R) / n
     y = lambda v: _PAD_T + (1 - max(0.0, min(1.0, v))) * (_H - _PAD_T - _PAD_B)
-    wmax = max([r.weight_change for r in rows if _finite(r.weight_change)] or [1.0]) or 1.0
-    parts = [f'<svg viewBox="0 0 {_W} {_H}" width="100%" role="img" aria-label="per-layer curves">']
+    parts = [f'<svg viewBox="0 0 {_W} {_H}" width="100%" role="img" aria-label="{label}">']
     for v in (0, 0.25, 0.5, 0.75, 1.0):
         parts.append(f'<line x1="{_PAD_L}" x2="{_W - _PAD_R}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>')
         parts.append(f'<text x="{_PAD_L - 6}" y="{y(v) + 4:.1f}" font-size="11" text-anchor="end">{v:g}</text>')
-    band = [(x(i), y(r.cka_high)) for i, r in enumerate(rows) if _finite(r.cka_high)]
-    band += [(x(i), y(r.cka_low)) for i, r in reversed(list(enumerate(rows))) if _finite(r.cka_low)]
-    if band:
-        pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in band)
-        parts.append(f'<polygon points="{pts}" fill="{_COLOURS["cka"]}" opacity="0.15"/>')
+    return parts, x, y
 
-    def line(values: list[float | None], colour: str, dash: str = "") -> None:
-        pts = [(x(i), y(v)) for i, v in enumerate(values) if _finite(v)]
-        if len(pts) > 1:
-            d = " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
-            parts.append(f'<polyline points="{d}" fill="none" stroke="{colour}" stroke-width="2" {dash}/>')
-        for a, b in pts:
-            parts.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{colour}"/>')
 
-    line([r.cka for r in rows], _COLOURS["cka"])
-    line([r.weight_change / wmax if _finite(r.weight_change) else None for r in rows], _COLOURS["weight"])
-    line([r.probe_acc for r in rows], _COLOURS["probe"], 'stroke-dasharray="5,3"')
-    rec = report.recommendation.freeze_after
-    for i, r in enumerate(rows):
+def _line(parts: list[str], x: _Scale, y: _Scale, values: list[float | None], colour: str, dash: str = "") -> None:
+    pts = [(x(i), y(v)) for i, v in enumerate(values) if v is not None]
+    if len(pts) > 1:
+        d = " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
+        parts.append(f'<polyline points="{d}" fill="none" stroke="{colour}" stroke-width="2" {dash}/>')
+    for a, b in pts:
+        parts.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{colour}"/>')
+
+
+def _labels(parts: list[str], x: _Scale, names: list[str], marked: str | None) -> None:
+    for i, name in enumerate(names):
         tx, ty = x(i), _H - _PAD_B + 8
-        weight = "bold" if r.name == rec else "normal"
+        weight = "bold" if name == marked else "normal"
         parts.append(
             f'<text x="{tx:.1f}" y="{ty}" font-size="11" font-weight="{weight}" text-anchor="end" '
-            f'transform="rotate(-60 {tx:.1f} {ty})">{html.escape(r.name)}</text>'
+            f'transform="rotate(-60 {tx:.1f} {ty})">{html.escape(name)}</text>'
         )
-        if r.name == rec:
+        if name == marked:
             parts.append(
                 f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{_PAD_T}" y2="{_H - _PAD_B}" stroke="#555" '
                 'stroke-dasharray="2,2"/>'
             )
+
+
+def _sweep_marks(parts: list[str], x: _Scale, y: _Scale, cs: ChartSeries) -> None:
+    for route, opts in cs.sweep.items():
+        colour = _ROUTE_COLOURS.get(route, "#555")
+        _line(parts, x, y, [o.accuracy if o else None for o in opts], colour, 'stroke-dasharray="1,3"')
+        for i, o in enumerate(opts):
+            if o is not None:
+                parts.append(f'<line x1="{x(i):.1f}" x2="{x(i):.1f}" y1="{y(o.low):.1f}" y2="{y(o.high):.1f}" '
+                             f'stroke="{colour}"/>')  # fmt: skip
+    if cs.sweep_all is not None:
+        v = y(cs.sweep_all.accuracy)
+        parts.append(f'<line x1="{_PAD_L}" x2="{_W - _PAD_R}" y1="{v:.1f}" y2="{v:.1f}" '
+                     f'stroke="{_ROUTE_COLOURS["finetune"]}" stroke-dasharray="6,4"/>')  # fmt: skip
+
+
+def _chart(report: ComparisonReport) -> str:
+    cs = chart_series(report)
+    n = len(cs.names)
+    if not n:
+        return ""
+    parts, x, y = _axes(n, "per-layer curves")
+    band = [(x(i), y(v)) for i, v in enumerate(cs.cka_high) if v is not None]
+    band += [(x(i), y(v)) for i, v in reversed(list(enumerate(cs.cka_low))) if v is not None]
+    if band:
+        pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in band)
+        parts.append(f'<polygon points="{pts}" fill="{_COLOURS["cka"]}" opacity="0.15"/>')
+    wmax = max([v for v in cs.weight if v is not None] or [1.0]) or 1.0
+    _line(parts, x, y, cs.cka, _COLOURS["cka"])
+    _line(parts, x, y, cs.cka_weights, _COLOURS["parts"], 'stroke-dasharray="8,3"')
+    _line(parts, x, y, cs.cka_stats, _COLOURS["parts"], 'stroke-dasharray="2,2"')
+    _line(parts, x, y, [v / wmax if v is not None else None for v in cs.weight], _COLOURS["weight"])
+    _line(parts, x, y, cs.probe, _COLOURS["probe"], 'stroke-dasharray="5,3"')
+    _sweep_marks(parts, x, y, cs)
+    _labels(parts, x, cs.names, cs.recommended)
     parts.append("</svg>")
     legend = (
-        f'<p class="legend"><span style="color:{_COLOURS["cka"]}">━ CKA base vs tuned (band: 95 % bootstrap)</span> · '
-        f'<span style="color:{_COLOURS["weight"]}">━ relative weight change (÷ max {wmax:.3g})</span> · '
-        f'<span style="color:{_COLOURS["probe"]}">┅ base linear-probe accuracy</span> · dashed line: recommended '
-        "freeze point</p>"
+        f'<p class="legend"><span style="color:{_COLOURS["cka"]}">━ CKA base vs tuned (band: 95 % interval)</span> · '
+        f'<span style="color:{_COLOURS["parts"]}">╍ tuned weights + base BN statistics · ┈ base weights + tuned BN '
+        f'statistics</span> · <span style="color:{_COLOURS["weight"]}">━ {html.escape(cs.weight_label)} (÷ max '
+        f'{wmax:.3g})</span> · <span style="color:{_COLOURS["probe"]}">┅ base linear-probe accuracy</span>'
+        + (" · sweep: held-out accuracy per route, dashed line: train every layer" if cs.sweep else "")
+        + " · dashed vertical: recommended freeze point</p>"
     )
     return "".join(parts) + legend
 
 
-def _guide(report: Any) -> str:
+def _guide(report: ComparisonReport) -> str:
     g = report.recommendation.guide
     cells = {
         ("small", "similar"): "Linear classifier on top features",
@@ -84,49 +120,45 @@ def _guide(report: Any) -> str:
         mark = " ← your case" if here else ""
         return f"<td{style}>{cells[(size, sim)]}{mark}</td>"
 
-    m = g.measurements
-    why = (
-        f"{m.get('images_per_class')} images per class (little data below {m.get('small_below_per_class')}); "
-        f"best base probe at {m.get('best_probe_layer')} ({_pct(m.get('best_probe_acc'))}), "
-        f"top features {m.get('top_probe_layer')} ({_pct(m.get('top_probe_acc'))})."
-    )
     return (
         "<table class='guide'><tr><th></th><th>similar to ImageNet</th><th>different from ImageNet</th></tr>"
         f"<tr><th>little data</th>{td('small', 'similar')}{td('small', 'different')}</tr>"
         f"<tr><th>lots of data</th>{td('large', 'similar')}{td('large', 'different')}</tr></table>"
-        f"<p>{html.escape(g.advice)} <small>{html.escape(why)}</small></p>"
+        f"<p>{html.escape(g.advice)} <small>{html.escape(why(g))}</small></p>"
     )
 
 
-def _pct(v: Any) -> str:
-    return f"{100 * v:.0f} %" if _finite(v) else "n/a"
+def _pct(v: float | None) -> str:
+    return f"{100 * v:.0f} %" if finite(v) else "n/a"
 
 
-def _num(v: Any, fmt: str = ".3f") -> str:
-    return format(v, fmt) if _finite(v) else ""
+def _num(v: float | None, fmt: str = ".3f") -> str:
+    return format(v, fmt) if finite(v) else ""
 
 
-def _table(report: Any) -> str:
+def _table(report: ComparisonReport) -> str:
     head = (
-        "<tr><th>#</th><th>layer</th><th>type</th><th>CKA</th><th>95 % CI</th><th>weight change</th>"
-        "<th>probe acc.</th><th>params</th><th>note</th></tr>"
+        "<tr><th>#</th><th>layer</th><th>type</th><th>CKA</th><th>95 % interval</th><th>tuned weights + base BN</th>"
+        "<th>base weights + tuned BN</th><th>weight RMS change</th><th>per step budget</th><th>relative</th>"
+        "<th>BN mean shift</th><th>probe acc.</th><th>params</th><th>note</th></tr>"
     )
     body = []
     for r in report.layers:
         note = "new head" if r.new_head else ("frozen in this run" if r.frozen_in_tuned else "")
-        ci = f"[{_num(r.cka_low)}, {_num(r.cka_high)}]" if _finite(r.cka_low) else ""
-        wc = f"{100 * r.weight_change:.2f} %" if _finite(r.weight_change) else ""
+        ci = f"[{_num(r.cka_low)}, {_num(r.cka_high)}]" if finite(r.cka_low) else ""
+        wc = f"{100 * r.weight_change:.2f} %" if finite(r.weight_change) else ""
         bold = ' style="font-weight:bold"' if r.name == report.recommendation.freeze_after else ""
         probe = _pct(r.probe_acc) if r.probe_acc is not None else ""
         body.append(
             f"<tr{bold}><td>{r.index}</td><td>{html.escape(r.name)}</td><td>{html.escape(r.type)}</td>"
-            f"<td>{_num(r.cka)}</td><td>{ci}</td><td>{wc}</td><td>{probe}</td>"
-            f"<td>{r.params:,}</td><td>{note}</td></tr>"
+            f"<td>{_num(r.cka)}</td><td>{ci}</td><td>{_num(r.cka_weights)}</td><td>{_num(r.cka_stats)}</td>"
+            f"<td>{_num(r.weight_rms, '.2g')}</td><td>{_num(r.weight_per_step, '.2g')}</td><td>{wc}</td>"
+            f"<td>{_num(r.bn_shift, '.2f')}</td><td>{probe}</td><td>{r.params:,}</td><td>{note}</td></tr>"
         )
     return f"<table class='layers'>{head}{''.join(body)}</table>"
 
 
-def _png(image: Any) -> str:
+def _png(image: np.ndarray) -> str:
     import base64
     import io
 
@@ -137,7 +169,7 @@ def _png(image: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _renders(report: Any) -> str:
+def _renders(report: ComparisonReport) -> str:
     """Same-seed visualizations of the same units in both models, side by side (when they were rendered)."""
     if not report.renders:
         return ""
@@ -156,37 +188,161 @@ def _renders(report: Any) -> str:
     )
 
 
-def render_html(report: Any) -> str:
+def _advice(report: ComparisonReport) -> str:
+    rec = report.recommendation
+    if rec.source == "withheld":
+        title = "No freeze point: the evidence does not allow one"
+    else:
+        point = rec.freeze_after or "none (train every layer)"
+        kind = "Measured" if rec.source == "sweep" else "Predicted (no sweep has run)"
+        title = f"{kind}: freeze up to <code>{html.escape(point)}</code>" + (
+            " and train a linear classifier on it" if rec.route == "linear" else ""
+        )
+    tries = "".join(f"<li>{html.escape(t)}</li>" for t in rec.try_next)
+    extra = f"<p>{html.escape(rec.agreement)}</p>" if rec.agreement else ""
+    counts = (
+        f"<p>{rec.trainable:,} trainable, {rec.non_trainable:,} non-trainable of {rec.total:,} parameters.</p>"
+        if rec.source != "withheld"
+        else ""
+    )
+    return (
+        f'<div class="box"><h2>{title}</h2><p>{html.escape(rec.reason)}</p>'
+        f"{f'<ul>{tries}</ul>' if tries else ''}{extra}{counts}</div>"
+    )
+
+
+def render_html(report: ComparisonReport) -> str:
     """The whole report as one HTML page."""
     rec = report.recommendation
-    point = rec.freeze_after or "none (train every layer)"
     items = "".join(f"<li>{html.escape(e)}</li>" for e in rec.evidence)
     caveats = "".join(f"<li>{html.escape(c)}</li>" for c in [*rec.caveats, *report.warnings])
-    acc = f" · fine-tuned accuracy on these images {_pct(report.tuned_accuracy)}" if report.tuned_accuracy else ""
+    acc = (
+        f" · tuned accuracy on held-out images {_pct(report.tuned_accuracy)}"
+        if report.tuned_accuracy is not None
+        else ""
+    )
+    sweep = sweep_section(report.sweep) if report.sweep is not None else ""
+    code = f"<h2>Freeze there in PyTorch</h2><pre>{html.escape(rec.code)}</pre>" if rec.source != "withheld" else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Layer Explorer · before and after fine-tuning</title>
-<style>
-body{{font-family:system-ui,sans-serif;max-width:980px;margin:24px auto;padding:0 12px;color:#222}}
-table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ccc;padding:3px 7px;font-size:13px}}
-table.layers td:nth-child(n+4){{text-align:right}} .box{{background:#f4f8ff;border:1px solid #bcd;padding:10px 14px}}
-pre{{background:#f6f6f6;padding:10px;overflow:auto;font-size:12px}} .legend{{font-size:12px}}
-</style></head><body>
+<style>{_STYLE}</style></head><body>
 <h1>Before and after fine-tuning, layer by layer</h1>
 <p>Base <b>{html.escape(str(report.base.get("spec")))}</b> vs tuned <b>{html.escape(str(report.tuned.get("spec")))}</b>
 on {report.data.get("images_used")} images of {html.escape(str(report.data.get("source")))}
-({len(report.data.get("classes", []))} classes, chance {_pct(report.chance)}){acc}.</p>
-<div class="box"><h2>Recommendation: freeze up to <code>{html.escape(point)}</code></h2>
-<p>{html.escape(rec.reason)}</p>
-<p>{rec.trainable:,} trainable, {rec.non_trainable:,} non-trainable of {rec.total:,} parameters.</p></div>
+({len(report.data.get("classes", []))} classes, chance {_pct(report.chance)}){acc}.
+{html.escape(str(report.heldout.get("note", "")))}</p>
+{_advice(report)}
+{sweep}
 <h2>Per-layer curves</h2>{_chart(report)}
-<h2>Where your case sits</h2>{_guide(report)}
+<h2>Where your case sits: the classic transfer-learning 2×2 guide</h2>{_guide(report)}
 {_renders(report)}
 <h2>Evidence</h2><ul>{items}</ul>
 {f"<h2>Caveats</h2><ul>{caveats}</ul>" if caveats else ""}
-<h2>Freeze there in PyTorch</h2><pre>{html.escape(rec.code)}</pre>
+{code}
 <h2>All layers</h2>{_table(report)}
 <p><small>{html.escape(str(report.settings.get("cka")))}; {html.escape(str(report.settings.get("pooling")))};
-{report.settings.get("n_boot")} bootstrap resamples of minibatches; probes: standardised features, logistic
-regression, {report.settings.get("probe_folds")}-fold stratified cross-validation.</small></p>
+probes: standardised features, logistic regression, {report.settings.get("probe_folds")}-fold stratified
+cross-validation.</small></p>
 </body></html>
 """
+
+
+# --------------------------------------------------------------------------- the freeze sweep
+
+_ROUTE_COLOURS = {"finetune": "#9467bd", "linear": "#ff7f0e"}
+
+
+def sweep_svg(sweep: SweepReport) -> str:
+    """Held-out accuracy against the freeze point, one line per route, 95 % intervals as whiskers."""
+    points = list(dict.fromkeys(o.point for o in sweep.options))
+    n = len(points)
+    if not n:
+        return ""
+    x = lambda i: _PAD_L + (i + 0.5) * (_W - _PAD_L - _PAD_R) / n
+    y = lambda v: _PAD_T + (1 - max(0.0, min(1.0, v))) * (_H - _PAD_T - _PAD_B)
+    parts = [f'<svg viewBox="0 0 {_W} {_H}" width="100%" role="img" aria-label="freeze sweep">']
+    for v in (0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(f'<line x1="{_PAD_L}" x2="{_W - _PAD_R}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>')
+        parts.append(f'<text x="{_PAD_L - 6}" y="{y(v) + 4:.1f}" font-size="11" text-anchor="end">{v:g}</text>')
+    if finite(sweep.chance):
+        parts.append(
+            f'<line x1="{_PAD_L}" x2="{_W - _PAD_R}" y1="{y(sweep.chance):.1f}" y2="{y(sweep.chance):.1f}" '
+            'stroke="#999" stroke-dasharray="2,3"/>'
+        )
+    chosen = sweep.chosen
+    for route, colour in _ROUTE_COLOURS.items():
+        opts = [(points.index(o.point), o) for o in sweep.options if o.route == route]
+        if len(opts) > 1:
+            d = " ".join(f"{x(i):.1f},{y(o.accuracy):.1f}" for i, o in opts)
+            parts.append(f'<polyline points="{d}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        for i, o in opts:
+            parts.append(
+                f'<line x1="{x(i):.1f}" x2="{x(i):.1f}" y1="{y(o.low):.1f}" y2="{y(o.high):.1f}" stroke="{colour}"/>'
+            )
+            r = 6 if o is chosen else 3
+            parts.append(f'<circle cx="{x(i):.1f}" cy="{y(o.accuracy):.1f}" r="{r}" fill="{colour}"/>')
+    for i, p in enumerate(points):
+        tx, ty = x(i), _H - _PAD_B + 8
+        parts.append(
+            f'<text x="{tx:.1f}" y="{ty}" font-size="11" text-anchor="end" '
+            f'transform="rotate(-60 {tx:.1f} {ty})">{html.escape(p)}</text>'
+        )
+    parts.append("</svg>")
+    legend = (
+        f'<p class="legend"><span style="color:{_ROUTE_COLOURS["finetune"]}">━ fine-tune after the point</span> · '
+        f'<span style="color:{_ROUTE_COLOURS["linear"]}">━ linear classifier on the point</span> · whiskers: '
+        "95 % intervals · dotted: chance · large dot: recommended</p>"
+    )
+    return "".join(parts) + legend
+
+
+def _sweep_table(sweep: SweepReport) -> str:
+    head = (
+        "<tr><th>point</th><th>route</th><th>held-out acc.</th><th>95 % interval</th><th>trainable</th>"
+        "<th>seconds</th><th>images/s</th><th>McNemar p vs best</th></tr>"
+    )
+    body = []
+    for o in sweep.options:
+        bold = ' style="font-weight:bold"' if o is sweep.chosen else ""
+        body.append(
+            f"<tr{bold}><td>{html.escape(o.point)}</td><td>{o.route}</td><td>{_pct1(o.accuracy)}</td>"
+            f"<td>[{_pct1(o.low)}, {_pct1(o.high)}]</td><td>{o.trainable:,}</td><td>{o.seconds:.1f}</td>"
+            f"<td>{o.images_per_second:.0f}</td><td>{o.p_vs_best:.3f}</td></tr>"
+        )
+    return f"<table class='layers'>{head}{''.join(body)}</table>"
+
+
+def _pct1(v: float) -> str:
+    return f"{100 * v:.1f} %" if finite(v) else "n/a"
+
+
+def sweep_section(sweep: SweepReport) -> str:
+    """The sweep as an HTML fragment: the recommendation, the curve, the table, how it was decided."""
+    c = sweep.choice
+    title = (
+        "No recommendation"
+        if c.point is None
+        else f"Measured: {html.escape(sweep.chosen.label if sweep.chosen else '')}"
+    )
+    tries = "".join(f"<li>{html.escape(t)}</li>" for t in c.try_next)
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in sweep.notes)
+    d = sweep.data
+    return (
+        f'<div class="box"><h2>{title}</h2><p>{html.escape(c.reason)}</p>'
+        f"{f'<ul>{tries}</ul>' if tries else ''}</div>"
+        f"<h2>Held-out accuracy at each freeze point</h2>{sweep_svg(sweep)}{_sweep_table(sweep)}"
+        f"<p><small>{d.get('train_images')} training and {d.get('heldout_images')} held-out images of "
+        f"{html.escape(str(d.get('source')))}; {sweep.settings.get('epochs')} epochs, "
+        f"{sweep.settings.get('input_size')} px, augmentation {sweep.settings.get('augment')}, "
+        f"{sweep.settings.get('seeds')} seed(s). Decision: {html.escape(c.test)}.</small></p>"
+        f"{f'<ul>{notes}</ul>' if notes else ''}"
+    )
+
+
+def render_sweep_html(sweep: SweepReport) -> str:
+    """A freeze sweep as one offline HTML page."""
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Layer Explorer · freeze sweep'
+        f"</title><style>{_STYLE}</style></head><body><h1>Where to freeze: the measured sweep</h1>"
+        f"<p>Base <b>{html.escape(sweep.base.get('spec', ''))}</b>.</p>{sweep_section(sweep)}</body></html>"
+    )

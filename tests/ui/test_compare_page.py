@@ -65,11 +65,19 @@ def _perturbed(module: torch.nn.Module) -> torch.nn.Module:
 def runs(cache_dir, bundled):
     """Two saved runs: t1 (a perturbed bundled model trained "on" demo:shapes) and other (a ResNet-18)."""
     meta = {
-        "arch": bundled.arch, "base_spec": bundled.spec, "base_fingerprint": bundled.fingerprint,
-        "class_names": list(bundled.class_names), "input_size": list(bundled.input_size), "mean": list(bundled.mean),
-        "std": list(bundled.std), "resize_size": bundled.resize_size, "freeze_after": None,
-        "metrics": {"epoch": 1, "val_acc": 0.5}, "settings": {}, "data": {"source": "demo:shapes"},
-    }  # fmt: skip
+        "arch": bundled.arch,
+        "base_spec": bundled.spec,
+        "base_fingerprint": bundled.fingerprint,
+        "class_names": list(bundled.class_names),
+        "input_size": list(bundled.input_size),
+        "mean": list(bundled.mean),
+        "std": list(bundled.std),
+        "resize_size": bundled.resize_size,
+        "freeze_after": None,
+        "metrics": {"epoch": 1, "val_acc": 0.5},
+        "settings": {},
+        "data": {"source": "demo:shapes"},
+    }
     folder = cache_dir / "runs"
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(_perturbed(bundled.module), folder / "t1.safetensors", meta)
@@ -138,11 +146,13 @@ def test_compare_then_a_chart_click_moves_the_freeze_point_and_the_counts(compar
     at = compared
     spec = json.loads(_chart(at).proto.spec)
     names = [t.get("name") for t in spec["data"]]
-    assert {"CKA base vs tuned", "CKA 95 % interval", "weight change (%)"} <= set(names)
+    assert {"CKA base vs tuned", "CKA 95 % interval", "weight change (absolute RMS)"} <= set(names)
+    assert {"CKA: tuned weights + base BN statistics", "CKA: base weights + tuned BN statistics"} <= set(names)
     layers = spec["data"][0]["x"]
     assert layers[0] == "conv_stem" and "blocks.6.0" in layers and layers[-1] == "classifier"
-    recommended = at.query_params["freeze"]
-    assert at.selectbox(key="cmp_freeze").value == recommended
+    recommended = at.query_params["freeze"]  # 33 images: too few to decide, so "none" is shown
+    assert recommended == "none" and at.selectbox(key="cmp_freeze").value == recommended
+    assert any("No freeze point from this comparison" in w.value and "Too few images" in w.value for w in at.warning)
     before = _metrics(at)
     assert before["Total params"] == before["Trainable params"] + before["Non-trainable params"]
 
@@ -260,25 +270,53 @@ def test_layer_view_shows_both_models_side_by_side(compared, runs):
 
 
 def _row(i: int, name: str, cka: float, wc: float | None, probe: float | None, head: bool = False) -> LayerComparison:
-    return LayerComparison(name=name, index=i, type="Conv2d", stage=i, channels=4, params=100 if name != "pool" else 0,
-                           cka=cka, cka_low=cka - 0.02, cka_high=min(cka + 0.02, 1.0), weight_change=wc,
-                           weight_change_channels=[0.3, 0.1, 0.0, 0.2] if wc else [], probe_acc=probe,
-                           new_head=head)  # fmt: skip
+    return LayerComparison(
+        name=name,
+        index=i,
+        type="Conv2d",
+        stage=i,
+        channels=4,
+        params=100 if name != "pool" else 0,
+        cka=cka,
+        cka_low=cka - 0.02,
+        cka_high=min(cka + 0.02, 1.0),
+        weight_change=wc,
+        weight_change_channels=[0.3, 0.1, 0.0, 0.2] if wc else [],
+        probe_acc=probe,
+        new_head=head,
+        weight_rms=wc / 10 if wc else None,
+        weight_per_step=wc if wc else None,
+    )
 
 
 @pytest.fixture
 def report() -> ComparisonReport:
-    layers = [_row(0, "a", 0.99, 0.01, 0.5), _row(1, "b", 0.97, 0.02, 0.7), _row(2, "c", 0.6, 0.2, 0.8),
-              _row(3, "pool", 0.5, None, 0.8), _row(4, "head", float("nan"), None, None, head=True)]  # fmt: skip
+    layers = [
+        _row(0, "a", 0.99, 0.01, 0.5),
+        _row(1, "b", 0.97, 0.02, 0.7),
+        _row(2, "c", 0.6, 0.2, 0.8),
+        _row(3, "pool", 0.5, None, 0.8),
+        _row(4, "head", float("nan"), None, None, head=True),
+    ]
     guide = GuideCell("small", "different", "advice", {"images_per_class": 10})
     rec = Recommendation("b", "because", ["e1"], guide, trainable=10, non_trainable=20, total=30, code="x")
-    return ComparisonReport(base={"spec": "b"}, tuned={"spec": "t"}, data={"classes": ["x", "y"]},
-                            settings={"similar_cka": 0.9}, layers=layers, recommendation=rec, chance=0.5)  # fmt: skip
+    return ComparisonReport(
+        base={"spec": "b"},
+        tuned={"spec": "t"},
+        data={"classes": ["x", "y"]},
+        settings={"similar_cka": 0.9},
+        layers=layers,
+        recommendation=rec,
+        chance=0.5,
+    )
 
 
 def test_zones_split_where_the_cka_interval_leaves_the_threshold(report):
     assert [(z.kind, z.start, z.end) for z in zones(report.layers, 0.9)] == [
-        ("generic", 0, 1), ("specific", 2, 3), ("head", 4, 4)]  # fmt: skip
+        ("generic", 0, 1),
+        ("specific", 2, 3),
+        ("head", 4, 4),
+    ]
     assert [z.kind for z in zones(report.layers, 0.98)] == ["specific", "head"]  # a's lower end is 0.97
 
 
@@ -290,8 +328,8 @@ def test_figure_marks_the_recommended_and_chosen_points_and_shades_the_band(repo
     assert band.fill == "tonexty" and list(band.y[:3]) == pytest.approx([0.97, 0.95, 0.58])
     lines = sorted(s.x0 for s in fig.layout.shapes if s.type == "line" and s.x0 == s.x1)
     assert lines == [1.5, 2.5]  # after b (recommended) and after c (chosen)
-    weight = next(t for t in fig.data if t.name == "weight change (%)")
-    assert list(weight.y[3:]) == [None, None] and list(weight.y[:3]) == pytest.approx([1.0, 2.0, 20.0])
+    weight = next(t for t in fig.data if (t.name or "").startswith("weight change per step budget"))
+    assert list(weight.y[3:]) == [None, None] and list(weight.y[:3]) == pytest.approx([0.01, 0.02, 0.2])
     assert weight.yaxis == "y2"
     assert list(fig.data[0].x) == ["a", "b", "c", "pool", "head"]  # the clickable columns, one per layer
 
@@ -318,7 +356,7 @@ def test_html_report_is_one_offline_file_with_the_layers_pictures(report):
     pics = np.zeros((2, 8, 8, 3), dtype=np.uint8)
     renders = {"base": pics, "tuned": pics + 200, "units": [0, 3], "per_unit": [None, None]}
     html = compare_store.with_renders(report, "b", renders).to_html()
-    assert html.count("data:image/png;base64,") == 4 and "<svg" in html and "Recommendation" in html
+    assert html.count("data:image/png;base64,") == 4 and "<svg" in html and "Predicted (no sweep has run)" in html
     assert "http://" not in html and "https://" not in html and "<script" not in html  # opens offline
     assert "data:image" not in compare_store.with_renders(report, None, renders).to_html()
 
@@ -330,6 +368,7 @@ def test_guide_highlights_exactly_the_users_cell_and_ladder_greys_the_frozen_row
     assert "your case" in row.split("|")[3]  # little data × different from ImageNet
     df = ladder_frame(report, "b")
     assert df["state"].tolist() == ["frozen", "frozen", "trainable", "—", "new head"]
+    assert {"tuned w + base BN", "base w + tuned BN", "Δw RMS", "Δw / step budget", "BN shift"} <= set(df.columns)
 
 
 def test_unit_picks_take_the_most_and_least_changed_channels(report):
@@ -339,3 +378,28 @@ def test_unit_picks_take_the_most_and_least_changed_channels(report):
     frozen.weight_change_channels = [0.0] * 4
     assert unit_picks(frozen, k=2)[2] is False
     assert np.all(np.diff(unit_picks(report.layers[3], k=3)[0]) > 0)  # no per-channel change: spread over units
+
+
+def test_the_advice_box_says_how_the_point_was_decided():
+    from explorer.ui.compare.freeze_panel import advice
+
+    guide = GuideCell("small", "similar", "advice", {})
+    kind, text = advice(
+        Recommendation(
+            None, "Too few images to decide: 33 images.", [], guide, source="withheld", try_next=["Use more images."]
+        )
+    )
+    assert kind == "withheld" and "No freeze point" in text and "Use more images." in text
+    rec = Recommendation(
+        "blocks.4.2",
+        "r",
+        [],
+        guide,
+        source="prediction",
+        stable=False,
+        caveats=["Unstable: the halves say blocks.1.1 and blocks.5.2."],
+    )
+    kind, text = advice(rec)
+    assert kind == "prediction" and text.startswith("**Predicted (no sweep has run)") and "Unstable" in text
+    kind, text = advice(Recommendation("blocks.4.2", "r", [], guide, source="sweep", route="linear", agreement="a"))
+    assert kind == "sweep" and "linear classifier" in text and "*Explanation:* a" in text

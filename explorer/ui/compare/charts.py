@@ -1,15 +1,16 @@
-"""The Compare page's chart: every block's CKA (with its interval), weight change and probe accuracy over depth.
+"""The Compare page's chart: per block, CKA with its interval and its two BatchNorm parts, probe accuracy, the
+scale-aware weight change, and the measured sweep (held-out accuracy at each freeze point, by route).
 
-Plain plotly, no Streamlit, so it is tested (and reusable) on its own. Each layer is also a full-height,
+Plain plotly, no Streamlit, so it is tested (and reusable) on its own. The series are
+:func:`explorer.transfer.report.chart_series`, the same the HTML report draws. Each layer is also a full-height,
 nearly transparent column: clicking anywhere above a layer selects that column's point, and `selected_layer`
 turns the selection event Streamlit reports into the layer's name. The generic → specific zones come from the
 CKA curve itself (the prefix of blocks whose interval stays above the similarity threshold), not from the
-recommendation, which may move for other reasons (e.g. a linear head on little data).
+recommendation, which the sweep may put elsewhere.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,17 +18,21 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-COLOURS = {"cka": "#1f77b4", "weight": "#d62728", "probe": "#2ca02c", "chosen": "#222222", "recommended": "#7f7f7f"}
+from explorer.transfer.report import ChartSeries, ComparisonReport, LayerComparison, chart_series, finite
+from explorer.transfer.sweep_report import SweepReport
+
+COLOURS = {
+    "cka": "#1f77b4",
+    "weight": "#d62728",
+    "probe": "#2ca02c",
+    "chosen": "#222222",
+    "recommended": "#7f7f7f",
+    "parts": "#17becf",
+    "finetune": "#9467bd",
+    "linear": "#ff7f0e",
+}
 ZONE_COLOURS = {"generic": "#54A24B", "specific": "#F58518", "head": "#9D9D9D"}
 ZONE_LABELS = {"generic": "generic: kept by fine-tuning", "specific": "specific: changed", "head": "new head"}
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def _val(x: Any) -> float | None:
-    return float(x) if _finite(x) else None
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class Zone:
     end: int
 
 
-def zones(layers: list[Any], similar_cka: float = 0.9) -> list[Zone]:
+def zones(layers: list[LayerComparison], similar_cka: float = 0.9) -> list[Zone]:
     """Generic (the prefix whose CKA interval stays ≥ `similar_cka`), specific (the rest), head (new heads)."""
     if not layers:
         return []
@@ -49,8 +54,8 @@ def zones(layers: list[Any], similar_cka: float = 0.9) -> list[Zone]:
         if r.new_head:
             kinds.append("head")
             continue
-        floor = r.cka_low if _finite(r.cka_low) else r.cka
-        generic = generic and _finite(floor) and floor >= similar_cka
+        floor = r.cka_low if finite(r.cka_low) else r.cka
+        generic = generic and finite(floor) and floor >= similar_cka
         kinds.append("generic" if generic else "specific")
     out: list[Zone] = []
     for i, kind in enumerate(kinds):
@@ -61,14 +66,21 @@ def zones(layers: list[Any], similar_cka: float = 0.9) -> list[Zone]:
     return out
 
 
-def _hover(r: Any) -> str:
+def _hover(r: LayerComparison) -> str:
     bits = [f"<b>{r.name}</b> · {r.type}"]
-    if _finite(r.cka):
-        ci = f" [{r.cka_low:.3f}, {r.cka_high:.3f}]" if _finite(r.cka_low) and _finite(r.cka_high) else ""
+    if finite(r.cka):
+        ci = f" [{r.cka_low:.3f}, {r.cka_high:.3f}]" if finite(r.cka_low) and finite(r.cka_high) else ""
         bits.append(f"CKA {r.cka:.3f}{ci}")
-    if _finite(r.weight_change):
-        bits.append(f"weight change {100 * r.weight_change:.2f} %")
-    if _finite(r.probe_acc):
+    if finite(r.cka_weights) and finite(r.cka_stats):
+        bits.append(
+            f"tuned weights + base BN stats {r.cka_weights:.3f} · base weights + tuned BN stats {r.cka_stats:.3f}"
+        )
+    if finite(r.weight_rms):
+        step = f" ({r.weight_per_step:.2g} of the step budget)" if finite(r.weight_per_step) else ""
+        bits.append(f"weight RMS change {r.weight_rms:.2g}{step}")
+    if finite(r.bn_shift):
+        bits.append(f"BN mean shift {r.bn_shift:.2f} SD")
+    if finite(r.probe_acc):
         bits.append(f"probe accuracy {100 * r.probe_acc:.1f} %")
     if r.new_head:
         bits.append("new head (retrained for your classes)")
@@ -78,104 +90,166 @@ def _hover(r: Any) -> str:
     return "<br>".join(bits)
 
 
-def comparison_figure(
-    report: Any, freeze_after: str | None = None, *, similar_cka: float | None = None, height: int = 460
-) -> go.Figure:
-    """The per-layer curves of a ComparisonReport, zones shaded, the recommended and chosen freeze points marked."""
-    rows = list(report.layers)
-    threshold = similar_cka if similar_cka is not None else float(report.settings.get("similar_cka", 0.9))
-    x = [r.name for r in rows]
-    cka = [_val(r.cka) for r in rows]
-    lows = [_val(r.cka_low) for r in rows]
-    highs = [_val(r.cka_high) for r in rows]
-    probes = [_val(r.probe_acc) for r in rows]
-    weights = [100 * r.weight_change if _finite(r.weight_change) else None for r in rows]
-    bottom = min([0.0, *[v for v in lows + cka if v is not None]]) - 0.02
-    top = 1.04
+def _band(fig: go.Figure, cs: ChartSeries) -> None:
+    if not any(v is not None for v in cs.cka_high):
+        return
+    line = {"width": 0}
+    fig.add_trace(
+        go.Scatter(
+            x=cs.names, y=cs.cka_high, mode="lines", line=line, hoverinfo="skip", showlegend=False, connectgaps=True
+        ),
+        row=1,
+        col=1,
+        secondary_y=False,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=cs.names,
+            y=cs.cka_low,
+            mode="lines",
+            line=line,
+            fill="tonexty",
+            fillcolor="rgba(31,119,180,0.2)",
+            name="CKA 95 % interval",
+            hoverinfo="skip",
+            connectgaps=True,
+        ),
+        row=1,
+        col=1,
+        secondary_y=False,
+    )
 
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
+
+def _line(
+    fig: go.Figure,
+    x: list[str],
+    y: list[float | None],
+    name: str,
+    colour: str,
+    dash: str = "solid",
+    secondary: bool = False,
+    size: int = 6,
+) -> None:
+    if any(v is not None for v in y):
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="lines+markers",
+                name=name,
+                line={"color": colour, "width": 2, "dash": dash},
+                marker={"size": size},
+                hoverinfo="skip",
+            ),
+            row=1,
+            col=1,
+            secondary_y=secondary,
+        )
+
+
+def _sweep(fig: go.Figure, cs: ChartSeries) -> None:
+    """Under the curves: the measured held-out accuracy at each freeze point by route, 95 % intervals; 'none'
+    (train every layer) as a dashed line."""
+    for route, opts in cs.sweep.items():
+        y = [o.accuracy if o else None for o in opts]
+        plus = [o.high - o.accuracy if o else None for o in opts]
+        minus = [o.accuracy - o.low if o else None for o in opts]
+        label = "sweep: fine-tune after the point" if route == "finetune" else "sweep: linear classifier on it"
+        fig.add_trace(
+            go.Scatter(
+                x=cs.names,
+                y=y,
+                mode="markers+lines",
+                name=label,
+                connectgaps=True,
+                line={"color": COLOURS[route], "width": 1.5, "dash": "dot"},
+                marker={"size": 10, "symbol": "square" if route == "finetune" else "triangle-up"},
+                error_y={"type": "data", "array": plus, "arrayminus": minus, "width": 4, "color": COLOURS[route]},
+                customdata=[[o.trainable, o.low, o.high] if o else [None, None, None] for o in opts],
+                hovertemplate="%{x}: %{y:.1%} [%{customdata[1]:.1%}, %{customdata[2]:.1%}]<br>"
+                "%{customdata[0]:,} trainable<extra>" + label + "</extra>",
+            ),
+            row=2,
+            col=1,
+        )
+    if cs.sweep_all is not None:
+        o = cs.sweep_all
+        fig.add_hline(
+            y=o.accuracy,
+            row=2,
+            col=1,
+            line={"color": COLOURS["finetune"], "width": 1.5, "dash": "dash"},
+            annotation_text=f"train every layer: {100 * o.accuracy:.1f} % [{100 * o.low:.1f}, {100 * o.high:.1f}]",
+            annotation_position="bottom left",
+            annotation_font={"size": 10, "color": COLOURS["finetune"]},
+        )
+
+
+def _sweep_range(cs: ChartSeries) -> list[float]:
+    lows = [o.low for opts in cs.sweep.values() for o in opts if o] + ([cs.sweep_all.low] if cs.sweep_all else [])
+    return [max(0.0, min(lows, default=0.0) - 0.02), 1.005]
+
+
+def comparison_figure(
+    report: ComparisonReport, freeze_after: str | None = None, *, similar_cka: float | None = None, height: int = 480
+) -> go.Figure:
+    """The per-layer curves of a ComparisonReport, zones shaded, the recommended and chosen freeze points marked;
+    with a sweep, a second panel under them: held-out accuracy at each freeze point, on its own scale."""
+    rows = list(report.layers)
+    cs = chart_series(report)
+    threshold = similar_cka if similar_cka is not None else float(report.settings.get("similar_cka", 0.9))
+    lows = [v for v in cs.cka_low + cs.cka + cs.cka_stats + cs.cka_weights if v is not None]
+    bottom, top = min([0.0, *lows]) - 0.02, 1.04
+    swept = bool(cs.sweep)
+    fig = make_subplots(
+        rows=2 if swept else 1,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.05,
+        row_heights=[0.66, 0.34] if swept else None,
+        specs=[[{"secondary_y": True}], [{}]] if swept else [[{"secondary_y": True}]],
+    )
     fig.add_trace(  # the click targets: one full-height column per layer, carrying the hover text
         go.Bar(
-            x=x,
+            x=cs.names,
             y=[top - bottom] * len(rows),
             base=[bottom] * len(rows),
             name="layer",
             showlegend=False,
             marker={"color": "rgba(120,120,120,0.06)", "line": {"width": 0}},
-            customdata=x,
+            customdata=cs.names,
             hovertext=[_hover(r) for r in rows],
             hovertemplate="%{hovertext}<extra></extra>",
         ),
+        row=1,
+        col=1,
         secondary_y=False,
     )
-    if any(v is not None for v in highs):
-        fig.add_trace(
-            go.Scatter(
-                x=x, y=highs, mode="lines", line={"width": 0}, hoverinfo="skip", showlegend=False, connectgaps=True
-            ),
-            secondary_y=False,
+    _band(fig, cs)
+    _line(fig, cs.names, cs.cka, "CKA base vs tuned", COLOURS["cka"], size=7)
+    _line(fig, cs.names, cs.cka_weights, "CKA: tuned weights + base BN statistics", COLOURS["parts"], "dash", size=4)
+    _line(fig, cs.names, cs.cka_stats, "CKA: base weights + tuned BN statistics", COLOURS["parts"], "dot", size=4)
+    _line(fig, cs.names, cs.probe, "probe accuracy (base features)", COLOURS["probe"], "dash")
+    if cs.probe and any(v is not None for v in cs.probe) and finite(report.chance):
+        fig.add_hline(
+            y=report.chance,
+            row=1,
+            col=1,
+            line={"color": COLOURS["probe"], "width": 1, "dash": "dot"},
+            annotation_text="chance",
+            annotation_position="bottom right",
+            annotation_font={"size": 10, "color": COLOURS["probe"]},
         )
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=lows,
-                mode="lines",
-                line={"width": 0},
-                fill="tonexty",
-                fillcolor="rgba(31,119,180,0.2)",
-                name="CKA 95 % interval",
-                hoverinfo="skip",
-                connectgaps=True,
-            ),
-            secondary_y=False,
-        )
-    fig.add_trace(
-        go.Scatter(
-            x=x,
-            y=cka,
-            mode="lines+markers",
-            name="CKA base vs tuned",
-            line={"color": COLOURS["cka"], "width": 2},
-            marker={"size": 7},
-            hoverinfo="skip",
-            connectgaps=False,
-        ),
-        secondary_y=False,
-    )
-    if any(v is not None for v in probes):
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=probes,
-                mode="lines+markers",
-                name="probe accuracy (base features)",
-                line={"color": COLOURS["probe"], "width": 2, "dash": "dash"},
-                marker={"size": 6},
-                hoverinfo="skip",
-            ),
-            secondary_y=False,
-        )
-        if _finite(report.chance):
-            fig.add_hline(
-                y=report.chance,
-                line={"color": COLOURS["probe"], "width": 1, "dash": "dot"},
-                annotation_text="chance",
-                annotation_position="bottom right",
-                annotation_font={"size": 10, "color": COLOURS["probe"]},
-            )
-    fig.add_trace(
-        go.Scatter(
-            x=x,
-            y=weights,
-            mode="lines+markers",
-            name="weight change (%)",
-            line={"color": COLOURS["weight"], "width": 2},
-            marker={"size": 6, "symbol": "diamond"},
-            hoverinfo="skip",
-        ),
-        secondary_y=True,
-    )
+    _line(fig, cs.names, cs.weight, cs.weight_label, COLOURS["weight"], secondary=True)
+    if swept:
+        _sweep(fig, cs)
+    _zones(fig, rows, threshold)
+    _marks(fig, report, rows, freeze_after)
+    _layout(fig, cs, bottom, top, height + (220 if swept else 0))
+    return fig
 
+
+def _zones(fig: go.Figure, rows: list[LayerComparison], threshold: float) -> None:
     for z in zones(rows, threshold):
         colour = ZONE_COLOURS[z.kind]
         fig.add_vrect(x0=z.start - 0.5, x1=z.end + 0.5, fillcolor=colour, opacity=0.10, line_width=0, layer="below")
@@ -189,13 +263,18 @@ def comparison_figure(
             text=ZONE_LABELS[z.kind],
             font={"size": 11, "color": colour},
         )
-    rec = report.recommendation.freeze_after
+
+
+def _marks(fig: go.Figure, report: ComparisonReport, rows: list[LayerComparison], chosen: str | None) -> None:
+    rec = report.recommendation
     index = {r.name: r.index for r in rows}
+    point = rec.freeze_after if rec.source != "withheld" else None
+    what = "measured best" if rec.source == "sweep" else "predicted"
     marks = []
-    if rec in index:
-        marks.append((rec, "recommended" if rec != freeze_after else "recommended · chosen", "dash", "recommended"))
-    if freeze_after in index and freeze_after != rec:
-        marks.append((freeze_after, "your freeze point", "solid", "chosen"))
+    if point in index:
+        marks.append((point, f"{what} · chosen" if point == chosen else what, "dash", "recommended"))
+    if chosen in index and chosen != point:
+        marks.append((chosen, "your freeze point", "solid", "chosen"))
     for name, label, dash, colour in marks:
         pos = index[name] + 0.5  # the boundary after the layer: everything left of it stays frozen
         fig.add_vline(x=pos, line={"color": COLOURS[colour], "width": 2, "dash": dash})
@@ -211,9 +290,16 @@ def comparison_figure(
             font={"size": 11, "color": COLOURS[colour]},
             bgcolor="rgba(255,255,255,0.7)",
         )
-    fig.update_yaxes(title_text="CKA · probe accuracy", range=[bottom, top], secondary_y=False, zeroline=False)
+
+
+def _layout(fig: go.Figure, cs: ChartSeries, bottom: float, top: float, height: int) -> None:
+    fig.update_yaxes(title_text="CKA · accuracy", range=[bottom, top], secondary_y=False, zeroline=False, row=1, col=1)
+    if cs.sweep:
+        fig.update_yaxes(title_text="held-out accuracy", tickformat=".0%", range=_sweep_range(cs), row=2, col=1)
     fig.update_yaxes(
-        title_text="relative weight change (%)",
+        title_text=cs.weight_label.split(" (")[0],
+        row=1,
+        col=1,
         secondary_y=True,
         rangemode="tozero",
         showgrid=False,
@@ -221,17 +307,17 @@ def comparison_figure(
         nticks=6,
         zeroline=False,
     )
-    fig.update_xaxes(title_text="layer, input → output", type="category", tickangle=-45)
+    fig.update_xaxes(type="category", tickangle=-45)
+    fig.update_xaxes(title_text="layer, input → output", row=2 if cs.sweep else 1, col=1)
     fig.update_layout(
         height=height,
-        margin={"l": 10, "r": 10, "t": 60, "b": 10},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.08, "xanchor": "left", "x": 0},
+        margin={"l": 10, "r": 10, "t": 80, "b": 10},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.08, "xanchor": "left", "x": 0, "font": {"size": 11}},
         hovermode="closest",
         bargap=0.0,
         clickmode="event+select",
         dragmode=False,
     )
-    return fig
 
 
 def selected_layer(event: Any, layers: list[str]) -> str | None:
@@ -261,3 +347,46 @@ def export_config(file_stem: str) -> dict[str, Any]:
         "toImageButtonOptions": {"format": "png", "filename": file_stem, "scale": 2},
         "modeBarButtonsToRemove": ["lasso2d", "select2d"],
     }
+
+
+def sweep_figure(sweep: SweepReport, height: int = 380) -> go.Figure:
+    """A sweep alone (no comparison yet): held-out accuracy at each freeze point by route, 95 % intervals, chance."""
+    points = list(dict.fromkeys(o.point for o in sweep.options))
+    fig = go.Figure()
+    for route in ("finetune", "linear"):
+        opts = [o for o in sweep.options if o.route == route]
+        if not opts:
+            continue
+        label = "fine-tune after the point" if route == "finetune" else "linear classifier on the point"
+        chosen = sweep.chosen
+        fig.add_trace(
+            go.Scatter(
+                x=[o.point for o in opts],
+                y=[o.accuracy for o in opts],
+                mode="lines+markers",
+                name=label,
+                line={"color": COLOURS[route], "width": 2},
+                marker={
+                    "size": [14 if o is chosen else 8 for o in opts],
+                    "symbol": "square" if route == "finetune" else "triangle-up",
+                },
+                error_y={
+                    "type": "data",
+                    "array": [o.high - o.accuracy for o in opts],
+                    "arrayminus": [o.accuracy - o.low for o in opts],
+                    "width": 4,
+                },
+                customdata=[[o.trainable, o.seconds] for o in opts],
+                hovertemplate="%{x}: %{y:.1%}<br>%{customdata[0]:,} trainable · %{customdata[1]:.1f} s<extra></extra>",
+            )
+        )
+    if finite(sweep.chance):
+        fig.add_hline(y=sweep.chance, line={"color": "#999", "width": 1, "dash": "dot"}, annotation_text="chance")
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=points, title_text="freeze point")
+    fig.update_yaxes(title_text="held-out accuracy", tickformat=".0%")
+    fig.update_layout(
+        height=height,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+    )
+    return fig

@@ -1,5 +1,6 @@
-"""The freeze panel: a freeze point as a greyed ladder, Keras-style parameter counts, the recommendation and why,
-the lecture's 2×2 guide with the user's case marked, and the PyTorch code that freezes there.
+"""The freeze panel: a freeze point as a greyed ladder, Keras-style parameter counts, the advice and why (measured,
+predicted or withheld), the classic transfer-learning 2×2 guide with the user's case marked, and the PyTorch code
+that freezes there.
 
 Counts come from `freeze_table` (one trace for every candidate, cached per model fingerprint and
 class count), and each point's code from `freeze_code` (cached per point), so moving the freeze point only
@@ -17,6 +18,9 @@ import streamlit as st
 
 from explorer.models import LoadedModel
 from explorer.transfer.freeze import FreezeSummary, freeze_code, freeze_table
+from explorer.transfer.guide import GuideCell, why
+from explorer.transfer.recommend import Recommendation
+from explorer.transfer.report import ComparisonReport
 from explorer.ui.common import model_key, page_ref
 
 NONE = "none"  # the freeze point that trains every layer
@@ -73,9 +77,9 @@ def _fmt(value: Any, pattern: str) -> str:
     return pattern.format(value) if isinstance(value, (int, float)) and math.isfinite(value) else "—"
 
 
-def ladder_frame(report: Any, point: str) -> pd.DataFrame:
+def ladder_frame(report: ComparisonReport, point: str) -> pd.DataFrame:
     """One row per ladder block: frozen (at or before `point`), trainable, or the new head; with its measurements
-    (as display strings, '—' where there is none: Δw is the relative weight change, probe the base probe accuracy)."""
+    as display strings ('—' where there is none)."""
     cut = next((r.index for r in report.layers if r.name == point), -1)
     rows = []
     for r in report.layers:
@@ -86,14 +90,31 @@ def ladder_frame(report: Any, point: str) -> pd.DataFrame:
                 "params": int(r.params),
                 "state": state,
                 "CKA": _fmt(r.cka, "{:.3f}"),
-                "Δw %": _fmt(100 * r.weight_change if r.weight_change is not None else None, "{:.2f}"),
+                "95 % interval": f"[{_fmt(r.cka_low, '{:.2f}')}, {_fmt(r.cka_high, '{:.2f}')}]",
+                "tuned w + base BN": _fmt(r.cka_weights, "{:.3f}"),
+                "base w + tuned BN": _fmt(r.cka_stats, "{:.3f}"),
+                "Δw RMS": _fmt(r.weight_rms, "{:.2g}"),
+                "Δw / step budget": _fmt(r.weight_per_step, "{:.2g}"),
+                "BN shift": _fmt(r.bn_shift, "{:.2f}"),
                 "probe %": _fmt(100 * r.probe_acc if r.probe_acc is not None else None, "{:.0f}"),
             }
         )
     return pd.DataFrame(rows)
 
 
-def guide_markdown(guide: Any) -> str:
+HELP = {
+    "95 % interval": "Delete-one-image jackknife interval of the CKA, on held-out images",
+    "tuned w + base BN": "CKA with the base of the tuned weights run with the base's BatchNorm statistics",
+    "base w + tuned BN": "CKA with the base of the base weights run with the tuned BatchNorm statistics",
+    "Δw RMS": "Absolute RMS change of the block's parameters",
+    "Δw / step budget": "RMS change ÷ the learning rate summed over the steps: the fraction of the distance Adam "
+    "could move each parameter (comparable across blocks of any scale)",
+    "BN shift": "RMS over channels of the running mean's shift, in base standard deviations",
+    "probe %": "Linear-probe accuracy on the base features (cross-validated)",
+}
+
+
+def guide_markdown(guide: GuideCell) -> str:
     """The 2×2 guide as a markdown table with the user's cell highlighted."""
 
     def cell(size: str, sim: str) -> str:
@@ -107,17 +128,30 @@ def guide_markdown(guide: Any) -> str:
     )
 
 
-def guide_why(guide: Any) -> str:
-    m = guide.measurements
+def guide_why(guide: GuideCell) -> str:
+    """What placed the user's case in its cell (one sentence)."""
+    return why(guide)
 
-    def pct(v: Any) -> str:
-        return f"{100 * v:.0f} %" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
 
-    return (
-        f"{m.get('images_per_class')} images per class ('little data' below {m.get('small_below_per_class')}); "
-        f"the base model's features separate your classes best at {m.get('best_probe_layer')} "
-        f"({pct(m.get('best_probe_acc'))}), at the top ({m.get('top_probe_layer')}) {pct(m.get('top_probe_acc'))}."
-    )
+def advice(rec: Recommendation) -> tuple[str, str]:
+    """(kind, markdown) of the advice box: 'withheld' (no freeze point: why and what to try), 'sweep' or
+    'prediction'."""
+    if rec.source == "withheld":
+        tries = "".join(f"\n- {t}" for t in rec.try_next)
+        return "withheld", f"**No freeze point.** {rec.reason}" + (f"\n\n**What to try**{tries}" if tries else "")
+    point = rec.freeze_after or "nothing (train every layer)"
+    route = " and train a linear classifier on it" if rec.route == "linear" else ""
+    if rec.source == "sweep":
+        text = f"**Measured: freeze up to `{point}`{route}.** {rec.reason}"
+        if rec.route == "linear":
+            text += (
+                f" The linear route trains {rec.trainable:,} parameters; the counts beside are those of "
+                f"fine-tuning after {point}."
+            )
+        return "sweep", text + (f"\n\n*Explanation:* {rec.agreement}" if rec.agreement else "")
+    text = f"**Predicted (no sweep has run): freeze up to `{point}`.** {rec.reason}"
+    unstable = next((c for c in rec.caveats if c.startswith("Unstable")), None)
+    return "prediction", text + (f"\n\n**{unstable}**" if unstable else "")
 
 
 # --------------------------------------------------------------------------- the panel
@@ -132,7 +166,9 @@ def send_to_finetune(point: str, query: dict[str, str]) -> None:
     st.switch_page(page_ref("finetune", "Fine-tune"), query_params={**query, "freeze": point})
 
 
-def render_panel(model: LoadedModel, report: Any, point: str, *, query: dict[str, str], key: str = "fp") -> None:
+def render_panel(
+    model: LoadedModel, report: ComparisonReport, point: str, *, query: dict[str, str], key: str = "fp"
+) -> None:
     """Draw the freeze panel for `point` ('none' or a layer) of `model` given a comparison `report`."""
     table = summaries(model, len(report.data.get("classes") or []) or None)
     s = table.get(point) or table[NONE]
@@ -149,8 +185,7 @@ def render_panel(model: LoadedModel, report: Any, point: str, *, query: dict[str
             key=f"{key}_ladder",
             column_config={
                 "params": st.column_config.NumberColumn("params", format="localized"),
-                "Δw %": st.column_config.TextColumn("Δw %", help="Relative weight change ‖W_ft − W_pre‖ / ‖W_pre‖"),
-                "probe %": st.column_config.TextColumn("probe %", help="Linear-probe accuracy on the base features"),
+                **{k: st.column_config.TextColumn(k, help=v) for k, v in HELP.items()},
             },
         )
     with right:
@@ -160,15 +195,21 @@ def render_panel(model: LoadedModel, report: Any, point: str, *, query: dict[str
         c[2].metric("Total params", count(s.total), help=f"{s.total:,}")
         st.progress(s.trainable_fraction, text=f"{100 * s.trainable_fraction:.1f} % of the parameters train")
         st.code(keras_summary(s), language="text")
-        chosen_is_rec = (rec.freeze_after or NONE) == point
-        head = f"**Recommended: freeze up to `{rec.freeze_after or 'nothing (train every layer)'}`**"
-        box = st.success if chosen_is_rec else st.info
-        box(f"{head}{' (your choice)' if chosen_is_rec else ''}. {rec.reason}", icon=":material/recommend:")
-        st.markdown("**Where your case sits** (the lecture's 2×2 guide, placed from your measurements)")
+        kind, text = advice(rec)
+        if kind == "withheld":
+            st.warning(text, icon=":material/block:")
+        else:
+            chosen = (rec.freeze_after or NONE) == point
+            box = st.success if chosen else st.info
+            box(text + (" *(your choice)*" if chosen else ""), icon=":material/recommend:")
+        st.markdown("**Where your case sits** (the classic transfer-learning 2×2 guide, placed from measurements)")
         st.markdown(guide_markdown(rec.guide))
         st.caption(f"{rec.guide.advice} {guide_why(rec.guide)}")
         with st.expander("Evidence and caveats"):
             st.markdown("\n".join(f"- {e}" for e in [*rec.evidence, *rec.caveats, *report.warnings]))
+    if rec.route == "linear" and rec.freeze_after == point:
+        with st.expander(f"The measured option: a linear classifier on {point} (PyTorch + scikit-learn)"):
+            st.code(rec.code, language="python")
     code = code_for(model, point, len(report.data.get("classes") or []) or None)
     st.markdown("**PyTorch: freeze there** (the copy button is at the code's top right)")
     st.code(code, language="python")

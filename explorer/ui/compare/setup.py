@@ -143,38 +143,44 @@ def choose_tuned(base: LoadedModel) -> tuple[LoadedModel, RunInfo | None] | None
 # --------------------------------------------------------------------------- data and settings
 
 
-def choose_data(run: RunInfo | None, tuned: LoadedModel) -> tuple[str, Path] | None:
-    """The images to compare on: by default those the tuned model was trained on (its run, or its metadata)."""
+def choose_data(
+    run: RunInfo | None, tuned: LoadedModel | None, *, name: str = "data", key: str = "cmp_data"
+) -> tuple[str, Path] | None:
+    """The images to compare on: by default those the tuned model was trained on (its run, or its metadata).
+
+    `name` is the URL parameter and `key` the widget (the sweep on its own keeps its images apart, `sw_data`).
+    """
     from explorer.data import resolve_data
 
     sources = dict(DATA_SOURCES)
-    meta_data = tuned.metadata.get("data") if isinstance(tuned.metadata.get("data"), dict) else {}
+    meta = tuned.metadata if tuned is not None else {}
+    meta_data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
     own = (run.data if run else None) or meta_data.get("source") or None
     if own:
         sources = {own: f"Its training data ({own})", **{k: v for k, v in sources.items() if k != own}}
-    wanted = param("data") or own or "demo:shapes"
+    wanted = param(name) or own or "demo:digits"
     if wanted not in sources and wanted != FOLDER:
         if wanted.startswith("demo:") or allowed_path(Path(wanted)):
             sources[wanted] = wanted
         else:
             st.warning(
-                f"data={wanted!r} is outside the app's folders; using {own or 'demo:shapes'}.",
+                f"data={wanted!r} is outside the app's folders; using {own or 'demo:digits'}.",
                 icon=":material/link_off:",
             )
-            wanted = own or "demo:shapes"
+            wanted = own or "demo:digits"
     options = [*sources, FOLDER]
-    st.session_state["cmp_data"] = wanted
+    st.session_state[key] = wanted
     choice = st.selectbox(
         "Images to compare on",
         options,
-        key="cmp_data",
+        key=key,
         format_func=lambda v: sources.get(v, v),
         on_change=from_widget,
-        args=("data", "cmp_data"),
+        args=(name, key),
         help="Your own image folder (one sub-folder per class) for real work; the demos need no download.",
     )
     if choice == FOLDER:
-        typed = st.text_input("Folder on the server", key="cmp_folder", placeholder="/path/to/images")
+        typed = st.text_input("Folder on the server", key=f"{key}_folder", placeholder="/path/to/images")
         if not typed.strip():
             st.info("Type the path of an image folder with one sub-folder per class.", icon=":material/folder:")
             return None
@@ -185,7 +191,7 @@ def choose_data(run: RunInfo | None, tuned: LoadedModel) -> tuple[str, Path] | N
     except Exception as exc:
         show_error(exc)
         return None
-    set_param("data", choice)
+    set_param(name, choice)
     return choice, root
 
 
@@ -238,14 +244,52 @@ def choose_settings(tuned: LoadedModel) -> dict[str, Any]:
         )
     for name, value in (("images", images), ("input", size), ("probes", int(probes))):
         set_param(name, value)
-    return {
-        "max_images": images,
-        "input_size": size or None,
-        "probes": probes,
-        "n_boot": 1000,
-        "probe_folds": 5,
-        "seed": 0,
-    }
+    return comparison_settings(images, size, probes)
+
+
+def comparison_settings(images: int, size: int, probes: bool) -> dict[str, Any]:
+    """The keyword arguments of `compare` for the page's settings (the demo computes with the same ones)."""
+    return {"max_images": images, "input_size": size or None, "probes": probes, "probe_folds": 5, "seed": 0}
+
+
+SWEEP_SIZES = (64, 96, 128, 160, 224)
+
+
+def sweep_defaults(data: str, model: LoadedModel) -> dict[str, int]:
+    """Epochs, input size and image cap of the page's sweep: small inputs for the demos, the model's own otherwise."""
+    size = 64 if data.startswith("demo:") else int(model.input_size[0])
+    return {"epochs": 3, "input": size if size in SWEEP_SIZES else 224, "images": 0}
+
+
+def choose_sweep_settings(data: str, model: LoadedModel) -> dict[str, int]:
+    """The sweep's budget from the URL (`sw_epochs`, `sw_input`, `sw_images`) with an expander to change it."""
+    d = sweep_defaults(data, model)
+    epochs = int_param("sw_epochs", d["epochs"], 1, 50)
+    size = int_param("sw_input", d["input"], 32, 1024)
+    size = size if size in SWEEP_SIZES else d["input"]
+    images = int_param("sw_images", d["images"], 0, 1_000_000)
+    st.session_state.update(sw_epochs=epochs, sw_input=size, sw_images=images)
+    with st.expander(f"Sweep settings: {epochs} epochs · {size} px · {images or 'all'} images"):
+        c = st.columns(3)
+        c[0].number_input(
+            "Epochs per option", 1, 50, key="sw_epochs", on_change=from_widget, args=("sw_epochs", "sw_epochs")
+        )
+        c[1].selectbox(
+            "Input size (px)", SWEEP_SIZES, key="sw_input", on_change=from_widget, args=("sw_input", "sw_input")
+        )
+        c[2].number_input(
+            "Images (0 = all)",
+            0,
+            1_000_000,
+            step=100,
+            key="sw_images",
+            on_change=from_widget,
+            args=("sw_images", "sw_images"),
+            help="A class-stratified subset; 20 % of it is held out for every option.",
+        )
+    for name, value in (("sw_epochs", epochs), ("sw_input", size), ("sw_images", images)):
+        set_param(name, value)
+    return {"epochs": epochs, "input": size, "images": images}
 
 
 @st.cache_data(ttl=30, show_spinner=False)

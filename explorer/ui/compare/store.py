@@ -1,9 +1,11 @@
-"""Comparison results kept for instant revisits: in memory for this process, and as JSON in the disk cache.
+"""Comparison results and freeze sweeps kept for instant revisits: in memory for this process, and on disk.
 
 A report is keyed by everything that decides it: both models' fingerprints, a signature of the image folder's
 files, the comparison settings and the report's schema. A revisit (another session, a reopened link, a restart)
 reads it back instead of recomputing. The same-seed renders are not part of a stored report (they have their
-own cache). No Streamlit calls here except the process-wide store.
+own cache). A sweep is its own file, ``<cache>/sweeps/<key>.json``, keyed the same way (base fingerprint, data,
+settings): the sweep writes each finished task to it, so a sweep the page stopped resumes where it was. No
+Streamlit calls here except the process-wide store.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from typing import Any
 
 import streamlit as st
 
-from explorer.cache import Cache, make_key
+from explorer.cache import Cache, cache_root, make_key
 from explorer.transfer.recommend import Recommendation
 from explorer.transfer.report import ComparisonReport, LayerComparison
+from explorer.transfer.sweep import SweepError, SweepReport, load_sweep
 
 KIND = "compare"
-VERSION = 1
+VERSION = 2  # 2: held-out images, BatchNorm parts, jackknife intervals, the gate
 MEMORY_ENTRIES = 16
 SUFFIX = ".report.json"  # not ".json": Cache keeps each entry's metadata in <key>.json
 
@@ -112,3 +115,32 @@ def subset_folder(root: Path, max_images: int | None, seed: int, cache_dir: Path
             link.symlink_to(files[i].resolve())
     done.touch()
     return target
+
+
+def sweep_path(base_fp: str, data_signature: str, settings: dict[str, Any]) -> Path:
+    """Where the sweep of this base model on these images with these settings lives (and resumes from)."""
+    key = make_key(kind="sweep", version=1, base=base_fp, data=data_signature, settings=settings)
+    return cache_root() / "sweeps" / f"{key[:32]}.json"
+
+
+def get_sweep(path: Path) -> SweepReport | None:
+    """The sweep stored at `path` (complete or not), or None when there is none or it cannot be read."""
+    if not path.is_file():
+        return None
+    try:
+        return load_sweep(path)
+    except SweepError:
+        return None
+
+
+def stored_tasks(path: Path) -> int:
+    """How many tasks of a sweep have finished and are kept at `path` (0 when none)."""
+    try:
+        return len(json.loads(path.read_text()).get("tasks") or {})
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def comparison_key(base_fp: str, tuned_fp: str, data: str, signature: str, settings: dict[str, Any]) -> str:
+    """The key the page and the demo both store a comparison under (its settings and the data's name included)."""
+    return report_key(base_fp, tuned_fp, signature, {**settings, "data": data})

@@ -1,17 +1,19 @@
-"""The Compare page: the current model (base) vs a fine-tuned one, layer by layer, to choose a freeze point.
+"""The Compare page: where to freeze the current model (base), measured by the freeze sweep and explained by
+comparing it layer by layer with a fine-tuned copy.
 
-One chart over depth (CKA with its interval, weight change, probe accuracy; generic → specific zones; the
-recommended freeze point). Clicking a layer on it (or picking one in the list under it) sets the freeze point;
-the freeze panel then shows the parameter counts and code for that point, and the layer view shows its units,
-dataset examples and attribution in both models. Comparisons are cached by (base, tuned, data, settings).
+One chart over depth (CKA with its interval and BatchNorm parts, scale-aware weight change, probe accuracy,
+the sweep's held-out accuracy at each freeze point; generic → specific zones; the advice). Clicking a layer on
+it (or picking one in the list under it) sets the freeze point; the freeze panel then shows the parameter counts
+and code for that point, and the layer view shows its units, dataset examples and attribution in both models.
+The sweep needs no fine-tuned model, and a first visit offers a one-click demo (:mod:`explorer.ui.compare.demo`).
+Comparisons and sweeps are cached by (models, data, settings).
 
-URL: `?tuned=RUN|PATH&tfp=FP&data=demo:digits|FOLDER&freeze=LAYER&images=200&input=0&probes=1`
-plus the render settings (`preset`, `seed`, `steps`, `size`) and the model (`model`, `arch`).
+URL: `?tuned=RUN|PATH&tfp=FP&data=demo:digits|FOLDER&freeze=LAYER&images=200&input=0&probes=1`, the sweep's
+`sw_epochs`, `sw_input`, `sw_images`, plus the render settings (`preset`, `seed`, `steps`, `size`) and the model.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -22,20 +24,25 @@ import streamlit as st
 from explorer.cache import cache_root
 from explorer.models import LoadedModel
 from explorer.transfer.compare import check_comparable, compare
+from explorer.transfer.runs import list_runs
 from explorer.ui.common import current_model, get_ladder, set_current_model, show_error
+from explorer.ui.compare import sweep_panel
 from explorer.ui.compare.charts import comparison_figure, export_config, selected_layer
+from explorer.ui.compare.demo import demo_panel
 from explorer.ui.compare.freeze_panel import NONE, render_panel, summaries
 from explorer.ui.compare.layer import attribution_section, examples_section, spatial, unit_picks, units_section
 from explorer.ui.compare.setup import (
+    UPLOAD,
     choose_data,
     choose_settings,
+    choose_sweep_settings,
     choose_tuned,
     data_signature,
     from_widget,
     param,
     set_param,
 )
-from explorer.ui.compare.store import get_report, put_report, report_key, subset_folder, with_renders
+from explorer.ui.compare.store import comparison_key, get_report, put_report, subset_folder, with_renders
 from explorer.ui.widgets.gallery import RenderSettings, safe_filename, settings_from_url, zip_bytes
 
 SECTIONS = ("Units", "Examples", "Attribution")
@@ -66,7 +73,7 @@ def _progress(box: Any) -> Any:
 
 def _comparison(base: LoadedModel, tuned: LoadedModel, data: str, root: Path, settings: dict[str, Any]) -> Any:
     """The cached report, or a button that computes it (with progress and a Stop button)."""
-    key = report_key(base.fingerprint, tuned.fingerprint, data_signature(str(root)), {**settings, "data": data})
+    key = comparison_key(base.fingerprint, tuned.fingerprint, data, data_signature(str(root)), settings)
     report = get_report(key)
     if report is not None:
         return report
@@ -177,13 +184,27 @@ def _exports(report: Any, fig: Any, layer: str | None, renders: dict[str, Any], 
     exports = [  # label, data (bytes or a callable run on click), suffix, mime, icon, key, help
         ("Comparison CSV", report.to_csv().encode(), "csv", "text/csv", "table", "cmp_csv", None),
         ("Comparison JSON", report.to_json().encode(), "json", "application/json", "data_object", "cmp_json", None),
-        ("One-page HTML report", lambda: with_renders(report, layer, renders).to_html().encode(), "html",
-         "text/html", "description", "cmp_html",
-         "Chart, recommendation, guide, code and the chosen layer's units; opens offline."),
-    ]  # fmt: skip
+        (
+            "One-page HTML report",
+            lambda: with_renders(report, layer, renders).to_html().encode(),
+            "html",
+            "text/html",
+            "description",
+            "cmp_html",
+            "Chart, recommendation, guide, code and the chosen layer's units; opens offline.",
+        ),
+    ]
     for col, (label, data, suffix, mime, icon, key, tip) in zip(st.columns(3), exports, strict=True):
-        col.download_button(label, data, file_name=f"{stem}.{suffix}", mime=mime, icon=f":material/{icon}:",
-                            on_click="ignore", key=key, help=tip)  # fmt: skip
+        col.download_button(
+            label,
+            data,
+            file_name=f"{stem}.{suffix}",
+            mime=mime,
+            icon=f":material/{icon}:",
+            on_click="ignore",
+            key=key,
+            help=tip,
+        )
     try:
         import kaleido  # noqa: F401  (optional: server-side PNG export)
 
@@ -215,22 +236,68 @@ def _layer_zip(layer: str, files: dict[str, bytes], stem: str) -> None:
     )
 
 
+def _first_visit(base: LoadedModel, column: Any) -> None:
+    """No fine-tuned model yet: (the demo button above, then) the sweep on images of the user's choice."""
+    with column:
+        data = choose_data(None, None, name="sw_data", key="sw_data")
+    if data is None:
+        return
+    st.subheader("Where to freeze, measured")
+    cfg = choose_sweep_settings(data[0], base)
+    try:
+        sweep_panel.section(base, data[0], data[1], cfg, figure=True)
+    except Exception as exc:
+        show_error(exc)
+
+
+def _gate(report: Any) -> None:
+    rec = report.recommendation
+    if rec.source == "withheld":
+        tries = "".join(f"\n- {t}" for t in rec.try_next)
+        st.warning(f"**No freeze point from this comparison.** {rec.reason}{tries}", icon=":material/block:")
+
+
+def _with_sweep(base: LoadedModel, report: Any, data: tuple[str, Path]) -> tuple[Any, dict[str, int]]:
+    cfg = choose_sweep_settings(data[0], base)
+    measured = sweep_panel.stored(base, data[1], cfg)
+    return (report.with_sweep(measured, base) if measured is not None else report), cfg
+
+
+def _caption(report: Any) -> None:
+    acc = (
+        f" · tuned accuracy on them {100 * report.tuned_accuracy:.1f} %"
+        if report.tuned_accuracy is not None
+        else " · tuned accuracy not reported"
+    )
+    st.caption(
+        f"{report.data.get('images_used')} images of {report.data.get('source')} · "
+        f"{len(report.data.get('classes') or [])} classes{acc} · {report.heldout.get('note', '')} "
+        f"{report.settings.get('pooling')}; {report.settings.get('cka')} · computed in "
+        f"{report.seconds.get('total', 0):.0f} s"
+    )
+
+
 def render() -> None:
     """The Compare page."""
     st.title("Compare")
     st.caption(
-        "The current model before and after fine-tuning, block by block, on your images: where the "
-        "representation stayed the same, the pretrained layers can stay frozen."
+        "Where to freeze the current model: measured by training at several freeze points (the sweep), and "
+        "explained by comparing it, block by block, with a fine-tuned copy on images it never trained on."
     )
     toast = st.session_state.pop("cmp_toast", None)
     if toast:
         st.toast(toast, icon=":material/check:")
     base = current_model()
+    first = not list_runs() and param("tuned") in (None, UPLOAD)
+    if first:
+        demo_panel(base)
     top = st.columns(2, gap="large")
     with top[0]:
         st.markdown(f"**Base** `{base.spec}` · fingerprint `{base.short_fingerprint}`")
         chosen = choose_tuned(base)
     if chosen is None:
+        if first:  # with runs, the user is choosing a checkpoint to upload
+            _first_visit(base, top[1])
         return
     tuned, run = chosen
     if tuned.fingerprint == base.fingerprint and run and run.base_spec and run.base_spec != base.spec:
@@ -264,11 +331,25 @@ def render() -> None:
         )
     try:
         report = _comparison(base, tuned, data[0], data[1], settings)
+        if report is None:
+            st.subheader("Where to freeze, measured")
+            sweep_panel.section(base, data[0], data[1], choose_sweep_settings(data[0], base), figure=True)
+            return
+        report, sweep_cfg = _with_sweep(base, report, data)
     except Exception as exc:
         show_error(exc)
         return
-    if report is None:
-        return
+    _page(base, tuned, report, data, settings, sweep_cfg)
+
+
+def _page(
+    base: LoadedModel,
+    tuned: LoadedModel,
+    report: Any,
+    data: tuple[str, Path],
+    settings: dict[str, Any],
+    sweep_cfg: dict[str, int],
+) -> None:
     table = summaries(base, len(report.data.get("classes") or []) or None)
     choices = list(table)
     st.session_state["cmp_choices"] = choices
@@ -277,6 +358,7 @@ def render() -> None:
     notice = st.session_state.pop("cmp_notice", None)
     if notice:
         st.warning(notice, icon=":material/block:")
+    _gate(report)
     st.session_state["cmp_freeze"] = point
     c = st.columns([2, 3], vertical_alignment="bottom")
     c[0].selectbox(
@@ -287,14 +369,8 @@ def render() -> None:
         args=("freeze", "cmp_freeze"),
         format_func=lambda p: "none: train every layer" if p == NONE else p,
     )
-    acc = f" · tuned accuracy on them {100 * report.tuned_accuracy:.0f} %" if report.tuned_accuracy is not None else ""
-    c[1].caption(
-        f"{report.data.get('images_used')} images of {report.data.get('source')} · "
-        f"{len(report.data.get('classes') or [])} classes{acc} · computed in "
-        f"{report.seconds.get('total', 0):.0f} s"
-    )
-    if not any(math.isfinite(r.cka_low) for r in report.layers):
-        st.caption("No CKA intervals: the bootstrap needs at least 3 minibatches (compare on 24 images or more).")
+    with c[1]:
+        _caption(report)
     fig = comparison_figure(report, None if point == NONE else point)
     stem = safe_filename(f"compare-{Path(str(report.tuned.get('spec'))).stem}-{data[0]}")
     st.plotly_chart(
@@ -302,6 +378,11 @@ def render() -> None:
     )
     query = {k: v for k, v in st.query_params.to_dict().items() if k in ("model", "arch", "data")}
     render_panel(base, report, point, query=query)
+    st.subheader("Where to freeze, measured: the freeze sweep")
+    try:
+        sweep_panel.section(base, data[0], data[1], sweep_cfg)
+    except Exception as exc:
+        show_error(exc)
     layer = None if point == NONE else point
     renders: dict[str, Any] = {}  # filled by the layer view below; the HTML report reads it when downloaded
     _exports(report, fig, layer, renders, stem)

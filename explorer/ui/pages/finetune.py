@@ -140,10 +140,16 @@ def _settings_form(model: LoadedModel, point: str | None, ready: bool, busy: boo
         c = st.columns(4)
         augment = c[0].selectbox("Augmentation", ["light", "light+flip", "none"], key="ft_augment",
                                  help="light: random 80–100 % crops, ±10 % colour; flips change digits.")  # fmt: skip
-        schedule = c[1].selectbox("Schedule", ["cosine", "constant"], key="ft_schedule")
-        c[2].caption(f"Trains a copy of **`{model.spec}`** with a new head (change the model on the Model page).")
+        schedule = c[1].selectbox("Schedule", ["cosine", "constant"], key="ft_schedule",
+                                  help=f"After a warm-up over the first {d.warmup:.0%} of the steps.")  # fmt: skip
+        bn = c[2].selectbox("BatchNorm statistics", ["train", "frozen"], key="ft_bn",
+                            format_func=lambda v: "re-estimated on your data" if v == "train" else "kept from the base",
+                            help="Trainable BatchNorm layers re-estimate their running statistics on your images, "
+                            "or keep the pretrained ones (their scale and shift still train).")  # fmt: skip
         go_ = c[3].form_submit_button("Train", type="primary", icon=":material/model_training:", key="ft_train",
                                       disabled=busy, width="stretch")  # fmt: skip
+        st.caption(f"Trains a copy of **`{model.spec}`** with a new head (change the model on the Model page); the "
+                   "epoch with the lowest held-out loss is kept, and the held-out split is saved with it.")  # fmt: skip
     if busy:
         st.caption("A run is in progress; stop it or wait for it to finish before starting another.")
     if not go_:
@@ -152,7 +158,7 @@ def _settings_form(model: LoadedModel, point: str | None, ready: bool, busy: boo
         st.error("Choose a dataset that can be used (see above) before training.", icon=":material/error:")
         return None
     return FinetuneSettings(freeze_after=point, epochs=int(epochs), batch_size=int(batch), lr=float(lr),
-                            backbone_lr=float(blr), schedule=schedule, augment=augment, val_fraction=float(val),
+                            backbone_lr=float(blr), schedule=schedule, augment=augment, val_fraction=float(val), bn=bn,
                             input_size=int(size), max_images=int(max_images) or None, seed=int(seed))  # fmt: skip
 
 
@@ -237,8 +243,10 @@ def _run_panel(info: Any, key: str) -> None:
     """Metrics, checkpoint path and actions (download, compare, use) for one saved run."""
     m = info.metrics
     c = st.columns(4)
-    c[0].metric("Validation accuracy", f"{m['val_acc']:.1%}" if isinstance(m.get("val_acc"), float) else "—")
-    c[1].metric("Validation loss", f"{m['val_loss']:.3f}" if isinstance(m.get("val_loss"), float) else "—")
+    best = f"epoch {info.metadata.get('best_epoch')}, " if info.metadata.get("best_epoch") else ""
+    c[0].metric("Held-out accuracy", f"{m['val_acc']:.1%}" if isinstance(m.get("val_acc"), float) else "—",
+                help=f"Of the kept epoch ({best}lowest held-out loss), on images never trained on.")  # fmt: skip
+    c[1].metric("Held-out loss", f"{m['val_loss']:.3f}" if isinstance(m.get("val_loss"), float) else "—")
     c[2].metric("Training accuracy", f"{m['train_acc']:.1%}" if isinstance(m.get("train_acc"), float) else "—")
     c[3].metric("Epochs", info.epochs_done, help=f"status: {info.status}")
     more = " …" if len(info.classes) > 8 else ""

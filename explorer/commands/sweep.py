@@ -1,0 +1,113 @@
+"""`sweep`: measure held-out accuracy and cost at each freeze point, by fine-tuning and by a linear classifier."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from explorer.cli import add_model_args, load_model_arg, positive_int, print_json, print_table, progress_bar
+
+
+def register(subparsers: Any) -> None:
+    """Add the `sweep` subcommand."""
+    from explorer.transfer.sweep import sweep_settings
+
+    d = sweep_settings()
+    p = subparsers.add_parser(
+        "sweep",
+        help="measure held-out accuracy and cost of freezing at several points (fine-tune and linear routes)",
+        description="For each freeze point and route, train under one budget, seed and held-out split, and report "
+        "held-out accuracy with a 95 % interval, trainable parameters, seconds and images/s; recommend the cheapest "
+        "option that an exact McNemar test on the same held-out images does not find worse than the best. Each "
+        "finished task is written to OUT at once; rerunning the same command resumes where it stopped. Writes OUT "
+        "(.json) and a CSV and HTML summary beside it.",
+    )
+    add_model_args(p)
+    p.add_argument("--data", required=True, metavar="FOLDER|demo:NAME", help="image folder or demo:NAME")
+    p.add_argument(
+        "--points",
+        default="auto",
+        metavar="auto|L1,L2,…",
+        help="freeze points: auto (none, the last block of each stage, head only) or ladder layers and 'none'",
+    )
+    p.add_argument("--routes", default="finetune,linear", help="finetune and/or linear (default both)")
+    p.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"training budget per task ({d.epochs})")
+    p.add_argument("--seeds", type=positive_int, default=1, help="repeat each task with this many seeds (default 1)")
+    p.add_argument("--out", required=True, metavar="SWEEP.json", help="results; .csv and .html are written beside it")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help=f"new head (default {d.lr:g})")
+    p.add_argument("--backbone-lr", type=float, default=d.backbone_lr, help=f"trainable layers ({d.backbone_lr:g})")
+    p.add_argument(
+        "--augment",
+        choices=["none", "light", "light+flip"],
+        default=d.augment,
+        help="none (default) lets every frozen prefix be computed once; augmentation trains every task on images",
+    )
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=f"held out per class ({d.val_fraction})")
+    p.add_argument("--input-size", type=positive_int, default=None, metavar="PX", help="(default: the model's)")
+    p.add_argument("--max-images", type=positive_int, default=None, metavar="N", help="a stratified subset of N images")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the split and of the first training seed")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_sweep)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from explorer.transfer.sweep import sweep_settings
+
+    return sweep_settings(
+        args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        backbone_lr=args.backbone_lr,
+        augment=args.augment,
+        val_fraction=args.val_fraction,
+        input_size=args.input_size,
+        max_images=args.max_images,
+        seed=args.seed,
+    )
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run (or resume) the sweep, print one row per option and the recommendation."""
+    from explorer.transfer.sweep import SweepError, sweep
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".json":
+        raise SweepError(f"The sweep output must end in .json (got {out.name}); CSV and HTML go beside it.")
+    settings = _settings(args)
+    settings.check()
+    points: str | list[str] = "auto" if args.points.strip() == "auto" else [p for p in args.points.split(",") if p]
+    routes = tuple(r.strip() for r in args.routes.split(",") if r.strip())
+    model = load_model_arg(args)
+    try:
+        report = sweep(
+            model,
+            args.data,
+            points=points,
+            routes=routes,
+            seeds=args.seeds,
+            settings=settings,
+            out=out,
+            progress=progress_bar("sweeping"),
+        )
+    except KeyboardInterrupt:
+        print(f"error: interrupted; finished tasks are kept in {out}: rerun the command to resume.", file=sys.stderr)
+        return 130
+    if args.json:
+        print_json(report.to_dict())
+        return 0
+    cols = ("point", "route", "accuracy", "low", "high", "trainable", "seconds", "images_per_second", "p_vs_best")
+    print_table([{c: r[c] for c in cols} for r in report.rows()])
+    c = report.choice
+    if c.point is None:
+        print(f"\nno recommendation: {c.withheld}")
+    else:
+        print(f"\nrecommended: {report.chosen.label if report.chosen else c.point}")
+        print(c.reason)
+    print(f"decision: {c.test}")
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"wrote {out}, {out.with_suffix('.csv')}, {out.with_suffix('.html')}")
+    return 0

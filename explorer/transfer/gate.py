@@ -1,0 +1,76 @@
+"""The gate: no freeze advice from a model that has not learned the task, nor from too few images to decide.
+
+Advice is only as good as the model it reads. A tuned model whose held-out accuracy is not significantly above
+chance (one-sided exact binomial test, p < 0.01), or that stays far below what a linear classifier on the *base*
+features already reaches (below half-way from chance to the best probe), has not learned the task: its CKA says
+how training failed, not where to freeze. Below :data:`MIN_IMAGES_TO_DECIDE` held-out images the intervals are
+shown but no point is chosen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from explorer.transfer.stats import above_chance
+
+MIN_IMAGES_TO_DECIDE = 100  # held-out images below which intervals are shown but nothing is decided
+ALPHA_CHANCE = 0.01  # significance level of "above chance"
+
+
+@dataclass
+class Gate:
+    """Whether advice may be given; when not, why and what to try, in plain sentences."""
+
+    open: bool
+    reason: str = ""
+    try_next: list[str] = field(default_factory=list)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
+def too_few(n: int, what: str = "held-out images") -> Gate:
+    """Closed when `n` images (`what` they are) are too few to decide."""
+    if n >= MIN_IMAGES_TO_DECIDE:
+        return Gate(True)
+    return Gate(
+        False,
+        f"Too few images to decide: {n} {what} (at least {MIN_IMAGES_TO_DECIDE} are needed for the "
+        "intervals to tell freeze points apart); the measurements are shown with their intervals.",
+        ["Use a dataset with more images per class, or a larger held-out fraction when fine-tuning."],
+    )
+
+
+def learned(correct: int, n: int, chance: float, best_probe: float | None) -> Gate:
+    """Closed when `correct` of `n` held-out images is not significantly above `chance`, or far below the best probe."""
+    if n <= 0:
+        return Gate(
+            False,
+            "The tuned model could not be scored on held-out images of its own classes.",
+            ["Compare on the data it was fine-tuned on (same classes), so its accuracy can be measured."],
+        )
+    acc = correct / n
+    p = above_chance(correct, n, chance)
+    tries = [
+        "Fine-tune for more epochs, or with a higher learning rate for the pretrained layers.",
+        "Check the data: one sub-folder per class, and enough images in each.",
+        "Run the freeze sweep: it measures every freeze point by itself, without this model.",
+    ]
+    if not p < ALPHA_CHANCE:
+        return Gate(
+            False,
+            f"The tuned model has not learned the task: {_pct(acc)} on {n} held-out images is not significantly "
+            f"above chance ({_pct(chance)}; exact binomial test p = {p:.2g}), so no freeze point is read from it.",
+            tries,
+        )
+    if best_probe is not None and math.isfinite(best_probe) and acc < chance + 0.5 * (best_probe - chance):
+        return Gate(
+            False,
+            f"The tuned model has not learned the task well enough to read advice from: {_pct(acc)} on {n} held-out "
+            f"images, while a linear classifier on the base model's own features already reaches "
+            f"{_pct(best_probe)} (chance {_pct(chance)}).",
+            tries,
+        )
+    return Gate(True)

@@ -1,0 +1,97 @@
+"""The few statistics the freeze advice rests on: intervals for accuracies and tests on the same held-out images.
+
+- :func:`wilson`: the Wilson score interval for k correct of n (sound at small n and near 0 or 1, unlike Wald).
+- :func:`above_chance`: the one-sided exact binomial test that an accuracy beats a constant guess.
+- :func:`mcnemar`: the exact McNemar test for two classifiers scored on the *same* images. It uses only the images
+  on which they disagree, which is why it is far more sensitive than comparing two intervals (overlapping Wilson
+  intervals can hide a real, consistent difference, and they ignore that both models saw the same images).
+- :func:`paired_difference`: the difference of two accuracies on the same images with a 95 % interval.
+- :func:`seed_interval`: a t interval over seeds, never narrower than the Wilson interval of the pooled counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+LEVEL = 0.95
+
+
+def _z(level: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(0.5 + level / 2))
+
+
+def wilson(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Wilson score interval for a proportion k/n; (nan, nan) when n is 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    z = _z(level)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def above_chance(k: int, n: int, chance: float) -> float:
+    """One-sided exact binomial p-value of k correct of n when each is right with probability `chance`."""
+    from scipy.stats import binomtest
+
+    if n <= 0:
+        return float("nan")
+    return float(binomtest(int(k), int(n), min(max(chance, 0.0), 1.0), alternative="greater").pvalue)
+
+
+@dataclass
+class McNemar:
+    """Two classifiers on the same images: how often only one was right, and the exact two-sided p-value."""
+
+    only_a: int  # images A got right and B wrong
+    only_b: int
+    p_value: float
+
+
+def mcnemar(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray) -> McNemar:
+    """Exact McNemar test (binomial on the discordant pairs, p = 1/2) for per-image correctness of A and B."""
+    from scipy.stats import binomtest
+
+    x, y = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if x.shape != y.shape:
+        raise ValueError(f"McNemar needs the same images for both: {x.shape} vs {y.shape}.")
+    only_a, only_b = int((x & ~y).sum()), int((~x & y).sum())
+    n = only_a + only_b
+    p = 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
+    return McNemar(only_a, only_b, p)
+
+
+def paired_difference(
+    a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray, level: float = LEVEL
+) -> tuple[float, float, float]:
+    """accuracy(A) − accuracy(B) on the same images, with a t interval on the per-image differences."""
+    from scipy.stats import t as student
+
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    n = d.size
+    if n < 2:
+        return float(d.mean()) if n else float("nan"), float("nan"), float("nan")
+    se = float(d.std(ddof=1)) / math.sqrt(n)
+    half = float(student.ppf(0.5 + level / 2, n - 1)) * se
+    return float(d.mean()), float(d.mean()) - half, float(d.mean()) + half
+
+
+def seed_interval(accuracies: Sequence[float], correct: int, total: int, level: float = LEVEL) -> tuple[float, float]:
+    """An interval for a mean accuracy over seeds: the t interval across seeds, widened to at least the Wilson
+    interval of all counts pooled (a few seeds say little about image sampling)."""
+    from scipy.stats import t as student
+
+    lo, hi = wilson(correct, total, level)
+    k = len(accuracies)
+    if k < 2:
+        return lo, hi
+    mean = float(np.mean(accuracies))
+    half = float(student.ppf(0.5 + level / 2, k - 1)) * float(np.std(accuracies, ddof=1)) / math.sqrt(k)
+    return max(0.0, min(lo, mean - half)), min(1.0, max(hi, mean + half))

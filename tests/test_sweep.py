@@ -1,0 +1,304 @@
+"""The freeze sweep: tasks, the shared prefix pass, resuming, bad input, the choice; (slow) the science on digits."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from explorer.errors import ExplorerError
+from explorer.layers import hook_count, ladder
+from explorer.models import LoadedModel, fingerprint
+from explorer.transfer.freeze import freeze_summary
+from explorer.transfer.sweep import SweepError, load_sweep, sweep, sweep_settings
+from explorer.transfer.sweep_report import choose, make_options
+from explorer.transfer.sweep_tasks import (
+    SweepContext,
+    SweepTask,
+    auto_points,
+    build_prefix,
+    in_process,
+    run_sweep_task,
+)
+
+POINTS = ["none", "blocks.2.0", "global_pool"]
+
+
+def _settings(**kw: object) -> object:
+    return sweep_settings(1, **{"input_size": 32, "batch_size": 8, "val_fraction": 0.25, **kw})
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tiny, color_folder):
+    before = fingerprint(tiny.module)
+    report = sweep(tiny, color_folder, points=POINTS, settings=_settings())
+    assert fingerprint(tiny.module) == before and hook_count(tiny.module) == 0 and not tiny.module.training
+    return report
+
+
+def test_auto_points_spread_over_the_parameters_stage_ends_and_cuts_of_the_largest_stage(bundled):
+    points = auto_points(bundled)
+    rows = {r.name: r for r in ladder(bundled)}
+    names = list(rows)
+    assert 6 <= len(points) <= 8 and points == ["none", *sorted(points[1:], key=names.index)]
+    assert points[0] == "none" and points[-1] == "global_pool"  # train everything … head only
+    body = names[: names.index("global_pool") + 1]
+    total = sum(rows[n].params for n in body)
+    frozen = {n: sum(rows[m].params for m in body[: body.index(n) + 1]) / total for n in body}
+    spatial = [rows[n] for n in body if rows[n].has_map]
+    stages = sorted({r.stage for r in spatial})
+    ends = {st: [r.name for r in spatial if r.stage == st][-1] for st in stages}
+    kept = [ends[st] for st in stages[:-1] if frozen[ends[st]] >= 0.01]
+    assert [p for p in points if p in ends.values()] == kept  # stage ends that freeze ≥ 1 % (not the last)
+    assert frozen["blocks.1.1"] < 0.01 and "blocks.1.1" not in points  # the stem's stages: 'none' in all but name
+    cuts = [p for p in points[1:-1] if p not in ends.values()]
+    biggest = max(stages, key=lambda st: sum(r.params for r in spatial if r.stage == st))
+    assert cuts and all(rows[c].stage == biggest for c in cuts)  # cut into equal parameter parts
+    share = [
+        sum(rows[n].params for n in body if rows[n].stage == biggest and names.index(n) <= names.index(c)) for c in cuts
+    ]
+    whole = sum(r.params for r in spatial if r.stage == biggest)
+    assert all(abs(v / whole - (i + 1) / (len(cuts) + 1)) < 0.2 for i, v in enumerate(share))
+
+
+def test_every_option_is_measured_with_its_interval_and_cost(tiny_sweep, tiny):
+    opts = {(o.point, o.route): o for o in tiny_sweep.options}
+    assert set(opts) == {(p, r) for p in POINTS for r in ("finetune", "linear")} - {("none", "linear")}
+    for o in tiny_sweep.options:
+        assert o.low <= o.accuracy <= o.high and o.heldout == 9 and o.seconds > 0 and o.images_per_second > 0
+    for p in POINTS:  # the fine-tune route trains exactly what freezing there leaves trainable
+        point = None if p == "none" else p
+        assert opts[(p, "finetune")].trainable == freeze_summary(tiny, point, num_classes=3).trainable
+    channels = {r.name: r.channels for r in ladder(tiny)}
+    assert opts[("blocks.2.0", "linear")].trainable == channels["blocks.2.0"] * 3 + 3  # C×K weights + K biases
+    assert tiny_sweep.complete and tiny_sweep.data["heldout_images"] == 9
+    html = tiny_sweep.to_html()
+    assert "<svg" in html and "McNemar" in html and "<script" not in html
+    assert tiny_sweep.to_csv().splitlines()[0].startswith("point,route,accuracy")
+
+
+def test_the_cached_prefix_trains_exactly_what_a_full_forward_trains(tiny, color_folder):
+    """A point's fine-tune on cached prefix outputs equals the same fine-tune run through the whole network."""
+    from explorer.transfer.finetune import training_data
+    from explorer.transfer.prefix import prefix_layer
+    from explorer.transfer.sweep_tasks import check_cuts
+
+    s = _settings()
+    dataset, classes, split = training_data(color_folder, s)
+    layers = {p: prefix_layer(tiny.module, p, tiny.input_size) for p in POINTS[1:]}
+    x = torch.rand(2, 3, 32, 32)
+    ctx = SweepContext(tiny, dataset, classes, split, s, layers, cut_ok=check_cuts(tiny, POINTS, layers, x))
+    assert all(ctx.cut_ok.values())
+    ctx.cache = build_prefix(ctx)
+    assert {"blocks.2.0", "global_pool"} <= set(ctx.cache.outputs) and ctx.cache.inputs is not None
+    task = SweepTask("blocks.2.0", "finetune", 0)
+    cached = run_sweep_task(task, ctx)
+    ctx.cache.outputs.pop("blocks.2.0")
+    ctx.cache.inputs = None  # no cache at all: images through the full network every epoch
+    full = run_sweep_task(task, ctx)
+    assert cached["cached"] and not full["cached"]
+    assert cached["correct"] == full["correct"] and cached["trainable"] == full["trainable"]
+    assert cached["val_loss"] == pytest.approx(full["val_loss"], rel=1e-3, abs=1e-4)
+
+
+def test_the_context_travels_to_another_worker_and_gives_the_same_result(tiny, color_folder, tmp_path):
+    """What a Ray runner needs: a picklable context (its shared pass rebuilt there) and a pure task function."""
+    seen: list[str] = []
+
+    def remote(tasks, context, on_done):
+        for task in tasks:
+            copy = pickle.loads(pickle.dumps(context))
+            assert copy.cache is None
+            seen.append(task.key)
+            on_done(task, run_sweep_task(task, copy))
+
+    local = sweep(tiny, color_folder, points=["global_pool"], settings=_settings())
+    other = sweep(tiny, color_folder, points=["global_pool"], settings=_settings(), runner=remote)
+    assert seen == ["finetune@global_pool#0", "linear@global_pool#0"]
+    assert [o.accuracy for o in other.options] == [o.accuracy for o in local.options]
+
+
+def test_an_interrupted_sweep_keeps_finished_tasks_and_the_rerun_skips_them(tiny, color_folder, tmp_path):
+    out = tmp_path / "s" / "sweep.json"
+    ran: list[str] = []
+
+    def dies_after_two(tasks, context, on_done):
+        for task in tasks[:2]:
+            on_done(task, run_sweep_task(task, context))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep(tiny, color_folder, points=POINTS, settings=_settings(), out=out, runner=dies_after_two)
+    saved = json.loads(out.read_text())
+    assert list(saved["tasks"]) == ["finetune@none#0", "finetune@blocks.2.0#0"]
+    assert not list(out.parent.glob(".*tmp"))  # atomic writes leave no temporaries
+
+    def counting(tasks, context, on_done):
+        ran.extend(t.key for t in tasks)
+        in_process(tasks, context, on_done)
+
+    report = sweep(tiny, color_folder, points=POINTS, settings=_settings(), out=out, runner=counting)
+    assert "finetune@none#0" not in ran and "finetune@blocks.2.0#0" not in ran and len(ran) == 3
+    assert report.complete and len(report.options) == 5
+    assert load_sweep(out).to_json() == report.to_json()
+    assert out.with_suffix(".csv").exists() and out.with_suffix(".html").exists()
+    with pytest.raises(SweepError, match="other settings"):  # another budget must not reuse these results
+        sweep(tiny, color_folder, points=POINTS, settings=_settings(lr=0.1), out=out)
+
+
+def test_bad_input_gets_one_clear_sentence(tiny, color_folder, tmp_path):
+    from PIL import Image
+
+    with pytest.raises(SweepError, match="not a layer of the model's ladder"):
+        sweep(tiny, color_folder, points=["none", "blocks.9.9"], settings=_settings())
+    with pytest.raises(ExplorerError, match="nothing to train"):
+        sweep(tiny, color_folder, points=["classifier"], settings=_settings())
+    with pytest.raises(SweepError, match="Unknown sweep route"):
+        sweep(tiny, color_folder, points=POINTS, routes=("finetune", "knn"), settings=_settings())
+    with pytest.raises(SweepError, match="held-out images for 3 classes"):
+        sweep(tiny, color_folder, points=POINTS, settings=_settings(val_fraction=0.01))
+    one = tmp_path / "one"
+    (one / "only").mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(one / "only" / f"{i}.png")
+    with pytest.raises(ExplorerError, match="two classes|one sub-folder"):
+        sweep(tiny, one, settings=_settings())
+    mlp = LoadedModel.wrap(
+        nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 16), nn.ReLU(), nn.Linear(16, 3)),
+        input_size=(32, 32),
+        class_names=["blue", "green", "red"],
+    )
+    with pytest.raises(SweepError, match="no layer with a spatial or token output"):
+        sweep(mlp, color_folder, points=["none", "1"], settings=_settings())
+    with pytest.raises(SweepError, match=r"\.json"):
+        sweep(tiny, color_folder, points=POINTS, settings=_settings(), out=tmp_path / "x.csv")
+
+
+def _tasks(accs: dict[str, list[bool]], trainable: dict[str, int]) -> dict[str, dict]:
+    return {
+        f"{k}#0": {
+            "accuracy": float(np.mean(v)),
+            "correct": "".join("1" if c else "0" for c in v),
+            "trainable": trainable[k],
+            "seconds": 1.0,
+            "images_per_second": 10.0,
+        }
+        for k, v in accs.items()
+    }
+
+
+def test_the_choice_is_the_cheapest_option_the_paired_test_does_not_find_worse():
+    rng = np.random.default_rng(0)
+    n = 400
+    best = rng.random(n) < 0.95
+    close = best.copy()
+    close[np.flatnonzero(close)[:6]] = False  # 6 images worse: McNemar p = 0.03 → worse
+    tiny_gap = best.copy()
+    tiny_gap[np.flatnonzero(tiny_gap)[:2]] = False  # 2 images worse: p = 0.5 → not found worse
+    bad = rng.random(n) < 0.6
+    accs = {"finetune@none": best, "finetune@b": close, "linear@b": tiny_gap, "linear@a": bad}
+    options, bits = make_options(
+        _tasks(accs, {"finetune@none": 1000, "finetune@b": 500, "linear@b": 50, "linear@a": 10}), ["none", "a", "b"]
+    )
+    choice = choose(options, bits, chance=0.1)
+    by = {o.key: o for o in options}
+    assert not by["finetune@b"].indistinguishable and by["finetune@b"].p_vs_best < 0.05
+    assert by["linear@b"].indistinguishable and by["linear@b"].p_vs_best > 0.4
+    assert not by["linear@a"].indistinguishable
+    assert (choice.point, choice.route) == ("b", "linear") and "McNemar" in choice.reason
+    # Too few held-out images: shown, not decided.
+    few, fbits = make_options(
+        _tasks({"finetune@none": best[:40], "linear@b": tiny_gap[:40]}, {"finetune@none": 1000, "linear@b": 50}),
+        ["none", "b"],
+    )
+    assert choose(few, fbits, 0.1).point is None and "Too few images" in choose(few, fbits, 0.1).withheld
+    # Nothing learned: withheld with what to try.
+    guess = rng.random(n) < 0.1
+    none, nbits = make_options(_tasks({"finetune@none": guess}, {"finetune@none": 1}), ["none"])
+    c = choose(none, nbits, chance=0.1)
+    assert c.point is None and "not significantly above chance" in c.withheld and c.try_next
+
+
+def test_seeds_pool_into_an_interval_no_narrower_than_wilson():
+    from explorer.transfer.stats import wilson
+
+    rng = np.random.default_rng(1)
+    runs = {s: rng.random(200) < 0.8 for s in range(3)}
+    tasks = {
+        f"finetune@none#{s}": {
+            "accuracy": float(v.mean()),
+            "correct": "".join("1" if c else "0" for c in v),
+            "trainable": 5,
+            "seconds": 1.0,
+            "images_per_second": 1.0,
+        }
+        for s, v in runs.items()
+    }
+    (opt,), _ = make_options(tasks, ["none"])
+    pooled = np.concatenate(list(runs.values()))
+    lo, hi = wilson(int(pooled.sum()), pooled.size)
+    assert opt.seeds == 3 and opt.low <= lo + 1e-12 and opt.high >= hi - 1e-12
+    assert opt.accuracy == pytest.approx(np.mean([v.mean() for v in runs.values()]))
+
+
+def test_cli_sweep_writes_json_csv_html_and_refuses_a_bad_point(color_folder, tmp_path, capsys):
+    from explorer.cli import main
+
+    out = tmp_path / "cli" / "sweep.json"
+    args = [
+        "sweep",
+        "--model",
+        "timm:test_efficientnet:untrained",
+        "--device",
+        "cpu",
+        "--data",
+        str(color_folder),
+        "--points",
+        "none,global_pool",
+        "--epochs",
+        "1",
+        "--input-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--val-fraction",
+        "0.25",
+    ]
+    assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "decision: exact McNemar test" in printed and "global_pool" in printed
+    assert json.loads(out.read_text())["report"]["options"] and out.with_suffix(".html").exists()
+    assert main([*args[:-6], "--points", "none,blocks.99", "--out", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "blocks.99" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_science_the_sweep_on_digits_chooses_an_option_within_its_interval_of_the_best(bundled, tmp_path):
+    """Measure the outcome: the sweep on real data (demo:digits, 64 px, 3 epochs), then the comparison's CKA
+    prediction against it: they agree within one stage, or the report says they disagree and why."""
+    from explorer.models import load_model
+    from explorer.transfer.compare import compare
+    from explorer.transfer.finetune import FinetuneSettings, finetune
+
+    report = sweep(bundled, "demo:digits", settings=sweep_settings(3, input_size=64), out=tmp_path / "sweep.json")
+    best, chosen = report.best, report.chosen
+    print(
+        "\n" + "\n".join(f"{o.key}: {o.accuracy:.3f} [{o.low:.3f}, {o.high:.3f}] {o.trainable}" for o in report.options)
+    )
+    print(report.choice.reason, report.seconds)
+    assert chosen is not None and best is not None
+    assert chosen.low <= best.accuracy <= chosen.high  # within its own interval of the best
+    assert best.accuracy > 0.9 and report.choice.withheld is None
+    assert all(o.trainable >= chosen.trainable for o in report.options if o.indistinguishable)
+    run = finetune(bundled, "demo:digits", FinetuneSettings(input_size=64), out=tmp_path / "ft.safetensors")
+    tuned = load_model(str(run.checkpoint), device=bundled.device)
+    cmp = compare(bundled, tuned, "demo:digits", max_images=None, probe_folds=3, sweep=report)
+    rec = cmp.recommendation
+    print(rec.agreement)
+    assert rec.source == "sweep" and rec.freeze_after == (None if chosen.point == "none" else chosen.point)
+    assert "agree within one stage" in rec.agreement or ("disagree" in rec.agreement and "because" in rec.agreement)

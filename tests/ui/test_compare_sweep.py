@@ -1,0 +1,183 @@
+"""The Compare page's freeze sweep, first visit and demo (AppTest on the bundled model).
+
+A first visit (no runs) offers the demo and the sweep on its own; a stored sweep decides the advice ("Measured")
+and draws its curve on the comparison chart beside CKA; the demo fills the page (run, comparison, sweep). Sweeps
+stored for these tests are made from hand-written task results (the engine is tested in tests/test_sweep.py), so
+the page is tested without training; the demo test trains for real, with smaller settings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+from streamlit.util import calc_hash
+
+from explorer.data import list_images, resolve_data
+from explorer.transfer.sweep import save_sweep
+from explorer.transfer.sweep_report import SweepReport, choose, make_options
+from explorer.transfer.sweep_tasks import auto_points
+
+APP = "../../app.py"
+ACCURACY = {
+    "none": 0.98,
+    "blocks.2.1": 0.975,
+    "blocks.4.2": 0.97,
+    "blocks.5.1": 0.965,
+    "blocks.5.3": 0.96,
+    "global_pool": 0.94,
+}
+LINEAR = {"blocks.2.1": 0.90, "blocks.4.2": 0.975, "blocks.5.1": 0.96, "blocks.5.3": 0.955, "global_pool": 0.95}
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYER_EXPLORER_CACHE", str(tmp_path / "cache"))
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield tmp_path / "cache"
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def _open(**query: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=600)
+    at.query_params.update(query)
+    at.session_state["cmp_show"] = []
+    at._page_hash = calc_hash("compare")
+    return at.run()
+
+
+def _bits(acc: float, n: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    wrong = rng.choice(n, size=round((1 - acc) * n), replace=False)
+    return "".join("0" if i in set(wrong) else "1" for i in range(n))
+
+
+def _stored_sweep(bundled, cfg: dict[str, int]) -> Path:
+    """A finished sweep of the bundled model on demo:digits where the page will look for it."""
+    from explorer.exemplars import folder_signature
+    from explorer.ui.compare.store import sweep_path
+
+    points = auto_points(bundled)
+    assert points == list(ACCURACY)
+    tasks = {}
+    for i, p in enumerate(points):
+        tasks[f"finetune@{p}#0"] = {
+            "accuracy": ACCURACY[p],
+            "correct": _bits(ACCURACY[p], 360, i),
+            "trainable": 3_000_000 - 400_000 * i,
+            "seconds": 60.0 - 9 * i,
+            "images_per_second": 70.0,
+        }
+        if p in LINEAR:
+            tasks[f"linear@{p}#0"] = {
+                "accuracy": LINEAR[p],
+                "correct": _bits(LINEAR[p], 360, 10 + i),
+                "trainable": 1000 + i,
+                "seconds": 1.0,
+                "images_per_second": 900.0,
+            }
+    options, bits = make_options(tasks, points)
+    report = SweepReport(
+        base={"spec": bundled.spec, "arch": bundled.arch, "fingerprint": bundled.fingerprint},
+        data={
+            "source": "demo:digits",
+            "classes": [str(c) for c in range(10)],
+            "train_images": 1437,
+            "heldout_images": 360,
+        },
+        settings={"epochs": 3, "input_size": 64, "seeds": 1},
+        options=options,
+        choice=choose(options, bits, 0.1),
+        chance=0.1,
+    )
+    root = resolve_data("demo:digits")
+    path = sweep_path(bundled.fingerprint, folder_signature(root, list_images(root)), cfg)
+    save_sweep(report, path, {"tasks": tasks})
+    return path
+
+
+def test_a_first_visit_offers_the_demo_and_the_sweep_without_a_fine_tuned_model(cache_dir):
+    at = _open()
+    assert not at.exception and not at.error
+    assert any("First visit" in i.value for i in at.info)
+    assert at.button(key="cmp_demo").proto.label == "Run the demo"
+    assert at.button(key="sw_run").proto.label == "Run the freeze sweep"
+    assert any("global_pool" in i.value and "freeze points" in i.value for i in at.info)
+    assert at.query_params["sw_epochs"] == "3" and at.query_params["sw_input"] == "64"
+
+
+def test_a_stored_sweep_is_shown_measured_on_its_own_and_decides_the_comparison(cache_dir, bundled):
+    cfg = {"epochs": 3, "input": 64, "images": 0}
+    _stored_sweep(bundled, cfg)
+    at = _open()  # no fine-tuned model: the sweep alone, with its curve and table
+    assert not at.exception and not at.error
+    assert any(s.value.startswith("**Measured:**") and "blocks.4.2" in s.value for s in at.success)
+    chart = next(c for c in at.get("plotly_chart") if c.key == "sw_chart")
+    names = [t.get("name") for t in json.loads(chart.proto.spec)["data"]]
+    assert names == ["fine-tune after the point", "linear classifier on the point"]
+    table = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
+    assert (table["verdict"] == "chosen").sum() == 1 and len(table) == 11
+
+    _run(cache_dir, bundled)  # now a fine-tuned model too: the comparison draws the sweep beside CKA
+    at = _open(tuned="t1", images="32", input="64", probes="0")
+    at.button(key="cmp_run").click().run()
+    assert not at.exception and not at.error
+    chart = next(c for c in at.get("plotly_chart") if c.key == "cmp_chart")
+    names = {t.get("name") for t in json.loads(chart.proto.spec)["data"]}
+    assert {"CKA base vs tuned", "sweep: fine-tune after the point", "sweep: linear classifier on it"} <= names
+    measured = [s.value for s in at.success if s.value.startswith("**Measured: freeze up to `blocks.4.2`")]
+    assert measured and "linear classifier" in measured[0] and "CKA prediction is not used" in measured[0]
+    assert at.query_params["freeze"] == "blocks.4.2"
+
+
+def _run(cache_dir: Path, bundled) -> None:
+    """A saved run of the bundled model with slightly perturbed weights, 'trained' on demo:digits (no split)."""
+    import copy
+
+    import torch
+
+    from explorer.transfer.checkpoints import save_checkpoint
+
+    module = copy.deepcopy(bundled.module)
+    with torch.no_grad():
+        for i, p in enumerate(module.parameters()):
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) * 1e-3)
+    meta = {
+        "arch": bundled.arch,
+        "base_spec": bundled.spec,
+        "base_fingerprint": bundled.fingerprint,
+        "class_names": list(bundled.class_names),
+        "input_size": list(bundled.input_size),
+        "mean": list(bundled.mean),
+        "std": list(bundled.std),
+        "resize_size": bundled.resize_size,
+        "freeze_after": None,
+        "metrics": {"epoch": 1, "val_acc": 0.9},
+        "data": {"source": "demo:digits"},
+    }
+    (cache_dir / "runs").mkdir(parents=True, exist_ok=True)
+    save_checkpoint(module, cache_dir / "runs" / "t1.safetensors", meta)
+
+
+@pytest.mark.slow
+def test_the_demo_fills_the_page_with_a_run_its_comparison_and_the_sweep(cache_dir, monkeypatch):
+    from explorer.transfer.finetune import FinetuneSettings
+    from explorer.ui.compare import demo
+
+    monkeypatch.setattr(demo, "FINETUNE", FinetuneSettings(input_size=64, epochs=1, max_images=600))
+    monkeypatch.setattr(demo, "COMPARE", {"images": 120, "input": 64, "probes": False})
+    monkeypatch.setattr(demo, "SWEEP", {"epochs": 1, "input": 64, "images": 600})
+    at = _open()
+    at.button(key="cmp_demo").click().run()
+    assert not at.exception and not at.error
+    assert at.query_params["tuned"].startswith("demo-digits") and at.query_params["data"] == "demo:digits"
+    chart = next(c for c in at.get("plotly_chart") if c.key == "cmp_chart")
+    names = {t.get("name") for t in json.loads(chart.proto.spec)["data"]}
+    assert {"CKA base vs tuned", "sweep: fine-tune after the point", "sweep: linear classifier on it"} <= names
+    assert all(b.key != "cmp_run" for b in at.button) and all(b.key != "sw_run" for b in at.button)
