@@ -17,8 +17,9 @@ from explorer.layers import hook_count, ladder
 from explorer.models import fingerprint, load_model
 from explorer.transfer.compare import CompareError, compare
 from explorer.transfer.finetune import FinetuneSettings, finetune
-from explorer.transfer.recommend import bn_explanation, recommend
+from explorer.transfer.recommend import bn_explanation, recommend, with_sweep
 from explorer.transfer.report import ComparisonReport, LayerComparison, chart_series
+from explorer.transfer.report_html import render_html, save_report
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_exports_json_csv_and_html(tiny, tuned_tiny, color_folder, tmp_path):
     assert d["recommendation"]["guide"]["size"] in ("small", "large") and "code" in d["recommendation"]
     rows = list(csv.DictReader(io.StringIO(report.to_csv())))
     assert [r["name"] for r in rows] == [r.name for r in report.layers]
-    written = report.save(tmp_path / "r" / "report.json")
+    written = save_report(report, tmp_path / "r" / "report.json")
     assert [p.name for p in written] == ["report.json", "report.html", "report.csv"]
     html = written[1].read_text()
     assert "<svg" in html and "Too few images to decide" in html and "blocks.4.0" in html and "2×2 guide" in html
@@ -187,7 +188,7 @@ def test_cross_excitation_plugin_measures_units_and_returns_same_seed_renders(ti
     assert len(measured) == 2 and set(measured) == set(report.renders)
     first = next(iter(report.renders.values()))
     assert first["base"].shape == (len(first["units"]), 48, 48, 3) and first["base"].dtype == np.uint8
-    assert report.to_html().count("<img") == 2 * sum(len(r["units"]) for r in report.renders.values())
+    assert render_html(report).count("<img") == 2 * sum(len(r["units"]) for r in report.renders.values())
     assert "renders" not in json.loads(report.to_json())
 
 
@@ -462,7 +463,7 @@ def test_with_a_sweep_the_guide_compares_its_linear_classifiers_trained_on_the_w
     report = ComparisonReport(
         base={}, tuned={}, data={"classes": list("abc")}, settings={}, layers=layers, recommendation=rec
     )
-    measured = report.with_sweep(sweep, tiny).recommendation
+    measured = with_sweep(report, sweep, tiny).recommendation
     g = measured.guide
     assert (g.size, g.similarity) == ("large", "different") and g.measurements["top_probe_layer"] == "global_pool"
     assert g.measurements["probes_from"] == "the sweep's linear route" and g.measurements["probe_gap_low"] > 0

@@ -415,7 +415,7 @@ def test_science_the_defaults_reach_the_best_probe_on_digits(bundled) -> None:
 
 
 def test_the_linear_route_code_extracts_the_pooled_features_the_sweep_used(tiny) -> None:
-    from explorer.transfer.freeze import linear_route_code
+    from explorer.transfer.prefix import linear_route_code
 
     model = trainable_copy(tiny)
     scope = {"model": model}

@@ -14,6 +14,7 @@ from explorer.errors import ExplorerError
 from explorer.layers import hook_count, ladder
 from explorer.models import LoadedModel, fingerprint
 from explorer.transfer.freeze import freeze_summary
+from explorer.transfer.report_html import render_sweep_html
 from explorer.transfer.sweep import SweepError, load_sweep, sweep, sweep_settings
 from explorer.transfer.sweep_report import choose, make_options
 from explorer.transfer.sweep_tasks import (
@@ -76,7 +77,7 @@ def test_every_option_is_measured_with_its_interval_and_cost(tiny_sweep, tiny):
     channels = {r.name: r.channels for r in ladder(tiny)}
     assert opts[("blocks.2.0", "linear")].trainable == channels["blocks.2.0"] * 3 + 3  # C×K weights + K biases
     assert tiny_sweep.complete and tiny_sweep.data["heldout_images"] == 9
-    html = tiny_sweep.to_html()
+    html = render_sweep_html(tiny_sweep)
     assert "<svg" in html and "McNemar" in html and "<script" not in html
     assert tiny_sweep.to_csv().splitlines()[0].startswith("point,route,accuracy")
 

@@ -268,7 +268,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         cross_excitation=plugin,
         progress=progress_bar("comparing"),
     )
-    written = report.save(out)
+    from explorer.transfer.report_html import save_report
+
+    written = save_report(report, out)
     if args.json:
         print_json(report.to_dict())
         return 0

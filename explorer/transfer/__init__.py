@@ -29,8 +29,8 @@ from explorer.transfer.freeze import (
 )
 from explorer.transfer.guide import GuideCell
 from explorer.transfer.heldout import HeldOut, Split
-from explorer.transfer.recommend import Recommendation, recommend
-from explorer.transfer.report import ComparisonReport, LayerComparison, chart_series
+from explorer.transfer.recommend import recommend, with_sweep
+from explorer.transfer.report import ComparisonReport, LayerComparison, Recommendation, chart_series
 from explorer.transfer.sweep import (
     SweepError,
     SweepReport,
@@ -70,6 +70,7 @@ __all__ = [
     "head_name",
     "load_sweep",
     "recommend",
+    "with_sweep",
     "run_sweep_task",
     "save_checkpoint",
     "sweep",

@@ -30,13 +30,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from explorer.data import TransformedView, eval_transform, open_dataset, stratified_subset
 from explorer.errors import ExplorerError
-from explorer.layers import LayerInfo, Layout, first_tensor, forward_hooks, guess_layout, ladder
+from explorer.layers import LayerInfo, first_tensor, forward_hooks, ladder
 from explorer.models import LoadedModel
 from explorer.runtime import Progress, StopSignal, autocast, stop_requested, to_input
 from explorer.transfer.assemble import build_report, layer_rows
 from explorer.transfer.cka import layer_cka, split_halves
 from explorer.transfer.heldout import HeldOut, heldout_images, labels_of
+from explorer.transfer.pooling import gap_features, pooled_features
 from explorer.transfer.probes import ProbeResult, probe_layers
+from explorer.transfer.recommend import with_sweep
 from explorer.transfer.report import ComparisonReport
 from explorer.transfer.sweep_report import SweepReport
 from explorer.transfer.weights import has_bn_stats, hybrid
@@ -85,33 +87,6 @@ def check_comparable(base: LoadedModel, tuned: LoadedModel) -> list[str]:
 # --------------------------------------------------------------------------- pooling and the pass
 
 
-def _pool(t: torch.Tensor, grid: int | None, layout: Layout | None = None) -> torch.Tensor:
-    """A block output → (N, features) float32 for CKA: its grid (`explorer.layers` layout: NCHW, NHWC, or a ViT's
-    patch tokens, class token left out) average-pooled to grid×grid; vectors as they are. `layout` defaults to the
-    one the shape suggests."""
-    t = t.detach()
-    lay = layout or guess_layout(tuple(t.shape[1:]))
-    if lay.kind == "none":
-        return t.float().reshape(t.shape[0], -1).cpu()
-    g = lay.to_grid(t).float()
-    if grid:
-        g = nn.functional.adaptive_avg_pool2d(g, (min(grid, g.shape[2]), min(grid, g.shape[3])))
-    return g.reshape(g.shape[0], -1).cpu()
-
-
-def _gap(t: torch.Tensor, layout: Layout | None = None) -> torch.Tensor:
-    """Global-average-pooled features for the probes (N, C): the mean over the grid (patch tokens only)."""
-    t = t.detach()
-    lay = layout or guess_layout(tuple(t.shape[1:]))
-    if lay.kind == "none":
-        return t.float().reshape(t.shape[0], -1).cpu()
-    return lay.pooled(t).float().cpu()
-
-
-pooled_features = _pool  # public names for the two pooling rules (CKA; probes and the sweep's linear route)
-gap_features = _gap
-
-
 def _run(model: LoadedModel, x01: torch.Tensor, names: list[str], grid: int | None, gap: bool) -> tuple[Any, ...]:
     """One forward: pooled block outputs (and GAP features) recorded by thread-local hooks, plus logits."""
     pooled: dict[str, torch.Tensor] = {}
@@ -121,9 +96,9 @@ def _run(model: LoadedModel, x01: torch.Tensor, names: list[str], grid: int | No
         t = first_tensor(out)
         if t is None or name in pooled:
             return
-        pooled[name] = _pool(t, grid)
+        pooled[name] = pooled_features(t, grid)
         if gap:
-            gapped[name] = _gap(t)
+            gapped[name] = gap_features(t)
 
     x = to_input(model.normalize(x01.to(model.device)), model.device)
     with torch.inference_mode(), autocast(model.device), forward_hooks(model.module, dict.fromkeys(names, on_output)):
@@ -323,7 +298,7 @@ def compare(
     report.seconds = {"setup": t1 - t0, "forward": t2 - t1, "cka_and_probes": t3 - t2}
     _cross_excitation(report, base, tuned, plan.names, cross_excitation)
     report.seconds["total"] = time.perf_counter() - t0
-    return report if sweep is None else report.with_sweep(sweep, base)
+    return report if sweep is None else with_sweep(report, sweep, base)
 
 
 def _cross_excitation(

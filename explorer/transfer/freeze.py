@@ -44,7 +44,8 @@ class FreezeSummary:
         return {k: v for k, v in asdict(self).items() if k != "frozen"}
 
 
-def _module_and_size(model: Any) -> tuple[nn.Module, tuple[int, int]]:
+def module_and_size(model: Any) -> tuple[nn.Module, tuple[int, int]]:
+    """The network of a LoadedModel (or a bare module) and the input size to trace it at (224 px for a module)."""
     module = model.module if isinstance(getattr(model, "module", None), nn.Module) else model
     return module, tuple(getattr(model, "input_size", (224, 224)))  # type: ignore[return-value]
 
@@ -65,7 +66,7 @@ def frozen_modules(model: Any, freeze_after: str | None, *, order: list[str] | N
     """Names of the modules holding parameters or buffers that run at or before `freeze_after`'s output."""
     if freeze_after in (None, "", "none"):
         return []
-    module, size = _module_and_size(model)
+    module, size = module_and_size(model)
     order = order if order is not None else execution_order(module, size)
     if freeze_after not in order:
         close = difflib.get_close_matches(str(freeze_after), order, n=4, cutoff=0.5)
@@ -129,7 +130,7 @@ def freeze_table(model: Any, *, num_classes: int | None = None, points: list[str
     One trace for all rows, so the app can show the whole table at once. `num_classes` counts the head
     as the fine-tune will build it.
     """
-    module, size = _module_and_size(model)
+    module, size = module_and_size(model)
     order = execution_order(module, size)
     head = head_name(module, order)
     if points is None:
@@ -158,7 +159,7 @@ def _summary(
 
 def freeze_summary(model: Any, freeze_after: str | None, *, num_classes: int | None = None) -> FreezeSummary:
     """Trainable / non-trainable / total parameter counts when freezing after `freeze_after` (None: train all)."""
-    module, size = _module_and_size(model)
+    module, size = module_and_size(model)
     order = execution_order(module, size)
     frozen = frozen_modules(module, freeze_after, order=order)
     return _summary(module, freeze_after or None, frozen, num_classes, head_name(module, order))
@@ -191,7 +192,7 @@ def freeze_code(model: Any, freeze_after: str | None, *, var: str = "model", num
     With `num_classes`, the snippet first replaces the classifier for that many classes, and the counts in its
     comment are those of the model with the new head (as `freeze_table(num_classes=...)` shows them).
     """
-    module, size = _module_and_size(model)
+    module, size = module_and_size(model)
     head = head_name(module, execution_order(module, size))
     s = freeze_summary(model, freeze_after, num_classes=num_classes)
     new_head = _new_head_code(module, head, num_classes, var)
@@ -227,40 +228,6 @@ optimizer = torch.optim.AdamW([p for p in {var}.parameters() if p.requires_grad]
 '''
 
 
-def linear_route_code(model: Any, point: str, *, var: str = "model") -> str:
-    """Plain PyTorch + scikit-learn for the linear route a sweep measures: the frozen network's output at `point`,
-    averaged over positions, as the features of a standardised logistic regression."""
-    from explorer.transfer.prefix import prefix_layer
-
-    module, size = _module_and_size(model)
-    layer = prefix_layer(module, point, size)
-    return f'''import numpy as np
-import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-
-# The feature-extractor route: the pretrained network stays frozen (eval mode); the output of {layer!r}
-# (the freeze point {point!r}), averaged over positions, feeds a linear classifier.
-{var}.eval()
-_kept = {{}}
-_handle = {var}.get_submodule({layer!r}).register_forward_hook(lambda m, i, out: _kept.__setitem__("x", out))
-
-
-@torch.no_grad()
-def features(images: torch.Tensor) -> np.ndarray:
-    """Pooled features of a batch of normalised images (N, 3, H, W)."""
-    {var}(images)
-    x = _kept["x"]
-    return (x.mean((2, 3)) if x.dim() == 4 else x.flatten(1)).float().cpu().numpy()
-
-
-classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=300))
-# classifier.fit(features(train_images), train_labels)
-# predictions = classifier.predict(features(new_images))
-'''
-
-
 def _train_keeping_frozen_eval(self: nn.Module, mode: bool = True) -> nn.Module:
     nn.Module.train(self, mode)
     for name in getattr(self, FROZEN_ATTR, ()):
@@ -275,7 +242,7 @@ def apply_freeze(model: Any, freeze_after: str | None, *, input_size: tuple[int,
     Returns the frozen module names. Never call it on a shared model (it changes the module). `input_size`
     is the size traced for a bare module (default: the LoadedModel's, else 224).
     """
-    module, size = _module_and_size(model)
+    module, size = module_and_size(model)
     order = execution_order(module, tuple(input_size or size))  # type: ignore[arg-type]
     frozen = frozen_modules(module, freeze_after, order=order)
     covered = _collapse(module, set(frozen))

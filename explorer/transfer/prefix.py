@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from explorer.layers import execution_order, forward_hooks, forward_until, is_quiet
-from explorer.transfer.compare import gap_features
-from explorer.transfer.freeze import head_name
+from explorer.transfer.freeze import head_name, module_and_size
+from explorer.transfer.pooling import gap_features
 
 CACHE_BUDGET_BYTES = 1_500_000_000  # prefix outputs kept in memory at most (float32); points beyond it run on images
 
@@ -169,3 +170,35 @@ def compute_prefix(
         inputs=torch.cat(inputs) if inputs else None,
         skipped={},
     )
+
+
+def linear_route_code(model: Any, point: str, *, var: str = "model") -> str:
+    """Plain PyTorch + scikit-learn for the linear route a sweep measures: the frozen network's output at `point`,
+    averaged over positions, as the features of a standardised logistic regression."""
+    module, size = module_and_size(model)
+    layer = prefix_layer(module, point, size)
+    return f'''import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+# The feature-extractor route: the pretrained network stays frozen (eval mode); the output of {layer!r}
+# (the freeze point {point!r}), averaged over positions, feeds a linear classifier.
+{var}.eval()
+_kept = {{}}
+_handle = {var}.get_submodule({layer!r}).register_forward_hook(lambda m, i, out: _kept.__setitem__("x", out))
+
+
+@torch.no_grad()
+def features(images: torch.Tensor) -> np.ndarray:
+    """Pooled features of a batch of normalised images (N, 3, H, W)."""
+    {var}(images)
+    x = _kept["x"]
+    return (x.mean((2, 3)) if x.dim() == 4 else x.flatten(1)).float().cpu().numpy()
+
+
+classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=300))
+# classifier.fit(features(train_images), train_labels)
+# predictions = classifier.predict(features(new_images))
+'''

@@ -16,42 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from explorer.models import LoadedModel
 from explorer.transfer.gate import Gate, learned, too_few
 from explorer.transfer.guide import GUIDE, GuideCell, place, place_from_sweep, why
 from explorer.transfer.probes import ProbeResult
-
-if TYPE_CHECKING:
-    from explorer.transfer.report import ComparisonReport, LayerComparison
-    from explorer.transfer.sweep_report import SweepReport
+from explorer.transfer.report import ComparisonReport, LayerComparison, Recommendation
+from explorer.transfer.sweep_report import SweepReport
 
 __all__ = ["GUIDE", "GuideCell", "Recommendation", "predict", "recommend", "reconsider"]
-
-
-@dataclass
-class Recommendation:
-    """Where to freeze (or why not to say), how that was decided, and what freezing there costs and saves."""
-
-    freeze_after: str | None  # None: train every layer (or nothing decided: see `source`)
-    reason: str
-    evidence: list[str]
-    guide: GuideCell
-    trainable: int = 0
-    non_trainable: int = 0
-    total: int = 0
-    code: str = ""
-    caveats: list[str] = field(default_factory=list)
-    source: str = "prediction"  # "sweep" (measured) | "prediction" (from CKA, no sweep) | "withheld"
-    route: str = "finetune"  # "linear": a linear classifier on the pooled output of freeze_after
-    prediction: str | None = None  # the CKA prediction on all images ("none": train every layer)
-    prediction_halves: list[str | None] = field(default_factory=list)
-    stable: bool | None = None  # the two halves agree within one block
-    agreement: str = ""  # prediction against the measured sweep
-    withheld: str = ""  # why the tuned model's representation gives no advice (the gate)
-    try_next: list[str] = field(default_factory=list)
 
 
 def _fmt(x: float | None, pct: bool = False) -> str:
@@ -292,10 +265,19 @@ def reconsider(
         out.trainable, out.non_trainable, out.total = s.trainable, s.non_trainable, s.total
         out.code = freeze_code(base, freeze, num_classes=n_classes)
     if chosen is not None and chosen.route == "linear":
-        from explorer.transfer.freeze import linear_route_code
+        from explorer.transfer.prefix import linear_route_code
 
         out.trainable = chosen.trainable
         out.total = out.non_trainable + chosen.trainable
         if base is not None and freeze is not None:
             out.code = linear_route_code(base, freeze)
     return out
+
+
+def with_sweep(
+    report: ComparisonReport, sweep: SweepReport | None, base: LoadedModel | None = None
+) -> ComparisonReport:
+    """`report` with its advice decided by `sweep` (measured) instead of predicted from CKA; `base` (the compared
+    base model) recounts parameters and rewrites the code for the measured point."""
+    rec = reconsider(report.recommendation, sweep, report, base)
+    return dataclasses.replace(report, sweep=sweep, recommendation=rec)

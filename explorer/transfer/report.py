@@ -1,7 +1,8 @@
 """What a comparison produced: per-layer records in depth order, the recommendation, and their exports.
 
 `ComparisonReport.to_json()` / `.to_dict()` (NaN written as null), `.to_csv()` (one row per layer),
-`.to_html()` (a self-contained summary) and `.save(path.json)` (all three side by side). :func:`chart_series`
+and, in :mod:`explorer.transfer.report_html`, `render_html(report)` (a self-contained summary) and
+`save_report(report, path.json)` (all three side by side). :func:`chart_series`
 is the per-layer series the HTML chart and the app's plotly chart both draw, and :func:`finite` the test they
 share for a value that can be drawn.
 """
@@ -17,9 +18,31 @@ from typing import Any
 
 import numpy as np
 
-from explorer.models import LoadedModel
-from explorer.transfer.recommend import Recommendation
+from explorer.transfer.guide import GuideCell
 from explorer.transfer.sweep_report import SweepOption, SweepReport
+
+
+@dataclass
+class Recommendation:
+    """Where to freeze (or why not to say), how that was decided, and what freezing there costs and saves."""
+
+    freeze_after: str | None  # None: train every layer (or nothing decided: see `source`)
+    reason: str
+    evidence: list[str]
+    guide: GuideCell
+    trainable: int = 0
+    non_trainable: int = 0
+    total: int = 0
+    code: str = ""
+    caveats: list[str] = field(default_factory=list)
+    source: str = "prediction"  # "sweep" (measured) | "prediction" (from CKA, no sweep) | "withheld"
+    route: str = "finetune"  # "linear": a linear classifier on the pooled output of freeze_after
+    prediction: str | None = None  # the CKA prediction on all images ("none": train every layer)
+    prediction_halves: list[str | None] = field(default_factory=list)
+    stable: bool | None = None  # the two halves agree within one block
+    agreement: str = ""  # prediction against the measured sweep
+    withheld: str = ""  # why the tuned model's representation gives no advice (the gate)
+    try_next: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -78,14 +101,6 @@ class ComparisonReport:
     heldout: dict[str, Any] = field(default_factory=dict)  # status (heldout/different/unknown), note, images
     sweep: SweepReport | None = None  # the measured freeze sweep the recommendation used, if any
 
-    def with_sweep(self, sweep: SweepReport | None, base: LoadedModel | None = None) -> ComparisonReport:
-        """This report with its advice decided by `sweep` (measured) instead of predicted from CKA; `base` (the
-        compared base model) recounts parameters and rewrites the code for the measured point."""
-        from explorer.transfer.recommend import reconsider
-
-        rec = reconsider(self.recommendation, sweep, self, base)
-        return dataclasses.replace(self, sweep=sweep, recommendation=rec)
-
     def layer(self, name: str) -> LayerComparison:
         for row in self.layers:
             if row.name == name:
@@ -130,21 +145,6 @@ class ComparisonReport:
             Path(path).write_text(text)
         return text
 
-    def to_html(self) -> str:
-        from explorer.transfer.report_html import render_html
-
-        return render_html(self)
-
-    def save(self, path: str | Path) -> list[Path]:
-        """Write ``path`` (.json) and the HTML summary and CSV beside it; returns the files written."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        html, csv = p.with_suffix(".html"), p.with_suffix(".csv")
-        p.write_text(self.to_json())
-        html.write_text(self.to_html())
-        self.to_csv(csv)
-        return [p, html, csv]
-
 
 _FLOATS = {"cka", "cka_low", "cka_high", "cka_weights", "cka_stats"}
 
@@ -160,8 +160,6 @@ def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 
 def report_from_dict(d: dict[str, Any]) -> ComparisonReport:
     """Rebuild a ComparisonReport from its `to_dict()` (nulls back to NaN where the record holds floats)."""
-    from explorer.transfer.recommend import GuideCell
-
     layers = []
     for row in d["layers"]:
         row = {k: (_nan(v) if k in _FLOATS else v) for k, v in _known(LayerComparison, row).items()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -346,3 +347,14 @@ def render_sweep_html(sweep: SweepReport) -> str:
         f"</title><style>{_STYLE}</style></head><body><h1>Where to freeze: the measured sweep</h1>"
         f"<p>Base <b>{html.escape(sweep.base.get('spec', ''))}</b>.</p>{sweep_section(sweep)}</body></html>"
     )
+
+
+def save_report(report: ComparisonReport, path: str | Path) -> list[Path]:
+    """Write ``path`` (.json) and the HTML summary and CSV beside it; returns the files written."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    html, csv = p.with_suffix(".html"), p.with_suffix(".csv")
+    p.write_text(report.to_json())
+    html.write_text(render_html(report))
+    report.to_csv(csv)
+    return [p, html, csv]

@@ -30,6 +30,7 @@ from explorer.transfer.finetune import training_data
 from explorer.transfer.heldout import Split, labels_of
 from explorer.transfer.prefix import prefix_layer
 from explorer.transfer.probes import chance_level
+from explorer.transfer.report_html import render_sweep_html
 from explorer.transfer.settings import FinetuneSettings
 from explorer.transfer.sweep_report import JSONValue, SweepReport, choose, make_options
 from explorer.transfer.sweep_tasks import (
@@ -316,7 +317,7 @@ def save_sweep(report: SweepReport, out: str | Path, record: dict[str, JSONValue
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps({**record, "report": report.to_dict()}, indent=1).encode())
     write_atomic(path.with_suffix(".csv"), report.to_csv().encode())
-    write_atomic(path.with_suffix(".html"), report.to_html().encode())
+    write_atomic(path.with_suffix(".html"), render_sweep_html(report).encode())
     return [path, path.with_suffix(".csv"), path.with_suffix(".html")]
 
 

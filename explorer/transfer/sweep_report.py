@@ -137,11 +137,6 @@ class SweepReport:
         writer.writerows(rows)
         return buf.getvalue()
 
-    def to_html(self) -> str:
-        from explorer.transfer.report_html import render_sweep_html
-
-        return render_sweep_html(self)
-
 
 # --------------------------------------------------------------------------- options and the choice
 

@@ -25,8 +25,9 @@ from streamlit.testing.v1 import AppTest
 from streamlit.util import calc_hash
 
 from explorer.transfer.checkpoints import save_checkpoint
-from explorer.transfer.recommend import GuideCell, Recommendation
-from explorer.transfer.report import ComparisonReport, LayerComparison
+from explorer.transfer.guide import GuideCell
+from explorer.transfer.report import ComparisonReport, LayerComparison, Recommendation
+from explorer.transfer.report_html import render_html
 from explorer.ui.compare import store as compare_store
 from explorer.ui.compare.charts import comparison_figure, selected_layer, zones
 from explorer.ui.compare.freeze_panel import guide_markdown, ladder_frame
@@ -355,10 +356,10 @@ def test_report_round_trips_through_the_stored_json(report):
 def test_html_report_is_one_offline_file_with_the_layers_pictures(report):
     pics = np.zeros((2, 8, 8, 3), dtype=np.uint8)
     renders = {"base": pics, "tuned": pics + 200, "units": [0, 3], "per_unit": [None, None]}
-    html = compare_store.with_renders(report, "b", renders).to_html()
+    html = render_html(compare_store.with_renders(report, "b", renders))
     assert html.count("data:image/png;base64,") == 4 and "<svg" in html and "Predicted (no sweep has run)" in html
     assert "http://" not in html and "https://" not in html and "<script" not in html  # opens offline
-    assert "data:image" not in compare_store.with_renders(report, None, renders).to_html()
+    assert "data:image" not in render_html(compare_store.with_renders(report, None, renders))
 
 
 def test_guide_highlights_exactly_the_users_cell_and_ladder_greys_the_frozen_rows(report):

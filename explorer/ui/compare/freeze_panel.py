@@ -19,8 +19,7 @@ import streamlit as st
 from explorer.models import LoadedModel
 from explorer.transfer.freeze import FreezeSummary, freeze_code, freeze_table
 from explorer.transfer.guide import GuideCell, why
-from explorer.transfer.recommend import Recommendation
-from explorer.transfer.report import ComparisonReport
+from explorer.transfer.report import ComparisonReport, Recommendation
 from explorer.ui.common import model_key, page_ref
 
 NONE = "none"  # the freeze point that trains every layer

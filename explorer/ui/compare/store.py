@@ -21,8 +21,7 @@ from typing import Any
 import streamlit as st
 
 from explorer.cache import Cache, cache_root, make_key
-from explorer.transfer.recommend import Recommendation
-from explorer.transfer.report import ComparisonReport, LayerComparison
+from explorer.transfer.report import ComparisonReport, LayerComparison, Recommendation
 from explorer.transfer.sweep import SweepError, SweepReport, load_sweep
 
 KIND = "compare"

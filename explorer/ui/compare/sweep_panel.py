@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer.models import LoadedModel
+from explorer.transfer.report_html import render_sweep_html
 from explorer.transfer.settings import FinetuneSettings
 from explorer.transfer.sweep import SweepReport, sweep, sweep_settings
 from explorer.transfer.sweep_tasks import auto_points
@@ -115,7 +116,7 @@ def show(report: SweepReport, *, key: str, figure: bool) -> None:
         [
             ("Sweep CSV", report.to_csv().encode(), "csv", "text/csv"),
             ("Sweep JSON", report.to_json().encode(), "json", "application/json"),
-            ("Sweep HTML", report.to_html().encode(), "html", "text/html"),
+            ("Sweep HTML", render_sweep_html(report).encode(), "html", "text/html"),
         ],
         strict=True,
     ):

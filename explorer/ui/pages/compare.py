@@ -24,6 +24,8 @@ import streamlit as st
 from explorer.cache import cache_root
 from explorer.models import LoadedModel
 from explorer.transfer.compare import check_comparable, compare
+from explorer.transfer.recommend import with_sweep
+from explorer.transfer.report_html import render_html
 from explorer.transfer.runs import list_runs
 from explorer.ui.common import current_model, get_ladder, set_current_model, show_error
 from explorer.ui.compare import sweep_panel
@@ -186,7 +188,7 @@ def _exports(report: Any, fig: Any, layer: str | None, renders: dict[str, Any], 
         ("Comparison JSON", report.to_json().encode(), "json", "application/json", "data_object", "cmp_json", None),
         (
             "One-page HTML report",
-            lambda: with_renders(report, layer, renders).to_html().encode(),
+            lambda: render_html(with_renders(report, layer, renders)).encode(),
             "html",
             "text/html",
             "description",
@@ -260,7 +262,7 @@ def _gate(report: Any) -> None:
 def _with_sweep(base: LoadedModel, report: Any, data: tuple[str, Path]) -> tuple[Any, dict[str, int]]:
     cfg = choose_sweep_settings(data[0], base)
     measured = sweep_panel.stored(base, data[1], cfg)
-    return (report.with_sweep(measured, base) if measured is not None else report), cfg
+    return (with_sweep(report, measured, base) if measured is not None else report), cfg
 
 
 def _caption(report: Any) -> None:
