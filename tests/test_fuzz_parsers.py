@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 import torch
-from explorer.checkpoint import save_checkpoint
+from explorer.transfer.checkpoints import save_checkpoint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image

@@ -16,7 +16,8 @@ import streamlit as st
 
 LANGUAGES = {"en": "English", "pt-BR": "Português (Brasil)"}
 DEFAULT = "en"
-LANG_KEY = "lang"  # session_state and URL parameter
+LANG_KEY = "lang"  # the widget's session_state key, and the URL parameter
+CHOICE_KEY = "lang_choice"  # the session's language, kept across page switches
 LOCALES = Path(__file__).resolve().parent / "locales"
 
 
@@ -29,8 +30,8 @@ def catalogue(lang: str) -> dict[str, str]:
 
 
 def language() -> str:
-    """The session's language: the sidebar's choice (bound to ``?lang=`` in the URL), else English."""
-    for value in (st.session_state.get(LANG_KEY), st.query_params.get(LANG_KEY)):
+    """The session's language: its choice (kept across pages), else the link's ``?lang=``, else English."""
+    for value in (st.session_state.get(CHOICE_KEY), st.query_params.get(LANG_KEY)):
         if value in LANGUAGES:
             return str(value)
     return DEFAULT
@@ -42,16 +43,32 @@ def t(key: str, **fields: Any) -> str:
     return text.format(**fields) if fields else text
 
 
+def _keep_in_url() -> None:
+    lang = language()
+    if lang == DEFAULT:
+        st.query_params.pop(LANG_KEY, None)
+    elif st.query_params.get(LANG_KEY) != lang:
+        st.query_params[LANG_KEY] = lang
+
+
+def _chosen() -> None:
+    st.session_state[CHOICE_KEY] = st.session_state[LANG_KEY]
+    _keep_in_url()
+
+
 def language_switch() -> None:
-    """The sidebar's language choice, bound to the URL's ``?lang=`` so a shared link keeps it."""
-    if st.session_state.get(LANG_KEY) not in LANGUAGES:  # a session's first run: the link's language
-        st.session_state[LANG_KEY] = language()
+    """The sidebar's language choice. Streamlit forgets a widget's value on a page switch, so the choice is kept in
+    its own session key and given back to the widget on every run; it is also written into the URL on every run (a
+    page switch drops the other pages' parameters), so a copied link opens in the same language."""
+    st.session_state[CHOICE_KEY] = language()
+    st.session_state[LANG_KEY] = st.session_state[CHOICE_KEY]
     st.segmented_control(
         "Language",
         list(LANGUAGES),
         required=True,
         format_func=lambda code: LANGUAGES[code],
         key=LANG_KEY,
-        bind="query-params",
+        on_change=_chosen,
         label_visibility="collapsed",
     )
+    _keep_in_url()

@@ -122,6 +122,12 @@ def wait_images(
 
 
 @pytest.fixture
+def idle() -> Callable[..., None]:
+    """`idle(page, timeout_ms=…)`: wait until the app's script has run to the end (and no rerun follows at once)."""
+    return wait_idle
+
+
+@pytest.fixture
 def images_loaded() -> Callable[..., None]:
     """`images_loaded(page, n)`: wait until `n` images of the main area are in the page and fully loaded."""
     return wait_images
