@@ -77,8 +77,11 @@ def test_cka_is_invariant_to_the_same_row_permutation(seed: int, shape: tuple[in
 @settings(max_examples=40, deadline=None)
 @given(seed=seeds, n=st.integers(20, 60), d=st.integers(3, 12), deb=debiased)
 def test_cka_is_not_invariant_to_a_general_invertible_linear_map(seed: int, n: int, d: int, deb: bool) -> None:
-    x, _ = _pair(seed, n, d, 1)
     rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    x = x - x.mean(0)
+    x = x @ np.linalg.inv(np.linalg.cholesky(x.T @ x / n)).T  # white: a representation whose every direction counts
+    # (with one dominant direction, any map that keeps it reads CKA ≈ 1: seed 1475, n=20, d=3 did, at 0.996)
     # An invertible but far-from-orthogonal map: strongly anisotropic scaling after a rotation.
     q, _ = np.linalg.qr(rng.normal(size=(d, d)))
     a = q @ np.diag(np.logspace(0, 3, d))

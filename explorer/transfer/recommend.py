@@ -90,7 +90,8 @@ def _evidence(layers: list[LayerComparison], probes: dict[str, ProbeResult | Non
     for r in body_rows(layers):
         bits = [f"CKA {_fmt(r.cka)} [{_fmt(r.cka_low)}, {_fmt(r.cka_high)}]"]
         if math.isfinite(r.cka_weights):
-            bits.append(f"weights only {_fmt(r.cka_weights)}, BN statistics only {_fmt(r.cka_stats)}")
+            bits.append(f"tuned weights + base BN stats {_fmt(r.cka_weights)}, base weights + tuned BN stats "
+                        f"{_fmt(r.cka_stats)}")  # fmt: skip
         if r.weight_rms is not None:
             step = f", {r.weight_per_step:.2g} of the step budget" if r.weight_per_step is not None else ""
             bits.append(f"weight RMS change {r.weight_rms:.2g}{step}")
@@ -258,6 +259,7 @@ def reconsider(
         reason=f"Measured by the freeze sweep: {sweep.choice.reason}",
         agreement=agreement,
         guide=guide or rec.guide,
+        evidence=[e for e in rec.evidence if e != why(rec.guide)] + [why(guide or rec.guide)],
     )
     n_classes = len(report.data.get("classes") or []) or None
     if base is not None:

@@ -222,7 +222,7 @@ def render_html(report: ComparisonReport) -> str:
         if report.tuned_accuracy is not None
         else ""
     )
-    sweep = sweep_section(report.sweep) if report.sweep is not None else ""
+    sweep = sweep_section(report.sweep, box=False) if report.sweep is not None else ""
     code = f"<h2>Freeze there in PyTorch</h2><pre>{html.escape(rec.code)}</pre>" if rec.source != "withheld" else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Layer Explorer · before and after fine-tuning</title>
@@ -259,13 +259,15 @@ def sweep_svg(sweep: SweepReport) -> str:
     n = len(points)
     if not n:
         return ""
+    lo = max(0.0, min(o.low for o in sweep.options) - 0.02)  # zoomed: the options differ by a few points
+    lo = 0.0 if lo < 0.25 else lo
     x = lambda i: _PAD_L + (i + 0.5) * (_W - _PAD_L - _PAD_R) / n
-    y = lambda v: _PAD_T + (1 - max(0.0, min(1.0, v))) * (_H - _PAD_T - _PAD_B)
+    y = lambda v: _PAD_T + (1 - (max(lo, min(1.0, v)) - lo) / (1 - lo)) * (_H - _PAD_T - _PAD_B)
     parts = [f'<svg viewBox="0 0 {_W} {_H}" width="100%" role="img" aria-label="freeze sweep">']
-    for v in (0, 0.25, 0.5, 0.75, 1.0):
+    for v in np.linspace(lo, 1.0, 5):
         parts.append(f'<line x1="{_PAD_L}" x2="{_W - _PAD_R}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>')
-        parts.append(f'<text x="{_PAD_L - 6}" y="{y(v) + 4:.1f}" font-size="11" text-anchor="end">{v:g}</text>')
-    if finite(sweep.chance):
+        parts.append(f'<text x="{_PAD_L - 6}" y="{y(v) + 4:.1f}" font-size="11" text-anchor="end">{v:.0%}</text>')
+    if finite(sweep.chance) and sweep.chance >= lo:
         parts.append(
             f'<line x1="{_PAD_L}" x2="{_W - _PAD_R}" y1="{y(sweep.chance):.1f}" y2="{y(sweep.chance):.1f}" '
             'stroke="#999" stroke-dasharray="2,3"/>'
@@ -317,8 +319,9 @@ def _pct1(v: float) -> str:
     return f"{100 * v:.1f} %" if finite(v) else "n/a"
 
 
-def sweep_section(sweep: SweepReport) -> str:
-    """The sweep as an HTML fragment: the recommendation, the curve, the table, how it was decided."""
+def sweep_section(sweep: SweepReport, *, box: bool = True) -> str:
+    """The sweep as an HTML fragment: the recommendation (unless `box` is False: the page already says it), the
+    curve, the table, how it was decided."""
     c = sweep.choice
     title = (
         "No recommendation"
@@ -328,10 +331,12 @@ def sweep_section(sweep: SweepReport) -> str:
     tries = "".join(f"<li>{html.escape(t)}</li>" for t in c.try_next)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in sweep.notes)
     d = sweep.data
+    head = f'<div class="box"><h2>{title}</h2><p>{html.escape(c.reason)}</p>' + (
+        f"<ul>{tries}</ul></div>" if tries else "</div>"
+    )
     return (
-        f'<div class="box"><h2>{title}</h2><p>{html.escape(c.reason)}</p>'
-        f"{f'<ul>{tries}</ul>' if tries else ''}</div>"
-        f"<h2>Held-out accuracy at each freeze point</h2>{sweep_svg(sweep)}{_sweep_table(sweep)}"
+        (head if box else "")
+        + f"<h2>Held-out accuracy at each freeze point</h2>{sweep_svg(sweep)}{_sweep_table(sweep)}"
         f"<p><small>{d.get('train_images')} training and {d.get('heldout_images')} held-out images of "
         f"{html.escape(str(d.get('source')))}; {sweep.settings.get('epochs')} epochs, "
         f"{sweep.settings.get('input_size')} px, augmentation {sweep.settings.get('augment')}, "

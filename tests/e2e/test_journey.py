@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -53,7 +54,9 @@ def _click_column(page, names: list[str], layer: str) -> float:
 
 
 def _panel_heading(page) -> str:
-    return page.locator("h3", has_text="Freeze up to").first.inner_text().strip()
+    """The freeze panel's heading: 'Freeze up to X', or 'Train every layer' when no point is advised (60 images: too
+    few held out to decide)."""
+    return page.locator("h3", has_text=re.compile("Freeze up to|Train every layer")).first.inner_text().strip()
 
 
 def _page_switch(page, title: str, ready: str) -> float:
