@@ -39,6 +39,7 @@ from explorer.ui.common import current_model, model_key, page_ref, progress_call
 from explorer.ui.widgets.figures import top_figure
 from explorer.ui.widgets.gallery import RenderSettings, link_params
 from explorer.ui.widgets.images import image_picker
+from explorer.ui.widgets.queue import turn
 
 DEFAULT_METHOD = "gradcam"
 AUTO = -1  # target: the predicted class
@@ -161,21 +162,23 @@ def _run(
     if res is not None or not allowed:
         return res
     label = METHODS[method].label
-    if METHODS[method].per_layer_passes:
-        base = model.to_tensor01(image).permute(1, 2, 0).cpu()
-        draw = progress_callback(st.container(), text=f"{label}: layer")
+    box = st.container()
+    with turn("attribution", box):  # the server's fair queue: heavy work takes its turn, with a visible wait
+        if METHODS[method].per_layer_passes:
+            base = model.to_tensor01(image).permute(1, 2, 0).cpu()
+            draw = progress_callback(box, text=f"{label}: layer")
 
-        def progress(done: int, total: int, preview: Any = None) -> None:
-            pic = None
-            if preview is not None:  # (layer, (1, h, w) map): show it over the image on its own scale
-                top = float(preview[1][0].abs().max()) or 1e-12
-                pic = np.asarray(overlay(base, preview[1][0], -top, top, mode="signed"))
-            draw(done, total, pic)
+            def progress(done: int, total: int, preview: Any = None) -> None:
+                pic = None
+                if preview is not None:  # (layer, (1, h, w) map): show it over the image on its own scale
+                    top = float(preview[1][0].abs().max()) or 1e-12
+                    pic = np.asarray(overlay(base, preview[1][0], -top, top, mode="signed"))
+                draw(done, total, pic)
 
-        res = attribute(model, image, layers, method, target, progress=progress, **options)
-    else:
-        with st.spinner(f"{label}: one pass through the network…"):
-            res = attribute(model, image, layers, method, target, **options)
+            res = attribute(model, image, layers, method, target, progress=progress, **options)
+        else:
+            with st.spinner(f"{label}: one pass through the network…"):
+                res = attribute(model, image, layers, method, target, **options)
     _store().put(key, res)
     return res
 
@@ -342,12 +345,14 @@ def _channels_section(model: LoadedModel, layers: list[str], scores: dict[str, A
         label = f"Render the {len(missing)} missing visualizations (fast preset, one batch)"
         cheap = model.device.type == "cuda"  # seconds on a GPU; minutes on a CPU, so there it waits for a click
         if cheap or st.button(label, key="att_render", icon=":material/brush:"):
-            draw = progress_callback(st.container(), text="Rendering visualizations: image-steps")
+            box = st.container()
             try:
-                out = fv.render_cached(
-                    model, [objectives[i] for i in missing], FV_PRESET,
-                    progress=lambda d, t, p=None: draw(d, t, p.images if p is not None else None),
-                )  # fmt: skip
+                with turn("render", box):
+                    draw = progress_callback(box, text="Rendering visualizations: image-steps")
+                    out = fv.render_cached(
+                        model, [objectives[i] for i in missing], FV_PRESET,
+                        progress=lambda d, t, p=None: draw(d, t, p.images if p is not None else None),
+                    )  # fmt: skip
                 pics.update({objs[i]: out.images[j] for j, i in enumerate(missing)})
             except Exception as exc:
                 show_error(exc)
