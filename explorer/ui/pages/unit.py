@@ -10,6 +10,7 @@ URL: `?layer=blocks.3.2&unit=17&preset=fast&seed=0[&steps=…&size=…][&data=de
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,13 @@ from explorer.ui.widgets.layers import (
     PER_PAGE,
     block_names,
     channels_of,
+    default_layer,
     get_stage_map,
     layer_from_url,
     layer_label,
     renderable_layers,
 )
+from explorer.ui.widgets.queue import turn
 
 K = 8  # dataset examples per unit
 SOURCES = {
@@ -186,9 +189,20 @@ def _examples(model: LoadedModel, folder: Path, layer: str) -> Any:
             on_click=lambda: st.session_state.pop(stopped_key("unit_examples"), None),
         )
         return None
-    found = dataset_examples(model, folder, [layer], k=K, progress=progress_callback(left, text="Scanning images…"))
+    done = _scanned()
+    key = (model.fingerprint, str(folder.resolve()), layer, K)
+    with turn("examples", left) if key not in done else nullcontext():  # a scan takes its turn; a known hit not
+        found = dataset_examples(model, folder, [layer], k=K, progress=progress_callback(left, text="Scanning images…"))
+    done.add(key)
     slot.empty()
     return found[layer]
+
+
+@st.cache_resource(show_spinner=False)
+def _scanned() -> set[tuple[Any, ...]]:
+    """(model, folder, layer, k) scans this process has finished: their results are in the disk cache, so opening
+    them again does not queue behind other sessions' heavy jobs (after a restart the first visit queues once)."""
+    return set()
 
 
 def display_maps(maps: torch.Tensor, method: str, smooth: int = 9, percentile: float = 0.995) -> tuple[Any, float]:
@@ -320,9 +334,10 @@ def render() -> None:
         st.info(f"{model.spec} has no layer with a spatial output to visualise.")
         return
     settings = settings_from_url(suggested_settings(model))
-    if st.query_params.get("layer", blocks[0]) not in layers:
+    fallback = default_layer(model, layers)
+    if st.query_params.get("layer", fallback) not in layers:
         st.query_params.pop("unit", None)  # a unit of an unknown layer means nothing: one message is enough
-    layer = layer_from_url(model, layers, blocks[0])
+    layer = layer_from_url(model, layers, fallback)
     units = channels_of(layers[layer])
     unit = _unit_from_url(units)
     options = blocks if layer in blocks else [*blocks, layer]
