@@ -37,7 +37,7 @@ from explorer.layers import layout_of
 from explorer.models import LoadedModel
 from explorer.ui.common import current_model, model_key, page_ref, progress_callback, show_error
 from explorer.ui.widgets.figures import top_figure
-from explorer.ui.widgets.gallery import RenderSettings, link_params
+from explorer.ui.widgets.gallery import PLACEHOLDER_HTML, RenderSettings, link_params
 from explorer.ui.widgets.images import image_picker
 from explorer.ui.widgets.queue import turn
 
@@ -213,6 +213,15 @@ def _placeholder() -> Image.Image:
     pic = Image.new("RGB", (96, 96), "#eeeeee")
     ImageDraw.Draw(pic).text((48, 48), "not\nrendered", fill="#999", anchor="mm", align="center")
     return pic
+
+
+def _placeholder_grid(layers: list[str]) -> None:
+    """Grey squares where the maps will be, one per layer (HTML: nothing to fetch), while the method runs."""
+    for start in range(0, len(layers), GRID_COLUMNS):
+        cols = st.columns(GRID_COLUMNS)
+        for col, name in zip(cols, layers[start : start + GRID_COLUMNS], strict=False):
+            col.markdown(PLACEHOLDER_HTML, unsafe_allow_html=True)
+            col.caption(f"{name} · computing…")
 
 
 # --------------------------------------------------------------------------- page sections
@@ -406,9 +415,15 @@ def render() -> None:
         st.warning(f"{METHODS[method].label} cannot run on this network: {cost.reason}", icon=":material/block:")
         return
     st.info(cost.describe(), icon=":material/speed:")
+    pending = st.empty()
     try:
         cheap = cost.relative <= AUTO_RUN_MAX
-        res = _run(model, image, digest, method, target, used, options, allowed=cheap)
+        res = _run(model, image, digest, method, target, used, options, allowed=False)
+        if res is None and cheap:  # computing now: the maps' places show at once, filled when it is done
+            with pending.container():
+                _placeholder_grid(used)
+            res = _run(model, image, digest, method, target, used, options, allowed=True)
+        pending.empty()
         if res is None:
             st.caption(
                 "This method is slow on this input; run it when ready (a progress bar follows it layer by layer)."
@@ -423,6 +438,7 @@ def render() -> None:
         else:
             scores = _run(model, image, digest, "gradxact", target, used, {}, allowed=True).channels  # type: ignore[union-attr]
     except Exception as exc:
+        pending.empty()
         show_error(exc)
         return
     k = int(st.session_state.get("att_k", 3))

@@ -36,7 +36,9 @@ from explorer.models import LoadedModel
 from explorer.ui.common import ARCH_KEY, SPEC_KEY, progress_callback
 from explorer.ui.widgets.queue import turn
 
-SQUARE = "width:100%;aspect-ratio:1/1;border-radius:4px;box-sizing:border-box;"
+# A square as wide as its column; the bottom margin undoes markdown's -1rem, so it takes the height of an st.image and
+# the caption under it does not move when the picture arrives.
+SQUARE = "width:100%;aspect-ratio:1/1;border-radius:4px;box-sizing:border-box;margin-bottom:1rem;"
 PLACEHOLDER_HTML = f'<div class="lx-tile-empty" style="{SQUARE}background:#ececec"></div>'
 INACTIVE_HTML = (
     f'<div class="lx-tile-inactive" style="{SQUARE}border:1px dashed #b0b0b0;background:#f6f6f6;color:#666;'
