@@ -110,8 +110,8 @@ def _ok(at: AppTest) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
-def _image_captions(at: AppTest, prefix: str) -> list[str]:
-    return [im.caption for el in at.get("image") for im in el.proto.imgs if im.caption.startswith(prefix)]
+def _captions(at: AppTest, prefix: str) -> list[str]:
+    return [c.value for c in at.caption if c.value.startswith(prefix)]
 
 
 def _placeholders(at: AppTest) -> int:
@@ -235,7 +235,7 @@ def test_the_stem_is_shown_as_its_kernels_next_to_the_layer_after_its_nonlineari
     at = _open("layer", layer="conv_stem", **TINY)
     _ok(at)
     assert any("linear in the pixels" in i.value and "weights are the picture" in i.value for i in at.info)
-    assert _image_captions(at, "kernel") == [f"kernel {u}" for u in range(16)]
+    assert _captions(at, "kernel ") == [f"kernel {u}" for u in range(16)]
     # no picture of conv_stem itself: the units of bn1 (its channels after ReLU6) in two batches of 8
     assert renders.calls == [[f"channel(bn1:{u})" for u in range(8)], [f"channel(bn1:{u})" for u in range(8, 16)]]
     assert _images(at) == 16 + 16  # kernels and pictures, in pairs
@@ -244,7 +244,17 @@ def test_the_stem_is_shown_as_its_kernels_next_to_the_layer_after_its_nonlineari
     assert [b for b in at.get("download_button") if "kernels of conv_stem" in b.proto.label]
     at.number_input(key="layer_page").set_value(2).run()  # units 16–31 on page 2
     _ok(at)
-    assert _image_captions(at, "kernel") == [f"kernel {u}" for u in range(16, 32)]
+    assert _captions(at, "kernel ") == [f"kernel {u}" for u in range(16, 32)]
+
+
+def test_the_unit_page_of_a_stem_channel_shows_its_kernel_and_links_past_the_nonlinearity(monkeypatch):
+    renders = Renders(monkeypatch, fake=True)
+    at = _open("unit", layer="conv_stem", unit="3", **TINY)
+    _ok(at)
+    assert renders.calls == []  # no activation maximization of a layer that is linear in the pixels
+    assert any("weights are the picture" in i.value for i in at.info)
+    assert _captions(at, "kernel ") == ["kernel 3"]
+    assert [(link["layer"], link["unit"]) for link in _links(at, "unit")] == [("bn1", "3")]
 
 
 def test_a_unit_that_cannot_be_raised_is_marked_inactive_not_drawn(monkeypatch):

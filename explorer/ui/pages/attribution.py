@@ -39,6 +39,7 @@ from explorer.ui.common import current_model, model_key, page_ref, progress_call
 from explorer.ui.widgets.figures import top_figure
 from explorer.ui.widgets.gallery import PLACEHOLDER_HTML, RenderSettings, link_params
 from explorer.ui.widgets.images import image_picker
+from explorer.ui.widgets.layers import get_kernel_figure
 from explorer.ui.widgets.queue import turn
 
 DEFAULT_METHOD = "gradcam"
@@ -336,12 +337,17 @@ def _channels_section(model: LoadedModel, layers: list[str], scores: dict[str, A
     k = pick.slider("Channels per layer", 1, 8, 3, key="att_k")
     text.caption(
         "Per layer, the channels with the largest gradient × activation summed over space (raw scores). The "
-        "pictures are their feature visualizations (fast preset); click a channel to open it on the Unit page."
+        "pictures are their feature visualizations (fast preset; for the first convolution, its kernels); click a "
+        "channel to open it on the Unit page."
     )
     tops = {n: top_channels(scores, n, k) for n in layers}
-    objs = [(n, c) for n in layers for c, _ in tops[n]]
-    objectives = [fv.channel(n, c) for n, c in objs]
     pics: dict[tuple[str, int], Any] = {}
+    for n in layers:  # a convolution over the colour channels is shown as its kernels (nothing to render)
+        figure = get_kernel_figure(model, n)
+        for c, _ in tops[n] if figure is not None else []:
+            pics[(n, c)] = figure.tiles[c]  # type: ignore[union-attr]
+    objs = [(n, c) for n in layers for c, _ in tops[n] if (n, c) not in pics]
+    objectives = [fv.channel(n, c) for n, c in objs]
     try:
         for key, entry in zip(objs, fv.lookup(model, objectives, FV_PRESET), strict=True):
             if entry is not None:

@@ -98,7 +98,7 @@ def _first_layer(
         )
         cols = st.columns(COLS)
         for k, u in enumerate(shown):
-            cols[k % COLS].image(figure.tiles[u], caption=f"kernel {u}", width="stretch")
+            Tile(cols[k % COLS]).show(figure.tiles[u], f"kernel {u}")
         return
     st.caption(
         f"Left of each pair: the kernel of {layer}. Right: what **{after}** (the same channel after its "
@@ -109,7 +109,7 @@ def _first_layer(
     for start in range(0, len(shown), PAIRS):
         cols = st.columns(2 * PAIRS, gap="small")
         for j, u in enumerate(shown[start : start + PAIRS]):
-            cols[2 * j].image(figure.tiles[u], caption=f"kernel {u}", width="stretch")
+            Tile(cols[2 * j]).show(figure.tiles[u], f"kernel {u}")
             tile = Tile(cols[2 * j + 1])
             tile.show(None, "waiting…")
             tile.actions.page_link(
@@ -195,16 +195,21 @@ def render() -> None:
     top[1].number_input(f"Page (of {pages})", 1, pages, key="layer_page", on_change=_on_page)
     stage = stages.stage_of(layer)
     row = layers[layer]
+    figure = get_kernel_figure(model, layer)
+    span = f"units {(page - 1) * PER_PAGE}–{min(page * PER_PAGE, units) - 1} below"
     st.caption(
         f"{layer} ({row.type}, output {'×'.join(map(str, row.out_shape))})"
         + (f" is in the **{stage}** stage of this network." if stage else ".")
-        + f" {units} units; units {(page - 1) * PER_PAGE}–{min(page * PER_PAGE, units) - 1} below, rendered as one "
-        "batch. Open a unit for its neuron, negative and diversity images and the dataset examples that excite it."
+        + (
+            f" {units} units; {span}, rendered as one batch. Open a unit for its neuron, negative and diversity "
+            "images and the dataset examples that excite it."
+            if figure is None
+            else f" It reads the image's colour channels: {units} units, {span} as their kernels."
+        )
     )
     settings_form(settings, "layer", model)
     status = st.container()
     shown = list(range((page - 1) * PER_PAGE, min(page * PER_PAGE, units)))
-    figure = get_kernel_figure(model, layer)
     if figure is not None:
         try:
             _first_layer(model, figure, shown, settings, status)

@@ -21,9 +21,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from explorer.featurevis import Objective, channel, diverse, negative, neuron
+from explorer.featurevis.kernels import KernelFigure
 from explorer.layers import LayerInfo
 from explorer.models import LoadedModel
 from explorer.ui.common import current_model, model_key, page_ref, progress_callback, show_error
+from explorer.ui.i18n import t
 from explorer.ui.widgets.gallery import (
     RenderSettings,
     Tile,
@@ -44,6 +46,7 @@ from explorer.ui.widgets.layers import (
     block_names,
     channels_of,
     default_layer,
+    get_kernel_figure,
     get_stage_map,
     layer_from_url,
     layer_label,
@@ -121,8 +124,8 @@ def _visualizations(model: LoadedModel, layer: str, unit: int, settings: RenderS
         "Value: the objective each reached (for negative, minus the unit's mean)."
     )
     tiles += tile_grid(4, 4)
-    for t in tiles[:3]:
-        t.show(None, "waiting…")
+    for tile in tiles[:3]:
+        tile.show(None, "waiting…")
     result = render_tiles(
         model, unit_objectives(layer, unit), settings, tiles, KINDS, key=f"unit_{layer}_{unit}", status=status
     )
@@ -140,6 +143,27 @@ def _visualizations(model: LoadedModel, layer: str, unit: int, settings: RenderS
             icon=":material/folder_zip:",
             on_click="ignore",
         )
+
+
+def _kernel(figure: KernelFigure, unit: int, settings: RenderSettings) -> None:
+    """A unit of a convolution over the colour channels: its kernel is its picture (no render)."""
+    st.subheader("What it responds to")
+    st.info(t("layer.first_conv.why"), icon=":material/lightbulb:")
+    cols = st.columns(4)
+    Tile(cols[0]).show(figure.tiles[unit], f"kernel {unit}")
+    with cols[1].container():
+        st.caption(
+            f"One of {figure.describe()}, enlarged and scaled on its own: grey is 0, a brighter colour a positive "
+            "weight on that colour, a darker one a negative weight."
+            + (" This kernel is zero (a pruned channel)." if unit in figure.zero else "")
+        )
+        if figure.after is not None:
+            st.page_link(
+                page_ref("unit", "Unit"),
+                label=f"Unit {unit} of {figure.after}, after the nonlinearity",
+                icon=":material/open_in_new:",
+                query_params=link_params(settings, layer=figure.after, unit=unit),
+            )
 
 
 # --------------------------------------------------------------------------- dataset examples
@@ -358,8 +382,12 @@ def render() -> None:
         query_params=link_params(settings, layer=layer, page=unit // PER_PAGE + 1),
     )
     settings_form(settings, "unit", model)
+    figure = get_kernel_figure(model, layer)
     try:
-        _visualizations(model, layer, unit, settings)
+        if figure is not None:
+            _kernel(figure, unit, settings)
+        else:
+            _visualizations(model, layer, unit, settings)
     except Exception as exc:
         show_error(exc)
     _examples_section(model, layer, unit)
