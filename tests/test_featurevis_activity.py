@@ -6,14 +6,21 @@ import numpy as np
 import pytest
 
 from explorer.featurevis import channel, render
-from explorer.featurevis.activity import FLAT_STD, ZERO_TOL, activity
+from explorer.featurevis.activity import FLAT_STD, MIN_STEPS, ZERO_TOL, activity
 
 RNG = np.random.default_rng(0)
 TEXTURE = RNG.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
 
 
+def _curve(*values: float) -> np.ndarray:
+    """A curve of MIN_STEPS steps ending with `values` (zeros before)."""
+    out = np.zeros(MIN_STEPS)
+    out[-len(values) :] = values
+    return out
+
+
 def test_a_curve_that_never_leaves_zero_is_inactive_whatever_the_image():
-    state = activity([0.0, 0.002, -0.01, 0.03], TEXTURE)
+    state = activity(_curve(0.0, 0.002, -0.01, 0.03), TEXTURE)
     assert state.inactive and state.reason == "never left zero" and state.final == pytest.approx(0.03)
     assert "inactive" in state.describe() and "0.03" in state.describe()
     assert activity(np.zeros(48), None).inactive  # a dead ReLU: exactly 0 at every step
@@ -26,17 +33,23 @@ def test_a_constant_curve_away_from_zero_is_inactive():
 
 def test_a_flat_image_is_inactive():
     flat = np.full((32, 32, 3), 128, np.uint8)
-    flat[0, 0] = 140  # a speck is still flat
+    flat[0, 0] = 160  # a speck is still flat
     assert float(flat.std()) < FLAT_STD
     state = activity(np.linspace(0.5, 2.0, 48), flat)
     assert state.inactive and state.reason == "flat image"
+
+
+def test_a_render_too_short_to_tell_is_not_judged():
+    near_grey = np.full((32, 32, 3), 128, np.uint8) + RNG.integers(0, 4, size=(32, 32, 3), dtype=np.uint8)
+    for curve in ([0.0, 0.05], np.zeros(MIN_STEPS - 1), [1.9, 1.89]):  # two steps of a live unit look like this
+        assert not activity(curve, near_grey).inactive
 
 
 def test_a_rising_curve_with_a_picture_is_active():
     state = activity(np.linspace(0.0, 2.0, 48), TEXTURE)
     assert not state.inactive and state.describe() == "" and state.final == pytest.approx(2.0)
     assert not activity(np.linspace(-3.0, -0.5, 48), TEXTURE).inactive  # a negative that rose: it moved
-    assert not activity([ZERO_TOL * 3], TEXTURE).inactive  # one step above the tolerance
+    assert not activity(_curve(ZERO_TOL * 3), TEXTURE).inactive  # one step above the tolerance
     assert not activity([float("nan")], TEXTURE).inactive  # a cached image without its curve: judged by the image
 
 

@@ -10,9 +10,11 @@ Read from what every render keeps (its objective curve and its image), so cached
 - **the image did not move**: the pixels' standard deviation is below `FLAT_STD` (out of 255): the gradient was
   zero, the image is the grey it started as.
 
-The thresholds come from the bundled EfficientNet-Lite0 with the fast preset (tests/test_featurevis_activity.py):
-the inactive units of conv_stem (0, 5, 11, 15) stay below 0.04 at every step and unit 11's image has a std of 3,
-while no unit of the blocks looked at stays under 0.5 or has a std under 20.
+A render shorter than `MIN_STEPS` is not judged: after two steps a live unit can still sit near zero on a
+near-grey image. The thresholds come from the bundled EfficientNet-Lite0 with the fast preset
+(tests/test_featurevis_activity.py): conv_stem's units 0, 5, 11 and 15 stay below 0.04 at every step (zero-sum or
+zero kernels), bn1's units 11 and 14 sit at exactly 0 on a grey image (std < 1), while the live units of bn1,
+blocks.1.0 and blocks.4.1 end above 1.5 with images of std above 20.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import numpy as np
 
 ZERO_TOL = 0.1  # |objective| at or below this at every step: it never left zero
 CONSTANT_TOL = 1e-4  # curve range at or below this × max(1, |final|): the objective did not move
-FLAT_STD = 6.0  # pixel std (0–255) below this: the image never moved from its grey start
+FLAT_STD = 2.0  # pixel std (0–255) below this: the image never moved from its grey start
+MIN_STEPS = 16  # shorter renders are not judged
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,11 @@ def activity(curve: Sequence[float] | np.ndarray, image: np.ndarray | None = Non
     values = np.asarray(curve, dtype=np.float64).ravel()
     values = values[np.isfinite(values)]
     final = float(values[-1]) if values.size else float("nan")
-    if values.size and float(np.abs(values).max()) <= ZERO_TOL:
+    if values.size < MIN_STEPS:  # too short to tell (or no curve kept): a picture, as it is
+        return Activity(False, final)
+    if float(np.abs(values).max()) <= ZERO_TOL:
         return Activity(True, final, "never left zero")
-    if values.size > 1 and float(np.ptp(values)) <= CONSTANT_TOL * max(1.0, abs(final)):
+    if float(np.ptp(values)) <= CONSTANT_TOL * max(1.0, abs(final)):
         return Activity(True, final, "constant")
     if image is not None and float(np.asarray(image, dtype=np.float64).std()) < FLAT_STD:
         return Activity(True, final, "flat image")

@@ -259,14 +259,15 @@ def test_the_unit_page_of_a_stem_channel_shows_its_kernel_and_links_past_the_non
 
 def test_a_unit_that_cannot_be_raised_is_marked_inactive_not_drawn(monkeypatch):
     Renders(monkeypatch, fake=True, dead=("channel(blocks.0.0:3)",))
-    at = _open("layer", layer="blocks.0.0", **TINY)
+    judged = {**TINY, "steps": "16"}  # a render shorter than MIN_STEPS is not judged
+    at = _open("layer", layer="blocks.0.0", **judged)
     _ok(at)
     assert "unit 3" not in _values(at) and len(_values(at)) == 15
     assert [c.value for c in at.caption if "inactive" in c.value] == ["unit 3 · inactive · 0.00"]
     marks = [m.value for m in at.markdown if "lx-tile-inactive" in m.value]
     assert len(marks) == 1 and "objective stayed at 0" in marks[0] and "final 0.00" in marks[0]
     assert _images(at) == 15  # no grey square pretends to be its picture
-    again = _open("layer", layer="blocks.0.0", **TINY)  # from the cache: the same verdict
+    again = _open("layer", layer="blocks.0.0", **judged)  # from the cache: the same verdict
     assert [c.value for c in again.caption if "inactive" in c.value] == ["unit 3 · inactive · 0.00"]
 
 
