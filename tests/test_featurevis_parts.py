@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from explorer.featurevis.param import (
     make_param,
     natural_spectrum,
 )
-from explorer.featurevis.transforms import Augment, TransformSpec, classic_theta
+from explorer.featurevis.transforms import Augment, TransformSpec, classic_theta, wrap_sample
 from explorer.layers import to_nchw
 
 
@@ -235,6 +236,41 @@ def test_augment_is_differentiable_and_fills_with_grey():
     assert out[0, :, 24, 24].abs().max() < 1e-6  # the image sits in the middle
     (g,) = torch.autograd.grad(out.sum(), img)
     assert g.abs().sum() > 0
+
+
+def test_wrap_reads_the_image_as_a_torus():
+    img = torch.rand(1, 3, 8, 8)
+    eye = torch.eye(2, 3)[None]
+    grid = torch.nn.functional.affine_grid(eye, [1, 3, 8, 8], align_corners=False)
+    assert torch.allclose(wrap_sample(img, grid), img, atol=1e-6)  # identity is the image
+    assert torch.allclose(wrap_sample(img, grid + 2.0), img, atol=1e-5)  # one whole period further: the same
+    one_px = torch.tensor([2 / 8, 0.0])  # one pixel to the right: column j reads column j+1, the last the first
+    assert torch.allclose(wrap_sample(img, grid + one_px), img.roll(-1, dims=3), atol=1e-5)
+    half = wrap_sample(img, grid + one_px / 2)[..., -1]  # half a pixel past the last column: half of the first
+    assert torch.allclose(half, (img[..., -1] + img[..., 0]) / 2, atol=1e-5)
+
+
+def test_wrap_shows_no_pad_and_rolls_only_images_that_may_move():
+    img = torch.zeros(3, 3, 16, 16, requires_grad=True)
+    spec = TransformSpec(pad=16, jitter=1, scales=(1.0,), angles=(0.0,), jitter2=1, wrap=True, roll=1.0)
+    gens = [image_generator(0, k) for k in "abc"]
+    aug = Augment(spec, gens, (48, 48), lambda x: x, torch.device("cpu"), shift=[True, False, True])
+    out = aug(img)
+    assert out.abs().max() < 1e-6  # the padding is more of the image (zeros here), never the grey fill
+    (g,) = torch.autograd.grad(out.sum(), img)
+    assert torch.allclose(g, torch.full_like(g, g.mean()), rtol=1e-4)  # every pixel seen equally: no border
+    shifts = torch.stack([aug.thetas(16)[:, :, 2] for _ in range(200)])  # (draws, images, 2)
+    assert torch.allclose(shifts[:, 1], torch.zeros(200, 2))  # the neuron's image stays put (no jitter here)
+    assert shifts[:, 0].abs().max() > 0.8 and shifts[:, 2].std() > 0.4  # the others roll over the whole period
+    plain = Augment(replace(spec, roll=0.0), gens, (48, 48), lambda x: x, torch.device("cpu"))
+    assert torch.allclose(plain.thetas(16)[:, :, 2], torch.zeros(3, 2))
+
+
+def test_the_fast_preset_wraps_and_rolls_and_classic_stays_lucents():
+    from explorer.featurevis.presets import CLASSIC, FAST
+
+    assert FAST.transforms.wrap and FAST.transforms.roll == 1.0 and FAST.transforms.roll_stride == 8
+    assert not CLASSIC.transforms.wrap and CLASSIC.transforms.roll == 0.0 and CLASSIC.transforms.fill == 0.5
 
 
 def test_crops_make_copies_with_noise():

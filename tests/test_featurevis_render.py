@@ -157,7 +157,7 @@ def test_same_seed_same_image_other_seed_other_image(model):
     assert not np.array_equal(a.images, c.images)
 
 
-@pytest.mark.parametrize("preset", ["classic", "maco"])
+@pytest.mark.parametrize("preset", ["classic", "maco", "fast"])
 def test_a_unit_in_a_batch_equals_the_unit_alone(model, preset, tmp_path, monkeypatch):
     monkeypatch.setenv("LAYER_EXPLORER_CACHE", str(tmp_path))
     p = get_preset(preset, steps=8, size=24)
@@ -171,6 +171,17 @@ def test_a_unit_in_a_batch_equals_the_unit_alone(model, preset, tmp_path, monkey
     # and the batch size never changes the result
     split = fv.render(model, objs, p, seed=3, batch_size=3)
     assert np.abs(split.images.astype(int) - batch.images.astype(int)).max() <= 1
+
+
+def test_only_early_layers_without_a_fixed_position_are_rolled(model):
+    layouts = render_mod.check_layers(model, [fv.channel("conv1", 0), fv.channel("conv2", 0)])
+    roll = render_mod.may_roll
+    assert roll(model, fv.channel("conv1", 0), layouts, 2)  # 32 → 16: 2× smaller
+    assert not roll(model, fv.channel("conv2", 0), layouts, 2)  # 4× smaller: a deeper layer keeps its place
+    assert roll(model, fv.channel("conv2", 0), layouts, 4) and roll(model, fv.channel("conv2", 0), layouts, 0)
+    assert not roll(model, fv.neuron("conv1", 0), layouts, 0)  # a neuron looks at one place: never
+    assert not roll(model, -fv.neuron("conv1", 0) + fv.channel("conv1", 1), layouts, 0)
+    assert roll(model, fv.channel("conv1", 0) - 1e2 * fv.diversity("conv1"), layouts, 2)  # styles move freely
 
 
 def test_repeated_objectives_get_different_images(model):

@@ -6,6 +6,7 @@ Example::
     result = fv.render(model, objs, preset="classic", seed=0, progress=on_step)   # .images, .curves
 """
 
+from explorer.featurevis.kernels import KernelError, KernelFigure, kernel_figure, kernel_sheet, pixel_convs
 from explorer.featurevis.objectives import (
     LOGITS,
     OBJECTIVE_KINDS,
@@ -35,6 +36,8 @@ __all__ = [
     "PRESETS",
     "STAGES",
     "CachedRender",
+    "KernelError",
+    "KernelFigure",
     "Objective",
     "ObjectiveError",
     "Preset",
@@ -52,12 +55,15 @@ __all__ = [
     "diversity",
     "for_unit",
     "get_preset",
+    "kernel_figure",
+    "kernel_sheet",
     "labelled_rows",
     "layer",
     "lookup",
     "natural_spectrum",
     "negative",
     "neuron",
+    "pixel_convs",
     "render",
     "render_cached",
     "stage_map",

@@ -52,6 +52,7 @@ class Objective:
     key: str = ""
     coupled: bool = False
     grid_layers: tuple[str, ...] = ()  # layers it needs positions on (a neuron, diversity): a map, not a vector
+    positional: bool = False  # reads a fixed position (a neuron): the image must not be shifted at random
 
     def evaluate(self, ctx: Context) -> torch.Tensor:
         raise NotImplementedError
@@ -111,6 +112,7 @@ class Sum(Objective):
         self.layers = tuple(dict.fromkeys(layer for t in self.terms for layer in t.layers))
         self.grid_layers = tuple(dict.fromkeys(layer for t in self.terms for layer in t.grid_layers))
         self.coupled = any(t.coupled for t in self.terms)
+        self.positional = any(t.positional for t in self.terms)
         self.key = " + ".join(t.key for t in self.terms)
 
     def evaluate(self, ctx: Context) -> torch.Tensor:
@@ -130,6 +132,7 @@ class Scaled(Objective):
             weight, inner = weight * inner.weight, inner.inner
         self.weight, self.inner = weight, inner
         self.layers, self.coupled, self.grid_layers = inner.layers, inner.coupled, inner.grid_layers
+        self.positional = inner.positional
         self.key = f"{_fmt(weight)}*({inner.key})"
 
     def evaluate(self, ctx: Context) -> torch.Tensor:
@@ -170,6 +173,8 @@ class Channel(Objective):
 
 class Neuron(Objective):
     """One channel at one position: the centre by default (Lucent's `neuron`)."""
+
+    positional = True
 
     def __init__(self, layer: str, unit: int, x: int | None = None, y: int | None = None) -> None:
         self.layer, self.unit, self.x, self.y = layer, int(unit), x, y

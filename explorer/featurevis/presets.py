@@ -3,7 +3,10 @@
 - ``classic``: Lucent's defaults exactly (128 px FFT image with colour decorrelation, Adam 0.05, 512 steps,
   pad 12 / jitter 8 / scale 0.90–1.10 / rotate ±10° / jitter 4, upsampled to the model input).
 - ``maco``: Fel et al. 2023 (phase-only optimisation under a natural spectrum, random crops plus noise, NAdam).
-- ``fast``: a CPU preview: smaller image, fewer steps, a smaller model input, frequent previews.
+- ``fast``: a CPU preview: smaller image, fewer steps, a smaller model input, frequent previews. Its transforms read
+  the image as a torus (no constant pad whose edge the first layers clip against) and roll the image of an early
+  layer (≤ 8× smaller than the input) over the whole period, so its texture has no frame
+  (`benchmarks/bench_saturation.py`).
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ FAST = Preset(
     size=96,
     steps=48,
     lr=0.08,
-    transforms=TransformSpec(kind="classic", pad=6, jitter=4, jitter2=2),
+    transforms=TransformSpec(kind="classic", pad=0, jitter=4, jitter2=2, wrap=True, roll=1.0, roll_stride=8),
     model_size=160,
     preview_every_s=0.3,
 )

@@ -218,10 +218,11 @@ def _render_batch(
         preset.param, n, preset.size, gens, device, decay_power=preset.decay_power, decorrelate=preset.decorrelate,
         sd=preset.sd, spectrum_folder=preset.spectrum_folder, maco_gain=preset.maco_gain,
     )  # fmt: skip
-    augment = Augment(preset.transforms, gens, model_input_size(model, preset), model.normalize, device)
+    layouts = check_layers(model, objectives)
+    shift = [may_roll(model, o, layouts, preset.transforms.roll_stride) for o in objectives]
+    augment = Augment(preset.transforms, gens, model_input_size(model, preset), model.normalize, device, shift)
     params = param.parameters()
     opt = make_optimizer(preset.optimizer, params, preset.lr)
-    layouts = check_layers(model, objectives)
     layers = list(layouts)
     bf16 = device.type == "cuda"  # on CPU decided after the first step, from the deepest layer's size
     net = render_network(model, layers)  # BatchNorms folded into their convolutions (explorer.featurevis.fold)
@@ -248,6 +249,22 @@ def _render_batch(
         report(step + 1, preview(step + 1), step + 1)
     with torch.no_grad():
         return to_uint8(param()), torch.stack(history, 1).float().cpu().numpy()
+
+
+def may_roll(model: LoadedModel, objective: Objective, layouts: dict[str, Layout], max_stride: int) -> bool:
+    """Whether the transforms may shift this objective's image at random over the whole period (when the preset
+    rolls): not for one that reads a fixed position (a neuron), and with `max_stride` > 0 only when every layer it
+    reads is at most that many times smaller than the model's input (small receptive fields: a texture)."""
+    if objective.positional:
+        return False
+    if max_stride <= 0:
+        return True
+    size = max(model.input_size)
+    for name in objective.layers:
+        grid = layouts[name].grid
+        if grid is None or size / max(grid) > max_stride:
+            return False
+    return True
 
 
 def model_input_size(model: LoadedModel, preset: Preset) -> tuple[int, int]:

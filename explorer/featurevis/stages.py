@@ -47,6 +47,10 @@ class StageMap:
     def stage_of(self, block: str) -> str | None:
         return next((s.name for s in self.stages if block in s.blocks), None)
 
+    def representatives(self) -> dict[str, str]:
+        """Each stage's name → the block that shows it (what the Progression page renders)."""
+        return {s.name: s.representative for s in self.stages}
+
 
 def stage_map(model: Any) -> StageMap:
     """Map the five stages to this network's blocks (see the module docstring for the rule)."""

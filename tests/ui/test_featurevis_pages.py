@@ -41,13 +41,21 @@ def cache_dir(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
+def _texture(size: int, seed: int) -> np.ndarray:
+    """A fake render's picture: noise, not a flat colour (a flat image is what an inactive unit leaves)."""
+    return np.random.default_rng(seed).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+
+
 class Renders:
     """Counts the engine's render calls; `fake()` replaces the optimisation with flat images (value = step count)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, fake: bool, fail_on: int | None = None) -> None:
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, fake: bool, fail_on: int | None = None, dead: tuple[str, ...] = ()
+    ) -> None:
         self.calls: list[list[str]] = []
         self.fail_on = fail_on
         self.fake = fake
+        self.dead = set(dead)  # objective keys whose fake curve stays at 0
         monkeypatch.setattr(store, "render", self)
 
     def __call__(self, model, objectives, preset="classic", seed=0, steps=None, size=None, progress=None, **kw):
@@ -58,10 +66,13 @@ class Renders:
             return render(model, objectives, preset, seed=seed, steps=steps, size=size, progress=progress, **kw)
         p = get_preset(preset, steps=steps, size=size)
         n = len(objectives)
-        images = np.stack([np.full((p.size, p.size, 3), (37 * i + seed) % 256, np.uint8) for i in range(n)])
+        images = np.stack([_texture(p.size, 37 * i + seed) for i in range(n)])
         if progress:
             progress(n, n * p.steps, Preview(images, list(range(n)), 1, p.steps))
         curves = np.tile(np.arange(1, p.steps + 1, dtype=np.float32), (n, 1))
+        for i, obj in enumerate(objectives):
+            if obj.key in self.dead:
+                curves[i] = 0.0  # a unit nothing can raise
         return RenderResult(images, curves, {"preset": p.name, "seed": seed}, list(objectives))
 
     @property
@@ -99,6 +110,15 @@ def _ok(at: AppTest) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
+def _captions(at: AppTest, prefix: str) -> list[str]:
+    return [c.value for c in at.caption if c.value.startswith(prefix)]
+
+
+def _placeholders(at: AppTest) -> int:
+    """Tiles still waiting: grey squares drawn in HTML (no media file)."""
+    return sum(m.value.count("lx-tile-empty") for m in at.markdown)
+
+
 def _cached_pngs(cache_dir) -> int:
     return len(list((cache_dir / "featurevis").rglob("*.png")))
 
@@ -113,7 +133,9 @@ def test_progression_renders_each_stage_then_serves_a_second_visit_from_the_cach
     assert [m.value for m in at.markdown if m.value.startswith("#### ")] == [
         f"#### {i + 1}. {s.capitalize()}" for i, s in enumerate(STAGES)
     ]
-    stage_layers = [link["layer"] for link in _links(at, "layer")]
+    layer_links = [link["layer"] for link in _links(at, "layer")]
+    assert layer_links.count("conv_stem") == 1  # the edges row links to the first layer's kernels
+    stage_layers = [name for name in layer_links if name != "conv_stem"]
     captions = [c.value for c in at.caption if re.match(r"^\d blocks?: ", c.value)]
     assert len(stage_layers) == 5 and len(captions) == 5
     for layer, caption in zip(stage_layers, captions, strict=True):  # each caption names the blocks it shows
@@ -176,21 +198,102 @@ def test_layer_page_keeps_finished_batches_and_offers_stop_and_resume(monkeypatc
     from explorer.ui.widgets.gallery import RenderSettings, render_signature, stopped_key
 
     renders = Renders(monkeypatch, fake=True, fail_on=2)  # 16 units = two batches of 8; the second fails
-    at = _open("layer", layer="conv_stem", **TINY)
+    at = _open("layer", layer="blocks.0.0", **TINY)
     assert not at.exception
     assert len(at.error) == 1 and "render failed half-way" in at.error[0].value
     assert _cached_pngs(cache_dir) == 8  # the finished batch is kept, nothing of the failed one
-    key = "layer_conv_stem_1"
-    objs = [channel("conv_stem", u) for u in range(16)]
+    key = "layer_blocks.0.0_1"
+    objs = [channel("blocks.0.0", u) for u in range(16)]
     at.session_state[stopped_key(key)] = render_signature(bundled, objs, RenderSettings("fast", 0, 2, 32))
     at.run()  # as after a click on Stop: the cached half shows, nothing renders
     _ok(at)
     assert len(renders.calls) == 2 and len(_values(at)) == 8
     assert any("Stopped: 8 of 16" in i.value for i in at.info)
+    assert _images(at) == 8 and _placeholders(at) == 8  # the other half waits as grey squares, not images
     at.button(key=f"{key}_resume").click().run()
     _ok(at)
-    assert renders.calls[-1] == [f"channel(conv_stem:{u})" for u in range(8, 16)]  # only the missing half
-    assert len(_values(at)) == 16 and _cached_pngs(cache_dir) == 16
+    assert renders.calls[-1] == [f"channel(blocks.0.0:{u})" for u in range(8, 16)]  # only the missing half
+    assert len(_values(at)) == 16 and _cached_pngs(cache_dir) == 16 and _placeholders(at) == 0
+
+
+def test_layer_and_unit_pages_open_on_the_middle_stage_unless_the_link_names_a_layer(monkeypatch):
+    Renders(monkeypatch, fake=True)
+    at = _open("layer", **TINY)
+    _ok(at)
+    middle = STAGES[len(STAGES) // 2]
+    assert at.query_params["layer"] == "blocks.4.1" and at.selectbox(key="layer_pick").value == "blocks.4.1"
+    assert any(f"**{middle}** stage" in c.value for c in at.caption)
+    at = _open("unit", **TINY)
+    _ok(at)
+    assert at.query_params["layer"] == "blocks.4.1" and at.query_params["unit"] == "0"
+    at = _open("layer", layer="blocks.1.0", **TINY)
+    assert at.query_params["layer"] == "blocks.1.0"
+
+
+def test_the_stem_is_shown_as_its_kernels_next_to_the_layer_after_its_nonlinearity(monkeypatch):
+    renders = Renders(monkeypatch, fake=True)
+    at = _open("layer", layer="conv_stem", **TINY)
+    _ok(at)
+    assert any("linear in the pixels" in i.value and "weights are the picture" in i.value for i in at.info)
+    assert _captions(at, "kernel ") == [f"kernel {u}" for u in range(16)]
+    # no picture of conv_stem itself: the units of bn1 (its channels after ReLU6) in two batches of 8
+    assert renders.calls == [[f"channel(bn1:{u})" for u in range(8)], [f"channel(bn1:{u})" for u in range(8, 16)]]
+    assert _images(at) == 16 + 16  # kernels and pictures, in pairs
+    assert [link["layer"] for link in _links(at, "unit")] == ["bn1"] * 16  # the unit pages of what is shown
+    assert any("Kernels 11, 16, 28, 31 are zero" in c.value for c in at.caption)
+    assert [b for b in at.get("download_button") if "kernels of conv_stem" in b.proto.label]
+    at.number_input(key="layer_page").set_value(2).run()  # units 16–31 on page 2
+    _ok(at)
+    assert _captions(at, "kernel ") == [f"kernel {u}" for u in range(16, 32)]
+
+
+def test_the_unit_page_of_a_stem_channel_shows_its_kernel_and_links_past_the_nonlinearity(monkeypatch):
+    renders = Renders(monkeypatch, fake=True)
+    at = _open("unit", layer="conv_stem", unit="3", **TINY)
+    _ok(at)
+    assert renders.calls == []  # no activation maximization of a layer that is linear in the pixels
+    assert any("weights are the picture" in i.value for i in at.info)
+    assert _captions(at, "kernel ") == ["kernel 3"]
+    assert [(link["layer"], link["unit"]) for link in _links(at, "unit")] == [("bn1", "3")]
+
+
+def test_a_unit_that_cannot_be_raised_is_marked_inactive_not_drawn(monkeypatch):
+    Renders(monkeypatch, fake=True, dead=("channel(blocks.0.0:3)",))
+    judged = {**TINY, "steps": "16"}  # a render shorter than MIN_STEPS is not judged
+    at = _open("layer", layer="blocks.0.0", **judged)
+    _ok(at)
+    assert "unit 3" not in _values(at) and len(_values(at)) == 15
+    assert [c.value for c in at.caption if "inactive" in c.value] == ["unit 3 · inactive · 0.00"]
+    marks = [m.value for m in at.markdown if "lx-tile-inactive" in m.value]
+    assert len(marks) == 1 and "objective stayed at 0" in marks[0] and "final 0.00" in marks[0]
+    assert _images(at) == 15  # no grey square pretends to be its picture
+    again = _open("layer", layer="blocks.0.0", **judged)  # from the cache: the same verdict
+    assert [c.value for c in again.caption if "inactive" in c.value] == ["unit 3 · inactive · 0.00"]
+
+
+def test_renders_take_a_turn_in_the_job_queue_and_cache_hits_do_not(monkeypatch):
+    import explorer.jobs as jobs
+
+    class Recording(jobs.JobQueue):
+        def __init__(self) -> None:
+            super().__init__(workers=1, per_session=1)
+            self.asked: list[tuple[str, str]] = []
+
+        def slot(self, session, kind="job", **kw):
+            self.asked.append((session, kind))
+            return super().slot(session, kind, **kw)
+
+    queue = Recording()
+    monkeypatch.setattr(jobs, "job_queue", lambda: queue)
+    renders = Renders(monkeypatch, fake=True)
+    at = _open("layer", layer="blocks.1.0", **TINY)
+    _ok(at)
+    assert len(renders.calls) == 2 and [kind for _, kind in queue.asked] == ["render"]  # once around both batches
+    session = queue.asked[0][0]
+    assert session and session != "no-session"  # Streamlit's session id
+    again = _open("layer", layer="blocks.1.0", **TINY)  # another session; every image is a cache hit
+    _ok(again)
+    assert len(queue.asked) == 1 and len(renders.calls) == 2
 
 
 def test_layer_zip_holds_every_rendered_unit_and_a_sheet(monkeypatch, bundled):
@@ -213,7 +316,7 @@ def test_unknown_layer_or_unit_in_the_url_is_one_error_and_the_page_works(monkey
     at = _open("layer", layer="blocks.99.0", page="3", **TINY)
     assert not at.exception
     assert len(at.error) == 1 and "blocks.99.0" in at.error[0].value and not at.warning
-    assert at.query_params["layer"] == "conv_stem" and _images(at) == 16  # the first block instead
+    assert at.query_params["layer"] == "blocks.4.1" and _images(at) == 16  # the page's default instead
     at = _open("unit", layer="blocks.1.0", unit="999", **TINY)
     assert not at.exception
     assert len(at.error) == 1 and "999" in at.error[0].value

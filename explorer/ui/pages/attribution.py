@@ -37,8 +37,10 @@ from explorer.layers import layout_of
 from explorer.models import LoadedModel
 from explorer.ui.common import current_model, model_key, page_ref, progress_callback, show_error
 from explorer.ui.widgets.figures import top_figure
-from explorer.ui.widgets.gallery import RenderSettings, link_params
+from explorer.ui.widgets.gallery import PLACEHOLDER_HTML, RenderSettings, link_params
 from explorer.ui.widgets.images import image_picker
+from explorer.ui.widgets.layers import get_kernel_figure
+from explorer.ui.widgets.queue import turn
 
 DEFAULT_METHOD = "gradcam"
 AUTO = -1  # target: the predicted class
@@ -161,21 +163,23 @@ def _run(
     if res is not None or not allowed:
         return res
     label = METHODS[method].label
-    if METHODS[method].per_layer_passes:
-        base = model.to_tensor01(image).permute(1, 2, 0).cpu()
-        draw = progress_callback(st.container(), text=f"{label}: layer")
+    box = st.container()
+    with turn("attribution", box):  # the server's fair queue: heavy work takes its turn, with a visible wait
+        if METHODS[method].per_layer_passes:
+            base = model.to_tensor01(image).permute(1, 2, 0).cpu()
+            draw = progress_callback(box, text=f"{label}: layer")
 
-        def progress(done: int, total: int, preview: Any = None) -> None:
-            pic = None
-            if preview is not None:  # (layer, (1, h, w) map): show it over the image on its own scale
-                top = float(preview[1][0].abs().max()) or 1e-12
-                pic = np.asarray(overlay(base, preview[1][0], -top, top, mode="signed"))
-            draw(done, total, pic)
+            def progress(done: int, total: int, preview: Any = None) -> None:
+                pic = None
+                if preview is not None:  # (layer, (1, h, w) map): show it over the image on its own scale
+                    top = float(preview[1][0].abs().max()) or 1e-12
+                    pic = np.asarray(overlay(base, preview[1][0], -top, top, mode="signed"))
+                draw(done, total, pic)
 
-        res = attribute(model, image, layers, method, target, progress=progress, **options)
-    else:
-        with st.spinner(f"{label}: one pass through the network…"):
-            res = attribute(model, image, layers, method, target, **options)
+            res = attribute(model, image, layers, method, target, progress=progress, **options)
+        else:
+            with st.spinner(f"{label}: one pass through the network…"):
+                res = attribute(model, image, layers, method, target, **options)
     _store().put(key, res)
     return res
 
@@ -210,6 +214,15 @@ def _placeholder() -> Image.Image:
     pic = Image.new("RGB", (96, 96), "#eeeeee")
     ImageDraw.Draw(pic).text((48, 48), "not\nrendered", fill="#999", anchor="mm", align="center")
     return pic
+
+
+def _placeholder_grid(layers: list[str]) -> None:
+    """Grey squares where the maps will be, one per layer (HTML: nothing to fetch), while the method runs."""
+    for start in range(0, len(layers), GRID_COLUMNS):
+        cols = st.columns(GRID_COLUMNS)
+        for col, name in zip(cols, layers[start : start + GRID_COLUMNS], strict=False):
+            col.markdown(PLACEHOLDER_HTML, unsafe_allow_html=True)
+            col.caption(f"{name} · computing…")
 
 
 # --------------------------------------------------------------------------- page sections
@@ -324,12 +337,17 @@ def _channels_section(model: LoadedModel, layers: list[str], scores: dict[str, A
     k = pick.slider("Channels per layer", 1, 8, 3, key="att_k")
     text.caption(
         "Per layer, the channels with the largest gradient × activation summed over space (raw scores). The "
-        "pictures are their feature visualizations (fast preset); click a channel to open it on the Unit page."
+        "pictures are their feature visualizations (fast preset; for the first convolution, its kernels); click a "
+        "channel to open it on the Unit page."
     )
     tops = {n: top_channels(scores, n, k) for n in layers}
-    objs = [(n, c) for n in layers for c, _ in tops[n]]
-    objectives = [fv.channel(n, c) for n, c in objs]
     pics: dict[tuple[str, int], Any] = {}
+    for n in layers:  # a convolution over the colour channels is shown as its kernels (nothing to render)
+        figure = get_kernel_figure(model, n)
+        for c, _ in tops[n] if figure is not None else []:
+            pics[(n, c)] = figure.tiles[c]  # type: ignore[union-attr]
+    objs = [(n, c) for n in layers for c, _ in tops[n] if (n, c) not in pics]
+    objectives = [fv.channel(n, c) for n, c in objs]
     try:
         for key, entry in zip(objs, fv.lookup(model, objectives, FV_PRESET), strict=True):
             if entry is not None:
@@ -342,12 +360,14 @@ def _channels_section(model: LoadedModel, layers: list[str], scores: dict[str, A
         label = f"Render the {len(missing)} missing visualizations (fast preset, one batch)"
         cheap = model.device.type == "cuda"  # seconds on a GPU; minutes on a CPU, so there it waits for a click
         if cheap or st.button(label, key="att_render", icon=":material/brush:"):
-            draw = progress_callback(st.container(), text="Rendering visualizations: image-steps")
+            box = st.container()
             try:
-                out = fv.render_cached(
-                    model, [objectives[i] for i in missing], FV_PRESET,
-                    progress=lambda d, t, p=None: draw(d, t, p.images if p is not None else None),
-                )  # fmt: skip
+                with turn("render", box):
+                    draw = progress_callback(box, text="Rendering visualizations: image-steps")
+                    out = fv.render_cached(
+                        model, [objectives[i] for i in missing], FV_PRESET,
+                        progress=lambda d, t, p=None: draw(d, t, p.images if p is not None else None),
+                    )  # fmt: skip
                 pics.update({objs[i]: out.images[j] for j, i in enumerate(missing)})
             except Exception as exc:
                 show_error(exc)
@@ -401,9 +421,15 @@ def render() -> None:
         st.warning(f"{METHODS[method].label} cannot run on this network: {cost.reason}", icon=":material/block:")
         return
     st.info(cost.describe(), icon=":material/speed:")
+    pending = st.empty()
     try:
         cheap = cost.relative <= AUTO_RUN_MAX
-        res = _run(model, image, digest, method, target, used, options, allowed=cheap)
+        res = _run(model, image, digest, method, target, used, options, allowed=False)
+        if res is None and cheap:  # computing now: the maps' places show at once, filled when it is done
+            with pending.container():
+                _placeholder_grid(used)
+            res = _run(model, image, digest, method, target, used, options, allowed=True)
+        pending.empty()
         if res is None:
             st.caption(
                 "This method is slow on this input; run it when ready (a progress bar follows it layer by layer)."
@@ -418,6 +444,7 @@ def render() -> None:
         else:
             scores = _run(model, image, digest, "gradxact", target, used, {}, allowed=True).channels  # type: ignore[union-attr]
     except Exception as exc:
+        pending.empty()
         show_error(exc)
         return
     k = int(st.session_state.get("att_k", 3))

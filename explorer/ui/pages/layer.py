@@ -1,7 +1,12 @@
 """The Layer page: a paged gallery of every channel of one layer, rendered a page at a time.
 
-URL: `?layer=blocks.3.2&page=2&preset=fast&seed=0[&steps=…&size=…]`. Each tile links to its Unit page; each
-rendered unit downloads as a PNG, and the whole layer (every unit rendered so far with these settings) as a zip.
+URL: `?layer=blocks.3.2&page=2&preset=fast&seed=0[&steps=…&size=…]`; without a layer it opens on the block that
+represents the middle stage. Each tile links to its Unit page; each rendered unit downloads as a PNG, and the whole
+layer (every unit rendered so far with these settings) as a zip.
+
+A convolution over the colour channels (the stem) is shown as it is: its kernels as enlarged RGB tiles, each next to
+the feature visualization of the same channel after the nonlinearity (`featurevis.kernels`), because maximising a
+layer that is linear in the pixels only pushes them to the corners of the colour box.
 """
 
 from __future__ import annotations
@@ -13,11 +18,14 @@ import streamlit as st
 
 from explorer.cache import png_bytes
 from explorer.featurevis import channel, contact_sheet
+from explorer.featurevis.kernels import KernelFigure, kernel_sheet
 from explorer.featurevis.store import cached_mask
 from explorer.models import LoadedModel
 from explorer.ui.common import current_model, page_ref, show_error
+from explorer.ui.i18n import t
 from explorer.ui.widgets.gallery import (
     RenderSettings,
+    Tile,
     link_params,
     png_download,
     render_tiles,
@@ -32,6 +40,8 @@ from explorer.ui.widgets.layers import (
     PER_PAGE,
     block_names,
     channels_of,
+    default_layer,
+    get_kernel_figure,
     get_stage_map,
     layer_from_url,
     layer_label,
@@ -39,6 +49,7 @@ from explorer.ui.widgets.layers import (
 )
 
 COLS = 8
+PAIRS = 4  # kernel + picture pairs per row on a first convolution's page
 
 
 # --------------------------------------------------------------------------- downloads
@@ -62,6 +73,64 @@ def layer_zip(model: LoadedModel, layer: str, n_units: int, settings: RenderSett
         sheet = contact_sheet([e.image() for _, e in found], [str(u) for u, _ in found], cols=min(8, len(found)))
         files[f"{safe_filename(layer)}-sheet.png"] = png_bytes(np.asarray(sheet))
     return zip_bytes(files)
+
+
+# --------------------------------------------------------------------------- a first convolution
+
+
+def _first_layer(
+    model: LoadedModel, figure: KernelFigure, shown: list[int], settings: RenderSettings, status: object
+) -> None:
+    """The kernels of a convolution over the colour channels, each next to its channel after the nonlinearity."""
+    layer, after = figure.layer, figure.after
+    st.info(t("layer.first_conv.why"), icon=":material/lightbulb:")
+    notes = " ".join(figure.notes)
+    st.caption(
+        f"{figure.describe()}, each enlarged and scaled on its own: grey is 0, a brighter colour a positive weight "
+        "on that colour, a darker one a negative weight (drawn as the unit sees pixels: the input normalisation "
+        "folded in). " + notes
+    )
+    unit_page = page_ref("unit", "Unit")
+    if after is None:
+        st.caption(
+            f"No nonlinearity acts on these channels alone (the next layer mixes them), so there is no picture of "
+            f"{layer}'s units after one; feature visualization starts to say something at the first block."
+        )
+        cols = st.columns(COLS)
+        for k, u in enumerate(shown):
+            Tile(cols[k % COLS]).show(figure.tiles[u], f"kernel {u}")
+        return
+    st.caption(
+        f"Left of each pair: the kernel of {layer}. Right: what **{after}** (the same channel after its "
+        f"nonlinearity, the first place where feature visualization says something) responds to, rendered with "
+        f"{settings.describe()}."
+    )
+    tiles: list[Tile] = []
+    for start in range(0, len(shown), PAIRS):
+        cols = st.columns(2 * PAIRS, gap="small")
+        for j, u in enumerate(shown[start : start + PAIRS]):
+            Tile(cols[2 * j]).show(figure.tiles[u], f"kernel {u}")
+            tile = Tile(cols[2 * j + 1])
+            tile.show(None, "waiting…")
+            tile.actions.page_link(
+                unit_page,
+                label=f"Unit {u}",
+                icon=":material/open_in_new:",
+                query_params=link_params(settings, layer=after, unit=u),
+            )
+            tiles.append(tile)
+    result = render_tiles(
+        model,
+        [channel(after, u) for u in shown],
+        settings,
+        tiles,
+        [f"{after} {u}" for u in shown],
+        key=f"layer_{after}_{shown[0]}",
+        status=status,
+    )
+    for tile, u, data in zip(tiles, shown, result.png, strict=True):
+        if data is not None:
+            png_download(tile.actions, data, f"{safe_filename(after)}-{u}.png", key=f"png_{after}_{u}")
 
 
 # --------------------------------------------------------------------------- the page
@@ -103,7 +172,7 @@ def render() -> None:
         st.info(f"{model.spec} has no layer with a spatial output to visualise.")
         return
     settings = settings_from_url(suggested_settings(model))
-    fallback = blocks[0] if blocks else next(iter(layers))
+    fallback = default_layer(model, layers)
     if st.query_params.get("layer", fallback) not in layers:
         st.query_params["page"] = "1"  # the page of an unknown layer means nothing: one message is enough
     layer = layer_from_url(model, layers, fallback)
@@ -126,15 +195,36 @@ def render() -> None:
     top[1].number_input(f"Page (of {pages})", 1, pages, key="layer_page", on_change=_on_page)
     stage = stages.stage_of(layer)
     row = layers[layer]
+    figure = get_kernel_figure(model, layer)
+    span = f"units {(page - 1) * PER_PAGE}–{min(page * PER_PAGE, units) - 1} below"
     st.caption(
         f"{layer} ({row.type}, output {'×'.join(map(str, row.out_shape))})"
         + (f" is in the **{stage}** stage of this network." if stage else ".")
-        + f" {units} units; units {(page - 1) * PER_PAGE}–{min(page * PER_PAGE, units) - 1} below, rendered as one "
-        "batch. Open a unit for its neuron, negative and diversity images and the dataset examples that excite it."
+        + (
+            f" {units} units; {span}, rendered as one batch. Open a unit for its neuron, negative and diversity "
+            "images and the dataset examples that excite it."
+            if figure is None
+            else f" It reads the image's colour channels: {units} units, {span} as their kernels."
+        )
     )
     settings_form(settings, "layer", model)
     status = st.container()
     shown = list(range((page - 1) * PER_PAGE, min(page * PER_PAGE, units)))
+    if figure is not None:
+        try:
+            _first_layer(model, figure, shown, settings, status)
+        except Exception as exc:
+            show_error(exc)
+        st.download_button(
+            f"Download the kernels of {layer} (PNG)",
+            lambda: png_bytes(kernel_sheet(figure)),
+            file_name=f"{safe_filename(layer)}-kernels.png",
+            mime="image/png",
+            icon=":material/download:",
+            on_click="ignore",
+            key="layer_kernels",
+        )
+        return
     tiles = tile_grid(len(shown), COLS, caption="waiting…")
     unit_page = page_ref("unit", "Unit")
     for tile, u in zip(tiles, shown, strict=True):

@@ -2,7 +2,8 @@
 
 Each row says which blocks of this network make the stage and shows the first units of its representative block
 (the units `python -m explorer atlas` renders, so a cached atlas opens instantly). Rows fill progressively, the
-edges first; a stage opens the Layer page and a unit the Unit page, with the settings carried in the link.
+edges first; a stage opens the Layer page and a unit the Unit page, with the settings carried in the link. The edges
+row also links to the first convolution's kernels (the Layer page draws them): that layer's picture is its weights.
 URL: `?preset=fast&seed=0&per_stage=4[&steps=…&size=…]`.
 """
 
@@ -24,7 +25,7 @@ from explorer.ui.widgets.gallery import (
     suggested_settings,
     zip_bytes,
 )
-from explorer.ui.widgets.layers import channels_of, get_stage_map, renderable_layers
+from explorer.ui.widgets.layers import channels_of, get_pixel_convs, get_stage_map, renderable_layers
 
 PER_STAGE = (2, 4, 6, 8)
 DEFAULT_PER_STAGE = 4
@@ -81,6 +82,7 @@ def render() -> None:
     settings_form(settings, "prog", model)
     status = st.container()
     layer_page, unit_page = page_ref("layer", "Layer"), page_ref("unit", "Unit")
+    stems = get_pixel_convs(model)
     objectives: list[Objective] = []
     captions: list[str] = []
     tiles: list[Tile] = []
@@ -104,6 +106,14 @@ def render() -> None:
                     icon=":material/grid_view:",
                     query_params=link_params(settings, layer=layer, page=1),
                 )
+                if k == 0 and stems and stems[0] in layers:
+                    st.page_link(
+                        layer_page,
+                        label=f"The first layer's kernels ({stems[0]})",
+                        icon=":material/grid_on:",
+                        query_params=link_params(settings, layer=stems[0], page=1),
+                        help="A first convolution is linear in the pixels: its weights are its picture.",
+                    )
             batch = []
             for j, u in enumerate(units):
                 tile = Tile(cols[1 + j])

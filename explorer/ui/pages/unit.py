@@ -10,6 +10,7 @@ URL: `?layer=blocks.3.2&unit=17&preset=fast&seed=0[&steps=…&size=…][&data=de
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from explorer.featurevis import Objective, channel, diverse, negative, neuron
+from explorer.featurevis.kernels import KernelFigure
 from explorer.layers import LayerInfo
 from explorer.models import LoadedModel
 from explorer.ui.common import current_model, model_key, page_ref, progress_callback, show_error
+from explorer.ui.i18n import t
 from explorer.ui.widgets.gallery import (
     RenderSettings,
     Tile,
@@ -42,11 +45,14 @@ from explorer.ui.widgets.layers import (
     PER_PAGE,
     block_names,
     channels_of,
+    default_layer,
+    get_kernel_figure,
     get_stage_map,
     layer_from_url,
     layer_label,
     renderable_layers,
 )
+from explorer.ui.widgets.queue import turn
 
 K = 8  # dataset examples per unit
 SOURCES = {
@@ -118,8 +124,8 @@ def _visualizations(model: LoadedModel, layer: str, unit: int, settings: RenderS
         "Value: the objective each reached (for negative, minus the unit's mean)."
     )
     tiles += tile_grid(4, 4)
-    for t in tiles[:3]:
-        t.show(None, "waiting…")
+    for tile in tiles[:3]:
+        tile.show(None, "waiting…")
     result = render_tiles(
         model, unit_objectives(layer, unit), settings, tiles, KINDS, key=f"unit_{layer}_{unit}", status=status
     )
@@ -137,6 +143,27 @@ def _visualizations(model: LoadedModel, layer: str, unit: int, settings: RenderS
             icon=":material/folder_zip:",
             on_click="ignore",
         )
+
+
+def _kernel(figure: KernelFigure, unit: int, settings: RenderSettings) -> None:
+    """A unit of a convolution over the colour channels: its kernel is its picture (no render)."""
+    st.subheader("What it responds to")
+    st.info(t("layer.first_conv.why"), icon=":material/lightbulb:")
+    cols = st.columns(4)
+    Tile(cols[0]).show(figure.tiles[unit], f"kernel {unit}")
+    with cols[1].container():
+        st.caption(
+            f"One of {figure.describe()}, enlarged and scaled on its own: grey is 0, a brighter colour a positive "
+            "weight on that colour, a darker one a negative weight."
+            + (" This kernel is zero (a pruned channel)." if unit in figure.zero else "")
+        )
+        if figure.after is not None:
+            st.page_link(
+                page_ref("unit", "Unit"),
+                label=f"Unit {unit} of {figure.after}, after the nonlinearity",
+                icon=":material/open_in_new:",
+                query_params=link_params(settings, layer=figure.after, unit=unit),
+            )
 
 
 # --------------------------------------------------------------------------- dataset examples
@@ -186,9 +213,20 @@ def _examples(model: LoadedModel, folder: Path, layer: str) -> Any:
             on_click=lambda: st.session_state.pop(stopped_key("unit_examples"), None),
         )
         return None
-    found = dataset_examples(model, folder, [layer], k=K, progress=progress_callback(left, text="Scanning images…"))
+    done = _scanned()
+    key = (model.fingerprint, str(folder.resolve()), layer, K)
+    with turn("examples", left) if key not in done else nullcontext():  # a scan takes its turn; a known hit not
+        found = dataset_examples(model, folder, [layer], k=K, progress=progress_callback(left, text="Scanning images…"))
+    done.add(key)
     slot.empty()
     return found[layer]
+
+
+@st.cache_resource(show_spinner=False)
+def _scanned() -> set[tuple[Any, ...]]:
+    """(model, folder, layer, k) scans this process has finished: their results are in the disk cache, so opening
+    them again does not queue behind other sessions' heavy jobs (after a restart the first visit queues once)."""
+    return set()
 
 
 def display_maps(maps: torch.Tensor, method: str, smooth: int = 9, percentile: float = 0.995) -> tuple[Any, float]:
@@ -320,9 +358,10 @@ def render() -> None:
         st.info(f"{model.spec} has no layer with a spatial output to visualise.")
         return
     settings = settings_from_url(suggested_settings(model))
-    if st.query_params.get("layer", blocks[0]) not in layers:
+    fallback = default_layer(model, layers)
+    if st.query_params.get("layer", fallback) not in layers:
         st.query_params.pop("unit", None)  # a unit of an unknown layer means nothing: one message is enough
-    layer = layer_from_url(model, layers, blocks[0])
+    layer = layer_from_url(model, layers, fallback)
     units = channels_of(layers[layer])
     unit = _unit_from_url(units)
     options = blocks if layer in blocks else [*blocks, layer]
@@ -343,8 +382,12 @@ def render() -> None:
         query_params=link_params(settings, layer=layer, page=unit // PER_PAGE + 1),
     )
     settings_form(settings, "unit", model)
+    figure = get_kernel_figure(model, layer)
     try:
-        _visualizations(model, layer, unit, settings)
+        if figure is not None:
+            _kernel(figure, unit, settings)
+        else:
+            _visualizations(model, layer, unit, settings)
     except Exception as exc:
         show_error(exc)
     _examples_section(model, layer, unit)

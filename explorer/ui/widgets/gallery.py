@@ -6,7 +6,12 @@ Unit pages (and reusable by Compare).
 - `RenderSettings`: preset, seed, steps, size, kept in the URL (`?preset=…&seed=…&steps=…&size=…`) and edited
   in `settings_form`; `link_params` carries them (and the model) into links to other pages.
 - `render_tiles`: cached images appear at once; the misses are rendered in bounded batches, each stored in the
-  disk cache only when complete, with a progress bar, previews in the tiles and a Stop button.
+  disk cache only when complete, with a progress bar, previews in the tiles and a Stop button. The renders take
+  their turn in the server's job queue (`widgets.queue.turn`); a unit whose objective could not be raised is shown
+  as *inactive* with its final value (`featurevis.activity`), not as a grey square.
+
+A tile's placeholder is a square drawn in HTML, not an image: an image element replaced in the same run leaves a
+media file that Streamlit deletes before the browser fetches it (a 404 and an "Image source error" in the console).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import re
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -25,11 +30,21 @@ import streamlit as st
 from explorer.cache import Cache, make_key
 from explorer.errors import ExplorerError
 from explorer.featurevis import PRESETS, Objective, Preset, get_preset, render_cached
+from explorer.featurevis.activity import Activity, activity
 from explorer.featurevis.store import plan_render
 from explorer.models import LoadedModel
 from explorer.ui.common import ARCH_KEY, SPEC_KEY, progress_callback
+from explorer.ui.widgets.queue import turn
 
-PLACEHOLDER = np.full((8, 8, 3), 236, dtype=np.uint8)  # a light grey square until a tile has its image
+# A square as wide as its column; the bottom margin undoes markdown's -1rem, so it takes the height of an st.image and
+# the caption under it does not move when the picture arrives.
+SQUARE = "width:100%;aspect-ratio:1/1;border-radius:4px;box-sizing:border-box;margin-bottom:1rem;"
+PLACEHOLDER_HTML = f'<div class="lx-tile-empty" style="{SQUARE}background:#ececec"></div>'
+INACTIVE_HTML = (
+    f'<div class="lx-tile-inactive" style="{SQUARE}border:1px dashed #b0b0b0;background:#f6f6f6;color:#666;'
+    "display:flex;flex-direction:column;align-items:center;justify-content:center;text-align:center;"
+    'font-size:0.8rem;line-height:1.3;padding:4px"><b>inactive</b><span>{why}</span></div>'
+)
 
 # --------------------------------------------------------------------------- files
 
@@ -69,8 +84,21 @@ class Tile:
         self.actions = self.box.container()
 
     def show(self, image: np.ndarray | None, caption: str | None = None) -> None:
-        """Draw (or redraw) the image; None draws a grey placeholder."""
-        self._image.image(PLACEHOLDER if image is None else image, width="stretch", output_format="PNG")
+        """Draw (or redraw) the image; None draws a grey square (HTML: no media file to go missing)."""
+        if image is None:
+            self._image.markdown(PLACEHOLDER_HTML, unsafe_allow_html=True)
+        else:
+            self._image.image(image, width="stretch", output_format="PNG")
+        if caption is not None:
+            self._caption.caption(caption)
+
+    def show_inactive(self, state: Activity, caption: str | None = None) -> None:
+        """Mark the unit as inactive, with the value its objective ended at, instead of drawing a picture."""
+        why = {"never left zero": "objective stayed at 0", "constant": "objective never moved"}.get(
+            state.reason, "the image never changed"
+        )
+        why += f"<br>final {state.final:.2f}" if np.isfinite(state.final) else ""
+        self._image.markdown(INACTIVE_HTML.format(why=why), unsafe_allow_html=True)
         if caption is not None:
             self._caption.caption(caption)
 
@@ -255,6 +283,7 @@ class Rendered:
     images: list[np.ndarray | None]
     png: list[bytes | None]
     values: list[float | None]
+    inactive: list[bool] = field(default_factory=list)
     cached: int = 0
     rendered: int = 0
     stopped: bool = False
@@ -317,11 +346,10 @@ def render_tiles(
     cache = cache or Cache()
     preset = settings.resolved()
     n = len(objectives)
-    out = Rendered([None] * n, [None] * n, [None] * n)
+    out = Rendered([None] * n, [None] * n, [None] * n, [False] * n)
     plan = plan_render(model, objectives, preset, settings.seed, batches=batches, cache=cache)
     for i, entry in plan.hits.items():
-        curve = entry.meta.get("curve") or [float("nan")]
-        _fill(out, tiles, captions, i, entry.image(), entry.data, float(curve[-1]))
+        _fill(out, tiles, captions, i, entry.image(), entry.data, entry.meta.get("curve") or [float("nan")])
     out.cached = len(plan.hits)
     todo = plan.todo
     if not todo:
@@ -337,26 +365,28 @@ def render_tiles(
         out.stopped = True
         return out
     total = plan.renders * preset.steps
-    bar = left.progress(0.0, text=f"Rendering {total // preset.steps} images ({settings.describe()})…")
-    done_before = 0
-    started = time.monotonic()
+    line = left.empty()
     try:
-        for batch, n_missing in todo:
-            objs = [objectives[i] for i in batch]
-            on_step = progress_callback(
-                bar=bar,
-                text="Rendering…",
-                every_s=0.15,
-                offset=done_before,
-                grand_total=total,
-                started=started,
-                on_preview=_preview_into(tiles, captions, batch),
-            )
-            result = render_cached(model, objs, preset, seed=settings.seed, progress=on_step, cache=cache)
-            for j, i in enumerate(batch):
-                _fill(out, tiles, captions, i, result.images[j], result.png[j], float(result.final[j]))
-            out.rendered += int((~result.hits).sum())
-            done_before += n_missing * preset.steps
+        with turn("render", line):  # the server's fair queue: one heavy job per session, in arrival order
+            bar = line.progress(0.0, text=f"Rendering {total // preset.steps} images ({settings.describe()})…")
+            done_before = 0
+            started = time.monotonic()
+            for batch, n_missing in todo:
+                objs = [objectives[i] for i in batch]
+                on_step = progress_callback(
+                    bar=bar,
+                    text="Rendering…",
+                    every_s=0.15,
+                    offset=done_before,
+                    grand_total=total,
+                    started=started,
+                    on_preview=_preview_into(tiles, captions, batch),
+                )
+                result = render_cached(model, objs, preset, seed=settings.seed, progress=on_step, cache=cache)
+                for j, i in enumerate(batch):
+                    _fill(out, tiles, captions, i, result.images[j], result.png[j], result.curves[j])
+                out.rendered += int((~result.hits).sum())
+                done_before += n_missing * preset.steps
     except Exception:
         slot.empty()  # no Stop button left behind; the caller shows the error
         raise
@@ -365,10 +395,14 @@ def render_tiles(
 
 
 def _fill(
-    out: Rendered, tiles: Sequence[Tile], captions: Sequence[str], i: int, image: np.ndarray, data: bytes, value: float
+    out: Rendered, tiles: Sequence[Tile], captions: Sequence[str], i: int, image: np.ndarray, data: bytes, curve: Any
 ) -> None:
-    out.images[i], out.png[i], out.values[i] = image, data, value
-    tiles[i].show(image, f"{captions[i]} · {value:.2f}")
+    state = activity(curve, image)
+    out.images[i], out.png[i], out.values[i], out.inactive[i] = image, data, state.final, state.inactive
+    if state.inactive:
+        tiles[i].show_inactive(state, f"{captions[i]} · inactive · {state.final:.2f}")
+    else:
+        tiles[i].show(image, f"{captions[i]} · {state.final:.2f}")
 
 
 def _preview_into(tiles: Sequence[Tile], captions: Sequence[str], batch: list[int]) -> Any:

@@ -1,5 +1,6 @@
 """Layer pickers shared by the feature-visualization pages (Progression, Layer, Unit): which layers can be shown,
-their units, the stage map, and the layer named in the URL."""
+their units, the stage map, the layer a page opens on, the layer named in the URL, and the first convolution's
+kernel figure (the picture of a layer that reads the pixels)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import streamlit as st
 
 from explorer.featurevis import StageMap, stage_map
+from explorer.featurevis.kernels import KernelFigure, kernel_figure, pixel_convs
 from explorer.layers import LayerInfo
 from explorer.models import LoadedModel
 from explorer.ui.common import get_ladder, model_key
@@ -43,6 +45,41 @@ def _stage_map(_model: LoadedModel, key: tuple[Any, ...]) -> StageMap:
 def get_stage_map(model: LoadedModel) -> StageMap:
     """The five named stages of this model, cached by its fingerprint."""
     return _stage_map(model, model_key(model))
+
+
+def default_layer(model: LoadedModel, layers: dict[str, LayerInfo]) -> str:
+    """The layer a page opens on when neither the link nor the session names one: the block that represents the
+    middle stage (patterns), where a first render already shows structure; else the middle block, else the first
+    layer. (The first layers are linear in the pixels or close to it: the Layer page explains them separately.)"""
+    stages = get_stage_map(model).stages
+    if stages and stages[len(stages) // 2].representative in layers:
+        return stages[len(stages) // 2].representative
+    blocks = [b for b in block_names(model) if b in layers]
+    return blocks[len(blocks) // 2] if blocks else next(iter(layers))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _pixel_convs(_model: LoadedModel, key: tuple[Any, ...]) -> list[str]:
+    del key
+    return pixel_convs(_model)
+
+
+def get_pixel_convs(model: LoadedModel) -> list[str]:
+    """The convolutions that read the colour channels (the stem), cached by the model's fingerprint."""
+    return _pixel_convs(model, model_key(model))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _kernel_figure(_model: LoadedModel, key: tuple[Any, ...], layer: str) -> KernelFigure:
+    del key
+    return kernel_figure(_model, layer)
+
+
+def get_kernel_figure(model: LoadedModel, layer: str) -> KernelFigure | None:
+    """The kernel figure of `layer` when it is a convolution over the colour channels, else None (cached)."""
+    if layer not in get_pixel_convs(model):
+        return None
+    return _kernel_figure(model, model_key(model), layer)
 
 
 def layer_from_url(model: LoadedModel, layers: dict[str, LayerInfo], fallback: str) -> str:

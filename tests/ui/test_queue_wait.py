@@ -1,0 +1,86 @@
+"""A page's heavy work waits its turn in the job queue and says so: "2 jobs ahead of yours", then starts."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import explorer.jobs as jobs
+from explorer.ui.i18n import catalogue
+from explorer.ui.widgets import queue as waiting
+
+
+class Line:
+    """Stands in for an st.empty() slot: records what is drawn in it."""
+
+    def __init__(self) -> None:
+        self.shown: list[str | None] = []
+
+    def empty(self) -> Line:
+        if self.shown:  # the slot itself: clearing it
+            self.shown.append(None)
+        return self
+
+    def info(self, text: str, icon: str | None = None) -> None:
+        self.shown.append(text)
+
+
+def _until(cond, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _holder(queue: jobs.JobQueue, session: str, release: threading.Event, started: list[str]) -> threading.Thread:
+    def run() -> None:
+        with queue.slot(session, "render"):
+            started.append(session)
+            release.wait(10)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_second_session_waits_while_a_slot_is_held_and_is_told_how_many_jobs_are_ahead(monkeypatch):
+    queue = jobs.JobQueue(workers=1, per_session=1)
+    monkeypatch.setattr(jobs, "job_queue", lambda: queue)
+    monkeypatch.setattr(waiting, "REDRAW_S", 0.2)
+    started: list[str] = []
+    release_a, release_c = threading.Event(), threading.Event()
+    _holder(queue, "A", release_a, started)
+    _until(lambda: started == ["A"])
+    _holder(queue, "C", release_c, started)  # waits behind A
+    _until(lambda: queue.snapshot()["waiting"] == 1)
+    line, ran = Line(), threading.Event()
+
+    def session_b() -> None:
+        with waiting.turn("render", line, session="B"):
+            ran.set()
+
+    b = threading.Thread(target=session_b, daemon=True)
+    b.start()
+    _until(lambda: any(s and "2 jobs ahead of yours" in s for s in line.shown))
+    time.sleep(0.5)
+    assert not ran.is_set()  # B really waits
+    assert len([s for s in line.shown if s]) >= 2  # redrawn while waiting (the seconds count up)
+    release_a.set()  # A done: C runs, B is next
+    _until(lambda: any(s and s.startswith("1 job ahead of yours") for s in line.shown))
+    assert not ran.is_set()
+    release_c.set()
+    b.join(5)
+    assert ran.is_set() and line.shown[-1] is None  # the waiting line is gone once B runs
+    assert queue.snapshot() == {"running": 0, "waiting": 0, "workers": 1}
+
+
+def test_no_line_when_a_slot_is_free_and_both_languages_say_it(monkeypatch):
+    queue = jobs.JobQueue(workers=1, per_session=1)
+    monkeypatch.setattr(jobs, "job_queue", lambda: queue)
+    line = Line()
+    with waiting.turn("render", line, session="alone"):
+        assert queue.snapshot()["running"] == 1
+    assert line.shown == []  # nothing drawn: the job started at once
+    assert catalogue("en")["jobs.ahead"].format(n=2, s=4) == "2 jobs ahead of yours · waiting 4 s"
+    assert catalogue("pt-BR")["jobs.ahead"].format(n=2, s=4) == "2 tarefas à frente da sua · esperando há 4 s"
+    assert waiting.waiting_text(1, 3.2) == "1 job ahead of yours · waiting 3 s"
