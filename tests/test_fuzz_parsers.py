@@ -32,7 +32,6 @@ from typing import Any
 
 import pytest
 import torch
-from explorer.transfer.checkpoints import save_checkpoint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -42,6 +41,7 @@ from torch import nn
 from explorer.data import ASSETS_DIR, load_image, safe_extract_zip
 from explorer.errors import ExplorerError
 from explorer.models import META_KEY, build_arch, load_model, read_checkpoint
+from explorer.transfer.checkpoints import save_checkpoint
 
 DEFAULT, SLOW = 60, 400  # cases per target; 7 targets
 BUDGETS = [pytest.param(DEFAULT, id="default"), pytest.param(SLOW, id="slow", marks=pytest.mark.slow)]

@@ -72,3 +72,10 @@ def language_switch() -> None:
         label_visibility="collapsed",
     )
     _keep_in_url()
+
+
+def page_intro(name: str) -> None:
+    """A page's one-line lead and its help ("What am I looking at?"), in the session's language."""
+    st.caption(t(f"page.{name}.lead"))
+    with st.expander(t("help.title"), icon=":material/help:"):
+        st.markdown(t(f"page.{name}.help"))

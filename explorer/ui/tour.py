@@ -35,7 +35,7 @@ STEPS = [
     Step("attribution", "Attribution", {"sample": "chelsea", "method": "gradcam", "scale": "shared"}),
     Step("finetune", "Fine-tune", {"data": "demo:digits", "freeze": FREEZE_POINT}),
     Step("compare", "Compare", {}),
-    Step("compare", "Compare", {"panel": "freeze"}),
+    Step("compare", "Compare", {"freeze": FREEZE_POINT}),  # the freeze panel opens at the example point
 ]
 
 

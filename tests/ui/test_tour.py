@@ -42,8 +42,29 @@ def test_every_key_the_code_asks_for_is_in_the_catalogue():
     used: set[str] = set()
     for path in (ROOT / "explorer" / "ui").rglob("*.py"):
         used |= set(re.findall(r'\bt\("([a-z0-9_.]+)"', path.read_text(encoding="utf-8")))
+        pages = re.findall(r'\bpage_intro\("([a-z]+)"\)', path.read_text(encoding="utf-8"))
+        used |= {f"page.{name}.{part}" for name in pages for part in ("lead", "help")}
     used |= {f"tour.step{i}.{part}" for i in range(1, len(tour.STEPS) + 1) for part in ("title", "body")}
     assert used and used <= set(catalogue("en")), sorted(used - set(catalogue("en")))
+
+
+def test_every_page_but_the_start_page_has_its_help_in_both_languages():
+    pages = {p.stem for p in (ROOT / "explorer" / "ui" / "pages").glob("*.py")} - {"__init__", "start"}
+    for page in pages:
+        text = (ROOT / "explorer" / "ui" / "pages" / f"{page}.py").read_text(encoding="utf-8")
+        assert f'page_intro("{page}")' in text, f"the {page} page shows no help"
+        for lang in LANGUAGES:
+            assert catalogue(lang)[f"page.{page}.help"].count("- ") >= 2, f"{lang}: the {page} page's help is thin"
+
+
+@pytest.mark.parametrize("lang", ["pt-BR", "en"])
+def test_a_page_opened_in_portuguese_explains_itself_in_portuguese(app_on, lang):
+    at = app_on("model", timeout=300, lang=lang).run()
+    assert not at.exception
+    lead = catalogue(lang)["page.model.lead"]
+    assert lead in [c.value for c in at.caption]
+    helps = [e for e in at.expander if e.label == catalogue(lang)["help.title"]]
+    assert len(helps) == 1 and [m.value for m in helps[0].markdown] == [catalogue(lang)["page.model.help"]]
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from explorer.data import sample_images
 from explorer.layers import layout_of
 from explorer.models import LoadedModel
 from explorer.ui.common import current_model, model_key, page_ref, progress_callback, show_error
+from explorer.ui.i18n import page_intro
 from explorer.ui.widgets.figures import top_figure
 from explorer.ui.widgets.gallery import PLACEHOLDER_HTML, RenderSettings, link_params
 from explorer.ui.widgets.images import image_picker
@@ -389,7 +390,7 @@ def _channels_section(model: LoadedModel, layers: list[str], scores: dict[str, A
 def render() -> None:
     """The Attribution page."""
     st.title("Attribution")
-    st.caption("Which parts of the image drive the prediction at every depth of the network, and which channels.")
+    page_intro("attribution")
     model = current_model()
     layers = [r.name for r in resolve_layers(model, "all")]
     samples = sample_images()

@@ -45,6 +45,7 @@ from explorer.ui.compare.setup import (
     set_param,
 )
 from explorer.ui.compare.store import comparison_key, get_report, put_report, subset_folder, with_renders
+from explorer.ui.i18n import page_intro
 from explorer.ui.widgets.gallery import RenderSettings, safe_filename, settings_from_url, zip_bytes
 
 SECTIONS = ("Units", "Examples", "Attribution")
@@ -282,10 +283,7 @@ def _caption(report: Any) -> None:
 def render() -> None:
     """The Compare page."""
     st.title("Compare")
-    st.caption(
-        "Where to freeze the current model: measured by training at several freeze points (the sweep), and "
-        "explained by comparing it, block by block, with a fine-tuned copy on images it never trained on."
-    )
+    page_intro("compare")
     toast = st.session_state.pop("cmp_toast", None)
     if toast:
         st.toast(toast, icon=":material/check:")

@@ -22,7 +22,7 @@ from explorer.featurevis.kernels import KernelFigure, kernel_sheet
 from explorer.featurevis.store import cached_mask
 from explorer.models import LoadedModel
 from explorer.ui.common import current_model, page_ref, show_error
-from explorer.ui.i18n import t
+from explorer.ui.i18n import page_intro, t
 from explorer.ui.widgets.gallery import (
     RenderSettings,
     Tile,
@@ -164,6 +164,7 @@ def _page_from_url(pages: int) -> int:
 def render() -> None:
     """The Layer page."""
     st.title("Layer")
+    page_intro("layer")
     model = current_model()
     layers = renderable_layers(model)
     stages = get_stage_map(model)

@@ -21,6 +21,7 @@ from explorer.ui.common import (
     set_current_model,
     show_error,
 )
+from explorer.ui.i18n import page_intro
 from explorer.ui.widgets.figures import top_figure
 from explorer.ui.widgets.images import image_picker
 
@@ -332,6 +333,7 @@ def _try_it(model: LoadedModel) -> None:
 def render() -> None:
     """The Model page."""
     st.title("Model")
+    page_intro("model")
     try:
         model: LoadedModel | None = current_model()
     except Exception as exc:

@@ -15,6 +15,7 @@ import streamlit as st
 from explorer.cache import png_bytes
 from explorer.featurevis import Objective, channel, labelled_rows
 from explorer.ui.common import current_model, page_ref, show_error
+from explorer.ui.i18n import page_intro
 from explorer.ui.widgets.gallery import (
     Tile,
     link_params,
@@ -68,10 +69,7 @@ def render() -> None:
     layers = renderable_layers(model)
     settings = settings_from_url(suggested_settings(model))
     per_stage = _per_stage_from_url()
-    st.caption(
-        "What each stage of the network responds to, early to late: every picture is optimised to excite one unit "
-        "(activation maximization). Value under each picture: the unit's mean activation it reached."
-    )
+    page_intro("progression")
     if not stages.stages:
         st.info(stages.note)
         return

@@ -25,7 +25,7 @@ from explorer.featurevis.kernels import KernelFigure
 from explorer.layers import LayerInfo
 from explorer.models import LoadedModel
 from explorer.ui.common import current_model, model_key, page_ref, progress_callback, show_error
-from explorer.ui.i18n import t
+from explorer.ui.i18n import page_intro, t
 from explorer.ui.widgets.gallery import (
     RenderSettings,
     Tile,
@@ -351,6 +351,7 @@ def _unit_layers(model: LoadedModel) -> tuple[dict[str, LayerInfo], list[str]]:
 def render() -> None:
     """The Unit page."""
     st.title("Unit")
+    page_intro("unit")
     model = current_model()
     layers, blocks = _unit_layers(model)
     stages = get_stage_map(model)
