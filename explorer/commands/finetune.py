@@ -21,17 +21,22 @@ def register(subparsers: Any) -> None:
         help="fine-tune a model on an image folder with a freeze point; saves a .safetensors checkpoint",
         description="Fine-tune a copy of the model on an image folder (one sub-folder per class) or a demo "
         "dataset. Everything up to and including --freeze-after stays frozen (weights and BatchNorm statistics). "
-        "The checkpoint is rewritten after every epoch, so an interrupted run keeps its last complete epoch.",
+        "The checkpoint is rewritten after every epoch, so an interrupted run keeps its last complete epoch, and "
+        "`--resume` continues a killed run from there (a resume state is saved beside the checkpoint each epoch). "
+        "An --out of the form DIR/NAME/NAME.safetensors is recorded as a run the app lists.",
     )
     add_model_args(p)
+    p.add_argument("--data", metavar="FOLDER|demo:NAME", help="image folder, or demo:digits / demo:shapes (required)")
     p.add_argument(
-        "--data", required=True, metavar="FOLDER|demo:NAME", help="image folder, or demo:digits / demo:shapes"
+        "--freeze-after", metavar="LAYER|none", help="ladder layer to freeze up to; none: train all (required)"
     )
+    p.add_argument("--out", metavar="CKPT", help="checkpoint path ending in .safetensors, + .json sidecar (required)")
     p.add_argument(
-        "--freeze-after", required=True, metavar="LAYER|none", help="ladder layer to freeze up to; none: train all"
-    )
-    p.add_argument(
-        "--out", required=True, metavar="CKPT", help="checkpoint path ending in .safetensors (+ .json sidecar)"
+        "--resume",
+        metavar="RUN",
+        default=None,
+        help="continue an interrupted run (its folder or checkpoint) from its last complete epoch, with its own "
+        "settings and data; every other option is ignored",
     )
     p.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"passes over the data (default {d.epochs})")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"(default {d.batch_size})")
@@ -129,11 +134,15 @@ def _device(args: argparse.Namespace) -> str | None:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune, print the per-epoch metrics and where the checkpoint is."""
-    from tqdm import tqdm
-
     from explorer.transfer.checkpoints import check_writable
-    from explorer.transfer.finetune import FinetuneSettings, finetune
+    from explorer.transfer.finetune import FinetuneError, FinetuneSettings, finetune
+    from explorer.transfer.runs import begin_run, finish_run
 
+    if args.resume:
+        return _resume(args)
+    missing = [f"--{n}" for n in ("data", "freeze-after", "out") if getattr(args, n.replace("-", "_")) is None]
+    if missing:
+        raise FinetuneError(f"finetune needs {', '.join(missing)} (or --resume RUN to continue an interrupted run).")
     freeze = None if args.freeze_after.lower() in ("none", "") else args.freeze_after
     settings = FinetuneSettings(
         freeze_after=freeze,
@@ -156,6 +165,43 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     settings.check()
     out = check_writable(args.out, overwrite=args.overwrite)  # refuse before the model loads
     model = load_model_arg(args)
+    progress, epochs = _epoch_printer()
+    recorded = begin_run(out, args.data)
+    try:
+        result = finetune(model, args.data, settings, out=out, overwrite=args.overwrite, progress=progress)
+    except KeyboardInterrupt:
+        kept = f"the checkpoint of the best complete epoch is at {out}" if epochs else "no epoch completed"
+        print(f"error: interrupted; {kept}.", file=sys.stderr)
+        return 130
+    if recorded:
+        finish_run(out, "stopped" if result.stopped else "done")
+    return _report(args, result, freeze)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    """`finetune --resume RUN`: continue an interrupted run where its last complete epoch left it."""
+    from explorer.transfer.checkpoints import load_resume_state
+    from explorer.transfer.resume import resume, run_checkpoint
+    from explorer.transfer.runs import begin_run, finish_run
+
+    checkpoint = run_checkpoint(args.resume)
+    load_resume_state(checkpoint)  # one line now if there is nothing to resume, before a model loads
+    progress, epochs = _epoch_printer()
+    recorded = begin_run(checkpoint)
+    try:
+        result = resume(checkpoint, device=_device(args), progress=progress)
+    except KeyboardInterrupt:
+        print(f"error: interrupted; `--resume {args.resume}` continues from the last complete epoch.", file=sys.stderr)
+        return 130
+    if recorded:
+        finish_run(checkpoint, "stopped" if result.stopped else "done")
+    return _report(args, result, result.metadata.get("freeze_after"))
+
+
+def _epoch_printer() -> tuple[Any, list[dict[str, Any]]]:
+    """A progress bar that also prints one line per completed epoch; the list the epochs are collected in."""
+    from tqdm import tqdm
+
     bar = progress_bar("fine-tuning")
     epochs: list[dict[str, Any]] = []
 
@@ -169,12 +215,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             )
         bar(done, total, preview)
 
-    try:
-        result = finetune(model, args.data, settings, out=out, overwrite=args.overwrite, progress=progress)
-    except KeyboardInterrupt:
-        kept = f"the checkpoint of the best complete epoch is at {out}" if epochs else "no epoch completed"
-        print(f"error: interrupted; {kept}.", file=sys.stderr)
-        return 130
+    return progress, epochs
+
+
+def _report(args: argparse.Namespace, result: Any, freeze: str | None) -> int:
+    """Print the epochs, the kept epoch and where the checkpoint is (or the JSON summary)."""
     summary = {
         "checkpoint": str(result.checkpoint),
         "best_epoch": result.metadata.get("best_epoch"),

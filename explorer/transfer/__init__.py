@@ -3,7 +3,8 @@
 ``freeze`` decides which modules a freeze point leaves alone (parameters and BatchNorm statistics), counts them and
 writes the PyTorch that freezes there; ``finetune`` trains a copy of a model with a new head (``settings``,
 ``trainer``, ``optim``) and saves checkpoints (``checkpoints``) with the held-out split (``heldout``) that
-`load_model` reopens alone; ``runs`` is the registry of fine-tune runs the app lists and trains in the background.
+`load_model` reopens alone, and ``resume`` continues a run whose process was killed from the resume state saved
+beside its checkpoint; ``runs`` is the registry of fine-tune runs the app lists and trains in the background.
 ``sweep`` is the ground truth: held-out accuracy and cost at several freeze points by two routes (fine-tune after
 the point; linear classifier on it), as independent tasks (``sweep_tasks``) sharing one pass of the frozen prefix
 (``prefix``), chosen by a paired test (``sweep_report``, ``stats``). ``compare`` measures base against tuned on
@@ -31,6 +32,7 @@ from explorer.transfer.guide import GuideCell
 from explorer.transfer.heldout import HeldOut, Split
 from explorer.transfer.recommend import recommend, with_sweep
 from explorer.transfer.report import ComparisonReport, LayerComparison, Recommendation, chart_series
+from explorer.transfer.resume import can_resume, resume
 from explorer.transfer.sweep import (
     SweepError,
     SweepReport,
@@ -70,6 +72,8 @@ __all__ = [
     "head_name",
     "load_sweep",
     "recommend",
+    "resume",
+    "can_resume",
     "with_sweep",
     "run_sweep_task",
     "save_checkpoint",

@@ -3,11 +3,17 @@
 Both files are written atomically (temporary file, fsync, rename), so a reader, or a run interrupted between
 epochs, only ever sees a complete checkpoint. `explorer.models.load_model(path)` reopens them with no extra
 arguments: the metadata names the architecture, classes and preprocessing.
+
+Beside a run's checkpoint ``<name>.safetensors``, ``<name>.resume.pt`` holds what continuing the run needs after its
+process was killed (the last epoch's weights, optimiser and schedule state, histories, random generators and the
+run's metadata; :mod:`explorer.transfer.resume`). It is written atomically too, read only with
+``torch.load(weights_only=True)``, and removed when the run ends normally.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -15,6 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from explorer.errors import ExplorerError
@@ -93,3 +100,73 @@ def update_metadata(path: str | Path, metadata: dict[str, Any]) -> Path:
     write_atomic(path, save(tensors, metadata={META_KEY: json.dumps(meta)}))
     write_atomic(path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
     return path
+
+
+# --------------------------------------------------------------------------- resume state
+
+RESUME_SUFFIX = ".resume.pt"
+RESUME_FORMAT = "layer_explorer.resume/1"
+
+
+def resume_path(checkpoint: str | Path) -> Path:
+    """Where the resume state of the run whose checkpoint is `checkpoint` lives: ``<name>.resume.pt`` beside it."""
+    path = Path(checkpoint)
+    return path.with_name(path.stem + RESUME_SUFFIX)
+
+
+def save_resume_state(checkpoint: str | Path, state: dict[str, Any]) -> Path:
+    """Write a training state (tensors, numbers, strings, lists, dicts only) beside `checkpoint`, atomically."""
+    buf = io.BytesIO()
+    torch.save({"format": RESUME_FORMAT, **state}, buf)
+    path = resume_path(checkpoint)
+    write_atomic(path, buf.getvalue())
+    return path
+
+
+def load_resume_state(checkpoint: str | Path) -> dict[str, Any]:
+    """The resume state saved beside `checkpoint` (read with weights_only=True); one sentence if there is none."""
+    path = resume_path(checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"{Path(checkpoint).name} has no resume state ({path.name}): the run cannot be resumed.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and torch errors alike: the file is not a state we wrote
+        raise CheckpointError(f"{path.name} is not a readable resume state ({type(exc).__name__}).") from None
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+        raise CheckpointError(f"{path.name} is not a resume state this version can read.")
+    return state
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temporary files (``.<name>.<pid>.<thread>.tmp``) a killed writer left in `folder`; those removed.
+
+    Files of a process that is still alive are kept (it may be writing them right now).
+    """
+    removed = []
+    base = Path(folder)
+    if not base.is_dir():
+        return removed
+    for p in base.glob(".*.tmp"):
+        parts = p.name.split(".")
+        pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
+        if pid is None or process_alive(pid):  # not our naming, or its writer may still be at work
+            continue
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with id `pid` exists (POSIX; elsewhere only this process counts as alive)."""
+    if pid == os.getpid():
+        return True
+    if os.name != "posix" or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True

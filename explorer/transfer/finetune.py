@@ -6,13 +6,19 @@ Everything up to and including the freeze point is frozen (parameters *and* Batc
 :mod:`explorer.transfer.settings`. The held-out split (:mod:`explorer.transfer.heldout`) is saved in the checkpoint's
 metadata, so a comparison can later measure on images the model never trained on. The checkpoint is written
 atomically (safetensors with our JSON metadata in its header, plus a ``.json`` sidecar) after every epoch that
-improved the held-out loss, so an interrupted run leaves its best complete epoch usable.
+improved the held-out loss, so an interrupted run leaves its best complete epoch usable. Beside it, before the
+checkpoint, a resume state is written after every epoch (:func:`explorer.transfer.checkpoints.save_resume_state`)
+so a run whose process was killed continues where it was (:func:`explorer.transfer.resume.resume`); it is
+removed when the run ends by itself. Order matters: the state is written before a checkpoint that replaces an
+earlier best one, so the checkpoint on disk always holds the best epoch the state names (or the state's own weights
+are that epoch); the first checkpoint is written before the first state, so a run that has a state is listed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,13 +32,20 @@ from explorer.data import TransformedView, eval_transform, open_dataset, train_t
 from explorer.layers import execution_order
 from explorer.models import LoadedModel, fingerprint
 from explorer.runtime import Progress, StopSignal, stop_requested
-from explorer.transfer.checkpoints import check_writable, save_checkpoint, update_metadata
+from explorer.transfer.checkpoints import (
+    check_writable,
+    json_safe,
+    resume_path,
+    save_checkpoint,
+    save_resume_state,
+    update_metadata,
+)
 from explorer.transfer.freeze import apply_freeze, head_name
 from explorer.transfer.heldout import Split, make_split
 from explorer.transfer.settings import FinetuneError, FinetuneSettings
 from explorer.transfer.trainer import TrainOutcome, evaluate, train
 
-__all__ = ["FinetuneError", "FinetuneResult", "FinetuneSettings", "evaluate", "finetune", "replace_head"]
+__all__ = ["FinetuneError", "FinetuneResult", "FinetuneSettings", "evaluate", "finetune", "fit", "replace_head"]
 
 
 @dataclass
@@ -222,16 +235,39 @@ def finetune(
     s.check()
     out_path = check_writable(out, overwrite=overwrite) if out is not None else None
     dataset, classes, split = training_data(data, s)
+    return fit(model, data, s, (dataset, classes, split), out=out_path, progress=progress, should_stop=should_stop)
+
+
+def fit(
+    model: LoadedModel,
+    data: str | Path | Dataset,
+    s: FinetuneSettings,
+    prepared: tuple[Dataset, list[str], Split],
+    *,
+    out: Path | None,
+    progress: Progress | None = None,
+    should_stop: StopSignal | None = None,
+    start: dict[str, Any] | None = None,
+) -> FinetuneResult:
+    """The fine-tune on a prepared (dataset, classes, split), writing to `out` (checked already).
+
+    `start` is a resume state (:func:`explorer.transfer.checkpoints.load_resume_state`) to continue from with its
+    next epoch; :func:`explorer.transfer.resume.resume` is the way in. A resume state is written after each epoch
+    when there is a checkpoint and `data` names images that can be opened again (a path or a demo name).
+    """
+    dataset, classes, split = prepared
     train_loader, val_loader, views = image_loaders(model, dataset, split, s)
     device = model.device
     devices = [device.index or 0] if device.type == "cuda" else []
+    resumable = out is not None and isinstance(data, (str, Path))
     with torch.random.fork_rng(devices=devices):  # seed our run without changing other threads' RNG for good
         torch.manual_seed(s.seed)
         module, head = trainable_model(model, len(classes), s.freeze_after)
-        result = FinetuneResult(
-            module=module, checkpoint=None, metadata=_metadata(model, module, head, data, classes, split, s)
-        )
-        saver = _Saver(result, out_path, [dataset, *views], progress, s.epochs * len(train_loader))
+        meta = json.loads(start["metadata"]) if start else _metadata(model, module, head, data, classes, split, s)
+        result = FinetuneResult(module=module, checkpoint=None, metadata=meta)
+        saver = _Saver(result, out, [dataset, *views], progress, s.epochs * len(train_loader))
+        if start is not None:
+            start = saver.restore(start)
         outcome = train(
             module,
             head,
@@ -242,8 +278,13 @@ def finetune(
             progress=_recording(progress, result),
             stop=stop_requested(should_stop),
             on_epoch=saver.on_epoch,
+            on_state=saver.keep_state if resumable else None,
+            start=start,
         )
-    _finish(result, outcome, result.metadata, time.perf_counter() - saver.t0)
+    _finish(result, outcome, result.metadata, saver.seconds())
+    if out is not None and not outcome.stopped:  # ended by itself: nothing left to resume
+        with contextlib.suppress(OSError):
+            resume_path(out).unlink(missing_ok=True)
     return result
 
 
@@ -255,6 +296,39 @@ class _Saver:
     ) -> None:
         self.result, self.out, self.sources, self.progress, self.total = result, out, sources, progress, total
         self.t0 = time.perf_counter()
+        self.before = 0.0  # seconds spent by the run before it was resumed
+        self.pending: dict[str, Any] | None = None  # the training state of the epoch being recorded
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.t0
+
+    def keep_state(self, state: dict[str, Any]) -> None:
+        """The trainer's state after an epoch; written by `on_epoch`, which follows at once."""
+        self.pending = state
+
+    def restore(self, start: dict[str, Any]) -> dict[str, Any]:
+        """Continue from a resume state: histories, elapsed time, and a checkpoint that holds the state's best epoch.
+
+        Returns the state with ``best_state`` (the best epoch's weights, from the checkpoint) when the trainer needs
+        it. The checkpoint is rewritten when the process died between writing the state and the checkpoint.
+        """
+        r, out = self.result, self.out
+        r.epochs = [dict(e) for e in start["epochs"]]
+        r.steps = [dict(x) for x in start["steps"]]
+        self.before = float(start.get("seconds", 0.0))
+        best = start["best"]["epoch"]
+        if out is None or best is None:
+            return start
+        if best == start["epoch"]:  # the state's own weights are the best epoch
+            r.module.load_state_dict(start["model"])
+            save_checkpoint(r.module, out, r.metadata)
+            r.checkpoint = out
+            return start
+        from safetensors.torch import load_file
+
+        r.checkpoint = out
+        update_metadata(out, r.metadata)
+        return {**start, "best_state": load_file(str(out))}
 
     def _unreadable(self) -> dict[str, Any]:
         dataset, *views = self.sources
@@ -269,12 +343,20 @@ class _Saver:
         meta["best_epoch"] = best["epoch"]
         if improved:  # the step budget that moved the weights being kept
             meta["optimizer"] = {"name": "AdamW", **budget}
-        seconds = time.perf_counter() - self.t0
+        seconds = self.seconds()
         meta["metrics"] = {**best, "seconds": seconds, "history": list(r.epochs)}
-        if self.out is not None and improved:
+        first = self.out is not None and improved and r.checkpoint is None  # no earlier best to lose: write it first
+        if first:
+            save_checkpoint(r.module, self.out, meta)  # type: ignore[arg-type]
+            r.checkpoint = self.out
+        if self.out is not None and self.pending is not None:  # before a checkpoint that replaces an earlier best
+            meta_text = json.dumps(json_safe(meta))
+            save_resume_state(self.out, {**self.pending, "metadata": meta_text, "seconds": seconds})
+        self.pending = None
+        if self.out is not None and improved and not first:
             save_checkpoint(r.module, self.out, meta)
             r.checkpoint = self.out
-        elif self.out is not None and r.checkpoint is not None:  # keep the best weights, update the history
+        elif self.out is not None and r.checkpoint is not None and not first:  # keep the best weights, new history
             update_metadata(self.out, meta)
         if self.progress:
             info = {"phase": "val", **ep, "seconds": seconds, "checkpoint": str(self.out) if self.out else None}

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from explorer.cache import cache_root
+from explorer.transfer.checkpoints import process_alive
 
 RUN_RECORD = ".run.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
@@ -107,7 +108,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _status(record: dict[str, Any], meta: dict[str, Any]) -> str:
     status = str(record.get("status") or ("stopped" if meta.get("stopped") else "done"))
-    if status == "running" and record.get("pid") != os.getpid():
+    pid = record.get("pid")
+    if status == "running" and pid != os.getpid() and not (isinstance(pid, int) and process_alive(pid)):
         return "interrupted"  # the process that trained it is gone: its last complete epoch is what is left
     return status if status in STATES else "done"
 
@@ -198,9 +200,26 @@ def reserve_run(label: str, *, root: str | Path | None = None, data: str | None 
 
 
 def _write_record(folder: Path, record: dict[str, Any]) -> None:
-    tmp = folder / f".{RUN_RECORD}.{threading.get_ident()}.tmp"
+    tmp = folder / f".{RUN_RECORD}.{os.getpid()}.{threading.get_ident()}.tmp"
     tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
     os.replace(tmp, folder / RUN_RECORD)
+
+
+def begin_run(checkpoint: str | Path, data: str | None = None) -> bool:
+    """Record that this process trains the run at `checkpoint` (a new one, or one being resumed).
+
+    Only a checkpoint laid out as a run (``<name>/<name>.safetensors``) has a record; False for any other path. If
+    the process dies, the record still says "running" with a pid that is gone, and the run reads as interrupted.
+    """
+    path = Path(checkpoint)
+    folder = path.parent
+    if folder.name != path.stem or not folder.is_dir():
+        return False
+    record = _read_json(folder / RUN_RECORD) or {"name": path.stem, "created": time.time(), "data": data}
+    record = {**record, "pid": os.getpid(), "status": "running"}
+    record.pop("finished", None)
+    _write_record(folder, record)
+    return True
 
 
 def finish_run(checkpoint: Path, status: str) -> None:
@@ -247,9 +266,26 @@ class TrainingJob:
     the checkpoint of the last complete epoch stays, and `finish_run` records how the run ended.
     """
 
-    def __init__(self, model: Any, data: str, settings: Any, *, label: str, root: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        data: str,
+        settings: Any,
+        *,
+        label: str,
+        root: str | Path | None = None,
+        resume_from: str | Path | None = None,
+    ) -> None:
+        """A new run in a fresh folder; or, with `resume_from` (an interrupted run's checkpoint), that run continued
+        (`model` may then be None: the run's base is loaded in the thread)."""
         self.model, self.data, self.settings = model, data, settings
-        self.name, self.checkpoint = reserve_run(label, root=root, data=data)
+        self.resuming = resume_from is not None
+        if resume_from is None:
+            self.name, self.checkpoint = reserve_run(label, root=root, data=data)
+        else:
+            self.checkpoint = Path(resume_from)
+            self.name = self.checkpoint.stem
+            begin_run(self.checkpoint, data)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._state = "running"
@@ -285,13 +321,17 @@ class TrainingJob:
 
     def _run(self) -> None:
         from explorer.transfer.finetune import finetune
+        from explorer.transfer.resume import resume
 
         state = "failed"
         try:
-            result = finetune(
-                self.model, self.data, self.settings, out=self.checkpoint, progress=self._progress,
-                should_stop=self._stop,
-            )  # fmt: skip
+            if self.resuming:
+                result = resume(self.checkpoint, model=self.model, progress=self._progress, should_stop=self._stop)
+            else:
+                result = finetune(
+                    self.model, self.data, self.settings, out=self.checkpoint, progress=self._progress,
+                    should_stop=self._stop,
+                )  # fmt: skip
             state = "stopped" if result.stopped else "done"
             with self._lock:
                 self._ips = result.images_per_second

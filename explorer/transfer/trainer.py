@@ -5,6 +5,12 @@ each epoch the held-out loss and accuracy; the epoch with the lowest held-out lo
 the end) and training stops after `patience` epochs without improvement. Batches and convolutions use the
 channels-last layout on every device: on CPUs with oneDNN a training step of EfficientNet-Lite0 runs several times
 faster than in NCHW (docs/benchmarks.md). The loader may yield images or, for a sweep, frozen-prefix features.
+
+After each epoch `on_state` (when given) receives the whole training state (:func:`training_state`: weights of the
+last epoch, optimiser, schedule, best epoch so far, histories, random generators), and `train(start=…)` continues
+from such a state with the next epoch, exactly as the uninterrupted loop would have (the resume of a fine-tune whose
+process was killed, :mod:`explorer.transfer.resume`). The state holds only tensors, numbers, strings, lists and
+dicts, so ``torch.load(weights_only=True)`` reads it back.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from explorer.transfer.optim import StepBudget, lr_factor, param_groups
 from explorer.transfer.settings import FinetuneSettings
 
 EpochHook = Callable[[dict[str, float], bool, dict[str, object]], None]  # (epoch, best so far?, step budget)
+StateHook = Callable[[dict[str, Any]], None]  # the training state after an epoch (before EpochHook runs)
 
 
 def to_layout(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -144,6 +151,59 @@ class _Best:
         return True
 
 
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: t.detach().to("cpu", copy=True) for name, t in state.items()}
+
+
+def training_state(
+    k: _Step, out: TrainOutcome, best: _Best, epoch: int, loader: DataLoader, *, last: bool
+) -> dict[str, Any]:
+    """Everything the loop needs to continue after `epoch` as if it had never stopped (`last`: nothing follows)."""
+    gen = getattr(loader, "generator", None)
+    return {
+        "epoch": epoch,
+        "last": last,
+        "model": _cpu(k.module.state_dict()),
+        "optimizer": k.opt.state_dict(),
+        "scheduler": k.sched.state_dict(),
+        "best": {"epoch": out.best_epoch, "loss": best.loss, "correct": list(best.correct), "since": best.since},
+        "budget": {"sums": dict(out.budget.sums), "steps": out.budget.steps},
+        "epochs": [dict(e) for e in out.epochs],
+        "steps": [dict(r) for r in out.steps],
+        "correct": list(out.correct),
+        "train_seconds": out.train_seconds,
+        "images_seen": out.images_seen,
+        "rng": {"torch": torch.get_rng_state(), "loader": gen.get_state() if gen is not None else None},
+    }
+
+
+def restore_state(
+    state: dict[str, Any], k: _Step, out: TrainOutcome, best: _Best, loader: DataLoader, s: FinetuneSettings
+) -> int:
+    """Load a :func:`training_state` into the loop's parts; the epoch to continue with (past the end: nothing)."""
+    k.module.load_state_dict(state["model"])
+    k.opt.load_state_dict(state["optimizer"])
+    k.sched.load_state_dict(state["scheduler"])
+    b = state["best"]
+    out.best_epoch, best.loss, best.correct, best.since = b["epoch"], b["loss"], list(b["correct"]), int(b["since"])
+    if s.keep_best and b["epoch"] is not None and b["epoch"] != state["epoch"]:
+        best.state = state.get("best_state")  # the weights of an earlier epoch, kept in the checkpoint
+    elif s.keep_best and b["epoch"] is not None:
+        best.state = copy.deepcopy(k.module.state_dict())
+    out.budget = StepBudget(sums=dict(state["budget"]["sums"]), steps=int(state["budget"]["steps"]))
+    out.epochs, out.steps = [dict(e) for e in state["epochs"]], [dict(r) for r in state["steps"]]
+    out.correct = list(state["correct"])
+    out.train_seconds, out.images_seen = float(state["train_seconds"]), int(state["images_seen"])
+    torch.set_rng_state(state["rng"]["torch"])
+    gen = getattr(loader, "generator", None)
+    if gen is not None and state["rng"]["loader"] is not None:
+        gen.set_state(state["rng"]["loader"])
+    if state["last"]:
+        out.early_stopped = state["epoch"] < s.epochs
+        return s.epochs + 1
+    return int(state["epoch"]) + 1
+
+
 def train(
     module: nn.Module,
     head: str,
@@ -156,11 +216,15 @@ def train(
     stop: Callable[[], bool] = lambda: False,
     on_epoch: EpochHook | None = None,
     eval_each_epoch: bool = True,
+    on_state: StateHook | None = None,
+    start: dict[str, Any] | None = None,
 ) -> TrainOutcome:
     """Train `module` (its trainable parameters) for `s.epochs`; returns the outcome with the best epoch restored.
 
     With `eval_each_epoch` False (and no best epoch to keep, no patience), the held-out images are scored once,
-    after the last epoch: what a sweep needs, one pass instead of one per epoch.
+    after the last epoch: what a sweep needs, one pass instead of one per epoch. `on_state` gets the training
+    state after every epoch, before `on_epoch`; `start` is such a state to continue from (its ``best_state``: the
+    best epoch's weights when that is not its last epoch and `s.keep_best`).
     """
     every = eval_each_epoch or s.keep_best or s.patience is not None
     opt = torch.optim.AdamW(param_groups(module, head, lr=s.lr, backbone_lr=s.backbone_lr, weight_decay=s.weight_decay))
@@ -169,7 +233,8 @@ def train(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)
     k = _Step(module, opt, sched, loss_fn, device, total, progress, stop)
     out, best = TrainOutcome(), _Best()
-    for epoch in range(1, s.epochs + 1):
+    first = restore_state(start, k, out, best, train_loader, s) if start is not None else 1
+    for epoch in range(first, s.epochs + 1):
         set_mode(module, True, bn_frozen=s.bn == "frozen")
         train_loss, train_acc = _epoch(k, train_loader, epoch, out)
         if out.stopped:
@@ -188,9 +253,12 @@ def train(
         improved = best.update(val, module, s.keep_best, epoch == s.epochs)
         if improved:
             out.best_epoch = epoch
+        early = s.patience is not None and best.since >= s.patience and epoch < s.epochs
+        if on_state:
+            on_state(training_state(k, out, best, epoch, train_loader, last=early or epoch == s.epochs))
         if on_epoch:
             on_epoch(ep, improved, out.budget.as_dict())
-        if s.patience is not None and best.since >= s.patience and epoch < s.epochs:
+        if early:
             out.early_stopped = True
             break
     last = out.epochs[-1]["epoch"] if out.epochs else None

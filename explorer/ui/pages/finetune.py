@@ -17,6 +17,7 @@ import streamlit as st
 from explorer.models import LoadedModel
 from explorer.transfer.finetune import FinetuneSettings
 from explorer.transfer.freeze import FreezeSummary, freeze_code, freeze_table
+from explorer.transfer.resume import can_resume, saved_settings
 from explorer.transfer.runs import JobSnapshot, TrainingJob, list_runs, read_run
 from explorer.ui.common import current_model, get_ladder, model_key, show_error
 from explorer.ui.widgets.dataset_panel import data_section
@@ -286,12 +287,39 @@ def _result_section(job: TrainingJob, snap: JobSnapshot) -> None:
         _run_panel(info, "ft_result")
 
 
-def _runs_section() -> None:
+def _resume_run(info: Any) -> None:
+    """Continue an interrupted run in the background, with the same progress view as a new one."""
+    try:
+        settings = saved_settings(info.settings)
+        job = TrainingJob(None, str(info.data), settings, label=info.name, resume_from=info.path).start()
+    except Exception as exc:
+        show_error(exc)
+        return
+    st.session_state[JOB_KEY] = job
+    st.rerun()
+
+
+def _resumable(runs: list[Any], busy: bool) -> None:
+    """A Resume button for each run whose process died (or was stopped) with a resume state saved."""
+    for info in runs:
+        if info.status not in ("interrupted", "stopped") or not can_resume(info.path):
+            continue
+        total = info.settings.get("epochs", "?")
+        c = st.columns([3, 1], vertical_alignment="center")
+        c[0].markdown(f"**{info.name}** is {info.status} after epoch {info.epochs_done} of {total}.")
+        if c[1].button("Resume", key=f"ft_resume_{info.name}", icon=":material/play_circle:", disabled=busy,
+                       width="stretch", help="Continue from its last complete epoch with the optimizer state it "
+                       "saved, in the same folder and on the same held-out split."):  # fmt: skip
+            _resume_run(info)
+
+
+def _runs_section(busy: bool = False) -> None:
     st.subheader("Previous runs")
     runs = list_runs()
     if not runs:
         st.caption("No runs yet. Each run is saved under the app's cache folder and listed here.")
         return
+    _resumable(runs, busy)
     df = pd.DataFrame([r.as_row() for r in runs]).drop(columns=["checkpoint"])
     fmt = {k: st.column_config.NumberColumn(format="percent") for k in ("val acc", "train acc")}
     fmt["val loss"] = st.column_config.NumberColumn(format="%.3f")
@@ -346,4 +374,4 @@ def render() -> None:
         else:
             _live_fragment()
     st.divider()
-    _runs_section()
+    _runs_section(job is not None and not job.snapshot().finished)
