@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from explorer.models import LoadedModel
+from explorer.layers import fixed_input_size
+from explorer.models import LoadedModel, logits_of
 from explorer.transfer.freeze import apply_freeze
 
 
@@ -33,6 +34,8 @@ def training_step_cost(
     model: LoadedModel, freeze_after: str | None, *, batch: int = 16, size: int = 64, steps: int = 3
 ) -> StepCost:
     """Time `steps` training steps (after one warm-up) on a copy of `model` frozen after `freeze_after`."""
+    fixed = fixed_input_size(model)
+    size = fixed[0] if fixed else size  # a ViT runs only at its own size
     module = copy.deepcopy(model.module).requires_grad_(True)
     apply_freeze(module, freeze_after, input_size=model.input_size)
     module.train()
@@ -43,7 +46,7 @@ def training_step_cost(
     times = []
     for i in range(steps + 1):
         start = time.perf_counter()
-        out = module(x)
+        out = logits_of(module(x))
         loss = out.float().logsumexp(1).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

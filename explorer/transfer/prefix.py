@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from explorer.layers import execution_order, forward_hooks, forward_until, is_quiet
-from explorer.transfer.freeze import head_name, module_and_size
+from explorer.layers import execution_order, forward_hooks, forward_until
+from explorer.models import logits_of
+from explorer.transfer.freeze import cut_position, module_and_size
 from explorer.transfer.pooling import gap_features
 
 CACHE_BUDGET_BYTES = 1_500_000_000  # prefix outputs kept in memory at most (float32); points beyond it run on images
@@ -28,12 +29,8 @@ CACHE_BUDGET_BYTES = 1_500_000_000  # prefix outputs kept in memory at most (flo
 
 def cut_index(module: nn.Module, point: str, order: list[str]) -> int:
     """Position in execution order of the frozen prefix's last module: the point, or its own BatchNorm/activation
-    right after it (which a freeze at the point also freezes, see :func:`explorer.transfer.freeze.frozen_modules`)."""
-    head = order.index(head_name(module, order))
-    cut = order.index(point)
-    while cut + 1 < head and is_quiet(module.get_submodule(order[cut + 1])):
-        cut += 1
-    return cut
+    right after it (which a freeze at the point also freezes, see :func:`explorer.transfer.freeze.cut_position`)."""
+    return cut_position(module, point, order)
 
 
 def prefix_layer(module: nn.Module, point: str, size: tuple[int, int]) -> str:
@@ -74,8 +71,8 @@ def check_cut(full: nn.Module, cut: nn.Module, layer: str, x: torch.Tensor) -> b
     try:
         feats: dict[str, torch.Tensor] = {}
         with forward_hooks(full, {layer: lambda n, _m, out: feats.setdefault(n, out.detach().clone())}):
-            want = full(x).float()
-        got = cut(feats[layer]).float()
+            want = logits_of(full(x)).float()
+        got = logits_of(cut(feats[layer])).float()
     except Exception:  # a forward that cannot run from the cut (shapes, functional code between blocks)
         return False
     return got.shape == want.shape and bool(torch.allclose(got, want, rtol=1e-3, atol=1e-4 * float(want.abs().max())))

@@ -39,10 +39,11 @@ def _floor(row: LayerComparison) -> float:
 
 
 def body_rows(layers: list[LayerComparison]) -> list[LayerComparison]:
-    """The rows a freeze point can be: everything before the classifier."""
+    """The rows a freeze point can be: everything before the classifier (never a layer after it, like SqueezeNet's
+    pooling after its convolutional classifier)."""
     with_params = [r for r in layers if r.params]
-    head = with_params[-1].name if with_params else None
-    return [r for r in layers if not r.new_head and r.name != head]
+    end = layers.index(with_params[-1]) if with_params else len(layers)
+    return [r for r in layers[:end] if not r.new_head]
 
 
 def predict(
