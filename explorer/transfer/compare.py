@@ -9,11 +9,12 @@ depth order: debiased CKA with the base (full sample, 95 % jackknife interval ov
 disjoint halves), weight change (relative, absolute RMS, per step budget) and BatchNorm statistic change, and the
 cross-validated accuracy of a linear probe on the *base* features. Then the advice (:mod:`explorer.transfer.recommend`).
 
-Pooling: a block output (N, C, H, W) is average-pooled to a ``grid``×``grid`` map (default 4×4, or H×W when
-smaller) and flattened, which keeps a coarse spatial layout for CKA; probes use global average pooling
-(C features per image, the usual "feature extractor" setting). Vector outputs are used as they are. Pooled
-features of every layer are held in memory until the Gram matrices are built (checked against a budget first).
-"""
+Pooling (:mod:`explorer.transfer.pooling`, through each layer's layout): a block output (N, C, H, W), or a ViT's
+patch tokens as their grid (the class token left out, its CKA reported apart as ``cka_class_token``), is
+average-pooled to a ``grid``×``grid`` map (default 4×4, or H×W when smaller) and flattened, which keeps a coarse
+spatial layout for CKA; probes use global average pooling (C features per image, the usual "feature extractor"
+setting). Vector outputs are used as they are. Pooled features of every layer are held in memory until the Gram
+matrices are built (checked against a budget first)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from explorer.data import TransformedView, eval_transform, open_dataset, stratified_subset
 from explorer.errors import ExplorerError
-from explorer.layers import LayerInfo, first_tensor, forward_hooks, ladder
-from explorer.models import LoadedModel
+from explorer.layers import LayerInfo, Layout, check_input_size, first_tensor, forward_hooks, ladder, layout_of
+from explorer.models import LoadedModel, logits_of
 from explorer.runtime import Progress, StopSignal, autocast, stop_requested, to_input
 from explorer.transfer.assemble import build_report, layer_rows
 from explorer.transfer.cka import layer_cka, split_halves
@@ -87,23 +88,35 @@ def check_comparable(base: LoadedModel, tuned: LoadedModel) -> list[str]:
 # --------------------------------------------------------------------------- pooling and the pass
 
 
-def _run(model: LoadedModel, x01: torch.Tensor, names: list[str], grid: int | None, gap: bool) -> tuple[Any, ...]:
-    """One forward: pooled block outputs (and GAP features) recorded by thread-local hooks, plus logits."""
+def _run(
+    model: LoadedModel,
+    x01: torch.Tensor,
+    layouts: dict[str, Layout],
+    grid: int | None,
+    gap: bool,
+) -> tuple[Any, ...]:
+    """One forward: pooled block outputs (patch tokens only for a ViT), GAP features and class tokens recorded by
+    thread-local hooks, plus logits."""
     pooled: dict[str, torch.Tensor] = {}
     gapped: dict[str, torch.Tensor] = {}
+    tokens: dict[str, torch.Tensor] = {}
 
     def on_output(name: str, _mod: nn.Module, out: Any) -> None:
         t = first_tensor(out)
         if t is None or name in pooled:
             return
-        pooled[name] = pooled_features(t, grid)
+        lay = layouts.get(name)
+        pooled[name] = pooled_features(t, grid, lay)
         if gap:
-            gapped[name] = gap_features(t)
+            gapped[name] = gap_features(t, lay)
+        cls = lay.prefix_tokens(t) if lay is not None else None
+        if cls is not None:
+            tokens[name] = cls[:, 0].detach().float().cpu()
 
     x = to_input(model.normalize(x01.to(model.device)), model.device)
-    with torch.inference_mode(), autocast(model.device), forward_hooks(model.module, dict.fromkeys(names, on_output)):
-        logits = model.module(x)
-    return pooled, gapped, logits.float().cpu()
+    with torch.inference_mode(), autocast(model.device), forward_hooks(model.module, dict.fromkeys(layouts, on_output)):
+        logits = logits_of(model.module(x))
+    return pooled, gapped, logits.float().cpu(), tokens
 
 
 def _loader(dataset: Any, indices: list[int], model: LoadedModel, batch_size: int, size: int | None) -> DataLoader:
@@ -146,18 +159,24 @@ def _forward(
     probes: bool,
     stop: Callable[[], bool],
     tick: Callable[[int], None],
-) -> tuple[dict[str, dict[str, list[torch.Tensor]]], dict[str, list[torch.Tensor]], torch.Tensor, torch.Tensor]:
-    """Every image once through each model: pooled features per model and layer, base GAP features, logits, labels."""
+) -> tuple[Any, ...]:
+    """Every image once through each model: pooled features per model and layer, base GAP features, logits, labels,
+    and per token layer the class token of base and tuned."""
     feats: dict[str, dict[str, list[torch.Tensor]]] = {m: {n: [] for n in names} for m in models}
     gaps: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    cls: dict[str, dict[str, list[torch.Tensor]]] = {m: {} for m in ("base", "tuned")}
     logits, labels = [], []
+    layouts = {n: layout_of(models["base"], n) for n in names}
     for x01, y in loader:
         if stop():
             raise CompareError("The comparison was cancelled.")
         for key, model in models.items():
-            pooled, gapped, out = _run(model, x01, names, grid, probes and key == "base")
+            pooled, gapped, out, tokens = _run(model, x01, layouts, grid, probes and key == "base")
             for n in names:
                 feats[key][n].append(pooled[n])
+            if key in cls:
+                for n, t in tokens.items():
+                    cls[key].setdefault(n, []).append(t)
             if key == "base":
                 for n in gapped:
                     gaps[n].append(gapped[n])
@@ -165,7 +184,9 @@ def _forward(
                 logits.append(out)
         labels.append(y)
         tick(len(y))
-    return feats, gaps, torch.cat(logits), torch.cat(labels)
+    both = [n for n in cls["base"] if len(cls["tuned"].get(n, [])) == len(cls["base"][n])]
+    class_tokens = {n: {k: torch.cat(cls[k][n]) for k in cls} for n in both}
+    return feats, gaps, torch.cat(logits), torch.cat(labels), class_tokens
 
 
 # --------------------------------------------------------------------------- CKA per layer
@@ -252,6 +273,8 @@ def compare(
     """
     t0 = time.perf_counter()
     stop = stop_requested(should_stop)
+    if input_size:  # a ViT runs only at its own size
+        check_input_size(tuned, (input_size, input_size))
     plan = _plan(base, tuned, data, max_images, seed, grid, bn_parts)
     loader = _loader(plan.dataset, plan.indices, tuned, max(1, batch_size), input_size)
     total = len(loader) + (len(plan.names) if probes else 0)
@@ -263,10 +286,11 @@ def compare(
             progress(done[0], total, {"phase": "forward", "images": done[1]})
 
     t1 = time.perf_counter()
-    feats, gaps, logits, labels = _forward(plan.models, loader, plan.names, grid, probes, stop, tick)
+    feats, gaps, logits, labels, class_tokens = _forward(plan.models, loader, plan.names, grid, probes, stop, tick)
     t2 = time.perf_counter()
     halves = split_halves(len(labels), seed)
     ckas = {n: layer_cka({k: torch.cat(v[n]) for k, v in feats.items()}, halves) for n in plan.names}
+    token_ckas = {n: layer_cka(v, halves) for n, v in class_tokens.items()}
     del feats
     probe_res = _probes(gaps, labels.numpy(), probe_folds, seed, progress, done[0], total, stop) if probes else {}
     t3 = time.perf_counter()
@@ -295,6 +319,10 @@ def compare(
         settings,
         input_size,
     )
+    for row in report.layers:
+        if row.name in token_ckas:
+            c = token_ckas[row.name]
+            row.cka_class_token, row.cka_class_token_low, row.cka_class_token_high = c.value, c.low, c.high
     report.seconds = {"setup": t1 - t0, "forward": t2 - t1, "cka_and_probes": t3 - t2}
     _cross_excitation(report, base, tuned, plan.names, cross_excitation)
     report.seconds["total"] = time.perf_counter() - t0

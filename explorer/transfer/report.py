@@ -72,6 +72,9 @@ class LayerComparison:
     weight_per_step: float | None = None  # weight_rms / Σ learning rate over the steps: the fraction Adam could move
     bn_shift: float | None = None  # RMS over channels of |Δ running mean| / base running std
     bn_scale: float | None = None  # RMS over channels of |ln(tuned std / base std)|
+    cka_class_token: float | None = None  # token layers: CKA of the class token alone (patch tokens give `cka`)
+    cka_class_token_low: float | None = None
+    cka_class_token_high: float | None = None
 
     def as_row(self) -> dict[str, Any]:
         row = asdict(self)

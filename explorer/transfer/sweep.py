@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from explorer.data import TransformedView, eval_transform
-from explorer.layers import ladder
+from explorer.layers import check_input_size, ladder
 from explorer.models import LoadedModel
 from explorer.runtime import Progress, StopSignal, stop_requested
 from explorer.transfer.checkpoints import write_atomic
@@ -144,6 +144,8 @@ def sweep(
     t0 = time.perf_counter()
     s = settings or sweep_settings(epochs)
     s.check()
+    if s.input_size:  # a ViT trains and is measured only at its own size
+        check_input_size(model, (s.input_size, s.input_size))
     out_path = _output(out)
     if seeds < 1:
         raise SweepError("Seeds must be at least 1.")

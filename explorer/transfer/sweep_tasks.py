@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from explorer.data import TransformedView, eval_transform
 from explorer.errors import ExplorerError
-from explorer.layers import LayerInfo, ladder
+from explorer.layers import LayerInfo, check_input_size, ladder
 from explorer.models import LoadedModel
 from explorer.transfer.finetune import image_loaders, trainable_model
 from explorer.transfer.freeze import FreezeError, frozen_modules, head_name
@@ -213,6 +213,7 @@ def build_prefix(ctx: SweepContext, on_batch: Callable[[int], None] | None = Non
     model, s = ctx.model, ctx.settings
     indices = sorted(ctx.split.train + ctx.split.heldout)
     size = s.input_size or model.input_size[0]
+    check_input_size(model, (size, size))  # a ViT runs only at its own size (a remote worker checks too)
     view = TransformedView(ctx.dataset, indices, eval_transform(model, size)[0])
     loader = DataLoader(view, batch_size=64, shuffle=False, num_workers=s.num_workers)
     probe = next(iter(loader))[0]
