@@ -187,7 +187,7 @@ def cap_compare(ctx: dict[str, Any]) -> str:
     model = ctx["model"]
     size = None if model.input_size == ctx["native"].input_size else model.input_size[0]
     tuned = ctx["tuned"]
-    report = compare(model, tuned, ctx["classes"], max_images=16, batch_size=8, probes=False, n_boot=20,
+    report = compare(model, tuned, ctx["classes"], max_images=16, batch_size=8, probes=False,
                      input_size=size)  # fmt: skip
     finite = [r for r in report.layers if r.cka is not None and np.isfinite(r.cka)]
     if not finite:
