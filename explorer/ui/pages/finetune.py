@@ -300,9 +300,9 @@ def _resume_run(info: Any) -> None:
 
 
 def _resumable(runs: list[Any], busy: bool) -> None:
-    """A Resume button for each run whose process died (or was stopped) with a resume state saved."""
+    """A Resume button for each run that did not end by itself (process died, stopped, failed) and left a state."""
     for info in runs:
-        if info.status not in ("interrupted", "stopped") or not can_resume(info.path):
+        if info.status not in ("interrupted", "stopped", "failed") or not can_resume(info.path):
             continue
         total = info.settings.get("epochs", "?")
         c = st.columns([3, 1], vertical_alignment="center")
