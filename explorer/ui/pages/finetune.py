@@ -20,6 +20,7 @@ from explorer.transfer.freeze import FreezeSummary, freeze_code, freeze_table
 from explorer.transfer.resume import can_resume, saved_settings
 from explorer.transfer.runs import JobSnapshot, TrainingJob, list_runs, read_run
 from explorer.ui.common import current_model, get_ladder, model_key, show_error
+from explorer.ui.i18n import page_intro
 from explorer.ui.widgets.dataset_panel import data_section
 from explorer.ui.widgets.figures import progress_figure
 
@@ -338,8 +339,7 @@ def _runs_section(busy: bool = False) -> None:
 def render() -> None:
     """The Fine-tune page."""
     st.title("Fine-tune")
-    st.caption("Train a copy of the current model on your images with a chosen freeze point; the checkpoint is "
-               "saved with its metadata after every epoch and can be compared with its base.")  # fmt: skip
+    page_intro("finetune")
     flash = st.session_state.pop("_ft_flash", None)
     if flash:
         st.success(flash, icon=":material/check_circle:")
