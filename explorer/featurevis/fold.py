@@ -30,6 +30,8 @@ _copies: weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module, frozenset[str]] |
 def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """`conv` (already a private copy) with `bn` folded into its weight and bias; its own forward is kept, so
     subclasses with their own padding (timm's Conv2dSame) fold too."""
+    # the caller folds only BatchNorms that track running statistics
+    assert bn.running_var is not None and bn.running_mean is not None
     inv = torch.rsqrt(bn.running_var + bn.eps)
     scale = bn.weight.detach() * inv if bn.affine else inv
     shift = (bn.bias.detach() if bn.affine else 0.0) - bn.running_mean * scale

@@ -108,7 +108,7 @@ class Sum(Objective):
         flat: list[Objective] = []
         for t in terms:
             flat.extend(t.terms if isinstance(t, Sum) else [t])
-        self.terms = tuple(flat)
+        self.terms: tuple[Objective, ...] = tuple(flat)
         self.layers = tuple(dict.fromkeys(layer for t in self.terms for layer in t.layers))
         self.grid_layers = tuple(dict.fromkeys(layer for t in self.terms for layer in t.grid_layers))
         self.coupled = any(t.coupled for t in self.terms)
@@ -130,7 +130,8 @@ class Scaled(Objective):
     def __init__(self, weight: float, inner: Objective) -> None:
         if isinstance(inner, Scaled):
             weight, inner = weight * inner.weight, inner.inner
-        self.weight, self.inner = weight, inner
+        self.weight: float = weight
+        self.inner: Objective = inner
         self.layers, self.coupled, self.grid_layers = inner.layers, inner.coupled, inner.grid_layers
         self.positional = inner.positional
         self.key = f"{_fmt(weight)}*({inner.key})"

@@ -184,7 +184,7 @@ def _crops(path: Path, size: int) -> list[np.ndarray]:
         s = factor * size / min(w, h)
         if s > 1.0 and factor > 1.0:
             continue  # never upsample beyond the first scale: upsampling adds no natural high frequencies
-        r = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+        r = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BICUBIC)
         w2, h2 = r.size
         for left, top in {((w2 - size) // 2, (h2 - size) // 2), (0, 0), (w2 - size, h2 - size)}:
             crop = r.crop((left, top, left + size, top + size))

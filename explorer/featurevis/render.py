@@ -333,10 +333,15 @@ def render(
         while pending:
             chunk = pack_groups(pending, bs)[0]
             taken = set(chunk)
+
+            def report(
+                s: int, make: Callable[[], Preview], step: int, _n: int = len(chunk), _f: int = finished
+            ) -> None:
+                reporter(_f + s * _n, make, step, p.steps)
+
             try:
                 imgs, cur = _render_batch(
-                    model, [objs[i] for i in chunk], [keys[i] for i in chunk], chunk, p, seed,
-                    lambda s, make, step, _n=len(chunk), _f=finished: reporter(_f + s * _n, make, step, p.steps),
+                    model, [objs[i] for i in chunk], [keys[i] for i in chunk], chunk, p, seed, report
                 )  # fmt: skip
             except Exception as exc:
                 if not _is_oom(exc):

@@ -40,7 +40,7 @@ def contact_sheet(
     for i, im in enumerate(items):
         r, c = divmod(i, cols)
         x, y = gap + c * (tile + gap), gap + r * (tile + gap + caption)
-        pic = Image.fromarray(np.asarray(im, dtype=np.uint8)).resize((tile, tile), Image.LANCZOS)
+        pic = Image.fromarray(np.asarray(im, dtype=np.uint8)).resize((tile, tile), Image.Resampling.LANCZOS)
         sheet.paste(pic, (x, y))
         if labels:
             draw.text((x + 2, y + tile + 1), str(labels[i]), fill=INK, font=font)
@@ -64,6 +64,6 @@ def labelled_rows(
         for line_no, line in enumerate(label.split("\n")):
             draw.text((6, y + tile // 2 - font_size + line_no * (font_size + 3)), line, fill=INK, font=font)
         for c, im in enumerate(images):
-            pic = Image.fromarray(np.asarray(im, dtype=np.uint8)).resize((tile, tile), Image.LANCZOS)
+            pic = Image.fromarray(np.asarray(im, dtype=np.uint8)).resize((tile, tile), Image.Resampling.LANCZOS)
             sheet.paste(pic, (label_width + c * (tile + gap), y))
     return sheet

@@ -64,7 +64,8 @@ def stage_map(model: Any) -> StageMap:
         lo, hi = CUTS[k], CUTS[k + 1]
         members = [r for r in rows if lo <= depth[r.name] < hi]
         if not members:  # a very shallow network: borrow the block nearest the range
-            members = [min(rows, key=lambda r, m=(lo + hi) / 2: abs(depth[r.name] - m))]
+            mid = (lo + hi) / 2
+            members = [min(rows, key=lambda r: abs(depth[r.name] - mid))]
         learned = [r for r in members if r.params > 0] or members  # not a pooling layer when a conv is there
         rep = learned[0] if name == STAGES[-1] and len(learned) > 1 else learned[-1]
         stages.append(
