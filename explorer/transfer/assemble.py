@@ -81,7 +81,7 @@ def layer_rows(
 
 def half_predictions(layers: list[LayerComparison], ckas: dict[str, LayerCKA], similar: float) -> list[str | None]:
     k = min((len(c.halves) for c in ckas.values()), default=0)
-    out = []
+    out: list[str | None] = []
     for h in range(k):
         deepest, _ = predict(layers, similar, {n: c.halves[h] for n, c in ckas.items()})
         out.append(deepest.name if deepest is not None else "none")

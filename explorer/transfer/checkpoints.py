@@ -142,7 +142,7 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
 
     Files of a process that is still alive are kept (it may be writing them right now).
     """
-    removed = []
+    removed: list[Path] = []
     base = Path(folder)
     if not base.is_dir():
         return removed

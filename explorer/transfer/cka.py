@@ -236,6 +236,7 @@ class StreamingCKA:
             self._zz, self._s = z.T @ z, z.sum(0)
             self._az, self._bz = a @ z, b @ z
         else:
+            assert self._s is not None and self._az is not None and self._bz is not None
             self._zz += z.T @ z
             self._s += z.sum(0)
             self._az += a @ z
@@ -251,8 +252,8 @@ class StreamingCKA:
         assert s is not None and self._az is not None and self._bz is not None
         if not debiased:
             c = zz - torch.outer(s, s) / n  # centred ZᵀZ
-            xy, xx, yy = c[:d, d:], c[:d, :d], c[d:, d:]
-            return _ratio(*(float(torch.linalg.matrix_norm(m) ** 2) for m in (xy, xx, yy)))
+            cxy, cxx, cyy = c[:d, d:], c[:d, :d], c[d:, d:]
+            return _ratio(*(float(torch.linalg.matrix_norm(m) ** 2) for m in (cxy, cxx, cyy)))
         sx, sy = s[:d], s[d:]
         aa, bb, ab, sa, sb = self._ab
         ax, ay = self._az[:d], self._az[d:]

@@ -97,7 +97,7 @@ def cross_excitation(
     total = len(objs) * rb.curves.shape[1]
     done[0] = total
     rt = fv.render(tuned, objs, preset=preset, seed=seed, steps=steps, size=size, progress=report(total))
-    eval_size = tuple(tuned.input_size)
+    eval_size = (tuned.input_size[0], tuned.input_size[1])
     grey = np.full((1, *rb.images.shape[1:]), 128, dtype=np.uint8)
     for name in chosen:
         rows = [i for i, (n, _) in enumerate(plan) if n == name]

@@ -119,12 +119,11 @@ def why(cell: GuideCell) -> str:
     if cell.similarity == "unknown":
         return size + "."
     gap = m.get("probe_gap")
-    gap_text = (
-        f"best minus top {100 * gap:+.1f} points [{100 * m['probe_gap_low']:+.1f}, "  # type: ignore[operator]
-        f"{100 * m['probe_gap_high']:+.1f}]"
-        if isinstance(gap, float) and math.isfinite(gap)
-        else ""
-    )  # type: ignore[operator]
+    gap_text = ""
+    if isinstance(gap, float) and math.isfinite(gap):
+        low, high = m["probe_gap_low"], m["probe_gap_high"]
+        assert isinstance(low, (int, float)) and isinstance(high, (int, float))  # measured with the gap
+        gap_text = f"best minus top {100 * gap:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}]"
     probes = m.get("probes_from") or "linear probes on the base features, same folds"
     return (
         f"{size}; {probes}: best at {m.get('best_probe_layer')} "

@@ -111,7 +111,8 @@ def heldout_images(metadata: dict[str, Any], dataset: Dataset, source: str) -> H
     """Which of `dataset`'s images compare may score the tuned model on, from the tuned checkpoint's metadata."""
     everything = list(range(len(labels_of(dataset))))
     split = split_of(metadata)
-    data = metadata.get("data") if isinstance(metadata.get("data"), dict) else {}
+    raw = metadata.get("data")
+    data: dict[str, Any] = raw if isinstance(raw, dict) else {}
     tuned_on = data.get("source")
     train_images = data.get("train_images")
     signature = file_list_sha256(dataset)

@@ -51,7 +51,7 @@ def fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *,
     busy machine BLAS threads waiting for each other made the same fit take from 0.6 s to 3 s.
     """
     from sklearn.exceptions import ConvergenceWarning
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # ships no type information
 
     clf = linear_classifier(c)
     with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):

@@ -130,7 +130,7 @@ def _guide(report: ComparisonReport) -> str:
 
 
 def _pct(v: float | None) -> str:
-    return f"{100 * v:.0f} %" if finite(v) else "n/a"
+    return f"{100 * v:.0f} %" if v is not None and finite(v) else "n/a"
 
 
 def _num(v: float | None, fmt: str = ".3f") -> str:
@@ -147,7 +147,7 @@ def _table(report: ComparisonReport) -> str:
     for r in report.layers:
         note = "new head" if r.new_head else ("frozen in this run" if r.frozen_in_tuned else "")
         ci = f"[{_num(r.cka_low)}, {_num(r.cka_high)}]" if finite(r.cka_low) else ""
-        wc = f"{100 * r.weight_change:.2f} %" if finite(r.weight_change) else ""
+        wc = f"{100 * r.weight_change:.2f} %" if r.weight_change is not None and finite(r.weight_change) else ""
         bold = ' style="font-weight:bold"' if r.name == report.recommendation.freeze_after else ""
         probe = _pct(r.probe_acc) if r.probe_acc is not None else ""
         body.append(

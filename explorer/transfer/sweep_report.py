@@ -98,7 +98,7 @@ class SweepReport:
     def to_dict(self) -> dict[str, JSONValue]:
         from explorer.transfer.checkpoints import json_safe
 
-        return json_safe(asdict(self))  # type: ignore[no-any-return]
+        return json_safe(asdict(self))
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -141,8 +141,22 @@ class SweepReport:
 # --------------------------------------------------------------------------- options and the choice
 
 
+def _number(v: JSONValue) -> float:
+    """A number read back from a task result (JSON): `float(v)`, for the JSON values that can be one."""
+    if isinstance(v, (int, float, str)):
+        return float(v)
+    raise TypeError(f"not a number: {v!r}")
+
+
+def _integer(v: JSONValue) -> int:
+    """A whole number read back from a task result (JSON): `int(v)`, for the JSON values that can be one."""
+    if isinstance(v, (int, float, str)):
+        return int(v)
+    raise TypeError(f"not a number: {v!r}")
+
+
 def _pool(results: list[dict[str, JSONValue]]) -> tuple[list[float], np.ndarray]:
-    accs = [float(r["accuracy"]) for r in results]  # type: ignore[arg-type]
+    accs = [_number(r["accuracy"]) for r in results]
     bits = np.array([c == "1" for r in results for c in str(r["correct"])], dtype=bool)
     return accs, bits
 
@@ -172,11 +186,11 @@ def make_options(
                 high,
                 n,
                 len(accs),
-                int(results[0]["trainable"]),  # type: ignore[arg-type]
-                float(np.mean([float(r["seconds"]) for r in results])),  # type: ignore[arg-type]
-                float(np.mean([float(r["images_per_second"]) for r in results])),
+                _integer(results[0]["trainable"]),
+                float(np.mean([_number(r["seconds"]) for r in results])),
+                float(np.mean([_number(r["images_per_second"]) for r in results])),
             )
-        )  # type: ignore[arg-type]
+        )
         bits_of[out[-1].key] = bits
         out[-1].correct = "".join("1" if b else "0" for b in bits)
     rank = {p: i for i, p in enumerate(order)}

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 STAT_NAMES = ("running_mean", "running_var")
+_BatchNorm = nn.modules.batchnorm._BatchNorm
 
 
 @dataclass
@@ -38,13 +39,13 @@ class BlockChange:
     new_head: bool = False
 
 
-def _bn_modules(module: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
+def _bn_modules(module: nn.Module, name: str) -> list[tuple[str, _BatchNorm]]:
     sub = module.get_submodule(name)
     prefix = f"{name}." if name else ""
     return [
         (prefix + n if n else name, m)
         for n, m in sub.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+        if isinstance(m, _BatchNorm) and m.running_mean is not None
     ]
 
 
@@ -52,6 +53,9 @@ def _bn_change(base: nn.Module, tuned: nn.Module, name: str) -> tuple[float | No
     shifts, scales = [], []
     for n, mb in _bn_modules(base, name):
         mt = tuned.get_submodule(n)
+        assert isinstance(mt, _BatchNorm)  # same architecture
+        assert mb.running_mean is not None and mb.running_var is not None
+        assert mt.running_mean is not None and mt.running_var is not None
         sd_b = (mb.running_var.double() + mb.eps).sqrt()
         sd_t = (mt.running_var.double() + mt.eps).sqrt()
         shifts.append(((mt.running_mean.double() - mb.running_mean.double()) / sd_b).pow(2))
@@ -68,6 +72,12 @@ def _last_weight(base: nn.Module, name: str, order: list[str]) -> str | None:
         if isinstance(w, torch.Tensor) and w.dim() >= 2:
             return n
     return None
+
+
+def _weight(module: nn.Module, name: str) -> torch.Tensor:
+    w = module.get_submodule(name).weight
+    assert isinstance(w, torch.Tensor)
+    return w
 
 
 def block_change(
@@ -94,8 +104,8 @@ def block_change(
     )
     last = _last_weight(base, name, order)
     if last is not None:
-        wb = base.get_submodule(last).weight.detach().double().flatten(1)
-        wt = tuned.get_submodule(last).weight.detach().double().flatten(1)
+        wb = _weight(base, last).detach().double().flatten(1)
+        wt = _weight(tuned, last).detach().double().flatten(1)
         out.channels = ((wt - wb).norm(dim=1) / wb.norm(dim=1).clamp_min(1e-12)).tolist()
     return out
 
