@@ -153,6 +153,8 @@ def test_the_freeze_sweep_runs_on_a_tiny_vit(vit, color_folder):
     points = {o.point for o in report.options}
     assert {BLOCK.format(k) for k in range(3)} & points and "none" in points
     assert report.complete and report.options
+    # the cut network cannot start from a block's output (class token and position embedding come in between)
+    assert any("trained on images every epoch" in n and "encoder_layer" in n for n in report.notes)
     for o in report.options:
         assert 0.0 <= o.accuracy <= 1.0 and o.low <= o.accuracy <= o.high
         if o.route == "finetune":
