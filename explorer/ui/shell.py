@@ -39,12 +39,12 @@ def run_app(default: str = "model") -> None:
     with st.sidebar:
         st.markdown("### :material/layers: Layer Explorer")
         language_switch()
-        step = step_from_url()
-        if step is not None:
-            tour_panel(step)
         try:
             model_indicator(current_model())
         except Exception as exc:  # the Model page still lets the user pick another model
             show_error(exc)
     show_notice()  # e.g. a link whose model could not be opened
+    step = step_from_url()
+    if step is not None:  # above the page, not in the sidebar: a phone keeps the sidebar closed
+        tour_panel(step)
     nav.run()

@@ -68,19 +68,24 @@ def step_texts(step: int, measures: dict[str, Any] | None = None) -> tuple[str, 
 
 
 def tour_panel(step: int) -> None:
-    """The sidebar box of the running tour: where we are, what to look at, Back / Next / End."""
+    """The running tour's box above the page (a phone keeps the sidebar closed): where we are, what to look at,
+    Back / Next / End."""
     title, body = step_texts(step, training_costs() if step == 4 else None)
-    with st.container(border=True):
-        st.caption(t("tour.progress", step=step, steps=len(STEPS)))
-        st.markdown(f"**{title}**")
-        st.markdown(body)
-        back, nxt = st.columns(2)
-        if step > 1 and back.button(t("tour.back"), key="tour_back", icon=":material/arrow_back:", width="stretch"):
-            go_to(step - 1)
-        last = step == len(STEPS)
-        if not last and nxt.button(t("tour.next"), key="tour_next", type="primary", icon=":material/arrow_forward:"):
-            go_to(step + 1)
-        st.button(t("tour.end"), key="tour_end", on_click=_end, type="tertiary")
+    with st.container(border=True, key="tour_panel"):
+        text, buttons = st.columns([4, 1], vertical_alignment="center")
+        with text:
+            st.caption(t("tour.progress", step=step, steps=len(STEPS)))
+            st.markdown(f"**{title}**")
+            st.markdown(body)
+        with buttons:
+            last = step == len(STEPS)
+            if not last and st.button(
+                t("tour.next"), key="tour_next", type="primary", icon=":material/arrow_forward:", width="stretch"
+            ):
+                go_to(step + 1)
+            if step > 1 and st.button(t("tour.back"), key="tour_back", icon=":material/arrow_back:", width="stretch"):
+                go_to(step - 1)
+            st.button(t("tour.end"), key="tour_end", on_click=_end, type="tertiary", width="stretch")
 
 
 def training_costs() -> dict[str, Any] | None:

@@ -76,7 +76,9 @@ def quick_steps(monkeypatch):
 
 
 def _caption(at) -> str:
-    return " ".join(m.value for m in at.sidebar.markdown)
+    """The tour box's text: above the page in the main area (a phone keeps the sidebar closed), not in the sidebar."""
+    assert not [m for m in at.sidebar.markdown if "tour" in m.value.lower()]
+    return " ".join(m.value for m in at.main.markdown)
 
 
 def test_start_page_opens_the_tour_on_the_progression_page(app_on, quick_steps):
@@ -87,7 +89,7 @@ def test_start_page_opens_the_tour_on_the_progression_page(app_on, quick_steps):
     assert [x.value for x in at.title] == ["Progression"] and not at.exception
     assert at.query_params["tour"] == "1"
     assert catalogue("en")["tour.step1.title"] in _caption(at)
-    assert "Tour · step 1 of 6" in " ".join(c.value for c in at.sidebar.caption)
+    assert "Tour · step 1 of 6" in " ".join(c.value for c in at.main.caption)
 
 
 @pytest.mark.slow  # renders on every page of the tour
