@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("LAYER_EXPLORER_CHROMIUM", "/usr/bin/chromium"))
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 PAGES = ("start", "model", "progression", "layer", "unit", "attribution", "finetune", "compare")
+PATHS = {"model": ""}  # the default page lives at the root URL
 SETTLED = """() => {
   const idle = document.querySelector("[data-test-script-state='notRunning']");
   const main = document.querySelector('[data-testid=stMain]');
@@ -106,7 +107,8 @@ def main() -> None:
                 for name in args.pages.split(","):
                     query = "" if args.lang == "en" else f"?lang={args.lang}"
                     target = args.out / f"{name}-{width}{suffix}.png"
-                    print(f"{target.name}: {shoot(ctx, url, name + query, target, args.timeout):.1f} s", flush=True)
+                    path = PATHS.get(name, name) + query
+                    print(f"{target.name}: {shoot(ctx, url, path, target, args.timeout):.1f} s", flush=True)
                 for lang in filter(None, args.tour.split(",")):
                     button = "Start the tour" if lang == "en" else "Começar o tour"
                     target = args.out / f"tour-step1-{width}-{lang}.png"

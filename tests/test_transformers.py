@@ -16,6 +16,7 @@ from explorer.errors import ExplorerError
 from explorer.layers import forward_hooks, ladder
 from explorer.models import LoadedModel
 from explorer.transfer.compare import compare
+from explorer.transfer.finetune import FinetuneSettings, finetune
 from explorer.transfer.freeze import FreezeError, apply_freeze, freeze_code, freeze_summary, frozen_parameters
 from explorer.transfer.prefix import prefix_layer
 from explorer.transfer.recommend import body_rows, predict
@@ -139,12 +140,16 @@ def test_squeezenet_advice_never_lands_after_its_convolutional_head():
     assert check_points(model, points) == points and "classifier.3" not in points
 
 
-def test_a_vit_is_swept_and_compared_only_at_its_own_size(vit, color_folder):
+def test_a_vit_is_swept_compared_and_fine_tuned_only_at_its_own_size(vit, color_folder, tmp_path):
     with pytest.raises(ExplorerError, match="takes only 32×32") as err:
         sweep(vit, color_folder, points=["none"], settings=sweep_settings(1, input_size=48))
     assert "\n" not in str(err.value)
     with pytest.raises(ExplorerError, match="takes only 32×32"):
         compare(vit, vit, color_folder, input_size=48, probes=False)
+    out = tmp_path / "runs" / "vit.safetensors"
+    with pytest.raises(ExplorerError, match="takes only 32×32"):  # before anything is read or written
+        finetune(vit, color_folder, FinetuneSettings(input_size=48, epochs=1), out=out)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_the_freeze_sweep_runs_on_a_tiny_vit(vit, color_folder):

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from explorer.data import TransformedView, eval_transform, open_dataset, train_transform
-from explorer.layers import execution_order
+from explorer.layers import check_input_size, execution_order
 from explorer.models import LoadedModel, fingerprint
 from explorer.runtime import Progress, StopSignal, stop_requested
 from explorer.transfer.checkpoints import (
@@ -233,6 +233,8 @@ def finetune(
     """
     s = settings or FinetuneSettings()
     s.check()
+    if s.input_size:  # a ViT takes only its own size: say so before anything is read or trained
+        check_input_size(model, (s.input_size, s.input_size))
     out_path = check_writable(out, overwrite=overwrite) if out is not None else None
     dataset, classes, split = training_data(data, s)
     return fit(model, data, s, (dataset, classes, split), out=out_path, progress=progress, should_stop=should_stop)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from explorer.models import logits_of
 from explorer.runtime import Progress, autocast
 from explorer.transfer.optim import StepBudget, lr_factor, param_groups
 from explorer.transfer.settings import FinetuneSettings
@@ -56,7 +57,7 @@ def evaluate(module: nn.Module, loader: DataLoader, device: torch.device) -> dic
     for x, y in loader:
         x, y = to_layout(x, device), y.to(device)
         with autocast(device):
-            logits = module(x).float()
+            logits = logits_of(module(x)).float()
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         hits.append((logits.argmax(1) == y).cpu())
     correct = torch.cat(hits).tolist() if hits else []
@@ -106,7 +107,7 @@ def _epoch(k: _Step, loader: DataLoader, epoch: int, out: TrainOutcome) -> tuple
             break
         x, y = to_layout(x, k.device), y.to(k.device)
         with autocast(k.device):
-            logits = k.module(x).float()
+            logits = logits_of(k.module(x)).float()
         loss = k.loss_fn(logits, y)
         k.opt.zero_grad(set_to_none=True)
         loss.backward()
