@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from appserver import start_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("LAYER_EXPLORER_CHROMIUM", "/usr/bin/chromium"))
@@ -81,32 +80,6 @@ KINDS = {  # markers of a tile in a websocket message, tile selector, text a til
 PAGES = ("layer", "unit", "progression", "attribution")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start(cache: Path, cpus: set[int] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    env = {**os.environ, "LAYER_EXPLORER_CACHE": str(cache)}
-    pin = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
-    cmd = [*pin, sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
-           str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("streamlit did not start")
-
-
 def visit(ctx: Any, url: str, page_name: str, query: str, shots: Path | None, label: str) -> dict[str, Any]:
     """Open one link in a new tab (a new session); seconds from navigation to each mark, and to idle."""
     page = ctx.new_page()
@@ -145,7 +118,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         cpus = sorted(os.sched_getaffinity(0))
-        proc, url = _start(Path(tmp) / "cache", {cpus[0]} if args.pin else None)
+        proc, url = start_server(Path(tmp) / "cache", {cpus[0]} if args.pin else None)
         if args.pin and len(cpus) > 1:
             os.sched_setaffinity(0, set(cpus[1:]))  # Chromium, started below, inherits it
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
