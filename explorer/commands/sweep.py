@@ -50,6 +50,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-images", type=positive_int, default=None, metavar="N", help="a stratified subset of N images")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the split and of the first training seed")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    ray = p.add_argument_group("Ray (optional)")
+    ray.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        default=None,
+        help="run each (point, route, seed) as a task on Ray: auto (this machine's cluster, else a new local one), "
+        "local, or a cluster address; --device then picks the workers' device (pip install -r requirements-ray.txt)",
+    )
+    ray.add_argument("--workers", type=positive_int, default=None, help="Ray workers (default: 1 per GPU or CPU)")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -69,6 +78,26 @@ def _settings(args: argparse.Namespace) -> Any:
     )
 
 
+def _runner(args: argparse.Namespace) -> Any:
+    """With --ray, the Ray runner of explorer.distributed (RayMissing in one line without Ray); else None."""
+    if args.ray is None:
+        if args.workers:
+            from explorer.errors import ExplorerError
+
+            raise ExplorerError("--workers sets up Ray workers: add --ray auto (or a cluster address).")
+        return None
+    from explorer.distributed import ray_sweep_runner
+
+    return ray_sweep_runner(args.ray, workers=args.workers, device=args.device)
+
+
+def _driver_model(args: argparse.Namespace) -> Any:
+    """With --ray, this process loads the model on its CPU (to plan and check); the workers load it on --device."""
+    from explorer.models import load_model
+
+    return load_model(args.model, arch=args.arch, device="cpu")
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run (or resume) the sweep, print one row per option and the recommendation."""
     from explorer.transfer.sweep import SweepError, sweep
@@ -80,7 +109,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     settings.check()
     points: str | list[str] = "auto" if args.points.strip() == "auto" else [p for p in args.points.split(",") if p]
     routes = tuple(r.strip() for r in args.routes.split(",") if r.strip())
-    model = load_model_arg(args)
+    runner = _runner(args)
+    model = load_model_arg(args) if runner is None else _driver_model(args)
     try:
         report = sweep(
             model,
@@ -90,11 +120,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             seeds=args.seeds,
             settings=settings,
             out=out,
+            runner=runner,
             progress=progress_bar("sweeping"),
         )
     except KeyboardInterrupt:
         print(f"error: interrupted; finished tasks are kept in {out}: rerun the command to resume.", file=sys.stderr)
         return 130
+    if runner is not None:
+        run = runner.last
+        print(
+            f"Ray: {run.executed if run else 0} task(s) on {len(run.workers) if run else 0} worker(s), "
+            f"{run.retries if run else 0} rerun after a worker died",
+            file=sys.stderr,
+        )
     if args.json:
         print_json(report.to_dict())
         return 0

@@ -1,4 +1,4 @@
-"""The Ray back end: whole-network atlas renders (and, later, freeze sweeps) spread over GPUs and machines.
+"""The Ray back end: whole-network atlas renders and freeze sweeps spread over GPUs and machines.
 
 Ray is optional. This package imports without it; asking for a Ray feature without it raises `RayMissing`
 ("pip install -r requirements-ray.txt"), and everything also runs in this process (`ray=None`, the default of
@@ -12,18 +12,16 @@ the CLI). The layer is small and general:
   new worker in its place), hand each result to `on_result` as it arrives, and report progress in channels across
   the cluster through one callback ``progress(done, total, info)``;
 - `atlas` is the first client: (layer × channel chunk) tasks whose images the driver writes into the
-  content-addressed cache, so reruns render only what is missing.
+  content-addressed cache, so reruns render only what is missing;
+- `ray_sweep_runner` is the second: the freeze sweep's (point, route, seed) tasks (``"sweep.task"``) on the same
+  pool, for ``explorer.transfer.sweep.sweep(..., runner=ray_sweep_runner("auto"))`` or ``python -m explorer sweep
+  … --ray auto``. The sweep's data goes once into Ray's object store (an image folder as its file paths: every
+  node reads it at the same path); each worker rebuilds the sweep's context on its first task and keeps it, so the
+  frozen prefixes' outputs are computed once per worker and reused by its next tasks; each result returns to the
+  driver as a plain dict and is written to the sweep's resume file there as it arrives::
 
-How a sweep plugs in (issue 11; not implemented here): write a handler
-``run_point(model, args, report) -> dict`` in ``explorer/transfer/sweep.py`` that fine-tunes a *copy* of `model`
-at ``args["point"]`` by ``args["route"]`` with ``args["seed"]`` (data as a spec or a path every node reads),
-calls ``report(epoch, epochs)``, and returns a small dict of metrics; add ``"sweep.point":
-"explorer.transfer.sweep:run_point"`` to `KINDS` (or use that path as the kind); then::
-
-    tasks = [Task("sweep.point", {"point": p, "route": r, "seed": s, "data": "demo:digits", "settings": {...}},
-                  channel=f"{r} {p}", cost=epochs) for p in points for r in routes for s in seeds]
-    out = map_tasks(tasks, base, ray="auto", on_result=store_in_cache)   # ray=None: the same, in this process
-    metrics = out.results                                                # in task order
+    from explorer.distributed import ray_sweep_runner
+    report = sweep(model, "demo:digits", settings=s, out="sweep.json", runner=ray_sweep_runner("auto", workers=4))
 """
 
 from explorer.distributed.atlas_job import AtlasReport, atlas
@@ -32,6 +30,7 @@ from explorer.distributed.cluster import WorkerShape, connect, worker_shape
 from explorer.distributed.errors import INSTALL_HINT, DistributedError, RayMissing, require_ray
 from explorer.distributed.pool import MapResult, Pool, map_tasks, run_local
 from explorer.distributed.progress import ProgressInfo, RunProgress
+from explorer.distributed.sweep_job import RaySweepRunner, ray_sweep_runner
 from explorer.distributed.tasks import KINDS, Handler, Task, TaskReport, resolve, run_task
 from explorer.distributed.worker import ModelSource, Worker, WorkerInfo
 
@@ -48,6 +47,7 @@ __all__ = [
     "Pool",
     "ProgressInfo",
     "RayMissing",
+    "RaySweepRunner",
     "RunProgress",
     "Task",
     "TaskReport",
@@ -59,6 +59,7 @@ __all__ = [
     "connect",
     "map_tasks",
     "plan_atlas",
+    "ray_sweep_runner",
     "require_ray",
     "resolve",
     "run_local",

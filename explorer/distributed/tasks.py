@@ -26,6 +26,7 @@ Handler = Callable[[LoadedModel, dict[str, Any], TaskReport], dict[str, Any]]
 KINDS: dict[str, str] = {
     "atlas.render": "explorer.distributed.atlas_tasks:render_task",
     "atlas.probe": "explorer.distributed.atlas_tasks:probe_task",
+    "sweep.task": "explorer.distributed.sweep_job:run_point",
 }
 
 
