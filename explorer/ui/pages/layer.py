@@ -23,6 +23,7 @@ from explorer.featurevis.store import cached_mask
 from explorer.models import LoadedModel
 from explorer.ui.common import current_model, page_ref, show_error
 from explorer.ui.i18n import page_intro, t
+from explorer.ui.widgets.atlas import atlas_offer, cache_note, whole_network
 from explorer.ui.widgets.gallery import (
     RenderSettings,
     Tile,
@@ -209,6 +210,11 @@ def render() -> None:
         )
     )
     settings_form(settings, "layer", model)
+    note = st.container()  # the count is drawn after the render, so it counts this visit's images too
+    if figure is None:
+        with note:
+            atlas_offer(model, layer, units, settings)
+    whole_network(model, settings)
     status = st.container()
     shown = list(range((page - 1) * PER_PAGE, min(page * PER_PAGE, units)))
     if figure is not None:
@@ -249,6 +255,9 @@ def render() -> None:
     except Exception as exc:
         show_error(exc)
         return
+    finally:
+        with note:
+            cache_note(model, layer, units, settings)
     for tile, u, data in zip(tiles, shown, result.png, strict=True):
         if data is not None:
             png_download(tile.actions, data, f"{safe_filename(layer)}-{u}.png", key=f"png_{layer}_{u}")

@@ -1,0 +1,176 @@
+"""The atlas in the app: what the render cache already holds for a model, and "Render the whole network".
+
+- `cache_note`: one line under the settings saying how many units of the shown layer (and of the whole network)
+  are in the cache with the page's settings; `atlas_offer`: whether the cache holds more of this layer with other
+  settings (a preset at its own steps and size and seed 0, as `python -m explorer atlas` renders, or the last
+  atlas job's), with a button to show those. Counting is an existence check of cache keys (`Cache.paths`), the
+  keys computed once per model and settings; no image is read.
+- `whole_network`: an expander that starts an atlas job (`explorer.distributed.atlas_run`) with the page's
+  settings, in this process or on Ray (``$LAYER_EXPLORER_RAY``), and shows its progress, redrawn every second in
+  a fragment, with a Stop button. One job per model per server: every session sees the running one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from explorer.cache import Cache
+from explorer.distributed.atlas_run import AtlasJob, atlas_job_of, ray_from_env, start_atlas_job
+from explorer.featurevis import PRESETS, channel
+from explorer.featurevis.store import KIND, cache_keys
+from explorer.models import LoadedModel
+from explorer.ui.common import model_key, show_error
+from explorer.ui.widgets.gallery import RenderSettings, use_settings
+from explorer.ui.widgets.layers import channels_of, get_stage_map, renderable_layers
+
+# --------------------------------------------------------------------------- what the cache holds
+
+
+def network_layers(model: LoadedModel) -> list[tuple[str, int]]:
+    """(block, units) of every block the atlas renders: the stage map's blocks, in execution order."""
+    rows = renderable_layers(model)
+    blocks = dict.fromkeys(b for s in get_stage_map(model).stages for b in s.blocks)
+    return [(name, channels_of(rows[name])) for name in blocks if name in rows]
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _keys(_model: LoadedModel, key: tuple[Any, ...], layer: str, units: int, settings: RenderSettings) -> list[str]:
+    del key
+    objs = [channel(layer, u) for u in range(units)]
+    return cache_keys(_model, objs, settings.resolved(), settings.seed)
+
+
+def cached_count(model: LoadedModel, layer: str, units: int, settings: RenderSettings) -> int:
+    """Units of `layer` whose channel image is in the cache with `settings` (existence only: nothing is read)."""
+    cache = Cache()
+    return sum(cache.paths(KIND, k)[0].exists() for k in _keys(model, model_key(model), layer, units, settings))
+
+
+def network_count(model: LoadedModel, settings: RenderSettings) -> tuple[int, int]:
+    """(units in the cache with `settings`, units) over every block of the network."""
+    layers = network_layers(model)
+    return sum(cached_count(model, name, n, settings) for name, n in layers), sum(n for _, n in layers)
+
+
+def job_settings(job: AtlasJob) -> RenderSettings:
+    """The page settings an atlas job renders with."""
+    base = PRESETS.get(job.preset.name)
+    steps = None if base is not None and base.steps == job.preset.steps else job.preset.steps
+    size = None if base is not None and base.size == job.preset.size else job.preset.size
+    return RenderSettings(job.preset.name, job.seed, steps, size)
+
+
+def other_settings(model: LoadedModel, settings: RenderSettings) -> list[RenderSettings]:
+    """Settings an atlas may have used other than the page's: the last job's, then each preset's own at seed 0."""
+    out: list[RenderSettings] = []
+    job = atlas_job_of(model)
+    if job is not None:
+        out.append(job_settings(job))
+    out += [RenderSettings(name, 0) for name in PRESETS]
+    mine = (settings.resolved().cache_params(), settings.seed)
+    unique = list(dict.fromkeys(out))
+    return [s for s in unique if (s.resolved().cache_params(), s.seed) != mine]
+
+
+def cache_note(model: LoadedModel, layer: str, units: int, settings: RenderSettings) -> None:
+    """One line on how many units of `layer` and of the network the cache holds with the page's settings."""
+    here = cached_count(model, layer, units, settings)
+    if here:
+        done, total = network_count(model, settings)
+        st.caption(
+            f":material/inventory_2: From the cache: {here} of {units} units of {layer} · {settings.describe()} · "
+            f"{done} of {total} units of the whole network with these settings."
+        )
+
+
+def atlas_offer(model: LoadedModel, layer: str, units: int, settings: RenderSettings) -> None:
+    """When the cache holds more units of `layer` with other settings (an atlas's) than with the page's: one line
+    saying so, and a button that switches the page to those settings."""
+    here = cached_count(model, layer, units, settings)
+    for other in other_settings(model, settings):
+        found = cached_count(model, layer, units, other)
+        if found > here:
+            c = st.columns([4, 1], vertical_alignment="center")
+            c[0].caption(
+                f":material/inventory_2: The cache holds {found} of {units} units of {layer} with "
+                f"{other.describe()} (an atlas, or earlier visits); {here} with this page's settings."
+            )
+            c[1].button("Show those", key="atlas_use", on_click=use_settings, args=(other,), icon=":material/tune:")
+            return
+
+
+# --------------------------------------------------------------------------- the whole network
+
+
+def _progress(job: AtlasJob) -> None:
+    snap = job.snapshot()
+    frac = snap.done / snap.total if snap.total else 0.0
+    at = f" · {snap.layer}" if snap.layer else ""
+    st.progress(
+        min(frac, 1.0),
+        text=f"Atlas ({job_settings(job).describe()}): {snap.done} of {snap.total} units{at} · {snap.seconds:.0f} s",
+    )
+
+
+def _live(fingerprint: str, model: LoadedModel) -> None:
+    """Redrawn every second while the job runs; a full rerun shows the outcome (and the new counts) once it ended."""
+    job = atlas_job_of(model)
+    if job is None or job.fingerprint != fingerprint:
+        return
+    if job.snapshot().finished:
+        st.rerun()
+    _progress(job)
+    if job.snapshot().stop_requested:
+        st.info("Stopping at the next step; every finished chunk stays in the cache.", icon=":material/pause_circle:")
+    else:
+        st.button("Stop", key="atlas_stop", on_click=job.stop, icon=":material/stop_circle:",
+                  help="Stops at the next render step; what is finished stays in the cache.")  # fmt: skip
+
+
+_live_fragment = st.fragment(run_every=1.0)(_live)
+
+
+def _outcome(job: AtlasJob) -> None:
+    snap = job.snapshot()
+    what = f"{snap.done} of {snap.total} units ({job_settings(job).describe()})"
+    if snap.state == "done":
+        st.success(f"The last atlas finished: {what} in the cache, {snap.seconds:.0f} s.", icon=":material/check:")
+    elif snap.state == "stopped":
+        st.info(f"The last atlas was stopped at {what}; a new one renders only the rest.", icon=":material/pause:")
+    elif snap.error is not None:
+        show_error(snap.error)
+
+
+def whole_network(model: LoadedModel, settings: RenderSettings) -> None:
+    """The "Whole network" expander: start an atlas with the page's settings, or follow the one that runs."""
+    job = atlas_job_of(model)
+    running = job is not None and job.running
+    with st.expander("Whole network", icon=":material/account_tree:", expanded=running):
+        layers = network_layers(model)
+        ray, where = ray_from_env()
+        total = sum(n for _, n in layers)
+        done, _ = network_count(model, settings)
+        st.caption(
+            f"Renders every unit of the {len(layers)} blocks ({total} units) with {settings.describe()} into the "
+            f"cache, {where}; only the {total - done} missing. One atlas per model runs on this server at a time, "
+            "and every session sees its progress."
+        )
+        if job is not None and not running:
+            _outcome(job)
+        clicked = not running and st.button(
+            "Render the whole network", key="atlas_start", icon=":material/play_arrow:",
+            disabled=done == total or not layers,
+        )  # fmt: skip
+        if clicked:
+            try:
+                job, started = start_atlas_job(model, layers, settings.resolved(), settings.seed, ray=ray)
+            except Exception as exc:
+                show_error(exc)
+                return
+            running = True
+            if not started:
+                st.info("Another session started an atlas of this model first; here is its progress.")
+        if running and job is not None:
+            _live_fragment(job.fingerprint, model)
