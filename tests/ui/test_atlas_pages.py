@@ -160,3 +160,18 @@ def test_stop_ends_the_atlas_and_keeps_what_was_finished(monkeypatch):
     assert any("stopped at 16 of 40 units" in i.value for i in at.info)
     assert "16 of 40 units of the whole network" in _note(at)
     assert not at.button(key="atlas_start").disabled  # a new atlas would render the rest
+
+
+def test_the_unit_page_offers_the_atlas_settings_and_counts_the_layer(monkeypatch, bundled):
+    renders = FakeRender(monkeypatch)
+    render_cached(bundled, [channel("blocks.1.0", u) for u in range(24)], "classic", seed=0)
+    at = _open("unit", layer="blocks.1.0", unit="3", **TINY)
+    _ok(at)
+    assert any("The cache holds 24 of 24 units of blocks.1.0 with classic" in c.value for c in at.caption)
+    before = len(renders.page_calls)
+    at.button(key="atlas_use").click().run()
+    _ok(at)
+    assert at.query_params["preset"] == "classic" and at.query_params["unit"] == "3"
+    assert "24 of 24 units of blocks.1.0 · classic · 512 steps · 128 px · seed 0" in _note(at)
+    rendered = [k for c in renders.page_calls[before:] for k in c]
+    assert rendered and "channel(blocks.1.0:3)" not in rendered  # neuron, negative…: rendered; the channel: cached

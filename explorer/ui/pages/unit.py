@@ -26,6 +26,7 @@ from explorer.layers import LayerInfo
 from explorer.models import LoadedModel
 from explorer.ui.common import current_model, model_key, page_ref, progress_callback, show_error
 from explorer.ui.i18n import page_intro, t
+from explorer.ui.widgets.atlas import atlas_offer, cache_note
 from explorer.ui.widgets.gallery import (
     RenderSettings,
     Tile,
@@ -384,6 +385,9 @@ def render() -> None:
     )
     settings_form(settings, "unit", model)
     figure = get_kernel_figure(model, layer)
+    if figure is None:
+        atlas_offer(model, layer, units, settings)
+        cache_note(model, layer, units, settings)
     try:
         if figure is not None:
             _kernel(figure, unit, settings)
