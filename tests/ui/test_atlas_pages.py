@@ -175,3 +175,16 @@ def test_the_unit_page_offers_the_atlas_settings_and_counts_the_layer(monkeypatc
     assert "24 of 24 units of blocks.1.0 · classic · 512 steps · 128 px · seed 0" in _note(at)
     rendered = [k for c in renders.page_calls[before:] for k in c]
     assert rendered and "channel(blocks.1.0:3)" not in rendered  # neuron, negative…: rendered; the channel: cached
+
+
+def test_the_atlas_runs_on_ray_only_when_the_environment_names_a_cluster_and_ray_is_installed(monkeypatch):
+    import importlib.util
+
+    assert atlas_run.ray_from_env()[0] is None and "in this process" in atlas_run.ray_from_env()[1]
+    monkeypatch.setenv(atlas_run.RAY_VAR, "auto")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # as without Ray
+    address, where = atlas_run.ray_from_env()
+    assert address is None and "Ray is not installed" in where
+    monkeypatch.setenv(atlas_run.RAY_VAR, "ray://head:10001")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert atlas_run.ray_from_env() == ("ray://head:10001", "on Ray (ray://head:10001)")
