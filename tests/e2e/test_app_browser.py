@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # ~12-25 s: a real server, model load and browser
+pytestmark = pytest.mark.e2e  # ~12-25 s: a real server, model load and browser
 
 
 def test_model_page_shows_the_bundled_ladder(page, open_app, screenshot):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # ~15-30 s: a real server, model load, one attribution pass
+pytestmark = pytest.mark.e2e  # ~15-30 s: a real server, model load, one attribution pass
 
 
 def test_attribution_page_shows_every_block_on_a_shared_scale(page, open_app, screenshot, images_loaded):

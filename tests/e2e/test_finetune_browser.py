@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # ~20-40 s: a real server, model load, a tiny fine-tune on CPU
+pytestmark = pytest.mark.e2e  # ~20-40 s: a real server, model load, a tiny fine-tune on CPU
 
 
 def _set(page, label: str, value: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # ~3 min on CPU: renders, a tiny fine-tune, a comparison
+pytestmark = pytest.mark.e2e  # ~3 min on CPU: renders, a tiny fine-tune, a comparison
 
 LAYER = "blocks.3.0"  # the layer clicked on the Compare chart
 RENDER = "steps=8&size=64"  # short renders: the journey checks the flow, not picture quality

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # ~25 s on an idle 2-core CPU: a real server, model load, renders
+pytestmark = pytest.mark.e2e  # ~25 s on an idle 2-core CPU: a real server, model load, renders
 
 STAGES = ("Edges", "Textures", "Patterns", "Parts", "Objects")
 IDLE = "[data-test-script-state='notRunning']"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # every step opens a real page (renders start on several)
+pytestmark = pytest.mark.e2e  # every step opens a real page (renders start on several)
 
 LOCALES = Path(__file__).resolve().parents[2] / "explorer" / "ui" / "locales"
 TITLES = ["Progression", "Unit", "Attribution", "Fine-tune", "Compare", "Compare"]
