@@ -295,7 +295,7 @@ def compare(
     probe_res = _probes(gaps, labels.numpy(), probe_folds, seed, progress, done[0], total, stop) if probes else {}
     t3 = time.perf_counter()
     layers = layer_rows(base, tuned, plan.rows, ckas, probe_res)
-    settings = {
+    settings: dict[str, int | float | bool | str | None] = {
         "batch_size": batch_size,
         "grid": grid,
         "probe_folds": probe_folds,

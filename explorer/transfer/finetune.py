@@ -70,9 +70,9 @@ class FinetuneResult:
             spec=str(self.checkpoint) if self.checkpoint else f"finetuned:{base.spec}",
             arch=meta["arch"],
             description=f"fine-tuned {base.arch} ({len(meta['class_names'])} classes)",
-            input_size=tuple(meta["input_size"]),  # type: ignore[arg-type]
-            mean=tuple(meta["mean"]),  # type: ignore[arg-type]
-            std=tuple(meta["std"]),  # type: ignore[arg-type]
+            input_size=tuple(meta["input_size"]),
+            mean=tuple(meta["mean"]),
+            std=tuple(meta["std"]),
             class_names=list(meta["class_names"]),
             fingerprint=fingerprint(self.module),
             device=base.device,
@@ -118,7 +118,12 @@ def replace_head(module: nn.Module, num_classes: int, *, input_size: tuple[int, 
         new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     elif isinstance(old, nn.Conv2d):
         new = nn.Conv2d(
-            old.in_channels, num_classes, old.kernel_size, old.stride, old.padding, bias=old.bias is not None
+            old.in_channels,
+            num_classes,
+            old.kernel_size,  # type: ignore[arg-type]  # torch types them tuple[int, ...]; a Conv2d's are pairs
+            old.stride,  # type: ignore[arg-type]
+            old.padding,  # type: ignore[arg-type]
+            bias=old.bias is not None,
         )
     else:
         raise FinetuneError(f"Cannot replace the head {head!r} ({type(old).__name__}): only Linear or Conv2d heads.")
@@ -128,7 +133,7 @@ def replace_head(module: nn.Module, num_classes: int, *, input_size: tuple[int, 
     setattr(module.get_submodule(parent_name) if parent_name else module, child, new)
     if hasattr(module, "num_classes"):
         with contextlib.suppress(AttributeError):
-            module.num_classes = num_classes
+            module.num_classes = num_classes  # type: ignore[assignment]  # a plain int attribute on the models that keep one
     return head
 
 

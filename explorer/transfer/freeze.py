@@ -56,7 +56,8 @@ class FreezeSummary:
 def module_and_size(model: Any) -> tuple[nn.Module, tuple[int, int]]:
     """The network of a LoadedModel (or a bare module) and the input size to trace it at (224 px for a module)."""
     module = model.module if isinstance(getattr(model, "module", None), nn.Module) else model
-    return module, tuple(getattr(model, "input_size", (224, 224)))  # type: ignore[return-value]
+    h, w = getattr(model, "input_size", (224, 224))
+    return module, (int(h), int(w))
 
 
 def _has_state(m: nn.Module) -> bool:

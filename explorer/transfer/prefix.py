@@ -70,7 +70,11 @@ def check_cut(full: nn.Module, cut: nn.Module, layer: str, x: torch.Tensor) -> b
     cut.eval()
     try:
         feats: dict[str, torch.Tensor] = {}
-        with forward_hooks(full, {layer: lambda n, _m, out: feats.setdefault(n, out.detach().clone())}):
+
+        def keep(n: str, _m: nn.Module, out: Any) -> None:
+            feats.setdefault(n, out.detach().clone())
+
+        with forward_hooks(full, {layer: keep}):
             want = logits_of(full(x)).float()
         got = logits_of(cut(feats[layer])).float()
     except Exception:  # a forward that cannot run from the cut (shapes, functional code between blocks)
@@ -98,12 +102,11 @@ class PrefixCache:
 def bytes_per_image(module: nn.Module, layers: dict[str, str], x: torch.Tensor) -> dict[str, int]:
     """Bytes (float32) each point's kept output takes per image, measured on one probe batch."""
     shapes: dict[str, tuple[int, ...]] = {}
-    with (
-        torch.no_grad(),
-        forward_hooks(
-            module, {m: lambda n, _m, out: shapes.setdefault(n, tuple(out.shape[1:])) for m in set(layers.values())}
-        ),
-    ):
+
+    def shape(n: str, _m: nn.Module, out: Any) -> None:
+        shapes.setdefault(n, tuple(out.shape[1:]))
+
+    with torch.no_grad(), forward_hooks(module, dict.fromkeys(set(layers.values()), shape)):
         module.eval()(x[:1])
     sizes = {}
     for point, m in layers.items():

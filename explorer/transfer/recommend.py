@@ -180,11 +180,11 @@ def recommend(
     stable = _stability(layers, halves or [])
     explanation = bn_explanation(layers)
     caveats = []
-    if stable is False:
+    if stable is False and halves:
         caveats.append(
-            f"Unstable: on two disjoint halves of the images the prediction is {halves[0] or 'none'} and "  # type: ignore[index]
+            f"Unstable: on two disjoint halves of the images the prediction is {halves[0] or 'none'} and "
             f"{halves[1] or 'none'}, more than one block apart; use more images or run the sweep."
-        )  # type: ignore[index]
+        )
     if tuned_freeze_after:
         caveats.append(
             f"This tuned model was trained with everything up to {tuned_freeze_after} frozen, so those "

@@ -124,8 +124,9 @@ def read_run(checkpoint: str | Path, name: str | None = None) -> RunInfo | None:
     created = record.get("created")
     if not isinstance(created, (int, float)):
         created = path.with_suffix(".json").stat().st_mtime
-    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
-    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    raw_data, raw_metrics, raw_settings = meta.get("data"), meta.get("metrics"), meta.get("settings")
+    data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
+    metrics: dict[str, Any] = raw_metrics if isinstance(raw_metrics, dict) else {}
     return RunInfo(
         name=name or path.stem,
         path=path,
@@ -138,7 +139,7 @@ def read_run(checkpoint: str | Path, name: str | None = None) -> RunInfo | None:
         metrics=metrics,
         data=record.get("data") or data.get("source"),
         status=_status(record, meta),
-        settings=meta.get("settings") if isinstance(meta.get("settings"), dict) else {},
+        settings=raw_settings if isinstance(raw_settings, dict) else {},
         metadata=meta,
     )
 

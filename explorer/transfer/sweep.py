@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -157,7 +158,7 @@ def sweep(
         "format": FORMAT,
         "signature": signature,
         "base": model.spec,
-        "points": pts,
+        "points": cast(JSONValue, pts),
         "routes": list(routes),
         "seeds": seeds,
     }
@@ -199,7 +200,7 @@ def sweep(
         notes,
     )
     if out_path is not None:
-        save_sweep(report, out_path, {**meta, "tasks": done})
+        save_sweep(report, out_path, cast(dict[str, JSONValue], {**meta, "tasks": done}))
     return report
 
 
@@ -254,7 +255,7 @@ def _report(
     source = str(data) if not isinstance(data, Dataset) else type(data).__name__
     data_info: dict[str, JSONValue] = {
         "source": source,
-        "classes": classes,
+        "classes": cast(JSONValue, classes),
         "train_images": len(split.train),
         "heldout_images": len(split.heldout),
         "images_per_class": round(len(split.train) / max(len(classes), 1), 1),
@@ -262,7 +263,7 @@ def _report(
     }
     settings: dict[str, JSONValue] = {
         **{k: v for k, v in asdict(s).items() if k != "freeze_after"},
-        "points": pts,
+        "points": cast(JSONValue, pts),
         "routes": list(routes),
         "seeds": seeds,
         "input_size": s.input_size or model.input_size[0],

@@ -156,7 +156,8 @@ def auto_points(model: LoadedModel) -> list[str]:
 
 def _cuts(group: list[LayerInfo], k: int) -> list[str]:
     """Up to `k` blocks of `group` (never its last) that cut it into k + 1 parts of about equal parameter count."""
-    total, running, out = sum(r.params for r in group), 0, []
+    total, running = sum(r.params for r in group), 0
+    out: list[str] = []
     targets = [total * (i + 1) / (k + 1) for i in range(k)]
     for r in group[:-1]:
         running += r.params
@@ -302,7 +303,9 @@ def _finetune(task: SweepTask, ctx: SweepContext) -> TaskResult | None:
             tr, te = ctx.split.train, ctx.split.heldout
             bs = min(s.batch_size, len(tr))
             train_loader = _loader(cache.take(source, tr), cache.take(y, tr), bs, shuffle=True, seed=s.seed + task.seed)
-            val_loader = _loader(cache.take(source, te), cache.take(y, te), max(bs, 64), shuffle=False, seed=0)
+            val_loader: DataLoader | None = _loader(
+                cache.take(source, te), cache.take(y, te), max(bs, 64), shuffle=False, seed=0
+            )
         else:  # over the memory budget, or augmented: images every epoch
             train_loader, val_loader, _ = image_loaders(
                 model, ctx.dataset, ctx.split, replace(s, seed=s.seed + task.seed)
