@@ -9,7 +9,7 @@ pytestmark = pytest.mark.e2e  # ~12-25 s: a real server, model load and browser
 
 def test_model_page_shows_the_bundled_ladder(page, open_app, screenshot):
     open_app(page)
-    page.get_by_text("Layer ladder").wait_for()
+    page.get_by_role("heading", name="Layer ladder").wait_for()
     page.get_by_text("Top 5").wait_for()
     body = page.inner_text("body")
     assert "bundled:efficientnet_lite0" in body  # the sidebar indicator and the model summary

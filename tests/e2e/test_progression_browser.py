@@ -22,7 +22,7 @@ def test_progression_fills_every_stage_and_links_to_units(page, app_url, screens
     page.wait_for_selector("[data-testid='stApp']", state="attached")
     main = page.locator("[data-testid='stMain']")
     for name in STAGES:  # the rows are laid out before anything renders
-        main.get_by_text(name, exact=False).first.wait_for()
+        main.get_by_role("heading", name=name, exact=False).first.wait_for()  # not the help text
     # Real renders on a CPU that may be shared: wait for all 10 images, however long the machine needs.
     page.wait_for_function(f"() => ({COUNT_FINAL})({FINAL!r}) >= 10", timeout=400_000)
     page.wait_for_selector(IDLE, state="attached", timeout=60_000)
