@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
-from streamlit.util import calc_hash
+from uiapp import app_on
 
 import explorer.featurevis.store as store
 import explorer.ui.widgets.atlas as atlas_widget
 from explorer.distributed import atlas_run
 from explorer.featurevis import RenderResult, channel, get_preset, render_cached
 
-APP = "../../app.py"
 TINY = {"preset": "fast", "steps": "2", "size": "32"}
 NETWORK = [("blocks.0.0", 16), ("blocks.1.0", 24)]  # the "whole network" of these tests: 40 units
 
@@ -56,10 +55,7 @@ class FakeRender:
 
 
 def _open(name: str, /, **query: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.query_params.update(query)
-    at._page_hash = calc_hash(name)
-    return at.run()
+    return app_on(name, timeout=180, **query).run()
 
 
 def _ok(at: AppTest) -> None:

@@ -16,7 +16,7 @@ import pytest
 import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from streamlit.util import calc_hash
+from uiapp import app_on
 
 import explorer.featurevis as fv
 from explorer.attribution import attribute, channel_attribution, method_cost, method_problem, resolve_layers
@@ -26,7 +26,6 @@ from explorer.data import load_image, sample_images
 from explorer.featurevis.presets import get_preset
 from explorer.featurevis.store import KIND, cache_keys
 
-APP = "../../app.py"  # AppTest resolves it relative to this file
 CATS = {"tabby", "tiger cat", "Egyptian cat"}
 
 
@@ -44,11 +43,7 @@ def _module_cache(tmp_path_factory):
 
 def _open(**query: str) -> AppTest:
     """Run the app on its Attribution page, as the URL /attribution?… would open it."""
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.query_params.update(query)
-    # AppTest.switch_page only knows file pages; ours are callables whose script hash is that of their url_path.
-    at._page_hash = calc_hash("attribution")
-    at.run()
+    at = app_on("attribution", timeout=180, **query).run()
     assert [t.value for t in at.title] == ["Attribution"]
     assert not at.exception
     return at

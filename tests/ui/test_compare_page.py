@@ -22,7 +22,7 @@ import torch
 import torchvision
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 from streamlit.testing.v1 import AppTest
-from streamlit.util import calc_hash
+from uiapp import app_on
 
 from explorer.transfer.checkpoints import save_checkpoint
 from explorer.transfer.guide import GuideCell
@@ -33,7 +33,6 @@ from explorer.ui.compare.charts import comparison_figure, selected_layer, zones
 from explorer.ui.compare.freeze_panel import guide_markdown, ladder_frame
 from explorer.ui.compare.layer import unit_picks
 
-APP = "../../app.py"  # AppTest resolves it relative to this file
 QUERY = {"tuned": "t1", "images": "32", "input": "64", "probes": "0", "steps": "2", "size": "32"}
 
 
@@ -93,10 +92,8 @@ def runs(cache_dir, bundled):
 
 
 def _open(show: list[str] | None = None, **query: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=300)
-    at.query_params.update({**QUERY, **query})
+    at = app_on("compare", timeout=300, **{**QUERY, **query})
     at.session_state["cmp_show"] = show or []  # the layer view's sections (renders are tested on their own)
-    at._page_hash = calc_hash("compare")  # switch_page() only knows file pages; an st.Page's hash is its url_path
     return at.run()
 
 
@@ -119,6 +116,7 @@ def _click_chart(at: AppTest, layer: str) -> AppTest:
     i = names.index(layer)
     point = {"curve_number": 0, "point_number": i, "point_index": i, "x": layer, "y": 1.0, "customdata": layer}
     event = {"selection": {"points": [point], "point_indices": [i], "box": [], "lasso": []}}
+    # No public AppTest call sets a plotly chart's selection: the widget state goes in as the browser would send it.
     states = at._tree.get_widget_states()
     states.widgets.append(WidgetState(id=chart.proto.id, string_value=json.dumps(event)))
     return at._run(states)
@@ -224,11 +222,9 @@ def test_an_uploaded_checkpoint_is_compared_and_its_path_goes_in_the_link(compar
 
 
 def test_comparing_the_current_model_with_itself_switches_to_the_runs_base(compared, runs):
-    at = AppTest.from_file(APP, default_timeout=300)
-    at.query_params.update(QUERY)
+    at = app_on("compare", timeout=300, **QUERY)
     at.session_state["model_spec"] = str(runs / "t1.safetensors")  # "use as current model" made the run the base
     at.session_state["cmp_show"] = []
-    at._page_hash = calc_hash("compare")
     at.run()
     assert not at.exception and not _errors(at)
     assert any("compared with its base" in i.value for i in at.info)

@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
-from streamlit.util import calc_hash
+from uiapp import app_on
 
 from explorer.data import list_images, resolve_data
 from explorer.transfer.sweep import save_sweep
 from explorer.transfer.sweep_report import SweepReport, choose, make_options
 from explorer.transfer.sweep_tasks import auto_points
 
-APP = "../../app.py"
 ACCURACY = {
     "none": 0.98,
     "blocks.2.1": 0.975,
@@ -45,10 +44,8 @@ def cache_dir(tmp_path, monkeypatch):
 
 
 def _open(**query: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=600)
-    at.query_params.update(query)
+    at = app_on("compare", timeout=600, **query)
     at.session_state["cmp_show"] = []
-    at._page_hash = calc_hash("compare")
     return at.run()
 
 

@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
-from streamlit.util import calc_hash
+from uiapp import app_on
 
 import explorer.featurevis.store as store
 from explorer.featurevis import Preview, RenderResult, channel, get_preset, render
 from explorer.featurevis.stages import STAGES
 
-APP = "../../app.py"  # AppTest resolves it relative to this file
 TINY = {"preset": "fast", "steps": "2", "size": "32"}
 VALUE = re.compile(r"^unit (\d+) · (-?\d+\.\d\d)$")
 
@@ -81,10 +80,7 @@ class Renders:
 
 
 def _open(name: str, /, **query: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.query_params.update(query)
-    at._page_hash = calc_hash(name)  # switch_page() only knows file pages; an st.Page's hash is its url_path
-    return at.run()
+    return app_on(name, timeout=180, **query).run()
 
 
 def _images(at: AppTest) -> int:

@@ -22,7 +22,7 @@ import streamlit as st
 import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from streamlit.util import calc_hash
+from uiapp import app_on
 
 from explorer.data import ImageFolderDataset, resolve_data
 from explorer.data.demos import DEMO_DATASETS
@@ -32,8 +32,6 @@ from explorer.transfer.checkpoints import save_checkpoint
 from explorer.transfer.finetune import FinetuneSettings
 from explorer.transfer.freeze import freeze_summary
 from explorer.ui.widgets.figures import MAX_POINTS, progress_figure
-
-APP = "../../app.py"  # AppTest resolves it relative to this file
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,10 +48,7 @@ def cache_dir(tmp_path, monkeypatch):
 
 
 def _open(**query: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params.update(query)
-    at._page_hash = calc_hash("finetune")  # an st.Page's hash is its url_path
-    return at.run()
+    return app_on("finetune", timeout=120, **query).run()
 
 
 def _metrics(at: AppTest) -> dict[str, str]:

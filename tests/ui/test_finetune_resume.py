@@ -7,14 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from streamlit.testing.v1 import AppTest
-from streamlit.util import calc_hash
+from uiapp import app_on
 
 from explorer.transfer.checkpoints import resume_path
 from explorer.transfer.finetune import FinetuneSettings, finetune
 from explorer.transfer.runs import RUN_RECORD, begin_run, list_runs
-
-APP = "../../app.py"  # AppTest resolves it relative to this file
 
 
 @pytest.fixture(name="cache_dir")
@@ -48,9 +45,7 @@ def test_an_interrupted_run_gets_a_resume_button_that_finishes_it(tiny, color_fo
     (run,) = list_runs(cache_dir / "runs")
     assert run.status == "interrupted" and run.epochs_done == 1
 
-    at = AppTest.from_file(APP, default_timeout=120)
-    at._page_hash = calc_hash("finetune")
-    at.run()
+    at = app_on("finetune", timeout=120).run()
     assert not at.exception
     assert any("**cut** is interrupted after epoch 1 of 3" in m.value for m in at.markdown)
     at.button(key="ft_resume_cut").click().run()
