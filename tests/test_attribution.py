@@ -29,7 +29,7 @@ from explorer.attribution import (
 )
 from explorer.data import sample_images
 from explorer.layers import LayerError, hook_count, resolve
-from explorer.models import LoadedModel, fingerprint
+from explorer.models import LoadedModel
 
 # --------------------------------------------------------------------------- tiny models
 
@@ -88,11 +88,15 @@ class Counted(nn.Module):
 
 def loaded(module: nn.Module, size: tuple[int, int] = (16, 16), classes: int = 3) -> LoadedModel:
     module = module.eval()
-    return LoadedModel(
-        module=module, spec="test:tiny", arch="test:tiny", description="tiny test model", input_size=size,
-        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), class_names=[f"c{i}" for i in range(classes)],
-        fingerprint=fingerprint(module), device=torch.device("cpu"), resize_size=size[0],
-    )  # fmt: skip
+    return LoadedModel.wrap(
+        module,
+        spec="test:tiny",
+        input_size=size,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        class_names=[f"c{i}" for i in range(classes)],
+        resize_size=size[0],
+    )
 
 
 @pytest.fixture(scope="module")

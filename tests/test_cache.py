@@ -17,7 +17,7 @@ from torch import nn
 from explorer import featurevis as fv
 from explorer.cache import ENV_VAR, ORPHAN_GRACE, Cache, cache_root, make_key, png_bytes
 from explorer.featurevis import get_preset, render_cached
-from explorer.models import LoadedModel, fingerprint
+from explorer.models import LoadedModel
 
 
 def _image(seed: int = 0) -> np.ndarray:
@@ -216,11 +216,15 @@ def _tiny_model() -> LoadedModel:
         nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
     ).eval()  # fmt: skip
-    return LoadedModel(
-        module=net, spec="test:tiny", arch="test:tiny", description="tiny", input_size=(32, 32),
-        mean=(0.5,) * 3, std=(0.25,) * 3, class_names=list("abc"), fingerprint=fingerprint(net),
-        device=torch.device("cpu"), resize_size=36,
-    )  # fmt: skip
+    return LoadedModel.wrap(
+        net,
+        spec="test:tiny",
+        input_size=(32, 32),
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        class_names=list("abc"),
+        resize_size=36,
+    )
 
 
 @pytest.fixture(scope="module")

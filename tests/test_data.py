@@ -585,3 +585,25 @@ def test_sample_images() -> None:
         assert min(img.shape[:2]) >= 256
     assert Image.open(samples["brick"]).mode == "L"  # exercises the grayscale path
     assert (ASSETS_DIR / "README.md").read_text().count("CC0") >= 3
+
+
+def test_typical_side_reads_headers_and_skips_what_is_not_an_image(tmp_path):
+    from explorer.data import typical_side
+
+    paths = []
+    for i, side in enumerate((30, 64, 64, 500)):
+        Image.new("RGB", (side, side // 2 + 1)).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert typical_side([*paths, tmp_path / "bad.png"]) == 64
+    assert typical_side([tmp_path / "bad.png"]) is None and typical_side([]) is None
+
+
+def test_the_suggested_size_follows_small_data_and_keeps_a_fixed_models_size():
+    from explorer.transfer.settings import suggested_input_size
+
+    assert suggested_input_size(224, 64) == 64  # the digits
+    assert suggested_input_size(224, 8) == 32  # never below 32
+    assert suggested_input_size(224, 70) == 80  # rounded up to a multiple of 16
+    assert suggested_input_size(224, 1000) == 224  # never above the model's
+    assert suggested_input_size(224, 64, fixed=True) == 224 and suggested_input_size(224, None) == 224

@@ -13,7 +13,7 @@ from explorer.cache import Cache
 from explorer.data import ASSETS_DIR, list_images, load_image
 from explorer.exemplars import ExamplesError, dataset_examples, patch_image, receptive_field
 from explorer.layers import forward_until, hook_count
-from explorer.models import LoadedModel, fingerprint
+from explorer.models import LoadedModel
 
 
 class Tiny(nn.Module):
@@ -33,11 +33,15 @@ class Tiny(nn.Module):
 def tiny() -> LoadedModel:
     torch.manual_seed(0)
     module = Tiny().eval()
-    return LoadedModel(
-        module=module, spec="test:tiny", arch="test:tiny", description="tiny", input_size=(16, 16),
-        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), class_names=["a", "b", "c"], fingerprint=fingerprint(module),
-        device=torch.device("cpu"), resize_size=16,
-    )  # fmt: skip
+    return LoadedModel.wrap(
+        module,
+        spec="test:tiny",
+        input_size=(16, 16),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        class_names=["a", "b", "c"],
+        resize_size=16,
+    )
 
 
 @pytest.fixture

@@ -42,11 +42,15 @@ def bn_model() -> LoadedModel:
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.5, 0.5)
     net.eval()
-    return LoadedModel(
-        module=net, spec="test:bn", arch="test:bn", description="bn", input_size=(32, 32),
-        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), class_names=[f"c{i}" for i in range(4)],
-        fingerprint=fingerprint(net), device=torch.device("cpu"), resize_size=36,
-    )  # fmt: skip
+    return LoadedModel.wrap(
+        net,
+        spec="test:bn",
+        input_size=(32, 32),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        class_names=[f"c{i}" for i in range(4)],
+        resize_size=36,
+    )
 
 
 def test_folding_keeps_every_block_output_and_leaves_the_model_alone(bundled):

@@ -14,6 +14,7 @@ from explorer import featurevis as fv
 from explorer.featurevis.objectives import Context
 from explorer.featurevis.optim import Adam, NAdam
 from explorer.featurevis.param import (
+    COLOR_CORRELATION,
     FFTParam,
     MacoParam,
     ParamError,
@@ -157,15 +158,18 @@ def test_fft_param_matches_lucents_formula():
 
 
 def test_maco_keeps_the_magnitude_spectrum():
-    mag = torch.rand(3, 16, 9) + 0.5
-    p = MacoParam(1, 16, [image_generator(0, "m")], torch.device("cpu"), magnitude=mag)
+    mag = torch.rand(3, 16, 9, dtype=torch.float64) + 0.5
+    p = MacoParam(1, 16, [image_generator(0, "m")], torch.device("cpu"), magnitude=mag.float())
     with torch.no_grad():
         p.phase.add_(torch.randn_like(p.phase))  # whatever the phase becomes …
-    spec = torch.fft.rfft2(torch.fft.irfft2(torch.polar(mag, p.phase[0]), s=(16, 16)))
-    ratio = spec.abs()[:, 1:8, 1:8] / mag[:, 1:8, 1:8]  # … the spectrum's shape is the template's
-    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-4)
+        image = p().double()  # … the image the parameterization draws, undone step by step:
+    z = torch.logit(image.clamp(1e-6, 1 - 1e-6)) / p.gain  # the sigmoid
+    inv = torch.as_tensor(np.linalg.inv(COLOR_CORRELATION), dtype=torch.float64)
+    x = torch.einsum("nchw,dc->ndhw", z, inv)  # the colour recorrelation
+    ratio = torch.fft.rfft2(x[0]).abs()[:, 1:8, 1:8] / mag[:, 1:8, 1:8]
+    assert torch.allclose(ratio, ratio.mean().expand_as(ratio), rtol=1e-3)  # one scale (the standardisation) for all
     with pytest.raises(ParamError):
-        MacoParam(1, 20, [image_generator(0, "m")], torch.device("cpu"), magnitude=mag)
+        MacoParam(1, 20, [image_generator(0, "m")], torch.device("cpu"), magnitude=mag.float())
 
 
 def test_spectrum_is_computed_locally_and_cached(tmp_path, monkeypatch):

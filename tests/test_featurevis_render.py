@@ -13,7 +13,7 @@ from explorer import featurevis as fv
 from explorer.featurevis.objectives import Context
 from explorer.featurevis.presets import get_preset
 from explorer.layers import anatomy, capture, forward_until, hook_count, to_nchw
-from explorer.models import LoadedModel, fingerprint
+from explorer.models import LoadedModel
 
 
 class TinyNet(nn.Module):
@@ -46,11 +46,15 @@ class Spy(nn.Module):
 def tiny_model() -> LoadedModel:
     torch.manual_seed(0)
     net = TinyNet().eval()
-    return LoadedModel(
-        module=net, spec="test:tiny", arch="test:tiny", description="tiny", input_size=(32, 32),
-        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), class_names=[f"c{i}" for i in range(5)],
-        fingerprint=fingerprint(net), device=torch.device("cpu"), resize_size=36,
-    )  # fmt: skip
+    return LoadedModel.wrap(
+        net,
+        spec="test:tiny",
+        input_size=(32, 32),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        class_names=[f"c{i}" for i in range(5)],
+        resize_size=36,
+    )
 
 
 render_mod = importlib.import_module("explorer.featurevis.render")  # the module, not the function it exports
@@ -284,9 +288,8 @@ class TokenNet(nn.Module):
 def test_token_outputs_are_rendered_on_their_grid():
     torch.manual_seed(0)
     net = TokenNet().eval()
-    m = LoadedModel(
-        module=net, spec="t", arch="t", description="t", input_size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3,
-        class_names=["a", "b", "c"], fingerprint=fingerprint(net), device=torch.device("cpu"), resize_size=32,
-    )  # fmt: skip
+    m = LoadedModel.wrap(
+        net, spec="t", input_size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, class_names=["a", "b", "c"], resize_size=32
+    )
     res = fv.render(m, [fv.neuron("block", 1), fv.channel("block", 4)], SMALL.replace(steps=20, lr=0.1))
     assert np.all(res.curves[:, -3:].mean(1) > res.curves[:, :3].mean(1))

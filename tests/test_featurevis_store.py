@@ -19,7 +19,7 @@ from explorer.featurevis.sheet import contact_sheet, labelled_rows
 from explorer.featurevis.stages import STAGES, stage_map
 from explorer.featurevis.store import cache_keys, lookup, render_cached
 from explorer.layers import hook_count
-from explorer.models import LoadedModel, fingerprint
+from explorer.models import LoadedModel
 
 render_mod = importlib.import_module("explorer.featurevis.render")
 store_mod = importlib.import_module("explorer.featurevis.store")
@@ -32,11 +32,15 @@ def tiny_model(seed: int = 0) -> LoadedModel:
         nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, stride=2, padding=1), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 4),
     ).eval()  # fmt: skip
-    return LoadedModel(
-        module=net, spec="test:tiny", arch="test:tiny", description="tiny", input_size=(32, 32),
-        mean=(0.5,) * 3, std=(0.25,) * 3, class_names=list("abcd"), fingerprint=fingerprint(net),
-        device=torch.device("cpu"), resize_size=36,
-    )  # fmt: skip
+    return LoadedModel.wrap(
+        net,
+        spec="test:tiny",
+        input_size=(32, 32),
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        class_names=list("abcd"),
+        resize_size=36,
+    )
 
 
 SMALL = get_preset("classic", steps=6, size=20).replace(transforms={"pad": 2, "jitter": 3, "jitter2": 2})

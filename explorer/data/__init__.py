@@ -26,6 +26,7 @@ from explorer.data.images import (
     list_images,
     load_image,
     sample_images,
+    typical_side,
 )
 from explorer.errors import DataError
 
@@ -47,6 +48,7 @@ __all__ = [
     "resolve_data",
     "safe_extract_zip",
     "sample_images",
+    "typical_side",
     "split",
     "split_indices",
     "stratified_subset",

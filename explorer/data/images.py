@@ -150,6 +150,18 @@ def list_images(folder: str | Path) -> list[Path]:
     )
 
 
+def typical_side(paths: list[str] | list[Path], limit: int = 32) -> int | None:
+    """The median longer side of the readable images among the first `limit` of `paths` (headers only), or None."""
+    sides = []
+    for path in paths[:limit]:
+        try:
+            with Image.open(path) as im:
+                sides.append(max(im.size))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return int(np.median(sides)) if sides else None
+
+
 def sample_images() -> dict[str, Path]:
     """The sample photographs shipped in ``assets/``, by file stem."""
     if not ASSETS_DIR.is_dir():

@@ -18,6 +18,15 @@ from explorer.transfer.optim import SCHEDULES
 BN_MODES = ("train", "frozen")
 
 
+def suggested_input_size(model_size: int, data_side: int | None, *, fixed: bool = False) -> int:
+    """The image size a fine-tune should start from: the data's own size (rounded up to a multiple of 16, at least
+    32) when it is smaller than the model's, since upscaling 8×8 digits to 224 px costs 12× the compute for nothing;
+    the model's size when the model takes no other (a ViT) or the data's size is unknown."""
+    if fixed or not data_side:
+        return int(model_size)
+    return int(min(model_size, max(32, -(-int(data_side) // 16) * 16)))
+
+
 class FinetuneError(ExplorerError):
     """A fine-tuning setting or dataset that cannot work, phrased for the user."""
 

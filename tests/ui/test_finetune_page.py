@@ -114,11 +114,30 @@ def test_freeze_point_from_the_url_and_its_parameter_counts(bundled):
     assert at.selectbox(key="ft_freeze").value == "none"
 
 
+def _size_input(at: AppTest):
+    return next(n for n in at.number_input if n.label == "Image size (px)")
+
+
+def test_the_image_size_starts_at_the_datas_own_size(tmp_path, monkeypatch):
+    at = _open(data="demo:digits")  # 8x8 digits stored at 64 px: training them at 224 px costs 12x for nothing
+    assert not at.exception and _size_input(at).value == 64
+    big = tmp_path / "big"  # photos larger than the model's input: the model's size
+    for cls in ("a", "b"):
+        (big / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (400, 300), (i * 40, 90, 200)).save(big / cls / f"{i}.png")
+    monkeypatch.setenv("LAYER_EXPLORER_DATA_ROOTS", str(tmp_path))
+    at = _open()
+    at.radio(key="ft_source").set_value("Folder on the server").run()
+    at.text_input(key="ft_folder").input(str(big)).run()
+    assert not at.exception and not _errors(at) and _size_input(at).value == 224
+
+
 @pytest.mark.slow  # ~3 s idle, 15-25 s on a busy 2-core machine: a real (tiny) fine-tune of the bundled model
 def test_a_tiny_training_run_saves_a_listed_checkpoint_that_reopens(bundled):
     at = _open(freeze="blocks.3.2", data="demo:shapes")
     at.number_input(key="ft_epochs").set_value(1)
-    at.number_input(key="ft_size").set_value(64)
+    _size_input(at).set_value(64)
     at.number_input(key="ft_max").set_value(60)
     at.number_input(key="ft_batch").set_value(16)
     at.button(key="ft_train").click().run()

@@ -12,7 +12,7 @@ def _app(page: str) -> None:
     run_app(default=page)
 
 
-def app_on(page: str, *, timeout: float = 180, **query: str) -> AppTest:
+def app_on(page: str, /, *, timeout: float = 180, **query: str) -> AppTest:
     """An AppTest of the app opened on `page` (its url_path), with `query` in the URL, not yet run."""
     at = AppTest.from_function(_app, args=(page,), default_timeout=timeout)
     at.query_params.update(query)

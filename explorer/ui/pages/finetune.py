@@ -14,14 +14,17 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from explorer.data import typical_side
+from explorer.layers import fixed_input_size
 from explorer.models import LoadedModel
 from explorer.transfer.finetune import FinetuneSettings
 from explorer.transfer.freeze import FreezeSummary, freeze_code, freeze_table
 from explorer.transfer.resume import can_resume, saved_settings
 from explorer.transfer.runs import JobSnapshot, TrainingJob, list_runs, read_run
+from explorer.transfer.settings import suggested_input_size
 from explorer.ui.common import current_model, get_ladder, model_key, show_error
 from explorer.ui.i18n import page_intro
-from explorer.ui.widgets.dataset_panel import data_section
+from explorer.ui.widgets.dataset_panel import DataSummary, data_section
 from explorer.ui.widgets.figures import progress_figure
 
 JOB_KEY = "ft_job"  # session_state: the session's TrainingJob (running or finished)
@@ -121,16 +124,35 @@ def _freeze_section(model: LoadedModel, num_classes: int | None) -> str | None:
 # --------------------------------------------------------------------------- settings and training
 
 
-def _settings_form(model: LoadedModel, point: str | None, ready: bool, busy: bool) -> FinetuneSettings | None:
-    """The settings form; returns the settings when Train was pressed."""
+@st.cache_data(max_entries=32, show_spinner=False)
+def _data_side(paths: tuple[str, ...]) -> int | None:
+    return typical_side(list(paths))
+
+
+def _start_size(model: LoadedModel, summary: DataSummary | None) -> int:
+    """The image size the form starts from: the data's own (e.g. 64 px for the digits), at most the model's."""
+    side = _data_side(tuple(p for p, _ in summary.samples)) if summary else None
+    return suggested_input_size(model.input_size[0], side, fixed=fixed_input_size(model) is not None)
+
+
+def _settings_form(
+    model: LoadedModel, point: str | None, ready: bool, busy: bool, start_size: int
+) -> FinetuneSettings | None:
+    """The settings form; returns the settings when Train was pressed. The image size starts at `start_size` (it
+    follows the data: a new dataset resets it) unless the user sets it."""
     d = FinetuneSettings()
     st.subheader("3 · Settings")
     with st.form("ft_settings", border=True):
         c = st.columns(4)
         epochs = c[0].number_input("Epochs", 1, 200, d.epochs, key="ft_epochs")
         batch = c[1].number_input("Batch size", 1, 1024, d.batch_size, key="ft_batch")
-        size = c[2].number_input("Image size (px)", 32, 1024, int(model.input_size[0]), step=16, key="ft_size",
-                                 help="Smaller trains much faster (e.g. 64–128 for a quick run).")  # fmt: skip
+        size_help = (
+            f"Starts at your images' own size ({start_size} px here), at most the model's {model.input_size[0]} px: "
+            "larger than the images costs time and adds nothing."
+        )
+        size = c[2].number_input(
+            "Image size (px)", 32, 1024, start_size, step=16, key=f"ft_size_{start_size}", help=size_help
+        )
         max_images = c[3].number_input("Max images (0 = all)", 0, 10_000_000, 0, step=50, key="ft_max",
                                        help="A class-balanced random subset for a quick run.")  # fmt: skip
         c = st.columns(4)
@@ -356,7 +378,7 @@ def render() -> None:
     st.divider()
     job: TrainingJob | None = st.session_state.get(JOB_KEY)
     busy = job is not None and not job.snapshot().finished
-    settings = _settings_form(model, point, summary is not None, busy)
+    settings = _settings_form(model, point, summary is not None, busy, _start_size(model, summary))
     if settings is not None and spec is not None and not busy:
         try:
             settings.check()
