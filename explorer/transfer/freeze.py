@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import difflib
 import types
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -161,6 +162,13 @@ def _input_like(module: nn.Module, size: tuple[int, int]) -> torch.Tensor:
     )
 
 
+# module → (layer, input size) → parameter names. Weak keys: a module that is gone takes its entries with it. The
+# names depend on the module's structure, never on its weight values, so a trained copy may keep them.
+_DEPENDENCIES: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, tuple[int, int]], list[str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def dependent_parameters(module: nn.Module, layers: list[str], size: tuple[int, int]) -> dict[str, list[str]]:
     """For each layer, the parameters its output depends on (autograd's graph on one zero image): exactly what
     a freeze there must fix. The module is not changed (its parameters are read through detached aliases)."""
@@ -202,7 +210,12 @@ def frozen_parameters(
     size = tuple(input_size or size)  # type: ignore[assignment]
     order = order if order is not None else execution_order(module, size)
     layer = order[_check_point(module, str(freeze_after), order)]
-    return dependent_parameters(module, [layer], size)[layer]
+    known = _DEPENDENCIES.setdefault(module, {})  # a forward and a backward per (module, point): once
+    if (layer, size) not in known:
+        if len(known) >= 64:
+            known.clear()
+        known[(layer, size)] = dependent_parameters(module, [layer], size)[layer]
+    return list(known[(layer, size)])
 
 
 def _collapse(module: nn.Module, frozen: set[str], counts: Callable[[nn.Module], bool] | None = None) -> list[str]:

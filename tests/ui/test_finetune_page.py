@@ -162,13 +162,11 @@ def test_a_tiny_training_run_saves_a_listed_checkpoint_that_reopens(bundled):
     at.button(key="ft_result_use").click().run()
     assert not at.exception and not _errors(at)
     assert at.session_state["model_spec"] == str(run.path)
-    compare = at.button(key="ft_result_cmp")
-    if 'page("compare"' not in (Path(__file__).parents[2] / "app.py").read_text():
-        assert compare.disabled  # guarded until the Compare page exists
-    else:  # it opens on this run, with the run's base (not the tuned model now current) as the base
-        compare.click().run()
-        assert at.query_params["tuned"] == job.name
-        assert at.session_state["model_spec"] == bundled.spec
+    compare = at.button(key="ft_result_cmp")  # it opens on this run, with the run's base (not the tuned model now
+    assert not compare.disabled  # current) as the base
+    compare.click().run()
+    assert at.query_params["tuned"] == job.name
+    assert at.session_state["model_spec"] == bundled.spec
     # The shared, cached base model was not touched by training.
     assert fingerprint(bundled.module) == bundled.fingerprint
 
