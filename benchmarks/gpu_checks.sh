@@ -5,6 +5,7 @@
 # device README's KINDS.md) travel as wheels in .whl/ (pip download … -d .whl, as that README says), installed
 # into /tmp/site here. It prints: featurevis ResNet-50 layer3 (64 channels, 224 px) against Lucent one by one
 # (issue 3, target >= 50x), fine-tuning throughput on CUDA (issue 5), all-blocks Grad-CAM on CUDA (issue 4), the
+# freeze sweep against one train-everything run on CUDA (issue 11), the
 # Ray back end's figures (issue 14: ResNet-50 whole-network atlas time per GPU, extrapolated from one task per block;
 # 1 vs N Ray workers; torch.compile on/off of the render step), and the CUDA render tests. Results also go to $OUT
 # (if set) as text files. Ray's wheel (~79 MB) is larger than what the device tool carries (64 MiB): where Ray is
@@ -27,6 +28,7 @@ PY
 timeout 300 python benchmarks/bench_featurevis.py --suite gpu --lucent-channels 8 2>&1 | tee "$out/featurevis_gpu.txt"
 timeout 120 python benchmarks/bench_attribution.py --device cuda 2>&1 | tee "$out/attribution_gpu.txt"
 timeout 150 python benchmarks/bench_compare.py --device cuda --images 200 --sizes 100 2>&1 | tee "$out/compare_gpu.txt"
+timeout 90 python benchmarks/bench_sweep.py --device cuda --skip-defaults 2>&1 | tee "$out/sweep_gpu.txt"
 timeout 200 python benchmarks/bench_ray.py --suite gpu 2>&1 | grep -v -E '^[0-9-]+ [0-9:,]+\s+(INFO|WARNING)' \
   | tee "$out/ray_gpu.txt"
 timeout 120 python -m pytest -q -p no:cacheprovider tests/test_featurevis_render.py tests/test_featurevis_fold.py \
