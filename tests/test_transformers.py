@@ -184,6 +184,11 @@ def test_compare_on_a_tiny_vit_reads_patch_tokens_and_the_class_token_apart(vit,
     assert rows[blocks[2]].cka < 0.99 and rows[blocks[2]].cka_class_token < 0.99
     assert rows["conv_proj"].cka_class_token is None  # a patch map has no class token
     assert rows[blocks[2]].cka != pytest.approx(rows[blocks[2]].cka_class_token, abs=1e-6)
+    from explorer.ui.compare.freeze_panel import ladder_frame  # the Compare page's table shows it beside the CKA
+
+    table = ladder_frame(report, blocks[0]).set_index("layer")
+    assert table.loc[blocks[2], "CKA class token"] == f"{rows[blocks[2]].cka_class_token:.3f}"
+    assert table.loc["conv_proj", "CKA class token"] == "—"
 
 
 def test_class_token_is_left_out_of_the_pooled_patch_features(vit):

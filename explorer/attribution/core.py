@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from explorer.attribution.methods import (
 from explorer.attribution.result import AttributionResult
 from explorer.attribution.sanitize import Logits, shadow, tap_grids
 from explorer.layers import LayerInfo, capture, resolve
-from explorer.models import logits_of
+from explorer.models import LoadedModel, logits_of
 from explorer.runtime import Progress
 
 # --------------------------------------------------------------------------- inputs and targets
@@ -57,6 +58,14 @@ def prepare(model: Any, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         images01 = torch.stack([model.to_tensor01(im) for im in pil]).to(model.device)
         x = model.normalize(images01)
     return x, images01.permute(0, 2, 3, 1).float().cpu()
+
+
+# What the public `attribute` takes: an image as a path, bytes or a PIL image (or several, or a normalised tensor);
+# a target class as an index or a name, one for all images or one per image (or a tensor of indices); options as
+# numbers, None or a baseline ("black", "zeros" or a tensor).
+ImageInput = str | Path | bytes | Image.Image
+Target = int | str | Sequence[int | str] | torch.Tensor | None
+OptionValue = int | float | str | torch.Tensor | None
 
 
 def _open(item: Any) -> Image.Image:
@@ -135,15 +144,15 @@ def one_pass(
 
 
 def attribute(
-    model: Any,
-    inputs: Any,
+    model: LoadedModel,
+    inputs: ImageInput | Sequence[ImageInput] | torch.Tensor,
     layers: str | Sequence[str] = "all",
     method: str = "gradcam",
-    target: Any = None,
+    target: Target = None,
     *,
     keep_raw: bool = False,
     progress: Progress | None = None,
-    **options: Any,
+    **options: OptionValue,
 ) -> AttributionResult:
     """Attribute the target class (default: the prediction) to every chosen layer with one method.
 

@@ -366,6 +366,7 @@ def test_guide_highlights_exactly_the_users_cell_and_ladder_greys_the_frozen_row
     df = ladder_frame(report, "b")
     assert df["state"].tolist() == ["frozen", "frozen", "trainable", "—", "new head"]
     assert {"tuned w + base BN", "base w + tuned BN", "Δw RMS", "Δw / step budget", "BN shift"} <= set(df.columns)
+    assert "CKA class token" not in df.columns  # no token layer in this report
 
 
 def test_unit_picks_take_the_most_and_least_changed_channels(report):

@@ -70,7 +70,11 @@ def _hover(r: LayerComparison) -> str:
     bits = [f"<b>{r.name}</b> · {r.type}"]
     if finite(r.cka):
         ci = f" [{r.cka_low:.3f}, {r.cka_high:.3f}]" if finite(r.cka_low) and finite(r.cka_high) else ""
-        bits.append(f"CKA {r.cka:.3f}{ci}")
+        bits.append(f"CKA {r.cka:.3f}{ci}" + (" (patch tokens)" if finite(r.cka_class_token) else ""))
+    if finite(r.cka_class_token):
+        lo, hi = r.cka_class_token_low, r.cka_class_token_high
+        ci = f" [{lo:.3f}, {hi:.3f}]" if finite(lo) and finite(hi) else ""
+        bits.append(f"CKA of the class token alone {r.cka_class_token:.3f}{ci}")
     if finite(r.cka_weights) and finite(r.cka_stats):
         bits.append(
             f"tuned weights + base BN stats {r.cka_weights:.3f} · base weights + tuned BN stats {r.cka_stats:.3f}"

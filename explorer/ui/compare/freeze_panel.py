@@ -96,13 +96,18 @@ def ladder_frame(report: ComparisonReport, point: str) -> pd.DataFrame:
                 "Δw / step budget": _fmt(r.weight_per_step, "{:.2g}"),
                 "BN shift": _fmt(r.bn_shift, "{:.2f}"),
                 "probe %": _fmt(100 * r.probe_acc if r.probe_acc is not None else None, "{:.0f}"),
+                "CKA class token": _fmt(r.cka_class_token, "{:.3f}"),
             }
         )
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if all(r.cka_class_token is None for r in report.layers):  # a CNN (or no token layer): no such column
+        frame = frame.drop(columns="CKA class token")
+    return frame
 
 
 HELP = {
     "95 % interval": "Delete-one-image jackknife interval of the CKA, on held-out images",
+    "CKA class token": "Token layers: CKA of the class token alone (the CKA column pools the patch tokens)",
     "tuned w + base BN": "CKA with the base of the tuned weights run with the base's BatchNorm statistics",
     "base w + tuned BN": "CKA with the base of the base weights run with the tuned BatchNorm statistics",
     "Δw RMS": "Absolute RMS change of the block's parameters",

@@ -15,11 +15,14 @@ import math
 
 import numpy as np
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from explorer.cache import png_bytes
 from explorer.featurevis import channel, contact_sheet
 from explorer.featurevis.kernels import KernelFigure, kernel_sheet
+from explorer.featurevis.stages import StageMap
 from explorer.featurevis.store import cached_mask
+from explorer.layers import LayerInfo
 from explorer.models import LoadedModel
 from explorer.ui.common import current_model, page_ref, show_error
 from explorer.ui.i18n import page_intro, t
@@ -162,18 +165,9 @@ def _page_from_url(pages: int) -> int:
     return page
 
 
-def render() -> None:
-    """The Layer page."""
-    st.title("Layer")
-    page_intro("layer")
-    model = current_model()
-    layers = renderable_layers(model)
-    stages = get_stage_map(model)
+def _choose_layer(model: LoadedModel, layers: dict[str, LayerInfo], stages: StageMap) -> tuple[str, int, int]:
+    """The layer picker and the page number, both kept in the URL: (layer, page, units of the layer)."""
     blocks = block_names(model)
-    if not layers:
-        st.info(f"{model.spec} has no layer with a spatial output to visualise.")
-        return
-    settings = settings_from_url(suggested_settings(model))
     fallback = default_layer(model, layers)
     if st.query_params.get("layer", fallback) not in layers:
         st.query_params["page"] = "1"  # the page of an unknown layer means nothing: one message is enough
@@ -195,43 +189,20 @@ def render() -> None:
     page = _page_from_url(pages)
     st.session_state["layer_page"] = page
     top[1].number_input(f"Page (of {pages})", 1, pages, key="layer_page", on_change=_on_page)
-    stage = stages.stage_of(layer)
-    row = layers[layer]
-    figure = get_kernel_figure(model, layer)
-    span = f"units {(page - 1) * PER_PAGE}–{min(page * PER_PAGE, units) - 1} below"
-    st.caption(
-        f"{layer} ({row.type}, output {'×'.join(map(str, row.out_shape))})"
-        + (f" is in the **{stage}** stage of this network." if stage else ".")
-        + (
-            f" {units} units; {span}, rendered as one batch. Open a unit for its neuron, negative and diversity "
-            "images and the dataset examples that excite it."
-            if figure is None
-            else f" It reads the image's colour channels: {units} units, {span} as their kernels."
-        )
-    )
-    settings_form(settings, "layer", model)
-    note = st.container()  # the count is drawn after the render, so it counts this visit's images too
-    if figure is None:
-        with note:
-            atlas_offer(model, layer, units, settings)
-    whole_network(model, settings)
-    status = st.container()
-    shown = list(range((page - 1) * PER_PAGE, min(page * PER_PAGE, units)))
-    if figure is not None:
-        try:
-            _first_layer(model, figure, shown, settings, status)
-        except Exception as exc:
-            show_error(exc)
-        st.download_button(
-            f"Download the kernels of {layer} (PNG)",
-            lambda: png_bytes(kernel_sheet(figure)),
-            file_name=f"{safe_filename(layer)}-kernels.png",
-            mime="image/png",
-            icon=":material/download:",
-            on_click="ignore",
-            key="layer_kernels",
-        )
-        return
+    return layer, page, units
+
+
+def _unit_tiles(
+    model: LoadedModel,
+    layer: str,
+    page: int,
+    units: int,
+    shown: list[int],
+    settings: RenderSettings,
+    status: DeltaGenerator,
+    note: DeltaGenerator,
+) -> None:
+    """The units of this page as tiles that fill in as they render, each with its Unit link and PNG; the zip."""
     tiles = tile_grid(len(shown), COLS, caption="waiting…")
     unit_page = page_ref("unit", "Unit")
     for tile, u in zip(tiles, shown, strict=True):
@@ -271,4 +242,56 @@ def render() -> None:
         on_click="ignore",
         disabled=not done,
         key="layer_zip",
+    )
+
+
+def render() -> None:
+    """The Layer page."""
+    st.title("Layer")
+    page_intro("layer")
+    model = current_model()
+    layers = renderable_layers(model)
+    stages = get_stage_map(model)
+    if not layers:
+        st.info(f"{model.spec} has no layer with a spatial output to visualise.")
+        return
+    settings = settings_from_url(suggested_settings(model))
+    layer, page, units = _choose_layer(model, layers, stages)
+    stage = stages.stage_of(layer)
+    row = layers[layer]
+    figure = get_kernel_figure(model, layer)
+    span = f"units {(page - 1) * PER_PAGE}–{min(page * PER_PAGE, units) - 1} below"
+    st.caption(
+        f"{layer} ({row.type}, output {'×'.join(map(str, row.out_shape))})"
+        + (f" is in the **{stage}** stage of this network." if stage else ".")
+        + (
+            f" {units} units; {span}, rendered as one batch. Open a unit for its neuron, negative and diversity "
+            "images and the dataset examples that excite it."
+            if figure is None
+            else f" It reads the image's colour channels: {units} units, {span} as their kernels."
+        )
+    )
+    settings_form(settings, "layer", model)
+    note = st.container()  # the count is drawn after the render, so it counts this visit's images too
+    if figure is None:
+        with note:
+            atlas_offer(model, layer, units, settings)
+    whole_network(model, settings)
+    status = st.container()
+    shown = list(range((page - 1) * PER_PAGE, min(page * PER_PAGE, units)))
+    if figure is None:
+        _unit_tiles(model, layer, page, units, shown, settings, status, note)
+        return
+    try:
+        _first_layer(model, figure, shown, settings, status)
+    except Exception as exc:
+        show_error(exc)
+    st.download_button(
+        f"Download the kernels of {layer} (PNG)",
+        lambda: png_bytes(kernel_sheet(figure)),
+        file_name=f"{safe_filename(layer)}-kernels.png",
+        mime="image/png",
+        icon=":material/download:",
+        on_click="ignore",
+        key="layer_kernels",
     )
