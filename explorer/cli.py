@@ -63,6 +63,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_ray_args(p: argparse.ArgumentParser, what: str) -> argparse._ArgumentGroup:
+    """The optional Ray group every scaled-out command shares: --ray ADDRESS and --workers N; `what` says what
+    runs as a task. Returns the group, for a command's own Ray options."""
+    ray = p.add_argument_group("Ray (optional)")
+    ray.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        default=None,
+        help=f"run {what} on Ray: auto (this machine's cluster, else a new local one), local, or a cluster "
+        "address; --device then picks the workers' device (pip install -r requirements-ray.txt)",
+    )
+    ray.add_argument("--workers", type=positive_int, default=None, help="Ray workers (default: 1 per GPU or CPU)")
+    return ray
+
+
 def load_model_arg(args: argparse.Namespace) -> Any:
     """The LoadedModel that the --model/--arch/--device options name."""
     from explorer.models import DEFAULT_SPEC, load_model

@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import torch
 
@@ -47,3 +49,43 @@ def to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A batch moved to `device`; channels-last on CUDA, where convolutions run faster in that layout."""
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" and x.dim() == 4 else x
+
+
+class ThreadJob:
+    """Long work in a daemon thread that a page polls: a stop signal, a lock over the state the thread reports, its
+    final state ('running' until `finish`) and its time. A subclass implements `_run` and ends it with `finish`."""
+
+    def __init__(self, thread_name: str) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._state = "running"
+        self._error: BaseException | None = None
+        self._started = time.monotonic()
+        self._seconds = 0.0
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Ask the work to stop at its next step."""
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread; True when it has finished."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _elapsed(self) -> float:
+        """Seconds so far, or the run's total once it ended (call under the lock)."""
+        return time.monotonic() - self._started if self._state == "running" else self._seconds
+
+    def finish(self, state: str) -> None:
+        """Record how the work ended ('done', 'stopped', 'failed') and its time."""
+        with self._lock:
+            self._state = state
+            self._seconds = time.monotonic() - self._started

@@ -34,3 +34,24 @@ def color_folder(tmp_path_factory: pytest.TempPathFactory):
             arr[..., c] += 150
             Image.fromarray(arr.astype(np.uint8)).save(root / name / f"{i:02d}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster in this process for one test module (skipped without Ray)."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pool(cluster, tiny: LoadedModel):
+    """Two CPU workers (one thread each) holding the module's `tiny` model, shared by its tests (their actors start
+    on the first map)."""
+    from explorer.distributed import Pool
+
+    with Pool(tiny, "auto", device="cpu") as p:
+        yield p

@@ -169,23 +169,7 @@ def test_tasks_run_in_process_by_kind(tiny: LoadedModel) -> None:
 
 
 # --------------------------------------------------------------------------- on a local Ray cluster
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[object]:
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def pool(cluster: object, tiny: LoadedModel) -> Iterator[Pool]:
-    """Two CPU workers, shared by the tests that use them (their actors start on the first map)."""
-    with Pool(tiny, "auto", device="cpu") as p:
-        yield p
+# (`cluster` and `pool` come from tests/conftest.py)
 
 
 @pytest.fixture

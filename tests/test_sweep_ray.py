@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from explorer.cli import main
-from explorer.distributed import Pool, Task, ray_sweep_runner, run_local
+from explorer.distributed import Task, ray_sweep_runner, run_local
 from explorer.distributed.sweep_job import context_key, context_payload
 from explorer.models import LoadedModel
 from explorer.transfer.sweep import sweep, sweep_settings
@@ -114,23 +114,7 @@ def test_cli_sweep_workers_without_ray_is_refused(color_folder: Path, tmp_path: 
 
 
 # --------------------------------------------------------------------------- on a local Ray cluster
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[object]:
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def pool(cluster: object, tiny: LoadedModel) -> Iterator[Pool]:
-    """Two CPU workers with one thread each, shared by the tests (their actors start on the first map)."""
-    with Pool(tiny, "auto", device="cpu") as p:
-        yield p
+# (`cluster` and `pool` come from tests/conftest.py)
 
 
 @pytest.mark.ray

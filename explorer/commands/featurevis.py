@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from explorer.cli import add_model_args, load_model_arg, positive_int, print_table, progress_bar
+from explorer.cli import add_model_args, add_ray_args, load_model_arg, positive_int, print_table, progress_bar
 from explorer.errors import ExplorerError
 
 
@@ -71,15 +71,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--layers", default=None, help="comma-separated blocks (default: every block with a grid output)")
     _add_render_settings(p)
     p.add_argument("--out", type=Path, default=None, help="also write <layer>-sheet.png here")
-    ray = p.add_argument_group("Ray (optional)")
-    ray.add_argument(
-        "--ray",
-        metavar="ADDRESS",
-        default=None,
-        help="run on Ray: auto (this machine's cluster, else a new local one), local, or a cluster address; "
-        "--device then picks the workers' device",
-    )
-    ray.add_argument("--workers", type=positive_int, default=None, help="Ray workers (default: 1 per GPU or CPU)")
+    ray = add_ray_args(p, "(layer × channel chunk) tasks")
     ray.add_argument("--chunk", type=positive_int, default=None, help="units per task (default: 8 CPU, by GPU memory)")
     p.set_defaults(func=cmd_atlas)
 

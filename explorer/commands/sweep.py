@@ -7,7 +7,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from explorer.cli import add_model_args, load_model_arg, positive_int, print_json, print_table, progress_bar
+from explorer.cli import (
+    add_model_args,
+    add_ray_args,
+    load_model_arg,
+    positive_int,
+    print_json,
+    print_table,
+    progress_bar,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -50,15 +58,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-images", type=positive_int, default=None, metavar="N", help="a stratified subset of N images")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the split and of the first training seed")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    ray = p.add_argument_group("Ray (optional)")
-    ray.add_argument(
-        "--ray",
-        metavar="ADDRESS",
-        default=None,
-        help="run each (point, route, seed) as a task on Ray: auto (this machine's cluster, else a new local one), "
-        "local, or a cluster address; --device then picks the workers' device (pip install -r requirements-ray.txt)",
-    )
-    ray.add_argument("--workers", type=positive_int, default=None, help="Ray workers (default: 1 per GPU or CPU)")
+    add_ray_args(p, "each (point, route, seed) as a task")
     p.set_defaults(func=cmd_sweep)
 
 

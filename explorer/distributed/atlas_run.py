@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ from explorer.distributed.atlas_job import atlas
 from explorer.distributed.progress import ProgressInfo, RunProgress
 from explorer.featurevis import Preset
 from explorer.models import LoadedModel
+from explorer.runtime import ThreadJob
 
 RAY_VAR = "LAYER_EXPLORER_RAY"
 
@@ -59,7 +59,7 @@ class AtlasSnapshot:
         return self.state != "running"
 
 
-class AtlasJob:
+class AtlasJob(ThreadJob):
     """`atlas` over `layers` (block, channels) with `preset` and `seed`, in a daemon thread; see the module doc."""
 
     def __init__(
@@ -78,26 +78,8 @@ class AtlasJob:
         self.preset, self.seed, self.ray = preset, int(seed), ray
         self.cache = cache
         self.total = sum(n for _, n in self.layers)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._state, self._done, self._layer = "running", 0, ""
-        self._error: BaseException | None = None
-        self._started = time.monotonic()
-        self._seconds = 0.0
-        self._thread = threading.Thread(target=self._run, name=f"atlas-{self.fingerprint[:12]}", daemon=True)
-
-    def start(self) -> AtlasJob:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Ask the atlas to stop at its next render step."""
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the thread; True when it has finished."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        self._done, self._layer = 0, ""
+        super().__init__(f"atlas-{self.fingerprint[:12]}")
 
     @property
     def running(self) -> bool:
@@ -106,10 +88,8 @@ class AtlasJob:
 
     def snapshot(self) -> AtlasSnapshot:
         with self._lock:
-            running = self._state == "running"
-            seconds = time.monotonic() - self._started if running else self._seconds
             return AtlasSnapshot(
-                self._state, self._done, self.total, self._layer, seconds, self._error, self._stop.is_set()
+                self._state, self._done, self.total, self._layer, self._elapsed(), self._error, self._stop.is_set()
             )
 
     def _reporter(self, before: int, wanted: int) -> RunProgress:
@@ -152,9 +132,7 @@ class AtlasJob:
                 self._error = exc
         finally:
             self.model = None  # the shared model is not kept alive by a finished job
-            with self._lock:
-                self._state = state
-                self._seconds = time.monotonic() - self._started
+            self.finish(state)
 
     def _run_here(self, model: LoadedModel) -> None:
         """One block at a time, each in a slot of the job queue (other sessions' renders go in between)."""

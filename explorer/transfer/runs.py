@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from explorer.cache import cache_root
+from explorer.runtime import ThreadJob
 from explorer.transfer.checkpoints import process_alive
 
 RUN_RECORD = ".run.json"
@@ -260,7 +261,7 @@ class JobSnapshot:
         return self.state != "running"
 
 
-class TrainingJob:
+class TrainingJob(ThreadJob):
     """`explorer.transfer.finetune.finetune` in a daemon thread, stoppable, with its progress kept for the UI to poll.
 
     The model passed in is only read (finetune trains a deep copy). Stopping takes effect before the next step;
@@ -287,30 +288,11 @@ class TrainingJob:
             self.checkpoint = Path(resume_from)
             self.name = self.checkpoint.stem
             begin_run(self.checkpoint, data)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._state = "running"
         self._step, self._total = 0, 0
         self._steps: list[dict[str, Any]] = []
         self._epochs: list[dict[str, Any]] = []
-        self._error: BaseException | None = None
-        self._started = time.monotonic()
-        self._seconds = 0.0
         self._ips = 0.0
-        self._thread = threading.Thread(target=self._run, name=f"finetune-{self.name}", daemon=True)
-
-    def start(self) -> TrainingJob:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Ask the run to stop before its next step."""
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the thread; True when it has finished."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        super().__init__(f"finetune-{self.name}")
 
     def _progress(self, done: int, total: int, preview: Any = None) -> None:
         with self._lock:
@@ -343,13 +325,10 @@ class TrainingJob:
             self.model = None  # the shared model is not kept alive by a finished job
             with contextlib.suppress(OSError):
                 finish_run(self.checkpoint, state)
-            with self._lock:
-                self._state = state
-                self._seconds = time.monotonic() - self._started
+            self.finish(state)
 
     def snapshot(self) -> JobSnapshot:
         with self._lock:
-            running = self._state == "running"
             return JobSnapshot(
                 name=self.name,
                 checkpoint=self.checkpoint,
@@ -359,7 +338,7 @@ class TrainingJob:
                 steps=list(self._steps),
                 epochs=[dict(e) for e in self._epochs],
                 error=self._error,
-                seconds=time.monotonic() - self._started if running else self._seconds,
+                seconds=self._elapsed(),
                 images_per_second=self._ips,
                 stop_requested=self._stop.is_set(),
             )
