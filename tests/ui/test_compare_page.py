@@ -22,7 +22,7 @@ import torch
 import torchvision
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 from streamlit.testing.v1 import AppTest
-from uiapp import app_on
+from uiapp import app_on, run_metadata
 
 from explorer.transfer.checkpoints import save_checkpoint
 from explorer.transfer.guide import GuideCell
@@ -64,20 +64,7 @@ def _perturbed(module: torch.nn.Module) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def runs(cache_dir, bundled):
     """Two saved runs: t1 (a perturbed bundled model trained "on" demo:shapes) and other (a ResNet-18)."""
-    meta = {
-        "arch": bundled.arch,
-        "base_spec": bundled.spec,
-        "base_fingerprint": bundled.fingerprint,
-        "class_names": list(bundled.class_names),
-        "input_size": list(bundled.input_size),
-        "mean": list(bundled.mean),
-        "std": list(bundled.std),
-        "resize_size": bundled.resize_size,
-        "freeze_after": None,
-        "metrics": {"epoch": 1, "val_acc": 0.5},
-        "settings": {},
-        "data": {"source": "demo:shapes"},
-    }
+    meta = run_metadata(bundled, metrics={"epoch": 1, "val_acc": 0.5}, settings={}, data={"source": "demo:shapes"})
     folder = cache_dir / "runs"
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(_perturbed(bundled.module), folder / "t1.safetensors", meta)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
-from uiapp import app_on
+from uiapp import app_on, run_metadata
 
 from explorer.data import list_images, resolve_data
 from explorer.transfer.sweep import save_sweep
@@ -145,19 +145,7 @@ def _run(cache_dir: Path, bundled) -> None:
     with torch.no_grad():
         for i, p in enumerate(module.parameters()):
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) * 1e-3)
-    meta = {
-        "arch": bundled.arch,
-        "base_spec": bundled.spec,
-        "base_fingerprint": bundled.fingerprint,
-        "class_names": list(bundled.class_names),
-        "input_size": list(bundled.input_size),
-        "mean": list(bundled.mean),
-        "std": list(bundled.std),
-        "resize_size": bundled.resize_size,
-        "freeze_after": None,
-        "metrics": {"epoch": 1, "val_acc": 0.9},
-        "data": {"source": "demo:digits"},
-    }
+    meta = run_metadata(bundled, metrics={"epoch": 1, "val_acc": 0.9}, data={"source": "demo:digits"})
     (cache_dir / "runs").mkdir(parents=True, exist_ok=True)
     save_checkpoint(module, cache_dir / "runs" / "t1.safetensors", meta)
 
