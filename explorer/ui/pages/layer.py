@@ -12,6 +12,7 @@ layer that is linear in the pixels only pushes them to the corners of the colour
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import streamlit as st
@@ -82,6 +83,31 @@ def layer_zip(model: LoadedModel, layer: str, n_units: int, settings: RenderSett
 # --------------------------------------------------------------------------- a first convolution
 
 
+def _render_units(
+    model: LoadedModel,
+    layer: str,
+    shown: list[int],
+    tiles: list[Tile],
+    settings: RenderSettings,
+    captions: list[str],
+    **render: Any,
+) -> None:
+    """Units `shown` of `layer` into `tiles`: each with its link to the Unit page, filled in as it renders, then
+    with its PNG. `render` goes to render_tiles (key, status, batches)."""
+    unit_page = page_ref("unit", "Unit")
+    for tile, u in zip(tiles, shown, strict=True):
+        tile.actions.page_link(
+            unit_page,
+            label=f"Unit {u}",
+            icon=":material/open_in_new:",
+            query_params=link_params(settings, layer=layer, unit=u),
+        )
+    result = render_tiles(model, [channel(layer, u) for u in shown], settings, tiles, captions, **render)
+    for tile, u, data in zip(tiles, shown, result.png, strict=True):
+        if data is not None:
+            png_download(tile.actions, data, f"{safe_filename(layer)}-{u}.png", key=f"png_{layer}_{u}")
+
+
 def _first_layer(
     model: LoadedModel, figure: KernelFigure, shown: list[int], settings: RenderSettings, status: object
 ) -> None:
@@ -94,7 +120,6 @@ def _first_layer(
         "on that colour, a darker one a negative weight (drawn as the unit sees pixels: the input normalisation "
         "folded in). " + notes
     )
-    unit_page = page_ref("unit", "Unit")
     if after is None:
         st.caption(
             f"No nonlinearity acts on these channels alone (the next layer mixes them), so there is no picture of "
@@ -116,25 +141,9 @@ def _first_layer(
             Tile(cols[2 * j]).show(figure.tiles[u], f"kernel {u}")
             tile = Tile(cols[2 * j + 1])
             tile.show(None, "waiting…")
-            tile.actions.page_link(
-                unit_page,
-                label=f"Unit {u}",
-                icon=":material/open_in_new:",
-                query_params=link_params(settings, layer=after, unit=u),
-            )
             tiles.append(tile)
-    result = render_tiles(
-        model,
-        [channel(after, u) for u in shown],
-        settings,
-        tiles,
-        [f"{after} {u}" for u in shown],
-        key=f"layer_{after}_{shown[0]}",
-        status=status,
-    )
-    for tile, u, data in zip(tiles, shown, result.png, strict=True):
-        if data is not None:
-            png_download(tile.actions, data, f"{safe_filename(after)}-{u}.png", key=f"png_{after}_{u}")
+    captions = [f"{after} {u}" for u in shown]
+    _render_units(model, after, shown, tiles, settings, captions, key=f"layer_{after}_{shown[0]}", status=status)
 
 
 # --------------------------------------------------------------------------- the page
@@ -204,24 +213,10 @@ def _unit_tiles(
 ) -> None:
     """The units of this page as tiles that fill in as they render, each with its Unit link and PNG; the zip."""
     tiles = tile_grid(len(shown), COLS, caption="waiting…")
-    unit_page = page_ref("unit", "Unit")
-    for tile, u in zip(tiles, shown, strict=True):
-        tile.actions.page_link(
-            unit_page,
-            label=f"Unit {u}",
-            icon=":material/open_in_new:",
-            query_params=link_params(settings, layer=layer, unit=u),
-        )
+    captions = [f"unit {u}" for u in shown]
     try:
-        result = render_tiles(
-            model,
-            [channel(layer, u) for u in shown],
-            settings,
-            tiles,
-            [f"unit {u}" for u in shown],
-            key=f"layer_{layer}_{page}",
-            status=status,
-            batches=None,
+        _render_units(
+            model, layer, shown, tiles, settings, captions, key=f"layer_{layer}_{page}", status=status, batches=None
         )
     except Exception as exc:
         show_error(exc)
@@ -229,9 +224,6 @@ def _unit_tiles(
     finally:
         with note:
             cache_note(model, layer, units, settings)
-    for tile, u, data in zip(tiles, shown, result.png, strict=True):
-        if data is not None:
-            png_download(tile.actions, data, f"{safe_filename(layer)}-{u}.png", key=f"png_{layer}_{u}")
     done = cached_units(model, layer, units, settings)
     st.download_button(
         f"Download zip of {layer} ({len(done)} of {units} units rendered with these settings)",
