@@ -85,6 +85,7 @@ IDLE_STABLE_MS = 500
 # …/host-config (404) before the root's: https://github.com/streamlit/streamlit/issues/7074 (open). Counted apart.
 KNOWN_404 = re.compile(r"^/[A-Za-z0-9_-]+/_stcore/(health|host-config)$")
 MAX_SCREENSHOTS = 12
+CONTENT_POLL_MS = 100  # how often a user's page checks for its content: at most 0.1 s late, and light on the CPU
 
 # In every page: the script state over time, sampled every 25 ms (page switches keep the document, so it persists).
 STATE_LOG_JS = """
@@ -102,13 +103,14 @@ STATE_LOG_JS = """
 # The view's content as counts (want.report), or, given what the view must hold, performance.now() once it does.
 CONTENT_JS = """
 (want) => {
+  const text = el => el.textContent.replace(/\\s+/g, ' ').trim();  // not innerText: that forces a layout per poll
   const main = document.querySelector('[data-testid=stMain]');
   if (!main) return null;
   const h1 = main.querySelector('h1');
   const imgs = [...main.querySelectorAll('[data-testid=stImage] img')];
   const charts = [...main.querySelectorAll('[data-testid=stPlotlyChart]')];
   const c = {
-    title: h1 ? h1.innerText.trim() : null,
+    title: h1 ? text(h1) : null,
     images: imgs.length,
     charts: charts.length,
     loaded: imgs.every(im => im.complete && im.naturalWidth > 8),
@@ -116,9 +118,9 @@ CONTENT_JS = """
     bars: main.querySelectorAll('[data-testid=stProgress]').length,
     busy: !!main.querySelector('[data-stale="true"], [data-testid=stSpinner], [data-testid=stSkeleton]')
       || [...main.querySelectorAll('[data-testid=stCaptionContainer]')]
-           .some(el => /step \\d+\\/\\d+|waiting…/.test(el.innerText)),
+           .some(el => /step \\d+\\/\\d+|waiting…/.test(el.textContent)),
     heading: !want.heading
-      || [...main.querySelectorAll('h1, h2, h3, h4')].some(h => h.innerText.trim() === want.heading),
+      || [...main.querySelectorAll('h1, h2, h3, h4')].some(h => text(h) === want.heading),
   };
   if (want.report) return c;
   const ok = c.title === want.title && c.heading && c.loaded && c.drawn && !c.busy
@@ -163,6 +165,7 @@ class Config:
     keep_cache: bool = False
     cache: str | None = None  # reuse this cache folder (kept; the run is made only if missing): warm, for development
     quiet: bool = False
+    nice_browsers: int = 0  # > 0: Chromium runs at this niceness (the users' browsers yield the CPU to the server)
 
     @property
     def load_seconds(self) -> float:
@@ -522,7 +525,7 @@ class User:
             else:
                 want = self._want(title, key, heading)
                 handle = await self.page.wait_for_function(
-                    CONTENT_JS, arg=want, polling=50, timeout=max(deadline - time.monotonic(), 1) * 1000
+                    CONTENT_JS, arg=want, polling=CONTENT_POLL_MS, timeout=max(deadline - time.monotonic(), 1) * 1000
                 )
                 view.content_s = round((float(await handle.json_value()) - t0) / 1000, 3)
                 idle_at = await self._idle(t0, deadline)
@@ -1003,8 +1006,13 @@ async def _browser_phases(cfg: Config, bench: Bench) -> dict[str, Any]:
     from playwright.async_api import async_playwright
 
     extra: dict[str, Any] = {}
+    executable = CHROMIUM
+    if cfg.nice_browsers > 0:  # a wrapper: every Chromium process (renderers included) inherits the niceness
+        executable = Path(tempfile.mkdtemp(prefix="layer-explorer-nice-")) / "chromium"
+        executable.write_text(f'#!/bin/sh\nexec nice -n {cfg.nice_browsers} "{CHROMIUM}" "$@"\n')
+        executable.chmod(0o755)
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = await pw.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS)
         try:
             await warm_up(bench, browser)
             if cfg.cold_check:
@@ -1078,12 +1086,20 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--keep-cache", action="store_true", help="keep the temporary cache (with the server log)")
     p.add_argument("--cache", help="reuse this cache folder instead of a temporary one (warm; for development)")
     p.add_argument("--quiet", action="store_true", help="no line per view")
+    p.add_argument(
+        "--nice-browsers",
+        type=int,
+        default=0,
+        help="run Chromium at this niceness (e.g. 19): the simulated users' browsers then yield the 2 cores to the "
+        "server, as browsers on the users' own machines would; the default (0) shares the CPU evenly",
+    )
     a = p.parse_args(argv)
     if a.users < 1 or a.seconds <= 0 or a.soak < 0 or a.unit_links < 1:
         p.error("--users and --unit-links must be >= 1, --seconds > 0, --soak >= 0")
     return Config(users=a.users, seconds=a.seconds, soak=a.soak, cold_check=a.cold_check, port=a.port, out=a.out,
                   data_per_class=a.data_per_class, unit_links=a.unit_links, step_timeout_s=a.step_timeout,
-                  artifacts=a.artifacts, keep_cache=a.keep_cache, cache=a.cache, quiet=a.quiet)  # fmt: skip
+                  artifacts=a.artifacts, keep_cache=a.keep_cache, cache=a.cache, quiet=a.quiet,
+                  nice_browsers=a.nice_browsers)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -301,3 +301,28 @@ def test_a_json_payload_does_not_overwrite_its_own_metadata(tmp_path) -> None:
     assert entry is not None and entry.data == payload and entry.meta == {"what": "report"}
     data_path, meta_path = cache.paths("reports", "ab" + "0" * 30, suffix=".json")
     assert data_path != meta_path and data_path.read_bytes() == payload
+
+
+def test_png_memo_returns_the_encoding_of_these_pixels_and_stays_within_its_bound():
+    import io
+
+    from PIL import Image
+
+    from explorer.cache import PngMemo
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
+    memo = PngMemo(max_bytes=3 * len(PngMemo()(images[0])) + 100)  # room for about three of them
+    for im in images:
+        data = memo(im)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), im)
+    assert memo.misses == 6 and memo.hits == 0
+    assert memo.nbytes <= memo.max_bytes and len(memo) == 3  # the oldest were dropped
+    again = images[-1].copy()
+    assert memo(again) == memo(images[-1]) and memo.hits == 2  # equal pixels, another array: a hit
+    changed = again.copy()
+    changed[0, 0, 0] ^= 1
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(memo(changed)))), changed)  # one bit: a miss
+    assert memo.misses == 7
+    assert memo(images[0][:, :16]) != memo(np.ascontiguousarray(images[0][:16, :, :]).reshape(32, 16, 3))
+    assert png_bytes(images[1]) == PngMemo()(images[1])  # the module's memo encodes the same bytes

@@ -20,6 +20,7 @@ from explorer.featurevis import channel
 from explorer.models import LoadedModel
 from explorer.ui.common import model_key, progress_callback, show_error
 from explorer.ui.widgets.gallery import RenderSettings, Tile, render_tiles, safe_filename
+from explorer.ui.widgets.images import as_png
 
 K_UNITS = 3  # most changed and least changed units shown
 K_EXAMPLES = 4  # dataset examples per unit and model
@@ -148,7 +149,7 @@ def examples_section(
             ex = found[label]
             patches = ex.patches(model, u, size=96)
             values = [e.value for e in ex.examples(u)]
-            col.image(patches, width=80, caption=[f"{v:.2f}" for v in values])
+            col.image([as_png(p) for p in patches], width=80, caption=[f"{v:.2f}" for v in values])
             for i, p in enumerate(patches):
                 name = f"{safe_filename(layer)}-unit{u}-{label}-example{i}.png"
                 files[name] = png_bytes(np.asarray(p.convert("RGB")))
@@ -217,8 +218,8 @@ def attribution_section(base: LoadedModel, tuned: LoadedModel, folder: Path, lay
         show_error(exc)
         return {}
     cols = st.columns(4)
-    cols[0].image(ob, caption=f"base · predicts {pb}", width="stretch")
-    cols[1].image(ot, caption=f"tuned · predicts {pt}", width="stretch")
+    cols[0].image(as_png(ob), caption=f"base · predicts {pb}", width="stretch")
+    cols[1].image(as_png(ot), caption=f"tuned · predicts {pt}", width="stretch")
     st.caption(
         f"Grad-CAM at {layer} for each model's own prediction, both on one colour scale [{lo:.3g}, {hi:.3g}]: "
         f"brighter means more attribution, comparable across the two pictures.{_sizes(base, tuned)}"

@@ -39,7 +39,7 @@ from explorer.ui.common import current_model, model_key, page_ref, progress_call
 from explorer.ui.i18n import page_intro
 from explorer.ui.widgets.figures import top_figure
 from explorer.ui.widgets.gallery import PLACEHOLDER_HTML, RenderSettings, link_params
-from explorer.ui.widgets.images import image_picker
+from explorer.ui.widgets.images import as_png, image_picker
 from explorer.ui.widgets.layers import get_kernel_figure
 from explorer.ui.widgets.queue import turn
 
@@ -313,7 +313,7 @@ def _maps_section(res: AttributionResult, model: LoadedModel, scores: dict[str, 
     for start in range(0, len(res.layers), GRID_COLUMNS):
         cols = st.columns(GRID_COLUMNS)
         for col, name in zip(cols, res.layers[start : start + GRID_COLUMNS], strict=False):
-            col.image(pics[name], caption=_cell_caption(res, name, scale, ranges[name]), width="stretch")
+            col.image(as_png(pics[name]), caption=_cell_caption(res, name, scale, ranges[name]), width="stretch")
     notes = [*res.notes, *(f"{n}: {why}" for n, why in res.skipped.items())]
     st.caption(f"{res.cost.describe()} Took {res.seconds:.1f} s." + (" " + " ".join(notes) if notes else ""))
     title = f"{METHODS[res.method].label} · target {target} · {model.spec}"
@@ -352,7 +352,7 @@ def _channels_section(model: LoadedModel, layers: list[str], scores: dict[str, A
     try:
         for key, entry in zip(objs, fv.lookup(model, objectives, FV_PRESET), strict=True):
             if entry is not None:
-                pics[key] = entry.image()
+                pics[key] = entry.data  # PNG bytes: shown as they are
     except Exception as exc:
         show_error(exc)
     missing = [i for i, key in enumerate(objs) if key not in pics]
@@ -380,7 +380,7 @@ def _channels_section(model: LoadedModel, layers: list[str], scores: dict[str, A
             cells = box.columns(k)
             for cell, (c, score) in zip(cells, tops[name], strict=False):
                 with cell:
-                    st.image(pics.get((name, c), _placeholder()), width="stretch")
+                    st.image(as_png(pics.get((name, c), _placeholder())), width="stretch")
                     _unit_link(name, c, score)
 
 

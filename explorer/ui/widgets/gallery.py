@@ -32,12 +32,15 @@ from explorer.errors import ExplorerError
 from explorer.featurevis import PRESETS, Objective, Preset, get_preset, render_cached
 from explorer.featurevis.activity import Activity, activity
 from explorer.featurevis.store import plan_render
+from explorer.jobs import job_queue
 from explorer.models import LoadedModel
 from explorer.ui.common import ARCH_KEY, SPEC_KEY, progress_callback
+from explorer.ui.widgets.images import as_png
 from explorer.ui.widgets.queue import turn
 
 # A square as wide as its column; the bottom margin undoes markdown's -1rem, so it takes the height of an st.image and
 # the caption under it does not move when the picture arrives.
+BUSY_PREVIEW_S = 1.5  # seconds between previews while other sessions wait in the queue (else the preset's own)
 SQUARE = "width:100%;aspect-ratio:1/1;border-radius:4px;box-sizing:border-box;margin-bottom:1rem;"
 PLACEHOLDER_HTML = f'<div class="lx-tile-empty" style="{SQUARE}background:#ececec"></div>'
 INACTIVE_HTML = (
@@ -83,12 +86,13 @@ class Tile:
         self._caption = self.box.empty()
         self.actions = self.box.container()
 
-    def show(self, image: np.ndarray | None, caption: str | None = None) -> None:
-        """Draw (or redraw) the image; None draws a grey square (HTML: no media file to go missing)."""
+    def show(self, image: np.ndarray | bytes | None, caption: str | None = None) -> None:
+        """Draw (or redraw) the image (an array, or its PNG bytes); None draws a grey square (HTML: no media file to
+        go missing)."""
         if image is None:
             self._image.markdown(PLACEHOLDER_HTML, unsafe_allow_html=True)
         else:
-            self._image.image(image, width="stretch", output_format="PNG")
+            self._image.image(as_png(image), width="stretch", output_format="PNG")
         if caption is not None:
             self._caption.caption(caption)
 
@@ -373,16 +377,24 @@ def render_tiles(
             started = time.monotonic()
             for batch, n_missing in todo:
                 objs = [objectives[i] for i in batch]
+                busy = job_queue().snapshot()["waiting"] > 0  # others wait their turn: fewer previews, more CPU
                 on_step = progress_callback(
                     bar=bar,
                     text="Rendering…",
-                    every_s=0.15,
+                    every_s=BUSY_PREVIEW_S / 3 if busy else 0.15,
                     offset=done_before,
                     grand_total=total,
                     started=started,
                     on_preview=_preview_into(tiles, captions, batch),
                 )
-                result = render_cached(model, objs, preset, seed=settings.seed, progress=on_step, cache=cache)
+                result = render_cached(
+                    model,
+                    objs,
+                    replace(preset, preview_every_s=max(preset.preview_every_s, BUSY_PREVIEW_S)) if busy else preset,
+                    seed=settings.seed,
+                    progress=on_step,
+                    cache=cache,
+                )
                 for j, i in enumerate(batch):
                     _fill(out, tiles, captions, i, result.images[j], result.png[j], result.curves[j])
                 out.rendered += int((~result.hits).sum())
@@ -402,7 +414,7 @@ def _fill(
     if state.inactive:
         tiles[i].show_inactive(state, f"{captions[i]} · inactive · {state.final:.2f}")
     else:
-        tiles[i].show(image, f"{captions[i]} · {state.final:.2f}")
+        tiles[i].show(data or image, f"{captions[i]} · {state.final:.2f}")
 
 
 def _preview_into(tiles: Sequence[Tile], captions: Sequence[str], batch: list[int]) -> Any:

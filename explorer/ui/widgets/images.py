@@ -1,18 +1,34 @@
-"""The image picker shared by the Model and Attribution pages: a sample photo or an upload, decoded and shown."""
+"""The image picker shared by the Model and Attribution pages (a sample photo or an upload, decoded and shown), and
+`as_png`, which hands `st.image` PNG bytes instead of arrays it would encode again on every run."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import streamlit as st
 from PIL import Image
 
+from explorer.cache import png_bytes
 from explorer.data import IMAGE_EXTENSIONS, load_image, sample_images
 from explorer.ui.common import show_error
 
 MAX_IMAGE_PIXELS = 40_000_000
+
+
+def as_png(image: Any) -> Any:
+    """What to give `st.image`: PNG bytes for a uint8 array or a PIL image (memoized by their pixels, see
+    `explorer.cache.PngMemo`), anything else (bytes, a path, a float array) as it is.
+
+    Streamlit encodes an array or a PIL image on every run of the page; bytes it passes on as they are."""
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB") if image.mode not in ("RGB", "L") else image)
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim in (2, 3):
+        return png_bytes(image)
+    return image
 
 
 @dataclass(frozen=True)
