@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -171,6 +173,19 @@ def test_patches_are_the_receptive_field_of_the_preprocessed_image(tiny, folder)
     assert patch_image(tiny, example.path, example.box, size=32).size == (32, 32)
     with pytest.raises(ExamplesError, match="out of range"):
         ex.examples(6)
+
+
+def test_a_patch_is_memoized_until_its_file_changes(tiny, tmp_path):
+    path = tmp_path / "a.png"
+    Image.fromarray(np.full((40, 40, 3), 10, np.uint8)).save(path)
+    box = (0, 0, 8, 8)
+    first = patch_image(tiny, path, box)
+    assert patch_image(tiny, path, box) is first  # the same crop again: from the memo
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(path)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later modification time, as a rewrite has
+    second = patch_image(tiny, path, box)
+    assert second is not first and np.asarray(second).mean() > np.asarray(first).mean() + 100  # the new pixels
 
 
 def test_bundled_model_on_the_sample_photos(bundled):

@@ -41,6 +41,24 @@ def tiny_sweep(tiny, color_folder):
     return report
 
 
+def test_auto_points_are_found_once_per_structure(tiny, monkeypatch):
+    import explorer.transfer.sweep_tasks as tasks
+
+    calls = []
+    real = tasks.choose_points
+    monkeypatch.setattr(tasks, "choose_points", lambda m: calls.append(1) or real(m))
+    first = auto_points(tiny)
+    assert auto_points(tiny) == first and len(calls) <= 1  # asked again: remembered (or already, by another test)
+    before = len(calls)
+    extra = nn.Linear(2, 2)
+    tiny.module.add_module("probe_extra", extra)  # the structure changed in place: found again
+    try:
+        auto_points(tiny)
+        assert len(calls) == before + 1
+    finally:
+        del tiny.module.probe_extra
+
+
 def test_auto_points_spread_over_the_parameters_stage_ends_and_cuts_of_the_largest_stage(bundled):
     points = auto_points(bundled)
     rows = {r.name: r for r in ladder(bundled)}

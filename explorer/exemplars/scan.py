@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -123,11 +125,31 @@ class LayerExamples:
                        skipped=skipped, images_used=images_used, cached=True)  # fmt: skip
 
 
+PATCH_MEMO_ENTRIES = 512  # recent crops kept: a page shows the same examples on every run
+_patch_memo: OrderedDict[tuple[Any, ...], Image.Image] = OrderedDict()
+_patch_lock = threading.Lock()
+
+
 def patch_image(model: Any, path: str | Path, box: tuple[int, int, int, int], size: int | None = None) -> Image.Image:
-    """Crop `box` out of the image as the model sees it (its resize and centre crop), optionally resized."""
+    """Crop `box` out of the image as the model sees it (its resize and centre crop), optionally resized.
+
+    Recent crops are memoized (by the model's fingerprint and preprocessing, the file's path, size and modification
+    time, the box and the size): treat the returned image as read-only."""
+    stat = os.stat(path)
+    key = (model.fingerprint, tuple(model.input_size), model.resize_size, model.interpolation, str(path),
+           stat.st_size, stat.st_mtime_ns, tuple(box), size)  # fmt: skip
+    with _patch_lock:
+        if key in _patch_memo:
+            _patch_memo.move_to_end(key)
+            return _patch_memo[key]
     arr = (model.to_tensor01(load_image(path)).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     crop = Image.fromarray(arr).crop(box)
-    return crop.resize((size, size), Image.Resampling.LANCZOS) if size else crop
+    out = crop.resize((size, size), Image.Resampling.LANCZOS) if size else crop
+    with _patch_lock:
+        _patch_memo[key] = out
+        while len(_patch_memo) > PATCH_MEMO_ENTRIES:
+            _patch_memo.popitem(last=False)
+    return out
 
 
 def folder_signature(folder: Path, files: Sequence[Path]) -> str:

@@ -13,6 +13,7 @@ and the linear route reads the same pass.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -121,7 +122,20 @@ def in_process(tasks: list[SweepTask], context: SweepContext, on_done: Callable[
 MIN_FROZEN_SHARE = 0.01  # a stage end that freezes less of the network than this is 'none' in all but name
 
 
+_AUTO_POINTS: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[int, ...], list[str]]] = weakref.WeakKeyDictionary()
+
+
 def auto_points(model: LoadedModel) -> list[str]:
+    """The freeze points a sweep tries by default (`choose_points`), remembered per module, input size and shape
+    (parameter and module counts): they depend on the structure only, and finding them traces the network twice."""
+    seen = _AUTO_POINTS.setdefault(model.module, {})
+    shape = (*model.input_size, sum(p.numel() for p in model.module.parameters()), len(list(model.module.modules())))
+    if shape not in seen:  # a head replaced in place changes the parameter count: found again
+        seen[shape] = choose_points(model)
+    return list(seen[shape])
+
+
+def choose_points(model: LoadedModel) -> list[str]:
     """Six to eight freeze points spread along what a freeze point changes: how much of the network trains.
 
     'none' (train every layer); the end of every stage but the last (whose end is 'head only') that freezes at
