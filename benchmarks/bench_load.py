@@ -341,6 +341,24 @@ def rss_summary(sampler: RssSampler, start: float, end: float) -> dict[str, Any]
     }
 
 
+def browser_cpu_s() -> float:
+    """CPU seconds used so far by the Chromium processes on this machine (the simulated users' browsers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if "chrom" not in stat[stat.index("(") + 1 : stat.rindex(")")]:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return total
+
+
 def machine_summary(sampler: RssSampler, start: float, end: float) -> dict[str, Any]:
     """How busy the whole machine was over [start, end]: the server, this benchmark's browser and anything else."""
     ms = [m for m in sampler.machine if start <= m[0] <= end]
@@ -758,6 +776,7 @@ async def load(bench: Bench, browser: Any) -> dict[str, Any]:
     bench.start_phase("load")
     started = time.monotonic()
     end = started + cfg.load_seconds
+    browser_start = browser_cpu_s()
 
     async def one(k: int) -> User:
         await asyncio.sleep(k * cfg.stagger_s)
@@ -783,7 +802,12 @@ async def load(bench: Bench, browser: Any) -> dict[str, Any]:
     hard = cfg.load_seconds + cfg.users * cfg.stagger_s + cfg.step_timeout_s + 60
     await asyncio.wait_for(asyncio.gather(*(one(k) for k in range(cfg.users))), timeout=hard)
     bench.end_phase()
-    return {"seconds": round(time.monotonic() - started, 1), "planned_seconds": cfg.load_seconds}
+    seconds = time.monotonic() - started
+    return {
+        "seconds": round(seconds, 1),
+        "planned_seconds": cfg.load_seconds,
+        "browser_cpu_cores": round((browser_cpu_s() - browser_start) / seconds, 2),  # every Chromium process
+    }
 
 
 # --------------------------------------------------------------------------- the report
@@ -914,6 +938,11 @@ def summarize(bench: Bench, extra: dict[str, Any]) -> dict[str, Any]:
             "page_views": len(navigations),
             "layer_clicks": sum(1 for v in load_views if v.page == "Compare: layer click"),
             "page_views_per_s": round(len(navigations) / load_s, 3) if load_s else None,
+            "server_cpu_s_per_view": (
+                round(rss["server_cpu_cores"] * load_s / len(load_views), 3)
+                if load_views and load_s and rss.get("server_cpu_cores") is not None
+                else None
+            ),  # page views and chart clicks: the server's CPU seconds for each thing a user did
             "warm_views": len(warm),
             "warm_content_p50_s": percentile(warm_content, 50),
             "warm_content_p95_s": p95,
@@ -950,6 +979,8 @@ def rss_curve_text(result: dict[str, Any], points: int = 12) -> str:
 
 def print_report(result: dict[str, Any]) -> None:
     print()
+    if result["config"].get("nice_browsers"):
+        print(f"(the users' Chromium ran at niceness {result['config']['nice_browsers']})")
     for phase, rows in result["phases"].items():
         print(format_table(f"== {phase}", rows))
         print()
@@ -975,9 +1006,11 @@ def print_report(result: dict[str, Any]) -> None:
               f"{r['end_mb']:.0f} MB · last half {r['mid_median_mb']:.0f} → {r['end_median_mb']:.0f} MB "
               f"({r['last_half_growth_pct']:+.1f} %) · server CPU {r['server_cpu_cores']} cores")  # fmt: skip
         if "machine_busy_cores" in r:
+            browsers = result.get("load", {}).get("browser_cpu_cores")
             print(f"machine (load phase): {r['machine_busy_cores']} of {r['machine_cpus']} cores busy "
-                  f"({r['machine_busy_pct']} %: server, browser and anything else), 1-min load average "
-                  f"{r['loadavg_1min_mean']}")  # fmt: skip
+                  f"({r['machine_busy_pct']} %): server {r['server_cpu_cores']} ({ls['server_cpu_s_per_view']} CPU-s "
+                  f"per view or click), the users' Chromium {browsers}, "
+                  f"1-min load average {r['loadavg_1min_mean']}")  # fmt: skip
         print(f"  curve (s:MB): {rss_curve_text(result)}")
         w = result["rss_whole_run"]
         if w:

@@ -84,3 +84,22 @@ def test_no_line_when_a_slot_is_free_and_both_languages_say_it(monkeypatch):
     assert catalogue("en")["jobs.ahead"].format(n=2, s=4) == "2 jobs ahead of yours · waiting 4 s"
     assert catalogue("pt-BR")["jobs.ahead"].format(n=2, s=4) == "2 tarefas à frente da sua · esperando há 4 s"
     assert waiting.waiting_text(1, 3.2) == "1 job ahead of yours · waiting 3 s"
+
+
+def test_renders_preview_less_often_while_others_wait_and_their_images_do_not_change(monkeypatch):
+    from explorer.featurevis import get_preset
+    from explorer.ui.widgets import gallery
+
+    queue = jobs.JobQueue(workers=1, per_session=1)
+    monkeypatch.setattr(gallery, "job_queue", lambda: queue)
+    fast = get_preset("fast")
+    assert gallery.preview_pace(fast) == (fast, 0.15)  # nobody waits: the preset's own previews
+    release, started = threading.Event(), []
+    _holder(queue, "A", release, started)
+    _until(lambda: started == ["A"])
+    _holder(queue, "B", threading.Event(), started)
+    _until(lambda: queue.snapshot()["waiting"] == 1)
+    paced, every_s = gallery.preview_pace(fast)
+    assert paced.preview_every_s == gallery.BUSY_PREVIEW_S > fast.preview_every_s and every_s > 0.15
+    assert paced.cache_params() == fast.cache_params()  # the same pixels, the same cache entries
+    release.set()

@@ -329,6 +329,15 @@ def stop_control(container: Any, key: str, signature: str) -> bool:
     return False
 
 
+def preview_pace(preset: Preset) -> tuple[Preset, float]:
+    """The preset to render with and the progress bar's interval: the preset's own previews (and a bar redrawn
+    every 0.15 s), or, while other sessions wait in the job queue, a preview every BUSY_PREVIEW_S at most (the
+    pixels and the cache key do not change) so that the shared CPU renders instead of drawing."""
+    if job_queue().snapshot()["waiting"] > 0:
+        return replace(preset, preview_every_s=max(preset.preview_every_s, BUSY_PREVIEW_S)), BUSY_PREVIEW_S / 3
+    return preset, 0.15
+
+
 def render_tiles(
     model: LoadedModel,
     objectives: Sequence[Objective],
@@ -377,24 +386,17 @@ def render_tiles(
             started = time.monotonic()
             for batch, n_missing in todo:
                 objs = [objectives[i] for i in batch]
-                busy = job_queue().snapshot()["waiting"] > 0  # others wait their turn: fewer previews, more CPU
+                paced, every_s = preview_pace(preset)
                 on_step = progress_callback(
                     bar=bar,
                     text="Rendering…",
-                    every_s=BUSY_PREVIEW_S / 3 if busy else 0.15,
+                    every_s=every_s,
                     offset=done_before,
                     grand_total=total,
                     started=started,
                     on_preview=_preview_into(tiles, captions, batch),
                 )
-                result = render_cached(
-                    model,
-                    objs,
-                    replace(preset, preview_every_s=max(preset.preview_every_s, BUSY_PREVIEW_S)) if busy else preset,
-                    seed=settings.seed,
-                    progress=on_step,
-                    cache=cache,
-                )
+                result = render_cached(model, objs, paced, seed=settings.seed, progress=on_step, cache=cache)
                 for j, i in enumerate(batch):
                     _fill(out, tiles, captions, i, result.images[j], result.png[j], result.curves[j])
                 out.rendered += int((~result.hits).sum())
