@@ -341,10 +341,33 @@ def rss_summary(sampler: RssSampler, start: float, end: float) -> dict[str, Any]
     }
 
 
-def browser_cpu_s() -> float:
-    """CPU seconds used so far by the Chromium processes on this machine (the simulated users' browsers)."""
+class BrowserCpu:
+    """CPU seconds of the Chromium processes (the simulated users' browsers) over a phase, sampled every second so
+    that renderers which exit before the end (a user closing its context) still count (all but their last second)."""
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        self.start = browser_cpu_s()
+        self.seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            self.seen.update(browser_cpu_s())
+
+    def stop(self) -> float:
+        """The CPU seconds used since the start."""
+        self._stop.set()
+        self._thread.join(5)
+        self.seen.update(browser_cpu_s())
+        return sum(cpu - self.start.get(pid, 0.0) for pid, cpu in self.seen.items())
+
+
+def browser_cpu_s() -> dict[int, float]:
+    """CPU seconds used so far by each Chromium process on this machine (the simulated users' browsers)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    out: dict[int, float] = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -355,8 +378,8 @@ def browser_cpu_s() -> float:
         if "chrom" not in stat[stat.index("(") + 1 : stat.rindex(")")]:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-    return total
+        out[int(pid)] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return out
 
 
 def machine_summary(sampler: RssSampler, start: float, end: float) -> dict[str, Any]:
@@ -776,7 +799,7 @@ async def load(bench: Bench, browser: Any) -> dict[str, Any]:
     bench.start_phase("load")
     started = time.monotonic()
     end = started + cfg.load_seconds
-    browser_start = browser_cpu_s()
+    browsers = BrowserCpu()
 
     async def one(k: int) -> User:
         await asyncio.sleep(k * cfg.stagger_s)
@@ -806,7 +829,7 @@ async def load(bench: Bench, browser: Any) -> dict[str, Any]:
     return {
         "seconds": round(seconds, 1),
         "planned_seconds": cfg.load_seconds,
-        "browser_cpu_cores": round((browser_cpu_s() - browser_start) / seconds, 2),  # every Chromium process
+        "browser_cpu_cores": round(browsers.stop() / seconds, 2),  # every Chromium process
     }
 
 
