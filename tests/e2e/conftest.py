@@ -45,33 +45,48 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def start_app(cache: Path, log: Path, timeout_s: float = 90) -> tuple[subprocess.Popen[bytes], str]:
+    """`streamlit run app.py` on a free port of 127.0.0.1 with `cache` as LAYER_EXPLORER_CACHE, once healthy:
+    (the process, its base URL). Its output goes to `log`."""
+    port = _free_port()
+    env = {**os.environ, "LAYER_EXPLORER_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port)]
+    cmd += ["--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while not _healthy(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_app(proc)
+            pytest.fail(f"streamlit did not start (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    return proc, url
+
+
+def stop_app(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server started by `start_app` (terminate, then kill after 15 s)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="session")
 def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Start the app on a free port (own upload cache), wait for its health endpoint, stop it at the end."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: install Chromium (apt-get install chromium) to run browser tests")
-    port = _free_port()
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    env = {**os.environ, "LAYER_EXPLORER_CACHE": str(tmp_path_factory.mktemp("cache")), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port)]
-    cmd += ["--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_app(tmp_path_factory.mktemp("cache"), log)
     try:
-        deadline = time.monotonic() + 90
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_app(proc)
 
 
 @pytest.fixture(scope="session")
