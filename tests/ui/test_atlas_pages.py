@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -143,6 +144,10 @@ def test_stop_ends_the_atlas_and_keeps_what_was_finished(monkeypatch):
     renders.release.clear()
     at.button(key="atlas_start").click().run()
     job = next(iter(atlas_run._JOBS.values()))
+    deadline = time.monotonic() + 60  # Stop once the job is inside its first render (else it stops before any)
+    while not renders.atlas_calls:
+        assert time.monotonic() < deadline and not job.snapshot().finished, job.snapshot()
+        time.sleep(0.01)
     at.button(key="atlas_stop").click().run()
     _ok(at)
     assert any(i.value.startswith("Stopping at the next step") for i in at.info)
@@ -155,7 +160,8 @@ def test_stop_ends_the_atlas_and_keeps_what_was_finished(monkeypatch):
     _ok(at)
     assert any("stopped at 16 of 40 units" in i.value for i in at.info)
     assert "16 of 40 units of the whole network" in _note(at)
-    assert not at.button(key="atlas_start").disabled  # a new atlas would render the rest
+    start = at.button(key="atlas_start")
+    assert not start.disabled and start.label == "Render the 24 missing units"  # a new atlas renders the rest
 
 
 def test_the_unit_page_offers_the_atlas_settings_and_counts_the_layer(monkeypatch, bundled):

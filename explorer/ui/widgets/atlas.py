@@ -159,8 +159,9 @@ def whole_network(model: LoadedModel, settings: RenderSettings) -> None:
         )
         if job is not None and not running:
             _outcome(job)
+        label = "Render the whole network" if done == 0 or done == total else f"Render the {total - done} missing units"
         clicked = not running and st.button(
-            "Render the whole network", key="atlas_start", icon=":material/play_arrow:",
+            label, key="atlas_start", icon=":material/play_arrow:",
             disabled=done == total or not layers,
         )  # fmt: skip
         if clicked:
