@@ -88,6 +88,10 @@ def test_kill_9_of_the_server_mid_fine_tune_then_resume_in_a_new_server(browser,
         line = main.get_by_text(f"{folder.name} is interrupted after epoch", exact=False)
         line.first.wait_for()
         wait_idle(page)
+        notice = main.locator("[data-testid=stAlertContentWarning]").first  # at the top, pointing at the runs
+        assert f"{folder.name} was interrupted" in notice.inner_text()
+        assert notice.get_by_role("link", name="Previous runs").get_attribute("href") == "#previous-runs"
+        assert page.locator("#previous-runs").count() == 1  # the anchor it points at
         assert save_screenshot(page, "finetune_after_server_kill.png").stat().st_size > 30_000
         main.get_by_role("button", name="Resume").first.click()
         main.get_by_text("finished", exact=False).first.wait_for(timeout=300_000)

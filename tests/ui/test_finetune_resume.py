@@ -48,6 +48,7 @@ def test_an_interrupted_run_gets_a_resume_button_that_finishes_it(tiny, color_fo
     at = app_on("finetune", timeout=120).run()
     assert not at.exception
     assert any("**cut** is interrupted after epoch 1 of 3" in m.value for m in at.markdown)
+    assert [w.value for w in at.warning if "**cut** was interrupted" in w.value]  # said at the top of the page
     at.button(key="ft_resume_cut").click().run()
     assert not at.exception and not at.error
     job = at.session_state["ft_job"]
@@ -64,3 +65,4 @@ def test_an_interrupted_run_gets_a_resume_button_that_finishes_it(tiny, color_fo
     at.run()
     assert not at.exception and at.button(key="ft_result_use") is not None
     assert not [b for b in at.button if b.key == "ft_resume_cut"]  # nothing left to resume
+    assert not [w for w in at.warning if "interrupted" in w.value]

@@ -336,6 +336,20 @@ def _resumable(runs: list[Any], busy: bool) -> None:
             _resume_run(info)
 
 
+def _interrupted_notice() -> None:
+    """At the top: the runs whose process died (a server restart, a crash) and can resume, so nobody has to find
+    them at the bottom of the page."""
+    names = [r.name for r in list_runs() if r.status == "interrupted" and can_resume(r.path)]
+    if not names:
+        return
+    which = f"**{names[0]}** was" if len(names) == 1 else f"{len(names)} runs (**{names[0]}**, …) were"
+    st.warning(
+        f"{which} interrupted: the process training it ended before the last epoch. Every finished epoch is "
+        "saved; **Resume** it under [Previous runs](#previous-runs).",
+        icon=":material/restart_alt:",
+    )
+
+
 def _runs_section(busy: bool = False) -> None:
     st.subheader("Previous runs")
     runs = list_runs()
@@ -365,6 +379,7 @@ def render() -> None:
     flash = st.session_state.pop("_ft_flash", None)
     if flash:
         st.success(flash, icon=":material/check_circle:")
+    _interrupted_notice()
     model = current_model()
     left, right = st.columns(2, gap="large")
     with left:
