@@ -31,6 +31,14 @@ def _set(page, label: str, value: str) -> None:
     box.press("Tab")
 
 
+def _tab(browser, url: str):
+    """A new 1440×900 tab (its own context) at `url`; closed with the browser if a test fails before closing it."""
+    page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
+    page.set_default_timeout(120_000)
+    page.goto(url)
+    return page
+
+
 def _checkpoint(runs: Path, deadline: float) -> Path:
     """The run's checkpoint, once the server has written its first epoch's resume state."""
     while True:
@@ -47,11 +55,8 @@ def test_kill_9_of_the_server_mid_fine_tune_then_resume_in_a_new_server(browser,
         pytest.skip(f"{CHROMIUM} is missing")
     cache, log = tmp_path / "cache", tmp_path / "server.log"
     proc, url = start_app(cache, log)
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(120_000)
     try:
-        page.goto(f"{url}/finetune?data=demo:shapes&freeze=blocks.3.2")
+        page = _tab(browser, f"{url}/finetune?data=demo:shapes&freeze=blocks.3.2")
         main = page.locator("[data-testid='stMain']")
         main.get_by_text("Non-trainable").first.wait_for()
         for label, value in [("Epochs", str(EPOCHS)), ("Batch size", "16"), ("Image size (px)", "64"),
@@ -61,8 +66,8 @@ def test_kill_9_of_the_server_mid_fine_tune_then_resume_in_a_new_server(browser,
         ckpt = _checkpoint(cache / "runs", time.monotonic() + 240)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+        page.context.close()
     finally:
-        context.close()
         stop_app(proc)
     assert proc.returncode == -signal.SIGKILL
 
@@ -79,11 +84,8 @@ def test_kill_9_of_the_server_mid_fine_tune_then_resume_in_a_new_server(browser,
 
     # A new server on the same cache lists the run as interrupted and resumes it.
     proc, url = start_app(cache, log)
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(120_000)
     try:
-        page.goto(f"{url}/finetune")
+        page = _tab(browser, f"{url}/finetune")
         main = page.locator("[data-testid='stMain']")
         line = main.get_by_text(f"{folder.name} is interrupted after epoch", exact=False)
         line.first.wait_for()
@@ -98,8 +100,8 @@ def test_kill_9_of_the_server_mid_fine_tune_then_resume_in_a_new_server(browser,
         wait_idle(page)
         assert not page.locator("[data-testid='stException']").count()
         assert "Traceback" not in page.inner_text("body")
+        page.context.close()
     finally:
-        context.close()
         stop_app(proc)
     meta = load_model(str(ckpt), device="cpu").metadata
     assert [e["epoch"] for e in meta["metrics"]["history"]] == list(range(1, EPOCHS + 1))  # none lost or repeated
