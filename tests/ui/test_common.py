@@ -175,3 +175,20 @@ def test_default_roots_are_the_working_folder_and_the_cache(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert allowed_path(tmp_path / "data") and allowed_path(Path(os.environ["LAYER_EXPLORER_CACHE"]) / "runs")
     assert not allowed_path(tmp_path.parent / "elsewhere")
+
+
+def test_zip_bytes_are_the_same_for_the_same_files_at_any_time(monkeypatch):
+    import io
+    import time
+    import zipfile
+
+    from explorer.ui.widgets.gallery import zip_bytes
+
+    files = {"a.png": b"\x89PNG fake", "b.json": b'{"x": 1}' * 50}
+    first = zip_bytes(files)
+    later = time.time() + 3 * 86400
+    monkeypatch.setattr(time, "time", lambda: later)  # days later: a clock-dated archive would differ
+    assert zip_bytes(files) == first
+    with zipfile.ZipFile(io.BytesIO(first)) as zf:
+        assert {n: zf.read(n) for n in zf.namelist()} == files
+        assert zf.getinfo("a.png").compress_type == zipfile.ZIP_STORED

@@ -57,13 +57,21 @@ def safe_filename(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "image"
 
 
+ZIP_DATE = (2000, 1, 1, 0, 0, 0)  # every member's date: the same files give the same bytes on every run
+
+
 def zip_bytes(files: Mapping[str, bytes]) -> bytes:
-    """A zip archive of name → bytes (PNGs are stored, not recompressed)."""
+    """A zip archive of name → bytes (PNGs are stored, not recompressed), byte-identical for the same files.
+
+    Dated by the clock, the archive changed on every run of a page, so Streamlit registered a new download file each
+    time and deleted the last one two runs later, before a busy browser had fetched it (a 404 under load)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for name, data in files.items():
+            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+            info.external_attr = 0o644 << 16
             kind = zipfile.ZIP_STORED if name.lower().endswith(".png") else zipfile.ZIP_DEFLATED
-            zf.writestr(name, data, compress_type=kind)
+            zf.writestr(info, data, compress_type=kind)
     return buf.getvalue()
 
 
