@@ -96,7 +96,8 @@ def test_kill_9_of_the_server_mid_fine_tune_then_resume_in_a_new_server(browser,
         assert page.locator("#previous-runs").count() == 1  # the anchor it points at
         assert save_screenshot(page, "finetune_after_server_kill.png").stat().st_size > 30_000
         main.get_by_role("button", name="Resume").first.click()
-        main.get_by_text("finished", exact=False).first.wait_for(timeout=300_000)
+        done = main.locator("[data-testid=stAlertContentSuccess]", has_text=f"Run {folder.name} finished")
+        done.first.wait_for(timeout=300_000)  # not any "finished": the notice at the top says it too
         wait_idle(page)
         assert not page.locator("[data-testid='stException']").count()
         assert "Traceback" not in page.inner_text("body")
