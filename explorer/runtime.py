@@ -6,6 +6,7 @@
   None when there is nothing to add.
 - :data:`StopSignal` / :func:`stop_requested`: a callable returning True, or anything with ``is_set()`` (a
   ``threading.Event``), checked between steps.
+- :func:`torch_threads`: torch's CPU thread count set for a block and restored after it.
 - :func:`autocast` and :func:`to_input`: bf16 autocast and channels-last input on CUDA, nothing elsewhere; the
   feature-visualization renderer adds its own CPU bf16 rule on top (see :mod:`explorer.featurevis.render`).
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, Self
 
 import torch
@@ -25,6 +26,17 @@ class Progress(Protocol):
     """``progress(done, total, info)``: `done` of `total` units of work finished; `info` describes the latest."""
 
     def __call__(self, done: int, total: int, info: Any, /) -> None: ...
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` torch CPU threads (at least 1), then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 StopSignal = Callable[[], bool] | Any  # a callable returning True to stop, or anything with is_set() (an Event)

@@ -18,6 +18,7 @@ from explorer import featurevis as fv
 from explorer.cache import ENV_VAR, ORPHAN_GRACE, Cache, cache_root, make_key, png_bytes
 from explorer.featurevis import get_preset, render_cached
 from explorer.models import LoadedModel
+from explorer.runtime import torch_threads
 
 
 def _image(seed: int = 0) -> np.ndarray:
@@ -229,10 +230,8 @@ def _tiny_model() -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def tiny_render_setup():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield _tiny_model(), get_preset("classic", steps=2, size=32), [fv.channel("2", c) for c in (0, 3)]
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield _tiny_model(), get_preset("classic", steps=2, size=32), [fv.channel("2", c) for c in (0, 3)]
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))

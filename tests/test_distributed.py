@@ -13,8 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,20 +33,11 @@ from explorer.distributed import (
 from explorer.featurevis import channel, get_preset, render_cached
 from explorer.featurevis.store import KIND
 from explorer.models import LoadedModel, fingerprint, load_model
+from explorer.runtime import torch_threads
 
 TINY = "timm:test_efficientnet:untrained"
 LAYERS = {"blocks.0.0": 16, "blocks.2.0": 32}  # 48 images
 SETTINGS = {"layers": list(LAYERS), "steps": 8, "size": 32, "seed": 0}
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def files(root: Path) -> dict[str, bytes]:
@@ -75,7 +64,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
 def serial(tiny: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """The cache files of an uninterrupted serial render of every channel of LAYERS, in this process."""
     cache = Cache(tmp_path_factory.mktemp("serial"))
-    with one_thread():
+    with torch_threads(1):
         for layer, n in LAYERS.items():
             render_cached(tiny, [channel(layer, u) for u in range(n)], "classic", steps=8, size=32, cache=cache)
     out = files(cache.root)
@@ -102,7 +91,7 @@ def test_package_imports_without_ray_and_names_the_install_command(tiny: LoadedM
 
 def test_plan_schedules_only_the_missing_images(tiny: LoadedModel, tmp_path: Path) -> None:
     cache = Cache(tmp_path)
-    with one_thread():
+    with torch_threads(1):
         render_cached(tiny, [channel("blocks.0.0", u) for u in range(5)], "classic", steps=2, size=32, cache=cache)
     plan = plan_atlas(tiny, layers=["blocks.0.0", "blocks.2.0"], per_layer=8, steps=2, size=32, cache=cache)
     assert plan.wanted == 16
@@ -132,7 +121,7 @@ def test_keys_follow_the_workers_device(tiny: LoadedModel, tmp_path: Path) -> No
 def test_in_process_atlas_equals_the_serial_render(tiny: LoadedModel, serial: dict[str, bytes], tmp_path: Path) -> None:
     cache = Cache(tmp_path)
     seen: list = []
-    with one_thread():
+    with torch_threads(1):
         report = atlas(
             tiny, ray=None, chunk=5, cache=cache, progress=lambda d, t, info: seen.append((d, t, info)), **SETTINGS
         )
@@ -150,7 +139,7 @@ def test_cli_atlas_all_in_process(tiny: LoadedModel, tmp_path: Path, monkeypatch
     monkeypatch.setenv("LAYER_EXPLORER_CACHE", str(tmp_path))
     base = ["atlas", "--model", tiny.spec, "--arch", TINY, "--device", "cpu", "--layers", "blocks.0.0", "--steps", "1",
             "--size", "32"]  # fmt: skip
-    with one_thread():
+    with torch_threads(1):
         assert main([*base, "--per-layer", "3"]) == 0
         assert capsys.readouterr().out.split("\n")[1].split()[:3] == ["blocks.0.0", "3", "0"]
         assert main([*base, "--all"]) == 0

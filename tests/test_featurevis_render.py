@@ -14,6 +14,7 @@ from explorer.featurevis.objectives import Context
 from explorer.featurevis.presets import get_preset
 from explorer.layers import anatomy, capture, forward_until, hook_count, to_nchw
 from explorer.models import LoadedModel
+from explorer.runtime import torch_threads
 
 
 class TinyNet(nn.Module):
@@ -68,10 +69,8 @@ def model() -> LoadedModel:
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny tensors: thread start-up costs more than the work, badly so on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 SMALL = get_preset("classic", steps=12, size=24).replace(transforms={"pad": 2, "jitter": 3, "jitter2": 2})

@@ -12,17 +12,15 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import torch
 
 from explorer.cli import main
 from explorer.distributed import Task, ray_sweep_runner, run_local
 from explorer.distributed.sweep_job import context_key, context_payload
 from explorer.models import LoadedModel
+from explorer.runtime import torch_threads
 from explorer.transfer.sweep import sweep, sweep_settings
 from explorer.transfer.sweep_tasks import SweepTask
 
@@ -32,16 +30,6 @@ POINTS = ["none", "blocks.2.0", "global_pool"]  # 5 tasks a seed: 3 fine-tunes, 
 
 def _settings(**kw: object) -> object:
     return sweep_settings(1, **{"input_size": 32, "batch_size": 8, "val_fraction": 0.25, **kw})
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _tasks(out: Path) -> dict[str, dict]:
@@ -62,7 +50,7 @@ def _same(ray_tasks: dict[str, dict], ref_tasks: dict[str, dict]) -> None:
 def reference(tiny: LoadedModel, color_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     """Every task of a 2-seed sweep of POINTS, in this process with one thread (the in-process runner)."""
     out = tmp_path_factory.mktemp("ref") / "sweep.json"
-    with one_thread():
+    with torch_threads(1):
         sweep(tiny, color_folder, points=POINTS, seeds=2, settings=_settings(), out=out)
     return _tasks(out)
 
@@ -85,7 +73,7 @@ def test_the_handler_rebuilds_the_context_once_and_gives_the_sweep_s_result(tiny
     tasks = [SweepTask("blocks.2.0", "finetune", 1), SweepTask("global_pool", "linear", 0)]
     jobs = [Task("sweep.task", {"key": key, "context": payload, "point": t.point, "route": t.route, "seed": t.seed,
                                 "steps": 3}) for t in tasks]  # fmt: skip
-    with one_thread():
+    with torch_threads(1):
         out = run_local(jobs, tiny).results
     assert [o["built_prefix"] for o in out] == [True, False]  # computed once, reused by the second task
     for t, o in zip(tasks, out, strict=True):

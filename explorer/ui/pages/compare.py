@@ -46,7 +46,7 @@ from explorer.ui.compare.setup import (
 )
 from explorer.ui.compare.store import comparison_key, get_report, put_report, subset_folder, with_renders
 from explorer.ui.i18n import page_intro
-from explorer.ui.widgets.gallery import RenderSettings, safe_filename, settings_from_url, zip_bytes
+from explorer.ui.widgets.gallery import RenderSettings, safe_filename, settings_from_url, zip_download
 
 SECTIONS = ("Units", "Examples", "Attribution")
 
@@ -227,16 +227,10 @@ def _exports(report: Any, fig: Any, layer: str | None, renders: dict[str, Any], 
 
 
 def _layer_zip(layer: str, files: dict[str, bytes], stem: str) -> None:
-    st.download_button(
-        f"Zip of {layer}'s images ({len(files)} files)",
-        zip_bytes(files) if files else b"",
-        file_name=f"{stem}-{safe_filename(layer)}.zip",
-        mime="application/zip",
-        icon=":material/folder_zip:",
-        on_click="ignore",
-        disabled=not files,
-        key="cmp_zip",
-    )
+    zip_download(
+        st, f"Zip of {layer}'s images ({len(files)} files)", files, f"{stem}-{safe_filename(layer)}.zip",
+        key="cmp_zip", disabled=not files,
+    )  # fmt: skip
 
 
 def _first_visit(base: LoadedModel, column: Any) -> None:

@@ -40,6 +40,7 @@ from explorer.ui.widgets.gallery import (
     suggested_settings,
     tile_grid,
     zip_bytes,
+    zip_download,
 )
 from explorer.ui.widgets.layers import (
     PER_PAGE,
@@ -225,15 +226,13 @@ def _unit_tiles(
         with note:
             cache_note(model, layer, units, settings)
     done = cached_units(model, layer, units, settings)
-    st.download_button(
+    zip_download(
+        st,
         f"Download zip of {layer} ({len(done)} of {units} units rendered with these settings)",
         lambda: layer_zip(model, layer, units, settings),
-        file_name=f"{safe_filename(layer)}-{settings.preset}-seed{settings.seed}.zip",
-        mime="application/zip",
-        icon=":material/folder_zip:",
-        on_click="ignore",
-        disabled=not done,
+        f"{safe_filename(layer)}-{settings.preset}-seed{settings.seed}.zip",
         key="layer_zip",
+        disabled=not done,
     )
 
 

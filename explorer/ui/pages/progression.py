@@ -24,7 +24,7 @@ from explorer.ui.widgets.gallery import (
     settings_form,
     settings_from_url,
     suggested_settings,
-    zip_bytes,
+    zip_download,
 )
 from explorer.ui.widgets.layers import channels_of, get_pixel_convs, get_stage_map, renderable_layers
 
@@ -150,11 +150,4 @@ def render() -> None:
         icon=":material/download:",
         on_click="ignore",
     )
-    c[1].download_button(
-        "Download every image (zip)",
-        zip_bytes(files),
-        file_name=f"{stem}.zip",
-        mime="application/zip",
-        icon=":material/folder_zip:",
-        on_click="ignore",
-    )
+    zip_download(c[1], "Download every image (zip)", files, f"{stem}.zip")

@@ -40,7 +40,7 @@ from explorer.ui.widgets.gallery import (
     stopped_key,
     suggested_settings,
     tile_grid,
-    zip_bytes,
+    zip_download,
 )
 from explorer.ui.widgets.layers import (
     PER_PAGE,
@@ -136,13 +136,11 @@ def _visualizations(model: LoadedModel, layer: str, unit: int, settings: RenderS
         if data is not None:
             png_download(tile.actions, data, name, key=f"png_{name}")
     if result.complete:
-        st.download_button(
+        zip_download(
+            st,
             f"Download all 7 images of unit {unit} (zip)",
-            zip_bytes({name: data or b"" for name, data in zip(names, result.png, strict=True)}),
-            file_name=f"{stem}-{settings.preset}-seed{settings.seed}.zip",
-            mime="application/zip",
-            icon=":material/folder_zip:",
-            on_click="ignore",
+            {name: data or b"" for name, data in zip(names, result.png, strict=True)},
+            f"{stem}-{settings.preset}-seed{settings.seed}.zip",
         )
 
 

@@ -20,7 +20,7 @@ import io
 import re
 import time
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -80,6 +80,24 @@ def png_download(container: Any, data: bytes, file_name: str, *, key: str, label
     container.download_button(
         label, data, file_name=file_name, mime="image/png", key=key, icon=":material/download:", on_click="ignore"
     )
+
+
+def zip_download(
+    container: Any,
+    label: str,
+    files: Mapping[str, bytes] | Callable[[], bytes],
+    file_name: str,
+    *,
+    key: str | None = None,
+    disabled: bool = False,
+) -> None:
+    """A download button for a zip of name → bytes (or of what `files()` returns), built only on click: no page
+    run zips anything, and there is no download file for Streamlit to delete before a slow browser fetches it."""
+    data = files if callable(files) else lambda: zip_bytes(files)
+    container.download_button(
+        label, data, file_name=file_name, mime="application/zip", key=key, icon=":material/folder_zip:",
+        on_click="ignore", disabled=disabled,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- tiles
