@@ -35,6 +35,8 @@ def run_app(default: str = "model") -> None:
     # A local icon: a :material/…: page icon makes every browser fetch the favicon from Google's font servers.
     st.set_page_config(page_title="Layer Explorer", page_icon=str(ICON), layout="wide")
     pages = [page(name, title, icon, default=name == default) for name, title, icon in PAGES]
+    # The default page is served at the root; its own name still opens it (a link or bookmark to /model).
+    pages += [page(name, title, icon, hidden=True) for name, title, icon in PAGES if name == default]
     nav = st.navigation(pages, position="sidebar", expanded=True)
     with st.sidebar:
         st.markdown("### :material/layers: Layer Explorer")

@@ -12,8 +12,18 @@ import streamlit as st
 
 from explorer.ui.common import shows_errors
 
+HOME = "home"  # the url_path the default page reserves (Streamlit serves it at the root)
 
-def page(name: str, title: str, icon: str | None = None, *, default: bool = False) -> st.Page:
-    """An st.Page running `explorer.ui.pages.<name>.render`, at URL path `/<name>`."""
+
+def page(name: str, title: str, icon: str | None = None, *, default: bool = False, hidden: bool = False) -> st.Page:
+    """An st.Page running `explorer.ui.pages.<name>.render`, at URL path `/<name>` (the default page at the root;
+    a `hidden` page is reachable by its URL but not listed in the menu)."""
     module = importlib.import_module(f"{__name__}.{name}")
-    return st.Page(shows_errors(module.render), title=title, icon=icon, url_path=name, default=default)
+    return st.Page(
+        shows_errors(module.render),
+        title=title,
+        icon=icon,
+        url_path=HOME if default else name,
+        default=default,
+        visibility="hidden" if hidden else "visible",
+    )
