@@ -47,7 +47,9 @@ def class_names(n: int, known: list[str] | None = None) -> list[str]:
 
 
 def parse_spec(spec: str) -> tuple[str, str, str | None]:
-    """'torchvision:resnet50:untrained' → ('torchvision', 'resnet50', 'untrained'); a path → ('file', path, None)."""
+    """'torchvision:resnet50:untrained' → ('torchvision', 'resnet50', 'untrained'); a path → ('file', path, None).
+
+    Read from the text alone: nothing here asks the file system whether a path exists."""
     spec = spec.strip()
     if not spec:
         raise ModelError("Empty model spec: use bundled:NAME, torchvision:NAME, timm:NAME or a checkpoint path.")
@@ -62,10 +64,20 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
                 f"not {variant!r}; write {kind}:{name} for the pretrained weights."
             )
         return kind, name, variant or None
-    if Path(spec).suffix.lower() in CHECKPOINT_SUFFIXES or os.path.exists(spec):
+    if looks_like_path(spec):
         return "file", spec, None
     raise ModelError(
-        f"Unknown model spec {spec!r}: use bundled:NAME, torchvision:NAME, timm:NAME or a path to a checkpoint file."
+        f"Unknown model spec {spec!r}: use bundled:NAME, torchvision:NAME, timm:NAME or a path to a checkpoint file "
+        f"({', '.join(CHECKPOINT_SUFFIXES)})."
+    )
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether a spec names a file, read from its text alone (no file-system call, so the app can fence it first):
+    a checkpoint suffix, a folder separator, or a leading ``~`` or ``.``."""
+    text = spec.strip()
+    return (
+        Path(text).suffix.lower() in CHECKPOINT_SUFFIXES or "/" in text or os.sep in text or text.startswith(("~", "."))
     )
 
 

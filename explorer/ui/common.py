@@ -23,6 +23,7 @@ import numpy as np
 import streamlit as st
 
 from explorer.cache import cache_root
+from explorer.data.fence import MAX_PATH_CHARS, Kind, allowed, fence, shown
 from explorer.errors import ExplorerError
 from explorer.layers import LayerInfo, ladder
 from explorer.models import CHECKPOINT_SUFFIXES, DEFAULT_SPEC, META_KEY, LoadedModel, ModelError, parse_spec
@@ -70,47 +71,29 @@ def show_error(exc: BaseException) -> None:
 # --------------------------------------------------------------------------- model cache
 
 
-DATA_ROOTS_VAR = "LAYER_EXPLORER_DATA_ROOTS"  # os.pathsep-separated folders the app may read; default below
-MAX_PATH_CHARS = 1024
+def fenced_path(text: str | Path, what: str = "The path", kind: Kind = "any") -> Path:
+    """A path a user typed or a link named, through the server's fence (:func:`explorer.data.fence.fence`) before
+    any file-system call: the resolved path, or one sentence that is the same for missing and forbidden paths."""
+    return fence(text, what, kind)
 
 
-def data_roots() -> list[Path]:
-    """The folders a path typed into the app or named in a link may lie under: ``$LAYER_EXPLORER_DATA_ROOTS``
-    (separated by the system's path separator), else the working folder and the app's cache (uploads, runs,
-    extracted datasets, demos). The CLI, run by the machine's own user, is not fenced."""
-    env = os.environ.get(DATA_ROOTS_VAR, "").strip()
-    roots = [Path(p) for p in env.split(os.pathsep) if p.strip()] if env else [Path.cwd(), cache_root()]
-    return [r.expanduser().resolve() for r in roots]
-
-
-def fenced_path(text: str | Path, what: str = "The path") -> Path:
-    """`text` as a resolved path (``..`` and symbolic links followed), or an ExplorerError in one line when it lies
-    outside `data_roots()`, is too long, or cannot be a path."""
-    raw = str(text)
-    shown = raw if len(raw) <= 80 else raw[:77] + "…"
-    if len(raw) > MAX_PATH_CHARS:
-        raise ExplorerError(f"{what} is {len(raw):,} characters long; paths here have at most {MAX_PATH_CHARS:,}.")
-    if "\x00" in raw or not raw.strip():
-        raise ExplorerError(f"{what} {shown!r} is not a valid path.")
-    try:
-        resolved = Path(raw.strip()).expanduser().resolve()
-    except (OSError, RuntimeError, ValueError):  # a symlink loop, an unreadable home folder
-        raise ExplorerError(f"{what} {shown!r} cannot be resolved on this server.") from None
-    if not any(resolved.is_relative_to(root) for root in data_roots()):
-        raise ExplorerError(
-            f"{what} {shown!r} is outside the folders this server shares; its operator can add folders to "
-            f"{DATA_ROOTS_VAR}."
-        )
-    return resolved
-
-
-def allowed_path(path: str | Path) -> bool:
+def allowed_path(path: str | Path, kind: Kind = "any") -> bool:
     """Whether the app may read `path` (see `fenced_path`)."""
-    try:
-        fenced_path(path)
-    except ExplorerError:
-        return False
-    return True
+    return allowed(path, kind)
+
+
+def fenced_spec(spec: str, what: str = "The model") -> str:
+    """A model spec a user typed or a link named, safe to load: a name (bundled:, torchvision:, timm:) as it is; a
+    checkpoint path through the fence, resolved. A path without a checkpoint suffix is refused from its text alone,
+    so no file outside the shared folders is ever opened or even looked for."""
+    kind, name, _ = parse_spec(spec)
+    if kind != "file":
+        return spec.strip()
+    if Path(name).suffix.lower() not in CHECKPOINT_SUFFIXES:
+        raise ModelError(
+            f"{what} {shown(name)!r} is not a checkpoint file: a checkpoint ends in {', '.join(CHECKPOINT_SUFFIXES)}."
+        )
+    return str(fence(name, what, "file"))
 
 
 def upload_dir() -> Path:
@@ -144,20 +127,23 @@ def _load(spec: str, arch: str | None, device: str | None, content_key: str) -> 
 
 
 def get_model(spec: str, arch: str | None = None, device: str | None = None) -> LoadedModel:
-    """The model a spec names, loaded once per process and shared by every session (never mutate it)."""
-    return _load(spec.strip(), (arch or "").strip() or None, str(device) if device else None, _content_key(spec))
+    """The model a spec names, loaded once per process and shared by every session (never mutate it).
+
+    Every spec the app loads passes :func:`fenced_spec` first: a checkpoint outside the shared folders is refused
+    before anything looks for it."""
+    spec = fenced_spec(spec)
+    return _load(spec, (arch or "").strip() or None, str(device) if device else None, _content_key(spec))
 
 
 def _spec_from_url() -> tuple[str, str | None]:
-    """The model a link names: any bundled/torchvision/timm spec, or a checkpoint file under `data_roots()`."""
+    """The model a link names: any bundled/torchvision/timm spec, or a checkpoint file the fence lets through."""
     spec = st.query_params.get("model") or DEFAULT_SPEC
     arch = st.query_params.get("arch") or None
     try:
         for value in (spec, arch or ""):
             if len(value) > MAX_PATH_CHARS:
                 raise ModelError(f"The link's model is {len(value):,} characters long; it was not opened.")
-        if parse_spec(spec)[0] == "file":
-            fenced_path(spec, "The link's model file")
+        spec = fenced_spec(spec, "The link's model")
     except ExplorerError as exc:
         st.session_state[NOTICE_KEY] = f"{exc} Showing {DEFAULT_SPEC} instead."
         return DEFAULT_SPEC, None

@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from explorer.data.fence import DATA_ROOTS_VAR
 from explorer.errors import ExplorerError
 from explorer.layers import ladder
 from explorer.models import ModelError
 from explorer.ui.common import (
-    DATA_ROOTS_VAR,
     allowed_path,
     checkpoint_arch_hint,
     error_message,

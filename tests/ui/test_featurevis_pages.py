@@ -11,14 +11,13 @@ import re
 import zipfile
 from io import BytesIO
 
-import numpy as np
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
-from uiapp import app_on
+from uiapp import Renders, app_on
 
 import explorer.featurevis.store as store
-from explorer.featurevis import Preview, RenderResult, channel, get_preset, render
+from explorer.featurevis import channel
 from explorer.featurevis.stages import STAGES
 
 TINY = {"preset": "fast", "steps": "2", "size": "32"}
@@ -38,45 +37,6 @@ def cache_dir(tmp_path, monkeypatch):
     """Each test has its own empty disk cache (renders, dataset examples)."""
     monkeypatch.setenv("LAYER_EXPLORER_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
-
-
-def _texture(size: int, seed: int) -> np.ndarray:
-    """A fake render's picture: noise, not a flat colour (a flat image is what an inactive unit leaves)."""
-    return np.random.default_rng(seed).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
-
-
-class Renders:
-    """Counts the engine's render calls; `fake()` replaces the optimisation with flat images (value = step count)."""
-
-    def __init__(
-        self, monkeypatch: pytest.MonkeyPatch, fake: bool, fail_on: int | None = None, dead: tuple[str, ...] = ()
-    ) -> None:
-        self.calls: list[list[str]] = []
-        self.fail_on = fail_on
-        self.fake = fake
-        self.dead = set(dead)  # objective keys whose fake curve stays at 0
-        monkeypatch.setattr(store, "render", self)
-
-    def __call__(self, model, objectives, preset="classic", seed=0, steps=None, size=None, progress=None, **kw):
-        self.calls.append([o.key for o in objectives])
-        if len(self.calls) == self.fail_on:
-            raise RuntimeError("render failed half-way")
-        if not self.fake:
-            return render(model, objectives, preset, seed=seed, steps=steps, size=size, progress=progress, **kw)
-        p = get_preset(preset, steps=steps, size=size)
-        n = len(objectives)
-        images = np.stack([_texture(p.size, 37 * i + seed) for i in range(n)])
-        if progress:
-            progress(n, n * p.steps, Preview(images, list(range(n)), 1, p.steps))
-        curves = np.tile(np.arange(1, p.steps + 1, dtype=np.float32), (n, 1))
-        for i, obj in enumerate(objectives):
-            if obj.key in self.dead:
-                curves[i] = 0.0  # a unit nothing can raise
-        return RenderResult(images, curves, {"preset": p.name, "seed": seed}, list(objectives))
-
-    @property
-    def images(self) -> int:
-        return sum(len(c) for c in self.calls)
 
 
 def _open(name: str, /, **query: str) -> AppTest:
@@ -354,6 +314,7 @@ def test_unit_page_shows_four_kinds_of_image_examples_and_attribution(monkeypatc
 
 def test_unit_page_explains_bad_folders_and_keeps_working(monkeypatch, tmp_path):
     Renders(monkeypatch, fake=True)
+    monkeypatch.setenv("LAYER_EXPLORER_DATA_ROOTS", str(tmp_path))  # the folders below are shared
     empty, junk = tmp_path / "empty", tmp_path / "junk"
     empty.mkdir()
     junk.mkdir()

@@ -26,6 +26,7 @@ from uiapp import app_on
 
 from explorer.data import ImageFolderDataset, resolve_data
 from explorer.data.demos import DEMO_DATASETS
+from explorer.data.fence import DATA_ROOTS_VAR
 from explorer.models import fingerprint, load_model
 from explorer.transfer import runs
 from explorer.transfer.checkpoints import save_checkpoint
@@ -187,9 +188,10 @@ def _empty_class(root: Path) -> str:
 @pytest.mark.parametrize(
     ("make", "expected"),
     [(_one_class, "only one sub-folder"), (_empty_class, "no readable images"),
-     (lambda root: str(root / "missing"), "does not exist")],
+     (lambda root: str(root / "missing"), "does not exist, or it lies outside")],
 )  # fmt: skip
-def test_bad_folders_show_one_error_and_start_nothing(tmp_path, make, expected):
+def test_bad_folders_show_one_error_and_start_nothing(tmp_path, monkeypatch, make, expected):
+    monkeypatch.setenv(DATA_ROOTS_VAR, str(tmp_path))
     folder = make(tmp_path / "data")
     at = _open()
     at.radio(key="ft_source").set_value("Folder on the server").run()

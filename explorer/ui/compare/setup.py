@@ -12,9 +12,19 @@ from typing import Any
 
 import streamlit as st
 
+from explorer.data.fence import refusal
+from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 from explorer.transfer.runs import RunInfo, get_run, list_runs, runs_dir
-from explorer.ui.common import allowed_path, checkpoint_arch_hint, get_model, save_upload, show_error
+from explorer.ui.common import (
+    allowed_path,
+    checkpoint_arch_hint,
+    fenced_path,
+    fenced_spec,
+    get_model,
+    save_upload,
+    show_error,
+)
 
 UPLOAD = "Upload a checkpoint…"
 DATA_SOURCES = {"demo:digits": "Demo: handwritten digits", "demo:shapes": "Demo: shapes"}
@@ -82,12 +92,12 @@ def choose_tuned(base: LoadedModel) -> tuple[LoadedModel, RunInfo | None] | None
         run = get_run(wanted)
         if run is not None:
             runs[run.name] = run
-        elif not (Path(wanted).suffix and Path(wanted).is_file() and allowed_path(Path(wanted))):
-            st.warning(
-                f"tuned={wanted!r} is not a saved fine-tuning run or a checkpoint in the app's folders.",
-                icon=":material/link_off:",
-            )
-            wanted = None
+        else:
+            try:
+                fenced_spec(wanted, "The link's tuned model")
+            except ExplorerError as exc:
+                st.warning(f"{exc} It is not a saved fine-tuning run either.", icon=":material/link_off:")
+                wanted = None
     options = [*runs, *([wanted] if wanted and wanted not in runs and wanted != UPLOAD else []), UPLOAD]
     value = wanted or (next(iter(runs)) if runs else UPLOAD)
     st.session_state["cmp_tuned"] = value
@@ -160,13 +170,11 @@ def choose_data(
         sources = {own: f"Its training data ({own})", **{k: v for k, v in sources.items() if k != own}}
     wanted = param(name) or own or "demo:digits"
     if wanted not in sources and wanted != FOLDER:
-        if wanted.startswith("demo:") or allowed_path(Path(wanted)):
+        if wanted.startswith("demo:") or allowed_path(wanted, "dir"):
             sources[wanted] = wanted
         else:
-            st.warning(
-                f"data={wanted!r} is outside the app's folders; using {own or 'demo:digits'}.",
-                icon=":material/link_off:",
-            )
+            why = refusal(wanted, "The link's images")
+            st.warning(f"{why} Using {own or 'demo:digits'}.", icon=":material/link_off:")
             wanted = own or "demo:digits"
     options = [*sources, FOLDER]
     st.session_state[key] = wanted
@@ -186,6 +194,8 @@ def choose_data(
             return None
         choice = typed.strip()
     try:
+        if not choice.startswith("demo:"):
+            choice = str(fenced_path(choice, "The folder", "dir"))
         with st.spinner(f"Preparing {choice}…"):
             root = resolve_data(choice)
     except Exception as exc:

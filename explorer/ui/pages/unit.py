@@ -24,7 +24,7 @@ from explorer.featurevis import Objective, channel, diverse, negative, neuron
 from explorer.featurevis.kernels import KernelFigure
 from explorer.layers import LayerInfo
 from explorer.models import LoadedModel
-from explorer.ui.common import current_model, model_key, page_ref, progress_callback, show_error
+from explorer.ui.common import current_model, fenced_path, model_key, page_ref, progress_callback, show_error
 from explorer.ui.i18n import page_intro, t
 from explorer.ui.widgets.atlas import atlas_offer, cache_note
 from explorer.ui.widgets.gallery import (
@@ -190,7 +190,7 @@ def _folder_choice() -> tuple[str, Path | None]:
         if not typed.strip():
             st.info("Type the path of a folder of images (subfolders are searched too).", icon=":material/folder:")
             return SOURCES[source], None
-        return typed.strip(), resolve_data(typed.strip())
+        return typed.strip(), resolve_data(fenced_path(typed, "The folder", "dir"))
     with st.spinner(f"Preparing {SOURCES[source]}…"):
         return SOURCES[source], resolve_data(source)
 

@@ -17,7 +17,8 @@ import pandas as pd
 import streamlit as st
 
 from explorer.data import DEMO_DATASETS, DataError, ImageFolderDataset, load_image, resolve_data, safe_extract_zip
-from explorer.ui.common import show_error
+from explorer.errors import ExplorerError
+from explorer.ui.common import fenced_path, show_error
 
 SOURCES = ["Demo dataset", "Folder on the server", "Upload a zip"]
 THUMBS = 12
@@ -94,7 +95,14 @@ def _choose_data() -> tuple[str | None, str]:
         return f"demo:{name}", name
     if source == SOURCES[1]:
         text = st.text_input("Folder on the server", key="ft_folder", placeholder="/data/pets (pets/cat/…, pets/dog/…)")
-        return (text.strip() or None), Path(text.strip()).name or "folder"
+        if not text.strip():
+            return None, "folder"
+        try:
+            folder = fenced_path(text, "The folder", "dir")  # before anything looks at it
+        except ExplorerError as exc:
+            show_error(exc)
+            return None, "folder"
+        return str(folder), folder.name or "folder"
     up = st.file_uploader("Zip of class folders", type=["zip"], key="ft_zip")
     if up is None:
         return None, "zip"
