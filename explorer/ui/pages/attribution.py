@@ -4,6 +4,9 @@ One method at a time, its cost shown before it runs; every block with a spatial 
 magnitudes on one colour scale by default (DESIGN §5). The top channels of each layer (gradient × activation)
 come with their feature visualizations (fast preset, served from the cache) and link to the Unit page.
 The view lives in the URL: ``?method=…&target=…&sample=…&scale=…`` (no target: the predicted class).
+Under the maps, two trust panels run on a click (`explorer.trust`): the sanity check (cascading randomization of a
+copy of the model: do the maps change when the weights are destroyed?) and "Which layer explains best" (deletion
+and insertion curves of each layer's map against random maps on its grid).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from explorer.ui.widgets.gallery import PLACEHOLDER_HTML, RenderSettings, link_p
 from explorer.ui.widgets.images import as_png, image_picker
 from explorer.ui.widgets.layers import get_kernel_figure
 from explorer.ui.widgets.queue import turn
+from explorer.ui.widgets.trust_charts import faithfulness_figure, sanity_figure
 
 DEFAULT_METHOD = "gradcam"
 AUTO = -1  # target: the predicted class
@@ -452,3 +456,110 @@ def render() -> None:
     _maps_section(res, model, scores, k)
     st.divider()
     _channels_section(model, res.layers, scores, res.target_name())
+    st.divider()
+    st.subheader("Can I trust these maps?")
+    _sanity_panel(model, image, digest, res.target[0])
+    _faithfulness_panel(model, image, digest, method, res.layers, res.target[0])
+
+
+# --------------------------------------------------------------------------- trust panels
+
+
+def _trust_run(key: tuple[Any, ...], label: str, compute: Any) -> dict[str, Any]:
+    """`compute(progress)` in the job queue with a progress bar (gone when it ends); its JSON kept in the shared
+    store."""
+    slot = st.empty()
+    box = slot.container()
+    try:
+        with turn("attribution", box):
+            draw = progress_callback(box, text=label)
+            data = compute(lambda done, total, _info=None: draw(done, total)).to_dict()
+    finally:
+        slot.empty()
+    _store().put(key, data)
+    return data
+
+
+def _sanity_panel(model: LoadedModel, image: Image.Image, digest: str, target: int) -> None:
+    """Cascading randomization of a copy of the model (Adebayo et al. 2018), on a click; curves and a verdict per
+    method. The expander opens by itself once there is something to show."""
+    from explorer.trust import DEFAULT_METHODS, INPUT_METHODS, PASS_BELOW, sanity_check, sanity_cost
+
+    problems = _availability(model, model_key(model))
+    labels = {**INPUT_METHODS, **{m: METHODS[m].label for m in METHODS}}
+    usable = [m for m in DEFAULT_METHODS if not problems.get(m if m != "guided_backprop" else "guided_gradcam")]
+    chosen = [m for m in st.session_state.get("att_sanity", usable) if m in labels]
+    key = ("sanity", model_key(model), digest, target, tuple(chosen))
+    data = _store().get(key)
+    clicked = bool(st.session_state.get("att_sanity_run"))
+    title = "Sanity check: do the maps change when the network's weights are destroyed?"
+    with st.expander(title, expanded=data is not None or clicked):
+        methods = st.multiselect("Methods", list(labels), default=usable, format_func=labels.get, key="att_sanity")
+        st.caption(
+            "On a copy of the model, the blocks are randomized one by one from the classifier down to the stem; after "
+            "each step every method's maps are recomputed for this image and class and compared with the original "
+            f"(Spearman rank correlation of |map|, and SSIM). A method **passes** when its maps have decorrelated "
+            f"(Spearman below {PASS_BELOW}) once the top blocks holding half the weights are random (shaded). "
+            "Adebayo et al. (2018): gradients and Grad-CAM pass; Guided Backprop does not, it mostly shows edges."
+        )
+        if not methods:
+            return
+        if data is None:
+            slot = st.empty()
+            with slot.container():
+                st.caption(f"About {sanity_cost(model, methods)} passes through the network.")
+                if not st.button("Run the sanity check", key="att_sanity_run", icon=":material/science:"):
+                    return
+            slot.empty()
+            try:
+
+                def run(cb: Any) -> Any:
+                    return sanity_check(model, image, methods, "all", target, progress=cb)
+
+                data = _trust_run(key, "Randomizing from the top: method-steps", run)
+            except Exception as exc:
+                show_error(exc)
+                return
+        st.plotly_chart(sanity_figure(data), key="att_sanity_chart")
+        for rec in data["methods"].values():
+            mark = ":green[**pass**]" if rec["passed"] else ":red[**fail**]"
+            st.markdown(f"{mark} · {rec['verdict']}")
+        for name, why in data.get("skipped", {}).items():
+            st.caption(f"{labels.get(name, name)} was not run: {why}")
+
+
+def _faithfulness_panel(
+    model: LoadedModel, image: Image.Image, digest: str, method: str, layers: list[str], target: int
+) -> None:
+    """Deletion/insertion areas of every layer's map against random maps on its grid, on a click; a ranking. The
+    expander opens by itself once there is something to show."""
+    from explorer.trust import BIAS_NOTE, faithfulness
+
+    key = ("faithfulness", model_key(model), digest, method, target, tuple(layers))
+    data = _store().get(key)
+    clicked = bool(st.session_state.get("att_faith_run"))
+    with st.expander("Which layer explains best: deletion and insertion curves", expanded=data is not None or clicked):
+        st.caption(
+            f"Each layer's {METHODS[method].label} map orders the pixels. Deleting the most relevant first (into a "
+            "blurred copy of the image) should make the class's probability fall fast, inserting them first should "
+            "make it rise fast. A layer's score is its gain over a random map on the same grid: "
+            "(insertion − deletion) − (random insertion − random deletion); green bars beat it on both curves."
+        )
+        st.caption(f"**Known bias.** {BIAS_NOTE}")
+        if data is None:
+            slot = st.empty()
+            if not slot.button("Rank the layers", key="att_faith_run", icon=":material/leaderboard:"):
+                return
+            slot.empty()
+            try:
+
+                def run(cb: Any) -> Any:
+                    return faithfulness(model, image, method, layers, target, progress=cb)
+
+                data = _trust_run(key, "Deleting and inserting pixels: layers", run)
+            except Exception as exc:
+                show_error(exc)
+                return
+        best = data["ranking"][0]
+        st.markdown(f"**{best}** explains this prediction best by this measure ({data['layers'][best]['score']:+.3f}).")
+        st.plotly_chart(faithfulness_figure(data), key="att_faith_chart")
