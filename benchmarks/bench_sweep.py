@@ -7,8 +7,9 @@
    minutes on 2 CPU cores" check; the best frozen-feature probe is printed beside it).
 2. ``--demo``: the Compare page's *Run the demo*, its three steps with the page's own settings
    (:mod:`explorer.ui.compare.demo`): fine-tune, compare, sweep; seconds each (target: fine-tune < 90 s).
-3. In one process, one after the other: one train-everything run with the sweep's budget (``sweep_settings``: no
-   augmentation, `--epochs`, same split), then the full ``points="auto"`` sweep with both routes. Prints every
+3. In one process, one after the other: one train-everything run with the sweep's recipe (``sweep_settings``: no
+   augmentation, early stopping, same split), then the full default sweep (``points="auto"``, both routes, seeds
+   "auto", evaluation "auto"). Prints every
    task and the ratio sweep / one run (target ≤ 2.5), in wall time and in CPU time of this process, with the load
    average before and after each part: on a shared machine wall time moves with the others' work (and CPU time
    too, less), so a ratio only counts when the load stayed near or below the number of cores.
@@ -83,7 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--input-size", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=None, help="most epochs per task (default: the sweep's)")
     ap.add_argument("--skip-defaults", action="store_true", help="skip part 1")
     ap.add_argument("--demo", action="store_true", help="time the first-visit demo (part 2)")
     ap.add_argument(
@@ -102,7 +103,7 @@ def main() -> None:
 
     from explorer.models import load_model
     from explorer.transfer.finetune import finetune
-    from explorer.transfer.sweep import sweep, sweep_settings
+    from explorer.transfer.sweep import EPOCHS, sweep, sweep_settings
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}", flush=True)
     base = load_model(device=args.device)
@@ -111,14 +112,16 @@ def main() -> None:
         out["defaults"] = defaults_run(base, args.input_size)
     if args.demo:
         out["demo"] = demo_run(base)
-    s = sweep_settings(args.epochs, input_size=args.input_size)
+    epochs = args.epochs or EPOCHS
+    s = sweep_settings(epochs, input_size=args.input_size)
     print(f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)", flush=True)
     t0, c0 = time.perf_counter(), time.process_time()
     one = finetune(base, "demo:digits", s)
     one_s, one_cpu = time.perf_counter() - t0, time.process_time() - c0
     print(f"load average after the run: {os.getloadavg()[0]:.2f}", flush=True)
     print(
-        f"one train-everything run ({args.epochs} epochs, {args.input_size} px, no augmentation): {one_s:.1f} s, "
+        f"one train-everything run (the sweep's recipe: at most {epochs} epochs, early stopping, {args.input_size} "
+        f"px, no augmentation): {one_s:.1f} s, "
         f"held-out {100 * one.metadata['metrics']['val_acc']:.1f} %",
         flush=True,
     )
@@ -129,8 +132,8 @@ def main() -> None:
     for o in report.options:
         print(
             f"  {o.route:8s} {o.point:12s} {100 * o.accuracy:5.1f} % [{100 * o.low:.1f}, {100 * o.high:.1f}] "
-            f"{o.trainable:>9,} trainable {o.seconds:6.1f} s {o.images_per_second:7.0f} img/s "
-            f"p vs best {o.p_vs_best:.3f}",
+            f"{o.trainable:>9,} trainable {o.seconds:6.1f} s {o.seeds} seed(s) {o.status} "
+            f"loss {100 * o.loss:.1f} [{100 * o.loss_low:.1f}, {100 * o.loss_high:.1f}]",
             flush=True,
         )
     print(
@@ -139,6 +142,7 @@ def main() -> None:
         flush=True,
     )
     print(f"recommended: {report.chosen.label if report.chosen else None} — {report.choice.reason}")
+    print(f"scored by {report.evaluation}; test accuracy {report.choice.test_accuracy} ({report.choice.test_note})")
     print(
         f"RATIO sweep / one train-everything run = {sweep_s / one_s:.2f} wall ({sweep_s:.1f} / {one_s:.1f} s), "
         f"{sweep_cpu / one_cpu:.2f} CPU ({sweep_cpu:.1f} / {one_cpu:.1f} s); target ≤ 2.5",
@@ -152,6 +156,8 @@ def main() -> None:
         seconds=report.seconds,
         options=report.rows(),
         choice=report.choice.reason,
+        test_accuracy=report.choice.test_accuracy,
+        evaluation=report.evaluation,
     )
     print(json.dumps(out, indent=1, default=str))
 

@@ -15,7 +15,14 @@ from explorer.layers import hook_count, ladder
 from explorer.models import LoadedModel, fingerprint
 from explorer.transfer.freeze import freeze_summary
 from explorer.transfer.report_html import render_sweep_html
-from explorer.transfer.sweep import SweepError, load_sweep, sweep, sweep_settings
+from explorer.transfer.sweep import (
+    SweepError,
+    images_to_resolve,
+    load_sweep,
+    mismatch,
+    sweep,
+    sweep_settings,
+)
 from explorer.transfer.sweep_report import choose, make_options
 from explorer.transfer.sweep_tasks import (
     SweepContext,
@@ -29,6 +36,9 @@ from explorer.transfer.sweep_tasks import (
 POINTS = ["none", "blocks.2.0", "global_pool"]
 
 
+FAST = {"seeds": 1, "evaluation": "holdout", "min_steps": 2}  # the tests' budget: one seed, the split, few steps
+
+
 def _settings(**kw: object) -> object:
     return sweep_settings(1, **{"input_size": 32, "batch_size": 8, "val_fraction": 0.25, **kw})
 
@@ -36,7 +46,7 @@ def _settings(**kw: object) -> object:
 @pytest.fixture(scope="module")
 def tiny_sweep(tiny, color_folder):
     before = fingerprint(tiny.module)
-    report = sweep(tiny, color_folder, points=POINTS, settings=_settings())
+    report = sweep(tiny, color_folder, points=POINTS, settings=_settings(), **FAST)
     assert fingerprint(tiny.module) == before and hook_count(tiny.module) == 0 and not tiny.module.training
     return report
 
@@ -95,8 +105,11 @@ def test_every_option_is_measured_with_its_interval_and_cost(tiny_sweep, tiny):
     channels = {r.name: r.channels for r in ladder(tiny)}
     assert opts[("blocks.2.0", "linear")].trainable == channels["blocks.2.0"] * 3 + 3  # C×K weights + K biases
     assert tiny_sweep.complete and tiny_sweep.data["heldout_images"] == 9
+    assert tiny_sweep.evaluation == "held-out split" and tiny_sweep.identity["base_fingerprint"] == tiny.fingerprint
+    assert tiny_sweep.identity["input_size"] == 32 and tiny_sweep.identity["images"] == 36
+    assert {o.status for o in tiny_sweep.options} <= {"best", "equivalent", "worse", "cannot place", "not converged"}
     html = render_sweep_html(tiny_sweep)
-    assert "<svg" in html and "McNemar" in html and "<script" not in html
+    assert "<svg" in html and "margin" in html and "<script" not in html
     assert tiny_sweep.to_csv().splitlines()[0].startswith("point,route,accuracy")
 
 
@@ -121,7 +134,7 @@ def test_the_cached_prefix_trains_exactly_what_a_full_forward_trains(tiny, color
     full = run_sweep_task(task, ctx)
     assert cached["cached"] and not full["cached"]
     assert cached["correct"] == full["correct"] and cached["trainable"] == full["trainable"]
-    assert cached["val_loss"] == pytest.approx(full["val_loss"], rel=1e-3, abs=1e-4)
+    assert cached["epochs"] == full["epochs"]
 
 
 def test_the_context_travels_to_another_worker_and_gives_the_same_result(tiny, color_folder, tmp_path):
@@ -135,8 +148,8 @@ def test_the_context_travels_to_another_worker_and_gives_the_same_result(tiny, c
             seen.append(task.key)
             on_done(task, run_sweep_task(task, copy))
 
-    local = sweep(tiny, color_folder, points=["global_pool"], settings=_settings())
-    other = sweep(tiny, color_folder, points=["global_pool"], settings=_settings(), runner=remote)
+    local = sweep(tiny, color_folder, points=["global_pool"], settings=_settings(), **FAST)
+    other = sweep(tiny, color_folder, points=["global_pool"], settings=_settings(), runner=remote, **FAST)
     assert seen == ["finetune@global_pool#0", "linear@global_pool#0"]
     assert [o.accuracy for o in other.options] == [o.accuracy for o in local.options]
 
@@ -151,7 +164,7 @@ def test_an_interrupted_sweep_keeps_finished_tasks_and_the_rerun_skips_them(tiny
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        sweep(tiny, color_folder, points=POINTS, settings=_settings(), out=out, runner=dies_after_two)
+        sweep(tiny, color_folder, points=POINTS, settings=_settings(), out=out, runner=dies_after_two, **FAST)
     saved = json.loads(out.read_text())
     assert list(saved["tasks"]) == ["finetune@none#0", "finetune@blocks.2.0#0"]
     assert not list(out.parent.glob(".*tmp"))  # atomic writes leave no temporaries
@@ -160,13 +173,13 @@ def test_an_interrupted_sweep_keeps_finished_tasks_and_the_rerun_skips_them(tiny
         ran.extend(t.key for t in tasks)
         in_process(tasks, context, on_done)
 
-    report = sweep(tiny, color_folder, points=POINTS, settings=_settings(), out=out, runner=counting)
+    report = sweep(tiny, color_folder, points=POINTS, settings=_settings(), out=out, runner=counting, **FAST)
     assert "finetune@none#0" not in ran and "finetune@blocks.2.0#0" not in ran and len(ran) == 3
     assert report.complete and len(report.options) == 5
     assert load_sweep(out).to_json() == report.to_json()
     assert out.with_suffix(".csv").exists() and out.with_suffix(".html").exists()
     with pytest.raises(SweepError, match="other settings"):  # another budget must not reuse these results
-        sweep(tiny, color_folder, points=POINTS, settings=_settings(lr=0.1), out=out)
+        sweep(tiny, color_folder, points=POINTS, settings=_settings(lr=0.1), out=out, **FAST)
 
 
 def test_bad_input_gets_one_clear_sentence(tiny, color_folder, tmp_path):
@@ -178,8 +191,10 @@ def test_bad_input_gets_one_clear_sentence(tiny, color_folder, tmp_path):
         sweep(tiny, color_folder, points=["classifier"], settings=_settings())
     with pytest.raises(SweepError, match="Unknown sweep route"):
         sweep(tiny, color_folder, points=POINTS, routes=("finetune", "knn"), settings=_settings())
-    with pytest.raises(SweepError, match="held-out images for 3 classes"):
-        sweep(tiny, color_folder, points=POINTS, settings=_settings(val_fraction=0.01))
+    with pytest.raises(SweepError, match="margin"):
+        sweep(tiny, color_folder, points=POINTS, settings=_settings(), margin=2.0)
+    with pytest.raises(SweepError, match="Seeds"):
+        sweep(tiny, color_folder, points=POINTS, settings=_settings(), seeds=0)
     one = tmp_path / "one"
     (one / "only").mkdir(parents=True)
     for i in range(4):
@@ -197,71 +212,105 @@ def test_bad_input_gets_one_clear_sentence(tiny, color_folder, tmp_path):
         sweep(tiny, color_folder, points=POINTS, settings=_settings(), out=tmp_path / "x.csv")
 
 
-def _tasks(accs: dict[str, list[bool]], trainable: dict[str, int]) -> dict[str, dict]:
-    return {
-        f"{k}#0": {
-            "accuracy": float(np.mean(v)),
-            "correct": "".join("1" if c else "0" for c in v),
-            "trainable": trainable[k],
-            "seconds": 1.0,
-            "images_per_second": 10.0,
-        }
-        for k, v in accs.items()
-    }
+def _tasks(accs: dict[str, list], trainable: dict[str, int], converged: dict[str, bool] | None = None) -> dict:
+    """Task results as the runner writes them; a value that is a list of arrays is one array per seed."""
+    out = {}
+    for k, v in accs.items():
+        runs = v if isinstance(v, list) else [v]
+        for s, bits in enumerate(runs):
+            out[f"{k}#{s}"] = {
+                "accuracy": float(np.mean(bits)),
+                "correct": "".join("1" if c else "0" for c in bits),
+                "trainable": trainable[k],
+                "seconds": 1.0,
+                "images_per_second": 10.0,
+                "converged": (converged or {}).get(k, True),
+            }
+    return out
 
 
-def test_the_choice_is_the_cheapest_option_the_paired_test_does_not_find_worse():
+def _correlated(rng, n: int, base: np.ndarray, accuracy: float, phi: float = 0.25) -> np.ndarray:
+    """Correctness with a given accuracy whose errors share about `phi` with `base`'s (as options' errors do)."""
+    share = rng.random(n) < phi
+    own = rng.random(n) < accuracy
+    return np.where(share, base, own)
+
+
+def test_the_choice_is_the_cheapest_option_within_the_margin_never_one_merely_not_found_worse():
     rng = np.random.default_rng(0)
-    n = 400
+    n = 1000
     best = rng.random(n) < 0.95
-    close = best.copy()
-    close[np.flatnonzero(close)[:6]] = False  # 6 images worse: McNemar p = 0.03 → worse
-    tiny_gap = best.copy()
-    tiny_gap[np.flatnonzero(tiny_gap)[:2]] = False  # 2 images worse: p = 0.5 → not found worse
-    bad = rng.random(n) < 0.6
-    accs = {"finetune@none": best, "finetune@b": close, "linear@b": tiny_gap, "linear@a": bad}
-    options, bits = make_options(
-        _tasks(accs, {"finetune@none": 1000, "finetune@b": 500, "linear@b": 50, "linear@a": 10}), ["none", "a", "b"]
-    )
-    choice = choose(options, bits, chance=0.1)
+    same = best.copy()
+    same[np.flatnonzero(same)[:3]] = False  # 3 images worse: 0.3 points, a tight interval → equivalent
+    worse = _correlated(rng, n, best, 0.86)  # 9 points worse → worse
+    accs = {"finetune@none": best, "linear@b": same, "linear@a": worse}
+    options = make_options(_tasks(accs, {"finetune@none": 1000, "linear@b": 50, "linear@a": 10}), ["none", "a", "b"])
+    choice = choose(options, [i % 10 for i in range(n)], chance=0.1)
     by = {o.key: o for o in options}
-    assert not by["finetune@b"].indistinguishable and by["finetune@b"].p_vs_best < 0.05
-    assert by["linear@b"].indistinguishable and by["linear@b"].p_vs_best > 0.4
-    assert not by["linear@a"].indistinguishable
-    assert (choice.point, choice.route) == ("b", "linear") and "McNemar" in choice.reason
-    # Too few held-out images: shown, not decided.
-    few, fbits = make_options(
-        _tasks({"finetune@none": best[:40], "linear@b": tiny_gap[:40]}, {"finetune@none": 1000, "linear@b": 50}),
-        ["none", "b"],
+    assert by["linear@b"].status == "equivalent" and by["linear@b"].loss_high < 0.02
+    assert by["linear@a"].status == "worse" and by["linear@a"].loss_low > 0.02
+    assert (choice.point, choice.route) == ("b", "linear") and "within 2 points of the best" in choice.reason
+    assert "loss 0.3 [" in choice.reason and choice.test_accuracy is not None and "half" in choice.test_note
+    # The issue's case: 59 % against 68 % on 120 images, a McNemar p of 0.07: never "as good" now.
+    n = 120
+    top = rng.random(n) < 0.68
+    low = _correlated(rng, n, top, 0.59)
+    options = make_options(_tasks({"finetune@b": top, "finetune@c": low}, {"finetune@b": 900, "finetune@c": 100}), [])
+    choice = choose(options, [i % 6 for i in range(n)], chance=1 / 6)
+    assert choice.point == "b" and {o.key: o.status for o in options}["finetune@c"] in ("cannot place", "worse")
+    # An option that did not converge is shown, never ranked.
+    options = make_options(
+        _tasks({"finetune@b": top, "finetune@c": top}, {"finetune@b": 900, "finetune@c": 10}, {"finetune@c": False}),
+        [],
     )
-    assert choose(few, fbits, 0.1).point is None and "Too few images" in choose(few, fbits, 0.1).withheld
-    # Nothing learned: withheld with what to try.
-    guess = rng.random(n) < 0.1
-    none, nbits = make_options(_tasks({"finetune@none": guess}, {"finetune@none": 1}), ["none"])
-    c = choose(none, nbits, chance=0.1)
-    assert c.point is None and "not significantly above chance" in c.withheld and c.try_next
+    choice = choose(options, [i % 6 for i in range(n)], chance=1 / 6)
+    assert choice.point == "b" and {o.key: o.status for o in options}["finetune@c"] == "not converged"
+    # Nothing learned: chance plus a margin, not just chance.
+    guess = rng.random(1000) < 0.53  # 2 classes: above chance (p < 0.05), not above chance plus a margin (55 %)
+    options = make_options(_tasks({"finetune@none": guess}, {"finetune@none": 1}), ["none"])
+    c = choose(options, [i % 2 for i in range(1000)], chance=0.5)
+    assert c.point is None and "chance plus a margin" in c.withheld and c.try_next
 
 
-def test_seeds_pool_into_an_interval_no_narrower_than_wilson():
-    from explorer.transfer.stats import wilson
+def test_seeds_are_a_level_of_their_own_not_more_images():
+    """Two seeds that disagree widen the loss interval; stacked as images they would narrow it."""
+    from explorer.transfer.stats import loss_bounds
 
-    rng = np.random.default_rng(1)
-    runs = {s: rng.random(200) < 0.8 for s in range(3)}
-    tasks = {
-        f"finetune@none#{s}": {
-            "accuracy": float(v.mean()),
-            "correct": "".join("1" if c else "0" for c in v),
-            "trainable": 5,
-            "seconds": 1.0,
-            "images_per_second": 1.0,
-        }
-        for s, v in runs.items()
-    }
-    (opt,), _ = make_options(tasks, ["none"])
-    pooled = np.concatenate(list(runs.values()))
-    lo, hi = wilson(int(pooled.sum()), pooled.size)
-    assert opt.seeds == 3 and opt.low <= lo + 1e-12 and opt.high >= hi - 1e-12
-    assert opt.accuracy == pytest.approx(np.mean([v.mean() for v in runs.values()]))
+    rng = np.random.default_rng(3)
+    n = 300
+    a = [rng.random(n) < 0.80, rng.random(n) < 0.80]
+    steady = [rng.random(n) < 0.80, rng.random(n) < 0.80]
+    shaky = [rng.random(n) < 0.72, rng.random(n) < 0.88]  # the same mean, 16 points apart by seed
+    calm = loss_bounds([np.stack(a), np.stack(steady)])
+    wild = loss_bounds([np.stack(a), np.stack(shaky)])
+    assert wild.high.max() - wild.loss.max() > calm.high.max() - calm.loss.max()
+    stacked = loss_bounds([np.concatenate(a)[None], np.concatenate(shaky)[None]])  # seeds × images as images
+    assert wild.high.max() - wild.loss.max() > stacked.high.max() - stacked.loss.max()
+    tasks = _tasks({"finetune@none": shaky}, {"finetune@none": 5})
+    (opt,) = make_options(tasks, ["none"])
+    assert opt.seeds == 2 and opt.seed_sd == pytest.approx(np.std([s.mean() for s in shaky], ddof=1))
+    assert opt.matrix().shape == (2, n)
+
+
+def test_small_data_is_cross_validated_and_every_image_scored_once(tiny, color_folder):
+    """36 images, 9 held out: too few to resolve 2 points, so every image is scored once, out of fold."""
+    assert images_to_resolve(0.9, 0.02) > 9 and images_to_resolve(0.99, 0.02) < images_to_resolve(0.7, 0.02)
+    report = sweep(
+        tiny, color_folder, points=["global_pool"], routes=("linear",), settings=_settings(), seeds=1, min_steps=2
+    )
+    assert report.evaluation == "5-fold cross-validation" and report.data["scored_images"] == 36
+    assert all(o.heldout == 36 for o in report.options)
+
+
+def test_a_sweep_belongs_to_its_data_model_and_size(tiny_sweep, tiny):
+    ident = tiny_sweep.identity
+    same = {"base_fingerprint": tiny.fingerprint, "data_sha256": ident["data_sha256"], "input_size": 32}
+    assert mismatch(tiny_sweep, **same) is None
+    assert "another base model" in mismatch(tiny_sweep, **{**same, "base_fingerprint": "0" * 16})
+    assert "other images" in mismatch(tiny_sweep, **{**same, "data_sha256": "f" * 64})
+    assert "32 px" in mismatch(tiny_sweep, **{**same, "input_size": 64})
+    old = type(tiny_sweep).from_dict({**tiny_sweep.to_dict(), "identity": {}})
+    assert "older version" in mismatch(old, **same)
 
 
 def test_cli_sweep_writes_json_csv_html_and_refuses_a_bad_point(color_folder, tmp_path, capsys):
@@ -287,9 +336,9 @@ def test_cli_sweep_writes_json_csv_html_and_refuses_a_bad_point(color_folder, tm
         "--val-fraction",
         "0.25",
     ]
-    assert main([*args, "--out", str(out)]) == 0
+    assert main([*args, "--seeds", "1", "--evaluation", "holdout", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "decision: exact McNemar test" in printed and "global_pool" in printed
+    assert "decision: non-inferiority with a margin of 2 points" in printed and "global_pool" in printed
     assert json.loads(out.read_text())["report"]["options"] and out.with_suffix(".html").exists()
     assert main([*args[:-6], "--points", "none,blocks.99", "--out", str(tmp_path / "b.json")]) == 2
     err = capsys.readouterr().err
@@ -297,23 +346,24 @@ def test_cli_sweep_writes_json_csv_html_and_refuses_a_bad_point(color_folder, tm
 
 
 @pytest.mark.slow
-def test_science_the_sweep_on_digits_chooses_an_option_within_its_interval_of_the_best(bundled, tmp_path):
-    """Measure the outcome: the sweep on real data (demo:digits, 64 px, 3 epochs), then the comparison's CKA
+def test_science_the_sweep_on_digits_chooses_within_the_margin_and_the_comparison_uses_it(bundled, tmp_path):
+    """Measure the outcome: the default sweep on real data (demo:digits; its own 64 px), then the comparison's CKA
     prediction against it: they agree within one stage, or the report says they disagree and why."""
     from explorer.models import load_model
     from explorer.transfer.compare import compare
     from explorer.transfer.finetune import FinetuneSettings, finetune
 
-    report = sweep(bundled, "demo:digits", settings=sweep_settings(3, input_size=64), out=tmp_path / "sweep.json")
+    report = sweep(bundled, "demo:digits", out=tmp_path / "sweep.json")
     best, chosen = report.best, report.chosen
-    print(
-        "\n" + "\n".join(f"{o.key}: {o.accuracy:.3f} [{o.low:.3f}, {o.high:.3f}] {o.trainable}" for o in report.options)
-    )
-    print(report.choice.reason, report.seconds)
-    assert chosen is not None and best is not None
-    assert chosen.low <= best.accuracy <= chosen.high  # within its own interval of the best
-    assert best.accuracy > 0.9 and report.choice.withheld is None
-    assert all(o.trainable >= chosen.trainable for o in report.options if o.indistinguishable)
+    print("\n" + "\n".join(f"{o.key}: {o.accuracy:.3f} {o.status} {o.loss_high:.3f}" for o in report.options))
+    print(report.choice.reason, report.choice.test_accuracy, report.seconds)
+    assert report.settings["input_size"] == 64 and report.evaluation == "held-out split"
+    assert chosen is not None and best is not None and report.choice.withheld is None
+    assert chosen is best or chosen.loss_high < report.choice.margin  # within the margin, bounded
+    assert best.accuracy > 0.9 and report.choice.test_accuracy is not None and report.choice.test_accuracy > 0.9
+    assert all(o.converged for o in report.options)
+    head = {o.route: o for o in report.options if o.point == report.options[-1].point}
+    assert abs(head["finetune"].accuracy - head["linear"].accuracy) < 0.04  # the same parameters, the same result
     run = finetune(bundled, "demo:digits", FinetuneSettings(input_size=64), out=tmp_path / "ft.safetensors")
     tuned = load_model(str(run.checkpoint), device=bundled.device)
     cmp = compare(bundled, tuned, "demo:digits", max_images=None, probe_folds=3, sweep=report)
@@ -321,3 +371,20 @@ def test_science_the_sweep_on_digits_chooses_an_option_within_its_interval_of_th
     print(rec.agreement)
     assert rec.source == "sweep" and rec.freeze_after == (None if chosen.point == "none" else chosen.point)
     assert "agree within one stage" in rec.agreement or ("disagree" in rec.agreement and "because" in rec.agreement)
+
+
+def test_the_linear_routes_code_trains_exactly_the_parameters_the_sweep_counted(tiny_sweep, tiny):
+    """The page shows this code for a linear recommendation: it must run and train what the sweep measured."""
+    import copy
+
+    from explorer.transfer.prefix import feature_extractor_code
+
+    option = tiny_sweep.option("blocks.2.0", "linear")
+    scope = {"model": copy.deepcopy(tiny.module)}
+    exec(feature_extractor_code(tiny, "blocks.2.0", 3), scope)  # the user's copy-paste
+    clf = scope["classifier"]
+    trainable = sum(p.numel() for p in clf.parameters() if p.requires_grad)
+    assert trainable == option.trainable
+    clf.train()
+    logits = clf(torch.rand(4, 3, 32, 32))
+    assert logits.shape == (4, 3) and logits.requires_grad

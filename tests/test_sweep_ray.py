@@ -25,7 +25,10 @@ from explorer.transfer.sweep import sweep, sweep_settings
 from explorer.transfer.sweep_tasks import SweepTask
 
 TINY = "timm:test_efficientnet:untrained"
-POINTS = ["none", "blocks.2.0", "global_pool"]  # 5 tasks a seed: 3 fine-tunes, 2 linear
+POINTS = ["none", "blocks.2.0", "global_pool"]  # 3 fine-tunes a seed, 2 linear fits (one seed: deterministic)
+
+
+FAST = {"evaluation": "holdout", "min_steps": 2}  # the held-out split and a few steps: the tests' budget
 
 
 def _settings(**kw: object) -> object:
@@ -51,7 +54,7 @@ def reference(tiny: LoadedModel, color_folder: Path, tmp_path_factory: pytest.Te
     """Every task of a 2-seed sweep of POINTS, in this process with one thread (the in-process runner)."""
     out = tmp_path_factory.mktemp("ref") / "sweep.json"
     with torch_threads(1):
-        sweep(tiny, color_folder, points=POINTS, seeds=2, settings=_settings(), out=out)
+        sweep(tiny, color_folder, points=POINTS, seeds=2, settings=_settings(), out=out, **FAST)
     return _tasks(out)
 
 
@@ -67,7 +70,7 @@ def test_the_handler_rebuilds_the_context_once_and_gives_the_sweep_s_result(tiny
     def capture(tasks, context, on_done):  # the driver's context of a sweep, to build the tasks' payload from
         seen["context"] = context
 
-    run(tiny, color_folder, points=POINTS, seeds=2, settings=_settings(), runner=capture)
+    run(tiny, color_folder, points=POINTS, seeds=2, settings=_settings(), runner=capture, **FAST)
     payload = context_payload(seen["context"])
     key = context_key(payload)
     tasks = [SweepTask("blocks.2.0", "finetune", 1), SweepTask("global_pool", "linear", 0)]
@@ -113,9 +116,9 @@ def test_ray_sweep_equals_in_process_and_a_rerun_runs_no_task(pool, tiny, color_
     seen: list[dict] = []
     report = sweep(
         tiny, color_folder, points=POINTS, seeds=2, settings=_settings(), out=out, runner=runner,
-        progress=lambda d, t, i: seen.append(i),
+        progress=lambda d, t, i: seen.append(i), **FAST,
     )  # fmt: skip
-    assert runner.last is not None and runner.last.executed == 10 and runner.last.retries == 0
+    assert runner.last is not None and runner.last.executed == 8 and runner.last.retries == 0  # linear: one seed
     assert pool.shape.count == 2 and len(runner.last.workers) == 2  # both workers took tasks
     assert runner.prefix_passes == 2  # the shared pass once per worker, for its 5 tasks on average
     _same(_tasks(out), reference)
@@ -123,7 +126,9 @@ def test_ray_sweep_equals_in_process_and_a_rerun_runs_no_task(pool, tiny, color_
     assert {i["task"] for i in seen if i["phase"] == "done"} == set(reference)
 
     again_runner = ray_sweep_runner(pool=pool)
-    again = sweep(tiny, color_folder, points=POINTS, seeds=2, settings=_settings(), out=out, runner=again_runner)
+    again = sweep(
+        tiny, color_folder, points=POINTS, seeds=2, settings=_settings(), out=out, runner=again_runner, **FAST
+    )
     assert again_runner.last is None  # no task was left to run: the pool was not even asked
     assert [o.accuracy for o in again.options] == [o.accuracy for o in report.options]
 
@@ -143,13 +148,13 @@ def test_a_killed_worker_s_sweep_task_is_rerun_and_the_sweep_completes(pool, tin
             killed.append(victim.id)
 
     runner = ray_sweep_runner(pool=pool, progress=progress)
-    report = sweep(tiny, color_folder, points=POINTS, seeds=2, settings=_settings(), out=out, runner=runner)
+    report = sweep(tiny, color_folder, points=POINTS, seeds=2, settings=_settings(), out=out, runner=runner, **FAST)
     assert killed and runner.last is not None and runner.last.retries >= 1
     retried = {i.task for i in events if i.event == "retry"}
     assert retried and all(i.worker == killed[0] for i in events if i.event == "retry")
     finished_on = {i.task: i.worker for i in events if i.event == "done"}
     assert all(finished_on[t] != killed[0] for t in retried)  # rerun on another (or a new) worker
-    assert report.complete and len(_tasks(out)) == 10
+    assert report.complete and len(_tasks(out)) == 8
     _same(_tasks(out), reference)  # the rerun task gives what the uninterrupted in-process sweep gave
 
 
@@ -160,9 +165,9 @@ def test_cli_sweep_on_ray(pool, tiny, color_folder, tmp_path, capsys) -> None:
     out = tmp_path / "cli" / "sweep.json"
     args = ["sweep", "--model", TINY, "--device", "cpu", "--data", str(color_folder), "--points", "none,global_pool",
             "--epochs", "1", "--input-size", "32", "--batch-size", "8", "--val-fraction", "0.25", "--out", str(out),
-            "--ray", "auto", "--workers", "1"]  # fmt: skip
+            "--ray", "auto", "--workers", "1", "--seeds", "1", "--evaluation", "holdout"]  # fmt: skip
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "Ray: 3 task(s) on 1 worker(s), 0 rerun" in captured.err
-    assert "decision: exact McNemar test" in captured.out
+    assert "decision: non-inferiority" in captured.out
     assert len(_tasks(out)) == 3 and out.with_suffix(".html").exists()

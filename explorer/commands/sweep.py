@@ -26,11 +26,14 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "sweep",
         help="measure held-out accuracy and cost of freezing at several points (fine-tune and linear routes)",
-        description="For each freeze point and route, train under one budget, seed and held-out split, and report "
-        "held-out accuracy with a 95 % interval, trainable parameters, seconds and images/s; recommend the cheapest "
-        "option that an exact McNemar test on the same held-out images does not find worse than the best. Each "
-        "finished task is written to OUT at once; rerunning the same command resumes where it stopped. Writes OUT "
-        "(.json) and a CSV and HTML summary beside it.",
+        description="For each freeze point and route, train under one budget (early stopping on an inner "
+        "validation split, a minimum number of steps) and score on images no training saw: a held-out split, or "
+        "k-fold cross-validation when the split is too small to resolve the margin. Report accuracy with a 95 % "
+        "interval, its spread over seeds, trainable parameters, seconds and images/s; recommend the cheapest option "
+        "whose upper 95 % bound on its loss against the best is below the margin (a paired bootstrap over images "
+        "and seeds, simultaneous over all options), else the best; report the choice's accuracy on images that took "
+        "no part in choosing. Each finished task is written to OUT at once; rerunning the same command resumes "
+        "where it stopped. Writes OUT (.json) and a CSV and HTML summary beside it.",
     )
     add_model_args(p)
     p.add_argument("--data", required=True, metavar="FOLDER|demo:NAME", help="image folder or demo:NAME")
@@ -41,8 +44,26 @@ def register(subparsers: Any) -> None:
         help="freeze points: auto (none, the last block of each stage, head only) or ladder layers and 'none'",
     )
     p.add_argument("--routes", default="finetune,linear", help="finetune and/or linear (default both)")
-    p.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"training budget per task ({d.epochs})")
-    p.add_argument("--seeds", type=positive_int, default=1, help="repeat each task with this many seeds (default 1)")
+    p.add_argument(
+        "--epochs", type=positive_int, default=d.epochs, help=f"most epochs per task ({d.epochs}; early stopping)"
+    )
+    p.add_argument(
+        "--seeds",
+        type=_seeds,
+        default="auto",
+        help="training seeds per fine-tune option, or auto (default: a second seed where a run takes < 30 s)",
+    )
+    p.add_argument(
+        "--margin", type=float, default=2.0, metavar="POINTS", help="non-inferiority margin in accuracy points (2)"
+    )
+    p.add_argument(
+        "--evaluation",
+        choices=["auto", "holdout", "cv"],
+        default="auto",
+        help="held-out split, k-fold cross-validation, or auto (cross-validate when the split cannot resolve the "
+        "margin)",
+    )
+    p.add_argument("--folds", type=positive_int, default=5, help="folds of the cross-validation (5)")
     p.add_argument("--out", required=True, metavar="SWEEP.json", help="results; .csv and .html are written beside it")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr, help=f"new head (default {d.lr:g})")
@@ -54,12 +75,24 @@ def register(subparsers: Any) -> None:
         help="none (default) lets every frozen prefix be computed once; augmentation trains every task on images",
     )
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=f"held out per class ({d.val_fraction})")
-    p.add_argument("--input-size", type=positive_int, default=None, metavar="PX", help="(default: the model's)")
+    p.add_argument(
+        "--input-size",
+        type=positive_int,
+        default=None,
+        metavar="PX",
+        help="(default: the data's own size, at most the model's, as finetune)",
+    )
     p.add_argument("--max-images", type=positive_int, default=None, metavar="N", help="a stratified subset of N images")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the split and of the first training seed")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_ray_args(p, "each (point, route, seed) as a task")
     p.set_defaults(func=cmd_sweep)
+
+
+def _seeds(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    return positive_int(text)
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -118,6 +151,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             points=points,
             routes=routes,
             seeds=args.seeds,
+            margin=args.margin / 100,
+            evaluation=args.evaluation,
+            folds=args.folds,
             settings=settings,
             out=out,
             runner=runner,
@@ -136,14 +172,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.to_dict())
         return 0
-    cols = ("point", "route", "accuracy", "low", "high", "trainable", "seconds", "images_per_second", "p_vs_best")
+    cols = ("point", "route", "accuracy", "low", "high", "seed_sd", "trainable", "seconds", "loss_vs_best", "status")
     print_table([{c: r[c] for c in cols} for r in report.rows()])
     c = report.choice
+    d = report.data
+    print(f"\nscored on: {report.evaluation}, {d.get('scored_images')} images")
     if c.point is None:
-        print(f"\nno recommendation: {c.withheld}")
+        print(f"no recommendation: {c.withheld}")
     else:
-        print(f"\nrecommended: {report.chosen.label if report.chosen else c.point}")
+        print(f"recommended: {report.chosen.label if report.chosen else c.point}")
         print(c.reason)
+        if c.test_accuracy is not None:
+            print(
+                f"test accuracy: {100 * c.test_accuracy:.1f} % ({c.test_note}); on the images that chose it: "
+                f"{100 * (c.choice_accuracy or 0):.1f} %"
+            )
     print(f"decision: {c.test}")
     for note in report.notes:
         print(f"note: {note}")

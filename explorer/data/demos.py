@@ -40,7 +40,7 @@ def _write_digits(dest: Path) -> int:
     return len(digits.target)
 
 
-def _shape_image(rng: np.random.Generator, kind: str, size: int = 64) -> Image.Image:
+def shape_image(rng: np.random.Generator, kind: str, size: int = 64) -> Image.Image:
     coarse = rng.uniform(40, 215, size=(4, 4, 3))
     bg = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC))
     bg = np.clip(bg + rng.normal(0, 12, size=bg.shape), 0, 255).astype(np.uint8)
@@ -73,7 +73,7 @@ def _write_shapes(dest: Path, per_class: int = 40, seed: int = 0) -> int:
         (dest / kind).mkdir()
     for i in range(per_class):
         for kind in kinds:
-            _shape_image(rng, kind).save(dest / kind / f"{i:03d}.png")
+            shape_image(rng, kind).save(dest / kind / f"{i:03d}.png")
     return per_class * len(kinds)
 
 

@@ -24,7 +24,7 @@ from explorer.distributed.progress import ProgressInfo, RunProgress
 from explorer.distributed.tasks import Task, TaskReport
 from explorer.models import LoadedModel
 from explorer.transfer.heldout import Split
-from explorer.transfer.sweep_tasks import SweepContext, SweepTask, TaskResult, run_sweep_task
+from explorer.transfer.sweep_tasks import MIN_STEPS, SweepContext, SweepTask, TaskResult, run_sweep_task
 
 KIND = "sweep.task"
 KEEP_CONTEXTS = 2  # contexts (and their shared passes) a worker keeps, newest last
@@ -41,6 +41,8 @@ def context_payload(context: SweepContext) -> dict[str, Any]:
         "settings": context.settings,
         "layers": dict(context.layers),
         "cut_ok": dict(context.cut_ok),
+        "folds": context.folds,  # how options are scored (a held-out split, or cross-validation folds)
+        "min_steps": context.min_steps,
     }
 
 
@@ -67,6 +69,8 @@ def worker_context(model: LoadedModel, key: str, payload: Any) -> SweepContext:
             payload["settings"],
             payload["layers"],
             cut_ok=payload["cut_ok"],
+            folds=payload.get("folds"),
+            min_steps=int(payload.get("min_steps", MIN_STEPS)),
         )
     _contexts[key] = ctx  # newest last
     while len(_contexts) > KEEP_CONTEXTS:

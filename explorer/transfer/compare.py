@@ -36,12 +36,12 @@ from explorer.models import LoadedModel, logits_of
 from explorer.runtime import Progress, StopSignal, autocast, stop_requested, to_input
 from explorer.transfer.assemble import build_report, layer_rows
 from explorer.transfer.cka import layer_cka, split_halves
-from explorer.transfer.heldout import HeldOut, heldout_images, labels_of
+from explorer.transfer.heldout import HeldOut, file_list_sha256, heldout_images, labels_of
 from explorer.transfer.pooling import gap_features, pooled_features
 from explorer.transfer.probes import ProbeResult, probe_layers
 from explorer.transfer.recommend import with_sweep
 from explorer.transfer.report import ComparisonReport
-from explorer.transfer.sweep_report import SweepReport
+from explorer.transfer.sweep_report import SweepReport, sweep_mismatch
 from explorer.transfer.weights import has_bn_stats, hybrid
 
 # (base, tuned, layer names) -> {"values": {layer: float}, "renders": {layer: {...}}, "units": …, "per_unit": …}
@@ -276,6 +276,15 @@ def compare(
     if input_size:  # a ViT runs only at its own size
         check_input_size(tuned, (input_size, input_size))
     plan = _plan(base, tuned, data, max_images, seed, grid, bn_parts)
+    if sweep is not None:  # a sweep belongs to its data, base model and input size: refused elsewhere
+        why = sweep_mismatch(
+            sweep,
+            base_fingerprint=base.fingerprint,
+            data_sha256=file_list_sha256(plan.dataset),
+            input_size=input_size or tuned.input_size[0],
+        )
+        if why:
+            raise CompareError(why)
     loader = _loader(plan.dataset, plan.indices, tuned, max(1, batch_size), input_size)
     total = len(loader) + (len(plan.names) if probes else 0)
     done = [0, 0]

@@ -301,18 +301,23 @@ def sweep_svg(sweep: SweepReport) -> str:
 
 def _sweep_table(sweep: SweepReport) -> str:
     head = (
-        "<tr><th>point</th><th>route</th><th>held-out acc.</th><th>95 % interval</th><th>trainable</th>"
-        "<th>seconds</th><th>images/s</th><th>McNemar p vs best</th></tr>"
+        "<tr><th>point</th><th>route</th><th>accuracy</th><th>95 % interval</th><th>SD over seeds</th>"
+        "<th>trainable</th><th>seconds</th><th>loss vs best [95 %]</th><th>verdict</th></tr>"
     )
     body = []
     for o in sweep.options:
         bold = ' style="font-weight:bold"' if o is sweep.chosen else ""
         body.append(
             f"<tr{bold}><td>{html.escape(o.point)}</td><td>{o.route}</td><td>{_pct1(o.accuracy)}</td>"
-            f"<td>[{_pct1(o.low)}, {_pct1(o.high)}]</td><td>{o.trainable:,}</td><td>{o.seconds:.1f}</td>"
-            f"<td>{o.images_per_second:.0f}</td><td>{o.p_vs_best:.3f}</td></tr>"
+            f"<td>[{_pct1(o.low)}, {_pct1(o.high)}]</td><td>{_pct1(o.seed_sd)}</td><td>{o.trainable:,}</td>"
+            f"<td>{o.seconds:.1f}</td><td>{_pts(o.loss)} [{_pts(o.loss_low)}, {_pts(o.loss_high)}]</td>"
+            f"<td>{html.escape(o.status)}</td></tr>"
         )
     return f"<table class='layers'>{head}{''.join(body)}</table>"
+
+
+def _pts(v: float) -> str:
+    return f"{100 * v:.1f}" if finite(v) else "n/a"
 
 
 def _pct1(v: float) -> str:
@@ -331,14 +336,20 @@ def sweep_section(sweep: SweepReport, *, box: bool = True) -> str:
     tries = "".join(f"<li>{html.escape(t)}</li>" for t in c.try_next)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in sweep.notes)
     d = sweep.data
-    head = f'<div class="box"><h2>{title}</h2><p>{html.escape(c.reason)}</p>' + (
+    test = (
+        f"<p>Accuracy of the choice on images that took no part in choosing it: <b>{_pct1(c.test_accuracy)}</b> "
+        f"({html.escape(c.test_note)}); on the images that chose it: {_pct1(c.choice_accuracy or float('nan'))}.</p>"
+        if c.test_accuracy is not None
+        else ""
+    )
+    head = f'<div class="box"><h2>{title}</h2><p>{html.escape(c.reason)}</p>{test}' + (
         f"<ul>{tries}</ul></div>" if tries else "</div>"
     )
     return (
-        (head if box else "")
-        + f"<h2>Held-out accuracy at each freeze point</h2>{sweep_svg(sweep)}{_sweep_table(sweep)}"
-        f"<p><small>{d.get('train_images')} training and {d.get('heldout_images')} held-out images of "
-        f"{html.escape(str(d.get('source')))}; {sweep.settings.get('epochs')} epochs, "
+        (head if box else "") + f"<h2>Accuracy at each freeze point</h2>{sweep_svg(sweep)}{_sweep_table(sweep)}"
+        f"<p><small>Scored by {html.escape(sweep.evaluation)} on {d.get('scored_images', d.get('heldout_images'))} "
+        f"images of {html.escape(str(d.get('source')))}; at most {sweep.settings.get('epochs')} epochs with "
+        "early stopping on an inner validation split, "
         f"{sweep.settings.get('input_size')} px, augmentation {sweep.settings.get('augment')}, "
         f"{sweep.settings.get('seeds')} seed(s). Decision: {html.escape(c.test)}.</small></p>"
         f"{f'<ul>{notes}</ul>' if notes else ''}"

@@ -95,3 +95,77 @@ def seed_interval(accuracies: Sequence[float], correct: int, total: int, level: 
     mean = float(np.mean(accuracies))
     half = float(student.ppf(0.5 + level / 2, k - 1)) * float(np.std(accuracies, ddof=1)) / math.sqrt(k)
     return max(0.0, min(lo, mean - half)), min(1.0, max(hi, mean + half))
+
+
+# --------------------------------------------------------------------------- the loss of each option against the best
+
+MARGIN = 0.02  # the default non-inferiority margin: an option within 2 points of the best is as good as it
+REPLICATES = 2000  # bootstrap replicates of the bounds
+
+
+@dataclass
+class LossBounds:
+    """Each option's loss against the most accurate one (accuracy points, as fractions) with simultaneous bounds.
+
+    `loss[o]`: observed accuracy of the observed best minus that of option o (0 for the best itself); `high[o]`: an
+    upper bound on its *true* loss against the truly best option, `low[o]`: the lower end of the interval of its
+    loss against the observed best. The bounds hold together for every option with probability `level`."""
+
+    loss: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    best: int
+    level: float
+    quantile: float  # the studentised simultaneous critical value used (1.645 would be one option, one side)
+
+
+def _resampled_accuracies(correct: Sequence[np.ndarray], replicates: int, seed: int) -> np.ndarray:
+    """(replicates × options) accuracies, resampling images and, within each option, its seeds (hierarchically)."""
+    rng = np.random.default_rng(seed)
+    n = correct[0].shape[1]
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=replicates).astype(np.float32) / n  # images, shared
+    out = np.empty((replicates, len(correct)), dtype=np.float64)
+    for o, c in enumerate(correct):
+        per_seed = weights @ c.astype(np.float32).T  # (replicates × seeds): accuracy of each seed's run
+        s = c.shape[0]
+        picks = rng.integers(0, s, size=(replicates, s))
+        seed_w = np.stack([np.bincount(p, minlength=s) for p in picks]).astype(np.float64) / s
+        out[:, o] = (per_seed * seed_w).sum(1)
+    return out
+
+
+def loss_bounds(
+    correct: Sequence[np.ndarray], level: float = LEVEL, replicates: int = REPLICATES, seed: int = 0
+) -> LossBounds:
+    """Simultaneous bounds on every option's loss against the best, from per-image correctness on the same images.
+
+    `correct[o]` is a (seeds × images) boolean array: option o's correctness on each image, one row per training
+    seed, the images the same for every option (paired). The test resamples images, and seeds within each option
+    (a hierarchical bootstrap: seeds are a level of their own, never more images), and bounds every pairwise
+    difference at once with a studentised max-|t| critical value (so choosing among many options, and the best being
+    itself selected, is paid for). The true loss of o, max_j acc_j − acc_o, is at most max_j of the upper bounds
+    of acc_j − acc_o: that is `high`, valid one-sided at `level` for all options together."""
+    if not correct:
+        raise ValueError("No option to bound.")
+    arrays = [np.atleast_2d(np.asarray(c, dtype=bool)) for c in correct]
+    n = arrays[0].shape[1]
+    if any(a.shape[1] != n for a in arrays):
+        raise ValueError("Every option must be scored on the same images.")
+    acc = np.array([a.mean() for a in arrays])
+    best = int(np.argmax(acc))
+    k = len(arrays)
+    if k == 1 or n < 2:
+        zero = np.zeros(k)
+        return LossBounds(acc[best] - acc, zero, zero + (1.0 if n < 2 else 0.0), best, level, float("nan"))
+    boot = _resampled_accuracies(arrays, replicates, seed)
+    diff_hat = acc[None, :] - acc[:, None]  # [o, j] = acc_j − acc_o
+    diff_boot = boot[:, None, :] - boot[:, :, None]
+    se = np.maximum(diff_boot.std(axis=0), 0.5 / n)  # a floor: two options that never disagree in the resamples
+    off = ~np.eye(k, dtype=bool)
+    t = np.abs(diff_boot - diff_hat[None]) / se[None]
+    q = float(np.quantile(t[:, off].max(axis=1), 2 * level - 1))  # two-sided at 2·level − 1: each side at `level`
+    upper = np.where(off, diff_hat + q * se, 0.0)
+    high = upper.max(axis=1)
+    low = diff_hat[:, best] - q * se[:, best]
+    low[best] = 0.0
+    return LossBounds(acc[best] - acc, low, high, best, level, q)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -30,13 +31,19 @@ from explorer.transfer.checkpoints import write_atomic
 from explorer.transfer.finetune import training_data
 from explorer.transfer.heldout import Split, labels_of
 from explorer.transfer.prefix import prefix_layer
-from explorer.transfer.probes import chance_level
+from explorer.transfer.probes import chance_level, linear_probe
 from explorer.transfer.report_html import render_sweep_html
-from explorer.transfer.settings import FinetuneSettings
+from explorer.transfer.settings import FinetuneSettings, suggested_input_size
+from explorer.transfer.stats import MARGIN
 from explorer.transfer.sweep_report import JSONValue, SweepReport, choose, make_options
+from explorer.transfer.sweep_report import sweep_mismatch as mismatch
 from explorer.transfer.sweep_tasks import (
+    HOLDOUT,
+    INNER_FRACTION,
+    MIN_STEPS,
     NONE,
     ROUTES,
+    Folds,
     SweepContext,
     SweepError,
     SweepRunner,
@@ -46,17 +53,19 @@ from explorer.transfer.sweep_tasks import (
     build_prefix,
     check_cuts,
     check_points,
+    cross_validation,
     in_process,
     plan_tasks,
 )
 
-FORMAT = "layer_explorer.sweep/1"
+FORMAT = "layer_explorer.sweep/2"
 
 __all__ = [
     "SweepError",
     "SweepReport",
     "SweepTask",
     "load_sweep",
+    "mismatch",
     "run_sweep_task",
     "save_sweep",
     "sweep",
@@ -65,16 +74,32 @@ __all__ = [
 
 from explorer.transfer.sweep_tasks import run_sweep_task  # noqa: E402  (re-exported: the runner's entry point)
 
+EPOCHS = 8  # the most epochs a task trains (more when its minimum number of steps needs them); early stopping ends most
+SEED_SECONDS = 30.0  # with seeds="auto", every fine-tune option whose first run took less than this gets a second seed
+PHI = 0.25  # the error correlation between two options measured on real sweeps (0.2–0.3): sizes the evaluation
 
-def sweep_settings(epochs: int = 3, **overrides: int | float | str | None) -> FinetuneSettings:
-    """A sweep's budget: the fine-tune defaults, no augmentation (so frozen prefixes are computed once), the last
-    epoch kept (choosing an epoch on the held-out images would flatter every option)."""
-    s = replace(FinetuneSettings(), epochs=epochs, augment="none", keep_best=False, patience=None)
+
+def sweep_settings(epochs: int = EPOCHS, **overrides: int | float | str | None) -> FinetuneSettings:
+    """A sweep's budget: the fine-tune recipe (warm-up, cosine schedule, AdamW with no decay on BatchNorm and
+    biases, the best epoch kept) with early stopping on an *inner* validation split of the training images (never
+    the images that score the options), at most `epochs` epochs and at least :data:`MIN_STEPS` optimiser steps;
+    no augmentation, so every frozen prefix is computed once (the page's fine-tune button hands this recipe on)."""
+    s = replace(FinetuneSettings(), epochs=epochs, augment="none", keep_best=True, patience=2)
     return replace(s, **overrides) if overrides else s  # type: ignore[arg-type]
 
 
-def _signature(model: LoadedModel, split: Split, s: FinetuneSettings) -> str:
-    """What makes two sweeps' tasks interchangeable: model weights, images and split, and the budget."""
+def images_to_resolve(accuracy: float, margin: float, phi: float = PHI, z: float = 1.645) -> int:
+    """Scored images at which two options of this accuracy (errors correlated `phi`) have a one-sided 95 % bound
+    on their paired loss of about `margin`: below it a held-out split cannot resolve the margin, so the sweep
+    cross-validates (every image scored once) instead. From the variance of a paired difference: the share of
+    images on which two such options disagree is 2e(1 − e)(1 − phi), e the error rate."""
+    e = min(max(1.0 - accuracy, 0.01), 0.99)
+    disagree = 2 * e * (1 - e) * (1 - phi)
+    return int(math.ceil(z * z * disagree / (margin * margin)))
+
+
+def _signature(model: LoadedModel, split: Split, folds: Folds, s: FinetuneSettings, min_steps: int) -> str:
+    """What makes two sweeps' tasks interchangeable: model weights, images, split and folds, and the budget."""
     budget = {k: v for k, v in asdict(s).items() if k not in ("freeze_after", "num_workers")}
     blob = json.dumps(
         {
@@ -83,7 +108,9 @@ def _signature(model: LoadedModel, split: Split, s: FinetuneSettings) -> str:
             "files": split.files_sha256,
             "train": split.train,
             "heldout": split.heldout,
+            "folds": [test for _, test in folds.pairs],
             "budget": budget,
+            "min_steps": min_steps,
         },
         sort_keys=True,
     )
@@ -106,10 +133,10 @@ def _resume(out: Path | None, signature: str) -> dict[str, TaskResult]:
 
 
 def _check_data(ctx_split: Split, classes: list[str], routes: tuple[str, ...], model: LoadedModel) -> None:
-    if len(ctx_split.heldout) < len(classes):
+    if len(ctx_split.heldout) + len(ctx_split.train) < 2 * len(classes):
         raise SweepError(
-            f"Only {len(ctx_split.heldout)} held-out images for {len(classes)} classes: a sweep needs at least one "
-            "held-out image per class (use more images or a larger held-out fraction)."
+            f"Only {len(ctx_split.heldout) + len(ctx_split.train)} images for {len(classes)} classes: a sweep needs "
+            "at least two images per class."
         )
     bad = [r for r in routes if r not in ROUTES]
     if bad or not routes:
@@ -121,40 +148,69 @@ def _check_data(ctx_split: Split, classes: list[str], routes: tuple[str, ...], m
         )
 
 
+def default_input_size(model: LoadedModel, dataset: Dataset) -> int:
+    """The fine-tune's rule (:func:`~explorer.transfer.settings.suggested_input_size`): the data's own size, at
+    most the model's (8×8 digits are not upscaled to 224 px), the model's own for a model that takes no other."""
+    from explorer.data.images import typical_side
+    from explorer.layers import fixed_input_size
+
+    samples = getattr(dataset, "samples", None) or []
+    side = typical_side([p for p, _ in samples]) if samples else None
+    return suggested_input_size(model.input_size[0], side, fixed=fixed_input_size(model) is not None)
+
+
 def sweep(
     model: LoadedModel,
     data: str | Path | Dataset,
     *,
     points: str | Sequence[str] = "auto",
     routes: Sequence[str] = ROUTES,
-    epochs: int = 3,
-    seeds: int = 1,
+    epochs: int = EPOCHS,
+    seeds: int | str = "auto",
+    margin: float = MARGIN,
+    folds: int = 5,
+    evaluation: str = "auto",
+    min_steps: int = MIN_STEPS,
     settings: FinetuneSettings | None = None,
     out: str | Path | None = None,
     runner: SweepRunner | None = None,
     progress: Progress | None = None,
     should_stop: StopSignal | None = None,
 ) -> SweepReport:
-    """Measure held-out accuracy and cost at each freeze point by each route; recommend the cheapest good one.
+    """Measure accuracy and cost at each freeze point by each route; recommend the cheapest within `margin`.
 
     `points`: "auto" or ladder layer names (and "none"); `settings`: the budget (default :func:`sweep_settings`
-    with `epochs`; its val_fraction, max_images, seed and input_size define the split and the images); `seeds`
-    repeats each task with another training seed on the same split. `runner` executes the tasks (default
-    in-process). `progress(done, total, info)` counts images of the shared pass plus training steps.
+    with `epochs`; its val_fraction, max_images, seed and input_size define the split and the images; input size
+    default: the data's own, at most the model's). `evaluation`: "holdout" scores options on the held-out split,
+    "cv" by stratified `folds`-fold cross-validation of every image, "auto" cross-validates when the held-out
+    split is too small to resolve the margin (:func:`images_to_resolve`, sized from a quick linear probe).
+    `seeds`: training seeds per fine-tune option, or "auto" (one, and a second for every option whose first run
+    took under :data:`SEED_SECONDS`). `min_steps`: optimiser steps every fine-tune takes at least. `runner`
+    executes the tasks (default in-process). `progress(done, total, info)` counts images of the shared pass plus
+    training steps.
     """
     t0 = time.perf_counter()
     s = settings or sweep_settings(epochs)
     s.check()
-    if s.input_size:  # a ViT trains and is measured only at its own size
-        check_input_size(model, (s.input_size, s.input_size))
+    if not 0 < margin < 1:
+        raise SweepError("The margin is a fraction of accuracy between 0 and 1 (0.02 is 2 points).")
+    if evaluation not in ("auto", "holdout", "cv"):
+        raise SweepError(f"Unknown evaluation {evaluation!r}: use auto, holdout or cv.")
+    if isinstance(seeds, str) and seeds != "auto" or isinstance(seeds, int) and seeds < 1:
+        raise SweepError("Seeds must be at least 1, or auto.")
     out_path = _output(out)
-    if seeds < 1:
-        raise SweepError("Seeds must be at least 1.")
     ctx, pts = _context(model, data, points, tuple(routes), s, stop_requested(should_stop))
-    signature = _signature(model, ctx.split, s)
+    ctx.min_steps = min_steps
+    s = ctx.settings
+    t1 = time.perf_counter()
+    tick = _Ticker(progress, len(ctx.split.train) + len(ctx.split.heldout))
+    ctx.cache = build_prefix(ctx, on_batch=tick.images)
+    seconds: dict[str, float] = {"setup": t1 - t0, "shared_pass": time.perf_counter() - t1}
+    probe = _quick_probe(ctx, pts)
+    ctx.folds = _evaluation(ctx, evaluation, folds, probe, margin)
+    signature = _signature(model, ctx.split, ctx.folds, s, min_steps)
     done = _resume(out_path, signature)
-    tasks = [t for t in plan_tasks(pts, tuple(routes), seeds) if t.key not in done]
-    meta = {
+    meta: dict[str, JSONValue] = {
         "format": FORMAT,
         "signature": signature,
         "base": model.spec,
@@ -167,13 +223,7 @@ def sweep(
         for p, ok in ctx.cut_ok.items()
         if not ok
     ]
-    seconds: dict[str, float] = {"setup": time.perf_counter() - t0}
-    tick = _Ticker(progress, tasks, ctx, len(ctx.split.train) + len(ctx.split.heldout))
-    if tasks:
-        t1 = time.perf_counter()
-        ctx.cache = build_prefix(ctx, on_batch=tick.images)
-        seconds["shared_pass"] = time.perf_counter() - t1
-        notes += [f"{p}: trained on images every epoch ({why})" for p, why in ctx.cache.skipped.items()]
+    notes += [f"{p}: trained on images every epoch ({why})" for p, why in ctx.cache.skipped.items()]
 
     def on_done(task: SweepTask, result: TaskResult) -> None:
         done[task.key] = result
@@ -182,26 +232,54 @@ def sweep(
             write_atomic(out_path, json.dumps({**meta, "tasks": done}, indent=1).encode())
 
     t2 = time.perf_counter()
-    (runner or in_process)(tasks, ctx, on_done)
+    first = plan_tasks(pts, tuple(routes), seeds if isinstance(seeds, int) else 1)
+    tick.plan(first, ctx)
+    (runner or in_process)([t for t in first if t.key not in done], ctx, on_done)
+    planned = first + _more_seeds(first, done, seeds)
+    more = [t for t in planned if t.key not in done]
+    if more and not ctx.stop():
+        tick.plan(more, ctx)
+        (runner or in_process)(more, ctx, on_done)
     seconds.update(tasks=time.perf_counter() - t2, total=time.perf_counter() - t0)
-    labels = labels_of(ctx.dataset)
-    report = _report(
-        model,
-        data,
-        ctx.classes,
-        [labels[i] for i in ctx.split.heldout],
-        ctx.split,
-        s,
-        pts,
-        tuple(routes),
-        seeds,
-        done,
-        seconds,
-        notes,
-    )
+    report = _report(model, data, ctx, pts, tuple(routes), planned, done, seconds, notes, margin, probe)
     if out_path is not None:
         save_sweep(report, out_path, cast(dict[str, JSONValue], {**meta, "tasks": done}))
     return report
+
+
+def _more_seeds(first: list[SweepTask], done: dict[str, TaskResult], seeds: int | str) -> list[SweepTask]:
+    """With seeds="auto": a second seed for every fine-tune option whose first run took under SEED_SECONDS."""
+    if seeds != "auto":
+        return []
+    out = []
+    for t in first:
+        r = done.get(t.key)
+        if t.route == "finetune" and r is not None and float(r["seconds"]) < SEED_SECONDS:
+            out.append(SweepTask(t.point, t.route, t.seed + 1))
+    return out
+
+
+def _quick_probe(ctx: SweepContext, pts: list[str]) -> float:
+    """The best 3-fold cross-validated accuracy of a linear classifier on any point's pooled features (seconds):
+    sizes the evaluation (how many images resolve the margin), before any training."""
+    cache = ctx.prefix()
+    labels = cache.labels.numpy()
+    accs = [
+        linear_probe(cache.pooled[p].numpy(), labels, folds=3, seed=ctx.settings.seed) for p in pts if p in cache.pooled
+    ]
+    found = [r.accuracy for r in accs if r is not None]
+    return max(found) if found else float("nan")
+
+
+def _evaluation(ctx: SweepContext, evaluation: str, k: int, probe: float, margin: float) -> Folds:
+    split = ctx.split
+    need = images_to_resolve(probe if math.isfinite(probe) else 0.5, margin)
+    cv = evaluation == "cv" or (evaluation == "auto" and len(split.heldout) < need and k >= 2)
+    if not cv:
+        return Folds([(list(split.train), list(split.heldout))], HOLDOUT)
+    every = sorted(split.train + split.heldout)
+    labels = labels_of(ctx.dataset)
+    return cross_validation(every, [labels[i] for i in every], k, ctx.settings.seed)
 
 
 def _output(out: str | Path | None) -> Path | None:
@@ -224,49 +302,70 @@ def _context(
 ) -> tuple[SweepContext, list[str]]:
     """The data, split and points, checked; the shared pass not yet computed; whether each point's cut works."""
     dataset, classes, split = training_data(data, s)
+    size = s.input_size or default_input_size(model, dataset)
+    s = replace(s, input_size=size)
+    check_input_size(model, (size, size))  # a ViT trains and is measured only at its own size
     _check_data(split, classes, routes, model)
     pts = auto_points(model) if isinstance(points, str) and points == "auto" else check_points(model, list(points))
     layers = {p: prefix_layer(model.module, p, model.input_size) for p in pts if p != NONE}
-    view = TransformedView(dataset, split.heldout[:4], eval_transform(model, s.input_size or model.input_size[0])[0])
+    view = TransformedView(dataset, split.heldout[:4] or split.train[:4], eval_transform(model, size)[0])
     probe = torch.stack([view[i][0] for i in range(len(view))])
     ok = check_cuts(model, pts, layers, probe)
     return SweepContext(model, dataset, classes, split, s, layers, cut_ok=ok, stop=stop), pts
 
 
+def identity_of(model: LoadedModel, ctx: SweepContext) -> dict[str, JSONValue]:
+    """What a sweep belongs to: the images (file list and split), the base model's weights, the input size."""
+    return {
+        "data_sha256": ctx.split.files_sha256,
+        "images": len(ctx.split.train) + len(ctx.split.heldout),
+        "classes": cast(JSONValue, ctx.classes),
+        "base_fingerprint": model.fingerprint,
+        "input_size": ctx.settings.input_size,
+    }
+
+
 def _report(
     model: LoadedModel,
     data: str | Path | Dataset,
-    classes: list[str],
-    heldout_labels: list[int],
-    split: Split,
-    s: FinetuneSettings,
+    ctx: SweepContext,
     pts: list[str],
     routes: tuple[str, ...],
-    seeds: int,
+    planned: list[SweepTask],
     done: dict[str, TaskResult],
     seconds: dict[str, float],
     notes: list[str],
+    margin: float,
+    probe: float,
 ) -> SweepReport:
-    wanted = {t.key for t in plan_tasks(pts, routes, seeds)}
+    wanted = {t.key for t in planned}
     results = {k: v for k, v in done.items() if k in wanted}
-    options, bits = make_options(results, pts)  # type: ignore[arg-type]
-    chance = chance_level(np.asarray(heldout_labels, dtype=np.int64))
-    choice = choose(options, bits, chance)
+    options = make_options(results, pts)  # type: ignore[arg-type]
+    labels = labels_of(ctx.dataset)
+    scored = [labels[i] for i in ctx.scoring.scored]
+    chance = chance_level(np.asarray(scored, dtype=np.int64))
+    choice = choose(options, scored, chance, margin=margin)
+    split, s = ctx.split, ctx.settings
     source = str(data) if not isinstance(data, Dataset) else type(data).__name__
     data_info: dict[str, JSONValue] = {
         "source": source,
-        "classes": cast(JSONValue, classes),
+        "classes": cast(JSONValue, ctx.classes),
         "train_images": len(split.train),
         "heldout_images": len(split.heldout),
-        "images_per_class": round(len(split.train) / max(len(classes), 1), 1),
+        "scored_images": len(scored),
+        "images_per_class": round((len(split.train) + len(split.heldout)) / max(len(ctx.classes), 1), 1),
         "files_sha256": split.files_sha256,
+        "quick_probe": probe,
     }
     settings: dict[str, JSONValue] = {
         **{k: v for k, v in asdict(s).items() if k != "freeze_after"},
         "points": cast(JSONValue, pts),
         "routes": list(routes),
-        "seeds": seeds,
+        "seeds": max((t.seed + 1 for t in planned), default=1),
         "input_size": s.input_size or model.input_size[0],
+        "margin": margin,
+        "min_steps": ctx.min_steps,
+        "inner_validation": INNER_FRACTION,
     }
     return SweepReport(
         base={"spec": model.spec, "arch": model.arch, "fingerprint": model.fingerprint},
@@ -278,21 +377,31 @@ def _report(
         seconds=seconds,
         notes=notes,
         complete=len(results) == len(wanted),
+        identity=identity_of(model, ctx),
+        evaluation=ctx.scoring.method,
     )
 
 
 class _Ticker:
-    """Turns the shared pass's images and each task's steps into one progress count."""
+    """Turns the shared pass's images and each task's steps into one progress count (a task's steps estimated by
+    its budget: early stopping makes most end sooner, so the bar jumps forward when a task ends)."""
 
-    def __init__(self, progress: Progress | None, tasks: list[SweepTask], ctx: SweepContext, images: int) -> None:
-        s = ctx.settings
-        steps = max(1, len(ctx.split.train) // min(s.batch_size, len(ctx.split.train)))
-        self.cost = {t.key: (s.epochs * steps if t.route == "finetune" else 1) for t in tasks}
+    def __init__(self, progress: Progress | None, images: int) -> None:
         self.progress, self.images_total = progress, images
-        self.total = images + sum(self.cost.values())
+        self.total = images
         self.done = 0
-        self.current: SweepTask | None = tasks[0] if tasks else None
-        self.queue = list(tasks)
+        self.cost: dict[str, int] = {}
+        self.queue: list[SweepTask] = []
+
+    def plan(self, tasks: list[SweepTask], ctx: SweepContext) -> None:
+        s = ctx.settings
+        pairs = ctx.scoring.pairs
+        n = len(pairs[0][0]) if pairs else 1
+        steps = max(1, n // min(s.batch_size, n))
+        per = len(pairs) * max(s.epochs, math.ceil(ctx.min_steps / steps) + 1) * steps
+        self.cost.update({t.key: (per if t.route == "finetune" else 1) for t in tasks})
+        self.queue += tasks
+        self.total += sum(self.cost[t.key] for t in tasks)
         ctx.progress = self.steps
 
     def _report(self, done: int, info: dict[str, JSONValue]) -> None:

@@ -1,13 +1,21 @@
 """What a freeze sweep measured, the option it recommends, and the exports (JSON, CSV, HTML).
 
-Each (point, route) is an :class:`SweepOption`: held-out accuracy with a 95 % interval (Wilson over the held-out
-images; over seeds when there are several, never narrower than Wilson), trainable parameters, seconds, images/s.
-The recommendation is the *cheapest option that is statistically indistinguishable from the best*: fewest
-trainable parameters, then least time, among the options that the exact McNemar test on the same held-out images
-does not find worse than the most accurate one (p ≥ 0.05). McNemar, not overlapping intervals: both options are
-scored on the very same images, and the test uses exactly the images on which they disagree. "Not found worse"
-is not "proved equal": with few held-out images every option passes, so below
-:data:`~explorer.transfer.gate.MIN_IMAGES_TO_DECIDE` images no option is recommended.
+Each (point, route) is a :class:`SweepOption`: accuracy on images its training never saw (a held-out split, or
+the out-of-fold predictions of k-fold cross-validation on small data) with a 95 % interval, its spread over seeds,
+trainable parameters, seconds, images/s, and whether its training converged.
+
+**The decision rule is non-inferiority with a stated margin** m (default 2 points): the recommendation is the
+cheapest converged option whose upper 95 % bound on its loss against the best is below m; when none is, the most
+accurate option. The bounds come from a bootstrap over the images (paired: every option is scored on the same
+images) and over each option's seeds (hierarchically: seeds are a level of their own, never more images), and they
+hold for every option at once (a studentised max-|t| critical value), which pays both for trying many options and
+for the best being itself the winner of a selection. Each option is labelled *equivalent* (its whole interval is
+within m of the best), *worse* (its whole interval is beyond m) or *cannot place* (the data cannot say which).
+"Not found worse" is never read as "as good".
+
+**The reported accuracy of the choice is not the one that chose it**: the evaluated images are cut into two
+stratified halves; each half chooses by the same rule, and the other half scores its choice. Their mean is
+``test_accuracy``, shown beside the choosing accuracy.
 """
 
 from __future__ import annotations
@@ -15,36 +23,42 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from explorer.transfer.gate import ALPHA_CHANCE, too_few
-from explorer.transfer.stats import above_chance, mcnemar, seed_interval, wilson
+from explorer.transfer.gate import learned_task
+from explorer.transfer.stats import MARGIN, LossBounds, loss_bounds, seed_interval, wilson
 
-ALPHA = 0.05  # the McNemar test's level: options with p below it are worse than the best
 JSONValue = str | int | float | bool | None | list["JSONValue"] | dict[str, "JSONValue"]
+EQUIVALENT, WORSE, UNPLACED, BEST, UNCONVERGED = "equivalent", "worse", "cannot place", "best", "not converged"
 
 
 @dataclass
 class SweepOption:
-    """One (point, route): held-out accuracy with its interval, and what it costs."""
+    """One (point, route): accuracy on images its training never saw, with its interval, and what it costs."""
 
     point: str
     route: str
-    accuracy: float
+    accuracy: float  # mean over seeds
     low: float
     high: float
-    heldout: int  # held-out images per seed
+    heldout: int  # images it was scored on, per seed (held out, or every image once out of fold)
     seeds: int
     trainable: int
-    seconds: float
+    seconds: float  # per seed, all folds together
     images_per_second: float
-    p_vs_best: float = 1.0  # exact McNemar test against the best option (1.0 for the best itself)
-    only_this: int = 0  # held-out images (× seeds) only this option got right, against the best
-    only_best: int = 0
-    indistinguishable: bool = True  # not found worse than the best
-    correct: str = field(default="", repr=False)  # '0'/'1' per held-out image, seed after seed (the paired tests)
+    seed_accuracies: list[float] = field(default_factory=list)
+    epochs: float = 0.0  # mean epochs trained (0 for the linear route)
+    converged: bool = True  # False: its loss stayed above ln K or its training accuracy near chance, even extended
+    extended: bool = False  # its budget was doubled once because the first did not converge
+    status: str = ""  # best, equivalent, worse, cannot place, not converged
+    loss: float = 0.0  # accuracy of the best minus this one's (fractions)
+    loss_low: float = 0.0
+    loss_high: float = 0.0
+    correct: str = field(default="", repr=False)  # '0'/'1' per scored image, seed after seed
 
     @property
     def key(self) -> str:
@@ -55,10 +69,20 @@ class SweepOption:
         what = "train every layer" if self.point == "none" else f"freeze up to {self.point}"
         return f"{what} (fine-tune)" if self.route == "finetune" else f"linear classifier on {self.point}"
 
+    @property
+    def seed_sd(self) -> float:
+        """Standard deviation of the accuracy across seeds (nan with one seed)."""
+        return float(np.std(self.seed_accuracies, ddof=1)) if len(self.seed_accuracies) > 1 else float("nan")
+
+    def matrix(self) -> np.ndarray:
+        """Per-image correctness, one row per seed."""
+        bits = np.frombuffer(self.correct.encode(), dtype=np.uint8) == ord("1")
+        return bits.reshape(max(self.seeds, 1), -1)
+
 
 @dataclass
 class SweepChoice:
-    """The recommended option (None when withheld), why, and the test that made the call."""
+    """The recommended option (None when withheld), why, the rule that made the call and its held-apart check."""
 
     point: str | None
     route: str | None
@@ -66,11 +90,15 @@ class SweepChoice:
     test: str
     withheld: str | None = None  # why nothing is recommended
     try_next: list[str] = field(default_factory=list)
+    margin: float = MARGIN
+    choice_accuracy: float | None = None  # the chosen option's accuracy on the images that chose it
+    test_accuracy: float | None = None  # on images that took no part in choosing (cross-fit halves)
+    test_note: str = ""
 
 
 @dataclass
 class SweepReport:
-    """A sweep's options in depth order, its choice, and how it was run."""
+    """A sweep's options in depth order, its choice, how it was run, and what data and model it belongs to."""
 
     base: dict[str, str]
     data: dict[str, JSONValue]
@@ -81,6 +109,8 @@ class SweepReport:
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     complete: bool = True  # False: stopped before every task ran (rerun with the same output to finish)
+    identity: dict[str, JSONValue] = field(default_factory=dict)  # data signature, base fingerprint, input size
+    evaluation: str = "held-out split"  # or "5-fold cross-validation"
 
     def option(self, point: str, route: str) -> SweepOption | None:
         return next((o for o in self.options if o.point == point and o.route == route), None)
@@ -105,9 +135,12 @@ class SweepReport:
 
     @classmethod
     def from_dict(cls, d: dict[str, JSONValue]) -> SweepReport:
-        opts = [SweepOption(**o) for o in d["options"]]  # type: ignore[arg-type, union-attr]
-        rest = {k: v for k, v in d.items() if k in {f for f in cls.__dataclass_fields__} - {"options", "choice"}}
-        return cls(options=opts, choice=SweepChoice(**d["choice"]), **rest)  # type: ignore[arg-type]
+        known = {f.name for f in fields(SweepOption)}
+        opts = [SweepOption(**{k: v for k, v in o.items() if k in known}) for o in d["options"]]  # type: ignore[union-attr, arg-type]
+        cknown = {f.name for f in fields(SweepChoice)}
+        choice = SweepChoice(**{k: v for k, v in d["choice"].items() if k in cknown})  # type: ignore[union-attr, arg-type]
+        rest = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)} - {"options", "choice"}}
+        return cls(options=opts, choice=choice, **rest)  # type: ignore[arg-type]
 
     def rows(self) -> list[dict[str, JSONValue]]:
         """One flat dict per option (the CSV and the page's table)."""
@@ -123,8 +156,12 @@ class SweepReport:
                 "trainable": o.trainable,
                 "seconds": o.seconds,
                 "images_per_second": o.images_per_second,
-                "p_vs_best": o.p_vs_best,
-                "indistinguishable": o.indistinguishable,
+                "seed_sd": o.seed_sd,
+                "converged": o.converged,
+                "loss_vs_best": o.loss,
+                "loss_low": o.loss_low,
+                "loss_high": o.loss_high,
+                "status": o.status,
             }
             for o in self.options
         ]
@@ -155,28 +192,21 @@ def _integer(v: JSONValue) -> int:
     raise TypeError(f"not a number: {v!r}")
 
 
-def _pool(results: list[dict[str, JSONValue]]) -> tuple[list[float], np.ndarray]:
-    accs = [_number(r["accuracy"]) for r in results]
-    bits = np.array([c == "1" for r in results for c in str(r["correct"])], dtype=bool)
-    return accs, bits
-
-
-def make_options(
-    tasks: dict[str, dict[str, JSONValue]], order: list[str]
-) -> tuple[list[SweepOption], dict[str, np.ndarray]]:
-    """Aggregate task results (keys 'route@point#seed') into options, points in `order`; with each option's
-    per-image correctness over its seeds (for the paired test)."""
+def make_options(tasks: dict[str, dict[str, JSONValue]], order: list[str]) -> list[SweepOption]:
+    """Aggregate task results (keys 'route@point#seed') into options, points in `order`, seeds in order."""
     groups: dict[tuple[str, str], list[tuple[int, dict[str, JSONValue]]]] = {}
     for key, res in tasks.items():
         rp, _, seed = key.rpartition("#")
         route, _, point = rp.partition("@")
         groups.setdefault((point, route), []).append((int(seed), res))
-    out, bits_of = [], {}
+    out = []
     for (point, route), items in groups.items():
         results = [r for _, r in sorted(items, key=lambda t: t[0])]
-        accs, bits = _pool(results)
+        accs = [_number(r["accuracy"]) for r in results]
+        bits = "".join(str(r["correct"]) for r in results)
         n = len(str(results[0]["correct"]))
-        low, high = seed_interval(accs, int(bits.sum()), bits.size) if len(accs) > 1 else wilson(int(bits.sum()), n)
+        k = bits.count("1")
+        low, high = seed_interval(accs, k, len(bits)) if len(accs) > 1 else wilson(k, n)
         out.append(
             SweepOption(
                 point,
@@ -189,57 +219,149 @@ def make_options(
                 _integer(results[0]["trainable"]),
                 float(np.mean([_number(r["seconds"]) for r in results])),
                 float(np.mean([_number(r["images_per_second"]) for r in results])),
+                seed_accuracies=accs,
+                epochs=float(np.mean([_number(r.get("epochs", 0)) for r in results])),
+                converged=all(bool(r.get("converged", True)) for r in results),
+                extended=any(bool(r.get("extended", False)) for r in results),
+                correct=bits,
             )
         )
-        bits_of[out[-1].key] = bits
-        out[-1].correct = "".join("1" if b else "0" for b in bits)
     rank = {p: i for i, p in enumerate(order)}
-    return sorted(out, key=lambda o: (rank.get(o.point, len(rank)), o.route)), bits_of
+    return sorted(out, key=lambda o: (rank.get(o.point, len(rank)), o.route))
 
 
-def choose(options: list[SweepOption], bits: dict[str, np.ndarray], chance: float) -> SweepChoice:
-    """Mark each option against the best (exact McNemar test) and pick the cheapest not found worse."""
-    test = (
-        f"exact McNemar test on the same held-out images (paired by seed) against the most accurate option; "
-        f"options with p < {ALPHA} are worse, the cheapest of the rest is chosen"
+def _pick(options: Sequence[SweepOption], bounds: LossBounds, margin: float) -> int:
+    """Index of the cheapest option whose upper bound on its loss is below the margin; the best when none is."""
+    ok = [i for i in range(len(options)) if i == bounds.best or bounds.high[i] < margin]
+    return min(ok, key=lambda i: (options[i].trainable, options[i].seconds, -options[i].accuracy))
+
+
+def halves(labels: Sequence[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two halves of the scored images, stratified by class (each class split as evenly as it can be)."""
+    y = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    first: list[int] = []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        first += idx[: (len(idx) + int(rng.integers(0, 2))) // 2].tolist()
+    a = np.zeros(len(y), dtype=bool)
+    a[first] = True
+    return np.flatnonzero(a), np.flatnonzero(~a)
+
+
+def _held_apart(
+    options: Sequence[SweepOption], matrices: list[np.ndarray], labels: Sequence[int], margin: float, pick: int
+) -> tuple[float | None, str]:
+    """The choice's accuracy on images that took no part in choosing: each half chooses, the other half scores."""
+    if len(labels) < 8:
+        return None, "too few images to hold any apart"
+    a, b = halves(labels)
+    scores, picks = [], []
+    for choose_on, score_on in ((a, b), (b, a)):
+        i = _pick(options, loss_bounds([m[:, choose_on] for m in matrices]), margin)
+        picks.append(i)
+        scores.append(float(matrices[i][:, score_on].mean()))
+    same = sum(i == pick for i in picks)
+    agree = {2: "both halves chose it", 1: "one half chose it", 0: "neither half chose it"}[same]
+    others = sorted({options[i].key for i in picks if i != pick})
+    note = (
+        f"each half of the {len(labels)} scored images chose by the same rule and the other half scored that "
+        f"choice ({agree}" + (f"; the other choice: {', '.join(others)}" if others else "") + ")"
     )
-    if not options:
-        return SweepChoice(None, None, "No option was measured.", test, "No option was measured.")
-    best = max(options, key=lambda o: (o.accuracy, -o.trainable))
-    b_bits = bits[best.key]
+    return float(np.mean(scores)), note
+
+
+def choose(options: list[SweepOption], labels: Sequence[int], chance: float, *, margin: float = MARGIN) -> SweepChoice:
+    """Bound every converged option's loss against the best, label it, and pick the cheapest within the margin."""
+    m = 100 * margin
+    test = (
+        f"non-inferiority with a margin of {m:g} points: the cheapest option whose upper 95 % bound on its loss "
+        "against the best is below the margin, else the best; bounds from a paired bootstrap over images and seeds, "
+        "simultaneous over all options"
+    )
     for o in options:
-        m = min(bits[o.key].size, b_bits.size)  # the seeds both have
-        t = mcnemar(bits[o.key][:m], b_bits[:m])
-        o.p_vs_best, o.only_this, o.only_best = (1.0, 0, 0) if o is best else (t.p_value, t.only_a, t.only_b)
-        o.indistinguishable = o is best or t.p_value >= ALPHA
-    gate = too_few(best.heldout)
+        o.status = UNCONVERGED if not o.converged else ""
+    ranked = [o for o in options if o.converged]
+    if not ranked:
+        why = "No option converged: every training stayed near chance or above the loss of a uniform guess."
+        return SweepChoice(None, None, why, test, why, ["Check the data, or raise the budget (--epochs)."], margin)
+    matrices = [o.matrix() for o in ranked]
+    bounds = loss_bounds(matrices)
+    for i, o in enumerate(ranked):
+        o.loss, o.loss_low, o.loss_high = float(bounds.loss[i]), float(bounds.low[i]), float(bounds.high[i])
+        if i == bounds.best:
+            o.status = BEST
+        elif bounds.high[i] < margin:
+            o.status = EQUIVALENT
+        elif bounds.low[i] > margin:
+            o.status = WORSE
+        else:
+            o.status = UNPLACED
+    best = ranked[bounds.best]
+    n = best.heldout
+    gate = learned_task(int(round(best.accuracy * n)), n, chance)
     if not gate.open:
-        return SweepChoice(None, None, gate.reason, test, gate.reason, gate.try_next)
-    k = int(round(best.accuracy * best.heldout))
-    p = above_chance(k, best.heldout, chance)
-    if not p < ALPHA_CHANCE:
-        why = (
-            f"No option learned the task: the best, {best.label}, scores {100 * best.accuracy:.0f} % on "
-            f"{best.heldout} held-out images, not significantly above chance ({100 * chance:.0f} %, p = {p:.2g})."
-        )
-        return SweepChoice(None, None, why, test, why, ["Check the data (one sub-folder per class), or train longer."])
-    pick = min((o for o in options if o.indistinguishable), key=lambda o: (o.trainable, o.seconds))
-    return SweepChoice(pick.point, pick.route, _reason(pick, best, options), test)
+        return SweepChoice(None, None, gate.reason, test, gate.reason, gate.try_next, margin)
+    i = _pick(ranked, bounds, margin)
+    pick = ranked[i]
+    test_acc, note = _held_apart(ranked, matrices, labels, margin, i)
+    return SweepChoice(
+        pick.point,
+        pick.route,
+        _reason(pick, best, options, margin, bounds.quantile),
+        test,
+        margin=margin,
+        choice_accuracy=pick.accuracy,
+        test_accuracy=test_acc,
+        test_note=note,
+    )
 
 
-def _reason(pick: SweepOption, best: SweepOption, options: list[SweepOption]) -> str:
-    acc = f"{100 * pick.accuracy:.1f} % [{100 * pick.low:.1f}, {100 * pick.high:.1f}]"
+def _pts(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _reason(pick: SweepOption, best: SweepOption, options: list[SweepOption], margin: float, q: float) -> str:
+    acc = f"{_pts(pick.accuracy)} % [{_pts(pick.low)}, {_pts(pick.high)}]"
     label = pick.label[0].upper() + pick.label[1:]
-    text = f"{label}: {acc} on {pick.heldout} held-out images with {pick.trainable:,} trainable parameters"
+    text = f"{label}: {acc} on {pick.heldout} images with {pick.trainable:,} trainable parameters"
     if pick is best:
         text += ", the most accurate option"
+        cheaper = [o for o in options if o.trainable < pick.trainable and o.status == UNPLACED]
+        if cheaper:
+            text += (
+                f"; {len(cheaper)} cheaper option(s) may be within {100 * margin:g} points of it, but the data "
+                "cannot show it (more images would)"
+            )
     else:
         text += (
-            f"; the most accurate option, {best.label}, scores {100 * best.accuracy:.1f} % "
-            f"({best.trainable:,} trainable), and the exact McNemar test on the same images does not tell them "
-            f"apart (p = {pick.p_vs_best:.2f}: {pick.only_this} images only this one got right, "
-            f"{pick.only_best} only the best)"
+            f", within {100 * margin:g} points of the best, {best.label} ({_pts(best.accuracy)} %, "
+            f"{best.trainable:,} trainable): loss {_pts(pick.loss)} [{_pts(pick.loss_low)}, {_pts(pick.loss_high)}] "
+            "points"
         )
-    worse = [o for o in options if not o.indistinguishable]
-    text += f". {len(worse)} of {len(options)} options are significantly worse than the best." if worse else "."
+    counts = {s: sum(o.status == s for o in options) for s in (EQUIVALENT, WORSE, UNPLACED, UNCONVERGED)}
+    parts = [f"{v} {k}" for k, v in counts.items() if v]
+    text += f". Of {len(options)} options: " + ", ".join(parts) + "." if parts else "."
+    if not math.isfinite(q):
+        text += " (A single option: nothing to compare.)"
     return text
+
+
+def sweep_mismatch(
+    report: SweepReport, *, base_fingerprint: str, data_sha256: str | None, input_size: int | None
+) -> str | None:
+    """Why `report` cannot be applied to a comparison of this base model, data and input size, in one sentence;
+    None when it belongs to them."""
+    ident = report.identity
+    if not ident:
+        return "This sweep was written by an older version and names no data, model or input size: run it again."
+    if ident.get("base_fingerprint") != base_fingerprint:
+        return "This sweep measured another base model (its weights differ): run the sweep for this model."
+    if data_sha256 is not None and ident.get("data_sha256") not in (None, data_sha256):
+        return "This sweep measured other images than this comparison's: run the sweep on these images."
+    if input_size is not None and ident.get("input_size") not in (None, input_size):
+        return (
+            f"This sweep measured at {ident.get('input_size')} px and this comparison runs at {input_size} px: "
+            "sweep at the same size."
+        )
+    return None

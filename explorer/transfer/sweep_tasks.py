@@ -12,6 +12,7 @@ and the linear route reads the same pass.
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from explorer.layers import LayerInfo, check_input_size, ladder
 from explorer.models import LoadedModel
 from explorer.transfer.finetune import image_loaders, trainable_model
 from explorer.transfer.freeze import FreezeError, frozen_modules, head_name
-from explorer.transfer.heldout import Split
+from explorer.transfer.heldout import Split, labels_of
 from explorer.transfer.prefix import (
     CACHE_BUDGET_BYTES,
     PrefixCache,
@@ -40,10 +41,40 @@ from explorer.transfer.prefix import (
 )
 from explorer.transfer.probes import fit_predict
 from explorer.transfer.settings import FinetuneSettings
-from explorer.transfer.trainer import train
+from explorer.transfer.trainer import evaluate, train
 
 ROUTES = ("finetune", "linear")
 NONE = "none"  # the point that trains every layer
+HOLDOUT = "held-out split"
+INNER_FRACTION = 0.15  # of each training part, per class: the inner validation that stops training and picks its epoch
+MIN_STEPS = 120  # optimiser steps every fine-tune takes at least, however few its images (early stopping waits)
+
+
+@dataclass
+class Folds:
+    """How options are scored: (train, test) pairs of dataset indices; one pair for a held-out split, k for
+    cross-validation (every image tested once). `scored` is the canonical order of the tested images."""
+
+    pairs: list[tuple[list[int], list[int]]]
+    method: str = HOLDOUT
+
+    @property
+    def scored(self) -> list[int]:
+        return sorted(i for _, test in self.pairs for i in test)
+
+
+def cross_validation(indices: list[int], labels: list[int], k: int, seed: int) -> Folds:
+    """Stratified k-fold over `indices` (labels aligned with them), shuffled with `seed`."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    k = int(max(2, min(k, counts[counts > 0].min())))
+    idx = np.asarray(indices)
+    pairs = [
+        (sorted(idx[tr].tolist()), sorted(idx[te].tolist()))
+        for tr, te in StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(idx, labels)
+    ]
+    return Folds(pairs, f"{k}-fold cross-validation")
 
 
 class SweepError(ExplorerError):
@@ -80,6 +111,8 @@ class SweepContext:
     split: Split
     settings: FinetuneSettings  # epochs, batch size, learning rates, input size, augmentation, seed of the split
     layers: dict[str, str]  # point → module whose output the suffix reads
+    folds: Folds | None = None  # how options are scored (default: the split's held-out images)
+    min_steps: int = MIN_STEPS  # optimiser steps every fine-tune takes at least
     cache: PrefixCache | None = None
     cut_ok: dict[str, bool] = field(default_factory=dict)  # point → the cut reproduces the full network
     stop: Callable[[], bool] = _never
@@ -90,6 +123,11 @@ class SweepContext:
         state = dict(self.__dict__)
         state.update(cache=None, stop=_never, progress=None)
         return state
+
+    @property
+    def scoring(self) -> Folds:
+        """The (train, test) pairs every option is scored by."""
+        return self.folds or Folds([(list(self.split.train), list(self.split.heldout))], HOLDOUT)
 
     def prefix(self) -> PrefixCache:
         """The shared pass (computed on first use in this process: a remote worker builds its own)."""
@@ -216,7 +254,7 @@ def plan_tasks(points: list[str], routes: tuple[str, ...], seeds: int) -> list[S
         for p in points
         for r in routes
         if not (r == "linear" and p == NONE)  # the linear route needs a layer to cut at
-        for s in range(seeds)
+        for s in range(seeds if r == "finetune" else 1)  # a linear fit is deterministic: seeds would repeat it
     ]
 
 
@@ -280,32 +318,83 @@ def _linear(task: SweepTask, ctx: SweepContext) -> TaskResult:
     cache = ctx.prefix()
     t0 = time.perf_counter()
     feats = cache.pooled[task.point].numpy()
-    rows = cache.rows
-    tr = [rows[i] for i in ctx.split.train]
-    te = [rows[i] for i in ctx.split.heldout]
-    labels = cache.labels.numpy()
-    pred = fit_predict(feats[tr], labels[tr], feats[te])
-    correct = (pred == labels[te]).tolist()
+    rows, labels = cache.rows, cache.labels.numpy()
+    folds = ctx.scoring
+    hits: dict[int, bool] = {}
+    for train_idx, test_idx in folds.pairs:
+        tr, te = [rows[i] for i in train_idx], [rows[i] for i in test_idx]
+        pred = fit_predict(feats[tr], labels[tr], feats[te])
+        hits.update(zip(test_idx, (pred == labels[te]).tolist(), strict=True))
+    correct = [hits[i] for i in folds.scored]
     seconds = time.perf_counter() - t0
     k, c = len(ctx.classes), feats.shape[1]
+    trained = sum(len(tr) for tr, _ in folds.pairs)
     return {
         "accuracy": float(np.mean(correct)),
         "correct": _bits(correct),
         "trainable": c * k + k,
         "seconds": seconds,
-        "images_per_second": len(tr) / seconds if seconds > 0 else 0.0,
+        "images_per_second": trained / seconds if seconds > 0 else 0.0,
         "epochs": 0,
         "cached": True,
+        "converged": True,
     }
 
 
-def _finetune(task: SweepTask, ctx: SweepContext) -> TaskResult | None:
-    model, s = ctx.model, replace(ctx.settings, freeze_after=None if task.point == NONE else task.point)
+@dataclass
+class _Fit:
+    """One fine-tune of one fold: per-test-image correctness, epochs, whether it converged, images/s."""
+
+    correct: list[bool]
+    epochs: int
+    converged: bool
+    images_per_second: float
+    trainable: int = 0
+    stopped: bool = False
+
+
+def _inner(ctx: SweepContext, train_idx: list[int], seed: int) -> tuple[list[int], list[int]]:
+    """The fold's training images split per class into inner training and inner validation (stops and picks)."""
+    from explorer.data import split_indices
+
+    every = labels_of(ctx.dataset)
+    labels = [every[i] for i in train_idx]
+    tr, va = split_indices(labels, INNER_FRACTION, seed)
+    return [train_idx[i] for i in tr], [train_idx[i] for i in va]
+
+
+def converged(epochs: list[dict[str, float]], classes: int) -> bool:
+    """Whether a training run learned anything: its best inner-validation loss is below a uniform guess's (ln K)
+    and its training accuracy rose clearly above chance (a tenth of the way from 1/K to 100 %)."""
+    if not epochs:
+        return False
+    best_loss = min(e["val_loss"] for e in epochs)
+    chance = 1.0 / classes
+    return bool(best_loss < math.log(classes) and epochs[-1]["train_acc"] > chance + 0.1 * (1 - chance))
+
+
+def _fit_fold(
+    task: SweepTask, ctx: SweepContext, train_idx: list[int], test_idx: list[int], fold: int, scale: int
+) -> _Fit:
+    """Fine-tune on the fold's inner training images, stop and keep the best epoch by inner validation loss, and
+    score the fold's test images (never seen by training nor by the choice of epoch)."""
+    model = ctx.model
+    seed = ctx.settings.seed + task.seed
+    inner_tr, inner_va = _inner(ctx, train_idx, seed * 1009 + fold)
+    bs = min(ctx.settings.batch_size, len(inner_tr))
+    steps_per_epoch = max(1, len(inner_tr) // bs)
+    min_epochs = scale * math.ceil(ctx.min_steps / steps_per_epoch)
+    s = replace(
+        ctx.settings,
+        freeze_after=None if task.point == NONE else task.point,
+        epochs=scale * max(ctx.settings.epochs, min_epochs + 1),
+        keep_best=True,
+        seed=seed,
+    )
     cache = ctx.prefix()
-    t0 = time.perf_counter()
     devices = [model.device.index or 0] if model.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(s.seed + task.seed)
+        torch.manual_seed(seed * 7919 + fold)
         module, head = trainable_model(model, len(ctx.classes), s.freeze_after)
         trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
         cached = task.point in cache.outputs
@@ -314,17 +403,18 @@ def _finetune(task: SweepTask, ctx: SweepContext) -> TaskResult | None:
             module = cut_model(module, task.point, model.input_size)
         if source is not None:
             y = cache.labels
-            tr, te = ctx.split.train, ctx.split.heldout
-            bs = min(s.batch_size, len(tr))
-            train_loader = _loader(cache.take(source, tr), cache.take(y, tr), bs, shuffle=True, seed=s.seed + task.seed)
-            val_loader: DataLoader | None = _loader(
-                cache.take(source, te), cache.take(y, te), max(bs, 64), shuffle=False, seed=0
-            )
+            train_loader = _loader(cache.take(source, inner_tr), cache.take(y, inner_tr), bs, shuffle=True, seed=seed)
+            val_loader = _loader(cache.take(source, inner_va), cache.take(y, inner_va), 256, shuffle=False, seed=0)
+            test_loader = _loader(cache.take(source, test_idx), cache.take(y, test_idx), 256, shuffle=False, seed=0)
         else:  # over the memory budget, or augmented: images every epoch
-            train_loader, val_loader, _ = image_loaders(
-                model, ctx.dataset, ctx.split, replace(s, seed=s.seed + task.seed)
-            )
-            assert val_loader is not None
+            inner = Split(inner_tr, inner_va, None, 0, seed, INNER_FRACTION, None)
+            train_loader, val, _ = image_loaders(model, ctx.dataset, inner, s)
+            assert val is not None
+            val_loader = val
+            outer = Split(inner_tr, test_idx, None, 0, seed, 0.0, None)
+            _, test, _ = image_loaders(model, ctx.dataset, outer, s)
+            assert test is not None
+            test_loader = test
         outcome = train(
             module,
             head,
@@ -333,21 +423,44 @@ def _finetune(task: SweepTask, ctx: SweepContext) -> TaskResult | None:
             s,
             model.device,
             stop=ctx.stop,
-            eval_each_epoch=False,
+            eval_each_epoch=True,
+            min_epochs=min_epochs,
             progress=(lambda d, _t, _i: ctx.progress(d)) if ctx.progress else None,
         )
-    if outcome.stopped:
-        return None
-    seconds = time.perf_counter() - t0
+        if outcome.stopped:
+            return _Fit([], 0, False, 0.0, stopped=True)
+        scored = evaluate(module, test_loader, model.device)
+    ok = converged(outcome.epochs, len(ctx.classes))
+    return _Fit(scored["correct"], len(outcome.epochs), ok, outcome.images_per_second, trainable)
+
+
+def _finetune(task: SweepTask, ctx: SweepContext) -> TaskResult | None:
+    t0 = time.perf_counter()
+    folds = ctx.scoring
+    hits: dict[int, bool] = {}
+    epochs, speeds, all_ok, extended = [], [], True, False
+    for f, (train_idx, test_idx) in enumerate(folds.pairs):
+        fit = _fit_fold(task, ctx, train_idx, test_idx, f, 1)
+        if not fit.stopped and not fit.converged:  # extended once, never silently ranked
+            extended = True
+            fit = _fit_fold(task, ctx, train_idx, test_idx, f, 2)
+        if fit.stopped:
+            return None
+        hits.update(zip(test_idx, fit.correct, strict=True))
+        epochs.append(fit.epochs)
+        speeds.append(fit.images_per_second)
+        all_ok = all_ok and fit.converged
+    correct = [hits[i] for i in folds.scored]
     return {
-        "accuracy": float(np.mean(outcome.correct)),
-        "correct": _bits(outcome.correct),
-        "trainable": trainable,
-        "seconds": seconds,
-        "images_per_second": outcome.images_per_second,
-        "epochs": len(outcome.epochs),
-        "cached": cached,
-        "val_loss": outcome.epochs[-1]["val_loss"],
+        "accuracy": float(np.mean(correct)),
+        "correct": _bits(correct),
+        "trainable": fit.trainable,
+        "seconds": time.perf_counter() - t0,
+        "images_per_second": float(np.mean(speeds)),
+        "epochs": float(np.mean(epochs)),
+        "cached": task.point in ctx.prefix().outputs,
+        "converged": all_ok,
+        "extended": extended,
     }
 
 

@@ -219,13 +219,15 @@ def train(
     eval_each_epoch: bool = True,
     on_state: StateHook | None = None,
     start: dict[str, Any] | None = None,
+    min_epochs: int = 0,
 ) -> TrainOutcome:
     """Train `module` (its trainable parameters) for `s.epochs`; returns the outcome with the best epoch restored.
 
     With `eval_each_epoch` False (and no best epoch to keep, no patience), the held-out images are scored once,
     after the last epoch: what a sweep needs, one pass instead of one per epoch. `on_state` gets the training
     state after every epoch, before `on_epoch`; `start` is such a state to continue from (its ``best_state``: the
-    best epoch's weights when that is not its last epoch and `s.keep_best`).
+    best epoch's weights when that is not its last epoch and `s.keep_best`). Early stopping waits for `min_epochs`
+    (a sweep's minimum number of optimiser steps).
     """
     every = eval_each_epoch or s.keep_best or s.patience is not None
     opt = torch.optim.AdamW(param_groups(module, head, lr=s.lr, backbone_lr=s.backbone_lr, weight_decay=s.weight_decay))
@@ -254,7 +256,7 @@ def train(
         improved = best.update(val, module, s.keep_best, epoch == s.epochs)
         if improved:
             out.best_epoch = epoch
-        early = s.patience is not None and best.since >= s.patience and epoch < s.epochs
+        early = s.patience is not None and best.since >= s.patience and min_epochs <= epoch < s.epochs
         if on_state:
             on_state(training_state(k, out, best, epoch, train_loader, last=early or epoch == s.epochs))
         if on_epoch:

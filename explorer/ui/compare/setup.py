@@ -16,6 +16,7 @@ from explorer.data.fence import refusal
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 from explorer.transfer.runs import RunInfo, get_run, list_runs, runs_dir
+from explorer.transfer.sweep import EPOCHS as SWEEP_EPOCHS
 from explorer.ui.common import (
     allowed_path,
     checkpoint_arch_hint,
@@ -266,9 +267,10 @@ SWEEP_SIZES = (64, 96, 128, 160, 224)
 
 
 def sweep_defaults(data: str, model: LoadedModel) -> dict[str, int]:
-    """Epochs, input size and image cap of the page's sweep: small inputs for the demos, the model's own otherwise."""
+    """Most epochs (early stopping ends most sooner), input size and image cap of the page's sweep: small inputs for
+    the demos, the model's own otherwise."""
     size = 64 if data.startswith("demo:") else int(model.input_size[0])
-    return {"epochs": 3, "input": size if size in SWEEP_SIZES else 224, "images": 0}
+    return {"epochs": SWEEP_EPOCHS, "input": size if size in SWEEP_SIZES else 224, "images": 0}
 
 
 def choose_sweep_settings(data: str, model: LoadedModel) -> dict[str, int]:
@@ -282,7 +284,7 @@ def choose_sweep_settings(data: str, model: LoadedModel) -> dict[str, int]:
     with st.expander(f"Sweep settings: {epochs} epochs · {size} px · {images or 'all'} images"):
         c = st.columns(3)
         c[0].number_input(
-            "Epochs per option", 1, 50, key="sw_epochs", on_change=from_widget, args=("sw_epochs", "sw_epochs")
+            "Most epochs per option", 1, 50, key="sw_epochs", on_change=from_widget, args=("sw_epochs", "sw_epochs")
         )
         c[1].selectbox(
             "Input size (px)", SWEEP_SIZES, key="sw_input", on_change=from_widget, args=("sw_input", "sw_input")
@@ -295,7 +297,8 @@ def choose_sweep_settings(data: str, model: LoadedModel) -> dict[str, int]:
             key="sw_images",
             on_change=from_widget,
             args=("sw_images", "sw_images"),
-            help="A class-stratified subset; 20 % of it is held out for every option.",
+            help="A class-stratified subset; options are scored on 20 % of it held out, or on all of it by 5-fold "
+            "cross-validation when 20 % is too few to tell options 2 points apart.",
         )
     for name, value in (("sw_epochs", epochs), ("sw_input", size), ("sw_images", images)):
         set_param(name, value)

@@ -17,7 +17,7 @@ import streamlit as st
 from explorer.models import LoadedModel
 from explorer.transfer.report_html import render_sweep_html
 from explorer.transfer.settings import FinetuneSettings
-from explorer.transfer.sweep import SweepReport, sweep, sweep_settings
+from explorer.transfer.sweep import SweepReport, mismatch, sweep, sweep_settings
 from explorer.transfer.sweep_tasks import auto_points
 from explorer.ui.compare.charts import sweep_figure
 from explorer.ui.compare.setup import data_signature
@@ -37,6 +37,21 @@ def stored(model: LoadedModel, root: Path, cfg: dict[str, int]) -> SweepReport |
     """The finished sweep for these choices, if there is one."""
     report = get_sweep(path_for(model, root, cfg))
     return report if report is not None and report.complete else None
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _files_sha256(root: str) -> str | None:
+    from explorer.data import open_dataset
+    from explorer.transfer.heldout import file_list_sha256
+
+    return file_list_sha256(open_dataset(root))
+
+
+def refusal(sweep: SweepReport, model: LoadedModel, root: Path, input_size: int | None) -> str | None:
+    """Why this stored sweep cannot decide a comparison of `model` on `root` at `input_size` (one sentence)."""
+    return mismatch(
+        sweep, base_fingerprint=model.fingerprint, data_sha256=_files_sha256(str(root)), input_size=input_size
+    )
 
 
 def _progress(box: Any) -> Any:
@@ -65,21 +80,36 @@ def run(model: LoadedModel, data: str, root: Path, cfg: dict[str, int], box: Any
     return sweep(model, str(root), settings=settings_for(cfg), out=path_for(model, root, cfg), progress=_progress(box))
 
 
+VERDICTS = {
+    "best": "the most accurate",
+    "equivalent": "within the margin of the best",
+    "worse": "worse than the best by more than the margin",
+    "cannot place": "the data cannot say",
+    "not converged": "did not converge: not ranked",
+}
+
+
 def options_frame(report: SweepReport) -> pd.DataFrame:
-    """One row per option: what it is, held-out accuracy with its interval, cost, and the paired test."""
+    """One row per option: what it is, its accuracy with its interval and spread over seeds, cost, and its loss
+    against the best with the verdict."""
     chosen = report.chosen
     rows = []
     for o in report.options:
+        loss = (
+            ""
+            if o.status in ("best", "not converged")
+            else (f"{100 * o.loss:.1f} [{100 * o.loss_low:.1f}, {100 * o.loss_high:.1f}]")
+        )
         rows.append(
             {
                 "option": o.label,
-                "held-out accuracy": o.accuracy,
+                "accuracy": o.accuracy,
                 "95 % interval": f"[{100 * o.low:.1f}, {100 * o.high:.1f}] %",
+                "SD over seeds": f"{100 * o.seed_sd:.1f} ({o.seeds} seeds)" if o.seeds > 1 else "1 seed",
                 "trainable": o.trainable,
                 "seconds": o.seconds,
-                "images/s": o.images_per_second,
-                "McNemar p vs best": o.p_vs_best,
-                "verdict": "chosen" if o is chosen else ("as good as the best" if o.indistinguishable else "worse"),
+                "loss vs best, points [95 %]": loss,
+                "verdict": "chosen" if o is chosen else VERDICTS.get(o.status, o.status),
             }
         )
     return pd.DataFrame(rows)
@@ -93,22 +123,26 @@ def show(report: SweepReport, *, key: str, figure: bool) -> None:
         st.warning(f"**No recommendation from the sweep.** {c.reason}{tries}", icon=":material/block:")
     else:
         st.success(f"**Measured:** {c.reason}", icon=":material/verified:")
+        if c.test_accuracy is not None:
+            st.caption(
+                f"On images that took no part in choosing it: **{100 * c.test_accuracy:.1f} %** ({c.test_note}); "
+                f"on the images that chose it: {100 * (c.choice_accuracy or 0):.1f} %."
+            )
     if figure:
         st.plotly_chart(sweep_figure(report), key=f"{key}_chart")
     fmt = {
-        "held-out accuracy": st.column_config.NumberColumn(format="percent"),
+        "accuracy": st.column_config.NumberColumn(format="percent"),
         "trainable": st.column_config.NumberColumn(format="localized"),
         "seconds": st.column_config.NumberColumn(format="%.1f"),
-        "images/s": st.column_config.NumberColumn(format="%.0f"),
-        "McNemar p vs best": st.column_config.NumberColumn(format="%.3f"),
     }
     frame = options_frame(report)
     st.dataframe(frame, hide_index=True, key=f"{key}_table", column_config=fmt, height=35 * (len(frame) + 1) + 3)
     d = report.data
     st.caption(
-        f"{d.get('train_images')} training and {d.get('heldout_images')} held-out images, "
-        f"{report.settings.get('epochs')} epochs at {report.settings.get('input_size')} px, no augmentation, "
-        f"measured in {report.seconds.get('total', 0):.0f} s. Decision: {c.test}."
+        f"Scored by {report.evaluation} on {d.get('scored_images', d.get('heldout_images'))} images; at most "
+        f"{report.settings.get('epochs')} epochs with early stopping on an inner validation split, at "
+        f"{report.settings.get('input_size')} px, no augmentation; measured in {report.seconds.get('total', 0):.0f} "
+        f"s. Decision: {c.test}."
     )
     cols = st.columns(3)
     for col, (label, data, suffix, mime) in zip(
@@ -143,8 +177,9 @@ def section(
     points = auto_points(model)
     done = stored_tasks(path)
     st.info(
-        f"Not measured yet: held-out accuracy and cost at {len(points)} freeze points ({', '.join(points)}), by "
-        f"fine-tuning after each point and by a linear classifier on it, {cfg['epochs']} epochs each on {data}.",
+        f"Not measured yet: accuracy and cost at {len(points)} freeze points ({', '.join(points)}), by "
+        f"fine-tuning after each point and by a linear classifier on it, at most {cfg['epochs']} epochs each "
+        f"(early stopping) on {data}.",
         icon=":material/science:",
     )
     label = f"Resume the sweep ({done} tasks already measured)" if done else "Run the freeze sweep"

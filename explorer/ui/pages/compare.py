@@ -257,7 +257,14 @@ def _gate(report: Any) -> None:
 def _with_sweep(base: LoadedModel, report: Any, data: tuple[str, Path]) -> tuple[Any, dict[str, int]]:
     cfg = choose_sweep_settings(data[0], base)
     measured = sweep_panel.stored(base, data[1], cfg)
-    return (with_sweep(report, measured, base) if measured is not None else report), cfg
+    if measured is None:
+        return report, cfg
+    size = (report.data.get("input_size") or [None])[0]
+    why = sweep_panel.refusal(measured, base, data[1], size)
+    if why:  # a sweep belongs to its data, model and size: said, never applied silently
+        st.warning(f"**The stored sweep is not used.** {why}", icon=":material/block:")
+        return report, cfg
+    return with_sweep(report, measured, base), cfg
 
 
 def _caption(report: Any) -> None:
