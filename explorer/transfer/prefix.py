@@ -202,3 +202,45 @@ classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=
 # classifier.fit(features(train_images), train_labels)
 # predictions = classifier.predict(features(new_images))
 '''
+
+
+def feature_extractor_code(model: Any, point: str, num_classes: int | None, *, var: str = "model") -> str:
+    """Plain PyTorch for the linear route as a network: the pretrained model frozen up to `point`, its output there
+    averaged over positions, and one trainable ``nn.Linear`` on it (the parameters the sweep counted)."""
+    module, size = module_and_size(model)
+    layer = prefix_layer(module, point, size)
+    k = num_classes or "NUM_CLASSES"
+    return f"""import torch
+from torch import nn
+
+# The feature-extractor route: every pretrained weight stays frozen (eval mode, no gradients); the output of
+# {layer!r} (the freeze point {point!r}), averaged over positions, feeds one trainable nn.Linear.
+{var}.eval().requires_grad_(False)
+_kept = {{}}
+{var}.get_submodule({layer!r}).register_forward_hook(lambda m, i, out: _kept.__setitem__("x", out))
+
+
+class FrozenFeaturesClassifier(nn.Module):
+    def __init__(self, backbone: nn.Module, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.norm = nn.BatchNorm1d(channels, affine=False)  # standardised features, as the sweep measured
+        self.linear = nn.Linear(channels, num_classes)  # the only trainable parameters
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            self.backbone(images)
+            x = _kept["x"]
+            x = x.mean((2, 3)) if x.dim() == 4 else x.flatten(1)
+        return self.linear(self.norm(x.float()))
+
+
+with torch.no_grad():
+    {var}(torch.zeros(1, 3, {size[0]}, {size[1]}))
+channels = (_kept["x"].shape[1] if _kept["x"].dim() == 4 else _kept["x"].flatten(1).shape[1])
+classifier = FrozenFeaturesClassifier({var}, channels, {k})
+optimizer = torch.optim.AdamW(classifier.linear.parameters(), lr=3e-3, weight_decay=0.01)
+# for images, labels in train_loader:
+#     loss = nn.functional.cross_entropy(classifier(images), labels)
+#     optimizer.zero_grad(); loss.backward(); optimizer.step()
+"""

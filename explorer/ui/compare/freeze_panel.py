@@ -16,11 +16,15 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 from explorer.transfer.freeze import FreezeSummary, freeze_code, freeze_table
 from explorer.transfer.guide import GuideCell, why
+from explorer.transfer.linear_head import train_classifier
+from explorer.transfer.prefix import feature_extractor_code
 from explorer.transfer.report import ComparisonReport, Recommendation
 from explorer.ui.common import model_key, page_ref
+from explorer.ui.widgets.queue import turn
 
 NONE = "none"  # the freeze point that trains every layer
 GUIDE_CELLS = {
@@ -50,6 +54,17 @@ def summaries(model: LoadedModel, num_classes: int | None) -> dict[str, FreezeSu
 def _code(_model: LoadedModel, key: tuple[Any, ...], point: str, num_classes: int | None) -> str:
     del key
     return freeze_code(_model, None if point == NONE else point, num_classes=num_classes)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _extractor(_model: LoadedModel, key: tuple[Any, ...], point: str, num_classes: int | None) -> str:
+    del key
+    return feature_extractor_code(_model, point, num_classes)
+
+
+def extractor_code(model: LoadedModel, point: str, num_classes: int | None = None) -> str:
+    """The linear route's PyTorch code at `point` (cached per model and point)."""
+    return _extractor(model, model_key(model), point, num_classes)
 
 
 def code_for(model: LoadedModel, point: str, num_classes: int | None = None) -> str:
@@ -147,11 +162,6 @@ def advice(rec: Recommendation) -> tuple[str, str]:
     route = " and train a linear classifier on it" if rec.route == "linear" else ""
     if rec.source == "sweep":
         text = f"**Measured: freeze up to `{point}`{route}.** {rec.reason}"
-        if rec.route == "linear":
-            text += (
-                f" The linear route trains {rec.trainable:,} parameters; the counts beside are those of "
-                f"fine-tuning after {point}."
-            )
         return "sweep", text + (f"\n\n*Explanation:* {rec.agreement}" if rec.agreement else "")
     text = f"**Predicted (no sweep has run): freeze up to `{point}`.** {rec.reason}"
     unstable = next((c for c in rec.caveats if c.startswith("Unstable")), None)
@@ -170,13 +180,73 @@ def send_to_finetune(point: str, query: dict[str, str]) -> None:
     st.switch_page(page_ref("finetune", "Fine-tune"), query_params={**query, "freeze": point})
 
 
+def train_action(model: LoadedModel, report: ComparisonReport, point: str, key: str) -> None:
+    """'Train this classifier': fit the measured linear route on every image of the sweep's data, then offer the
+    weights in the layout of the code above (a heavy job: it takes its turn in the server's queue)."""
+    sweep = report.sweep
+    if sweep is None:
+        return
+    source = str(sweep.data.get("source") or "")
+    size = sweep.settings.get("input_size")
+    done_key = f"{key}_trained"
+    made = st.session_state.get(done_key)
+    if made is not None and made.get("point") == point and made.get("source") == source:
+        st.success(
+            f"**Classifier trained** on {made['images']:,} images: {100 * made['accuracy']:.1f} % by 5-fold "
+            "cross-validation (images each fold never trained on). Load it into the code above with "
+            "`classifier.load_state_dict(safetensors.torch.load_file('classifier.safetensors'), strict=False)`.",
+            icon=":material/check_circle:",
+        )
+        st.download_button(
+            "Download classifier.safetensors",
+            made["bytes"],
+            file_name=f"classifier_{point.replace('.', '_')}.safetensors",
+            mime="application/octet-stream",
+            icon=":material/download:",
+            on_click="ignore",
+            key=f"{key}_weights",
+        )
+        return
+    if not st.button(
+        "Train this classifier",
+        key=f"{key}_train_linear",
+        type="primary",
+        icon=":material/model_training:",
+        help=f"Fit the linear classifier on {point}'s features of every image of {source} (seconds to minutes).",
+    ):
+        return
+    bar = st.progress(0.0, text="Features of every image…")
+
+    def progress(done: int, total: int, info: Any = None) -> None:
+        bar.progress(min(done / max(total, 1), 1.0), text=f"Features of every image · {done} of {total}")
+
+    try:
+        with turn("linear classifier"):
+            trained = train_classifier(
+                model, source, point, input_size=int(size) if isinstance(size, int) else None, progress=progress
+            )
+    except ExplorerError as exc:
+        st.error(str(exc), icon=":material/error:")
+        return
+    st.session_state[done_key] = {
+        "point": point,
+        "source": source,
+        "images": trained.images,
+        "accuracy": trained.accuracy,
+        "bytes": trained.to_bytes(),
+    }
+    st.rerun()
+
+
 def render_panel(
     model: LoadedModel, report: ComparisonReport, point: str, *, query: dict[str, str], key: str = "fp"
 ) -> None:
     """Draw the freeze panel for `point` ('none' or a layer) of `model` given a comparison `report`."""
-    table = summaries(model, len(report.data.get("classes") or []) or None)
+    classes = len(report.data.get("classes") or []) or None
+    table = summaries(model, classes)
     s = table.get(point) or table[NONE]
     rec = report.recommendation
+    linear = rec.source == "sweep" and rec.route == "linear" and (rec.freeze_after or NONE) == point
     st.subheader(f"Freeze up to {point}" if point != NONE else "Train every layer")
     left, right = st.columns([1.1, 1], gap="large")
     with left:
@@ -194,11 +264,20 @@ def render_panel(
         )
     with right:
         c = st.columns(3)
-        c[0].metric("Trainable params", count(s.trainable), help=f"{s.trainable:,}")
-        c[1].metric("Non-trainable params", count(s.non_trainable), help=f"{s.non_trainable:,}")
-        c[2].metric("Total params", count(s.total), help=f"{s.total:,}")
-        st.progress(s.trainable_fraction, text=f"{100 * s.trainable_fraction:.1f} % of the parameters train")
-        st.code(keras_summary(s), language="text")
+        if linear:  # the route the advice names drives the counts: the frozen network up to the point + one layer
+            frozen = s.total - s.trainable
+            total = frozen + rec.trainable
+            c[0].metric("Trainable params", count(rec.trainable), help=f"{rec.trainable:,} (the linear classifier)")
+            c[1].metric("Non-trainable params", count(frozen), help=f"{frozen:,} (the frozen network)")
+            c[2].metric("Total params", count(total), help=f"{total:,}")
+            share = rec.trainable / max(total, 1)
+            st.progress(share, text=f"{100 * share:.2f} % of the parameters train: a linear classifier on {point}")
+        else:
+            c[0].metric("Trainable params", count(s.trainable), help=f"{s.trainable:,}")
+            c[1].metric("Non-trainable params", count(s.non_trainable), help=f"{s.non_trainable:,}")
+            c[2].metric("Total params", count(s.total), help=f"{s.total:,}")
+            st.progress(s.trainable_fraction, text=f"{100 * s.trainable_fraction:.1f} % of the parameters train")
+            st.code(keras_summary(s), language="text")
         kind, text = advice(rec)
         if kind == "withheld":
             st.warning(text, icon=":material/block:")
@@ -211,17 +290,27 @@ def render_panel(
         st.caption(f"{rec.guide.advice} {guide_why(rec.guide)}")
         with st.expander("Evidence and caveats"):
             st.markdown("\n".join(f"- {e}" for e in [*rec.evidence, *rec.caveats, *report.warnings]))
-    if rec.route == "linear" and rec.freeze_after == point:
-        with st.expander(f"The measured option: a linear classifier on {point} (PyTorch + scikit-learn)"):
+    if linear:
+        code = extractor_code(model, point, classes)
+        st.markdown(
+            "**PyTorch: the measured option, a frozen feature extractor and one linear layer** (the copy button is "
+            "at the code's top right)"
+        )
+        st.code(code, language="python")
+        with st.expander("The same with scikit-learn's logistic regression (what the sweep fitted)"):
             st.code(rec.code, language="python")
-    code = code_for(model, point, len(report.data.get("classes") or []) or None)
-    st.markdown("**PyTorch: freeze there** (the copy button is at the code's top right)")
-    st.code(code, language="python")
+        filename, label = f"classifier_{point.replace('.', '_')}.py", "Download classifier.py"
+        train_action(model, report, point, key)
+    else:
+        code = code_for(model, point, classes)
+        st.markdown("**PyTorch: freeze there** (the copy button is at the code's top right)")
+        st.code(code, language="python")
+        filename, label = f"freeze_{point.replace('.', '_')}.py", "Download freeze.py"
     c = st.columns([1, 1, 2], vertical_alignment="center")
     c[0].download_button(
-        "Download freeze.py",
+        label,
         code.encode(),
-        file_name=f"freeze_{point.replace('.', '_')}.py",
+        file_name=filename,
         mime="text/x-python",
         icon=":material/download:",
         on_click="ignore",
@@ -229,11 +318,11 @@ def render_panel(
     )
     available = finetune_page_available()
     if c[1].button(
-        "Fine-tune with this freeze point",
+        "Fine-tune instead" if linear else "Fine-tune with this freeze point",
         key=f"{key}_send",
         icon=":material/model_training:",
         disabled=not available,
-        type="primary",
+        type="secondary" if linear else "primary",
     ):
         send_to_finetune(point, query)
     if not available:
