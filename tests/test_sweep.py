@@ -388,3 +388,24 @@ def test_the_linear_routes_code_trains_exactly_the_parameters_the_sweep_counted(
     clf.train()
     logits = clf(torch.rand(4, 3, 32, 32))
     assert logits.shape == (4, 3) and logits.requires_grad
+
+
+@pytest.mark.parametrize(("classes", "opens_at", "stays_shut_at"), [(2, 0.60, 0.538), (100, 0.15, 0.019)])
+def test_the_gate_asks_whether_the_task_was_learned_not_just_above_chance(classes, opens_at, stays_shut_at):
+    """At 1,000 images, 'above chance' alone opened at 53.8 % for 2 classes and 1.9 % for 100: not learning."""
+    from explorer.transfer.gate import floor, learned_task
+    from explorer.transfer.stats import above_chance
+
+    chance = 1 / classes
+    assert above_chance(round(stays_shut_at * 1000), 1000, chance) < 0.05  # the old bar: passed
+    assert not learned_task(round(stays_shut_at * 1000), 1000, chance).open
+    assert learned_task(round(opens_at * 1000), 1000, chance).open
+    assert floor(chance) == pytest.approx(chance + 0.1 * (1 - chance))
+    # On generated data: labels unrelated to the features give a shut gate; learnable ones an open one.
+    rng = np.random.default_rng(classes)
+    x = rng.normal(size=(1000, 16))
+    y_random = rng.integers(0, classes, 1000)
+    from explorer.transfer.probes import linear_probe
+
+    shut = linear_probe(x, y_random, folds=3)
+    assert shut is not None and not learned_task(round(shut.accuracy * 1000), 1000, chance).open

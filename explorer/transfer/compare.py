@@ -171,7 +171,7 @@ def _forward(
         if stop():
             raise CompareError("The comparison was cancelled.")
         for key, model in models.items():
-            pooled, gapped, out, tokens = _run(model, x01, layouts, grid, probes and key == "base")
+            pooled, gapped, out, tokens = _run(model, x01, layouts, grid, key == "base")  # a quick probe always
             for n in names:
                 feats[key][n].append(pooled[n])
             if key in cls:
@@ -301,7 +301,11 @@ def compare(
     ckas = {n: layer_cka({k: torch.cat(v[n]) for k, v in feats.items()}, halves) for n in plan.names}
     token_ckas = {n: layer_cka(v, halves) for n, v in class_tokens.items()}
     del feats
-    probe_res = _probes(gaps, labels.numpy(), probe_folds, seed, progress, done[0], total, stop) if probes else {}
+    if probes:
+        probe_res = _probes(gaps, labels.numpy(), probe_folds, seed, progress, done[0], total, stop)
+    else:  # the gate still needs to know what the frozen features give: one quick probe before the head (seconds)
+        last = [n for n in plan.names[:-1] if gaps.get(n)][-1:]
+        probe_res = _probes({n: gaps[n] for n in last}, labels.numpy(), 3, seed, None, 0, 0, stop)
     t3 = time.perf_counter()
     layers = layer_rows(base, tuned, plan.rows, ckas, probe_res)
     settings: dict[str, int | float | bool | str | None] = {
