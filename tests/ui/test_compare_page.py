@@ -388,3 +388,18 @@ def test_the_advice_box_says_how_the_point_was_decided():
     assert kind == "prediction" and text.startswith("**Predicted (no sweep has run)") and "Unstable" in text
     kind, text = advice(Recommendation("blocks.4.2", "r", [], guide, source="sweep", route="linear", agreement="a"))
     assert kind == "sweep" and "linear classifier" in text and "*Explanation:* a" in text
+
+
+def test_the_trust_section_measures_calibrated_cka_and_selectivity_on_a_click(compared):
+    at = compared
+    assert not [c for c in at.get("plotly_chart") if c.key == "cmp_trust_cka"]  # nothing heavy before the click
+    at.button(key="cmp_trust_run").click().run()
+    assert not at.exception and not _errors(at)
+    charts = {c.key: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+    heat = charts["cmp_trust_cka"]["data"][0]
+    z = np.asarray(heat["z"], dtype=float)
+    assert z.shape[0] == z.shape[1] and heat["x"] == heat["y"]  # base layers × tuned layers, the same ladder
+    diagonal = np.nanmean(np.diag(z))
+    assert diagonal > np.nanmean(z[~np.eye(len(z), dtype=bool)])  # a layer is most like itself after fine-tuning
+    names = {t.get("name") for t in charts["cmp_trust_sel"]["data"]}
+    assert {"base", "tuned", "base: labels shuffled", "tuned: labels shuffled"} <= names

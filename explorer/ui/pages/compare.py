@@ -28,7 +28,7 @@ from explorer.transfer.recommend import with_sweep
 from explorer.transfer.report_html import render_html
 from explorer.transfer.runs import list_runs
 from explorer.ui.common import current_model, get_ladder, set_current_model, show_error
-from explorer.ui.compare import sweep_panel
+from explorer.ui.compare import sweep_panel, trust_panel
 from explorer.ui.compare.charts import comparison_figure, export_config, selected_layer
 from explorer.ui.compare.demo import demo_panel
 from explorer.ui.compare.freeze_panel import NONE, render_panel, summaries
@@ -384,6 +384,7 @@ def _page(
         sweep_panel.section(base, data[0], data[1], sweep_cfg)
     except Exception as exc:
         show_error(exc)
+    trust_panel.section(base, tuned, data[1], (report.data.get("input_size") or [None])[0])
     layer = None if point == NONE else point
     renders: dict[str, Any] = {}  # filled by the layer view below; the HTML report reads it when downloaded
     _exports(report, fig, layer, renders, stem)
