@@ -3,22 +3,31 @@ kept in the URL (``?lang=pt-BR``), so a shared link opens in the reader's langua
 
 `t("tour.step1.title")` returns the current language's text (English when a key is missing there — and a test
 checks that no key is missing in either catalogue). Texts may hold ``{name}`` fields filled from keyword arguments.
+Keys are grouped by page (``model.*``, ``finetune.*``, …); ``nav.*`` are the sidebar's page titles.
+
+Numbers go through Babel, for the session's language (or the `lang` given): `number(1234567)` is "1,234,567" in
+English and "1.234.567" in Portuguese, `percent(0.925, 1)` "92.5 %" / "92,5 %", `seconds(0.131)` "0.13 s" /
+"0,13 s", `short_number(4_398_024)` "4.40 M" / "4,40 M"; `plotly_separators()` gives a Plotly figure the same
+decimal and thousands marks.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
+from babel.numbers import format_decimal, get_decimal_symbol, get_group_symbol
 
 LANGUAGES = {"en": "English", "pt-BR": "Português (Brasil)"}
 DEFAULT = "en"
 LANG_KEY = "lang"  # the widget's session_state key, and the URL parameter
 CHOICE_KEY = "lang_choice"  # the session's language, kept across page switches
 LOCALES = Path(__file__).resolve().parent / "locales"
+BABEL_LOCALES = {"en": "en_US", "pt-BR": "pt_BR"}  # the Babel locale of each language
 
 
 @cache
@@ -43,6 +52,95 @@ def t(key: str, **fields: Any) -> str:
     return text.format(**fields) if fields else text
 
 
+def babel_locale(lang: str | None = None) -> str:
+    """The Babel locale of `lang` (default: the session's language)."""
+    return BABEL_LOCALES.get(lang or language(), BABEL_LOCALES[DEFAULT])
+
+
+def number(x: float, digits: int | None = None, *, lang: str | None = None) -> str:
+    """`x` written for the language, thousands grouped: with `digits`, exactly that many decimals
+    (`number(0.1314, 2)` → "0.13" / "0,13"); without, an integer as it is and a fraction with up to three decimals.
+    NaN is "—" (nothing measured)."""
+    if not math.isfinite(float(x)):
+        return "—" if math.isnan(float(x)) else ("∞" if x > 0 else "-∞")
+    if digits is None:
+        pattern = "#,##0" if float(x).is_integer() else "#,##0.###"
+    else:
+        pattern = "#,##0" + ("." + "0" * digits if digits > 0 else "")
+    text = format_decimal(x, format=pattern, locale=babel_locale(lang))
+    return text[1:] if text.startswith("-") and not any(c in "123456789" for c in text) else text  # no "-0.00"
+
+
+def percent(fraction: float, digits: int = 0, *, lang: str | None = None) -> str:
+    """A fraction as a percentage: `percent(0.925, 1)` → "92.5 %" / "92,5 %"."""
+    return f"{number(100 * fraction, digits, lang=lang)} %"
+
+
+def seconds(x: float, digits: int = 2, *, lang: str | None = None) -> str:
+    """A duration in seconds: `seconds(0.1314)` → "0.13 s" / "0,13 s"."""
+    return f"{number(x, digits, lang=lang)} s"
+
+
+def short_number(n: float, *, lang: str | None = None) -> str:
+    """A count in a few characters: "4.40 M" / "4,40 M", "12.3 k" / "12,3 k", "512"."""
+    if abs(n) >= 1e6:
+        return f"{number(n / 1e6, 2, lang=lang)} M"
+    if abs(n) >= 1e3:
+        return f"{number(n / 1e3, 1, lang=lang)} k"
+    return number(n, lang=lang)
+
+
+def plotly_separators(lang: str | None = None) -> str:
+    """Plotly's `separators` (decimal mark, then thousands mark) for the language: ".," or ",."."""
+    locale = babel_locale(lang)
+    return get_decimal_symbol(locale) + get_group_symbol(locale)
+
+
+def stage_name(name: str) -> str:
+    """A stage of the progression (`explorer.featurevis.stages.STAGES`) in the session's language, lower case."""
+    names = {
+        "edges": t("stage.edges"),
+        "textures": t("stage.textures"),
+        "patterns": t("stage.patterns"),
+        "parts": t("stage.parts"),
+        "objects": t("stage.objects"),
+    }
+    return names.get(name, name)
+
+
+def layer_option(row: Any, n_units: int, stage: str | None) -> str:
+    """A layer as the pickers list it: 'blocks.3.2 · 80 units · 14×14 · patterns' (`row` a LayerInfo)."""
+    grid = "×".join(str(s) for s in row.spatial) if row.spatial else t("layer.no_grid")
+    if row.grid_layout.tokens:
+        grid = t("layer.patch_tokens", grid=grid)
+    text = t("layer.option", layer=row.name, units=number(n_units), grid=grid)
+    return text + (f" · {stage_name(stage)}" if stage else "")
+
+
+def kernel_description(figure: Any) -> str:
+    """'32 kernels of 3×3 pixels × 3 colours, stride 2' for a `KernelFigure`."""
+    kh, kw = figure.kernel_size
+    return t("layer.kernels.describe", n=len(figure.tiles), height=kh, width=kw, stride=figure.stride[0])
+
+
+def kernel_notes(figure: Any) -> str:
+    """A `KernelFigure`'s notes (kernels drawn inverted, kernels that are zero) in the session's language; a note
+    this function does not know stays as the figure wrote it."""
+    out = []
+    for note in figure.notes:
+        words = note.split(" ", 1)
+        if "drawn inverted" in note and words[0].isdigit():
+            n = int(words[0])
+            out.append(t("layer.kernels.inverted_one") if n == 1 else t("layer.kernels.inverted", n=n))
+        elif "zero (pruned" in note and figure.zero:
+            which = ", ".join(str(i) for i in figure.zero)
+            key = "layer.kernels.zero_one" if len(figure.zero) == 1 else "layer.kernels.zero"
+            out.append(t(key, which=which))
+        else:
+            out.append(note)
+    return " ".join(out)
+
+
 def _keep_in_url() -> None:
     lang = language()
     if lang == DEFAULT:
@@ -63,7 +161,7 @@ def language_switch() -> None:
     st.session_state[CHOICE_KEY] = language()
     st.session_state[LANG_KEY] = st.session_state[CHOICE_KEY]
     st.segmented_control(
-        "Language",
+        t("app.language"),
         list(LANGUAGES),
         required=True,
         format_func=lambda code: LANGUAGES[code],

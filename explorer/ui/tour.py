@@ -14,7 +14,7 @@ import streamlit as st
 
 from explorer.models import DEFAULT_SPEC
 from explorer.ui.common import current_model, page_ref, set_current_model
-from explorer.ui.i18n import t
+from explorer.ui.i18n import number, t
 
 TOUR_KEY = "tour"  # URL parameter: the step shown (1-based)
 FREEZE_POINT = "blocks.3.2"  # the tour's example freeze point on the bundled model (the middle of the network)
@@ -90,18 +90,32 @@ def tour_panel(step: int) -> None:
 
 def training_costs() -> dict[str, Any] | None:
     """This machine's measured cost of a training step with everything trainable and frozen after the tour's point
-    (cached per model), or None when it cannot be measured (another architecture without that block)."""
+    (measured once per model), written for the session's language; None when it cannot be measured (another
+    architecture without that block)."""
     from explorer.ui.common import model_key
 
     model = current_model()
     try:
-        return _costs(model, model_key(model))
+        raw = _costs(model, model_key(model))
     except Exception:  # the tour still runs without the figures
         return None
+    t_all, t_frozen = raw["t_all"], raw["t_frozen"]
+    return {
+        "point": raw["point"],
+        "trainable": number(raw["trainable"]),
+        "total": number(raw["total"]),
+        "share": number(100 * raw["trainable"] / max(raw["total"], 1), 0),
+        "batch": number(raw["batch"]),
+        "size": raw["size"],
+        "t_all": number(t_all, 2),  # the sentence writes the unit
+        "t_frozen": number(t_frozen, 2),
+        "speedup": number(t_all / max(t_frozen, 1e-9), 1),
+    }
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _costs(_model: Any, key: tuple[Any, ...]) -> dict[str, Any]:
+    """The measured numbers, unformatted (the cache is shared by sessions in every language)."""
     from explorer.transfer.costs import training_step_cost
 
     del key
@@ -109,12 +123,10 @@ def _costs(_model: Any, key: tuple[Any, ...]) -> dict[str, Any]:
     frozen = training_step_cost(_model, FREEZE_POINT)
     return {
         "point": FREEZE_POINT,
-        "trainable": f"{frozen.trainable:,}",
-        "total": f"{frozen.total:,}",
-        "share": f"{100 * frozen.trainable / max(frozen.total, 1):.0f}",
+        "trainable": frozen.trainable,
+        "total": frozen.total,
         "batch": full.batch,
         "size": full.size,
-        "t_all": f"{full.seconds:.2f}",
-        "t_frozen": f"{frozen.seconds:.2f}",
-        "speedup": f"{full.seconds / max(frozen.seconds, 1e-9):.1f}",
+        "t_all": full.seconds,
+        "t_frozen": frozen.seconds,
     }

@@ -23,7 +23,7 @@ from explorer.transfer.resume import can_resume, saved_settings
 from explorer.transfer.runs import JobSnapshot, TrainingJob, list_runs, read_run
 from explorer.transfer.settings import suggested_input_size
 from explorer.ui.common import current_model, get_ladder, model_key, show_error
-from explorer.ui.i18n import page_intro
+from explorer.ui.i18n import number, page_intro, percent, plotly_separators, seconds, short_number, t
 from explorer.ui.widgets.dataset_panel import DataSummary, data_section
 from explorer.ui.widgets.figures import progress_figure
 
@@ -34,11 +34,19 @@ LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 # --------------------------------------------------------------------------- freeze point
 
 
-def _short(n: int) -> str:
-    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k" if n >= 1e3 else str(n)
+def status_name(status: str) -> str:
+    """A run's status (`explorer.transfer.runs.STATES`) in the session's language."""
+    names = {
+        "done": t("finetune.status.done"),
+        "running": t("finetune.status.running"),
+        "stopped": t("finetune.status.stopped"),
+        "interrupted": t("finetune.status.interrupted"),
+        "failed": t("finetune.status.failed"),
+    }
+    return names.get(status, status)
 
 
-@st.cache_data(max_entries=16, show_spinner="Counting parameters for every freeze point…")
+@st.cache_data(max_entries=16, show_spinner=False)  # the caller shows the spinner, in the session's language
 def _freeze_table(_model: LoadedModel, key: tuple[Any, ...], num_classes: int | None) -> list[FreezeSummary]:
     del key
     return freeze_table(_model, num_classes=num_classes)
@@ -59,15 +67,16 @@ def _pick_freeze(options: list[str]) -> str:
         if wanted in options:
             state["ft_freeze"] = wanted
         else:
-            st.warning(f"The link's freeze point {wanted!r} is not a layer of this model; pick one below.")
+            st.warning(t("finetune.bad_freeze", point=repr(wanted)))
     if state.get("ft_freeze") not in options:
         state["ft_freeze"] = "none"
+    none = t("finetune.freeze.none")  # labels are made during the run, not when a test asks for them later
     point = st.selectbox(
-        "Freeze everything up to and including",
+        t("finetune.freeze"),
         options,
         key="ft_freeze",
-        format_func=lambda p: "none (train every layer)" if p == "none" else p,
-        help="Frozen layers keep their weights and their BatchNorm statistics; the rest and a new head train.",
+        format_func=lambda p: none if p == "none" else p,
+        help=t("finetune.freeze.help"),
     )
     if st.query_params.get("freeze") != point:
         st.query_params["freeze"] = point
@@ -83,39 +92,44 @@ def _freeze_frame(model: LoadedModel, point: str, num_classes: int | None) -> pd
     state = []
     for i, r in enumerate(rows):
         if i == head:
-            state.append(f"new head ({num_classes} classes)" if num_classes else "head (retrained)")
+            state.append(t("finetune.state.new_head", n=num_classes) if num_classes else t("finetune.state.head"))
         elif i <= cut:
-            state.append("frozen")
+            state.append(t("finetune.state.frozen"))
         else:
-            state.append("trains" if r.params else "no parameters")
+            state.append(t("finetune.state.trains") if r.params else t("finetune.state.no_params"))
     output = ["×".join(map(str, r.out_shape)) for r in rows]
     return pd.DataFrame({"layer": names, "state": state, "params": [r.params for r in rows], "output": output,
                          "type": [r.type for r in rows]})  # fmt: skip
 
 
-def _grey_frozen(row: pd.Series) -> list[str]:
-    style = "color: #9a9a9a; background-color: #f1f1f1" if row["state"] == "frozen" else ""
+def _grey_frozen(row: pd.Series, frozen: str) -> list[str]:
+    style = "color: #9a9a9a; background-color: #f1f1f1" if row["state"] == frozen else ""
     return [style] * len(row)
 
 
 def _freeze_section(model: LoadedModel, num_classes: int | None) -> str | None:
-    st.subheader("2 · Freeze point")
-    table = _freeze_table(model, model_key(model), num_classes)
+    st.subheader(t("finetune.freeze_point"))
+    with st.spinner(t("finetune.counting")):
+        table = _freeze_table(model, model_key(model), num_classes)
     by_point = {s.freeze_after or "none": s for s in table}
     point = _pick_freeze(list(by_point))
     s = by_point[point]
+    share = percent(s.trainable_fraction, 1)
     c = st.columns(3)
-    c[0].metric("Trainable", _short(s.trainable), help=f"{s.trainable_fraction:.1%} of the parameters")
-    c[1].metric("Non-trainable", _short(s.non_trainable), help="Frozen weights; BatchNorm statistics stay fixed too.")
-    c[2].metric("Total", _short(s.total), help="With the new head sized for this dataset's classes.")
-    st.caption(f"**{s.trainable:,}** trainable ({s.trainable_fraction:.1%}) · **{s.non_trainable:,}** non-trainable · "
-               f"**{s.total:,}** total parameters; {s.frozen_buffers:,} BatchNorm statistics frozen.")  # fmt: skip
+    c[0].metric(t("finetune.trainable"), short_number(s.trainable), help=t("finetune.trainable.help", share=share))
+    c[1].metric(t("finetune.non_trainable"), short_number(s.non_trainable), help=t("finetune.non_trainable.help"))
+    c[2].metric(t("finetune.total"), short_number(s.total), help=t("finetune.total.help"))
+    st.caption(t("finetune.counts", trainable=number(s.trainable), share=share, non_trainable=number(s.non_trainable),
+                 total=number(s.total), buffers=number(s.frozen_buffers)))  # fmt: skip
     df = _freeze_frame(model, point, num_classes)
-    st.dataframe(df.style.apply(_grey_frozen, axis=1), hide_index=True, key="ft_ladder",
-                 height=min(35 * len(df) + 38, 740), column_config={
-                     "params": st.column_config.NumberColumn("params", format="localized"),
-                     "state": st.column_config.TextColumn("state", width="medium")})  # fmt: skip
-    with st.expander("PyTorch code that freezes here"):
+    styled = df.style.apply(_grey_frozen, axis=1, frozen=t("finetune.state.frozen"))
+    st.dataframe(styled, hide_index=True, key="ft_ladder", height=min(35 * len(df) + 38, 740), column_config={
+                     "layer": st.column_config.TextColumn(t("finetune.col.layer")),
+                     "params": st.column_config.NumberColumn(t("finetune.col.params"), format="localized"),
+                     "state": st.column_config.TextColumn(t("finetune.col.state"), width="medium"),
+                     "output": st.column_config.TextColumn(t("finetune.col.output")),
+                     "type": st.column_config.TextColumn(t("finetune.col.type"))})  # fmt: skip
+    with st.expander(t("finetune.code"), key="ft_code"):
         code = _freeze_code(model, model_key(model), None if point == "none" else point, num_classes)
         st.code(code, language="python")
     return None if point == "none" else point
@@ -141,45 +155,55 @@ def _settings_form(
     """The settings form; returns the settings when Train was pressed. The image size starts at `start_size` (it
     follows the data: a new dataset resets it) unless the user sets it."""
     d = FinetuneSettings()
-    st.subheader("3 · Settings")
+    mark = plotly_separators()[0]  # the decimal mark: a learning rate is written like 3e-05 or 0.0003
+
+    def rate(v: float) -> str:
+        return f"{v:g}".replace(".", mark)
+
+    words = {
+        "light": t("finetune.augment.light"),
+        "light+flip": t("finetune.augment.flip"),
+        "none": t("finetune.augment.none"),
+        "cosine": t("finetune.schedule.cosine"),
+        "constant": t("finetune.schedule.constant"),
+        "train": t("finetune.bn.train"),
+        "frozen": t("finetune.bn.frozen"),
+    }
+    st.subheader(t("finetune.settings"))
     with st.form("ft_settings", border=True):
         c = st.columns(4)
-        epochs = c[0].number_input("Epochs", 1, 200, d.epochs, key="ft_epochs")
-        batch = c[1].number_input("Batch size", 1, 1024, d.batch_size, key="ft_batch")
-        size_help = (
-            f"Starts at your images' own size ({start_size} px here), at most the model's {model.input_size[0]} px: "
-            "larger than the images costs time and adds nothing."
-        )
+        epochs = c[0].number_input(t("finetune.epochs"), 1, 200, d.epochs, key="ft_epochs")
+        batch = c[1].number_input(t("finetune.batch"), 1, 1024, d.batch_size, key="ft_batch")
+        size_help = t("finetune.size.help", size=start_size, max=model.input_size[0])
         size = c[2].number_input(
-            "Image size (px)", 32, 1024, start_size, step=16, key=f"ft_size_{start_size}", help=size_help
+            t("finetune.size"), 32, 1024, start_size, step=16, key=f"ft_size_{start_size}", help=size_help
         )
-        max_images = c[3].number_input("Max images (0 = all)", 0, 10_000_000, 0, step=50, key="ft_max",
-                                       help="A class-balanced random subset for a quick run.")  # fmt: skip
+        max_images = c[3].number_input(t("finetune.max_images"), 0, 10_000_000, 0, step=50, key="ft_max",
+                                       help=t("finetune.max_images.help"))  # fmt: skip
         c = st.columns(4)
-        lr = c[0].select_slider("Learning rate (new head)", LRS, d.lr, key="ft_lr", format_func=lambda v: f"{v:g}")
-        blr = c[1].select_slider("Learning rate (trainable layers)", LRS, d.backbone_lr, key="ft_blr",
-                                 format_func=lambda v: f"{v:g}")  # fmt: skip
-        val = c[2].slider("Validation fraction", 0.0, 0.5, d.val_fraction, 0.05, key="ft_val")
-        seed = c[3].number_input("Seed", 0, 2**31 - 1, d.seed, key="ft_seed")
+        lr = c[0].select_slider(t("finetune.lr"), LRS, d.lr, key="ft_lr", format_func=rate)
+        blr = c[1].select_slider(t("finetune.blr"), LRS, d.backbone_lr, key="ft_blr", format_func=rate)
+        fractions = [round(0.05 * i, 2) for i in range(11)]  # 0 … 50 %, labelled for the language
+        start_val = min(fractions, key=lambda f: abs(f - d.val_fraction))
+        val = c[2].select_slider(t("finetune.val"), fractions, start_val, key="ft_val", format_func=percent)
+        seed = c[3].number_input(t("finetune.seed"), 0, 2**31 - 1, d.seed, key="ft_seed")
         c = st.columns(4)
-        augment = c[0].selectbox("Augmentation", ["light", "light+flip", "none"], key="ft_augment",
-                                 help="light: random 80–100 % crops, ±10 % colour; flips change digits.")  # fmt: skip
-        schedule = c[1].selectbox("Schedule", ["cosine", "constant"], key="ft_schedule",
-                                  help=f"After a warm-up over the first {d.warmup:.0%} of the steps.")  # fmt: skip
-        bn = c[2].selectbox("BatchNorm statistics", ["train", "frozen"], key="ft_bn",
-                            format_func=lambda v: "re-estimated on your data" if v == "train" else "kept from the base",
-                            help="Trainable BatchNorm layers re-estimate their running statistics on your images, "
-                            "or keep the pretrained ones (their scale and shift still train).")  # fmt: skip
-        go_ = c[3].form_submit_button("Train", type="primary", icon=":material/model_training:", key="ft_train",
-                                      disabled=busy, width="stretch")  # fmt: skip
-        st.caption(f"Trains a copy of **`{model.spec}`** with a new head (change the model on the Model page); the "
-                   "epoch with the lowest held-out loss is kept, and the held-out split is saved with it.")  # fmt: skip
+        augment = c[0].selectbox(t("finetune.augment"), ["light", "light+flip", "none"], key="ft_augment",
+                                 format_func=words.get, help=t("finetune.augment.help"))  # fmt: skip
+        schedule = c[1].selectbox(t("finetune.schedule"), ["cosine", "constant"], key="ft_schedule",
+                                  format_func=words.get,
+                                  help=t("finetune.schedule.help", share=percent(d.warmup)))  # fmt: skip
+        bn = c[2].selectbox(t("finetune.bn"), ["train", "frozen"], key="ft_bn", format_func=words.get,
+                            help=t("finetune.bn.help"))  # fmt: skip
+        go_ = c[3].form_submit_button(t("finetune.train"), type="primary", icon=":material/model_training:",
+                                      key="ft_train", disabled=busy, width="stretch")  # fmt: skip
+        st.caption(t("finetune.trains_copy", spec=model.spec))
     if busy:
-        st.caption("A run is in progress; stop it or wait for it to finish before starting another.")
+        st.caption(t("finetune.busy"))
     if not go_:
         return None
     if not ready:
-        st.error("Choose a dataset that can be used (see above) before training.", icon=":material/error:")
+        st.error(t("finetune.no_data"), icon=":material/error:")
         return None
     return FinetuneSettings(freeze_after=point, epochs=int(epochs), batch_size=int(batch), lr=float(lr),
                             backbone_lr=float(blr), schedule=schedule, augment=augment, val_fraction=float(val), bn=bn,
@@ -189,17 +213,25 @@ def _settings_form(
 def _progress_view(job: TrainingJob, snap: JobSnapshot) -> None:
     epochs = job.settings.epochs
     epoch = snap.steps[-1]["epoch"] if snap.steps else 1
-    last = f" · loss {snap.steps[-1]['loss']:.3f}" if snap.steps else ""
+    last = " · " + t("finetune.progress.loss", loss=number(snap.steps[-1]["loss"], 3)) if snap.steps else ""
     frac = snap.step / snap.total if snap.total else 0.0
-    text = f"Epoch {epoch}/{epochs} · step {snap.step}/{snap.total or '…'} · {snap.seconds:.0f} s{last}"
-    st.progress(min(frac, 1.0), text=text if snap.total else "Preparing the data and a copy of the model…")
+    text = t("finetune.progress", epoch=epoch, epochs=epochs, step=number(snap.step),
+             total=number(snap.total) if snap.total else "…", seconds=seconds(snap.seconds, 0)) + last  # fmt: skip
+    st.progress(min(frac, 1.0), text=text if snap.total else t("finetune.preparing"))
     st.plotly_chart(progress_figure(snap), key="ft_chart")
     if snap.epochs:
         names = {"epoch": "epoch", "train_loss": "train loss", "train_acc": "train acc", "val_loss": "val loss",
                  "val_acc": "val acc", "seconds": "elapsed (s)"}  # fmt: skip
+        labels = {"epoch": t("finetune.col.epoch"), "train loss": t("finetune.col.train_loss"),
+                  "train acc": t("finetune.col.train_acc"), "val loss": t("finetune.col.val_loss"),
+                  "val acc": t("finetune.col.val_acc"), "elapsed (s)": t("finetune.col.elapsed")}  # fmt: skip
         df = pd.DataFrame(snap.epochs)[list(names)].rename(columns=names)
-        fmt = {k: st.column_config.NumberColumn(format="%.3f") for k in ("train loss", "val loss", "elapsed (s)")}
-        fmt |= {k: st.column_config.NumberColumn(format="percent") for k in ("train acc", "val acc")}
+        fmt = {
+            k: st.column_config.NumberColumn(labels[k], format="%.3f")
+            for k in ("train loss", "val loss", "elapsed (s)")
+        }
+        fmt |= {k: st.column_config.NumberColumn(labels[k], format="percent") for k in ("train acc", "val acc")}
+        fmt["epoch"] = st.column_config.NumberColumn(labels["epoch"])
         st.dataframe(df, hide_index=True, key="ft_epochs_table", column_config=fmt)
 
 
@@ -212,10 +244,10 @@ def _live() -> None:
     if snap.finished:
         st.rerun()
     if snap.stop_requested:
-        st.info("Stopping before the next step; the last complete epoch's checkpoint is kept.")
+        st.info(t("finetune.stopping"))
     else:
-        st.button("Stop", key="ft_stop", icon=":material/stop_circle:", on_click=job.stop,
-                  help="Ends the run before its next step; the last complete epoch's checkpoint stays.")  # fmt: skip
+        st.button(t("finetune.stop"), key="ft_stop", icon=":material/stop_circle:", on_click=job.stop,
+                  help=t("finetune.stop.help"))  # fmt: skip
     _progress_view(job, snap)
 
 
@@ -246,7 +278,7 @@ def _use_as_current(path: Path, name: str) -> None:
     except Exception as exc:
         show_error(exc)
         return
-    st.session_state["_ft_flash"] = f"Run **{name}** is now the current model (see the sidebar)."
+    st.session_state["_ft_flash"] = t("finetune.now_current", name=name)
     st.rerun()
 
 
@@ -267,26 +299,28 @@ def _run_panel(info: Any, key: str) -> None:
     """Metrics, checkpoint path and actions (download, compare, use) for one saved run."""
     m = info.metrics
     c = st.columns(4)
-    best = f"epoch {info.metadata.get('best_epoch')}, " if info.metadata.get("best_epoch") else ""
-    c[0].metric("Held-out accuracy", f"{m['val_acc']:.1%}" if isinstance(m.get("val_acc"), float) else "—",
-                help=f"Of the kept epoch ({best}lowest held-out loss), on images never trained on.")  # fmt: skip
-    c[1].metric("Held-out loss", f"{m['val_loss']:.3f}" if isinstance(m.get("val_loss"), float) else "—")
-    c[2].metric("Training accuracy", f"{m['train_acc']:.1%}" if isinstance(m.get("train_acc"), float) else "—")
-    c[3].metric("Epochs", info.epochs_done, help=f"status: {info.status}")
+    best = t("finetune.best_epoch", n=info.metadata.get("best_epoch")) if info.metadata.get("best_epoch") else ""
+    c[0].metric(t("finetune.val_acc"), percent(m["val_acc"], 1) if isinstance(m.get("val_acc"), float) else "—",
+                help=t("finetune.val_acc.help", best=best))  # fmt: skip
+    c[1].metric(t("finetune.val_loss"), number(m["val_loss"], 3) if isinstance(m.get("val_loss"), float) else "—")
+    c[2].metric(t("finetune.train_acc"),
+                percent(m["train_acc"], 1) if isinstance(m.get("train_acc"), float) else "—")  # fmt: skip
+    c[3].metric(t("finetune.epochs"), info.epochs_done, help=t("finetune.epochs_done.help",
+                                                                 status=status_name(info.status)))  # fmt: skip
     more = " …" if len(info.classes) > 8 else ""
-    st.markdown(f"Base `{info.base_spec}` · freeze after `{info.freeze_after or 'none'}` · {len(info.classes)} "
-                f"classes ({', '.join(info.classes[:8])}{more}) · data `{info.data}`")  # fmt: skip
+    st.markdown(t("finetune.run_facts", base=info.base_spec, point=info.freeze_after or t("finetune.none"),
+                  n=len(info.classes), names=", ".join(info.classes[:8]) + more, data=info.data))  # fmt: skip
     st.code(str(info.path), language="text")
     c = st.columns(3)
-    c[0].download_button("Download .safetensors", data=info.path.read_bytes, file_name=info.path.name,
+    c[0].download_button(t("finetune.download"), data=info.path.read_bytes, file_name=info.path.name,
                          mime="application/octet-stream", icon=":material/download:", key=f"{key}_dl",
                          on_click="ignore", width="stretch")  # fmt: skip
     compare = _page_registered("compare")
-    why = None if compare else "The Compare page is not part of this app yet."
-    if c[1].button("Compare with base", key=f"{key}_cmp", icon=":material/compare:", disabled=not compare,
+    why = None if compare else t("finetune.no_compare")
+    if c[1].button(t("finetune.compare"), key=f"{key}_cmp", icon=":material/compare:", disabled=not compare,
                    width="stretch", help=why):  # fmt: skip
         _compare_with_base(info)
-    if c[2].button("Use as current model", key=f"{key}_use", icon=":material/check_circle:", width="stretch"):
+    if c[2].button(t("finetune.use"), key=f"{key}_use", icon=":material/check_circle:", width="stretch"):
         _use_as_current(info.path, info.name)
 
 
@@ -294,16 +328,16 @@ def _result_section(job: TrainingJob, snap: JobSnapshot) -> None:
     info = read_run(snap.checkpoint, snap.name)
     done = len(snap.epochs)
     if snap.state == "done":
-        st.success(f"Run **{snap.name}** finished: {done} epoch(s) in {snap.seconds:.0f} s "
-                   f"({snap.images_per_second:.1f} images/s).", icon=":material/check_circle:")  # fmt: skip
+        st.success(t("finetune.finished", name=snap.name, done=done, seconds=seconds(snap.seconds, 0),
+                     speed=number(snap.images_per_second, 1)), icon=":material/check_circle:")  # fmt: skip
     elif snap.state == "stopped" and info is not None:
-        st.warning(f"Stopped after {done} complete epoch(s); the checkpoint of epoch {done} is kept and listed below.")
+        st.warning(t("finetune.stopped_after", done=done))
     elif snap.state == "stopped":
-        st.warning("Stopped before the first epoch finished, so no checkpoint was saved.")
+        st.warning(t("finetune.stopped_early"))
     else:
         show_error(snap.error or RuntimeError("the run ended without a result"))
         if info is not None:
-            st.caption(f"The checkpoint of the last complete epoch ({done}) is kept.")
+            st.caption(t("finetune.kept", done=done))
     if snap.steps:
         _progress_view(job, snap)
     if info is not None:
@@ -329,10 +363,14 @@ def _resumable(runs: list[Any], busy: bool) -> None:
             continue
         total = info.settings.get("epochs", "?")
         c = st.columns([3, 1], vertical_alignment="center")
-        c[0].markdown(f"**{info.name}** is {info.status} after epoch {info.epochs_done} of {total}.")
-        if c[1].button("Resume", key=f"ft_resume_{info.name}", icon=":material/play_circle:", disabled=busy,
-                       width="stretch", help="Continue from its last complete epoch with the optimizer state it "
-                       "saved, in the same folder and on the same held-out split."):  # fmt: skip
+        sentence = {
+            "interrupted": t("finetune.resumable.interrupted", name=info.name, done=info.epochs_done, total=total),
+            "stopped": t("finetune.resumable.stopped", name=info.name, done=info.epochs_done, total=total),
+            "failed": t("finetune.resumable.failed", name=info.name, done=info.epochs_done, total=total),
+        }
+        c[0].markdown(sentence[info.status])
+        if c[1].button(t("finetune.resume"), key=f"ft_resume_{info.name}", icon=":material/play_circle:",
+                       disabled=busy, width="stretch", help=t("finetune.resume.help")):  # fmt: skip
             _resume_run(info)
 
 
@@ -342,28 +380,41 @@ def _interrupted_notice() -> None:
     names = [r.name for r in list_runs() if r.status == "interrupted" and can_resume(r.path)]
     if not names:
         return
-    which = f"**{names[0]}** was" if len(names) == 1 else f"{len(names)} runs (**{names[0]}**, …) were"
-    st.warning(
-        f"{which} interrupted: the process training it ended before the last epoch. Every finished epoch is "
-        "saved; **Resume** it under [Previous runs](#previous-runs).",
-        icon=":material/restart_alt:",
+    text = (
+        t("finetune.interrupted_one", name=names[0])
+        if len(names) == 1
+        else t("finetune.interrupted_many", n=len(names), name=names[0])
     )
+    st.warning(text, icon=":material/restart_alt:")
 
 
 def _runs_section(busy: bool = False) -> None:
-    st.subheader("Previous runs")
+    st.subheader(t("finetune.runs"), anchor="previous-runs")  # the anchor the interrupted notice links to
     runs = list_runs()
     if not runs:
-        st.caption("No runs yet. Each run is saved under the app's cache folder and listed here.")
+        st.caption(t("finetune.no_runs"))
         return
     _resumable(runs, busy)
     df = pd.DataFrame([r.as_row() for r in runs]).drop(columns=["checkpoint"])
-    fmt = {k: st.column_config.NumberColumn(format="percent") for k in ("val acc", "train acc")}
-    fmt["val loss"] = st.column_config.NumberColumn(format="%.3f")
+    df["status"] = df["status"].map(status_name)
+    df["freeze after"] = df["freeze after"].map(lambda p: t("finetune.none") if p == "none" else p)
+    fmt: dict[str, Any] = {
+        "run": st.column_config.TextColumn(t("finetune.col.run")),
+        "created": st.column_config.TextColumn(t("finetune.col.created")),
+        "data": st.column_config.TextColumn(t("finetune.col.data")),
+        "freeze after": st.column_config.TextColumn(t("finetune.col.freeze_after")),
+        "epochs": st.column_config.NumberColumn(t("finetune.col.epochs")),
+        "val acc": st.column_config.NumberColumn(t("finetune.col.val_acc"), format="percent"),
+        "val loss": st.column_config.NumberColumn(t("finetune.col.val_loss"), format="%.3f"),
+        "train acc": st.column_config.NumberColumn(t("finetune.col.train_acc"), format="percent"),
+        "classes": st.column_config.NumberColumn(t("finetune.col.classes")),
+        "status": st.column_config.TextColumn(t("finetune.col.status")),
+        "base": st.column_config.TextColumn(t("finetune.col.base")),
+    }
     st.dataframe(df, hide_index=True, key="ft_runs", height=min(35 * len(df) + 38, 360), column_config=fmt)
     names = [r.name for r in runs]
-    pick = st.selectbox("Open a run", names, index=None, key="ft_run_pick", placeholder="Choose a run…",
-                        help="Download it, compare it with its base, or make it the current model.")  # fmt: skip
+    pick = st.selectbox(t("finetune.open_run"), names, index=None, key="ft_run_pick",
+                        placeholder=t("finetune.open_run.placeholder"), help=t("finetune.open_run.help"))  # fmt: skip
     if pick in names:
         with st.container(border=True):
             _run_panel(runs[names.index(pick)], "ft_run")
@@ -374,7 +425,7 @@ def _runs_section(busy: bool = False) -> None:
 
 def render() -> None:
     """The Fine-tune page."""
-    st.title("Fine-tune")
+    st.title(t("finetune.title"))
     page_intro("finetune")
     flash = st.session_state.pop("_ft_flash", None)
     if flash:
@@ -404,7 +455,7 @@ def render() -> None:
             st.session_state[JOB_KEY] = job
             st.rerun()  # redraw the form with Train disabled while the run trains
     if job is not None:
-        st.subheader(f"Training · {job.name}")
+        st.subheader(t("finetune.training", name=job.name))
         snap = job.snapshot()
         if snap.finished:
             _result_section(job, snap)

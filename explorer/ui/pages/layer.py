@@ -26,7 +26,7 @@ from explorer.featurevis.store import cached_mask
 from explorer.layers import LayerInfo
 from explorer.models import LoadedModel
 from explorer.ui.common import current_model, page_ref, show_error
-from explorer.ui.i18n import page_intro, t
+from explorer.ui.i18n import kernel_description, kernel_notes, layer_option, number, page_intro, stage_name, t
 from explorer.ui.widgets.atlas import atlas_offer, cache_note, whole_network
 from explorer.ui.widgets.gallery import (
     RenderSettings,
@@ -50,7 +50,6 @@ from explorer.ui.widgets.layers import (
     get_kernel_figure,
     get_stage_map,
     layer_from_url,
-    layer_label,
     renderable_layers,
 )
 
@@ -99,7 +98,7 @@ def _render_units(
     for tile, u in zip(tiles, shown, strict=True):
         tile.actions.page_link(
             unit_page,
-            label=f"Unit {u}",
+            label=t("tiles.unit_link", unit=u),
             icon=":material/open_in_new:",
             query_params=link_params(settings, layer=layer, unit=u),
         )
@@ -115,33 +114,21 @@ def _first_layer(
     """The kernels of a convolution over the colour channels, each next to its channel after the nonlinearity."""
     layer, after = figure.layer, figure.after
     st.info(t("layer.first_conv.why"), icon=":material/lightbulb:")
-    notes = " ".join(figure.notes)
-    st.caption(
-        f"{figure.describe()}, each enlarged and scaled on its own: grey is 0, a brighter colour a positive weight "
-        "on that colour, a darker one a negative weight (drawn as the unit sees pixels: the input normalisation "
-        "folded in). " + notes
-    )
+    st.caption(t("layer.kernels.caption", describe=kernel_description(figure), notes=kernel_notes(figure)).rstrip())
     if after is None:
-        st.caption(
-            f"No nonlinearity acts on these channels alone (the next layer mixes them), so there is no picture of "
-            f"{layer}'s units after one; feature visualization starts to say something at the first block."
-        )
+        st.caption(t("layer.kernels.no_after", layer=layer))
         cols = st.columns(COLS)
         for k, u in enumerate(shown):
-            Tile(cols[k % COLS]).show(figure.tiles[u], f"kernel {u}")
+            Tile(cols[k % COLS]).show(figure.tiles[u], t("layer.kernel_tile", unit=u))
         return
-    st.caption(
-        f"Left of each pair: the kernel of {layer}. Right: what **{after}** (the same channel after its "
-        f"nonlinearity, the first place where feature visualization says something) responds to, rendered with "
-        f"{settings.describe()}."
-    )
+    st.caption(t("layer.kernels.pairs", layer=layer, after=after, settings=settings.describe()))
     tiles: list[Tile] = []
     for start in range(0, len(shown), PAIRS):
         cols = st.columns(2 * PAIRS, gap="small")
         for j, u in enumerate(shown[start : start + PAIRS]):
-            Tile(cols[2 * j]).show(figure.tiles[u], f"kernel {u}")
+            Tile(cols[2 * j]).show(figure.tiles[u], t("layer.kernel_tile", unit=u))
             tile = Tile(cols[2 * j + 1])
-            tile.show(None, "waiting…")
+            tile.show(None, t("tiles.waiting"))
             tiles.append(tile)
     captions = [f"{after} {u}" for u in shown]
     _render_units(model, after, shown, tiles, settings, captions, key=f"layer_{after}_{shown[0]}", status=status)
@@ -166,9 +153,7 @@ def _page_from_url(pages: int) -> int:
     except ValueError:
         page = 0
     if not 1 <= page <= pages:
-        st.warning(
-            f"page={text!r} is not a page of this layer (1–{pages}); showing page 1.", icon=":material/link_off:"
-        )
+        st.warning(t("layer.bad_page", value=repr(text), pages=pages), icon=":material/link_off:")
         page = 1
     if st.query_params.get("page") != str(page):
         st.query_params["page"] = str(page)
@@ -185,20 +170,21 @@ def _choose_layer(model: LoadedModel, layers: dict[str, LayerInfo], stages: Stag
     options = blocks if layer in blocks else [*blocks, layer]
     n_units = {name: channels_of(layers[name]) for name in options}
     st.session_state["layer_pick"] = layer
+    labels = {name: layer_option(layers[name], n_units[name], stages.stage_of(name)) for name in options}
     top = st.columns([3, 1], vertical_alignment="bottom")
     top[0].selectbox(
-        "Layer",
+        t("layer.pick"),
         options,
         key="layer_pick",
         on_change=_on_layer,
-        format_func=lambda name: layer_label(layers[name], n_units[name], stages),
-        help="Blocks of the ladder with a spatial output, in execution order.",
+        format_func=labels.get,
+        help=t("layer.pick.help"),
     )
     units = n_units[layer]
     pages = max(1, math.ceil(units / PER_PAGE))
     page = _page_from_url(pages)
     st.session_state["layer_page"] = page
-    top[1].number_input(f"Page (of {pages})", 1, pages, key="layer_page", on_change=_on_page)
+    top[1].number_input(t("layer.page", pages=pages), 1, pages, key="layer_page", on_change=_on_page)
     return layer, page, units
 
 
@@ -213,8 +199,8 @@ def _unit_tiles(
     note: DeltaGenerator,
 ) -> None:
     """The units of this page as tiles that fill in as they render, each with its Unit link and PNG; the zip."""
-    tiles = tile_grid(len(shown), COLS, caption="waiting…")
-    captions = [f"unit {u}" for u in shown]
+    tiles = tile_grid(len(shown), COLS, caption=t("tiles.waiting"))
+    captions = [t("tiles.unit", unit=u) for u in shown]
     try:
         _render_units(
             model, layer, shown, tiles, settings, captions, key=f"layer_{layer}_{page}", status=status, batches=None
@@ -228,7 +214,7 @@ def _unit_tiles(
     done = cached_units(model, layer, units, settings)
     zip_download(
         st,
-        f"Download zip of {layer} ({len(done)} of {units} units rendered with these settings)",
+        t("layer.zip", layer=layer, done=number(len(done)), units=number(units)),
         lambda: layer_zip(model, layer, units, settings),
         f"{safe_filename(layer)}-{settings.preset}-seed{settings.seed}.zip",
         key="layer_zip",
@@ -238,30 +224,33 @@ def _unit_tiles(
 
 def render() -> None:
     """The Layer page."""
-    st.title("Layer")
+    st.title(t("layer.title"))
     page_intro("layer")
     model = current_model()
     layers = renderable_layers(model)
     stages = get_stage_map(model)
     if not layers:
-        st.info(f"{model.spec} has no layer with a spatial output to visualise.")
+        st.info(t("layer.no_spatial", spec=model.spec))
         return
     settings = settings_from_url(suggested_settings(model))
     layer, page, units = _choose_layer(model, layers, stages)
     stage = stages.stage_of(layer)
     row = layers[layer]
     figure = get_kernel_figure(model, layer)
-    span = f"units {(page - 1) * PER_PAGE}–{min(page * PER_PAGE, units) - 1} below"
-    st.caption(
-        f"{layer} ({row.type}, output {'×'.join(map(str, row.out_shape))})"
-        + (f" is in the **{stage}** stage of this network." if stage else ".")
-        + (
-            f" {units} units; {span}, rendered as one batch. Open a unit for its neuron, negative and diversity "
-            "images and the dataset examples that excite it."
-            if figure is None
-            else f" It reads the image's colour channels: {units} units, {span} as their kernels."
-        )
+    span = t("layer.span", first=(page - 1) * PER_PAGE, last=min(page * PER_PAGE, units) - 1)
+    shape = "×".join(map(str, row.out_shape))
+    about = (
+        t("layer.about_stage", layer=layer, type=row.type, shape=shape, stage=stage_name(stage))
+        if stage
+        else t("layer.about", layer=layer, type=row.type, shape=shape)
     )
+    count = number(units)
+    more = (
+        t("layer.units_render", units=count, span=span)
+        if figure is None
+        else t("layer.units_kernels", units=count, span=span)
+    )
+    st.caption(f"{about} {more}")
     settings_form(settings, "layer", model)
     note = st.container()  # the count is drawn after the render, so it counts this visit's images too
     if figure is None:
@@ -278,7 +267,7 @@ def render() -> None:
     except Exception as exc:
         show_error(exc)
     st.download_button(
-        f"Download the kernels of {layer} (PNG)",
+        t("layer.kernels_png", layer=layer),
         lambda: png_bytes(kernel_sheet(figure)),
         file_name=f"{safe_filename(layer)}-kernels.png",
         mime="image/png",

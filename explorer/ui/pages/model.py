@@ -21,7 +21,7 @@ from explorer.ui.common import (
     set_current_model,
     show_error,
 )
-from explorer.ui.i18n import page_intro
+from explorer.ui.i18n import number, page_intro, plotly_separators, short_number, t
 from explorer.ui.widgets.figures import top_figure
 from explorer.ui.widgets.images import image_picker
 
@@ -96,65 +96,58 @@ def _stored_upload(up: Any) -> Path | None:
     return path
 
 
+def _source_label(source: str) -> str:
+    return {"Bundled": t("model.source.bundled"), "Upload checkpoint": t("model.source.upload")}.get(source, source)
+
+
 def _picker(model: LoadedModel | None) -> None:
-    st.subheader("Choose a model")
+    st.subheader(t("model.choose"))
     state = st.session_state
     if model is not None:
         _init_picker(model.spec)
-    source = st.radio("Source", SOURCES, key="pick_source", horizontal=True)
+    labels = {s: _source_label(s) for s in SOURCES}
+    source = st.radio(t("model.source"), SOURCES, key="pick_source", horizontal=True, format_func=labels.get)
     spec: str | None = None
     arch: str | None = None
     if source == "Bundled":
         state.setdefault("pick_bundled", "efficientnet_lite0")
-        spec = "bundled:" + st.selectbox("Model", list(BUNDLED), key="pick_bundled")
+        spec = "bundled:" + st.selectbox(t("model.model"), list(BUNDLED), key="pick_bundled")
     elif source == "torchvision":
         state.setdefault("pick_tv", "resnet50")
-        spec = "torchvision:" + st.selectbox("Model", torchvision_names(), key="pick_tv")
+        spec = "torchvision:" + st.selectbox(t("model.model"), torchvision_names(), key="pick_tv")
     elif source == "timm":
         state.setdefault("pick_timm_filter", "resnet")
-        pattern = st.text_input(
-            "Filter timm models", key="pick_timm_filter", help="A part of the name, or a * pattern."
-        )
+        pattern = st.text_input(t("model.timm_filter"), key="pick_timm_filter", help=t("model.timm_filter.help"))
         names = timm_names(pattern)
         if names:
-            spec = "timm:" + st.selectbox(f"Model ({len(names)} match)", names, key="pick_timm")
+            spec = "timm:" + st.selectbox(t("model.timm_matches", n=number(len(names))), names, key="pick_timm")
         else:
-            st.info(f"No timm model matches {pattern!r}.")
+            st.info(t("model.timm_none", pattern=repr(pattern)))
     else:
         types = [s.lstrip(".") for s in CHECKPOINT_SUFFIXES]
-        up = st.file_uploader("Checkpoint file", type=types, key="pick_upload")
+        up = st.file_uploader(t("model.checkpoint_file"), type=types, key="pick_upload")
         path = _stored_upload(up) if up is not None else None
         arch = st.text_input(
-            "Architecture",
-            key="pick_arch",
-            placeholder="e.g. torchvision:resnet18 or timm:resnet18",
-            help="The spec that builds the network; pre-filled from the file's metadata when it carries one.",
+            t("model.arch"), key="pick_arch", placeholder=t("model.arch.placeholder"), help=t("model.arch.help")
         )
         spec = str(path) if path else None
     if source != "Upload checkpoint":
-        untrained = st.toggle("Untrained (random weights)", key="pick_untrained")
+        untrained = st.toggle(t("model.untrained"), key="pick_untrained")
         if spec and untrained:
             spec += ":untrained"
-    if st.button("Load", type="primary", key="load", disabled=spec is None, icon=":material/download:"):
+    if st.button(t("model.load"), type="primary", key="load", disabled=spec is None, icon=":material/download:"):
         _load_and_rerun(spec, arch)  # type: ignore[arg-type]
-    with st.expander("Or type a model spec"):
-        st.caption(
-            "`bundled:NAME`, `torchvision:NAME[:WEIGHTS|:untrained]`, `timm:NAME[:untrained]`, or a checkpoint path "
-            "on the server."
-        )
-        typed = st.text_input("Model spec", key="pick_spec", placeholder="torchvision:resnet50:IMAGENET1K_V2")
-        if st.button("Load spec", key="load_spec"):
+    with st.expander(t("model.spec.expander"), key="pick_spec_box"):
+        st.caption(t("model.spec.caption"))
+        typed = st.text_input(t("model.spec.label"), key="pick_spec", placeholder="torchvision:resnet50:IMAGENET1K_V2")
+        if st.button(t("model.spec.load"), key="load_spec"):
             if typed.strip():
                 _load_and_rerun(typed.strip())
             else:
-                st.warning("Type a model spec first.")
+                st.warning(t("model.spec.empty"))
 
 
 # --------------------------------------------------------------------------- describing it
-
-
-def _count(n: int) -> str:
-    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k" if n >= 1e3 else str(n)
 
 
 def _info(model: LoadedModel) -> None:
@@ -164,26 +157,45 @@ def _info(model: LoadedModel) -> None:
     total = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     c = st.columns(4)
-    c[0].metric("Parameters", _count(total), help=f"{total:,} ({trainable:,} trainable)")
-    c[1].metric("Input", "×".join(str(s) for s in model.input_size), help=f"resize to {model.resize_size} px")
-    c[2].metric("Classes", f"{model.num_classes:,}")
-    c[3].metric("Device", str(model.device))
-    mean = ", ".join(f"{m:.3f}" for m in model.mean)
-    std = ", ".join(f"{s:.3f}" for s in model.std)
-    st.markdown(
-        f"- **Spec** `{model.spec}`\n- **Architecture** `{model.arch}`"
-        f"{'' if model.pretrained else ' (random weights)'}\n"
-        f"- **Fingerprint** `{model.short_fingerprint}` (hash of the weights)\n"
-        f"- **Preprocessing** resize {model.resize_size} px ({model.interpolation}), centre crop "
-        f"{model.input_size[0]}×{model.input_size[1]}, mean ({mean}), std ({std})"
+    c[0].metric(
+        t("model.params"),
+        short_number(total),
+        help=t("model.params.help", total=number(total), trainable=number(trainable)),
     )
+    c[1].metric(
+        t("model.input"),
+        "×".join(str(s) for s in model.input_size),
+        help=t("model.input.help", size=model.resize_size),
+    )
+    c[2].metric(t("model.classes"), number(model.num_classes))
+    c[3].metric(t("model.device"), str(model.device))
+    sep = "; " if number(0.5).startswith("0,") else ", "  # a decimal comma cannot also separate the values
+    mean = sep.join(number(m, 3) for m in model.mean)
+    std = sep.join(number(s, 3) for s in model.std)
+    arch = t("model.fact.arch", arch=model.arch) if model.pretrained else t("model.fact.arch_random", arch=model.arch)
+    interpolations = {"bicubic": t("model.interp.bicubic"), "bilinear": t("model.interp.bilinear")}
+    facts = [
+        t("model.fact.spec", spec=model.spec),
+        arch,
+        t("model.fact.fingerprint", fingerprint=model.short_fingerprint),
+        t(
+            "model.fact.preprocessing",
+            resize=model.resize_size,
+            interpolation=interpolations.get(model.interpolation, model.interpolation),
+            height=model.input_size[0],
+            width=model.input_size[1],
+            mean=mean,
+            std=std,
+        ),
+    ]
+    st.markdown("\n".join(f"- {fact}" for fact in facts))
     report = model.load_report
     if report is not None and not report.clean:
-        st.warning(f"The checkpoint did not fit exactly: {report.summary()}.", icon=":material/warning:")
+        st.warning(t("model.not_fit", summary=report.summary()), icon=":material/warning:")
     elif report is not None and report.resized:
-        st.info(f"Loaded: {report.summary()}.", icon=":material/info:")
+        st.info(t("model.loaded", summary=report.summary()), icon=":material/info:")
     if model.metadata:
-        with st.expander("Checkpoint metadata"):
+        with st.expander(t("model.metadata"), key="model_metadata"):
             st.json(model.metadata, expanded=False)
 
 
@@ -209,10 +221,9 @@ def ladder_figure(rows: list[LayerInfo]) -> go.Figure:
             x=x,
             y=[max(r.params, 0) or None for r in rows],
             marker_color=colours,
-            name="parameters",
+            name=t("model.chart.parameters"),
             customdata=custom,
-            hovertemplate="<b>%{x}</b> %{customdata[0]}<br>output %{customdata[1]} · stage %{customdata[2]}"
-            "<br>%{customdata[3]:,} trainable, %{customdata[4]:,} frozen<extra></extra>",
+            hovertemplate="<b>%{x}</b> %{customdata[0]}<br>" + t("model.chart.hover_layer") + "<extra></extra>",
         ),
         secondary_y=False,
     )
@@ -221,10 +232,10 @@ def ladder_figure(rows: list[LayerInfo]) -> go.Figure:
             x=x,
             y=[r.channels for r in rows],
             mode="lines+markers",
-            name="channels",
+            name=t("model.chart.channels"),
             line={"color": "#222222", "width": 2},
             marker={"size": 5 if len(rows) < 80 else 2},
-            hovertemplate="<b>%{x}</b><br>%{y} channels<extra></extra>",
+            hovertemplate="<b>%{x}</b><br>" + t("model.chart.hover_channels") + "<extra></extra>",
             connectgaps=True,
         ),
         secondary_y=True,
@@ -240,62 +251,76 @@ def ladder_figure(rows: list[LayerInfo]) -> go.Figure:
                 xref="x",
                 yref="paper",
                 yanchor="bottom",
-                text=f"stage {rows[start].stage}",
+                text=t("model.chart.stage", n=rows[start].stage),
                 showarrow=False,
                 font={"size": 11, "color": colour},
             )
             start = i
     fig.update_yaxes(
-        title_text="parameters (log scale)", type="log", dtick=1, secondary_y=False, showgrid=True, tickformat="~s"
+        title_text=t("model.chart.params_axis"), type="log", dtick=1, secondary_y=False, showgrid=True, tickformat="~s"
     )
     fig.update_yaxes(
-        title_text="output channels", secondary_y=True, showgrid=False, rangemode="tozero", tickmode="auto", nticks=6
+        title_text=t("model.chart.channels_axis"),
+        secondary_y=True,
+        showgrid=False,
+        rangemode="tozero",
+        tickmode="auto",
+        nticks=6,
     )
     ticks = {} if len(rows) <= 60 else {"tickmode": "array", "tickvals": x[:: max(1, len(x) // 40)]}
-    fig.update_xaxes(title_text="layer, in execution order", tickangle=-45, type="category", **ticks)
+    fig.update_xaxes(title_text=t("model.chart.layer_axis"), tickangle=-45, type="category", **ticks)
     fig.update_layout(
         height=440,
         margin={"l": 10, "r": 10, "t": 70, "b": 10},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.1, "xanchor": "right", "x": 1},
         bargap=0.15,
         hovermode="closest",
+        separators=plotly_separators(),
     )
     return fig
 
 
 def _ladder_section(model: LoadedModel) -> None:
-    st.subheader("Layer ladder")
-    full = st.toggle("Show every layer (full view)", key="ladder_full", bind="query-params")
+    st.subheader(t("model.ladder"))
+    full = st.toggle(t("model.ladder.full"), key="ladder_full", bind="query-params")
     view = "full" if full else "blocks"
     rows = get_ladder(model, view)
     df = ladder_frame(rows)
     n_stages = len({r.stage for r in rows})
-    st.caption(
-        f"{len(rows)} {'layers' if full else 'blocks'} in execution order, {n_stages} stages (a stage ends where the "
-        "spatial resolution drops). Output shapes are for one image at the model's input size."
-    )
+    caption = "model.ladder.caption_layers" if full else "model.ladder.caption_blocks"
+    st.caption(t(caption, n=number(len(rows)), stages=n_stages))
     st.plotly_chart(ladder_figure(rows), key=f"ladder_chart_{view}")
+    shown = df.copy()
+    if "layout" in shown:  # the two layouts that are words (the others are NCHW 14×14 and the like)
+        words = {"no grid": t("model.layout.none"), "vector": t("model.layout.vector")}
+        shown["layout"] = shown["layout"].map(lambda v: words.get(v, v))
     st.dataframe(
-        df,
+        shown,
         hide_index=True,
         height=min(35 * (len(df) + 1) + 3, 760),
         column_config={
             "order": st.column_config.NumberColumn("#", width="small"),
-            "layer": st.column_config.TextColumn("layer", width="medium"),
-            "params": st.column_config.NumberColumn("params", format="localized"),
-            "trainable": st.column_config.NumberColumn("trainable", format="localized"),
-            "frozen": st.column_config.NumberColumn("frozen", format="localized"),
+            "layer": st.column_config.TextColumn(t("model.col.layer"), width="medium"),
+            "type": st.column_config.TextColumn(t("model.col.type")),
+            "output": st.column_config.TextColumn(t("model.col.output")),
+            "layout": st.column_config.TextColumn(t("model.col.layout")),
+            "channels": st.column_config.NumberColumn(t("model.col.channels"), format="localized"),
+            "stage": st.column_config.NumberColumn(t("model.col.stage")),
+            "params": st.column_config.NumberColumn(t("model.col.params"), format="localized"),
+            "trainable": st.column_config.NumberColumn(t("model.col.trainable"), format="localized"),
+            "frozen": st.column_config.NumberColumn(t("model.col.frozen"), format="localized"),
         },
         key=f"ladder_table_{view}",
     )
     stem = Path(model.spec).stem if parse_spec(model.spec)[0] == "file" else model.spec.replace(":", "_")
     st.download_button(
-        "Download ladder CSV",
+        t("model.ladder.csv"),
         df.to_csv(index=False).encode(),
         file_name=f"ladder_{stem}_{view}.csv",
         mime="text/csv",
         icon=":material/download:",
         on_click="ignore",
+        key=f"ladder_csv_{view}",
     )
 
 
@@ -309,7 +334,7 @@ def _predict(_model: LoadedModel, key: tuple[Any, ...], digest: str, _image: Any
 
 
 def _try_it(model: LoadedModel) -> None:
-    st.subheader("Try it")
+    st.subheader(t("model.try"))
     left, right = st.columns([1, 2], gap="large")
     with left:
         picked = image_picker("try")
@@ -321,10 +346,10 @@ def _try_it(model: LoadedModel) -> None:
         except Exception as exc:
             show_error(exc)
             return
-        st.markdown(f"**Top {len(preds)}** for *{picked.sample or picked.name}*")
+        st.markdown(t("model.top", k=len(preds), name=picked.sample or picked.name))
         st.plotly_chart(top_figure(preds), key="top5_chart")
         if not model.pretrained:
-            st.caption("Random weights: these guesses are meaningless.")
+            st.caption(t("model.random_guesses"))
 
 
 # --------------------------------------------------------------------------- the page
@@ -332,7 +357,7 @@ def _try_it(model: LoadedModel) -> None:
 
 def render() -> None:
     """The Model page."""
-    st.title("Model")
+    st.title(t("model.title"))
     page_intro("model")
     try:
         model: LoadedModel | None = current_model()

@@ -14,8 +14,9 @@ import streamlit as st
 
 from explorer.cache import png_bytes
 from explorer.featurevis import Objective, channel, labelled_rows
+from explorer.featurevis.stages import NOTE, StageMap
 from explorer.ui.common import current_model, page_ref, show_error
-from explorer.ui.i18n import page_intro
+from explorer.ui.i18n import number, page_intro, stage_name, t
 from explorer.ui.widgets.gallery import (
     Tile,
     link_params,
@@ -40,7 +41,8 @@ def _per_stage_from_url() -> int:
         n = 0
     if n not in PER_STAGE:
         st.warning(
-            f"per_stage={text!r} is not one of {PER_STAGE}; showing {DEFAULT_PER_STAGE}.", icon=":material/link_off:"
+            t("progression.bad_per_stage", value=repr(text), choices=PER_STAGE, default=DEFAULT_PER_STAGE),
+            icon=":material/link_off:",
         )
         n = DEFAULT_PER_STAGE
     st.session_state["prog_per_stage_last"] = n
@@ -58,12 +60,26 @@ def _on_per_stage() -> None:
 def _describe_blocks(blocks: list[str]) -> str:
     """'3 blocks: a, b, c' or '5 blocks: a, b … e'."""
     names = ", ".join(blocks) if len(blocks) <= 4 else f"{blocks[0]}, {blocks[1]} … {blocks[-1]}"
-    return f"{len(blocks)} block{'s' if len(blocks) > 1 else ''}: {names}"
+    return (
+        t("progression.blocks_one", names=names)
+        if len(blocks) == 1
+        else t("progression.blocks", n=len(blocks), names=names)
+    )
+
+
+def stage_note(stages: StageMap) -> str:
+    """How the stages were mapped to this network, in the session's language (`stages.note` is English); a
+    sentence the mapping adds for some networks (transformers) stays as it is."""
+    english = NOTE.format(shown=", ".join(f"{s.name} {s.representative}" for s in stages.stages))
+    if not stages.note.startswith(english):
+        return stages.note
+    shown = ", ".join(f"{stage_name(s.name)} {s.representative}" for s in stages.stages)
+    return t("progression.note", shown=shown) + stages.note[len(english) :]
 
 
 def render() -> None:
     """The Progression page."""
-    st.title("Progression")
+    st.title(t("progression.title"))
     model = current_model()
     stages = get_stage_map(model)
     layers = renderable_layers(model)
@@ -71,12 +87,12 @@ def render() -> None:
     per_stage = _per_stage_from_url()
     page_intro("progression")
     if not stages.stages:
-        st.info(stages.note)
+        st.info(t("layer.no_spatial", spec=model.spec))
         return
     st.session_state["prog_per_stage"] = per_stage
     c = st.columns([3, 2], vertical_alignment="bottom")
-    c[0].markdown(f"**How the stages map to `{model.spec}`.** {stages.note}")
-    c[1].pills("Units per stage", PER_STAGE, key="prog_per_stage", on_change=_on_per_stage)
+    c[0].markdown(t("progression.map", spec=model.spec, note=stage_note(stages)))
+    c[1].pills(t("progression.per_stage"), PER_STAGE, key="prog_per_stage", on_change=_on_per_stage)
     settings_form(settings, "prog", model)
     status = st.container()
     layer_page, unit_page = page_ref("layer", "Layer"), page_ref("unit", "Unit")
@@ -93,38 +109,45 @@ def render() -> None:
         with st.container(border=True):
             cols = st.columns([1.6] + [1] * per_stage, gap="small")
             with cols[0]:
-                st.markdown(f"#### {k + 1}. {stage.name.capitalize()}")
+                st.markdown(f"#### {k + 1}. {stage_name(stage.name).capitalize()}")
                 st.caption(
-                    f"{_describe_blocks(stage.blocks)} (relative depth {stage.depth[0]:.2f}–"
-                    f"{stage.depth[1]:.2f}). Shown: **{layer}**, units {units[0]}–{units[-1]}."
+                    t(
+                        "progression.row",
+                        blocks=_describe_blocks(stage.blocks),
+                        start=number(stage.depth[0], 2),
+                        end=number(stage.depth[1], 2),
+                        layer=layer,
+                        first=units[0],
+                        last=units[-1],
+                    )
                 )
                 st.page_link(
                     layer_page,
-                    label=f"Open {layer}",
+                    label=t("progression.open_layer", layer=layer),
                     icon=":material/grid_view:",
                     query_params=link_params(settings, layer=layer, page=1),
                 )
                 if k == 0 and stems and stems[0] in layers:
                     st.page_link(
                         layer_page,
-                        label=f"The first layer's kernels ({stems[0]})",
+                        label=t("progression.kernels", layer=stems[0]),
                         icon=":material/grid_on:",
                         query_params=link_params(settings, layer=stems[0], page=1),
-                        help="A first convolution is linear in the pixels: its weights are its picture.",
+                        help=t("progression.kernels.help"),
                     )
             batch = []
             for j, u in enumerate(units):
                 tile = Tile(cols[1 + j])
-                tile.show(None, "waiting…")
+                tile.show(None, t("tiles.waiting"))
                 tile.actions.page_link(
                     unit_page,
-                    label=f"Unit {u}",
+                    label=t("tiles.unit_link", unit=u),
                     icon=":material/open_in_new:",
                     query_params=link_params(settings, layer=layer, unit=u),
                 )
                 batch.append(len(objectives))
                 objectives.append(channel(layer, u))
-                captions.append(f"unit {u}")
+                captions.append(t("tiles.unit", unit=u))
                 tiles.append(tile)
             batches.append(batch)
             rows.append((stage.name, layer, batch))
@@ -135,7 +158,9 @@ def render() -> None:
         return
     if not result.complete:
         return
-    sheet = labelled_rows([(f"{name}\n{layer}", [result.images[i] for i in idx]) for name, layer, idx in rows])
+    sheet = labelled_rows(
+        [(f"{stage_name(name)}\n{layer}", [result.images[i] for i in idx]) for name, layer, idx in rows]
+    )
     files = {
         f"{safe_filename(layer)}-{u}.png": result.png[i] or b"" for _, layer, idx in rows for u, i in enumerate(idx)
     }
@@ -143,11 +168,12 @@ def render() -> None:
     files[f"{stem}.png"] = png_bytes(np.asarray(sheet))
     c = st.columns(2)
     c[0].download_button(
-        "Download the progression (PNG)",
+        t("progression.download_png"),
         files[f"{stem}.png"],
         file_name=f"{stem}.png",
         mime="image/png",
         icon=":material/download:",
         on_click="ignore",
+        key="prog_png",
     )
-    zip_download(c[1], "Download every image (zip)", files, f"{stem}.zip")
+    zip_download(c[1], t("progression.download_zip"), files, f"{stem}.zip", key="prog_zip")

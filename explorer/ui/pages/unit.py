@@ -25,7 +25,7 @@ from explorer.featurevis.kernels import KernelFigure
 from explorer.layers import LayerInfo
 from explorer.models import LoadedModel
 from explorer.ui.common import current_model, fenced_path, model_key, page_ref, progress_callback, show_error
-from explorer.ui.i18n import page_intro, t
+from explorer.ui.i18n import kernel_description, layer_option, number, page_intro, t
 from explorer.ui.widgets.atlas import atlas_offer, cache_note
 from explorer.ui.widgets.gallery import (
     RenderSettings,
@@ -50,20 +50,39 @@ from explorer.ui.widgets.layers import (
     get_kernel_figure,
     get_stage_map,
     layer_from_url,
-    layer_label,
     renderable_layers,
 )
 from explorer.ui.widgets.queue import turn
 
 K = 8  # dataset examples per unit
-SOURCES = {
+SOURCES = {  # the image sources, with their English names (`source_name` gives the session's language)
     "samples": "Sample photos (assets/)",
     "demo:shapes": "Demo: shapes",
     "demo:digits": "Demo: digits",
     "folder": "A folder on the server",
 }
-KINDS = ["channel", "neuron (centre)", "negative", "diversity 1", "diversity 2", "diversity 3", "diversity 4"]
+KINDS = ["channel", "neuron (centre)", "negative", "diversity 1", "diversity 2", "diversity 3", "diversity 4"]  # files
 METHODS = {"saliency": "Saliency (gradient)", "ig": "Integrated Gradients (32 steps)"}
+
+
+def source_name(source: str) -> str:
+    names = {
+        "samples": t("unit.source.samples"),
+        "demo:shapes": t("unit.source.shapes"),
+        "demo:digits": t("unit.source.digits"),
+        "folder": t("unit.source.folder"),
+    }
+    return names.get(source, source)
+
+
+def kind_names() -> list[str]:
+    """The seven images' captions (KINDS) in the session's language."""
+    diversity = [t("unit.kind.diversity", n=i) for i in range(1, 5)]
+    return [t("unit.kind.channel"), t("unit.kind.neuron"), t("unit.kind.negative"), *diversity]
+
+
+def method_name(method: str) -> str:
+    return {"saliency": t("unit.method.saliency"), "ig": t("unit.method.ig")}.get(method, method)
 
 
 def unit_objectives(layer: str, unit: int) -> list[Objective]:
@@ -82,10 +101,7 @@ def _unit_from_url(units: int) -> int:
     except ValueError:
         unit = -1
     if not 0 <= unit < units:
-        st.error(
-            f"This layer has {units} units (0–{units - 1}); there is no unit {text!r}. Showing unit 0.",
-            icon=":material/error:",
-        )
+        st.error(t("unit.bad_unit", units=number(units), last=units - 1, value=repr(text)), icon=":material/error:")
         unit = 0
     st.session_state["fv_unit"] = unit
     if st.query_params.get("unit") != str(unit):
@@ -114,21 +130,16 @@ def _on_source() -> None:
 
 
 def _visualizations(model: LoadedModel, layer: str, unit: int, settings: RenderSettings) -> None:
-    st.subheader("What it responds to")
+    st.subheader(t("unit.responds"))
     status = st.container()
     first = st.columns(4)
     tiles = [Tile(first[i]) for i in range(3)]
-    first[3].caption(
-        "**channel**: the unit's mean over the whole map. **neuron**: only its centre position, so the pattern "
-        "sits in the middle at the size of its receptive field. **negative**: what lowers the unit most. "
-        "**diversity**: four images for the same unit pushed apart in style, to show the several things it detects. "
-        "Value: the objective each reached (for negative, minus the unit's mean)."
-    )
+    first[3].caption(t("unit.kinds.caption"))
     tiles += tile_grid(4, 4)
     for tile in tiles[:3]:
-        tile.show(None, "waiting…")
+        tile.show(None, t("tiles.waiting"))
     result = render_tiles(
-        model, unit_objectives(layer, unit), settings, tiles, KINDS, key=f"unit_{layer}_{unit}", status=status
+        model, unit_objectives(layer, unit), settings, tiles, kind_names(), key=f"unit_{layer}_{unit}", status=status
     )
     stem = f"{safe_filename(layer)}-{unit}"
     names = [f"{stem}-{k.split(' ')[0]}{k[-1] if k[-1].isdigit() else ''}.png" for k in KINDS]
@@ -138,28 +149,28 @@ def _visualizations(model: LoadedModel, layer: str, unit: int, settings: RenderS
     if result.complete:
         zip_download(
             st,
-            f"Download all 7 images of unit {unit} (zip)",
+            t("unit.zip", unit=unit),
             {name: data or b"" for name, data in zip(names, result.png, strict=True)},
             f"{stem}-{settings.preset}-seed{settings.seed}.zip",
+            key="unit_zip",
         )
 
 
 def _kernel(figure: KernelFigure, unit: int, settings: RenderSettings) -> None:
     """A unit of a convolution over the colour channels: its kernel is its picture (no render)."""
-    st.subheader("What it responds to")
+    st.subheader(t("unit.responds"))
     st.info(t("layer.first_conv.why"), icon=":material/lightbulb:")
     cols = st.columns(4)
-    Tile(cols[0]).show(figure.tiles[unit], f"kernel {unit}")
+    Tile(cols[0]).show(figure.tiles[unit], t("layer.kernel_tile", unit=unit))
     with cols[1].container():
         st.caption(
-            f"One of {figure.describe()}, enlarged and scaled on its own: grey is 0, a brighter colour a positive "
-            "weight on that colour, a darker one a negative weight."
-            + (" This kernel is zero (a pruned channel)." if unit in figure.zero else "")
+            t("unit.kernel.caption", describe=kernel_description(figure))
+            + (" " + t("unit.kernel.zero") if unit in figure.zero else "")
         )
         if figure.after is not None:
             st.page_link(
                 page_ref("unit", "Unit"),
-                label=f"Unit {unit} of {figure.after}, after the nonlinearity",
+                label=t("unit.kernel.after", unit=unit, after=figure.after),
                 icon=":material/open_in_new:",
                 query_params=link_params(settings, layer=figure.after, unit=unit),
             )
@@ -174,25 +185,26 @@ def _folder_choice() -> tuple[str, Path | None]:
 
     wanted = st.query_params.get("data")
     if wanted is not None and (wanted not in SOURCES or wanted == "folder"):
-        st.warning(f"data={wanted!r} is not a known image source; using the sample photos.", icon=":material/link_off:")
+        st.warning(t("unit.bad_data", value=repr(wanted)), icon=":material/link_off:")
         wanted = "samples"
         st.query_params["data"] = wanted
     if wanted is not None:
         st.session_state["unit_data"] = wanted
     st.session_state.setdefault("unit_data", "samples")
+    labels = {s: source_name(s) for s in SOURCES}
     source = st.radio(
-        "Images", list(SOURCES), key="unit_data", format_func=SOURCES.get, horizontal=True, on_change=_on_source
+        t("unit.images"), list(SOURCES), key="unit_data", format_func=labels.get, horizontal=True, on_change=_on_source
     )
     if source == "samples":
-        return SOURCES[source], ASSETS_DIR
+        return source_name(source), ASSETS_DIR
     if source == "folder":
-        typed = st.text_input("Folder on the server", key="unit_folder", placeholder="/path/to/images")
+        typed = st.text_input(t("unit.folder"), key="unit_folder", placeholder=t("unit.folder.placeholder"))
         if not typed.strip():
-            st.info("Type the path of a folder of images (subfolders are searched too).", icon=":material/folder:")
-            return SOURCES[source], None
+            st.info(t("unit.folder.type"), icon=":material/folder:")
+            return source_name(source), None
         return typed.strip(), resolve_data(fenced_path(typed, "The folder", "dir"))
-    with st.spinner(f"Preparing {SOURCES[source]}…"):
-        return SOURCES[source], resolve_data(source)
+    with st.spinner(t("unit.preparing", source=source_name(source))):
+        return source_name(source), resolve_data(source)
 
 
 def _examples(model: LoadedModel, folder: Path, layer: str) -> Any:
@@ -204,9 +216,9 @@ def _examples(model: LoadedModel, folder: Path, layer: str) -> Any:
     left, right = slot.container().columns([6, 1], vertical_alignment="center")
     signature = make_key(model=model.fingerprint, folder=str(folder.resolve()), layer=layer)
     if stop_control(right, "unit_examples", signature):
-        left.info("Stopped before the examples were found.", icon=":material/pause_circle:")
+        left.info(t("unit.stopped"), icon=":material/pause_circle:")
         right.button(
-            "Resume",
+            t("unit.resume"),
             key="unit_examples_resume",
             icon=":material/play_arrow:",
             on_click=lambda: st.session_state.pop(stopped_key("unit_examples"), None),
@@ -215,7 +227,7 @@ def _examples(model: LoadedModel, folder: Path, layer: str) -> Any:
     done = _scanned()
     key = (model.fingerprint, str(folder.resolve()), layer, K)
     with turn("examples", left) if key not in done else nullcontext():  # a scan takes its turn; a known hit not
-        found = dataset_examples(model, folder, [layer], k=K, progress=progress_callback(left, text="Scanning images…"))
+        found = dataset_examples(model, folder, [layer], k=K, progress=progress_callback(left, text=t("unit.scanning")))
     done.add(key)
     slot.empty()
     return found[layer]
@@ -237,7 +249,7 @@ def display_maps(maps: torch.Tensor, method: str, smooth: int = 9, percentile: f
     return m, max(top, 1e-12)
 
 
-@st.cache_data(max_entries=64, show_spinner="Attributing…")
+@st.cache_data(max_entries=64, show_spinner=False)  # the caller shows the spinner, in the session's language
 def _attribution(
     _model: LoadedModel,
     key: tuple[Any, ...],
@@ -267,7 +279,7 @@ def _attribution(
 
 
 def _examples_section(model: LoadedModel, layer: str, unit: int) -> None:
-    st.subheader("Images that excite it")
+    st.subheader(t("unit.examples"))
     try:
         label, folder = _folder_choice()
         if folder is None:
@@ -282,61 +294,56 @@ def _examples_section(model: LoadedModel, layer: str, unit: int) -> None:
     if ex.skipped:
         names = ", ".join(f for f, _ in ex.skipped[:3]) + (" …" if len(ex.skipped) > 3 else "")
         st.warning(
-            f"Skipped {len(ex.skipped)} of {len(ex.files)} files that are not usable images: {names}",
+            t("unit.skipped", n=number(len(ex.skipped)), total=number(len(ex.files)), names=names),
             icon=":material/warning:",
         )
-    where = (
-        f"cropped to that token's patch ({ex.rf.size[0]}×{ex.rf.size[1]} px)"
-        if ex.rf.kind == "patch"
-        else f"cropped to that position's receptive field ({ex.rf.size[0]}×{ex.rf.size[1]} px)"
-    )
+    size = {"width": ex.rf.size[0], "height": ex.rf.size[1]}
+    where = t("unit.where.patch", **size) if ex.rf.kind == "patch" else t("unit.where.rf", **size)
     st.caption(
-        f"The {len(top)} of {ex.images_used} images in *{label}* whose strongest position excites unit {unit} most, "
-        f"{where} of the {model.input_size[0]}×{model.input_size[1]} input. Value: the unit's maximum on the image."
+        t(
+            "unit.examples.caption",
+            n=len(top),
+            used=number(ex.images_used),
+            label=label,
+            unit=unit,
+            where=where,
+            height=model.input_size[0],
+            width=model.input_size[1],
+        )
         + (f" {ex.rf.note}" if ex.rf.note else "")
     )
     tiles = tile_grid(len(top), K)
     patches = ex.patches(model, unit, size=128)
     for tile, e, patch in zip(tiles, top, patches, strict=True):
-        tile.show(np.asarray(patch), f"{e.value:.2f} · {e.path.name}")
+        tile.show(np.asarray(patch), f"{number(e.value, 2)} · {e.path.name}")
     c = st.columns([3, 2], vertical_alignment="bottom")
     method = c[0].radio(
-        "Attribution",
+        t("unit.attr"),
         list(METHODS),
         key="unit_attr_method",
-        format_func=METHODS.get,
+        format_func={m: method_name(m) for m in METHODS}.get,
         horizontal=True,
-        help="Which pixels of each example raise the unit's strongest position.",
+        help=t("unit.attr.help"),
     )
-    shared = c[1].toggle(
-        "One colour scale for all images",
-        value=True,
-        key="unit_attr_shared",
-        help="On: raw magnitudes compare across images. Off: each image on its own scale.",
-    )
+    shared = c[1].toggle(t("unit.attr.shared"), value=True, key="unit_attr_shared", help=t("unit.attr.shared.help"))
     paths = tuple(str(e.path) for e in top)
     stamp = hashlib.sha256("|".join(f"{p}:{Path(p).stat().st_mtime_ns}" for p in paths).encode()).hexdigest()
     try:
-        overlays, values = _attribution(
-            model, model_key(model), stamp, paths, tuple(e.box for e in top), layer, unit, method, shared
-        )
+        with st.spinner(t("unit.attributing")):
+            overlays, values = _attribution(
+                model, model_key(model), stamp, paths, tuple(e.box for e in top), layer, unit, method, shared
+            )
     except Exception as exc:
         show_error(exc)
         return
-    st.caption(
-        f"{METHODS[method]} of the unit's spatial maximum: which pixels raise it"
-        + (" (red) or lower it (blue)" if method == "ig" else "")
-        + (f", smoothed, on one colour scale for all {len(top)} images." if shared else ", smoothed, per image.")
-        + (
-            " The cyan box is the strongest token's patch."
-            if ex.rf.kind == "patch"
-            else " The cyan box is the receptive field of the strongest position."
-        )
-        + " Value: the unit's maximum."
-    )
+    raise_key = "unit.attr.raise_lower" if method == "ig" else "unit.attr.raise"
+    smoothing = t("unit.attr.one_scale", n=len(top)) if shared else t("unit.attr.per_image")
+    box = t("unit.attr.box_patch") if ex.rf.kind == "patch" else t("unit.attr.box_rf")
+    value = t("unit.attr.value")
+    st.caption(f"{t(raise_key, method=method_name(method))}{smoothing} {box} {value}")
     tiles = tile_grid(len(overlays), 4)
     for tile, im, v, e in zip(tiles, overlays, values, top, strict=True):
-        tile.show(np.asarray(im), f"{v:.2f} · {e.path.name}")
+        tile.show(np.asarray(im), f"{number(v, 2)} · {e.path.name}")
 
 
 # --------------------------------------------------------------------------- the page
@@ -349,13 +356,13 @@ def _unit_layers(model: LoadedModel) -> tuple[dict[str, LayerInfo], list[str]]:
 
 def render() -> None:
     """The Unit page."""
-    st.title("Unit")
+    st.title(t("unit.title"))
     page_intro("unit")
     model = current_model()
     layers, blocks = _unit_layers(model)
     stages = get_stage_map(model)
     if not layers:
-        st.info(f"{model.spec} has no layer with a spatial output to visualise.")
+        st.info(t("layer.no_spatial", spec=model.spec))
         return
     settings = settings_from_url(suggested_settings(model))
     fallback = default_layer(model, layers)
@@ -368,16 +375,16 @@ def render() -> None:
     st.session_state["unit_layer"], st.session_state["unit_pick"] = layer, unit
     c = st.columns([3, 1, 1.2], vertical_alignment="bottom")
     c[0].selectbox(
-        "Layer",
+        t("layer.pick"),
         options,
         key="unit_layer",
         on_change=_on_layer,
-        format_func=lambda n: layer_label(layers[n], channels_of(layers[n]), stages),
+        format_func={n: layer_option(layers[n], channels_of(layers[n]), stages.stage_of(n)) for n in options}.get,
     )
-    c[1].number_input(f"Unit (0–{units - 1})", 0, units - 1, key="unit_pick", on_change=_on_unit)
+    c[1].number_input(t("unit.pick", last=units - 1), 0, units - 1, key="unit_pick", on_change=_on_unit)
     c[2].page_link(
         page_ref("layer", "Layer"),
-        label=f"All units of {layer}",
+        label=t("unit.all_units", layer=layer),
         icon=":material/grid_view:",
         query_params=link_params(settings, layer=layer, page=unit // PER_PAGE + 1),
     )

@@ -19,9 +19,21 @@ import streamlit as st
 from explorer.data import DEMO_DATASETS, DataError, ImageFolderDataset, load_image, resolve_data, safe_extract_zip
 from explorer.errors import ExplorerError
 from explorer.ui.common import fenced_path, show_error
+from explorer.ui.i18n import number, t
 
-SOURCES = ["Demo dataset", "Folder on the server", "Upload a zip"]
+SOURCES = ["Demo dataset", "Folder on the server", "Upload a zip"]  # the radio's values (its labels: source_name)
 THUMBS = 12
+
+
+def source_name(source: str) -> str:
+    names = {SOURCES[0]: t("data.source.demo"), SOURCES[1]: t("data.source.folder"), SOURCES[2]: t("data.source.zip")}
+    return names.get(source, source)
+
+
+def demo_description(name: str) -> str:
+    """What a demo dataset holds, in the session's language (`DEMO_DATASETS` says it in English)."""
+    known = {"digits": t("data.demo.digits"), "shapes": t("data.demo.shapes")}
+    return known.get(name, DEMO_DATASETS.get(name, name))
 
 
 @dataclass
@@ -41,7 +53,7 @@ def _signature(root: Path) -> tuple[Any, ...]:
     return tuple((p.name, p.stat().st_mtime_ns) for p in dirs)
 
 
-@st.cache_data(max_entries=16, show_spinner="Reading the dataset…")
+@st.cache_data(max_entries=16, show_spinner=False)  # the caller shows the spinner, in the session's language
 def _summarize(root: str, signature: tuple[Any, ...]) -> DataSummary:
     del signature  # part of the cache key only
     ds = ImageFolderDataset(root)  # raises DataError for one class, empty classes, no folders
@@ -88,13 +100,14 @@ def _choose_data() -> tuple[str | None, str]:
     wanted = st.query_params.get("data", "")
     if "ft_source" not in state and wanted.removeprefix("demo:") in DEMO_DATASETS:
         state["ft_source"], state["ft_demo"] = SOURCES[0], wanted.removeprefix("demo:")
-    source = st.radio("Images", SOURCES, key="ft_source", horizontal=True)
+    labels = {s: source_name(s) for s in SOURCES}  # made now: a format_func may be called after the run
+    source = st.radio(t("data.images"), SOURCES, key="ft_source", horizontal=True, format_func=labels.get)
     if source == SOURCES[0]:
-        name = st.selectbox("Demo dataset", list(DEMO_DATASETS), key="ft_demo")
-        st.caption(f"**{name}**: {DEMO_DATASETS[name]}.")
+        name = st.selectbox(t("data.demo"), list(DEMO_DATASETS), key="ft_demo")
+        st.caption(f"**{name}**: {demo_description(name)}.")
         return f"demo:{name}", name
     if source == SOURCES[1]:
-        text = st.text_input("Folder on the server", key="ft_folder", placeholder="/data/pets (pets/cat/…, pets/dog/…)")
+        text = st.text_input(t("data.folder"), key="ft_folder", placeholder=t("data.folder.placeholder"))
         if not text.strip():
             return None, "folder"
         try:
@@ -103,7 +116,7 @@ def _choose_data() -> tuple[str | None, str]:
             show_error(exc)
             return None, "folder"
         return str(folder), folder.name or "folder"
-    up = st.file_uploader("Zip of class folders", type=["zip"], key="ft_zip")
+    up = st.file_uploader(t("data.zip"), type=["zip"], key="ft_zip")
     if up is None:
         return None, "zip"
     cached = state.get("_ft_zip")
@@ -118,34 +131,35 @@ def _choose_data() -> tuple[str | None, str]:
 
 
 def data_section() -> tuple[str | None, str, DataSummary | None]:
-    st.subheader("1 · Data")
-    st.caption(
-        "For real work bring your own images: a folder with **one sub-folder per class** (`pets/cat/1.jpg`, "
-        "`pets/dog/7.png`, …) on the server, or the same as a zip. The demo datasets are for trying the app."
-    )
+    st.subheader(t("data.title"))
+    st.caption(t("data.intro"))
     spec, label = _choose_data()
     if spec is None:
         return None, label, None
     try:
         root = resolve_data(spec)
-        summary = _summarize(str(root), _signature(root))
+        with st.spinner(t("data.reading")):
+            summary = _summarize(str(root), _signature(root))
     except Exception as exc:
         show_error(exc)
         return None, label, None
     c = st.columns(3)
-    c[0].metric("Classes", len(summary.classes))
-    c[1].metric("Images", f"{sum(summary.counts):,}")
-    c[2].metric("Skipped", len(summary.skipped), help="Files that are not readable images; they are not used.")
+    c[0].metric(t("data.classes"), number(len(summary.classes)))
+    c[1].metric(t("data.images_count"), number(sum(summary.counts)))
+    c[2].metric(t("data.skipped"), number(len(summary.skipped)), help=t("data.skipped.help"))
     counts = pd.DataFrame({"class": summary.classes, "images": summary.counts})
-    bar = st.column_config.ProgressColumn("images", format="%d", min_value=0, max_value=max(summary.counts))
+    bar = st.column_config.ProgressColumn(t("data.col.images"), format="%d", min_value=0, max_value=max(summary.counts))
     st.dataframe(counts, hide_index=True, key="ft_counts", height=min(35 * len(counts) + 38, 300),
-                 column_config={"images": bar})  # fmt: skip
+                 column_config={"class": st.column_config.TextColumn(t("data.col.class")), "images": bar})  # fmt: skip
     if summary.skipped:
-        st.warning(f"{len(summary.skipped)} file(s) skipped: they are not readable images.", icon=":material/warning:")
-        with st.expander("Skipped files and why"):
-            st.dataframe(pd.DataFrame(summary.skipped, columns=["file", "reason"]), hide_index=True, key="ft_skip")
+        st.warning(t("data.skipped_warning", n=number(len(summary.skipped))), icon=":material/warning:")
+        with st.expander(t("data.skipped_files"), key="ft_skip_box"):
+            skipped = pd.DataFrame(summary.skipped, columns=["file", "reason"])
+            labels = {"file": st.column_config.TextColumn(t("data.col.file")),
+                      "reason": st.column_config.TextColumn(t("data.col.reason"))}  # fmt: skip
+            st.dataframe(skipped, hide_index=True, key="ft_skip", column_config=labels)
     try:
         st.image([_thumb(p) for p, _ in summary.samples], caption=[c for _, c in summary.samples], width=72)
     except DataError as exc:  # a file changed since the scan
-        st.caption(f"No preview: {exc}")
+        st.caption(t("data.no_preview", error=exc))
     return spec, label, summary

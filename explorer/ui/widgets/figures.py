@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from explorer.transfer.runs import JobSnapshot
+from explorer.ui.i18n import percent, plotly_separators, t
 
 MAX_POINTS = 1500  # training steps drawn per curve: long runs show every k-th step, so redraws stay fast
 
@@ -21,13 +22,17 @@ def top_figure(preds: list[tuple[str, float]]) -> go.Figure:
             x=probs,
             y=names,
             orientation="h",
-            text=[f"{p:.1%}" for p in probs],
+            text=[percent(p, 1) for p in probs],
             textposition="auto",
             marker_color="#4C78A8",
         )
     )
-    fig.update_layout(height=60 + 44 * len(preds), margin={"l": 10, "r": 10, "t": 10, "b": 10})
-    fig.update_xaxes(range=[0, 1.02], tickvals=[0, 0.25, 0.5, 0.75, 1], tickformat=".0%", title_text="probability")
+    fig.update_layout(
+        height=60 + 44 * len(preds), margin={"l": 10, "r": 10, "t": 10, "b": 10}, separators=plotly_separators()
+    )
+    fig.update_xaxes(
+        range=[0, 1.02], tickvals=[0, 0.25, 0.5, 0.75, 1], tickformat=".0%", title_text=t("figures.probability")
+    )
     fig.update_yaxes(automargin=True)
     return fig
 
@@ -39,10 +44,10 @@ def progress_figure(snap: JobSnapshot) -> Any:
     xs = [ends.get(e["epoch"], 0) for e in snap.epochs]
     shown = snap.steps[:: max(1, len(snap.steps) // MAX_POINTS)]  # long runs: every k-th step keeps redraws fast
     steps = [s["step"] for s in shown]
-    lines = [("train loss", steps, [s["loss"] for s in shown], "#4C78A8", False, False),
-             ("train accuracy", steps, [s["acc"] for s in shown], "#F58518", True, False),
-             ("validation loss", xs, [e["val_loss"] for e in snap.epochs], "#1F3F66", False, True),
-             ("validation accuracy", xs, [e["val_acc"] for e in snap.epochs], "#B3590E", True, True)]  # fmt: skip
+    lines = [(t("figures.train_loss"), steps, [s["loss"] for s in shown], "#4C78A8", False, False),
+             (t("figures.train_acc"), steps, [s["acc"] for s in shown], "#F58518", True, False),
+             (t("figures.val_loss"), xs, [e["val_loss"] for e in snap.epochs], "#1F3F66", False, True),
+             (t("figures.val_acc"), xs, [e["val_acc"] for e in snap.epochs], "#B3590E", True, True)]  # fmt: skip
     for name, x, y, colour, right, val in lines:
         style: dict[str, Any] = {"mode": "lines", "line": {"color": colour}}
         if val:
@@ -51,10 +56,11 @@ def progress_figure(snap: JobSnapshot) -> Any:
         fig.add_trace(go.Scatter(x=x, y=y, name=name, **style), secondary_y=right)
     for x in xs:
         fig.add_vline(x=x, line_width=1, line_dash="dot", line_color="#bbbbbb")
-    fig.update_xaxes(title_text="training step", range=[0, max(snap.total, 1) * 1.03])
-    fig.update_yaxes(title_text="loss", rangemode="tozero", secondary_y=False)
-    fig.update_yaxes(title_text="accuracy", range=[0, 1.02], dtick=0.25, tickformat=".0%", secondary_y=True,
+    fig.update_xaxes(title_text=t("figures.step_axis"), range=[0, max(snap.total, 1) * 1.03])
+    fig.update_yaxes(title_text=t("figures.loss_axis"), rangemode="tozero", secondary_y=False)
+    fig.update_yaxes(title_text=t("figures.acc_axis"), range=[0, 1.02], dtick=0.25, tickformat=".0%", secondary_y=True,
                      showgrid=False)  # fmt: skip
     legend = {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1}
-    fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 40, "b": 10}, hovermode="x unified", legend=legend)
+    fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 40, "b": 10}, hovermode="x unified", legend=legend,
+                      separators=plotly_separators())  # fmt: skip
     return fig

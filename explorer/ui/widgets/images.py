@@ -15,6 +15,7 @@ from PIL import Image
 from explorer.cache import png_bytes
 from explorer.data import IMAGE_EXTENSIONS, load_image, sample_images
 from explorer.ui.common import show_error
+from explorer.ui.i18n import t
 
 MAX_IMAGE_PIXELS = 40_000_000
 
@@ -47,17 +48,20 @@ def image_picker(key: str, samples: dict[str, Path] | None = None, default: str 
     """A Sample/Upload choice (widget keys ``{key}_source``, ``{key}_sample``, ``{key}_upload``), the image decoded
     and shown with its size; None while nothing is chosen or when the file cannot be read (the error is shown)."""
     samples = sample_images() if samples is None else samples
-    source = st.radio("Image", ["Sample", "Upload"], key=f"{key}_source", horizontal=True)
+    words = {"Sample": t("images.sample"), "Upload": t("images.upload")}  # the values stay English: state, tests
+    source = st.radio(t("images.image"), list(words), key=f"{key}_source", horizontal=True, format_func=words.get)
     if source == "Sample":
         if not samples:
-            st.info("No sample images are installed (assets/); upload one instead.")
+            st.info(t("images.no_samples"))
             return None
         if st.session_state.get(f"{key}_sample") not in samples:
             st.session_state[f"{key}_sample"] = default if default in samples else next(iter(samples))
-        sample = st.selectbox("Sample image", list(samples), key=f"{key}_sample")
+        sample = st.selectbox(t("images.sample_image"), list(samples), key=f"{key}_sample")
         name, data = samples[sample].name, samples[sample].read_bytes()
     else:
-        up = st.file_uploader("Image file", type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS), key=f"{key}_upload")
+        up = st.file_uploader(
+            t("images.file"), type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS), key=f"{key}_upload"
+        )
         if up is None:
             return None
         sample, name, data = None, up.name, up.getvalue()
