@@ -13,7 +13,7 @@ The root is ``$LAYER_EXPLORER_CACHE`` when set, else ``~/.cache/layer-explorer``
 **Derived entries and user data.** Only `Cache` entries are derived, and only they are ever evicted or removed by
 `prune` and `clear`: an entry is recognised by its record, ``<kind>/<key[:2]>/<key>(.meta).json``, in a top-level
 folder that is not reserved. The reserved folders are never `Cache` kinds and never walked: ``USER_DATA_DIRS``
-(``uploads``, ``runs``, ``datasets``, ``demo``: what the user brought or trained, removed only by
+(``uploads``, ``runs``, ``datasets``, ``demo``, ``sweeps``: what the user brought, trained or measured, removed only by
 ``clear(user_data=True)``) and ``subsets`` (the Compare page's folders of links into user data).
 
 **Size bound.** ``$LAYER_EXPLORER_CACHE_MAX_GB`` (default 5, decimal gigabytes, fractions allowed, 0 keeps
@@ -56,7 +56,7 @@ DEFAULT_ROOT = Path("~/.cache/layer-explorer")
 KEY_VERSION = 1  # bump when the meaning of stored entries changes
 MAX_GB_VAR = "LAYER_EXPLORER_CACHE_MAX_GB"
 DEFAULT_MAX_GB = 5.0
-USER_DATA_DIRS = ("uploads", "runs", "datasets", "demo")  # never evicted; `clear(user_data=True)` only
+USER_DATA_DIRS = ("uploads", "runs", "datasets", "demo", "sweeps")  # never evicted; `clear(user_data=True)` only
 LINK_DIRS = ("subsets",)  # folders of links into user data: not Cache entries, left alone by eviction
 RESERVED_DIRS = frozenset(USER_DATA_DIRS + LINK_DIRS)
 WALK_SLACK = 0.05  # a process walks again after writing this share of the bound (and when over it)

@@ -141,9 +141,9 @@ def test_user_data_is_never_evicted_or_cleared_without_asking(tmp_path):
     s = cache_summary(tmp_path, 0)
     assert {k.name: k.category for k in s.kinds} == {
         "scan": "derived", "uploads": "user data", "runs": "user data", "datasets": "user data",
-        "demo": "user data", "subsets": "other",
+        "demo": "user data", "sweeps": "user data", "subsets": "other",
     }  # fmt: skip
-    assert s.total("user data") == 4 * 4 * 3000 and s.derived_bytes == 0
+    assert s.total("user data") == len(USER_DATA_DIRS) * 4 * 3000 and s.derived_bytes == 0
     result = clear(tmp_path, user_data=True)
     assert set(result.user_dirs) == {*USER_DATA_DIRS, "subsets"} and on_disk(tmp_path, files) == {}
 
@@ -303,8 +303,8 @@ def test_cache_info(root, capsys):
     assert lines["uploads"][1:4] == ["user", "data", "4"]
     assert cli.main(["cache", "info", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["user_data_bytes"] == 4 * 4 * 3000 and data["other_bytes"] == 4 * 3000  # subsets: other
-    assert len(files) == 5 * 4
+    assert data["user_data_bytes"] == len(USER_DATA_DIRS) * 4 * 3000 and data["other_bytes"] == 4 * 3000  # subsets
+    assert len(files) == (len(USER_DATA_DIRS) + 1) * 4
     assert data["derived_bytes"] == cache_summary(root).derived_bytes > 6 * 2500
 
 
@@ -338,3 +338,19 @@ def test_a_bad_bound_in_the_environment_is_one_line(root, monkeypatch, capsys):
     assert cli.main(["cache", "info"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and MAX_GB_VAR in err and len(err.splitlines()) == 1
+
+
+def test_a_sweep_the_app_stored_is_user_work_counted_never_evicted(tmp_path):
+    """A sweep takes minutes to hours: its file is counted as user data and survives pruning to any bound."""
+    from explorer.cache import cache_summary, prune
+
+    sweeps = tmp_path / "sweeps"
+    sweeps.mkdir()
+    kept = sweeps / "0123456789abcdef.json"
+    kept.write_text('{"tasks": {}}')
+    old = 1_000_000_000
+    os.utime(kept, (old, old))  # long past the grace given to half-written entries
+    prune(tmp_path, max_bytes=0)
+    assert kept.exists()
+    usage = {k.name: k for k in cache_summary(tmp_path, 0).kinds}
+    assert usage["sweeps"].category == "user data" and usage["sweeps"].bytes == kept.stat().st_size
