@@ -1,13 +1,19 @@
-"""Fair sharing of one server's compute: heavy jobs take turns, first come first served, at most one per session.
+"""Fair sharing of one server's compute: heavy jobs take turns, first come first served, at most one per session;
+and the same work asked for by several sessions at once is done once.
 
 A class on one server means many sessions asking for renders, attributions, scans and fine-tunes at once. Running
 them all together makes every one slow and every page switch sluggish (the CPU is oversubscribed). So heavy work
-asks for a *slot*: at most ``LAYER_EXPLORER_WORKERS`` jobs run at once (default: 1 per 4 CPU cores, at least 1),
-the others wait in order of arrival and are told their position ("2 jobs ahead of yours"), and one session holds at
-most ``LAYER_EXPLORER_JOBS_PER_SESSION`` slots (default 1) — its later requests wait behind its own. Light work
-(page switches, cached images) never asks for a slot, so it never waits.
+asks for a *slot* (`JobQueue`): at most ``LAYER_EXPLORER_WORKERS`` jobs run at once (default: 1 per 4 CPU cores, at
+least 1), the others wait in order of arrival and are told their position ("2 jobs ahead of yours"), and one
+session holds at most ``LAYER_EXPLORER_JOBS_PER_SESSION`` slots (default 1) — its later requests wait behind its
+own. Light work (page switches, cached images) never asks for a slot, so it never waits.
 
-No Streamlit here: the app passes a callback that draws the waiting message.
+A class also asks for the *same* work at once: thirty students opening the same link want the same renders. Work
+keyed by what it computes goes through `SingleFlight`: the first caller of a key runs it (taking its slot in the
+queue), and callers of that key meanwhile watch that run (its progress, its previews) and get its result, without
+a slot of their own. Nobody waits for a flight while holding a slot, so the two cannot deadlock.
+
+No Streamlit here: the app passes callbacks that draw the waiting message and the progress.
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
 
 from explorer.errors import ExplorerError
 
+T = TypeVar("T")
 WORKERS_VAR = "LAYER_EXPLORER_WORKERS"
 PER_SESSION_VAR = "LAYER_EXPLORER_JOBS_PER_SESSION"
 
@@ -144,3 +152,127 @@ def job_queue() -> JobQueue:
         if _QUEUE is None:
             _QUEUE = JobQueue()
         return _QUEUE
+
+
+# --------------------------------------------------------------------------- the same work asked for twice
+
+
+class Flight(Generic[T]):
+    """One piece of work being done for the caller that asked first, watched by those that asked since.
+
+    The leader's work reports its progress here (`report`, and `ahead` while it waits for a slot); watchers read
+    `done_steps` / `total_steps`, the latest `preview` and `ahead`, and get `result` once `finished`."""
+
+    def __init__(self, key: Hashable) -> None:
+        self.key = key
+        self.result: T | None = None
+        self.failed = False
+        self.done_steps = 0
+        self.total_steps = 0
+        self.preview: Any = None
+        self.ahead: int | None = None  # jobs ahead of the leader in the queue while it waits; None once it runs
+        self.watchers = 0
+        self._finished = threading.Event()
+
+    @property
+    def finished(self) -> bool:
+        return self._finished.is_set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait until the work ended (done or failed), at most `timeout_s`; whether it ended."""
+        return self._finished.wait(timeout_s)
+
+    def queued(self, ahead: int) -> None:
+        """The leader waits for a slot in the job queue, `ahead` jobs before it."""
+        self.ahead = ahead
+
+    def report(self, done: int, total: int, preview: Any = None) -> None:
+        """The leader's progress: `done` of `total` steps, and a preview to show (kept until the next one)."""
+        self.done_steps, self.total_steps, self.ahead = done, total, None
+        if preview is not None:
+            self.preview = preview
+
+
+class SingleFlight:
+    """Work keyed by what it computes, done once for concurrent callers (as Go's ``singleflight``).
+
+    `run(key, work)`: the first caller of `key` runs `work(flight)`; callers of the same key while it runs watch
+    that flight and get its result. A leader that fails, or is interrupted (a page rerun stops its script), hands the
+    key on: its watchers try again, one of them running the work. Results are not kept once the flight ends (the
+    caller keeps them: the disk cache, for renders). Thread-safe; one instance is shared by every session."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flights: dict[Hashable, Flight[Any]] = {}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._flights)
+
+    def watching(self, key: Hashable) -> Flight[Any] | None:
+        """The flight of `key` if one is running."""
+        with self._lock:
+            return self._flights.get(key)
+
+    def snapshot(self) -> dict[Hashable, int]:
+        """The keys in flight, each with the number of callers watching it."""
+        with self._lock:
+            return {key: flight.watchers for key, flight in self._flights.items()}
+
+    def run(
+        self,
+        key: Hashable,
+        work: Callable[[Flight[T]], T],
+        *,
+        on_wait: Callable[[Flight[T]], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        poll_s: float = 0.25,
+    ) -> tuple[T, bool]:
+        """(result, led): the result of `work` for `key`, run here (led) or by the caller that asked first.
+
+        A watcher calls `on_wait(flight)` at once and every `poll_s` while it waits; `should_stop()` True gives up
+        with a QueueError (the flight goes on for the others). The leader's exception is its own: it is raised
+        to the leader, and its watchers try again."""
+        while True:
+            with self._lock:
+                flight = self._flights.get(key)
+                lead = flight is None
+                if flight is None:
+                    flight = self._flights[key] = Flight(key)
+                else:
+                    flight.watchers += 1
+            if lead:
+                return self._lead(flight, work), True
+            try:
+                if on_wait is not None:
+                    on_wait(flight)
+                while not flight.wait(poll_s):
+                    if on_wait is not None:
+                        on_wait(flight)
+                    if should_stop is not None and should_stop():
+                        raise QueueError("Cancelled while waiting for the same work started by another session.")
+            finally:
+                with self._lock:
+                    flight.watchers -= 1
+            if not flight.failed:
+                return cast(T, flight.result), False  # set by a leader that succeeded
+
+    def _lead(self, flight: Flight[T], work: Callable[[Flight[T]], T]) -> T:
+        try:
+            result = flight.result = work(flight)
+        except BaseException:
+            flight.failed = True
+            raise
+        finally:
+            with self._lock:
+                del self._flights[flight.key]
+            flight._finished.set()
+        return result
+
+
+_FLIGHTS = SingleFlight()
+
+
+def shared_work() -> SingleFlight:
+    """The process's single-flight registry, shared by every session (renders are keyed by their cache keys)."""
+    return _FLIGHTS

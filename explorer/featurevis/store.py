@@ -10,8 +10,11 @@ as rendering everything.
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -65,6 +68,12 @@ def cache_keys(model: LoadedModel, objectives: Sequence[Objective], preset: Pres
         )
         for i, (obj, ikey) in enumerate(zip(objectives, image_keys(objectives), strict=True))
     ]
+
+
+def render_key(model: LoadedModel, objectives: Sequence[Objective], preset: Preset, seed: int) -> tuple[str, ...]:
+    """What identifies a batch of renders across sessions: the cache keys of its images, in order. Two sessions
+    asking for the same key want the same pixels, so one render can serve both (`explorer.jobs.SingleFlight`)."""
+    return (KIND, *cache_keys(model, objectives, preset, seed))
 
 
 def lookup(
@@ -161,12 +170,77 @@ def store_batches(model: LoadedModel, objectives: Sequence[Objective]) -> list[l
     return pack_groups(groups_of(objectives), max(1, size))
 
 
+class HitMemo:
+    """Cache hits read recently, with their pixels, served again without reading, verifying and decoding the files.
+
+    A warm page shows the same images on every run, and every run of every session read each one's two files,
+    checked its record and checksum, decoded the PNG to verify it, then decoded it again to show it. Here a hit is
+    trusted again while its payload file keeps its size and modification time (one `stat`), for `reverify_s` at
+    most: then it is read through `Cache.get` once more, which verifies it and marks it used for the cache's
+    eviction. Bounded by the bytes it holds (least recently used dropped first); thread-safe (sessions are threads).
+    """
+
+    def __init__(self, max_bytes: int = 64 * 2**20, reverify_s: float = 60.0) -> None:
+        self.max_bytes, self.reverify_s = max_bytes, reverify_s
+        self._items: dict[tuple[str, str], tuple[tuple[int, int], float, Entry, np.ndarray]] = {}  # recency order
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, cache: Cache, key: str) -> tuple[Entry, np.ndarray] | None:
+        """The featurevis entry of `key` in `cache` and its decoded pixels, or None where it is missing or damaged."""
+        path = cache.paths(KIND, key)[0]
+        memo = (str(cache.root), key)
+        try:
+            st = os.stat(path)
+        except OSError:
+            self._drop(memo)
+            return None
+        stamp = (st.st_mtime_ns, st.st_size)
+        with self._lock:
+            item = self._items.pop(memo, None)
+            if item is not None and item[0] == stamp and time.monotonic() - item[1] < self.reverify_s:
+                self._items[memo] = item
+                self.hits += 1
+                return item[2], item[3]
+            if item is not None:
+                self._bytes -= len(item[2].data) + item[3].nbytes
+        entry = cache.get(KIND, key)
+        if entry is None:
+            return None
+        pixels = entry.image()
+        pixels.flags.writeable = False  # shared by every session that shows it
+        size = len(entry.data) + pixels.nbytes
+        with self._lock:
+            self.misses += 1
+            if memo not in self._items and size <= self.max_bytes:
+                self._items[memo] = (stamp, time.monotonic(), entry, pixels)
+                self._bytes += size
+                while self._bytes > self.max_bytes:
+                    _, _, old, old_pixels = self._items.pop(next(iter(self._items)))
+                    self._bytes -= len(old.data) + old_pixels.nbytes
+        return entry, pixels
+
+    def _drop(self, memo: tuple[str, str]) -> None:
+        with self._lock:
+            item = self._items.pop(memo, None)
+            if item is not None:
+                self._bytes -= len(item[2].data) + item[3].nbytes
+
+
+_HITS = HitMemo()
+
+
 @dataclass
 class RenderPlan:
     """What a progressive render has to do: the cached entries it can show at once, and the batches to render."""
 
     hits: dict[int, Entry]  # objective index → its intact cached image
     todo: list[tuple[list[int], int]]  # (batch of objective indices, images it will render), in order
+    pixels: dict[int, np.ndarray] = field(default_factory=dict)  # objective index → its hit decoded (read-only)
 
     @property
     def renders(self) -> int:
@@ -187,16 +261,18 @@ def plan_render(
     batches: Sequence[Sequence[int]] | None = None,
     cache: Cache | None = None,
 ) -> RenderPlan:
-    """Look every objective up in the cache and group the misses into store batches (see `store_batches`)."""
+    """Look every objective up in the cache and group the misses into store batches (see `store_batches`).
+
+    Hits come with their pixels decoded, through the process's `HitMemo` (a warm page reads no file again)."""
     cache = cache or Cache()
     plan = RenderPlan({}, [])
     for batch in [list(b) for b in batches] if batches is not None else store_batches(model, objectives):
         objs = [objectives[i] for i in batch]
-        entries = [cache.get(KIND, k) for k in cache_keys(model, objs, preset, seed)]
-        missing = set(whole_groups(objs, [j for j, e in enumerate(entries) if e is None]))
-        for j, (i, entry) in enumerate(zip(batch, entries, strict=True)):
-            if entry is not None and j not in missing:
-                plan.hits[i] = entry
+        found = [_HITS.get(cache, k) for k in cache_keys(model, objs, preset, seed)]
+        missing = set(whole_groups(objs, [j for j, e in enumerate(found) if e is None]))
+        for j, (i, hit) in enumerate(zip(batch, found, strict=True)):
+            if hit is not None and j not in missing:
+                plan.hits[i], plan.pixels[i] = hit
         if missing:
             plan.todo.append((batch, len(missing)))
     return plan

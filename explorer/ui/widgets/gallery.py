@@ -7,7 +7,9 @@ Unit pages (and reusable by Compare).
   in `settings_form`; `link_params` carries them (and the model) into links to other pages.
 - `render_tiles`: cached images appear at once; the misses are rendered in bounded batches, each stored in the
   disk cache only when complete, with a progress bar, previews in the tiles and a Stop button. The renders take
-  their turn in the server's job queue (`widgets.queue.turn`); a unit whose objective could not be raised is shown
+  their turn in the server's job queue (`widgets.queue.turn`); a batch another session is rendering already (the
+  same cache keys: a class opening the same link) is watched, its progress and previews shown, not queued and
+  rendered again (`explorer.jobs.SingleFlight`). A unit whose objective could not be raised is shown
   as *inactive* with its final value (`featurevis.activity`), not as a grey square.
 
 A tile's placeholder is a square drawn in HTML, not an image: an image element replaced in the same run leaves a
@@ -16,6 +18,7 @@ media file that Streamlit deletes before the browser fetches it (a 404 and an "I
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import time
@@ -29,18 +32,19 @@ import streamlit as st
 
 from explorer.cache import Cache, make_key
 from explorer.errors import ExplorerError
-from explorer.featurevis import PRESETS, Objective, Preset, get_preset, render_cached
+from explorer.featurevis import PRESETS, CachedRender, Objective, Preset, get_preset, render_cached
 from explorer.featurevis.activity import Activity, activity
-from explorer.featurevis.store import plan_render
-from explorer.jobs import job_queue
+from explorer.featurevis.store import plan_render, render_key
+from explorer.jobs import Flight, job_queue, shared_work
 from explorer.models import LoadedModel
 from explorer.ui.common import ARCH_KEY, SPEC_KEY, progress_callback
 from explorer.ui.widgets.images import as_png
-from explorer.ui.widgets.queue import turn
+from explorer.ui.widgets.queue import turn, waiting_text
 
 # A square as wide as its column; the bottom margin undoes markdown's -1rem, so it takes the height of an st.image and
 # the caption under it does not move when the picture arrives.
 BUSY_PREVIEW_S = 1.5  # seconds between previews while other sessions wait in the queue (else the preset's own)
+WATCH_REDRAW_S = 0.5  # how often a session watching another's render of the same images redraws its progress
 SQUARE = "width:100%;aspect-ratio:1/1;border-radius:4px;box-sizing:border-box;margin-bottom:1rem;"
 PLACEHOLDER_HTML = f'<div class="lx-tile-empty" style="{SQUARE}background:#ececec"></div>'
 INACTIVE_HTML = (
@@ -112,15 +116,16 @@ class Tile:
         self._caption = self.box.empty()
         self.actions = self.box.container()
 
-    def show(self, image: np.ndarray | bytes | None, caption: str | None = None) -> None:
+    def show(self, image: np.ndarray | bytes | None, caption: str | None = None, flags: Sequence[str] = ()) -> None:
         """Draw (or redraw) the image (an array, or its PNG bytes); None draws a grey square (HTML: no media file to
-        go missing)."""
+        go missing). `flags`: the picture's quality flags (`explorer.trust.image_quality`: grey, saturated,
+        collapsed, …), appended to the caption as '⚠ grey, saturated'."""
         if image is None:
             self._image.markdown(PLACEHOLDER_HTML, unsafe_allow_html=True)
         else:
             self._image.image(as_png(image), width="stretch", output_format="PNG")
         if caption is not None:
-            self._caption.caption(caption)
+            self._caption.caption(f"{caption} · ⚠ {', '.join(flags)}" if flags else caption)
 
     def show_inactive(self, state: Activity, caption: str | None = None) -> None:
         """Mark the unit as inactive, with the value its objective ended at, instead of drawing a picture."""
@@ -316,6 +321,7 @@ class Rendered:
     inactive: list[bool] = field(default_factory=list)
     cached: int = 0
     rendered: int = 0
+    shared: int = 0  # rendered by another session asking for the same images at the same time
     stopped: bool = False
 
     @property
@@ -388,7 +394,7 @@ def render_tiles(
     out = Rendered([None] * n, [None] * n, [None] * n, [False] * n)
     plan = plan_render(model, objectives, preset, settings.seed, batches=batches, cache=cache)
     for i, entry in plan.hits.items():
-        _fill(out, tiles, captions, i, entry.image(), entry.data, entry.meta.get("curve") or [float("nan")])
+        _fill(out, tiles, captions, i, plan.pixels[i], entry.data, entry.meta.get("curve") or [float("nan")])
     out.cached = len(plan.hits)
     todo = plan.todo
     if not todo:
@@ -403,35 +409,117 @@ def render_tiles(
         right.button("Resume", key=f"{key}_resume", on_click=_resume, args=(key,), icon=":material/play_arrow:")
         out.stopped = True
         return out
-    total = plan.renders * preset.steps
-    line = left.empty()
+    progress = _Progress(left.empty(), plan.renders * preset.steps, settings)
+    flights = shared_work()
     try:
-        with turn("render", line):  # the server's fair queue: one heavy job per session, in arrival order
-            bar = line.progress(0.0, text=f"Rendering {total // preset.steps} images ({settings.describe()})…")
-            done_before = 0
-            started = time.monotonic()
+        with contextlib.ExitStack() as held:  # this session's turn in the queue, taken at its first render
+
+            def give_back() -> None:  # no session waits for another's render while it holds a slot
+                held.close()
+                progress.holding = False
+
             for batch, n_missing in todo:
                 objs = [objectives[i] for i in batch]
-                paced, every_s = preview_pace(preset)
-                on_step = progress_callback(
-                    bar=bar,
-                    text="Rendering…",
-                    every_s=every_s,
-                    offset=done_before,
-                    grand_total=total,
-                    started=started,
-                    on_preview=_preview_into(tiles, captions, batch),
+                show = _preview_into(tiles, captions, batch)
+
+                def work(flight: Flight[CachedRender], objs: list[Objective] = objs, show: Any = show) -> CachedRender:
+                    if not progress.holding:
+                        held.enter_context(turn("render", progress.line, on_wait=flight.queued))
+                        progress.holding = True
+                    flight.ahead = None  # it runs: its watchers show its progress, not a place in the queue
+                    return _render_batch(model, objs, preset, settings.seed, cache, flight, progress, show)
+
+                # Another session rendering these very images (the same cache keys): watch its render, not queue
+                result, led = flights.run(
+                    render_key(model, objs, preset, settings.seed), work, on_wait=progress.watch(show, give_back)
                 )
-                result = render_cached(model, objs, paced, seed=settings.seed, progress=on_step, cache=cache)
                 for j, i in enumerate(batch):
                     _fill(out, tiles, captions, i, result.images[j], result.png[j], result.curves[j])
-                out.rendered += int((~result.hits).sum())
-                done_before += n_missing * preset.steps
+                if led:
+                    out.rendered += int((~result.hits).sum())
+                else:
+                    out.shared += len(batch)
+                progress.done_before += n_missing * preset.steps
     except Exception:
         slot.empty()  # no Stop button left behind; the caller shows the error
         raise
     slot.empty()
     return out
+
+
+def _render_batch(
+    model: LoadedModel,
+    objs: list[Objective],
+    preset: Preset,
+    seed: int,
+    cache: Cache,
+    flight: Flight[CachedRender],
+    progress: _Progress,
+    show: Callable[[Any], None],
+) -> CachedRender:
+    """Render one batch, holding this session's turn in the server's fair queue, for this session and every session
+    watching its flight: progress and previews drawn here and reported to the flight."""
+    paced, every_s = preview_pace(preset)
+    on_step = progress_callback(
+        bar=progress.bar(),
+        text="Rendering…",
+        every_s=every_s,
+        offset=progress.done_before,
+        grand_total=progress.total,
+        started=progress.started,
+        on_preview=show,
+    )
+
+    def step(done: int, total: int, preview: Any = None) -> None:
+        flight.report(done, total, preview)
+        on_step(done, total, preview)
+
+    return render_cached(model, objs, paced, seed=seed, progress=step, cache=cache)
+
+
+class _Progress:
+    """The progress line of one `render_tiles` call: the bar of this session's renders, or, while it watches
+    another session render the same images, that render's progress, waiting place and previews."""
+
+    def __init__(self, line: Any, total: int, settings: RenderSettings) -> None:
+        self.line, self.total, self.settings = line, total, settings
+        self.started = time.monotonic()
+        self.done_before = 0  # image-steps of the batches finished so far
+        self.holding = False  # this session holds its turn in the job queue
+
+    def bar(self) -> Any:
+        """Draw the bar (where the queue's waiting line was) and return it."""
+        at = self.done_before / self.total if self.total else 0.0
+        images = self.total // max(self.settings.resolved().steps, 1)
+        return self.line.progress(min(at, 1.0), text=f"Rendering {images} images ({self.settings.describe()})…")
+
+    def watch(
+        self, show: Callable[[Any], None], give_back: Callable[[], None]
+    ) -> Callable[[Flight[CachedRender]], None]:
+        """What a watcher does while the flight runs: first give back its own turn in the queue, if it holds one;
+        then draw the leader's place in the queue or its progress (every WATCH_REDRAW_S), and its newest preview in
+        this session's tiles (every BUSY_PREVIEW_S at most)."""
+        drawn = {"bar": 0.0, "preview": 0.0}
+        last: list[Any] = [None]
+
+        def on_wait(flight: Flight[CachedRender]) -> None:
+            if self.holding:
+                give_back()
+            now = time.monotonic()
+            fresh = flight.preview is not None and flight.preview is not last[0]
+            if fresh and now - drawn["preview"] >= BUSY_PREVIEW_S:
+                last[0], drawn["preview"] = flight.preview, now
+                show(flight.preview)
+            if now - drawn["bar"] < WATCH_REDRAW_S:
+                return
+            drawn["bar"] = now
+            if flight.ahead is not None and not flight.done_steps:
+                self.line.info(waiting_text(flight.ahead, now - self.started), icon=":material/hourglass_top:")
+                return
+            frac = min((self.done_before + flight.done_steps) / self.total, 1.0) if self.total else 0.0
+            self.line.progress(frac, text=f"Rendering… {frac:.0%} · {now - self.started:.0f} s (shared)")
+
+        return on_wait
 
 
 def _fill(

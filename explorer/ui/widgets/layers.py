@@ -4,6 +4,7 @@ kernel figure (the picture of a layer that reads the pixels)."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import streamlit as st
@@ -18,17 +19,42 @@ PER_PAGE = 16  # units per page of the Layer gallery (the Unit page links back t
 LAYER_KEY = "fv_layer"  # session_state: the last layer looked at (pages opened without ?layer=)
 
 
+MAX_MODELS = 16  # models whose renderable layers are remembered (a class uses one or two)
+_RENDERABLE: dict[tuple[Any, ...], tuple[dict[str, LayerInfo], list[str]]] = {}  # insertion order = recency
+_RENDERABLE_LOCK = threading.Lock()
+
+
+def _renderable(model: LoadedModel) -> tuple[dict[str, LayerInfo], list[str]]:
+    """(renderable layers by name, block names) of a model, computed once per process and model.
+
+    The ladder comes from `get_ladder` (st.cache_data), which hands every caller its own unpickled copy of the full
+    view (257 rows for EfficientNet-Lite0): pages asked for it several times per run. Rows are not modified by
+    anyone, so they are shared here; callers get their own dict and list."""
+    key = model_key(model)
+    with _RENDERABLE_LOCK:
+        found = _RENDERABLE.pop(key, None)
+        if found is not None:
+            _RENDERABLE[key] = found
+            return found
+    blocks = [r for r in get_ladder(model, "blocks") if r.has_map]
+    names = {r.name for r in blocks}
+    rows = blocks + [r for r in get_ladder(model, "full") if r.has_map and r.name not in names]
+    found = ({r.name: r for r in rows}, [r.name for r in blocks])
+    with _RENDERABLE_LOCK:
+        _RENDERABLE[key] = found
+        while len(_RENDERABLE) > MAX_MODELS:
+            del _RENDERABLE[next(iter(_RENDERABLE))]
+    return found
+
+
 def renderable_layers(model: LoadedModel) -> dict[str, LayerInfo]:
     """Layers with a grid output (what can be visualised): the blocks first, then the rest of the full view."""
-    rows = [r for r in get_ladder(model, "blocks") if r.has_map]
-    names = {r.name for r in rows}
-    rows += [r for r in get_ladder(model, "full") if r.has_map and r.name not in names]
-    return {r.name: r for r in rows}
+    return dict(_renderable(model)[0])
 
 
 def block_names(model: LoadedModel) -> list[str]:
     """The renderable layers of the blocks view, in execution order."""
-    return [r.name for r in get_ladder(model, "blocks") if r.has_map]
+    return list(_renderable(model)[1])
 
 
 def channels_of(row: LayerInfo) -> int:

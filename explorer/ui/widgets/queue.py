@@ -9,7 +9,7 @@ the job starts. Cache hits never come here: only the work that really computes d
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -36,16 +36,21 @@ def waiting_text(ahead: int, waited_s: float) -> str:
 
 
 @contextmanager
-def turn(kind: str, container: Any = None, *, session: str | None = None) -> Iterator[None]:
+def turn(
+    kind: str, container: Any = None, *, session: str | None = None, on_wait: Callable[[int], None] | None = None
+) -> Iterator[None]:
     """Hold a slot of the job queue for `session` (default: this browser session) while the block runs.
 
-    While waiting, an st.info in `container` (an `empty()` slot is made there) says how many jobs are ahead."""
+    While waiting, an st.info in `container` (an `empty()` slot is made there) says how many jobs are ahead, and
+    `on_wait(jobs_ahead)` is told too (e.g. the sessions watching this job's flight)."""
     line = (container if container is not None else st).empty()
     started = time.monotonic()
-    shown = {"ahead": 0, "at": 0.0}
+    shown: dict[str, Any] = {"ahead": 0, "at": 0.0}
 
     def draw(ahead: int) -> None:
         shown["ahead"], shown["at"] = ahead, time.monotonic()
+        if on_wait is not None:
+            on_wait(ahead)
         line.info(waiting_text(ahead, shown["at"] - started), icon=":material/hourglass_top:")
 
     def tick() -> bool:
@@ -55,12 +60,12 @@ def turn(kind: str, container: Any = None, *, session: str | None = None) -> Ite
 
     waited = False
 
-    def on_wait(ahead: int) -> None:
+    def queued(ahead: int) -> None:
         nonlocal waited
         waited = True
         draw(ahead)
 
-    with jobs.job_queue().slot(session or session_id(), kind, on_wait=on_wait, should_stop=tick):
+    with jobs.job_queue().slot(session or session_id(), kind, on_wait=queued, should_stop=tick):
         if waited:
             line.empty()
         yield
