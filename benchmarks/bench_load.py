@@ -4,6 +4,10 @@
     python benchmarks/bench_load.py --users 8 --seconds 150 --cold-check --out results.json
     python benchmarks/bench_load.py --users 8 --soak 600 --out soak.json   # 10-minute soak (RSS must plateau)
     python benchmarks/bench_load.py --users 2 --seconds 30 --data-per-class 5   # a small run while developing
+    python benchmarks/bench_load.py --protocol --sessions 30 --seconds 300 --out load.json   # no browser
+
+With ``--protocol`` the users are protocol-level sessions, not browsers (load_protocol.py: the server measured alone,
+as on a class server whose users' browsers run on their own laptops); this browser test stays the UI regression check.
 
 What happens, in order (every request goes to 127.0.0.1 only; everything stops by itself):
 
@@ -45,24 +49,22 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import re
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from appserver import ROOT, RUN_NAME, RssSampler, load_server, percentile, rss_summary  # noqa: E402
+
 CHROMIUM = Path(os.environ.get("LAYER_EXPLORER_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -72,7 +74,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-sync",
 ]
-RUN_NAME = "loadtest"
 ENTRY = "progression?preset=fast&per_stage=2"  # the link each user opens the app with
 COLD_SEED = 1000  # cold-check seeds: COLD_SEED (single user), COLD_SEED + 1 … + N (the N users)
 JOURNEY_PAGES = ("Model", "Progression", "Unit", "Attribution", "Compare", "Compare: layer click")
@@ -193,152 +194,7 @@ def _log(cfg: Config, *parts: Any) -> None:
         print(*parts, flush=True)
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (q in 0..100); None for no values."""
-    xs = sorted(values)
-    if not xs:
-        return None
-    pos = (len(xs) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
 # --------------------------------------------------------------------------- server and its memory
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-class Server:
-    """`python -m streamlit run app.py` on 127.0.0.1 with its own cache; stopped by `stop()`."""
-
-    def __init__(self, port: int, cache: Path, log: Path) -> None:
-        self.port, self.cache, self.log_path = port, cache, log
-        self.url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "LAYER_EXPLORER_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true"]
-        cmd += ["--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
-        self._out = open(log, "wb")  # noqa: SIM115  (closed in stop)
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._out, stderr=subprocess.STDOUT)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def wait_healthy(self, timeout_s: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not _healthy(self.url):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start (exit {self.proc.poll()}):\n{self.log_tail()}")
-            time.sleep(0.5)
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._out.close()
-
-
-class RssSampler:
-    """VmRSS (MB) and CPU seconds of one process, every `every_s`, on a thread; `mark(name)` notes a phase boundary."""
-
-    def __init__(self, pid: int, every_s: float = 1.0) -> None:
-        self.pid, self.every_s = pid, every_s
-        self.t0 = time.monotonic()
-        self.samples: list[tuple[float, float, float]] = []  # (seconds since start, RSS MB, CPU seconds)
-        self.machine: list[tuple[float, float, float, float]] = []  # (seconds, busy CPU s, all CPU s, load average)
-        self.marks: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._tick = os.sysconf("SC_CLK_TCK")
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-        self._thread.start()
-
-    def now(self) -> float:
-        return time.monotonic() - self.t0
-
-    def mark(self, name: str) -> None:
-        self.marks[name] = round(self.now(), 2)
-
-    def read(self) -> tuple[float, float] | None:
-        try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except OSError:
-            return None
-        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-        fields = stat.rsplit(")", 1)[1].split()  # after the command name: state is fields[0], utime fields[11]
-        cpu = (int(fields[11]) + int(fields[12])) / self._tick
-        return (int(match.group(1)) / 1024 if match else float("nan")), cpu
-
-    @staticmethod
-    def machine_cpu() -> tuple[float, float]:
-        """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
-        values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        total = sum(values[:8]) / os.sysconf("SC_CLK_TCK")
-        return total - (values[3] + values[4]) / os.sysconf("SC_CLK_TCK"), total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            got = self.read()
-            if got is not None:
-                self.samples.append((round(self.now(), 2), round(got[0], 1), round(got[1], 2)))
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    self.machine.append((round(self.now(), 2), *self.machine_cpu(), os.getloadavg()[0]))
-            self._stop.wait(self.every_s)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def window(self, start: float, end: float) -> list[tuple[float, float, float]]:
-        return [s for s in self.samples if start <= s[0] <= end]
-
-
-def rss_summary(sampler: RssSampler, start: float, end: float) -> dict[str, Any]:
-    """RSS over [start, end]: start/peak/end, and growth over its last half (median of 10 s around the middle vs
-    median of the last 10 s), plus the server's CPU use."""
-    xs = sampler.window(start, end)
-    if len(xs) < 4:
-        return {"samples": len(xs)}
-    mid = (start + end) / 2
-    around_mid = [r for t, r, _ in xs if abs(t - mid) <= 5] or [xs[len(xs) // 2][1]]
-    last = [r for t, r, _ in xs if t >= end - 10] or [xs[-1][1]]
-    mid_mb, end_mb = percentile(around_mid, 50), percentile(last, 50)
-    second_half = [r for t, r, _ in xs if t >= mid]
-    return {
-        "samples": len(xs),
-        "start_mb": xs[0][1],
-        "peak_mb": max(r for _, r, _ in xs),
-        "end_mb": xs[-1][1],
-        "mid_median_mb": mid_mb,
-        "end_median_mb": end_mb,
-        "last_half_growth_pct": round(100 * (end_mb - mid_mb) / mid_mb, 2) if mid_mb else None,
-        "last_half_peak_over_mid_pct": round(100 * (max(second_half) - mid_mb) / mid_mb, 2) if mid_mb else None,
-        "server_cpu_s": round(xs[-1][2] - xs[0][2], 1),
-        "server_cpu_cores": round((xs[-1][2] - xs[0][2]) / max(xs[-1][0] - xs[0][0], 1e-9), 2),
-        **machine_summary(sampler, start, end),
-    }
 
 
 class BrowserCpu:
@@ -380,51 +236,6 @@ def browser_cpu_s() -> dict[int, float]:
         fields = stat[stat.rindex(")") + 2 :].split()
         out[int(pid)] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
     return out
-
-
-def machine_summary(sampler: RssSampler, start: float, end: float) -> dict[str, Any]:
-    """How busy the whole machine was over [start, end]: the server, this benchmark's browser and anything else."""
-    ms = [m for m in sampler.machine if start <= m[0] <= end]
-    if len(ms) < 2:
-        return {}
-    seconds = ms[-1][0] - ms[0][0]
-    busy, total = ms[-1][1] - ms[0][1], ms[-1][2] - ms[0][2]
-    return {
-        "machine_cpus": os.cpu_count(),
-        "machine_busy_pct": round(100 * busy / total, 1) if total else None,
-        "machine_busy_cores": round(busy / seconds, 2) if seconds else None,
-        "loadavg_1min_mean": round(sum(m[3] for m in ms) / len(ms), 2),
-    }
-
-
-# --------------------------------------------------------------------------- setup: data and the fine-tuned run
-
-
-def small_digits(cache: Path, per_class: int) -> Path:
-    """A copy of demo:digits with `per_class` images per class, under the cache (so the comparison is cheap)."""
-    env = {**os.environ, "LAYER_EXPLORER_CACHE": str(cache)}
-    code = "from explorer.data import resolve_data; print(resolve_data('demo:digits'))"
-    src = Path(subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True,
-                              text=True).stdout.strip().splitlines()[-1])  # fmt: skip
-    dest = cache / "data" / f"digits-{per_class}"
-    for folder in sorted(p for p in src.iterdir() if p.is_dir()):
-        (dest / folder.name).mkdir(parents=True, exist_ok=True)
-        for image in sorted(folder.glob("*.png"))[:per_class]:
-            shutil.copyfile(image, dest / folder.name / image.name)
-    return dest
-
-
-def make_run(cache: Path, data: str, name: str = RUN_NAME) -> dict[str, Any]:
-    """Fine-tune the bundled model for one tiny epoch with the CLI, where the app's run list finds it."""
-    out = cache / "runs" / name / f"{name}.safetensors"
-    cmd = [sys.executable, "-m", "explorer", "finetune", "--data", data, "--freeze-after", "none", "--epochs", "1",
-           "--max-images", "120", "--input-size", "64", "--out", str(out), "--json"]  # fmt: skip
-    started = time.perf_counter()
-    env = {**os.environ, "LAYER_EXPLORER_CACHE": str(cache)}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0 or not out.is_file():
-        raise RuntimeError(f"fine-tuning failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return {"name": name, "data": data, "checkpoint": str(out), "seconds": round(time.perf_counter() - started, 1)}
 
 
 # --------------------------------------------------------------------------- one browser user
@@ -1083,40 +894,14 @@ def run(cfg: Config) -> dict[str, Any]:
     """The whole benchmark; returns the result dict (also written to `cfg.out` when set)."""
     if not CHROMIUM.exists():
         raise RuntimeError(f"{CHROMIUM} is missing (apt-get install chromium, or set LAYER_EXPLORER_CHROMIUM)")
-    cache = Path(cfg.cache) if cfg.cache else Path(tempfile.mkdtemp(prefix="layer-explorer-load-"))
-    cache.mkdir(parents=True, exist_ok=True)
-    server: Server | None = None
-    sampler: RssSampler | None = None
-    setup: dict[str, Any] = {"cache": str(cache)}
-    try:
-        data = "demo:digits"
-        if cfg.data_per_class > 0:
-            data = str(small_digits(cache, cfg.data_per_class))
-        if (cache / "runs" / RUN_NAME / f"{RUN_NAME}.safetensors").is_file():
-            setup["run"] = {"name": RUN_NAME, "reused": True}
-        else:
-            _log(cfg, f"fine-tuning the run {RUN_NAME} on {data} (one small epoch)…")
-            setup["run"] = make_run(cache, data)
-        port = cfg.port or free_port()
-        started = time.perf_counter()
-        server = Server(port, cache, cache / "server.log")
-        sampler = RssSampler(server.pid)
-        server.wait_healthy()
-        setup["server_start_s"] = round(time.perf_counter() - started, 1)
-        setup["server"] = {"url": server.url, "pid": server.pid, "cwd": str(ROOT)}
-        _log(cfg, f"server {server.url} (pid {server.pid}) up in {setup['server_start_s']} s")
+    log = lambda *a: _log(cfg, *a)  # noqa: E731
+    with load_server(cfg.cache, data_per_class=cfg.data_per_class, keep_cache=cfg.keep_cache, port=cfg.port,
+                     log=log) as (server, sampler, setup):  # fmt: skip
         bench = Bench(cfg, server.url, sampler)
         extra = asyncio.run(_browser_phases(cfg, bench))
         sampler.mark("end")
         result = summarize(bench, {"setup": setup, **extra})
         result["server_log_tail"] = server.log_tail(4000)
-    finally:
-        if sampler is not None:
-            sampler.stop()
-        if server is not None:
-            server.stop()
-        if not cfg.keep_cache and not cfg.cache:
-            shutil.rmtree(cache, ignore_errors=True)
     if cfg.out:
         Path(cfg.out).write_text(json.dumps(result, indent=1, default=str))
     return result
@@ -1124,6 +909,8 @@ def run(cfg: Config) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> Config:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--protocol", action="store_true",
+                   help="protocol-level sessions instead of browsers (options: --protocol --help)")  # fmt: skip
     p.add_argument("--users", type=int, default=8, help="concurrent browser users (default 8)")
     p.add_argument("--seconds", type=float, default=150, help="length of the load phase (default 150)")
     p.add_argument("--soak", type=float, default=0, help="a soak of this many seconds instead (e.g. 600)")
@@ -1159,6 +946,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if "--protocol" in args:  # the server measured alone: protocol-level sessions instead of browsers
+        from load_protocol import main as protocol_main
+
+        return protocol_main([a for a in args if a != "--protocol"])
     cfg = parse_args(argv)
     result = run(cfg)
     print_report(result)
