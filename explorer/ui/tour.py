@@ -3,21 +3,33 @@
 Each step opens a real page with settings that show something worth seeing, and the sidebar shows the step's caption
 (two or three sentences written for a student) with Back / Next. The step is kept in the URL (``?tour=3``), so a
 teacher can share a link to any step, in either language (``&lang=pt-BR``).
+
+The Compare steps open the demo stored on this server (:mod:`explorer.ui.compare.demo`) with its own settings,
+whatever this session's defaults, so they show its comparison, recommendation, code and chart. Step 4 quotes the
+same parameter counts as the Fine-tune page below it (one function, the demo data's class count) and a training
+step's cost measured once per model and kept on disk, so every visit quotes the same measurement.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from explorer.models import DEFAULT_SPEC
+from explorer.cache import cache_root, make_key
+from explorer.models import DEFAULT_SPEC, LoadedModel
 from explorer.ui.common import current_model, page_ref, set_current_model
 from explorer.ui.i18n import number, t
 
 TOUR_KEY = "tour"  # URL parameter: the step shown (1-based)
 FREEZE_POINT = "blocks.3.2"  # the tour's example freeze point on the bundled model (the middle of the network)
+DATA = "demo:digits"  # the data of the tour's Fine-tune step: its class count sizes the new head in the counts
+COSTS_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -33,7 +45,7 @@ STEPS = [
     Step("progression", "Progression", {"preset": "fast", "per_stage": "4"}),
     Step("unit", "Unit", {"layer": "blocks.5.3", "unit": "3", "preset": "fast"}),
     Step("attribution", "Attribution", {"sample": "chelsea", "method": "gradcam", "scale": "shared"}),
-    Step("finetune", "Fine-tune", {"data": "demo:digits", "freeze": FREEZE_POINT}),
+    Step("finetune", "Fine-tune", {"data": DATA, "freeze": FREEZE_POINT}),
     Step("compare", "Compare", {}),
     Step("compare", "Compare", {"freeze": FREEZE_POINT}),  # the freeze panel opens at the example point
 ]
@@ -47,11 +59,26 @@ def step_from_url() -> int | None:
     return int(raw)
 
 
+def step_query(step: int, model: LoadedModel) -> dict[str, str]:
+    """The URL parameters of `step`'s page: the Compare steps open the demo stored for `model` (its run and its
+    settings; step 6 at the demo's recommended freeze point), when there is one."""
+    s = STEPS[step - 1]
+    query = dict(s.query)
+    if s.page == "compare":
+        from explorer.ui.compare.demo import demo_query, stored_demo
+
+        manifest = stored_demo(model)
+        if manifest is not None:
+            query = {k: v for k, v in query.items() if k != "freeze"}  # the page opens at the recommendation
+            query.update(demo_query(manifest))
+    return query
+
+
 def go_to(step: int) -> None:
     """Open the page of `step` with its settings, on the bundled model the captions describe."""
     s = STEPS[step - 1]
-    set_current_model(DEFAULT_SPEC)
-    query = {**s.query, TOUR_KEY: str(step), "model": DEFAULT_SPEC}
+    model = set_current_model(DEFAULT_SPEC)
+    query = {**step_query(step, model), TOUR_KEY: str(step), "model": DEFAULT_SPEC}
     st.switch_page(page_ref(s.page, s.title), query_params=query)
 
 
@@ -89,14 +116,13 @@ def tour_panel(step: int) -> None:
 
 
 def training_costs() -> dict[str, Any] | None:
-    """This machine's measured cost of a training step with everything trainable and frozen after the tour's point
-    (measured once per model), written for the session's language; None when it cannot be measured (another
-    architecture without that block)."""
-    from explorer.ui.common import model_key
-
+    """Step 4's figures for the current model, written for the session's language: the parameters left to train
+    after the tour's point (as the Fine-tune page counts them, new head for the demo data included) and this
+    machine's measured cost of a training step with everything trainable and with the point frozen (measured once
+    per model and kept); None when they cannot be had (another architecture without that block)."""
     model = current_model()
     try:
-        raw = _costs(model, model_key(model))
+        raw = step_costs(model)
     except Exception:  # the tour still runs without the figures
         return None
     t_all, t_frozen = raw["t_all"], raw["t_frozen"]
@@ -113,20 +139,74 @@ def training_costs() -> dict[str, Any] | None:
     }
 
 
+def demo_classes() -> int:
+    """How many classes the tour's Fine-tune step trains (the demo data's, counted as the page counts them)."""
+    from explorer.data import ImageFolderDataset, resolve_data
+
+    return len(ImageFolderDataset(str(resolve_data(DATA))).classes)
+
+
+def step_costs(model: LoadedModel) -> dict[str, Any]:
+    """Step 4's numbers, unformatted: counts and the measured step times (cached for every session)."""
+    from explorer.ui.common import model_key
+
+    return _costs(model, model_key(model))
+
+
 @st.cache_data(max_entries=8, show_spinner=False)
 def _costs(_model: Any, key: tuple[Any, ...]) -> dict[str, Any]:
-    """The measured numbers, unformatted (the cache is shared by sessions in every language)."""
-    from explorer.transfer.costs import training_step_cost
+    """The counts (the Fine-tune page's function, with the demo's new head) and the timings (measured once); the
+    cache is shared by sessions in every language."""
+    from explorer.transfer.freeze import freeze_summary
 
     del key
-    full = training_step_cost(_model, None)
-    frozen = training_step_cost(_model, FREEZE_POINT)
+    num_classes = demo_classes()
+    counts = freeze_summary(_model, FREEZE_POINT, num_classes=num_classes)
     return {
         "point": FREEZE_POINT,
-        "trainable": frozen.trainable,
-        "total": frozen.total,
+        "classes": num_classes,
+        "trainable": counts.trainable,
+        "total": counts.total,
+        **measured_step_times(_model),
+    }
+
+
+def times_path(model: LoadedModel) -> Path:
+    """Where this machine's measured step times of `model` are kept (weights, architecture, size, device)."""
+    key = make_key(
+        kind="tour-costs",
+        version=COSTS_VERSION,
+        base=model.fingerprint,
+        arch=model.arch,
+        input=list(model.input_size),
+        device=str(model.device),
+        point=FREEZE_POINT,
+    )
+    return cache_root() / "tour" / f"{key[:32]}.json"
+
+
+def measured_step_times(model: LoadedModel) -> dict[str, Any]:
+    """The seconds of one training step with every layer training and frozen after the tour's point, measured on
+    this machine once and read back afterwards (a restart or a second visit quotes the same measurement)."""
+    from explorer.transfer.checkpoints import write_atomic
+    from explorer.transfer.costs import training_step_cost
+
+    path = times_path(model)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return {k: saved[k] for k in ("batch", "size", "steps", "t_all", "t_frozen", "measured")}
+    steps = 3
+    full = training_step_cost(model, None, steps=steps)
+    frozen = training_step_cost(model, FREEZE_POINT, steps=steps)
+    times = {
         "batch": full.batch,
         "size": full.size,
+        "steps": steps,  # the median of this many steps, after one warm-up
         "t_all": full.seconds,
         "t_frozen": frozen.seconds,
+        "measured": time.time(),
     }
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(times).encode())
+    return times

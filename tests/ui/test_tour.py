@@ -127,3 +127,47 @@ def test_the_fourth_step_quotes_this_machines_measured_costs(app_on, quick_steps
     at = app_on("finetune", timeout=300, tour="4", data="demo:digits").run()
     text = _caption(at)
     assert "1,234 of 3,371,048 parameters" in text and "0.20 s instead of 0.50 s" in text
+
+
+def _tour_counts(text: str) -> tuple[str, str]:
+    found = re.search(r"leaves ([\d,]+) of ([\d,]+) parameters", text)
+    assert found, text
+    return found.group(1), found.group(2)
+
+
+def test_the_fourth_step_counts_the_parameters_as_the_page_below_it(app_on, bundled, monkeypatch):
+    from explorer.transfer.freeze import freeze_summary
+    from explorer.ui.i18n import number
+
+    times = {"batch": 16, "size": 64, "steps": 3, "t_all": 0.5, "t_frozen": 0.2, "measured": 0.0}
+    monkeypatch.setattr(tour, "measured_step_times", lambda model: times)
+    at = app_on("finetune", timeout=300, tour="4", **tour.STEPS[3].query).run()
+    assert not at.exception
+    trainable, total = _tour_counts(_caption(at))
+    page = " ".join(c.value for c in at.caption)
+    assert f"**{trainable}** trainable" in page and f"**{total}** total parameters" in page, (trainable, total, page)
+    # the new head for the demo's 10 digits, not the 1000-class ImageNet head
+    assert total != number(freeze_summary(bundled, tour.FREEZE_POINT).total)
+    assert tour.demo_classes() == 10
+
+
+def test_a_second_visit_quotes_the_first_measurement(app_on, monkeypatch):
+    from explorer.transfer import costs
+
+    calls: list[str | None] = []
+
+    def timed(model, freeze_after, *, batch=16, size=64, steps=3):
+        calls.append(freeze_after)
+        seconds = [0.5, 0.2, 0.9, 0.1][len(calls) - 1]  # a busy machine: a second measurement would differ
+        return costs.StepCost(freeze_after, seconds, 1, 2, batch, size)
+
+    monkeypatch.setattr(costs, "training_step_cost", timed)
+    texts = []
+    for _ in range(2):  # a second session after a restart (the in-memory cache forgotten)
+        st.cache_data.clear()
+        at = app_on("finetune", timeout=300, tour="4", **tour.STEPS[3].query).run()
+        assert not at.exception
+        texts.append(_caption(at))
+    assert calls == [None, tour.FREEZE_POINT]  # measured once
+    assert "one training step on 16 images of 64 px takes 0.20 s instead of 0.50 s" in texts[0]
+    assert texts[0] == texts[1]

@@ -3,11 +3,17 @@
 So the Compare page never opens empty: a newcomer presses *Run the demo* and, with progress all along, gets a
 fine-tuned run (fast settings: 64 px, two epochs), its comparison with the base on the held-out digits, and the
 measured freeze sweep; the page then opens on them (their settings go in the URL like any other view).
+
+A finished demo is recorded once for the whole server (:func:`store.put_demo`: the run, the comparison and sweep
+settings, when it finished). Any later session that opens Compare without a fine-tuned model of its own in mind
+(no ``tuned=`` in its URL or memory), and the tour's Compare steps, open the demo's view with the demo's settings,
+whatever the session's own defaults; *Run the demo* stays there to run it again.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 import streamlit as st
@@ -16,11 +22,11 @@ from explorer.data import resolve_data
 from explorer.models import LoadedModel
 from explorer.transfer.compare import compare
 from explorer.transfer.finetune import FinetuneSettings, finetune
-from explorer.transfer.runs import finish_run, reserve_run
+from explorer.transfer.runs import finish_run, get_run, reserve_run
 from explorer.ui.common import get_model
 from explorer.ui.compare import sweep_panel
-from explorer.ui.compare.setup import comparison_settings, data_signature, set_param
-from explorer.ui.compare.store import comparison_key, put_report
+from explorer.ui.compare.setup import comparison_settings, data_signature, param, set_param
+from explorer.ui.compare.store import comparison_key, get_demo, put_demo, put_report
 
 DATA = "demo:digits"
 FINETUNE = FinetuneSettings(input_size=64, epochs=2)  # every layer trainable: the model the comparison reads
@@ -44,10 +50,14 @@ def _bar(box: Any, what: str) -> Any:
 
 def run_demo(base: LoadedModel) -> str:
     """Fine-tune, compare and sweep on the digits demo, storing each result where the page looks; the run's name."""
+    started = time.time()
     root = resolve_data(DATA)
     name, checkpoint = reserve_run("demo-digits", data=DATA)
     with st.status("Running the demo on handwritten digits…", expanded=True) as status:
-        status.write("**1 · Fine-tuning** a copy of the model (every layer trainable, 64 px, 2 epochs)")
+        status.write(
+            f"**1 · Fine-tuning** a copy of the model (every layer trainable, {FINETUNE.input_size} px, "
+            f"{FINETUNE.epochs} epochs)"
+        )
         state = "failed"
         try:
             result = finetune(base, DATA, FINETUNE, out=checkpoint, progress=_bar(st, "Fine-tuning"))
@@ -64,31 +74,97 @@ def run_demo(base: LoadedModel) -> str:
         put_report(key, report)
         status.write("**3 · The freeze sweep**: held-out accuracy at each freeze point, by two routes")
         sweep_panel.run(base, DATA, root, SWEEP, st)
+        record_demo(base, name, tuned.fingerprint, started)
         status.update(label="The demo is ready.", state="complete")
     return name
 
 
-def demo_panel(base: LoadedModel, *, key: str = "cmp_demo") -> None:
-    """The first-visit box: what the demo does, and the button."""
-    st.info(
-        "**First visit?** *Run the demo* fine-tunes the current model on 1,797 handwritten digits (fast settings), "
-        "compares it with the original on digits it never trained on, and measures where to freeze. It takes a "
-        "couple of minutes on a laptop CPU, with progress.",
-        icon=":material/rocket_launch:",
-    )
-    if not st.button("Run the demo", key=key, type="primary", icon=":material/play_circle:"):
+def record_demo(base: LoadedModel, run: str, tuned_fingerprint: str, started: float) -> dict[str, Any]:
+    """Record the finished demo for every later session: its run, data, comparison and sweep settings, when."""
+    now = time.time()
+    manifest = {
+        "run": run,
+        "data": DATA,
+        "base_spec": base.spec,
+        "tuned_fingerprint": tuned_fingerprint,
+        "compare": dict(COMPARE),
+        "sweep": dict(SWEEP),
+        "finetune": {"input_size": FINETUNE.input_size, "epochs": FINETUNE.epochs},
+        "finished": now,
+        "seconds": round(now - started, 1),
+    }
+    put_demo(base.fingerprint, manifest)
+    return manifest
+
+
+def stored_demo(base: LoadedModel) -> dict[str, Any] | None:
+    """The last finished demo on `base` whose run still exists (a deleted run leaves no demo to show), or None."""
+    manifest = get_demo(base.fingerprint)
+    if manifest is None or get_run(manifest["run"]) is None:
+        return None
+    return manifest
+
+
+def demo_query(manifest: dict[str, Any]) -> dict[str, str]:
+    """The Compare page's URL parameters that open the demo's view: its run, data, comparison and sweep settings."""
+    c, s = manifest["compare"], manifest["sweep"]
+    return {
+        "tuned": str(manifest["run"]),
+        "data": str(manifest.get("data", DATA)),
+        "images": str(c["images"]),
+        "input": str(c["input"]),
+        "probes": str(int(bool(c["probes"]))),
+        "sw_epochs": str(s["epochs"]),
+        "sw_input": str(s["input"]),
+        "sw_images": str(s["images"]),
+    }
+
+
+def open_demo(base: LoadedModel) -> dict[str, Any] | None:
+    """On a visit with no fine-tuned model chosen (none in the URL or this session's memory), put the stored demo's
+    settings in the URL, so the page shows its comparison, recommendation and sweep; the manifest, or None."""
+    if param("tuned") is not None:
+        return None
+    manifest = stored_demo(base)
+    if manifest is not None:
+        for name, value in demo_query(manifest).items():
+            set_param(name, value)
+    return manifest
+
+
+def _when(manifest: dict[str, Any]) -> str:
+    try:
+        return datetime.fromtimestamp(float(manifest["finished"])).strftime("%Y-%m-%d %H:%M")
+    except (KeyError, TypeError, ValueError, OverflowError, OSError):
+        return "earlier"
+
+
+def demo_panel(base: LoadedModel, *, key: str = "cmp_demo", first: bool = True) -> None:
+    """The demo's box: on a visit with no fine-tuned model chosen, the stored demo's view (with a button to run it
+    again); on a first visit (`first`: no runs at all), what the demo does and the button; otherwise nothing."""
+    manifest = open_demo(base) or stored_demo(base)
+    showing = manifest is not None and param("tuned") == manifest["run"]
+    if showing and manifest is not None:
+        st.caption(
+            f"Showing the demo: `{manifest['run']}` fine-tuned on handwritten digits, compared and swept "
+            f"(finished {_when(manifest)}). *Run the demo* again to measure it anew."
+        )
+        label = "Run the demo again"
+    elif first:
+        st.info(
+            "**First visit?** *Run the demo* fine-tunes the current model on 1,797 handwritten digits (fast "
+            "settings), compares it with the original on digits it never trained on, and measures where to freeze. "
+            "It takes a couple of minutes on a laptop CPU, with progress.",
+            icon=":material/rocket_launch:",
+        )
+        label = "Run the demo"
+    else:
+        return
+    if not st.button(label, key=key, type="primary" if not showing else "secondary", icon=":material/play_circle:"):
         return
     name = run_demo(base)
-    for param, value in [
-        ("tuned", name),
-        ("data", DATA),
-        ("images", COMPARE["images"]),
-        ("input", COMPARE["input"]),
-        ("probes", int(COMPARE["probes"])),
-        ("sw_epochs", SWEEP["epochs"]),
-        ("sw_input", SWEEP["input"]),
-        ("sw_images", SWEEP["images"]),
-    ]:
-        set_param(param, value)
+    manifest = stored_demo(base)
+    for param_name, value in (demo_query(manifest) if manifest else {"tuned": name}).items():
+        set_param(param_name, value)
     st.session_state["cmp_toast"] = "The demo is ready: before and after, and the measured sweep."
     st.rerun()

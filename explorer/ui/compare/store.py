@@ -21,12 +21,14 @@ from typing import Any
 import streamlit as st
 
 from explorer.cache import Cache, cache_root, make_key
+from explorer.transfer.checkpoints import write_atomic
 from explorer.transfer.report import ComparisonReport, LayerComparison, Recommendation
 from explorer.transfer.sweep import SweepError, SweepReport, load_sweep
 
 KIND = "compare"
 VERSION = 2  # 2: held-out images, BatchNorm parts, jackknife intervals, the gate
 MEMORY_ENTRIES = 16
+DEMO_FORMAT = "layer_explorer.demo/1"
 SUFFIX = ".report.json"  # not ".json": Cache keeps each entry's metadata in <key>.json
 
 
@@ -143,3 +145,37 @@ def stored_tasks(path: Path) -> int:
 def comparison_key(base_fp: str, tuned_fp: str, data: str, signature: str, settings: dict[str, Any]) -> str:
     """The key the page and the demo both store a comparison under (its settings and the data's name included)."""
     return report_key(base_fp, tuned_fp, signature, {**settings, "data": data})
+
+
+# --------------------------------------------------------------------------- the demo's manifest
+
+
+def demo_path(base_fp: str) -> Path:
+    """Where the manifest of the demo run on the base model with this fingerprint lives."""
+    return cache_root() / "demo" / f"{base_fp[:32]}.json"
+
+
+def put_demo(base_fp: str, manifest: dict[str, Any]) -> Path:
+    """Record a finished demo for every later session (atomically: a reader sees the old manifest or the new)."""
+    path = demo_path(base_fp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"format": DEMO_FORMAT, **manifest, "base_fingerprint": base_fp}
+    write_atomic(path, json.dumps(record, indent=1, sort_keys=True).encode())
+    return path
+
+
+def get_demo(base_fp: str) -> dict[str, Any] | None:
+    """The manifest of the last finished demo on this base model, or None (none, unreadable, another format)."""
+    try:
+        record = json.loads(demo_path(base_fp).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = (
+        isinstance(record, dict)
+        and record.get("format") == DEMO_FORMAT
+        and record.get("base_fingerprint") == base_fp
+        and isinstance(record.get("run"), str)
+        and isinstance(record.get("compare"), dict)
+        and isinstance(record.get("sweep"), dict)
+    )
+    return record if ok else None
