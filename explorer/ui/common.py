@@ -28,6 +28,7 @@ from explorer.errors import ExplorerError
 from explorer.layers import LayerInfo, ladder
 from explorer.models import CHECKPOINT_SUFFIXES, DEFAULT_SPEC, META_KEY, LoadedModel, ModelError, parse_spec
 from explorer.runtime import Progress
+from explorer.ui.i18n import number, percent, t
 
 SPEC_KEY = "model_spec"  # session_state: the spec of the session's current model
 ARCH_KEY = "model_arch"  # session_state: its architecture (checkpoints without metadata)
@@ -41,7 +42,7 @@ def error_message(exc: BaseException) -> str:
     """The one sentence a user sees for `exc`; a generic one for bugs."""
     if isinstance(exc, ExplorerError):
         return str(exc)
-    return f"Something went wrong ({type(exc).__name__}: {str(exc)[:200]}). The app is still running."
+    return t("common.error_generic", error=f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
 def shows_errors(fn: Callable[[], None]) -> Callable[[], None]:
@@ -64,7 +65,7 @@ def show_error(exc: BaseException) -> None:
     """Show a user error as one st.error; an unexpected one also gets its traceback in a closed expander."""
     st.error(error_message(exc), icon=":material/error:")
     if not isinstance(exc, ExplorerError):
-        with st.expander("Details"):
+        with st.expander(t("common.details")):
             st.code("".join(traceback.format_exception(exc)), language="text")
 
 
@@ -145,7 +146,7 @@ def _spec_from_url() -> tuple[str, str | None]:
                 raise ModelError(f"The link's model is {len(value):,} characters long; it was not opened.")
         spec = fenced_spec(spec, "The link's model")
     except ExplorerError as exc:
-        st.session_state[NOTICE_KEY] = f"{exc} Showing {DEFAULT_SPEC} instead."
+        st.session_state[NOTICE_KEY] = t("common.showing_default", error=str(exc), spec=DEFAULT_SPEC)
         return DEFAULT_SPEC, None
     return spec, arch
 
@@ -173,7 +174,7 @@ def current_model() -> LoadedModel:
     except Exception as exc:
         if spec == DEFAULT_SPEC and not arch:
             raise
-        state[NOTICE_KEY] = f"Could not open {spec}: {error_message(exc)} Showing {DEFAULT_SPEC} instead."
+        state[NOTICE_KEY] = t("common.could_not_open", spec=spec, error=error_message(exc), default=DEFAULT_SPEC)
         state[SPEC_KEY], state[ARCH_KEY] = DEFAULT_SPEC, None
         spec, arch = DEFAULT_SPEC, None
         model = get_model(spec)
@@ -198,10 +199,10 @@ def show_notice() -> None:
 
 def model_indicator(model: LoadedModel) -> None:
     """A compact summary of the current model (for the sidebar): spec, description, fingerprint, device."""
-    st.caption("Current model")
+    st.caption(t("common.current_model"))
     st.markdown(f"**`{model.spec if len(model.spec) < 60 else Path(model.spec).name}`**")
     st.caption(model.description)
-    st.caption(f"fingerprint `{model.short_fingerprint}` · device `{model.device}`")
+    st.caption(t("common.fingerprint_device", fingerprint=model.short_fingerprint, device=model.device))
 
 
 # --------------------------------------------------------------------------- derived data
@@ -305,7 +306,7 @@ def preview_images(preview: Any) -> list[np.ndarray]:
 def progress_callback(
     container: Any = None,
     *,
-    text: str = "Working…",
+    text: str | None = None,
     every_s: float = 0.2,
     bar: Any = None,
     offset: int = 0,
@@ -320,6 +321,7 @@ def progress_callback(
     time.monotonic()) the bar shows the elapsed seconds. Previews go to `on_preview` when given, else they are drawn
     as small images under the bar. Call it from the script thread.
     """
+    text = t("common.working") if text is None else text
     if bar is None:
         box = container if container is not None else st.container()
         bar = box.progress(0.0, text=text)
@@ -338,7 +340,10 @@ def progress_callback(
             return
         last[0] = now
         frac = min(max(at / whole, 0.0), 1.0) if whole else 0.0
-        label = f"{text} {frac:.0%} · {now - started:.0f} s" if started is not None else f"{text} {at}/{whole}"
+        if started is not None:
+            label = f"{text} {percent(frac)} · {number(now - started, 0)} s"
+        else:
+            label = f"{text} {number(at)}/{number(whole)}"
         bar.progress(frac, text=label)
         images = preview_images(preview) if on_preview is None else []
         if images and slot is not None:

@@ -20,6 +20,7 @@ from plotly.subplots import make_subplots
 
 from explorer.transfer.report import ChartSeries, ComparisonReport, LayerComparison, chart_series, finite
 from explorer.transfer.sweep_report import SweepReport
+from explorer.ui.i18n import number, percent, plotly_separators, t
 
 COLOURS = {
     "cka": "#1f77b4",
@@ -32,7 +33,7 @@ COLOURS = {
     "linear": "#ff7f0e",
 }
 ZONE_COLOURS = {"generic": "#54A24B", "specific": "#F58518", "head": "#9D9D9D"}
-ZONE_LABELS = {"generic": "generic: kept by fine-tuning", "specific": "specific: changed", "head": "new head"}
+ZONE_LABELS = {"generic": "charts.zone.generic", "specific": "charts.zone.specific", "head": "charts.zone.head"}
 
 
 @dataclass(frozen=True)
@@ -66,31 +67,50 @@ def zones(layers: list[LayerComparison], similar_cka: float = 0.9) -> list[Zone]
     return out
 
 
+def weight_label(label: str) -> str:
+    """The weight-change series' name (written by `chart_series` in English) in the session's language."""
+    known = {
+        "weight change per step budget (RMS change ÷ Σ learning rate)": t("charts.weight.per_step"),
+        "weight change (absolute RMS)": t("charts.weight.rms"),
+    }
+    return known.get(label, label)
+
+
+def _g(x: float) -> str:
+    """`x` with two significant digits (like '{:.2g}'), in the session's language."""
+    text = f"{x:.2g}"
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        return f"{number(float(mantissa))}e{exponent}"
+    return number(float(text))
+
+
 def _hover(r: LayerComparison) -> str:
     bits = [f"<b>{r.name}</b> · {r.type}"]
     if finite(r.cka):
-        ci = f" [{r.cka_low:.3f}, {r.cka_high:.3f}]" if finite(r.cka_low) and finite(r.cka_high) else ""
-        bits.append(f"CKA {r.cka:.3f}{ci}" + (" (patch tokens)" if finite(r.cka_class_token) else ""))
+        ci = f" [{number(r.cka_low, 3)}, {number(r.cka_high, 3)}]" if finite(r.cka_low) and finite(r.cka_high) else ""
+        bits.append(
+            f"CKA {number(r.cka, 3)}{ci}" + (t("charts.hover.patch_tokens") if finite(r.cka_class_token) else "")
+        )
     if finite(r.cka_class_token):
         lo, hi = r.cka_class_token_low, r.cka_class_token_high
-        ci = f" [{lo:.3f}, {hi:.3f}]" if finite(lo) and finite(hi) else ""
-        bits.append(f"CKA of the class token alone {r.cka_class_token:.3f}{ci}")
+        ci = f" [{number(lo, 3)}, {number(hi, 3)}]" if finite(lo) and finite(hi) else ""
+        bits.append(t("charts.hover.class_token", cka=number(r.cka_class_token, 3)) + ci)
     if finite(r.cka_weights) and finite(r.cka_stats):
-        bits.append(
-            f"tuned weights + base BN stats {r.cka_weights:.3f} · base weights + tuned BN stats {r.cka_stats:.3f}"
-        )
+        bits.append(t("charts.hover.parts", weights=number(r.cka_weights, 3), stats=number(r.cka_stats, 3)))
     if finite(r.weight_rms):
-        step = f" ({r.weight_per_step:.2g} of the step budget)" if finite(r.weight_per_step) else ""
-        bits.append(f"weight RMS change {r.weight_rms:.2g}{step}")
+        step = t("charts.hover.step_budget", share=_g(r.weight_per_step)) if finite(r.weight_per_step) else ""
+        bits.append(t("charts.hover.weight_change", rms=_g(r.weight_rms)) + step)
     if finite(r.bn_shift):
-        bits.append(f"BN mean shift {r.bn_shift:.2f} SD")
+        bits.append(t("charts.hover.bn_shift", shift=number(r.bn_shift, 2)))
     if finite(r.probe_acc):
-        bits.append(f"probe accuracy {100 * r.probe_acc:.1f} %")
+        bits.append(t("charts.hover.probe", accuracy=percent(r.probe_acc, 1)))
     if r.new_head:
-        bits.append("new head (retrained for your classes)")
+        bits.append(t("charts.hover.new_head"))
     elif r.frozen_in_tuned:
-        bits.append("frozen in this run")
-    bits.append("<i>click to freeze up to here</i>" if not r.new_head else "<i>the head always trains</i>")
+        bits.append(t("charts.hover.frozen"))
+    hint = t("charts.hover.click") if not r.new_head else t("charts.hover.head_trains")
+    bits.append(f"<i>{hint}</i>")
     return "<br>".join(bits)
 
 
@@ -114,7 +134,7 @@ def _band(fig: go.Figure, cs: ChartSeries) -> None:
             line=line,
             fill="tonexty",
             fillcolor="rgba(31,119,180,0.2)",
-            name="CKA 95 % interval",
+            name=t("charts.cka_interval"),
             hoverinfo="skip",
             connectgaps=True,
         ),
@@ -158,7 +178,7 @@ def _sweep(fig: go.Figure, cs: ChartSeries) -> None:
         y = [o.accuracy if o else None for o in opts]
         plus = [o.high - o.accuracy if o else None for o in opts]
         minus = [o.accuracy - o.low if o else None for o in opts]
-        label = "sweep: fine-tune after the point" if route == "finetune" else "sweep: linear classifier on it"
+        label = t("charts.sweep.finetune") if route == "finetune" else t("charts.sweep.linear")
         fig.add_trace(
             go.Scatter(
                 x=cs.names,
@@ -171,7 +191,10 @@ def _sweep(fig: go.Figure, cs: ChartSeries) -> None:
                 error_y={"type": "data", "array": plus, "arrayminus": minus, "width": 4, "color": COLOURS[route]},
                 customdata=[[o.trainable, o.low, o.high] if o else [None, None, None] for o in opts],
                 hovertemplate="%{x}: %{y:.1%} [%{customdata[1]:.1%}, %{customdata[2]:.1%}]<br>"
-                "%{customdata[0]:,} trainable<extra>" + label + "</extra>",
+                + t("charts.hover.trainable")
+                + "<extra>"
+                + label
+                + "</extra>",
             ),
             row=2,
             col=1,
@@ -183,7 +206,12 @@ def _sweep(fig: go.Figure, cs: ChartSeries) -> None:
             row=2,
             col=1,
             line={"color": COLOURS["finetune"], "width": 1.5, "dash": "dash"},
-            annotation_text=f"train every layer: {100 * o.accuracy:.1f} % [{100 * o.low:.1f}, {100 * o.high:.1f}]",
+            annotation_text=t(
+                "charts.train_all",
+                accuracy=percent(o.accuracy, 1),
+                low=number(100 * o.low, 1),
+                high=number(100 * o.high, 1),
+            ),
             annotation_position="bottom left",
             annotation_font={"size": 10, "color": COLOURS["finetune"]},
         )
@@ -218,7 +246,7 @@ def comparison_figure(
             x=cs.names,
             y=[top - bottom] * len(rows),
             base=[bottom] * len(rows),
-            name="layer",
+            name=t("charts.layer"),
             showlegend=False,
             marker={"color": "rgba(120,120,120,0.06)", "line": {"width": 0}},
             customdata=cs.names,
@@ -230,21 +258,21 @@ def comparison_figure(
         secondary_y=False,
     )
     _band(fig, cs)
-    _line(fig, cs.names, cs.cka, "CKA base vs tuned", COLOURS["cka"], size=7)
-    _line(fig, cs.names, cs.cka_weights, "CKA: tuned weights + base BN statistics", COLOURS["parts"], "dash", size=4)
-    _line(fig, cs.names, cs.cka_stats, "CKA: base weights + tuned BN statistics", COLOURS["parts"], "dot", size=4)
-    _line(fig, cs.names, cs.probe, "probe accuracy (base features)", COLOURS["probe"], "dash")
+    _line(fig, cs.names, cs.cka, t("charts.cka"), COLOURS["cka"], size=7)
+    _line(fig, cs.names, cs.cka_weights, t("charts.cka_weights"), COLOURS["parts"], "dash", size=4)
+    _line(fig, cs.names, cs.cka_stats, t("charts.cka_stats"), COLOURS["parts"], "dot", size=4)
+    _line(fig, cs.names, cs.probe, t("charts.probe"), COLOURS["probe"], "dash")
     if cs.probe and any(v is not None for v in cs.probe) and finite(report.chance):
         fig.add_hline(
             y=report.chance,
             row=1,
             col=1,
             line={"color": COLOURS["probe"], "width": 1, "dash": "dot"},
-            annotation_text="chance",
+            annotation_text=t("charts.chance"),
             annotation_position="bottom right",
             annotation_font={"size": 10, "color": COLOURS["probe"]},
         )
-    _line(fig, cs.names, cs.weight, cs.weight_label, COLOURS["weight"], secondary=True)
+    _line(fig, cs.names, cs.weight, weight_label(cs.weight_label), COLOURS["weight"], secondary=True)
     if swept:
         _sweep(fig, cs)
     _zones(fig, rows, threshold)
@@ -264,7 +292,7 @@ def _zones(fig: go.Figure, rows: list[LayerComparison], threshold: float) -> Non
             yref="paper",
             yanchor="bottom",
             showarrow=False,
-            text=ZONE_LABELS[z.kind],
+            text=t(ZONE_LABELS[z.kind]),
             font={"size": 11, "color": colour},
         )
 
@@ -273,12 +301,13 @@ def _marks(fig: go.Figure, report: ComparisonReport, rows: list[LayerComparison]
     rec = report.recommendation
     index = {r.name: r.index for r in rows}
     point = rec.freeze_after if rec.source != "withheld" else None
-    what = "measured best" if rec.source == "sweep" else "predicted"
+    what = t("charts.mark.measured") if rec.source == "sweep" else t("charts.mark.predicted")
     marks = []
     if point in index:
-        marks.append((point, f"{what} · chosen" if point == chosen else what, "dash", "recommended"))
+        label = t("charts.mark.chosen", what=what) if point == chosen else what
+        marks.append((point, label, "dash", "recommended"))
     if chosen in index and chosen != point:
-        marks.append((chosen, "your freeze point", "solid", "chosen"))
+        marks.append((chosen, t("charts.mark.yours"), "solid", "chosen"))
     for name, label, dash, colour in marks:
         pos = index[name] + 0.5  # the boundary after the layer: everything left of it stays frozen
         fig.add_vline(x=pos, line={"color": COLOURS[colour], "width": 2, "dash": dash})
@@ -297,11 +326,13 @@ def _marks(fig: go.Figure, report: ComparisonReport, rows: list[LayerComparison]
 
 
 def _layout(fig: go.Figure, cs: ChartSeries, bottom: float, top: float, height: int) -> None:
-    fig.update_yaxes(title_text="CKA · accuracy", range=[bottom, top], secondary_y=False, zeroline=False, row=1, col=1)
-    if cs.sweep:
-        fig.update_yaxes(title_text="held-out accuracy", tickformat=".0%", range=_sweep_range(cs), row=2, col=1)
     fig.update_yaxes(
-        title_text=cs.weight_label.split(" (")[0],
+        title_text=t("charts.axis.cka"), range=[bottom, top], secondary_y=False, zeroline=False, row=1, col=1
+    )
+    if cs.sweep:
+        fig.update_yaxes(title_text=t("charts.axis.heldout"), tickformat=".0%", range=_sweep_range(cs), row=2, col=1)
+    fig.update_yaxes(
+        title_text=weight_label(cs.weight_label).split(" (")[0],
         row=1,
         col=1,
         secondary_y=True,
@@ -312,9 +343,10 @@ def _layout(fig: go.Figure, cs: ChartSeries, bottom: float, top: float, height: 
         zeroline=False,
     )
     fig.update_xaxes(type="category", tickangle=-45)
-    fig.update_xaxes(title_text="layer, input → output", row=2 if cs.sweep else 1, col=1)
+    fig.update_xaxes(title_text=t("charts.axis.layer"), row=2 if cs.sweep else 1, col=1)
     fig.update_layout(
         height=height,
+        separators=plotly_separators(),
         margin={"l": 10, "r": 10, "t": 80, "b": 10},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.08, "xanchor": "left", "x": 0, "font": {"size": 11}},
         hovermode="closest",
@@ -361,7 +393,7 @@ def sweep_figure(sweep: SweepReport, height: int = 380) -> go.Figure:
         opts = [o for o in sweep.options if o.route == route]
         if not opts:
             continue
-        label = "fine-tune after the point" if route == "finetune" else "linear classifier on the point"
+        label = t("charts.sweep_alone.finetune") if route == "finetune" else t("charts.sweep_alone.linear")
         chosen = sweep.chosen
         fig.add_trace(
             go.Scatter(
@@ -381,15 +413,21 @@ def sweep_figure(sweep: SweepReport, height: int = 380) -> go.Figure:
                     "width": 4,
                 },
                 customdata=[[o.trainable, o.seconds] for o in opts],
-                hovertemplate="%{x}: %{y:.1%}<br>%{customdata[0]:,} trainable · %{customdata[1]:.1f} s<extra></extra>",
+                hovertemplate="%{x}: %{y:.1%}<br>" + t("charts.hover.trainable") + " · %{customdata[1]:.1f} s"
+                "<extra></extra>",
             )
         )
     if finite(sweep.chance):
-        fig.add_hline(y=sweep.chance, line={"color": "#999", "width": 1, "dash": "dot"}, annotation_text="chance")
-    fig.update_xaxes(type="category", categoryorder="array", categoryarray=points, title_text="freeze point")
-    fig.update_yaxes(title_text="held-out accuracy", tickformat=".0%")
+        fig.add_hline(
+            y=sweep.chance, line={"color": "#999", "width": 1, "dash": "dot"}, annotation_text=t("charts.chance")
+        )
+    fig.update_xaxes(
+        type="category", categoryorder="array", categoryarray=points, title_text=t("charts.axis.freeze_point")
+    )
+    fig.update_yaxes(title_text=t("charts.axis.heldout"), tickformat=".0%")
     fig.update_layout(
         height=height,
+        separators=plotly_separators(),
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
     )

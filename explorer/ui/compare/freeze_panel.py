@@ -24,14 +24,15 @@ from explorer.transfer.linear_head import train_classifier
 from explorer.transfer.prefix import feature_extractor_code
 from explorer.transfer.report import ComparisonReport, Recommendation
 from explorer.ui.common import model_key, page_ref
+from explorer.ui.i18n import number, percent, short_number, t
 from explorer.ui.widgets.queue import turn
 
 NONE = "none"  # the freeze point that trains every layer
-GUIDE_CELLS = {
-    ("small", "similar"): "Linear classifier on the top features",
-    ("small", "different"): "Classifier on earlier layers",
-    ("large", "similar"): "Fine-tune the top layers",
-    ("large", "different"): "Fine-tune most / all layers",
+GUIDE_CELLS = {  # (data size, similarity to ImageNet) → the cell's key
+    ("small", "similar"): "compare.guide.small_similar",
+    ("small", "different"): "compare.guide.small_different",
+    ("large", "similar"): "compare.guide.large_similar",
+    ("large", "different"): "compare.guide.large_different",
 }
 FROZEN_STYLE = "color: #9a9a9a; background-color: #f1f1f1"
 
@@ -39,7 +40,7 @@ FROZEN_STYLE = "color: #9a9a9a; background-color: #f1f1f1"
 # --------------------------------------------------------------------------- cached engine calls
 
 
-@st.cache_data(max_entries=16, show_spinner="Counting parameters for every freeze point…")
+@st.cache_data(max_entries=16, show_spinner=False)
 def _table(_model: LoadedModel, key: tuple[Any, ...], num_classes: int | None) -> dict[str, FreezeSummary]:
     del key
     return {(s.freeze_after or NONE): s for s in freeze_table(_model, num_classes=num_classes)}
@@ -47,7 +48,8 @@ def _table(_model: LoadedModel, key: tuple[Any, ...], num_classes: int | None) -
 
 def summaries(model: LoadedModel, num_classes: int | None) -> dict[str, FreezeSummary]:
     """Freeze point ('none' or a ladder layer before the head) → its parameter counts, in depth order."""
-    return _table(model, model_key(model), num_classes)
+    with st.spinner(t("compare.freeze.counting")):
+        return _table(model, model_key(model), num_classes)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -76,19 +78,32 @@ def code_for(model: LoadedModel, point: str, num_classes: int | None = None) -> 
 
 
 def count(n: int) -> str:
-    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k" if n >= 1e3 else str(n)
+    return short_number(n)
 
 
 def keras_summary(s: FreezeSummary) -> str:
     """The three lines Keras prints under a model summary."""
-    return (
-        f"Total params: {s.total:,}\nTrainable params: {s.trainable:,}\nNon-trainable params: {s.non_trainable:,}\n"
-        f"+ {s.frozen_buffers:,} BatchNorm statistics frozen"
+    return t(
+        "compare.freeze.keras",
+        total=number(s.total),
+        trainable=number(s.trainable),
+        frozen=number(s.non_trainable),
+        buffers=number(s.frozen_buffers),
     )
 
 
-def _fmt(value: Any, pattern: str) -> str:
-    return pattern.format(value) if isinstance(value, (int, float)) and math.isfinite(value) else "—"
+def _fmt(value: Any, digits: int, significant: bool = False) -> str:
+    """A measurement for the table in the session's language ('—' where there is none); `significant`: `digits`
+    significant digits (like '{:.2g}'), else `digits` decimals."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value)):
+        return "—"
+    if significant:
+        text = f"{value:.{digits}g}"
+        if "e" in text:  # scientific: Babel keeps it as it is, with the language's decimal mark
+            mantissa, exponent = text.split("e")
+            return f"{number(float(mantissa))}e{exponent}"
+        return number(float(text))
+    return number(value, digits)
 
 
 def ladder_frame(report: ComparisonReport, point: str) -> pd.DataFrame:
@@ -97,21 +112,29 @@ def ladder_frame(report: ComparisonReport, point: str) -> pd.DataFrame:
     cut = next((r.index for r in report.layers if r.name == point), -1)
     rows = []
     for r in report.layers:
-        state = "new head" if r.new_head else "frozen" if r.index <= cut else "trainable" if r.params else "—"
+        state = (
+            t("compare.freeze.state.head")
+            if r.new_head
+            else t("compare.freeze.state.frozen")
+            if r.index <= cut
+            else t("compare.freeze.state.trainable")
+            if r.params
+            else "—"
+        )
         rows.append(
             {
                 "layer": r.name,
                 "params": int(r.params),
                 "state": state,
-                "CKA": _fmt(r.cka, "{:.3f}"),
-                "95 % interval": f"[{_fmt(r.cka_low, '{:.2f}')}, {_fmt(r.cka_high, '{:.2f}')}]",
-                "tuned w + base BN": _fmt(r.cka_weights, "{:.3f}"),
-                "base w + tuned BN": _fmt(r.cka_stats, "{:.3f}"),
-                "Δw RMS": _fmt(r.weight_rms, "{:.2g}"),
-                "Δw / step budget": _fmt(r.weight_per_step, "{:.2g}"),
-                "BN shift": _fmt(r.bn_shift, "{:.2f}"),
-                "probe %": _fmt(100 * r.probe_acc if r.probe_acc is not None else None, "{:.0f}"),
-                "CKA class token": _fmt(r.cka_class_token, "{:.3f}"),
+                "CKA": _fmt(r.cka, 3),
+                "95 % interval": f"[{_fmt(r.cka_low, 2)}, {_fmt(r.cka_high, 2)}]",
+                "tuned w + base BN": _fmt(r.cka_weights, 3),
+                "base w + tuned BN": _fmt(r.cka_stats, 3),
+                "Δw RMS": _fmt(r.weight_rms, 2, significant=True),
+                "Δw / step budget": _fmt(r.weight_per_step, 2, significant=True),
+                "BN shift": _fmt(r.bn_shift, 2),
+                "probe %": _fmt(100 * r.probe_acc if r.probe_acc is not None else None, 0),
+                "CKA class token": _fmt(r.cka_class_token, 3),
             }
         )
     frame = pd.DataFrame(rows)
@@ -120,16 +143,18 @@ def ladder_frame(report: ComparisonReport, point: str) -> pd.DataFrame:
     return frame
 
 
-HELP = {
-    "95 % interval": "Delete-one-image jackknife interval of the CKA, on held-out images",
-    "CKA class token": "Token layers: CKA of the class token alone (the CKA column pools the patch tokens)",
-    "tuned w + base BN": "CKA with the base of the tuned weights run with the base's BatchNorm statistics",
-    "base w + tuned BN": "CKA with the base of the base weights run with the tuned BatchNorm statistics",
-    "Δw RMS": "Absolute RMS change of the block's parameters",
-    "Δw / step budget": "RMS change ÷ the learning rate summed over the steps: the fraction of the distance Adam "
-    "could move each parameter (comparable across blocks of any scale)",
-    "BN shift": "RMS over channels of the running mean's shift, in base standard deviations",
-    "probe %": "Linear-probe accuracy on the base features (cross-validated)",
+COLUMNS = {  # the ladder table's columns (kept in English in the data) → (header key, help key or None)
+    "layer": ("compare.freeze.col.layer", None),
+    "state": ("compare.freeze.col.state", None),
+    "CKA": ("compare.freeze.col.cka", None),
+    "95 % interval": ("compare.freeze.col.interval", "compare.freeze.help.interval"),
+    "CKA class token": ("compare.freeze.col.class_token", "compare.freeze.help.class_token"),
+    "tuned w + base BN": ("compare.freeze.col.tuned_w", "compare.freeze.help.tuned_w"),
+    "base w + tuned BN": ("compare.freeze.col.base_w", "compare.freeze.help.base_w"),
+    "Δw RMS": ("compare.freeze.col.dw_rms", "compare.freeze.help.dw_rms"),
+    "Δw / step budget": ("compare.freeze.col.dw_budget", "compare.freeze.help.dw_budget"),
+    "BN shift": ("compare.freeze.col.bn_shift", "compare.freeze.help.bn_shift"),
+    "probe %": ("compare.freeze.col.probe", "compare.freeze.help.probe"),
 }
 
 
@@ -137,13 +162,17 @@ def guide_markdown(guide: GuideCell) -> str:
     """The 2×2 guide as a markdown table with the user's cell highlighted."""
 
     def cell(size: str, sim: str) -> str:
-        text = GUIDE_CELLS[(size, sim)]
-        return f":orange-background[**{text} ← your case**]" if (size, sim) == (guide.size, guide.similarity) else text
+        text = t(GUIDE_CELLS[(size, sim)])
+        mine = (size, sim) == (guide.size, guide.similarity)
+        yours = t("compare.guide.yours", text=text)
+        return f":orange-background[**{yours}**]" if mine else text
 
+    similar, different = t("compare.guide.similar"), t("compare.guide.different")
+    little, lots = t("compare.guide.little"), t("compare.guide.lots")
     return (
-        "| | similar to ImageNet | different from ImageNet |\n|---|---|---|\n"
-        f"| **little data** | {cell('small', 'similar')} | {cell('small', 'different')} |\n"
-        f"| **lots of data** | {cell('large', 'similar')} | {cell('large', 'different')} |"
+        f"| | {similar} | {different} |\n|---|---|---|\n"
+        f"| **{little}** | {cell('small', 'similar')} | {cell('small', 'different')} |\n"
+        f"| **{lots}** | {cell('large', 'similar')} | {cell('large', 'different')} |"
     )
 
 
@@ -157,13 +186,15 @@ def advice(rec: Recommendation) -> tuple[str, str]:
     'prediction'."""
     if rec.source == "withheld":
         tries = "".join(f"\n- {t}" for t in rec.try_next)
-        return "withheld", f"**No freeze point.** {rec.reason}" + (f"\n\n**What to try**{tries}" if tries else "")
-    point = rec.freeze_after or "nothing (train every layer)"
-    route = " and train a linear classifier on it" if rec.route == "linear" else ""
+        what = "\n\n**" + t("compare.advice.try") + f"**{tries}" if tries else ""
+        return "withheld", t("compare.advice.withheld", reason=rec.reason) + what
+    point = f"`{rec.freeze_after}`" if rec.freeze_after else t("compare.advice.nothing")
     if rec.source == "sweep":
-        text = f"**Measured: freeze up to `{point}`{route}.** {rec.reason}"
-        return "sweep", text + (f"\n\n*Explanation:* {rec.agreement}" if rec.agreement else "")
-    text = f"**Predicted (no sweep has run): freeze up to `{point}`.** {rec.reason}"
+        key = "compare.advice.measured_linear" if rec.route == "linear" else "compare.advice.measured"
+        text = t(key, point=point, reason=rec.reason)
+        explained = "\n\n" + t("compare.advice.explanation", text=rec.agreement) if rec.agreement else ""
+        return "sweep", text + explained
+    text = t("compare.advice.predicted", point=point, reason=rec.reason)
     unstable = next((c for c in rec.caveats if c.startswith("Unstable")), None)
     return "prediction", text + (f"\n\n**{unstable}**" if unstable else "")
 
@@ -192,13 +223,11 @@ def train_action(model: LoadedModel, report: ComparisonReport, point: str, key: 
     made = st.session_state.get(done_key)
     if made is not None and made.get("point") == point and made.get("source") == source:
         st.success(
-            f"**Classifier trained** on {made['images']:,} images: {100 * made['accuracy']:.1f} % by 5-fold "
-            "cross-validation (images each fold never trained on). Load it into the code above with "
-            "`classifier.load_state_dict(safetensors.torch.load_file('classifier.safetensors'), strict=False)`.",
+            t("compare.train.done", images=number(made["images"]), accuracy=percent(made["accuracy"], 1)),
             icon=":material/check_circle:",
         )
         st.download_button(
-            "Download classifier.safetensors",
+            t("compare.train.download"),
             made["bytes"],
             file_name=f"classifier_{point.replace('.', '_')}.safetensors",
             mime="application/octet-stream",
@@ -208,17 +237,18 @@ def train_action(model: LoadedModel, report: ComparisonReport, point: str, key: 
         )
         return
     if not st.button(
-        "Train this classifier",
+        t("compare.train"),
         key=f"{key}_train_linear",
         type="primary",
         icon=":material/model_training:",
-        help=f"Fit the linear classifier on {point}'s features of every image of {source} (seconds to minutes).",
+        help=t("compare.train.help", point=point, source=source),
     ):
         return
-    bar = st.progress(0.0, text="Features of every image…")
+    bar = st.progress(0.0, text=t("compare.train.features") + "…")
 
     def progress(done: int, total: int, info: Any = None) -> None:
-        bar.progress(min(done / max(total, 1), 1.0), text=f"Features of every image · {done} of {total}")
+        of = t("compare.sweep.progress.of", done=number(done), total=number(total))
+        bar.progress(min(done / max(total, 1), 1.0), text=t("compare.train.features") + f" · {of}")
 
     try:
         with turn("linear classifier"):
@@ -247,19 +277,26 @@ def render_panel(
     s = table.get(point) or table[NONE]
     rec = report.recommendation
     linear = rec.source == "sweep" and rec.route == "linear" and (rec.freeze_after or NONE) == point
-    st.subheader(f"Freeze up to {point}" if point != NONE else "Train every layer")
+    st.subheader(t("compare.freeze.up_to", point=point) if point != NONE else t("compare.freeze.train_all"))
     left, right = st.columns([1.1, 1], gap="large")
     with left:
         df = ladder_frame(report, point)
-        styled = df.style.apply(lambda row: [FROZEN_STYLE if row["state"] == "frozen" else ""] * len(row), axis=1)
+        frozen_rows = df["state"] == t("compare.freeze.state.frozen")
+        headers = {"params": t("compare.freeze.col.params"), **{k: t(label) for k, (label, _) in COLUMNS.items()}}
+        shown = df.rename(columns=headers)  # the columns in the session's language (the data keeps English names)
+        styled = shown.style.apply(lambda row: [FROZEN_STYLE if frozen_rows[row.name] else ""] * len(row), axis=1)
         st.dataframe(
             styled,
             hide_index=True,
             height=min(35 * (len(df) + 1) + 3, 780),
             key=f"{key}_ladder",
             column_config={
-                "params": st.column_config.NumberColumn("params", format="localized"),
-                **{k: st.column_config.TextColumn(k, help=v) for k, v in HELP.items()},
+                headers["params"]: st.column_config.NumberColumn(format="localized"),
+                **{
+                    headers[k]: st.column_config.TextColumn(help=t(tip))
+                    for k, (_, tip) in COLUMNS.items()
+                    if tip and k in df.columns
+                },
             },
         )
     with right:
@@ -267,16 +304,24 @@ def render_panel(
         if linear:  # the route the advice names drives the counts: the frozen network up to the point + one layer
             frozen = s.total - s.trainable
             total = frozen + rec.trainable
-            c[0].metric("Trainable params", count(rec.trainable), help=f"{rec.trainable:,} (the linear classifier)")
-            c[1].metric("Non-trainable params", count(frozen), help=f"{frozen:,} (the frozen network)")
-            c[2].metric("Total params", count(total), help=f"{total:,}")
+            c[0].metric(
+                t("compare.freeze.trainable"),
+                count(rec.trainable),
+                help=t("compare.freeze.trainable.linear", n=number(rec.trainable)),
+            )
+            c[1].metric(
+                t("compare.freeze.non_trainable"),
+                count(frozen),
+                help=t("compare.freeze.non_trainable.frozen", n=number(frozen)),
+            )
+            c[2].metric(t("compare.freeze.total"), count(total), help=number(total))
             share = rec.trainable / max(total, 1)
-            st.progress(share, text=f"{100 * share:.2f} % of the parameters train: a linear classifier on {point}")
+            st.progress(share, text=t("compare.freeze.share_linear", share=percent(share, 2), point=point))
         else:
-            c[0].metric("Trainable params", count(s.trainable), help=f"{s.trainable:,}")
-            c[1].metric("Non-trainable params", count(s.non_trainable), help=f"{s.non_trainable:,}")
-            c[2].metric("Total params", count(s.total), help=f"{s.total:,}")
-            st.progress(s.trainable_fraction, text=f"{100 * s.trainable_fraction:.1f} % of the parameters train")
+            c[0].metric(t("compare.freeze.trainable"), count(s.trainable), help=number(s.trainable))
+            c[1].metric(t("compare.freeze.non_trainable"), count(s.non_trainable), help=number(s.non_trainable))
+            c[2].metric(t("compare.freeze.total"), count(s.total), help=number(s.total))
+            st.progress(s.trainable_fraction, text=t("compare.freeze.share", share=percent(s.trainable_fraction, 1)))
             st.code(keras_summary(s), language="text")
         kind, text = advice(rec)
         if kind == "withheld":
@@ -284,28 +329,26 @@ def render_panel(
         else:
             chosen = (rec.freeze_after or NONE) == point
             box = st.success if chosen else st.info
-            box(text + (" *(your choice)*" if chosen else ""), icon=":material/recommend:")
-        st.markdown("**Where your case sits** (the classic transfer-learning 2×2 guide, placed from measurements)")
+            mine = " *(" + t("compare.advice.your_choice") + ")*" if chosen else ""
+            box(text + mine, icon=":material/recommend:")
+        st.markdown(t("compare.guide.title"))
         st.markdown(guide_markdown(rec.guide))
         st.caption(f"{rec.guide.advice} {guide_why(rec.guide)}")
-        with st.expander("Evidence and caveats"):
+        with st.expander(t("compare.evidence")):
             st.markdown("\n".join(f"- {e}" for e in [*rec.evidence, *rec.caveats, *report.warnings]))
     if linear:
         code = extractor_code(model, point, classes)
-        st.markdown(
-            "**PyTorch: the measured option, a frozen feature extractor and one linear layer** (the copy button is "
-            "at the code's top right)"
-        )
+        st.markdown(t("compare.code.linear"))
         st.code(code, language="python")
-        with st.expander("The same with scikit-learn's logistic regression (what the sweep fitted)"):
+        with st.expander(t("compare.code.sklearn")):
             st.code(rec.code, language="python")
-        filename, label = f"classifier_{point.replace('.', '_')}.py", "Download classifier.py"
+        filename, label = f"classifier_{point.replace('.', '_')}.py", t("compare.code.download_classifier")
         train_action(model, report, point, key)
     else:
         code = code_for(model, point, classes)
-        st.markdown("**PyTorch: freeze there** (the copy button is at the code's top right)")
+        st.markdown(t("compare.code.freeze"))
         st.code(code, language="python")
-        filename, label = f"freeze_{point.replace('.', '_')}.py", "Download freeze.py"
+        filename, label = f"freeze_{point.replace('.', '_')}.py", t("compare.code.download_freeze")
     c = st.columns([1, 1, 2], vertical_alignment="center")
     c[0].download_button(
         label,
@@ -318,7 +361,7 @@ def render_panel(
     )
     available = finetune_page_available()
     if c[1].button(
-        "Fine-tune instead" if linear else "Fine-tune with this freeze point",
+        t("compare.send.instead") if linear else t("compare.send"),
         key=f"{key}_send",
         icon=":material/model_training:",
         disabled=not available,
@@ -326,4 +369,4 @@ def render_panel(
     ):
         send_to_finetune(point, query)
     if not available:
-        c[2].caption("The Fine-tune page is not part of this app build, so the freeze point cannot be sent there.")
+        c[2].caption(t("compare.send.unavailable"))

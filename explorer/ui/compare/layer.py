@@ -19,6 +19,7 @@ from explorer.cache import png_bytes
 from explorer.featurevis import channel
 from explorer.models import LoadedModel
 from explorer.ui.common import model_key, progress_callback, show_error
+from explorer.ui.i18n import number, t
 from explorer.ui.widgets.gallery import RenderSettings, Tile, render_tiles, safe_filename
 from explorer.ui.widgets.images import as_png
 
@@ -48,10 +49,19 @@ def spatial(row: Any) -> bool:
     return len(shape) == 3 and shape[1] * shape[2] > 1
 
 
+def _g3(x: float) -> str:
+    """`x` with three significant digits (like '{:.3g}'), in the session's language."""
+    text = f"{x:.3g}"
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        return f"{number(float(mantissa))}e{exponent}"
+    return number(float(text))
+
+
 def _sizes(base: LoadedModel, tuned: LoadedModel) -> str:
     """A note when the two models see images at different sizes (e.g. a run fine-tuned at 64 px)."""
-    b, t = base.input_size[0], tuned.input_size[0]
-    return "" if b == t else f" Each model sees the images at its own input size (base {b} px, tuned {t} px)."
+    b, tu = base.input_size[0], tuned.input_size[0]
+    return "" if b == tu else " " + t("compare.layer.sizes", base=b, tuned=tu)
 
 
 # --------------------------------------------------------------------------- same-seed renders
@@ -64,40 +74,46 @@ def units_section(
     layer = row.name
     top, least, moved = unit_picks(row)
     if not top:
-        st.info(f"{layer} has no channels to visualise.")
+        st.info(t("compare.layer.no_channels", layer=layer))
         return {}, {}
     if not moved:
-        st.caption("The weights of this block did not change (it was frozen in this run): both columns match.")
-    groups = [("Most changed units", top)] + ([("Least changed units", least)] if least else [])
+        st.caption(t("compare.layer.unchanged"))
+    groups = [(t("compare.layer.most"), top)] + ([(t("compare.layer.least"), least)] if least else [])
     changes = row.weight_change_channels
     status = st.empty()  # render_tiles draws its progress and Stop button here; cleared when both are done
     units: list[int] = []
     tiles_b: list[Tile] = []
     tiles_t: list[Tile] = []
     for title, picked in groups:
-        st.markdown(f"**{title}** · base | tuned, same seed ({settings.describe()})")
+        st.markdown(t("compare.layer.group", title=title, settings=settings.describe()))
         cols = st.columns(2 * len(picked))
         for i, u in enumerate(picked):
             tiles_b.append(Tile(cols[2 * i]))
             tiles_t.append(Tile(cols[2 * i + 1]))
-            tiles_b[-1].show(None, f"unit {u} · base")
-            tiles_t[-1].show(None, f"unit {u} · tuned")
+            tiles_b[-1].show(None, t("compare.layer.unit_base", unit=u))
+            tiles_t[-1].show(None, t("compare.layer.unit_tuned", unit=u))
             units.append(u)
-    delta = [f" · Δw {100 * changes[u]:.2g} %" if len(changes) > u else "" for u in units]
+    delta = [f" · Δw {number(float(f'{100 * changes[u]:.2g}'))} %" if len(changes) > u else "" for u in units]
     objs = [channel(layer, u) for u in units]
     rb = render_tiles(
         base,
         objs,
         settings,
         tiles_b,
-        [f"unit {u} base{d}" for u, d in zip(units, delta, strict=True)],
+        [t("compare.layer.unit_base", unit=u) + d for u, d in zip(units, delta, strict=True)],
         key=f"cmp_rb_{layer}",
         status=status,
     )
     if rb.stopped:
         return {}, {}
     rt = render_tiles(
-        tuned, objs, settings, tiles_t, [f"unit {u} tuned" for u in units], key=f"cmp_rt_{layer}", status=status
+        tuned,
+        objs,
+        settings,
+        tiles_t,
+        [t("compare.layer.unit_tuned", unit=u) for u in units],
+        key=f"cmp_rt_{layer}",
+        status=status,
     )
     status.empty()
     files: dict[str, bytes] = {}
@@ -129,42 +145,40 @@ def examples_section(
     slot = st.empty()
     box = slot.container()
     found = {}
+    scanning = {"base": t("compare.layer.scanning_base"), "tuned": t("compare.layer.scanning_tuned")}
     for model, label in ((base, "base"), (tuned, "tuned")):
         found[label] = dataset_examples(
             model,
             folder,
             [layer],
             k=K_EXAMPLES,
-            progress=progress_callback(box, text=f"Scanning images with the {label} model…"),
+            progress=progress_callback(box, text=scanning[label]),
         )[layer]
     slot.empty()
     files: dict[str, bytes] = {}
     head = st.columns([1, 4, 4])
-    head[1].markdown("**base model**")
-    head[2].markdown("**tuned model**")
+    head[1].markdown(t("compare.layer.base_model"))
+    head[2].markdown(t("compare.layer.tuned_model"))
     for u in units:
         cols = st.columns([1, 4, 4], vertical_alignment="center")
-        cols[0].markdown(f"unit **{u}**")
+        cols[0].markdown(t("compare.layer.unit", unit=u))
         for col, (label, model) in zip(cols[1:], (("base", base), ("tuned", tuned)), strict=True):
             ex = found[label]
             patches = ex.patches(model, u, size=96)
             values = [e.value for e in ex.examples(u)]
-            col.image([as_png(p) for p in patches], width=80, caption=[f"{v:.2f}" for v in values])
+            col.image([as_png(p) for p in patches], width=80, caption=[number(v, 2) for v in values])
             for i, p in enumerate(patches):
                 name = f"{safe_filename(layer)}-unit{u}-{label}-example{i}.png"
                 files[name] = png_bytes(np.asarray(p.convert("RGB")))
     used = found["base"].images_used
-    st.caption(
-        f"Strongest position of each unit over {used} images of the compared data, cropped to its receptive "
-        f"field; the number is the unit's activation there.{_sizes(base, tuned)}"
-    )
+    st.caption(t("compare.layer.examples_caption", images=number(used)) + _sizes(base, tuned))
     return files
 
 
 # --------------------------------------------------------------------------- attribution
 
 
-@st.cache_data(max_entries=64, show_spinner="Attributing with both models…")
+@st.cache_data(max_entries=64, show_spinner=False)
 def _attribution_pair(
     _base: LoadedModel,
     base_key: tuple[Any, ...],
@@ -202,28 +216,24 @@ def attribution_section(base: LoadedModel, tuned: LoadedModel, folder: Path, lay
     """Grad-CAM of `layer` in both models for one image of the data, on one shared colour scale."""
     images = attribution_images(folder)
     if not images:
-        st.info("The data folder has no images to attribute.")
+        st.info(t("compare.layer.no_images"))
         return {}
     names = [p.relative_to(folder).as_posix() for p in images]
     if st.session_state.get("cmp_attr_image") not in names:
         st.session_state["cmp_attr_image"] = names[0]
-    name = st.selectbox(
-        "Image", names, key="cmp_attr_image", help="A few images of the compared data, one per class first."
-    )
+    name = st.selectbox(t("compare.layer.image"), names, key="cmp_attr_image", help=t("compare.layer.image.help"))
     try:
-        ob, ot, (lo, hi), pb, pt = _attribution_pair(
-            base, model_key(base), tuned, model_key(tuned), str(folder / name), layer
-        )
+        with st.spinner(t("compare.layer.attributing")):
+            ob, ot, (lo, hi), pb, pt = _attribution_pair(
+                base, model_key(base), tuned, model_key(tuned), str(folder / name), layer
+            )
     except Exception as exc:
         show_error(exc)
         return {}
     cols = st.columns(4)
-    cols[0].image(as_png(ob), caption=f"base · predicts {pb}", width="stretch")
-    cols[1].image(as_png(ot), caption=f"tuned · predicts {pt}", width="stretch")
-    st.caption(
-        f"Grad-CAM at {layer} for each model's own prediction, both on one colour scale [{lo:.3g}, {hi:.3g}]: "
-        f"brighter means more attribution, comparable across the two pictures.{_sizes(base, tuned)}"
-    )
+    cols[0].image(as_png(ob), caption=t("compare.layer.base_predicts", name=pb), width="stretch")
+    cols[1].image(as_png(ot), caption=t("compare.layer.tuned_predicts", name=pt), width="stretch")
+    st.caption(t("compare.layer.gradcam", layer=layer, low=_g3(lo), high=_g3(hi)) + _sizes(base, tuned))
     stem = f"{safe_filename(layer)}-{safe_filename(Path(name).stem)}"
     return {
         f"{stem}-gradcam-base.png": png_bytes(np.asarray(ob)),

@@ -26,6 +26,7 @@ from explorer.ui.common import (
     save_upload,
     show_error,
 )
+from explorer.ui.i18n import number, percent, t
 
 UPLOAD = "Upload a checkpoint…"
 DATA_SOURCES = {"demo:digits": "Demo: handwritten digits", "demo:shapes": "Demo: shapes"}
@@ -66,11 +67,11 @@ def from_widget(name: str, key: str) -> None:
 
 def _run_label(runs: dict[str, RunInfo], value: str) -> str:
     if value == UPLOAD:
-        return value
+        return t("compare.upload_option")
     run = runs.get(value)
     if run is None:
         return Path(value).name
-    acc = f" · val acc {100 * run.val_acc:.0f} %" if run.val_acc is not None else ""
+    acc = t("compare.run_val_acc", accuracy=percent(run.val_acc)) if run.val_acc is not None else ""
     return f"{run.name} · {run.data or '?'}{acc} · {run.status}"
 
 
@@ -97,31 +98,25 @@ def choose_tuned(base: LoadedModel) -> tuple[LoadedModel, RunInfo | None] | None
             try:
                 fenced_spec(wanted, "The link's tuned model")
             except ExplorerError as exc:
-                st.warning(f"{exc} It is not a saved fine-tuning run either.", icon=":material/link_off:")
+                st.warning(t("compare.not_a_run", error=str(exc)), icon=":material/link_off:")
                 wanted = None
     options = [*runs, *([wanted] if wanted and wanted not in runs and wanted != UPLOAD else []), UPLOAD]
     value = wanted or (next(iter(runs)) if runs else UPLOAD)
     st.session_state["cmp_tuned"] = value
     st.selectbox(
-        "Fine-tuned model",
+        t("compare.tuned"),
         options,
         key="cmp_tuned",
         format_func=lambda v: _run_label(runs, v),
         on_change=_on_tuned,
-        help=f"Runs of the Fine-tune page (saved under {runs_dir()}), or a checkpoint you upload.",
+        help=t("compare.tuned.help", folder=runs_dir()),
     )
     if value == UPLOAD:
         st.query_params.pop("tuned", None)
         st.session_state.setdefault(LAST, {})["tuned"] = UPLOAD
         if not runs:
-            st.info(
-                "No fine-tuned runs yet: train one on the Fine-tune page, or upload a fine-tuned checkpoint of "
-                f"{base.arch}.",
-                icon=":material/info:",
-            )
-        up = st.file_uploader(
-            "Checkpoint (.safetensors, .pt, .pth)", type=["safetensors", "pt", "pth", "bin"], key="cmp_upload"
-        )
+            st.info(t("compare.no_runs", arch=base.arch), icon=":material/info:")
+        up = st.file_uploader(t("compare.checkpoint"), type=["safetensors", "pt", "pth", "bin"], key="cmp_upload")
         if up is None:
             return None
         try:
@@ -134,7 +129,7 @@ def choose_tuned(base: LoadedModel) -> tuple[LoadedModel, RunInfo | None] | None
     run = runs.get(value)
     path = run.path if run else Path(value)
     try:
-        with st.spinner("Loading the fine-tuned model…"):
+        with st.spinner(t("compare.loading_tuned")):
             tuned = get_model(str(path), checkpoint_arch_hint(path) or base.arch)  # no metadata: the base's
     except Exception as exc:
         show_error(exc)
@@ -143,8 +138,7 @@ def choose_tuned(base: LoadedModel) -> tuple[LoadedModel, RunInfo | None] | None
     old = st.query_params.get("tfp")
     if old and not tuned.fingerprint.startswith(old):
         st.warning(
-            f"The weights of {Path(value).name} changed since this link was made (fingerprint "
-            f"{tuned.short_fingerprint}, the link says {old}).",
+            t("compare.weights_changed", name=Path(value).name, fingerprint=tuned.short_fingerprint, old=old),
             icon=":material/history:",
         )
     set_param("tfp", tuned.fingerprint[:12])
@@ -163,41 +157,41 @@ def choose_data(
     """
     from explorer.data import resolve_data
 
-    sources = dict(DATA_SOURCES)
+    sources = {"demo:digits": t("compare.data.digits"), "demo:shapes": t("compare.data.shapes")}
     meta = tuned.metadata if tuned is not None else {}
     meta_data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
     own = (run.data if run else None) or meta_data.get("source") or None
     if own:
-        sources = {own: f"Its training data ({own})", **{k: v for k, v in sources.items() if k != own}}
+        sources = {own: t("compare.data.own", data=own), **{k: v for k, v in sources.items() if k != own}}
     wanted = param(name) or own or "demo:digits"
     if wanted not in sources and wanted != FOLDER:
         if wanted.startswith("demo:") or allowed_path(wanted, "dir"):
             sources[wanted] = wanted
         else:
             why = refusal(wanted, "The link's images")
-            st.warning(f"{why} Using {own or 'demo:digits'}.", icon=":material/link_off:")
+            st.warning(t("compare.data.using", why=why, data=own or "demo:digits"), icon=":material/link_off:")
             wanted = own or "demo:digits"
     options = [*sources, FOLDER]
     st.session_state[key] = wanted
     choice = st.selectbox(
-        "Images to compare on",
+        t("compare.data"),
         options,
         key=key,
-        format_func=lambda v: sources.get(v, v),
+        format_func=lambda v: t("compare.data.folder") if v == FOLDER else sources.get(v, v),
         on_change=from_widget,
         args=(name, key),
-        help="Your own image folder (one sub-folder per class) for real work; the demos need no download.",
+        help=t("compare.data.help"),
     )
     if choice == FOLDER:
-        typed = st.text_input("Folder on the server", key=f"{key}_folder", placeholder="/path/to/images")
+        typed = st.text_input(t("compare.folder"), key=f"{key}_folder", placeholder=t("compare.folder.placeholder"))
         if not typed.strip():
-            st.info("Type the path of an image folder with one sub-folder per class.", icon=":material/folder:")
+            st.info(t("compare.folder.info"), icon=":material/folder:")
             return None
         choice = typed.strip()
     try:
         if not choice.startswith("demo:"):
             choice = str(fenced_path(choice, "The folder", "dir"))
-        with st.spinner(f"Preparing {choice}…"):
+        with st.spinner(t("compare.preparing", data=choice)):
             root = resolve_data(choice)
     except Exception as exc:
         show_error(exc)
@@ -213,7 +207,10 @@ def int_param(name: str, default: int, lo: int, hi: int) -> int:
     except ValueError:
         value = -1
     if not lo <= value <= hi:
-        st.warning(f"{name}={text!r} is not between {lo} and {hi}; using {default}.", icon=":material/link_off:")
+        st.warning(
+            t("compare.bad_number", name=name, value=repr(text), lo=lo, hi=hi, default=default),
+            icon=":material/link_off:",
+        )
         value = default
     return value
 
@@ -225,32 +222,35 @@ def choose_settings(tuned: LoadedModel) -> dict[str, Any]:
     probes = param("probes") != "0"
     st.session_state.update(cmp_images=images, cmp_input=size, cmp_probes=probes)
     with st.expander(
-        f"Comparison settings: up to {images} images · input "
-        f"{size or tuned.input_size[0]} px · probes {'on' if probes else 'off'}"
+        t(
+            "compare.settings.on" if probes else "compare.settings.off",
+            images=number(images),
+            size=size or tuned.input_size[0],
+        )
     ):
         c = st.columns(3)
         c[0].number_input(
-            "Images (at most)",
+            t("compare.settings.images"),
             8,
             100_000,
             step=50,
             key="cmp_images",
             on_change=from_widget,
             args=("images", "cmp_images"),
-            help="A class-stratified subset; more is slower but tightens the CKA intervals.",
+            help=t("compare.settings.images.help"),
         )
         c[1].selectbox(
-            "Input size (px)",
+            t("compare.settings.input"),
             INPUT_SIZES,
             key="cmp_input",
             on_change=from_widget,
             args=("input", "cmp_input"),
-            format_func=lambda s: f"{s}" if s else "the tuned model's",
+            format_func=lambda s: f"{s}" if s else t("compare.settings.input.own"),
         )
         c[2].toggle(
-            "Linear probes per layer",
+            t("compare.settings.probes"),
             key="cmp_probes",
-            help="Logistic regression on the base model's pooled features, 5-fold cross-validated.",
+            help=t("compare.settings.probes.help"),
             on_change=lambda: set_param("probes", int(st.session_state["cmp_probes"])),
         )
     for name, value in (("images", images), ("input", size), ("probes", int(probes))):
@@ -281,24 +281,33 @@ def choose_sweep_settings(data: str, model: LoadedModel) -> dict[str, int]:
     size = size if size in SWEEP_SIZES else d["input"]
     images = int_param("sw_images", d["images"], 0, 1_000_000)
     st.session_state.update(sw_epochs=epochs, sw_input=size, sw_images=images)
-    with st.expander(f"Sweep settings: {epochs} epochs · {size} px · {images or 'all'} images"):
+    shown = number(images) if images else t("compare.sweep_settings.all")
+    with st.expander(t("compare.sweep_settings", epochs=epochs, size=size, images=shown)):
         c = st.columns(3)
         c[0].number_input(
-            "Most epochs per option", 1, 50, key="sw_epochs", on_change=from_widget, args=("sw_epochs", "sw_epochs")
+            t("compare.sweep_settings.epochs"),
+            1,
+            50,
+            key="sw_epochs",
+            on_change=from_widget,
+            args=("sw_epochs", "sw_epochs"),
         )
         c[1].selectbox(
-            "Input size (px)", SWEEP_SIZES, key="sw_input", on_change=from_widget, args=("sw_input", "sw_input")
+            t("compare.settings.input"),
+            SWEEP_SIZES,
+            key="sw_input",
+            on_change=from_widget,
+            args=("sw_input", "sw_input"),
         )
         c[2].number_input(
-            "Images (0 = all)",
+            t("compare.sweep_settings.images"),
             0,
             1_000_000,
             step=100,
             key="sw_images",
             on_change=from_widget,
             args=("sw_images", "sw_images"),
-            help="A class-stratified subset; options are scored on 20 % of it held out, or on all of it by 5-fold "
-            "cross-validation when 20 % is too few to tell options 2 points apart.",
+            help=t("compare.sweep_settings.images.help"),
         )
     for name, value in (("sw_epochs", epochs), ("sw_input", size), ("sw_images", images)):
         set_param(name, value)

@@ -22,6 +22,7 @@ from explorer.transfer.sweep_tasks import auto_points
 from explorer.ui.compare.charts import sweep_figure
 from explorer.ui.compare.setup import data_signature
 from explorer.ui.compare.store import get_sweep, stored_tasks, sweep_path
+from explorer.ui.i18n import number, percent, seconds, t
 
 
 def settings_for(cfg: dict[str, int]) -> FinetuneSettings:
@@ -55,7 +56,7 @@ def refusal(sweep: SweepReport, model: LoadedModel, root: Path, input_size: int 
 
 
 def _progress(box: Any) -> Any:
-    bar = box.progress(0.0, text="Preparing the sweep…")
+    bar = box.progress(0.0, text=t("compare.sweep.preparing"))
     last = [0.0]
 
     def update(done: int, total: int, info: Any = None) -> None:
@@ -65,51 +66,82 @@ def _progress(box: Any) -> Any:
         last[0] = now
         info = info if isinstance(info, dict) else {}
         if info.get("phase") == "shared":
-            what = f"One pass of the base model over every image ({info.get('images')} so far)"
+            what = t("compare.sweep.progress.shared", images=number(info.get("images") or 0))
         elif info.get("task"):
-            what = f"Training {info.get('task')}"
+            what = t("compare.sweep.progress.task", task=info.get("task"))
         else:
-            what = "Training"
-        bar.progress(min(done / max(total, 1), 1.0), text=f"{what} · {done} of {total}")
+            what = t("compare.sweep.progress.training")
+        of = t("compare.sweep.progress.of", done=number(done), total=number(total))
+        bar.progress(min(done / max(total, 1), 1.0), text=f"{what} · {of}")
 
     return update
 
 
-def run(model: LoadedModel, data: str, root: Path, cfg: dict[str, int], box: Any) -> SweepReport:
-    """Run (or resume) the sweep in this script run, drawing its progress in `box`."""
-    return sweep(model, str(root), settings=settings_for(cfg), out=path_for(model, root, cfg), progress=_progress(box))
+def run(
+    model: LoadedModel, data: str, root: Path, cfg: dict[str, int], box: Any, *, seeds: int | str = "auto"
+) -> SweepReport:
+    """Run (or resume) the sweep in this script run, drawing its progress in `box` (`seeds`: per fine-tune option,
+    or "auto"; the demo uses one, to stay quick)."""
+    return sweep(
+        model,
+        str(root),
+        settings=settings_for(cfg),
+        seeds=seeds,
+        out=path_for(model, root, cfg),
+        progress=_progress(box),
+    )
 
 
-VERDICTS = {
-    "best": "the most accurate",
-    "equivalent": "within the margin of the best",
-    "worse": "worse than the best by more than the margin",
-    "cannot place": "the data cannot say",
-    "not converged": "did not converge: not ranked",
-}
+def verdicts() -> dict[str, str]:
+    """An option's status as the table says it, in the session's language."""
+    return {
+        "best": t("compare.sweep.verdict.best"),
+        "equivalent": t("compare.sweep.verdict.equivalent"),
+        "worse": t("compare.sweep.verdict.worse"),
+        "cannot place": t("compare.sweep.verdict.cannot_place"),
+        "not converged": t("compare.sweep.verdict.not_converged"),
+    }
+
+
+COLUMNS = (  # the table's columns (kept in English in the data) → their headers' keys
+    ("option", "compare.sweep.col.option"),
+    ("accuracy", "compare.sweep.col.accuracy"),
+    ("95 % interval", "compare.sweep.col.interval"),
+    ("SD over seeds", "compare.sweep.col.sd"),
+    ("trainable", "compare.sweep.col.trainable"),
+    ("seconds", "compare.sweep.col.seconds"),
+    ("loss vs best, points [95 %]", "compare.sweep.col.loss"),
+    ("verdict", "compare.sweep.col.verdict"),
+)
 
 
 def options_frame(report: SweepReport) -> pd.DataFrame:
     """One row per option: what it is, its accuracy with its interval and spread over seeds, cost, and its loss
     against the best with the verdict."""
     chosen = report.chosen
+    said = verdicts()
     rows = []
     for o in report.options:
         loss = (
             ""
             if o.status in ("best", "not converged")
-            else (f"{100 * o.loss:.1f} [{100 * o.loss_low:.1f}, {100 * o.loss_high:.1f}]")
+            else f"{number(100 * o.loss, 1)} [{number(100 * o.loss_low, 1)}, {number(100 * o.loss_high, 1)}]"
+        )
+        sd = (
+            t("compare.sweep.sd", sd=number(100 * o.seed_sd, 1), seeds=o.seeds)
+            if o.seeds > 1
+            else t("compare.sweep.one_seed")
         )
         rows.append(
             {
                 "option": o.label,
                 "accuracy": o.accuracy,
-                "95 % interval": f"[{100 * o.low:.1f}, {100 * o.high:.1f}] %",
-                "SD over seeds": f"{100 * o.seed_sd:.1f} ({o.seeds} seeds)" if o.seeds > 1 else "1 seed",
+                "95 % interval": f"[{number(100 * o.low, 1)}, {number(100 * o.high, 1)}] %",
+                "SD over seeds": sd,
                 "trainable": o.trainable,
-                "seconds": o.seconds,
+                "seconds": round(float(o.seconds), 1),
                 "loss vs best, points [95 %]": loss,
-                "verdict": "chosen" if o is chosen else VERDICTS.get(o.status, o.status),
+                "verdict": t("compare.sweep.verdict.chosen") if o is chosen else said.get(o.status, o.status),
             }
         )
     return pd.DataFrame(rows)
@@ -120,44 +152,55 @@ def show(report: SweepReport, *, key: str, figure: bool) -> None:
     c = report.choice
     if c.point is None:
         tries = "".join(f"\n- {t}" for t in c.try_next)
-        st.warning(f"**No recommendation from the sweep.** {c.reason}{tries}", icon=":material/block:")
+        st.warning(t("compare.sweep.no_recommendation", reason=c.reason) + tries, icon=":material/block:")
     else:
-        st.success(f"**Measured:** {c.reason}", icon=":material/verified:")
+        st.success(t("compare.sweep.measured", reason=c.reason), icon=":material/verified:")
         if c.test_accuracy is not None:
             st.caption(
-                f"On images that took no part in choosing it: **{100 * c.test_accuracy:.1f} %** ({c.test_note}); "
-                f"on the images that chose it: {100 * (c.choice_accuracy or 0):.1f} %."
+                t(
+                    "compare.sweep.test_accuracy",
+                    accuracy=percent(c.test_accuracy, 1),
+                    note=c.test_note,
+                    choice=percent(c.choice_accuracy or 0, 1),
+                )
             )
     if figure:
         st.plotly_chart(sweep_figure(report), key=f"{key}_chart")
+    headers = {name: t(key) for name, key in COLUMNS}
     fmt = {
-        "accuracy": st.column_config.NumberColumn(format="percent"),
-        "trainable": st.column_config.NumberColumn(format="localized"),
-        "seconds": st.column_config.NumberColumn(format="%.1f"),
+        headers["accuracy"]: st.column_config.NumberColumn(format="percent"),
+        headers["trainable"]: st.column_config.NumberColumn(format="localized"),
+        headers["seconds"]: st.column_config.NumberColumn(format="localized"),
     }
-    frame = options_frame(report)
+    frame = options_frame(report).rename(columns=headers)  # the data keeps English names; the headers are shown
     st.dataframe(frame, hide_index=True, key=f"{key}_table", column_config=fmt, height=35 * (len(frame) + 1) + 3)
     d = report.data
+    scored = d.get("scored_images", d.get("heldout_images"))
     st.caption(
-        f"Scored by {report.evaluation} on {d.get('scored_images', d.get('heldout_images'))} images; at most "
-        f"{report.settings.get('epochs')} epochs with early stopping on an inner validation split, at "
-        f"{report.settings.get('input_size')} px, no augmentation; measured in {report.seconds.get('total', 0):.0f} "
-        f"s. Decision: {c.test}."
+        t(
+            "compare.sweep.caption",
+            evaluation=report.evaluation,
+            images=number(scored) if isinstance(scored, (int, float)) else scored,
+            epochs=report.settings.get("epochs"),
+            size=report.settings.get("input_size"),
+            time=seconds(report.seconds.get("total", 0), 0),
+            test=c.test,
+        )
     )
     cols = st.columns(3)
     for col, (label, data, suffix, mime) in zip(
         cols,
         [
-            ("Sweep CSV", report.to_csv().encode(), "csv", "text/csv"),
-            ("Sweep JSON", report.to_json().encode(), "json", "application/json"),
-            ("Sweep HTML", render_sweep_html(report).encode(), "html", "text/html"),
+            (t("compare.sweep.csv"), report.to_csv().encode(), "csv", "text/csv"),
+            (t("compare.sweep.json"), report.to_json().encode(), "json", "application/json"),
+            (t("compare.sweep.html"), render_sweep_html(report).encode(), "html", "text/html"),
         ],
         strict=True,
     ):
         col.download_button(
             label,
             data,
-            file_name=f"sweep.{suffix}",
+            file_name=f"compare.sweep.{suffix}",
             mime=mime,
             on_click="ignore",
             key=f"{key}_{suffix}",
@@ -177,17 +220,21 @@ def section(
     points = auto_points(model)
     done = stored_tasks(path)
     st.info(
-        f"Not measured yet: accuracy and cost at {len(points)} freeze points ({', '.join(points)}), by "
-        f"fine-tuning after each point and by a linear classifier on it, at most {cfg['epochs']} epochs each "
-        f"(early stopping) on {data}.",
+        t(
+            "compare.sweep.not_measured",
+            n=len(points),
+            points=", ".join(t("compare.sweep.point_none") if p == "none" else p for p in points),
+            epochs=cfg["epochs"],
+            data=data,
+        ),
         icon=":material/science:",
     )
-    label = f"Resume the sweep ({done} tasks already measured)" if done else "Run the freeze sweep"
+    label = t("compare.sweep.resume", n=number(done)) if done else t("compare.sweep.run")
     if not st.button(label, key=f"{key}_run", type="primary", icon=":material/play_arrow:"):
         return None
     left, right = st.columns([6, 1], vertical_alignment="center")
-    right.button("Stop", key=f"{key}_stop", icon=":material/stop:", help="Finished tasks are kept; resume later.")
+    right.button(t("compare.stop"), key=f"{key}_stop", icon=":material/stop:", help=t("compare.sweep.stop.help"))
     report = run(model, data, root, cfg, left)
-    st.session_state["cmp_toast"] = f"Sweep measured in {report.seconds.get('total', 0):.0f} s."
+    st.session_state["cmp_toast"] = t("compare.sweep.done", time=seconds(report.seconds.get("total", 0), 0))
     st.rerun()
     return report

@@ -20,6 +20,7 @@ import streamlit as st
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 from explorer.trust import cka_map, selectivity
+from explorer.ui.i18n import number, t
 from explorer.ui.widgets.queue import turn
 from explorer.ui.widgets.trust_charts import cka_heatmap, selectivity_figure
 
@@ -30,21 +31,22 @@ STATE = "cmp_trust"
 
 
 def _measure(base: LoadedModel, tuned: LoadedModel, root: Path, size: int | None, box: Any) -> dict[str, Any]:
-    bar = box.progress(0.0, text="Calibrated CKA: both models over the images…")
+    bar = box.progress(0.0, text=t("compare.trust.starting"))
 
     def step(label: str, share: float, offset: float) -> Any:
         def progress(done: int, total: int, info: Any = None) -> None:
-            bar.progress(min(offset + share * done / max(total, 1), 1.0), text=f"{label} · {done} of {total}")
+            of = t("compare.sweep.progress.of", done=number(done), total=number(total))
+            bar.progress(min(offset + share * done / max(total, 1), 1.0), text=f"{label} · {of}")
 
         return progress
 
     with turn("trust"):
         cmap = cka_map(base, tuned, str(root), max_images=CKA_IMAGES, permutations=PERMUTATIONS, input_size=size,
-                       progress=step("Calibrated CKA", 0.5, 0.0))  # fmt: skip
+                       progress=step(t("compare.trust.cka"), 0.5, 0.0))  # fmt: skip
         sel_base = selectivity(base, str(root), max_images=SELECTIVITY_IMAGES, input_size=size,
-                               progress=step("Selectivity of the base", 0.25, 0.5))  # fmt: skip
+                               progress=step(t("compare.trust.sel_base"), 0.25, 0.5))  # fmt: skip
         sel_tuned = selectivity(tuned, str(root), max_images=SELECTIVITY_IMAGES, input_size=size,
-                                progress=step("Selectivity of the tuned model", 0.25, 0.75))  # fmt: skip
+                                progress=step(t("compare.trust.sel_tuned"), 0.25, 0.75))  # fmt: skip
     bar.empty()
     return {
         "cka": cmap.to_dict(),
@@ -56,17 +58,10 @@ def section(base: LoadedModel, tuned: LoadedModel, root: Path, size: int | None)
     """An expander with the calibrated CKA map and the selectivity curves, measured on a click."""
     key = (base.fingerprint, tuned.fingerprint, str(root), size)
     kept = st.session_state.get(STATE)
-    with st.expander(
-        "How far to trust these similarities: calibrated CKA and class selectivity", icon=":material/verified:"
-    ):
-        st.caption(
-            "Raw CKA grows with depth and width alone; calibrated against a permutation null (images shuffled in "
-            "one model), a value near 0 means 'no more similar than chance', 1 means identical. Selectivity: how "
-            "much each layer's units prefer one of your classes (dotted: labels shuffled), before and after "
-            "fine-tuning: the measured generic → specific curve."
-        )
+    with st.expander(t("compare.trust.title"), icon=":material/verified:"):
+        st.caption(t("compare.trust.caption"))
         if kept is None or kept.get("key") != key:
-            if not st.button("Measure (about a minute)", key="cmp_trust_run", icon=":material/play_arrow:"):
+            if not st.button(t("compare.trust.measure"), key="cmp_trust_run", icon=":material/play_arrow:"):
                 return
             try:
                 kept = {"key": key, **_measure(base, tuned, root, size, st)}
@@ -75,4 +70,6 @@ def section(base: LoadedModel, tuned: LoadedModel, root: Path, size: int | None)
                 return
             st.session_state[STATE] = kept
         st.plotly_chart(cka_heatmap(kept["cka"], "calibrated"), key="cmp_trust_cka")
-        st.plotly_chart(selectivity_figure(kept["selectivity"]), key="cmp_trust_sel")
+        names = {"base": t("compare.trust.base"), "tuned": t("compare.trust.tuned")}
+        curves = {names.get(k, k): v for k, v in kept["selectivity"].items()}
+        st.plotly_chart(selectivity_figure(curves), key="cmp_trust_sel")

@@ -39,7 +39,7 @@ from explorer.data import sample_images
 from explorer.layers import layout_of
 from explorer.models import LoadedModel
 from explorer.ui.common import current_model, model_key, page_ref, progress_callback, show_error
-from explorer.ui.i18n import page_intro
+from explorer.ui.i18n import language, number, page_intro, percent, t
 from explorer.ui.widgets.figures import top_figure
 from explorer.ui.widgets.gallery import PLACEHOLDER_HTML, RenderSettings, link_params
 from explorer.ui.widgets.images import as_png, image_picker
@@ -49,13 +49,59 @@ from explorer.ui.widgets.trust_charts import faithfulness_figure, sanity_figure
 
 DEFAULT_METHOD = "gradcam"
 AUTO = -1  # target: the predicted class
-SCALES = {"shared": "Shared scale", "layer": "Per-layer"}
+SCALES = {"shared": "Shared scale", "layer": "Per-layer"}  # values kept in English; shown by _scale_label
 AUTO_RUN_MAX = 4.0  # methods costing more forwards than this wait for the Run button
 LAYERS_PER_ROW = 3  # in the channels section
 FV_PRESET = "fast"
 _OPTION_FOR = {"ig": "n_steps", "conductance": "n_steps", "ablation": "grid"}
 
 # --------------------------------------------------------------------------- state: session and URL
+
+
+def _scale_label(scale: str) -> str:
+    return {"shared": t("attribution.scale.shared"), "layer": t("attribution.scale.layer")}.get(scale, scale)
+
+
+def _sig(x: float) -> str:
+    """`fmt` (three significant digits) in the session's language."""
+    text = fmt(x)
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        return f"{number(float(mantissa))}e{exponent}"
+    return number(float(text))
+
+
+def describe_cost(cost: MethodCost) -> str:
+    """`MethodCost.describe()` in the session's language (the same sentence in English)."""
+    label = METHODS[cost.method].label
+    if not cost.available:
+        return t("attribution.cost.unavailable", method=label, reason=cost.reason)
+    layers = t("attribution.cost.layers_one") if cost.layers == 1 else t("attribution.cost.layers", n=cost.layers)
+    forward = (
+        t("attribution.cost.forward_one")
+        if cost.forward_calls == 1
+        else t("attribution.cost.forward", n=number(cost.forward_calls))
+    )
+    images = (
+        t("attribution.cost.images_one")
+        if cost.images_forward == 1
+        else t("attribution.cost.images", n=number(cost.images_forward))
+    )
+    if not cost.backward_calls:
+        back = t("attribution.cost.no_backward")
+    elif cost.backward_calls == 1:
+        back = t("attribution.cost.backward_one")
+    else:
+        back = t("attribution.cost.backward", n=number(cost.backward_calls))
+    return t(
+        "attribution.cost.describe",
+        method=label,
+        layers=layers,
+        forward=forward,
+        images=images,
+        backward=back,
+        relative=number(cost.relative, 0),
+    )
 
 
 def _parse_target(text: str | None, model: LoadedModel) -> int | None:
@@ -84,7 +130,7 @@ def _seed_state(model: LoadedModel, samples: dict[str, Any]) -> list[str]:
         raw = qp.get(param)
         value = parse(raw) if raw is not None else None
         if raw is not None and value is None:
-            notes.append(f"The link's {param} {raw!r} is not known here; showing the default instead.")
+            notes.append(t("attribution.bad_link", param=param, value=repr(raw)))
         state[key] = default if value is None else value
     return notes
 
@@ -137,10 +183,16 @@ def _predict(_model: LoadedModel, key: tuple[Any, ...], digest: str, _image: Any
     return list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
 
 
-@st.cache_data(max_entries=32, show_spinner="Checking which methods fit this network…")
-def _availability(_model: LoadedModel, key: tuple[Any, ...]) -> dict[str, str | None]:
+@st.cache_data(max_entries=32, show_spinner=False)
+def _available(_model: LoadedModel, key: tuple[Any, ...]) -> dict[str, str | None]:
     del key
     return availability(_model)
+
+
+def _availability(model: LoadedModel, key: tuple[Any, ...]) -> dict[str, str | None]:
+    """Why each method cannot run on `model` (None where it can), cached per model."""
+    with st.spinner(t("attribution.checking")):
+        return _available(model, key)
 
 
 def method_options(method: str, n_steps: int, grid: int) -> dict[str, int]:
@@ -153,9 +205,9 @@ def cost_caption(cost: MethodCost, problem: str | None) -> str:
     """One short line under a method's name: its passes for this input, or why it cannot run."""
     if problem or not cost.available:
         return f":gray[{problem or cost.reason}]"
-    back = f" + {cost.backward_calls} backward" if cost.backward_calls else ""
-    passes = "passes" if cost.forward_calls + cost.backward_calls > 1 else "pass"
-    return f"{cost.forward_calls} forward{back} {passes} · ≈{cost.relative:.0f}× a forward"
+    back = t("attribution.caption.backward", n=number(cost.backward_calls)) if cost.backward_calls else ""
+    key = "attribution.caption.passes" if cost.forward_calls + cost.backward_calls > 1 else "attribution.caption.pass"
+    return t(key, forward=number(cost.forward_calls), backward=back, relative=number(cost.relative, 0))
 
 
 def _run(
@@ -172,7 +224,7 @@ def _run(
     with turn("attribution", box):  # the server's fair queue: heavy work takes its turn, with a visible wait
         if METHODS[method].per_layer_passes:
             base = model.to_tensor01(image).permute(1, 2, 0).cpu()
-            draw = progress_callback(box, text=f"{label}: layer")
+            draw = progress_callback(box, text=t("attribution.progress.layer", method=label))
 
             def progress(done: int, total: int, preview: Any = None) -> None:
                 pic = None
@@ -183,7 +235,7 @@ def _run(
 
             res = attribute(model, image, layers, method, target, progress=progress, **options)
         else:
-            with st.spinner(f"{label}: one pass through the network…"):
+            with st.spinner(t("attribution.progress.one_pass", method=label)):
                 res = attribute(model, image, layers, method, target, **options)
     _store().put(key, res)
     return res
@@ -196,9 +248,10 @@ def legend_html(vmin: float, vmax: float, cmap: str, *, per_layer: bool) -> str:
     """A colour bar with its value range (or, per layer, its relative range) as HTML."""
     stops = ", ".join(f"rgb{tuple(c)}" for c in COLORMAPS[cmap])
     if per_layer:
-        ticks = ["−max of each layer", "0", "+max of each layer"] if vmin < 0 else ["0", "max of each layer"]
+        top = t("attribution.legend.max")
+        ticks = [f"−{top}", "0", f"+{top}"] if vmin < 0 else ["0", top]
     else:
-        ticks = [fmt(vmin), "0", fmt(vmax)] if vmin < 0 else ["0", fmt(vmax / 2), fmt(vmax)]
+        ticks = [_sig(vmin), "0", _sig(vmax)] if vmin < 0 else ["0", _sig(vmax / 2), _sig(vmax)]
     labels = "".join(f"<span>{t}</span>" for t in ticks)
     return (
         "<div style='max-width:560px;font-size:0.8rem;color:#555'>"
@@ -210,14 +263,15 @@ def legend_html(vmin: float, vmax: float, cmap: str, *, per_layer: bool) -> str:
 def _cell_caption(res: AttributionResult, name: str, scale: str, rng: tuple[float, float]) -> str:
     h, w = res.maps[name].shape[1:]
     if scale == "layer":
-        return f"{name} · {h}×{w} · scale {fmt(rng[0])} … {fmt(rng[1])}"
-    return f"{name} · {h}×{w} · peak {fmt(peak(res, name))}"
+        return f"{name} · {h}×{w} · " + t("attribution.cell.scale", low=_sig(rng[0]), high=_sig(rng[1]))
+    return f"{name} · {h}×{w} · " + t("attribution.cell.peak", peak=_sig(peak(res, name)))
 
 
-@functools.lru_cache(maxsize=1)
-def _placeholder() -> Image.Image:
+@functools.lru_cache(maxsize=4)
+def _placeholder(lang: str = "en") -> Image.Image:
+    """A grey square saying 'not rendered', one per language (PIL's default font has no accents: ASCII words)."""
     pic = Image.new("RGB", (96, 96), "#eeeeee")
-    ImageDraw.Draw(pic).text((48, 48), "not\nrendered", fill="#999", anchor="mm", align="center")
+    ImageDraw.Draw(pic).text((48, 48), t("attribution.not_rendered"), fill="#999", anchor="mm", align="center")
     return pic
 
 
@@ -227,7 +281,7 @@ def _placeholder_grid(layers: list[str]) -> None:
         cols = st.columns(GRID_COLUMNS)
         for col, name in zip(cols, layers[start : start + GRID_COLUMNS], strict=False):
             col.markdown(PLACEHOLDER_HTML, unsafe_allow_html=True)
-            col.caption(f"{name} · computing…")
+            col.caption(t("attribution.computing", layer=name))
 
 
 # --------------------------------------------------------------------------- page sections
@@ -238,15 +292,17 @@ def _target_picker(model: LoadedModel, preds: list[tuple[int, float]]) -> int:
     names, probs = model.class_names, dict(preds)
     if st.session_state.get("att_target", AUTO) not in range(-1, model.num_classes):  # from another model
         st.session_state["att_target"] = AUTO
-    st.markdown("**Top 5**")
+    st.markdown(t("attribution.top5"))
     st.plotly_chart(top_figure([(names[i], p) for i, p in preds]), key="att_top5")
 
     def label(i: int) -> str:
         if i == AUTO:
-            return f"Predicted class: {names[preds[0][0]]}"
-        return f"{names[i]} ({i})" + (f" · {probs[i]:.1%}" if i in probs else "")
+            return t("attribution.predicted_class", name=names[preds[0][0]])
+        return f"{names[i]} ({i})" + (f" · {percent(probs[i], 1)}" if i in probs else "")
 
-    chosen = st.selectbox("Explain the class", [AUTO, *range(model.num_classes)], format_func=label, key="att_target")
+    chosen = st.selectbox(
+        t("attribution.explain"), [AUTO, *range(model.num_classes)], format_func=label, key="att_target"
+    )
     return preds[0][0] if chosen == AUTO else int(chosen)
 
 
@@ -261,17 +317,17 @@ def _method_picker(
     radio_box = st.container()  # drawn above the options it depends on
     if not set(st.session_state.get("att_layers", [])) <= set(layers):  # names from another model: start over
         del st.session_state["att_layers"]
-    with st.expander("Options: steps, patches, layers"):
-        steps = st.slider("Integrated Gradients / Conductance steps", 2, 128, 32, key="att_steps")
-        grid = st.slider("Ablation patches per side", 1, 14, 7, key="att_grid")
-        chosen = st.multiselect("Layers", layers, default=layers, key="att_layers") or layers
+    with st.expander(t("attribution.options")):
+        steps = st.slider(t("attribution.options.steps"), 2, 128, 32, key="att_steps")
+        grid = st.slider(t("attribution.options.grid"), 1, 14, 7, key="att_grid")
+        chosen = st.multiselect(t("attribution.options.layers"), layers, default=layers, key="att_layers") or layers
     chosen = [n for n in layers if n in chosen]
     costs = {m: method_cost(model, 1, chosen, m, target, **method_options(m, steps, grid)) for m in METHODS}
     method = radio_box.radio(
-        "Method",
+        t("attribution.method"),
         list(METHODS),
         key="att_method",
-        format_func=lambda m: METHODS[m].label + (" — unavailable" if problems.get(m) else ""),
+        format_func=lambda m: METHODS[m].label + (t("attribution.method.unavailable") if problems.get(m) else ""),
         captions=[cost_caption(costs[m], problems.get(m)) for m in METHODS],
     )
     return method, costs[method], method_options(method, steps, grid), chosen
@@ -280,51 +336,47 @@ def _method_picker(
 def _unit_link(layer: str, unit: int, score: float) -> None:
     """A link to the Unit page for this channel, with the model and the fast preset (the picture shown here)."""
     params = link_params(RenderSettings(preset=FV_PRESET), layer=layer, unit=unit)
-    st.page_link(page_ref("unit", "Unit"), label=f"#{unit} · {score:+.3g}", query_params=params)
+    st.page_link(
+        page_ref("unit", "Unit"), label=f"#{unit} · {'+' if score >= 0 else ''}{_sig(score)}", query_params=params
+    )
 
 
 def _maps_section(res: AttributionResult, model: LoadedModel, scores: dict[str, Any], k: int) -> str:
     """The overlay grid with its colour scale, the scale toggle and the downloads; returns the scale."""
     head, toggle = st.columns([3, 2], vertical_alignment="bottom")
     target = res.target_name()
-    about = "(no target)" if res.method == "activation" else f"for “{target}”"
-    head.subheader(f"{METHODS[res.method].label} {about}, every block from early to late")
-    scale = toggle.segmented_control("Colour scale", list(SCALES), format_func=SCALES.get, key="att_scale") or "shared"
+    about = t("attribution.no_target") if res.method == "activation" else t("attribution.for_target", target=target)
+    head.subheader(t("attribution.maps_title", method=METHODS[res.method].label, about=about))
+    scale = (
+        toggle.segmented_control(t("attribution.scale"), list(SCALES), format_func=_scale_label, key="att_scale")
+        or "shared"
+    )
     ranges = res.scale(scale, image=0)
     cmap = DEFAULT_CMAP[res.display]
     vmin, vmax = ranges[res.layers[0]]
-    signed = "raw signed values: red positive, blue negative"
-    what = "raw values, negative parts clipped" if res.display == "positive" else signed
+    what = t("attribution.values.positive") if res.display == "positive" else t("attribution.values.signed")
     if scale == "shared":
-        st.caption(
-            f"**Shared colour scale** for all {len(res.layers)} layers: {fmt(vmin)} to {fmt(vmax)} ({what}). "
-            "A faint map is a weak one; switch to Per-layer to see the shape of weak maps."
-        )
+        st.caption(t("attribution.shared_caption", n=len(res.layers), low=_sig(vmin), high=_sig(vmax), what=what))
     else:
-        st.caption(
-            f"**Per-layer normalisation**: each map is stretched to its own range (under it), so shapes compare "
-            f"across layers but strengths do not ({what})."
-        )
+        st.caption(t("attribution.layer_caption", what=what))
     st.html(legend_html(vmin, vmax, cmap, per_layer=scale == "layer"))
     tokens = [n for n in res.layers if layout_of(model, n).tokens]
     if tokens:
         h, w = layout_of(model, tokens[0]).grid or (0, 0)
-        st.caption(
-            f"{len(tokens)} token blocks are shown on their {h}×{w} patch grid: each cell is one patch token "
-            "(the class token, which the classifier reads, is left out)."
-        )
+        st.caption(t("attribution.tokens", n=len(tokens), height=h, width=w))
     pics = res.overlays(scale=scale)
     for start in range(0, len(res.layers), GRID_COLUMNS):
         cols = st.columns(GRID_COLUMNS)
         for col, name in zip(cols, res.layers[start : start + GRID_COLUMNS], strict=False):
             col.image(as_png(pics[name]), caption=_cell_caption(res, name, scale, ranges[name]), width="stretch")
     notes = [*res.notes, *(f"{n}: {why}" for n, why in res.skipped.items())]
-    st.caption(f"{res.cost.describe()} Took {res.seconds:.1f} s." + (" " + " ".join(notes) if notes else ""))
-    title = f"{METHODS[res.method].label} · target {target} · {model.spec}"
+    took = t("attribution.took", time=number(res.seconds, 1))
+    st.caption(f"{describe_cost(res.cost)} {took}" + (" " + " ".join(notes) if notes else ""))
+    title = t("attribution.grid_title", method=METHODS[res.method].label, target=target, spec=model.spec)
     downloads = [
-        ("Overlay grid (PNG)", lambda: grid_png(res, scale, title=title), "png", "image/png"),
-        ("Magnitudes (JSON)", lambda: magnitudes_json(res, scale, scores, k), "json", "application/json"),
-        ("Magnitudes (CSV)", lambda: magnitudes_csv(res), "csv", "text/csv"),
+        (t("attribution.download.grid"), lambda: grid_png(res, scale, title=title), "png", "image/png"),
+        (t("attribution.download.json"), lambda: magnitudes_json(res, scale, scores, k), "json", "application/json"),
+        (t("attribution.download.csv"), lambda: magnitudes_csv(res), "csv", "text/csv"),
     ]
     row = st.container(horizontal=True)
     for label, data, ext, mime in downloads:
@@ -337,14 +389,10 @@ def _maps_section(res: AttributionResult, model: LoadedModel, scores: dict[str, 
 
 def _channels_section(model: LoadedModel, layers: list[str], scores: dict[str, Any], target: str) -> None:
     """Each layer's top channels with their scores, feature visualizations (cache first) and Unit links."""
-    st.subheader(f"Channels that drive “{target}”")
+    st.subheader(t("attribution.channels_title", target=target))
     text, pick = st.columns([4, 1], vertical_alignment="center")
-    k = pick.slider("Channels per layer", 1, 8, 3, key="att_k")
-    text.caption(
-        "Per layer, the channels with the largest gradient × activation summed over space (raw scores). The "
-        "pictures are their feature visualizations (fast preset; for the first convolution, its kernels); click a "
-        "channel to open it on the Unit page."
-    )
+    k = pick.slider(t("attribution.channels_per_layer"), 1, 8, 3, key="att_k")
+    text.caption(t("attribution.channels_caption"))
     tops = {n: top_channels(scores, n, k) for n in layers}
     pics: dict[tuple[str, int], Any] = {}
     for n in layers:  # a convolution over the colour channels is shown as its kernels (nothing to render)
@@ -361,14 +409,14 @@ def _channels_section(model: LoadedModel, layers: list[str], scores: dict[str, A
         show_error(exc)
     missing = [i for i, key in enumerate(objs) if key not in pics]
     if missing:
-        st.caption(f"{len(objs) - len(missing)} of {len(objs)} visualizations are in the cache.")
-        label = f"Render the {len(missing)} missing visualizations (fast preset, one batch)"
+        st.caption(t("attribution.in_cache", n=number(len(objs) - len(missing)), total=number(len(objs))))
+        label = t("attribution.render_missing", n=number(len(missing)))
         cheap = model.device.type == "cuda"  # seconds on a GPU; minutes on a CPU, so there it waits for a click
         if cheap or st.button(label, key="att_render", icon=":material/brush:"):
             box = st.container()
             try:
                 with turn("render", box):
-                    draw = progress_callback(box, text="Rendering visualizations: image-steps")
+                    draw = progress_callback(box, text=t("attribution.rendering"))
                     out = fv.render_cached(
                         model, [objectives[i] for i in missing], FV_PRESET,
                         progress=lambda d, t, p=None: draw(d, t, p.images if p is not None else None),
@@ -384,7 +432,7 @@ def _channels_section(model: LoadedModel, layers: list[str], scores: dict[str, A
             cells = box.columns(k)
             for cell, (c, score) in zip(cells, tops[name], strict=False):
                 with cell:
-                    st.image(as_png(pics.get((name, c), _placeholder())), width="stretch")
+                    st.image(as_png(pics.get((name, c), _placeholder(language()))), width="stretch")
                     _unit_link(name, c, score)
 
 
@@ -393,7 +441,7 @@ def _channels_section(model: LoadedModel, layers: list[str], scores: dict[str, A
 
 def render() -> None:
     """The Attribution page."""
-    st.title("Attribution")
+    st.title(t("attribution.title"))
     page_intro("attribution")
     model = current_model()
     layers = [r.name for r in resolve_layers(model, "all")]
@@ -423,9 +471,11 @@ def render() -> None:
     )
     st.divider()
     if not cost.available:
-        st.warning(f"{METHODS[method].label} cannot run on this network: {cost.reason}", icon=":material/block:")
+        st.warning(
+            t("attribution.cannot_run", method=METHODS[method].label, reason=cost.reason), icon=":material/block:"
+        )
         return
-    st.info(cost.describe(), icon=":material/speed:")
+    st.info(describe_cost(cost), icon=":material/speed:")
     pending = st.empty()
     try:
         cheap = cost.relative <= AUTO_RUN_MAX
@@ -436,11 +486,12 @@ def render() -> None:
             res = _run(model, image, digest, method, target, used, options, allowed=True)
         pending.empty()
         if res is None:
-            st.caption(
-                "This method is slow on this input; run it when ready (a progress bar follows it layer by layer)."
-            )
+            st.caption(t("attribution.slow"))
             if not st.button(
-                f"Run {METHODS[method].label}", type="primary", key="att_run", icon=":material/play_arrow:"
+                t("attribution.run", method=METHODS[method].label),
+                type="primary",
+                key="att_run",
+                icon=":material/play_arrow:",
             ):
                 return
             res = _run(model, image, digest, method, target, used, options, allowed=True)
@@ -457,7 +508,7 @@ def render() -> None:
     st.divider()
     _channels_section(model, res.layers, scores, res.target_name())
     st.divider()
-    st.subheader("Can I trust these maps?")
+    st.subheader(t("attribution.trust"))
     _sanity_panel(model, image, digest, res.target[0])
     _faithfulness_panel(model, image, digest, method, res.layers, res.target[0])
 
@@ -492,23 +543,18 @@ def _sanity_panel(model: LoadedModel, image: Image.Image, digest: str, target: i
     key = ("sanity", model_key(model), digest, target, tuple(chosen))
     data = _store().get(key)
     clicked = bool(st.session_state.get("att_sanity_run"))
-    title = "Sanity check: do the maps change when the network's weights are destroyed?"
-    with st.expander(title, expanded=data is not None or clicked):
-        methods = st.multiselect("Methods", list(labels), default=usable, format_func=labels.get, key="att_sanity")
-        st.caption(
-            "On a copy of the model, the blocks are randomized one by one from the classifier down to the stem; after "
-            "each step every method's maps are recomputed for this image and class and compared with the original "
-            f"(Spearman rank correlation of |map|, and SSIM). A method **passes** when its maps have decorrelated "
-            f"(Spearman below {PASS_BELOW}) once the top blocks holding half the weights are random (shaded). "
-            "Adebayo et al. (2018): gradients and Grad-CAM pass; Guided Backprop does not, it mostly shows edges."
+    with st.expander(t("attribution.sanity"), expanded=data is not None or clicked):
+        methods = st.multiselect(
+            t("attribution.sanity.methods"), list(labels), default=usable, format_func=labels.get, key="att_sanity"
         )
+        st.caption(t("attribution.sanity.caption", threshold=number(PASS_BELOW)))
         if not methods:
             return
         if data is None:
             slot = st.empty()
             with slot.container():
-                st.caption(f"About {sanity_cost(model, methods)} passes through the network.")
-                if not st.button("Run the sanity check", key="att_sanity_run", icon=":material/science:"):
+                st.caption(t("attribution.sanity.cost", n=number(sanity_cost(model, methods))))
+                if not st.button(t("attribution.sanity.run"), key="att_sanity_run", icon=":material/science:"):
                     return
             slot.empty()
             try:
@@ -516,16 +562,17 @@ def _sanity_panel(model: LoadedModel, image: Image.Image, digest: str, target: i
                 def run(cb: Any) -> Any:
                     return sanity_check(model, image, methods, "all", target, progress=cb)
 
-                data = _trust_run(key, "Randomizing from the top: method-steps", run)
+                data = _trust_run(key, t("attribution.sanity.progress"), run)
             except Exception as exc:
                 show_error(exc)
                 return
         st.plotly_chart(sanity_figure(data), key="att_sanity_chart")
         for rec in data["methods"].values():
-            mark = ":green[**pass**]" if rec["passed"] else ":red[**fail**]"
+            passed, failed = t("charts.sanity.pass"), t("charts.sanity.fail")
+            mark = f":green[**{passed}**]" if rec["passed"] else f":red[**{failed}**]"
             st.markdown(f"{mark} · {rec['verdict']}")
         for name, why in data.get("skipped", {}).items():
-            st.caption(f"{labels.get(name, name)} was not run: {why}")
+            st.caption(t("attribution.sanity.skipped", method=labels.get(name, name), why=why))
 
 
 def _faithfulness_panel(
@@ -538,17 +585,12 @@ def _faithfulness_panel(
     key = ("faithfulness", model_key(model), digest, method, target, tuple(layers))
     data = _store().get(key)
     clicked = bool(st.session_state.get("att_faith_run"))
-    with st.expander("Which layer explains best: deletion and insertion curves", expanded=data is not None or clicked):
-        st.caption(
-            f"Each layer's {METHODS[method].label} map orders the pixels. Deleting the most relevant first (into a "
-            "blurred copy of the image) should make the class's probability fall fast, inserting them first should "
-            "make it rise fast. A layer's score is its gain over a random map on the same grid: "
-            "(insertion − deletion) − (random insertion − random deletion); green bars beat it on both curves."
-        )
-        st.caption(f"**Known bias.** {BIAS_NOTE}")
+    with st.expander(t("attribution.faith"), expanded=data is not None or clicked):
+        st.caption(t("attribution.faith.caption", method=METHODS[method].label))
+        st.caption(t("attribution.faith.bias", note=BIAS_NOTE))
         if data is None:
             slot = st.empty()
-            if not slot.button("Rank the layers", key="att_faith_run", icon=":material/leaderboard:"):
+            if not slot.button(t("attribution.faith.run"), key="att_faith_run", icon=":material/leaderboard:"):
                 return
             slot.empty()
             try:
@@ -556,10 +598,11 @@ def _faithfulness_panel(
                 def run(cb: Any) -> Any:
                     return faithfulness(model, image, method, layers, target, progress=cb)
 
-                data = _trust_run(key, "Deleting and inserting pixels: layers", run)
+                data = _trust_run(key, t("attribution.faith.progress"), run)
             except Exception as exc:
                 show_error(exc)
                 return
         best = data["ranking"][0]
-        st.markdown(f"**{best}** explains this prediction best by this measure ({data['layers'][best]['score']:+.3f}).")
+        score = float(data["layers"][best]["score"])
+        st.markdown(t("attribution.faith.best", layer=best, score=("+" if score >= 0 else "") + number(score, 3)))
         st.plotly_chart(faithfulness_figure(data), key="att_faith_chart")
