@@ -10,7 +10,6 @@ first visit and at the tour's steps 5 and 6; "Run the demo" stays there to run i
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -77,15 +76,6 @@ def _compare(**query: str) -> AppTest:
     return at
 
 
-def _page_shim(monkeypatch) -> None:
-    """Until the Compare page asks the demo panel on every visit (``demo_panel(base, first=first)``), it asks only
-    when there are no runs at all: make it ask, as the page will (the run picker still lists the real runs)."""
-    import explorer.ui.pages.compare as page
-
-    if "first=first" not in inspect.getsource(page.render):
-        monkeypatch.setattr(page, "list_runs", lambda: [])
-
-
 def _run_the_demo(quick_demo, bundled) -> dict[str, Any]:
     at = _compare().run()
     at.button(key="cmp_demo").click().run()
@@ -144,7 +134,6 @@ def test_a_damaged_manifest_or_a_deleted_run_is_no_demo(cache_dir, bundled, quic
 def test_a_new_session_opens_compare_on_the_demo_whatever_its_defaults(cache_dir, bundled, quick_demo, monkeypatch):
     manifest = _run_the_demo(quick_demo, bundled)
     _restart()
-    _page_shim(monkeypatch)
     at = _compare().run()  # a new session, no tuned= in its URL
     _shows_the_demo(at, manifest["run"])
     again = at.button(key="cmp_demo")
@@ -155,7 +144,6 @@ def test_a_new_session_opens_compare_on_the_demo_whatever_its_defaults(cache_dir
 def test_a_session_that_chose_its_own_model_is_left_alone(cache_dir, bundled, quick_demo, monkeypatch):
     manifest = _run_the_demo(quick_demo, bundled)
     _restart()
-    _page_shim(monkeypatch)
     _run(cache_dir, bundled)  # another run, "t1"
     at = _compare(tuned="t1").run()
     assert not at.exception

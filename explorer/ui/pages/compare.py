@@ -45,17 +45,25 @@ from explorer.ui.compare.setup import (
     set_param,
 )
 from explorer.ui.compare.store import comparison_key, get_report, put_report, subset_folder, with_renders
-from explorer.ui.i18n import page_intro
+from explorer.ui.i18n import number, page_intro, percent, seconds, t
 from explorer.ui.widgets.gallery import RenderSettings, safe_filename, settings_from_url, zip_download
 
 SECTIONS = ("Units", "Examples", "Attribution")
+
+
+def _section_label(name: str) -> str:
+    return {
+        "Units": t("compare.section.units"),
+        "Examples": t("compare.section.examples"),
+        "Attribution": t("compare.section.attribution"),
+    }.get(name, name)
 
 
 # --------------------------------------------------------------------------- the comparison
 
 
 def _progress(box: Any) -> Any:
-    bar = box.progress(0.0, text="Comparing…")
+    bar = box.progress(0.0, text=t("compare.comparing"))
     last = [0.0]
 
     def update(done: int, total: int, preview: Any = None) -> None:
@@ -65,11 +73,12 @@ def _progress(box: Any) -> Any:
         last[0] = now
         phase = preview.get("phase") if isinstance(preview, dict) else None
         what = (
-            f"Both models on the images ({preview.get('images')} so far)"
+            t("compare.progress.forward", images=number(preview.get("images") or 0))
             if phase == "forward"
-            else "A linear probe per layer"
+            else t("compare.progress.probes")
         )
-        bar.progress(min(done / max(total, 1), 1.0), text=f"{what} · step {done} of {total}")
+        step = t("compare.progress.step", done=number(done), total=number(total))
+        bar.progress(min(done / max(total, 1), 1.0), text=f"{what} · {step}")
 
     return update
 
@@ -80,20 +89,19 @@ def _comparison(base: LoadedModel, tuned: LoadedModel, data: str, root: Path, se
     report = get_report(key)
     if report is not None:
         return report
-    probes = " and a linear probe per layer" if settings["probes"] else ""
-    st.info(
-        f"Not compared yet: up to {settings['max_images']} images of {data} through both models{probes}.",
-        icon=":material/compare:",
-    )
-    if not st.button("Compare", key="cmp_run", type="primary", icon=":material/play_arrow:"):
+    what = "compare.not_compared_probes" if settings["probes"] else "compare.not_compared"
+    st.info(t(what, images=number(settings["max_images"]), data=data), icon=":material/compare:")
+    if not st.button(t("compare.run"), key="cmp_run", type="primary", icon=":material/play_arrow:"):
         return None
     left, right = st.columns([6, 1], vertical_alignment="center")
-    right.button("Stop", key="cmp_stop", icon=":material/stop:")  # any click reruns the page, which stops this run
+    right.button(
+        t("compare.stop"), key="cmp_stop", icon=":material/stop:"
+    )  # any click reruns the page, which stops this run
     started = time.perf_counter()
     report = compare(base, tuned, str(root), progress=_progress(left), **settings)
     report.data["source"] = data
     put_report(key, report)
-    st.session_state["cmp_toast"] = f"Compared in {time.perf_counter() - started:.0f} s."
+    st.session_state["cmp_toast"] = t("compare.done", time=seconds(time.perf_counter() - started, 0))
     st.rerun()  # draw the page from the stored report, without the button and the progress bar
     return report
 
@@ -109,7 +117,7 @@ def _on_chart_select() -> None:
     if layer in st.session_state.get("cmp_choices", []):
         set_param("freeze", layer)
     else:
-        st.session_state["cmp_notice"] = f"{layer} is the classifier: it always trains, so it cannot be frozen."
+        st.session_state["cmp_notice"] = t("compare.head_not_frozen", layer=layer)
 
 
 def _freeze_point(report: Any, choices: list[str]) -> str:
@@ -118,7 +126,7 @@ def _freeze_point(report: Any, choices: list[str]) -> str:
     fallback = fallback if fallback in choices else NONE
     if wanted is not None and wanted not in choices:
         st.warning(
-            f"freeze={wanted!r} is not a layer that can be frozen in this model; showing {fallback}.",
+            t("compare.bad_freeze", wanted=repr(wanted), fallback=fallback),
             icon=":material/link_off:",
         )
         wanted = None
@@ -133,7 +141,7 @@ def _use_base(spec: str) -> None:
     except Exception as exc:  # the current model stays; say why
         from explorer.ui.common import error_message
 
-        st.session_state["cmp_notice"] = f"Could not open {spec}: {error_message(exc)}"
+        st.session_state["cmp_notice"] = t("compare.could_not_open", spec=spec, error=error_message(exc))
 
 
 def _link() -> str:
@@ -152,11 +160,13 @@ def _layer_view(
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
     row = report.layer(layer)
     info = {r.name: r for r in get_ladder(base, "blocks")}.get(layer)
-    st.subheader(f"{layer}, base vs tuned")
+    st.subheader(t("compare.layer_title", layer=layer))
     st.session_state.setdefault("cmp_show", list(SECTIONS))
-    show = st.segmented_control("Show", SECTIONS, selection_mode="multi", key="cmp_show")
+    show = st.segmented_control(
+        t("compare.show"), SECTIONS, selection_mode="multi", key="cmp_show", format_func=_section_label
+    )
     if info is None or not spatial(info):
-        st.info(f"{layer} has no spatial map, so there are no unit pictures, examples or attribution maps for it.")
+        st.info(t("compare.no_spatial", layer=layer))
         return {}, {}
     files: dict[str, bytes] = {}
     renders: dict[str, Any] = {}
@@ -170,7 +180,7 @@ def _layer_view(
     for name, draw in sections:
         if name not in (show or []):
             continue
-        st.markdown(f"#### {name}")
+        st.markdown(f"#### {_section_label(name)}")
         try:
             got, pics = draw()
         except Exception as exc:
@@ -183,18 +193,26 @@ def _layer_view(
 
 def _exports(report: Any, fig: Any, layer: str | None, renders: dict[str, Any], stem: str) -> None:
     """CSV, JSON and the one-page HTML report (with `renders`, filled later in this run: it is built on click)."""
-    st.subheader("Export and share")
+    st.subheader(t("compare.export"))
     exports = [  # label, data (bytes or a callable run on click), suffix, mime, icon, key, help
-        ("Comparison CSV", report.to_csv().encode(), "csv", "text/csv", "table", "cmp_csv", None),
-        ("Comparison JSON", report.to_json().encode(), "json", "application/json", "data_object", "cmp_json", None),
+        (t("compare.export.csv"), report.to_csv().encode(), "csv", "text/csv", "table", "cmp_csv", None),
         (
-            "One-page HTML report",
+            t("compare.export.json"),
+            report.to_json().encode(),
+            "json",
+            "application/json",
+            "data_object",
+            "cmp_json",
+            None,
+        ),
+        (
+            t("compare.export.html"),
             lambda: render_html(with_renders(report, layer, renders)).encode(),
             "html",
             "text/html",
             "description",
             "cmp_html",
-            "Chart, recommendation, guide, code and the chosen layer's units; opens offline.",
+            t("compare.export.html.help"),
         ),
     ]
     for col, (label, data, suffix, mime, icon, key, tip) in zip(st.columns(3), exports, strict=True):
@@ -212,7 +230,7 @@ def _exports(report: Any, fig: Any, layer: str | None, renders: dict[str, Any], 
         import kaleido  # noqa: F401  (optional: server-side PNG export)
 
         st.download_button(
-            "Chart PNG",
+            t("compare.export.png"),
             lambda: fig.to_image(format="png", scale=2),
             file_name=f"{stem}.png",
             mime="image/png",
@@ -221,14 +239,14 @@ def _exports(report: Any, fig: Any, layer: str | None, renders: dict[str, Any], 
             key="cmp_png",
         )
     except ImportError:
-        st.caption("Chart as PNG: the camera icon at the chart's top right.")
-    st.markdown("**Link to this view** (copy button at its right)")
+        st.caption(t("compare.export.png_camera"))
+    st.markdown(t("compare.link"))
     st.code(_link(), language="text")
 
 
 def _layer_zip(layer: str, files: dict[str, bytes], stem: str) -> None:
     zip_download(
-        st, f"Zip of {layer}'s images ({len(files)} files)", files, f"{stem}-{safe_filename(layer)}.zip",
+        st, t("compare.zip", layer=layer, n=number(len(files))), files, f"{stem}-{safe_filename(layer)}.zip",
         key="cmp_zip", disabled=not files,
     )  # fmt: skip
 
@@ -239,7 +257,7 @@ def _first_visit(base: LoadedModel, column: Any) -> None:
         data = choose_data(None, None, name="sw_data", key="sw_data")
     if data is None:
         return
-    st.subheader("Where to freeze, measured")
+    st.subheader(t("compare.sweep_title"))
     cfg = choose_sweep_settings(data[0], base)
     try:
         sweep_panel.section(base, data[0], data[1], cfg, figure=True)
@@ -251,7 +269,7 @@ def _gate(report: Any) -> None:
     rec = report.recommendation
     if rec.source == "withheld":
         tries = "".join(f"\n- {t}" for t in rec.try_next)
-        st.warning(f"**No freeze point from this comparison.** {rec.reason}{tries}", icon=":material/block:")
+        st.warning(t("compare.withheld", reason=rec.reason) + tries, icon=":material/block:")
 
 
 def _with_sweep(base: LoadedModel, report: Any, data: tuple[str, Path]) -> tuple[Any, dict[str, int]]:
@@ -262,39 +280,46 @@ def _with_sweep(base: LoadedModel, report: Any, data: tuple[str, Path]) -> tuple
     size = (report.data.get("input_size") or [None])[0]
     why = sweep_panel.refusal(measured, base, data[1], size)
     if why:  # a sweep belongs to its data, model and size: said, never applied silently
-        st.warning(f"**The stored sweep is not used.** {why}", icon=":material/block:")
+        st.warning(t("compare.sweep_not_used", why=why), icon=":material/block:")
         return report, cfg
     return with_sweep(report, measured, base), cfg
 
 
 def _caption(report: Any) -> None:
     acc = (
-        f" · tuned accuracy on them {100 * report.tuned_accuracy:.1f} %"
+        t("compare.caption.accuracy", accuracy=percent(report.tuned_accuracy, 1))
         if report.tuned_accuracy is not None
-        else " · tuned accuracy not reported"
+        else t("compare.caption.no_accuracy")
     )
+    images = report.data.get("images_used")
     st.caption(
-        f"{report.data.get('images_used')} images of {report.data.get('source')} · "
-        f"{len(report.data.get('classes') or [])} classes{acc} · {report.heldout.get('note', '')} "
-        f"{report.settings.get('pooling')}; {report.settings.get('cka')} · computed in "
-        f"{report.seconds.get('total', 0):.0f} s"
+        t(
+            "compare.caption",
+            images=number(images) if isinstance(images, (int, float)) else images,
+            source=report.data.get("source"),
+            classes=number(len(report.data.get("classes") or [])),
+            accuracy=acc,
+            note=report.heldout.get("note", ""),
+            pooling=report.settings.get("pooling"),
+            cka=report.settings.get("cka"),
+            time=seconds(report.seconds.get("total", 0), 0),
+        )
     )
 
 
 def render() -> None:
     """The Compare page."""
-    st.title("Compare")
+    st.title(t("compare.title"))
     page_intro("compare")
     toast = st.session_state.pop("cmp_toast", None)
     if toast:
         st.toast(toast, icon=":material/check:")
     base = current_model()
     first = not list_runs() and param("tuned") in (None, UPLOAD)
-    if first:
-        demo_panel(base)
+    demo_panel(base, first=first)
     top = st.columns(2, gap="large")
     with top[0]:
-        st.markdown(f"**Base** `{base.spec}` · fingerprint `{base.short_fingerprint}`")
+        st.markdown(t("compare.base", spec=base.spec, fingerprint=base.short_fingerprint))
         chosen = choose_tuned(base)
     if chosen is None:
         if first:  # with runs, the user is choosing a checkpoint to upload
@@ -308,7 +333,7 @@ def render() -> None:
             show_error(exc)
             return
         st.info(
-            f"The current model is this run itself, so it is compared with its base, {base.spec}.",
+            t("compare.run_is_current", spec=base.spec),
             icon=":material/swap_horiz:",
         )
     with top[1]:
@@ -325,7 +350,7 @@ def render() -> None:
         st.warning(note, icon=":material/warning:")
     if run and run.base_spec and run.base_spec != base.spec:
         st.button(
-            f"Use this run's base model ({run.base_spec})",
+            t("compare.use_base", spec=run.base_spec),
             key="cmp_use_base",
             on_click=_use_base,
             args=(run.base_spec,),
@@ -333,7 +358,7 @@ def render() -> None:
     try:
         report = _comparison(base, tuned, data[0], data[1], settings)
         if report is None:
-            st.subheader("Where to freeze, measured")
+            st.subheader(t("compare.sweep_title"))
             sweep_panel.section(base, data[0], data[1], choose_sweep_settings(data[0], base), figure=True)
             return
         report, sweep_cfg = _with_sweep(base, report, data)
@@ -363,12 +388,12 @@ def _page(
     st.session_state["cmp_freeze"] = point
     c = st.columns([2, 3], vertical_alignment="bottom")
     c[0].selectbox(
-        "Freeze up to (or click a layer on the chart)",
+        t("compare.freeze_pick"),
         choices,
         key="cmp_freeze",
         on_change=from_widget,
         args=("freeze", "cmp_freeze"),
-        format_func=lambda p: "none: train every layer" if p == NONE else p,
+        format_func=lambda p: t("compare.freeze_none") if p == NONE else p,
     )
     with c[1]:
         _caption(report)
@@ -379,7 +404,7 @@ def _page(
     )
     query = {k: v for k, v in st.query_params.to_dict().items() if k in ("model", "arch", "data")}
     render_panel(base, report, point, query=query)
-    st.subheader("Where to freeze, measured: the freeze sweep")
+    st.subheader(t("compare.sweep_title_full"))
     try:
         sweep_panel.section(base, data[0], data[1], sweep_cfg)
     except Exception as exc:
@@ -389,7 +414,7 @@ def _page(
     renders: dict[str, Any] = {}  # filled by the layer view below; the HTML report reads it when downloaded
     _exports(report, fig, layer, renders, stem)
     if layer is None:
-        st.info("Choose a freeze point (click a layer on the chart) to see that layer's units in both models.")
+        st.info(t("compare.choose_point"))
         return
     files, pics = _layer_view(base, tuned, report, layer, data[1], settings)
     renders.update(pics)
