@@ -57,7 +57,7 @@ def quick_demo(monkeypatch, bundled):
         save_checkpoint(module, Path(out), meta)
         return SimpleNamespace(metadata=meta)
 
-    def sweep(base, data, root, cfg, box):
+    def sweep(base, data, root, cfg, box, *, seeds="auto"):
         assert cfg == SWEEP
         from explorer.ui.compare.store import get_sweep
 
