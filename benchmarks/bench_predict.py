@@ -1,8 +1,8 @@
 """The instant freeze prediction scored against the measured sweep, on data sets of different kinds (issue 21).
 
     python benchmarks/bench_predict.py [--sets digits,textures240,textures600,shapes,photos,digits_full]
-        [--seeds 0,1,2] [--work /tmp/predict_bench] [--threads N]
-        [--out benchmarks/results/predict.json] [--md docs/science_predict.md]
+        [--seeds 0,1,2] [--evaluation auto|holdout|cv] [--sweep-seeds auto|N] [--saved]
+        [--work /tmp/predict_bench] [--threads N] [--out benchmarks/results/predict.json] [--md docs/science_predict.md]
 
 For every data set and split seed, in one process with the bundled model at 64 px:
 
@@ -13,8 +13,9 @@ For every data set and split seed, in one process with the bundled model at 64 p
    (or a run interrupted by a busy machine) only computes what is missing.
 3. Per estimator: the measured held-out accuracy of the option it predicts, against the best option's (the gap, and
    whether it is within the sweep's 2-point margin); Spearman's ρ between its per-point scores and the measured
-   accuracies across the points, per route; its seconds. Two fixed rules are scored the same way for reference:
-   "head only, linear" (the textbook feature extractor) and "train everything" (fine-tune after 'none').
+   accuracies across the points, per route; its seconds. Scored the same way for reference: each estimator's rule
+   without its raw-pixel check (the ablation: the check was added after the first digits sweep), and two fixed
+   rules, "head only, linear" (the textbook feature extractor) and "train everything" (fine-tune after 'none').
 
 The estimator that is most often within 2 points of the best (ties: the smaller mean gap, then the higher mean ρ
 of the linear route) is the winner; ``explorer.transfer.predict.DEFAULT_ESTIMATOR`` is set from it by hand.
@@ -126,11 +127,27 @@ def option_row(m: Measured, point: str, route: str) -> dict[str, Any]:
     }
 
 
+def without_pixel_check(pred: Any, name: str) -> Any:
+    """The option estimator `name` predicts by the same rule with the raw-pixel check left out (the ablation)."""
+    from explorer.transfer.predict import predict_option
+
+    return predict_option(
+        pred.points,
+        pred.scores(name),
+        name,
+        features={r.layer: r.features for r in pred.layers},
+        images_per_class=pred.data["training_images"] / max(pred.data["classes"], 1),
+        chance=pred.data["chance"],
+    )
+
+
 def score_case(pred: Any, m: Measured) -> dict[str, Any]:
     """Every estimator's (and baseline's) predicted option against the measured sweep."""
     body = [p for p in pred.points if p != "none"]
-    case: dict[str, Any] = {"estimators": {}, "baselines": {}}
+    case: dict[str, Any] = {"estimators": {}, "baselines": {}, "no_pixel_check": {}}
     for name, p in pred.predictions.items():
+        q = without_pixel_check(pred, name)
+        case["no_pixel_check"][name] = option_row(m, q.point, q.route)
         row = option_row(m, p.point, p.route)
         scores = pred.scores(name)
         for route in ("linear", "finetune"):
@@ -234,6 +251,11 @@ def markdown(result: dict[str, Any], command: str) -> str:
             f"| {n}{star} | {e['within_margin']}/{n_cases} | {pct(e['mean_gap'])} | {pct(e['worst_gap'])} | "
             f"{e['mean_rho_linear'] if e['mean_rho_linear'] is not None else '–'} | "
             f"{e['mean_rho_finetune'] if e['mean_rho_finetune'] is not None else '–'} | {e['seconds']} |"
+        )
+    for n, e in result["summary"]["no_pixel_check"].items():
+        lines.append(
+            f"| *{n}, no pixel check* | {e['within_margin']}/{n_cases} | {pct(e['mean_gap'])} | "
+            f"{pct(e['worst_gap'])} | | | |"
         )
     for n, e in base.items():
         lines.append(
@@ -369,7 +391,7 @@ def main() -> None:
                 flush=True,
             )
     table = summary(cases, "estimators")
-    result = {
+    result: dict[str, Any] = {
         "command": "python benchmarks/bench_predict.py " + " ".join(sys.argv[1:]),
         "machine": f"{os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads",
         "model": base.spec,
@@ -377,7 +399,11 @@ def main() -> None:
         "input_size": SIZE,
         "margin": MARGIN,
         "cases": cases,
-        "summary": {"estimators": table, "baselines": summary(cases, "baselines")},
+        "summary": {
+            "estimators": table,
+            "no_pixel_check": summary(cases, "no_pixel_check"),
+            "baselines": summary(cases, "baselines"),
+        },
         "winner": winner(table),
     }
     out = Path(args.out)

@@ -8,7 +8,9 @@ global scale of the features changes neither LogME nor Fisher's ratio.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,7 +41,9 @@ from explorer.transfer.predict import (
 from explorer.transfer.sweep_tasks import auto_points
 
 
-def clusters(n_per: int = 40, classes: int = 3, dim: int = 16, gap: float = 4.0, seed: int = 0):
+def clusters(
+    n_per: int = 40, classes: int = 3, dim: int = 16, gap: float = 4.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian clusters, one per class, `gap` standard deviations apart along random directions."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(classes, dim))
@@ -65,7 +69,9 @@ def test_every_estimator_scores_separable_classes_above_shuffled_labels(estimato
 
 
 @pytest.mark.parametrize("fn", [probe_accuracy, knn_accuracy, centroid_accuracy])
-def test_accuracy_estimators_read_near_one_when_separable_and_near_chance_when_shuffled(fn) -> None:
+def test_accuracy_estimators_read_near_one_when_separable_and_near_chance_when_shuffled(
+    fn: Callable[[np.ndarray, np.ndarray], float],
+) -> None:
     x, y = clusters(n_per=50)
     assert fn(x, y) >= 0.9
     assert fn(x, shuffled(y)) <= 0.55  # chance is 1/3; 150 images leave room for luck, not for 0.9
@@ -174,7 +180,7 @@ class Recording(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
         self.read.add(i)
         rng = np.random.default_rng(i)
         arr = rng.integers(0, 90, size=(40, 40, 3))
@@ -212,7 +218,7 @@ def serve_tiny(monkeypatch: pytest.MonkeyPatch, tiny: LoadedModel) -> None:
     """The CLI's model loader answers the tiny test model for its spec (no second load)."""
     real = explorer.models.load_model
 
-    def load(spec: str = explorer.models.DEFAULT_SPEC, **kwargs: object) -> LoadedModel:
+    def load(spec: str = explorer.models.DEFAULT_SPEC, **kwargs: Any) -> LoadedModel:
         return tiny if spec == "tiny" else real(spec, **kwargs)
 
     monkeypatch.setattr(explorer.models, "load_model", load)
