@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from conftest import CHROMIUM, CHROMIUM_ARGS, start_app, stop_app, wait_idle
+from conftest import CHROMIUM, start_app, stop_app, wait_idle
 from PIL import Image
 
 pytestmark = pytest.mark.e2e  # ~60-90 s: its own server, four pages, about forty script runs
@@ -47,16 +47,15 @@ def fenced_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
 
 
 @pytest.fixture(scope="module")
-def tab(fenced_app):
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = chromium.new_context(viewport={"width": 1440, "height": 900}).new_page()
-        page.set_default_timeout(90_000)
-        try:
-            yield page
-        finally:
-            chromium.close()
+def tab(fenced_app, browser):
+    """A tab of the session's one browser (a second sync Playwright in the same thread is refused)."""
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(90_000)
+    try:
+        yield page
+    finally:
+        context.close()
 
 
 def _go(tab, url: str) -> None:
