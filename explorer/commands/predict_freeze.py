@@ -57,6 +57,12 @@ def register(subparsers: Any) -> None:
         help=f"the estimator whose prediction is the headline (default {DEFAULT_ESTIMATOR}; every one is computed)",
     )
     p.add_argument("--folds", type=positive_int, default=FOLDS, help=f"cross-validation folds (default {FOLDS})")
+    p.add_argument(
+        "--pixel-check",
+        action="store_true",
+        help="predict training every layer when the raw pixels (8×8) score higher than the pretrained features at "
+        "some point (off by default: it did not measure better, docs/science_predict.md)",
+    )
     p.add_argument("--json", action="store_true", help="print the prediction as JSON")
     p.set_defaults(func=cmd_predict_freeze)
 
@@ -82,6 +88,7 @@ def cmd_predict_freeze(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         estimator=args.estimator,
         folds=args.folds,
+        pixel_check=args.pixel_check,
         progress=progress_bar("predicting"),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
