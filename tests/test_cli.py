@@ -10,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import explorer.cli as cli
 import explorer.commands.models as model_commands
@@ -288,3 +290,20 @@ def test_load_model_arg_passes_model_arch_and_device(monkeypatch: pytest.MonkeyP
     assert seen == {"spec": "x.pt", "arch": "timm:resnet18", "device": "cpu"}
     cli.load_model_arg(parser.parse_args([]))
     assert seen == {"spec": explorer.models.DEFAULT_SPEC, "arch": None, "device": None}
+
+
+def test_render_flags_grey_renders_on_the_sheet_and_in_the_summary(
+    capsys: pytest.CaptureFixture[str], use_bundled: list[str], tmp_path: Path
+) -> None:
+    """One optimisation step leaves every picture near its grey start: the quality check must say so, in the printed
+    summary and on the contact sheet's labels (the pixels flagged are the ones written)."""
+    from explorer.trust import image_quality
+
+    out = tmp_path / "r"
+    assert main(["render", "--layer", "blocks.1.1", "--channels", "0-3", "--steps", "1", "--out", str(out),
+                 "--no-cache"]) == 0  # fmt: skip
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    flags = [image_quality(np.asarray(Image.open(out / f"blocks.1.1-{u}.png").convert("RGB"))).flags for u in range(4)]
+    assert all("grey" in f for f in flags), flags
+    collapsed = sum("collapsed" in f for f in flags)
+    assert line.endswith("quality flags: 4 of 4: grey 4" + (f", collapsed {collapsed}" if collapsed else ""))

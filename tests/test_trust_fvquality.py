@@ -14,6 +14,7 @@ from torch import nn
 
 from explorer.models import LoadedModel
 from explorer.trust import activation_reached, diversity_score, fv_quality, image_quality, unit_quality
+from explorer.trust.fvquality import flagged_labels
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +109,12 @@ def test_fv_quality_renders_and_compares_with_dataset_examples(color_folder: Pat
         assert "inactive" not in u.flags
     div = fv_quality(model, "units", [0], preset, diverse=3, cache=False)
     assert len(div[0].images) == 3 and div[0].diversity is not None and div[0].diversity >= 0
+
+
+def test_flagged_labels_mark_only_the_flagged_images(astronaut: np.ndarray) -> None:
+    photo = np.asarray(Image.fromarray(astronaut).resize((96, 96), Image.Resampling.LANCZOS))
+    flat = np.full((96, 96, 3), 128, np.uint8)
+    labels, summary = flagged_labels([photo, flat, photo], ["0", "1", "2"])
+    assert labels == ["0", "1 (grey, collapsed)", "2"]
+    assert summary == "1 of 3: grey 1, collapsed 1"
+    assert flagged_labels([photo], ["7"]) == (["7"], "0 of 1")

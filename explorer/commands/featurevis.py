@@ -99,6 +99,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from explorer.featurevis.objectives import for_unit
     from explorer.featurevis.sheet import contact_sheet
     from explorer.featurevis.store import render_cached
+    from explorer.trust.fvquality import flagged_labels
 
     units = parse_units(args.channels)
     model = load_model_arg(args)
@@ -119,13 +120,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for name, data in zip(names, result.png, strict=True):
         (args.out / f"{name}.png").write_bytes(data)
-    labels = [n.removeprefix(f"{args.layer}-") for n in names]
+    labels, flagged = flagged_labels(result.images, [n.removeprefix(f"{args.layer}-") for n in names])
     sheet = args.out / f"{args.layer}-sheet.png"
     contact_sheet(result.images, labels, cols=min(8, len(names))).save(sheet)
     hits = int(result.hits.sum())
     print(
         f"wrote {len(names)} images and {sheet.name} to {args.out} in {time.perf_counter() - start:.1f} s "
-        f"({hits} from the cache, {len(names) - hits} rendered)"
+        f"({hits} from the cache, {len(names) - hits} rendered); quality flags: {flagged}"
     )
     return 0
 
@@ -135,6 +136,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     from explorer.featurevis.objectives import channel
     from explorer.featurevis.sheet import contact_sheet
     from explorer.featurevis.store import render_cached
+    from explorer.trust.fvquality import flagged_labels
 
     if args.per_layer < 1:
         raise ExplorerError("--per-layer must be at least 1.")
@@ -155,13 +157,12 @@ def cmd_atlas(args: argparse.Namespace) -> int:
             model, [channel(name, u) for u in units], args.preset, seed=args.seed, steps=args.steps,
             size=args.size, progress=progress_bar(name), batch_size=args.batch_size, cache=cache,
         )  # fmt: skip
+        labels, flagged = flagged_labels(result.images, [str(u) for u in units])
         if args.out:
-            contact_sheet(result.images, [str(u) for u in units], cols=min(8, len(units))).save(
-                args.out / f"{name}-sheet.png"
-            )
+            contact_sheet(result.images, labels, cols=min(8, len(units))).save(args.out / f"{name}-sheet.png")
         table.append(
             {"layer": name, "units": len(units), "cached": int(result.hits.sum()),
-             "seconds": round(time.perf_counter() - start, 1)}
+             "seconds": round(time.perf_counter() - start, 1), "flagged": flagged}
         )  # fmt: skip
     print_table(table)
     print(f"cache: {cache.root}", file=sys.stderr)
@@ -172,6 +173,7 @@ def _atlas_on_ray(args: argparse.Namespace, layers: list[str] | None) -> int:
     """`atlas --ray`: the same images, rendered by (layer x chunk) tasks on Ray workers (explorer.distributed)."""
     from explorer.distributed import atlas
     from explorer.featurevis.sheet import contact_sheet
+    from explorer.trust.fvquality import flagged_labels
 
     report = atlas(
         args.model, arch=args.arch, layers=layers, per_layer=None if args.all else args.per_layer,
@@ -179,13 +181,16 @@ def _atlas_on_ray(args: argparse.Namespace, layers: list[str] | None) -> int:
         ray=args.ray, device=args.device, workers=args.workers, chunk=args.chunk, batch_size=args.batch_size,
         progress=progress_bar("atlas"),
     )  # fmt: skip
+    rows = report.rows
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        for layer, units in report.plan.units.items():
-            contact_sheet(report.images(layer), [str(u) for u in units], cols=min(8, len(units))).save(
-                args.out / f"{layer}-sheet.png"
-            )
-    print_table(report.rows)
+    for row in rows:
+        layer = row["layer"]
+        images = report.images(layer)
+        labels, row["flagged"] = flagged_labels(images, [str(u) for u in report.plan.units[layer]])
+        if args.out:
+            contact_sheet(images, labels, cols=min(8, len(labels))).save(args.out / f"{layer}-sheet.png")
+    print_table(rows)
     print(
         f"Ray: {report.executed} task(s) on {len(report.workers)} worker(s), {report.retries} rerun after a worker "
         f"died, {report.seconds:.1f} s; cache: {report.cache_root}",

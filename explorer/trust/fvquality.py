@@ -92,6 +92,20 @@ def image_quality(image: np.ndarray) -> ImageQuality:
     return ImageQuality(std, saturated, high, spatial, tuple(flags))
 
 
+def flagged_labels(images: Sequence[np.ndarray] | np.ndarray, labels: Sequence[str]) -> tuple[list[str], str]:
+    """Contact-sheet labels with each image's pixel flags appended ('12 (grey)'), and a one-cell summary of them
+    ('2 of 8: grey 1, collapsed 1', or '0 of 8'), for the CLI's render and atlas sheets and tables."""
+    out, counts, flagged = [], {}, 0
+    for image, label in zip(images, labels, strict=True):
+        flags = image_quality(image).flags
+        flagged += bool(flags)
+        for f in flags:
+            counts[f] = counts.get(f, 0) + 1
+        out.append(f"{label} ({', '.join(flags)})" if flags else str(label))
+    detail = ", ".join(f"{f} {n}" for f, n in counts.items())
+    return out, f"{flagged} of {len(out)}" + (f": {detail}" if detail else "")
+
+
 def model_batch(model: LoadedModel, images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
     """Rendered uint8 images as the network's normalised input batch, resized (bilinear) to its input size."""
     x = torch.as_tensor(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2).float() / 255.0

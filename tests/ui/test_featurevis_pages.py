@@ -330,3 +330,20 @@ def test_unit_page_explains_bad_folders_and_keeps_working(monkeypatch, tmp_path)
         assert not at.exception
         assert len(at.error) == 1 and expected in at.error[0].value, [e.value for e in at.error]
         assert _images(at) == 7  # the visualizations are still there
+
+
+def test_grey_renders_carry_their_flag_on_the_tile_in_the_pages_language(monkeypatch):
+    """A real render stopped after one step is still its grey start: every final tile says so, in Portuguese on a
+    pt-BR page, with the flags' meaning in the tooltip; a full-length fake texture raises no flag."""
+    renders = Renders(monkeypatch, fake=False)
+    at = _open("progression", per_stage="1", lang="pt-BR", preset="fast", steps="1", size="64")
+    _ok(at)
+    finals = [c for c in at.caption if re.match(r"^unidade \d+ · ", c.value)]
+    assert len(finals) == renders.images >= 5  # one tile per render, every one final
+    assert all("⚠ cinza" in c.value for c in finals), [c.value for c in finals]
+    assert all("renderização ficou cinza" in c.proto.help for c in finals)
+    Renders(monkeypatch, fake=True)  # textures: their pixels raise no flag, and neither do their tiles
+    clean = _open("progression", per_stage="1", **TINY)
+    _ok(clean)
+    shown = [c.value for c in clean.caption if re.match(r"^unit \d+ · ", c.value)]
+    assert shown and not [c for c in shown if "⚠" in c]

@@ -37,7 +37,9 @@ from explorer.featurevis.activity import Activity, activity
 from explorer.featurevis.store import plan_render, render_key
 from explorer.jobs import Flight, job_queue, shared_work
 from explorer.models import LoadedModel
+from explorer.trust.fvquality import image_quality
 from explorer.ui.common import ARCH_KEY, SPEC_KEY, progress_callback
+from explorer.ui.i18n import t
 from explorer.ui.widgets.images import as_png
 from explorer.ui.widgets.queue import turn, waiting_text
 
@@ -119,13 +121,19 @@ class Tile:
     def show(self, image: np.ndarray | bytes | None, caption: str | None = None, flags: Sequence[str] = ()) -> None:
         """Draw (or redraw) the image (an array, or its PNG bytes); None draws a grey square (HTML: no media file to
         go missing). `flags`: the picture's quality flags (`explorer.trust.image_quality`: grey, saturated,
-        collapsed, …), appended to the caption as '⚠ grey, saturated'."""
+        collapsed, …), appended to the caption as '⚠ grey, saturated' in the page's language, with the flags'
+        meaning in the caption's tooltip."""
         if image is None:
             self._image.markdown(PLACEHOLDER_HTML, unsafe_allow_html=True)
         else:
             self._image.image(as_png(image), width="stretch", output_format="PNG")
-        if caption is not None:
-            self._caption.caption(f"{caption} · ⚠ {', '.join(flags)}" if flags else caption)
+        if caption is None:
+            return
+        if flags:
+            words = ", ".join(t(f"tiles.flag.{f}") for f in flags)
+            self._caption.caption(f"{caption} · ⚠ {words}", help=t("tiles.flag.help"))
+        else:
+            self._caption.caption(caption)
 
     def show_inactive(self, state: Activity, caption: str | None = None) -> None:
         """Mark the unit as inactive, with the value its objective ended at, instead of drawing a picture."""
@@ -528,9 +536,9 @@ def _fill(
     state = activity(curve, image)
     out.images[i], out.png[i], out.values[i], out.inactive[i] = image, data, state.final, state.inactive
     if state.inactive:
-        tiles[i].show_inactive(state, f"{captions[i]} · inactive · {state.final:.2f}")
-    else:
-        tiles[i].show(data or image, f"{captions[i]} · {state.final:.2f}")
+        tiles[i].show_inactive(state, f"{captions[i]} · {t('tiles.flag.inactive')} · {state.final:.2f}")
+    else:  # the finished picture's quality flags (grey, saturated, collapsed), from its pixels: about 1 ms
+        tiles[i].show(data or image, f"{captions[i]} · {state.final:.2f}", flags=image_quality(image).flags)
 
 
 def _preview_into(tiles: Sequence[Tile], captions: Sequence[str], batch: list[int]) -> Any:
