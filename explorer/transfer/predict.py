@@ -56,6 +56,7 @@ ESTIMATORS = ("probe", "logme", "knn", "centroid", "fisher")
 # over 26 (data set, split) cases the nearest-centroid rule's option was within 2 points of the best measured option
 # 25 times; the pixel check made centroid and probe worse (24 and 23 of 26), logme and fisher better, none the best.
 DEFAULT_ESTIMATOR = "centroid"
+MEASURED_WITHIN, MEASURED_CASES = 25, 26  # what the app says of DEFAULT_ESTIMATOR: within the margin in 25 of 26
 PIXEL_CHECK = False
 ACCURACY_ESTIMATORS = ("probe", "knn", "centroid")  # scores that are accuracies (chance … 1)
 SAMPLE = 1000  # images scored at most (a stratified sample of the split's training part): a stable ranking in < 60 s
@@ -381,6 +382,27 @@ class PredictReport:
         """Point → `estimator`'s score."""
         return {row.layer: row.scores[estimator] for row in self.layers if estimator in row.scores}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PredictReport:
+        """The report `to_dict` wrote (a PredictError when it is another format or damaged)."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise PredictError("Not a freeze prediction (another format).")
+        try:
+            return cls(
+                prediction=Prediction(**d["prediction"]),
+                predictions={k: Prediction(**v) for k, v in d["predictions"].items()},
+                layers=[LayerScores(**row) for row in d["layers"]],
+                pixels={k: float(v) for k, v in d["pixels"].items()},
+                points=[str(p) for p in d["points"]],
+                base=dict(d["base"]),
+                data=dict(d["data"]),
+                settings=dict(d["settings"]),
+                seconds=float(d["seconds"]),
+                timing={k: float(v) for k, v in (d.get("timing") or {}).items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PredictError(f"A damaged freeze prediction: {exc}") from exc
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
@@ -583,6 +605,8 @@ def predict_freeze(
 __all__ = [
     "DEFAULT_ESTIMATOR",
     "ESTIMATORS",
+    "MEASURED_CASES",
+    "MEASURED_WITHIN",
     "LayerScores",
     "PredictError",
     "PIXEL_CHECK",

@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 from uiapp import app_on, run_metadata
 
 from explorer.data import list_images, resolve_data
+from explorer.transfer.predict import MEASURED_CASES, MEASURED_WITHIN
 from explorer.transfer.sweep import EPOCHS as SWEEP_EPOCHS
 from explorer.transfer.sweep import save_sweep
 from explorer.transfer.sweep_report import SweepReport, choose, make_options
@@ -118,6 +119,17 @@ def test_a_first_visit_offers_the_demo_and_the_sweep_without_a_fine_tuned_model(
     assert at.button(key="sw_run").proto.label == "Run the freeze sweep"
     assert any("global_pool" in i.value and "freeze points" in i.value for i in at.info)
     assert at.query_params["sw_epochs"] == str(SWEEP_EPOCHS) and at.query_params["sw_input"] == "64"
+    # Before any training: the prediction, labelled as one, its chart with the predicted point starred
+    said = [i.value for i in at.info if i.value.startswith("**Predicted, before any training:**")]
+    assert said and "a linear classifier on `blocks.4.2`" in said[0] and "A prediction, not a measurement" in said[0]
+    assert f"in {MEASURED_WITHIN}" in said[0] and f"{MEASURED_CASES} measured sweeps" in said[0]
+    chart = json.loads(next(c for c in at.get("plotly_chart") if c.key == "sw_predicted").proto.spec)
+    star = next(tr for tr in chart["data"] if tr.get("name") == "predicted option")
+    scores = next(tr for tr in chart["data"] if tr.get("name") == "prediction score (nearest centroid)")
+    assert star["x"] == ["blocks.4.2"] and star["y"][0] == max(scores["y"])  # the best-scoring point is the one starred
+    assert not list((cache_dir / "sweeps").glob("*.json")) and not list((cache_dir / "runs").glob("*"))  # no training
+    stored = list((cache_dir / "predict").rglob("*.predict.json"))
+    assert len(stored) == 1  # kept for the next visit and every other session
 
 
 def test_a_stored_sweep_is_shown_measured_on_its_own_and_decides_the_comparison(cache_dir, bundled):
@@ -128,7 +140,17 @@ def test_a_stored_sweep_is_shown_measured_on_its_own_and_decides_the_comparison(
     assert any(s.value.startswith("**Measured:**") and "blocks.4.2" in s.value for s in at.success)
     chart = next(c for c in at.get("plotly_chart") if c.key == "sw_chart")
     names = [t.get("name") for t in json.loads(chart.proto.spec)["data"]]
-    assert names == ["fine-tune after the point", "linear classifier on the point"]
+    assert names == [
+        "fine-tune after the point",
+        "linear classifier on the point",
+        "prediction score (nearest centroid)",
+        "predicted option",
+    ]
+    beside = [c.value for c in at.caption if c.value.startswith("Predicted before the sweep")]
+    assert beside == [
+        "Predicted before the sweep: a linear classifier on `blocks.4.2`. The sweep measured it at 97.5 % and chose it."
+    ]
+    assert not any(i.value.startswith("**Predicted, before") for i in at.info)  # the measured choice replaced it
     table = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
     assert (table["verdict"] == "chosen").sum() == 1 and len(table) == 11
 
@@ -139,6 +161,7 @@ def test_a_stored_sweep_is_shown_measured_on_its_own_and_decides_the_comparison(
     chart = next(c for c in at.get("plotly_chart") if c.key == "cmp_chart")
     names = {t.get("name") for t in json.loads(chart.proto.spec)["data"]}
     assert {"CKA base vs tuned", "sweep: fine-tune after the point", "sweep: linear classifier on it"} <= names
+    assert "predicted option" in names  # starred on the sweep's panel
     measured = [s.value for s in at.success if s.value.startswith("**Measured: freeze up to `blocks.4.2`")]
     assert measured and "linear classifier" in measured[0] and "CKA prediction is not used" in measured[0]
     assert at.query_params["freeze"] == "blocks.4.2"
@@ -186,4 +209,5 @@ def test_the_demo_fills_the_page_with_a_run_its_comparison_and_the_sweep(cache_d
     chart = next(c for c in at.get("plotly_chart") if c.key == "cmp_chart")
     names = {t.get("name") for t in json.loads(chart.proto.spec)["data"]}
     assert {"CKA base vs tuned", "sweep: fine-tune after the point", "sweep: linear classifier on it"} <= names
+    assert "predicted option" in names  # starred on the sweep's panel
     assert all(b.key != "cmp_run" for b in at.button) and all(b.key != "sw_run" for b in at.button)

@@ -18,6 +18,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from explorer.transfer.predict import Prediction
 from explorer.transfer.report import ChartSeries, ComparisonReport, LayerComparison, chart_series, finite
 from explorer.transfer.sweep_report import SweepReport
 from explorer.ui.i18n import number, percent, plotly_separators, t
@@ -31,7 +32,9 @@ COLOURS = {
     "parts": "#17becf",
     "finetune": "#9467bd",
     "linear": "#ff7f0e",
+    "predicted": "#e377c2",
 }
+PredictionMarks = tuple[Mapping[str, float], Prediction]  # point → the estimator's score, and the prediction
 ZONE_COLOURS = {"generic": "#54A24B", "specific": "#F58518", "head": "#9D9D9D"}
 ZONE_LABELS = {"generic": "charts.zone.generic", "specific": "charts.zone.specific", "head": "charts.zone.head"}
 
@@ -217,16 +220,63 @@ def _sweep(fig: go.Figure, cs: ChartSeries) -> None:
         )
 
 
+def _star(x: str, y: float, hover: str) -> go.Scatter:
+    return go.Scatter(
+        x=[x],
+        y=[y],
+        mode="markers",
+        name=t("charts.predict.mark"),
+        marker={"size": 18, "symbol": "star", "color": COLOURS["predicted"], "line": {"color": "#fff", "width": 1}},
+        hovertemplate=hover + "<extra></extra>",
+    )
+
+
+def _score_line(scores: Mapping[str, float], order: list[str]) -> go.Scatter:
+    xs = [p for p in order if p in scores]
+    return go.Scatter(
+        x=xs,
+        y=[scores[p] for p in xs],
+        mode="lines+markers",
+        name=t("charts.predict.scores"),
+        line={"color": COLOURS["predicted"], "width": 1.5, "dash": "dot"},
+        marker={"size": 5},
+        hovertemplate="%{x}: %{y:.1%}<extra>" + t("charts.predict.scores") + "</extra>",
+    )
+
+
+def _predicted(fig: go.Figure, cs: ChartSeries, prediction: PredictionMarks, swept: bool) -> None:
+    """The predicted option: starred at its measured accuracy on the sweep's panel; without a sweep, the scores as
+    a dotted curve on the top panel (an accuracy, like the probe's) with the predicted point starred."""
+    scores, p = prediction
+    hover = f"{t('charts.predict.mark')}: {p.point} ({p.route})"
+    if swept:
+        opts = cs.sweep.get(p.route) or []
+        for name, o in zip(cs.names, opts, strict=False):
+            if o is not None and name == p.point:
+                fig.add_trace(_star(name, o.accuracy, hover + " · %{y:.1%}"), row=2, col=1)
+        return
+    fig.add_trace(_score_line(scores, cs.names), row=1, col=1, secondary_y=False)
+    if p.point in scores and p.point in cs.names:
+        fig.add_trace(_star(p.point, scores[p.point], hover + " · %{y:.1%}"), row=1, col=1, secondary_y=False)
+
+
 def _sweep_range(cs: ChartSeries) -> list[float]:
     lows = [o.low for opts in cs.sweep.values() for o in opts if o] + ([cs.sweep_all.low] if cs.sweep_all else [])
     return [max(0.0, min(lows, default=0.0) - 0.02), 1.005]
 
 
 def comparison_figure(
-    report: ComparisonReport, freeze_after: str | None = None, *, similar_cka: float | None = None, height: int = 480
+    report: ComparisonReport,
+    freeze_after: str | None = None,
+    *,
+    similar_cka: float | None = None,
+    height: int = 480,
+    prediction: PredictionMarks | None = None,
 ) -> go.Figure:
     """The per-layer curves of a ComparisonReport, zones shaded, the recommended and chosen freeze points marked;
-    with a sweep, a second panel under them: held-out accuracy at each freeze point, on its own scale."""
+    with a sweep, a second panel under them: held-out accuracy at each freeze point, on its own scale. With a
+    `prediction`: its option starred on the sweep's panel, or (no sweep yet) its scores as a curve with the predicted
+    point starred."""
     rows = list(report.layers)
     cs = chart_series(report)
     threshold = similar_cka if similar_cka is not None else float(report.settings.get("similar_cka", 0.9))
@@ -275,6 +325,8 @@ def comparison_figure(
     _line(fig, cs.names, cs.weight, weight_label(cs.weight_label), COLOURS["weight"], secondary=True)
     if swept:
         _sweep(fig, cs)
+    if prediction is not None:
+        _predicted(fig, cs, prediction, swept)
     _zones(fig, rows, threshold)
     _marks(fig, report, rows, freeze_after)
     _layout(fig, cs, bottom, top, height + (220 if swept else 0))
@@ -385,8 +437,34 @@ def export_config(file_stem: str) -> dict[str, Any]:
     }
 
 
-def sweep_figure(sweep: SweepReport, height: int = 380) -> go.Figure:
-    """A sweep alone (no comparison yet): held-out accuracy at each freeze point by route, 95 % intervals, chance."""
+def prediction_figure(
+    prediction: PredictionMarks, points: list[str], chance: float | None, height: int = 340
+) -> go.Figure:
+    """A prediction alone (no sweep yet): the estimator's score at each freeze point, the predicted point starred."""
+    scores, p = prediction
+    fig = go.Figure()
+    fig.add_trace(_score_line(scores, points))
+    if p.point in scores:
+        fig.add_trace(_star(p.point, scores[p.point], f"{t('charts.predict.mark')}: {p.point} · %{{y:.1%}}"))
+    if chance is not None and finite(chance):
+        fig.add_hline(y=chance, line={"color": "#999", "width": 1, "dash": "dot"}, annotation_text=t("charts.chance"))
+    fig.update_xaxes(
+        type="category", categoryorder="array", categoryarray=points, title_text=t("charts.axis.freeze_point")
+    )
+    fig.update_yaxes(title_text=t("charts.axis.predict"), tickformat=".0%")
+    fig.update_layout(
+        height=height,
+        separators=plotly_separators(),
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+    )
+    return fig
+
+
+def sweep_figure(sweep: SweepReport, height: int = 380, prediction: PredictionMarks | None = None) -> go.Figure:
+    """A sweep alone (no comparison yet): held-out accuracy at each freeze point by route, 95 % intervals, chance;
+    with a `prediction`, the scores it was made from (dotted) and the predicted option starred at its measured
+    accuracy."""
     points = list(dict.fromkeys(o.point for o in sweep.options))
     fig = go.Figure()
     for route in ("finetune", "linear"):
@@ -417,6 +495,13 @@ def sweep_figure(sweep: SweepReport, height: int = 380) -> go.Figure:
                 "<extra></extra>",
             )
         )
+    if prediction is not None:
+        scores, p = prediction
+        fig.add_trace(_score_line(scores, points))
+        measured = next((o for o in sweep.options if o.point == p.point and o.route == p.route), None)
+        if measured is not None:
+            hover = f"{t('charts.predict.mark')}: {measured.label} · %{{y:.1%}}"
+            fig.add_trace(_star(p.point, measured.accuracy, hover))
     if finite(sweep.chance):
         fig.add_hline(
             y=sweep.chance, line={"color": "#999", "width": 1, "dash": "dot"}, annotation_text=t("charts.chance")

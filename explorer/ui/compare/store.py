@@ -22,6 +22,7 @@ import streamlit as st
 
 from explorer.cache import Cache, cache_root, make_key
 from explorer.transfer.checkpoints import write_atomic
+from explorer.transfer.predict import PredictError, PredictReport
 from explorer.transfer.report import ComparisonReport, LayerComparison, Recommendation
 from explorer.transfer.sweep import SweepError, SweepReport, load_sweep
 
@@ -145,6 +146,36 @@ def stored_tasks(path: Path) -> int:
 def comparison_key(base_fp: str, tuned_fp: str, data: str, signature: str, settings: dict[str, Any]) -> str:
     """The key the page and the demo both store a comparison under (its settings and the data's name included)."""
     return report_key(base_fp, tuned_fp, signature, {**settings, "data": data})
+
+
+# --------------------------------------------------------------------------- freeze predictions
+
+PREDICT_KIND = "predict"
+PREDICT_SUFFIX = ".predict.json"
+
+
+def prediction_key(base_fp: str, data_signature: str, settings: dict[str, Any]) -> str:
+    """The cache key of a freeze prediction: the base model, the images and the split/size settings it shares with
+    the sweep it is shown beside."""
+    return make_key(kind=PREDICT_KIND, version=1, base=base_fp, data=data_signature, settings=settings)
+
+
+def get_prediction(key: str, cache: Cache | None = None) -> PredictReport | None:
+    """The stored prediction for `key`, or None (none, another format, damaged: predict again)."""
+    entry = (cache or Cache()).get(PREDICT_KIND, key, suffix=PREDICT_SUFFIX)
+    if entry is None:
+        return None
+    try:
+        return PredictReport.from_dict(json.loads(entry.data))
+    except (PredictError, ValueError):
+        return None
+
+
+def put_prediction(key: str, report: PredictReport, cache: Cache | None = None) -> None:
+    """Keep a prediction on disk for every session (an unwritable cache only loses the copy)."""
+    meta = {"base": report.base.get("spec"), "data": report.data.get("source")}
+    with contextlib.suppress(OSError):
+        (cache or Cache()).put(PREDICT_KIND, key, json.dumps(report.to_dict()).encode(), meta, suffix=PREDICT_SUFFIX)
 
 
 # --------------------------------------------------------------------------- the demo's manifest

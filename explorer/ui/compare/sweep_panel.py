@@ -15,11 +15,13 @@ import pandas as pd
 import streamlit as st
 
 from explorer.models import LoadedModel
+from explorer.transfer.predict import PredictReport
 from explorer.transfer.report_html import render_sweep_html
 from explorer.transfer.settings import FinetuneSettings
 from explorer.transfer.sweep import SweepReport, mismatch, sweep, sweep_settings
 from explorer.transfer.sweep_tasks import auto_points
-from explorer.ui.compare.charts import sweep_figure
+from explorer.ui.compare import prediction
+from explorer.ui.compare.charts import prediction_figure, sweep_figure
 from explorer.ui.compare.setup import data_signature
 from explorer.ui.compare.store import get_sweep, stored_tasks, sweep_path
 from explorer.ui.i18n import number, percent, seconds, t
@@ -147,8 +149,14 @@ def options_frame(report: SweepReport) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def show(report: SweepReport, *, key: str, figure: bool) -> None:
-    """The sweep's choice, table (and curve when there is no comparison chart to carry it), and its files."""
+def predicted(model: LoadedModel, data: str, root: Path, cfg: dict[str, int]) -> PredictReport | None:
+    """The freeze prediction for the images and split this sweep uses (stored, or made now in seconds)."""
+    return prediction.safe(model, data, root, settings_for(cfg))
+
+
+def show(report: SweepReport, *, key: str, figure: bool, pred: PredictReport | None = None) -> None:
+    """The sweep's choice, what it measured for the option predicted before it, table (and curve when there is no
+    comparison chart to carry it), and its files."""
     c = report.choice
     if c.point is None:
         tries = "".join(f"\n- {t}" for t in c.try_next)
@@ -164,8 +172,10 @@ def show(report: SweepReport, *, key: str, figure: bool) -> None:
                     choice=percent(c.choice_accuracy or 0, 1),
                 )
             )
+    if pred is not None:
+        prediction.beside_measured(pred, report)
     if figure:
-        st.plotly_chart(sweep_figure(report), key=f"{key}_chart")
+        st.plotly_chart(sweep_figure(report, prediction=prediction.scores_for_chart(pred)), key=f"{key}_chart")
     headers = {name: t(key) for name, key in COLUMNS}
     fmt = {
         headers["accuracy"]: st.column_config.NumberColumn(format="percent"),
@@ -209,15 +219,29 @@ def show(report: SweepReport, *, key: str, figure: bool) -> None:
 
 
 def section(
-    model: LoadedModel, data: str, root: Path, cfg: dict[str, int], *, key: str = "sw", figure: bool = False
+    model: LoadedModel,
+    data: str,
+    root: Path,
+    cfg: dict[str, int],
+    *,
+    key: str = "sw",
+    figure: bool = False,
+    pred: PredictReport | None = None,
 ) -> SweepReport | None:
-    """Show the stored sweep for these choices, or a button that runs (or resumes) it."""
+    """Show the stored sweep for these choices (with what it measured for `pred`, the prediction made before it),
+    or `pred` as a prediction and a button that runs (or resumes) the sweep."""
     path = path_for(model, root, cfg)
     report = get_sweep(path)
     if report is not None and report.complete:
-        show(report, key=key, figure=figure)
+        show(report, key=key, figure=figure, pred=pred)
         return report
     points = auto_points(model)
+    if pred is not None:
+        prediction.headline(pred)
+        marks = prediction.scores_for_chart(pred)
+        if figure and marks is not None:
+            body = [p for p in points if p != "none"]
+            st.plotly_chart(prediction_figure(marks, body, pred.data.get("chance")), key=f"{key}_predicted")
     done = stored_tasks(path)
     st.info(
         t(

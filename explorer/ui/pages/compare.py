@@ -33,6 +33,7 @@ from explorer.ui.compare.charts import comparison_figure, export_config, selecte
 from explorer.ui.compare.demo import demo_panel
 from explorer.ui.compare.freeze_panel import NONE, render_panel, summaries
 from explorer.ui.compare.layer import attribution_section, examples_section, spatial, unit_picks, units_section
+from explorer.ui.compare.prediction import scores_for_chart
 from explorer.ui.compare.setup import (
     UPLOAD,
     choose_data,
@@ -259,8 +260,9 @@ def _first_visit(base: LoadedModel, column: Any) -> None:
         return
     st.subheader(t("compare.sweep_title"))
     cfg = choose_sweep_settings(data[0], base)
+    pred = sweep_panel.predicted(base, data[0], data[1], cfg)
     try:
-        sweep_panel.section(base, data[0], data[1], cfg, figure=True)
+        sweep_panel.section(base, data[0], data[1], cfg, figure=True, pred=pred)
     except Exception as exc:
         show_error(exc)
 
@@ -359,7 +361,9 @@ def render() -> None:
         report = _comparison(base, tuned, data[0], data[1], settings)
         if report is None:
             st.subheader(t("compare.sweep_title"))
-            sweep_panel.section(base, data[0], data[1], choose_sweep_settings(data[0], base), figure=True)
+            cfg = choose_sweep_settings(data[0], base)
+            pred = sweep_panel.predicted(base, data[0], data[1], cfg)
+            sweep_panel.section(base, data[0], data[1], cfg, figure=True, pred=pred)
             return
         report, sweep_cfg = _with_sweep(base, report, data)
     except Exception as exc:
@@ -397,7 +401,8 @@ def _page(
     )
     with c[1]:
         _caption(report)
-    fig = comparison_figure(report, None if point == NONE else point)
+    pred = sweep_panel.predicted(base, data[0], data[1], sweep_cfg)
+    fig = comparison_figure(report, None if point == NONE else point, prediction=scores_for_chart(pred))
     stem = safe_filename(f"compare-{Path(str(report.tuned.get('spec'))).stem}-{data[0]}")
     st.plotly_chart(
         fig, key="cmp_chart", on_select=_on_chart_select, selection_mode=("points",), config=export_config(stem)
@@ -406,7 +411,7 @@ def _page(
     render_panel(base, report, point, query=query)
     st.subheader(t("compare.sweep_title_full"))
     try:
-        sweep_panel.section(base, data[0], data[1], sweep_cfg)
+        sweep_panel.section(base, data[0], data[1], sweep_cfg, pred=pred)
     except Exception as exc:
         show_error(exc)
     trust_panel.section(base, tuned, data[1], (report.data.get("input_size") or [None])[0])
