@@ -328,3 +328,26 @@ def test_progress_figure_marks_each_epoch_at_its_last_step_and_thins_long_runs()
     assert list(traces["validation accuracy"].x) == [1000, 2000]
     assert list(traces["validation accuracy"].y) == [0.6, 0.7]
     assert len(traces["train loss"].x) <= 2 * MAX_POINTS and traces["train loss"].x[0] == 1
+
+
+def test_the_freeze_chooser_offers_the_prediction_and_selects_its_point(bundled):
+    """No prediction stored: one button, no work done. Clicked: one pass (no run, no checkpoint), the prediction
+    labelled as one, and a button that sets the chooser (and the URL) to its point; a later visit shows it at once."""
+    at = _open(data="demo:digits")
+    assert not at.exception and not _errors(at)
+    assert at.button(key="ft_predict").proto.label == "Predict where to freeze (no training)"
+    assert not any(i.value.startswith("**Predicted") for i in at.info)
+    at.button(key="ft_predict").click().run()
+    assert not at.exception and not _errors(at)
+    said = [i.value for i in at.info if i.value.startswith("**Predicted, before any training:**")]
+    assert said and "`blocks.4.2`" in said[0] and said[0].endswith("The Compare page's sweep measures it.")
+    assert any("trains the linear classifier itself" in c.value for c in at.caption)  # the route is said
+    assert not runs.list_runs()  # a prediction trains nothing
+    at.button(key="ft_use_predicted").click().run()
+    assert at.selectbox(key="ft_freeze").value == "blocks.4.2" and at.query_params["freeze"] == "blocks.4.2"
+    expected = freeze_summary(bundled, "blocks.4.2", num_classes=10)
+    assert _param_counts(at) == (expected.trainable, expected.non_trainable, expected.total)
+    again = _open(data="demo:digits", lang="pt-BR")  # stored: shown at once, in the page's language
+    assert not again.exception
+    assert any(i.value.startswith("**Previsto, antes de qualquer treino:**") for i in again.info)
+    assert not [b for b in again.button if b.key == "ft_predict"]

@@ -124,8 +124,9 @@ def matching(sweep: SweepReport, p: Prediction) -> SweepOption | None:
     return next((o for o in sweep.options if o.point == p.point and o.route == p.route), None)
 
 
-def headline(pred: PredictReport) -> None:
-    """The prediction alone (no sweep yet): the option, why, how often it held, and what it was computed on."""
+def headline(pred: PredictReport, tail: str = "compare") -> None:
+    """The prediction alone (no sweep yet): the option, why, how often it held, and what it was computed on;
+    `tail`: which page's sentence says where it gets measured ("compare" or "finetune")."""
     p = pred.prediction
     score = pred.scores(DEFAULT_ESTIMATOR).get(p.point)
     d = pred.data
@@ -139,7 +140,9 @@ def headline(pred: PredictReport) -> None:
             within=MEASURED_WITHIN,
             cases=MEASURED_CASES,
         )
-        + (" " + t("predict.weak", chance=percent(d.get("chance", 0.0), 0)) if p.weak else ""),
+        + (" " + t("predict.weak", chance=percent(d.get("chance", 0.0), 0)) if p.weak else "")
+        + " "
+        + t(f"predict.tail.{tail}"),
         icon=":material/online_prediction:",
     )
     st.caption(t("predict.caption", seconds=number(pred.seconds, 1), size=d.get("input_size")))

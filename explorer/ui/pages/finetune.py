@@ -3,7 +3,8 @@
 Training runs in a background thread (:class:`explorer.transfer.runs.TrainingJob`), so the page redraws its progress
 every second, other pages stay usable, and Stop ends the run before its next step with the last complete
 epoch's checkpoint kept. ``?freeze=LAYER`` preselects the freeze point (the Compare page sends one) and
-``?data=demo:NAME`` a demo dataset.
+``?data=demo:NAME`` a demo dataset. With images chosen, the freeze chooser offers the freeze prediction (one pass, no
+training, :mod:`explorer.ui.compare.prediction`), shown at once when one is stored, with a button that selects it.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from explorer.data import typical_side
+from explorer.data import resolve_data, typical_side
 from explorer.layers import fixed_input_size
 from explorer.models import LoadedModel
 from explorer.transfer.finetune import FinetuneSettings
 from explorer.transfer.freeze import FreezeSummary, freeze_code, freeze_table
+from explorer.transfer.predict import predict_settings
 from explorer.transfer.resume import can_resume, saved_settings
 from explorer.transfer.runs import JobSnapshot, TrainingJob, list_runs, read_run
 from explorer.transfer.settings import suggested_input_size
 from explorer.ui.common import current_model, get_ladder, model_key, show_error
+from explorer.ui.compare import prediction
 from explorer.ui.i18n import number, page_intro, percent, plotly_separators, seconds, short_number, t
 from explorer.ui.widgets.dataset_panel import DataSummary, data_section
 from explorer.ui.widgets.figures import progress_figure
@@ -84,6 +87,40 @@ def _pick_freeze(options: list[str]) -> str:
     return point
 
 
+def _use_predicted(point: str) -> None:
+    """'Freeze up to …' under the prediction: select its point (and keep it in the URL)."""
+    st.session_state["ft_freeze"] = point
+    st.session_state["_ft_freeze_url"] = point
+    st.query_params["freeze"] = point
+
+
+def _predicted(model: LoadedModel, spec: str | None, options: list[str]) -> None:
+    """The freeze prediction for the chosen images: shown when stored (the Compare page makes one too), else a
+    button that makes it (seconds: one pass, no training); then a button selecting its point."""
+    if spec is None:
+        st.caption(t("finetune.predict.no_data"))
+        return
+    root = resolve_data(spec)
+    s = predict_settings()
+    pred = prediction.stored(model, root, s)
+    if pred is None:
+        if not st.button(
+            t("finetune.predict.button"), key="ft_predict", help=t("finetune.predict.help"),
+            icon=":material/online_prediction:",
+        ):  # fmt: skip
+            return
+        pred = prediction.safe(model, spec, root, s)
+        if pred is None:
+            return
+    prediction.headline(pred, tail="finetune")
+    p = pred.prediction
+    if p.route == "linear":
+        st.caption(t("finetune.predict.linear_note", point=p.point))
+    if p.point in options and st.session_state.get("ft_freeze") != p.point:
+        label = t("finetune.predict.use", point=p.point) if p.point != "none" else t("predict.option.all")
+        st.button(label, key="ft_use_predicted", on_click=_use_predicted, args=(p.point,), icon=":material/ac_unit:")
+
+
 def _freeze_frame(model: LoadedModel, point: str, num_classes: int | None) -> pd.DataFrame:
     rows = get_ladder(model, "blocks")
     names = [r.name for r in rows]
@@ -107,11 +144,15 @@ def _grey_frozen(row: pd.Series, frozen: str) -> list[str]:
     return [style] * len(row)
 
 
-def _freeze_section(model: LoadedModel, num_classes: int | None) -> str | None:
+def _freeze_section(model: LoadedModel, num_classes: int | None, spec: str | None = None) -> str | None:
     st.subheader(t("finetune.freeze_point"))
     with st.spinner(t("finetune.counting")):
         table = _freeze_table(model, model_key(model), num_classes)
     by_point = {s.freeze_after or "none": s for s in table}
+    try:
+        _predicted(model, spec, list(by_point))
+    except Exception as exc:  # the chooser below works without it
+        show_error(exc)
     point = _pick_freeze(list(by_point))
     s = by_point[point]
     share = percent(s.trainable_fraction, 1)
@@ -437,7 +478,7 @@ def render() -> None:
         spec, label, summary = data_section()
     with right:
         try:
-            point = _freeze_section(model, len(summary.classes) if summary else None)
+            point = _freeze_section(model, len(summary.classes) if summary else None, spec)
         except Exception as exc:
             show_error(exc)
             return
