@@ -2,7 +2,7 @@
 
     python benchmarks/bench_predict.py [--sets digits,textures240,textures600,shapes,photos,digits_full]
         [--seeds 0,1,2] [--evaluation auto|holdout|cv] [--sweep-seeds auto|N] [--saved]
-        [--work /tmp/predict_bench] [--threads N] [--out benchmarks/results/predict.json] [--md docs/science_predict.md]
+        [--work /tmp/predict_bench] [--threads N] [--out benchmarks/results/predict.json] [--md docs/science.md]
 
 For every data set and split seed, in one process with the bundled model at 64 px:
 
@@ -21,7 +21,8 @@ For every data set and split seed, in one process with the bundled model at 64 p
 
 The estimator that is most often within 2 points of the best (ties: the smaller mean gap, then the higher mean ρ
 of the linear route) is the winner; ``explorer.transfer.predict.DEFAULT_ESTIMATOR`` is set from it by hand.
-Writes the results as JSON (--out) and the tables as markdown (--md).
+Writes the results as JSON (--out) and the tables as markdown into --md, between the markers
+``<!-- predict:begin -->`` and ``<!-- predict:end -->`` (appended with them when the file has none).
 
 Data sets: ``digits`` (demo:digits, a stratified 600 of its 1,797 images), ``textures240`` and ``textures600``
 (generated oriented noise textures, 6 classes), ``shapes`` (300 generated shapes, 3 classes), ``photos`` (300
@@ -239,7 +240,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
     base = result["summary"]["baselines"]
     names = list(est)
     lines = [
-        "## Predicting the freeze point before training (issue 21)",
+        "## 5. Predicting the freeze point before training (issue 21)",
         "",
         "    " + command,
         "",
@@ -314,6 +315,21 @@ def markdown(result: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+BEGIN, END = "<!-- predict:begin -->", "<!-- predict:end -->"
+
+
+def write_section(path: Path, text: str) -> None:
+    """Put `text` between the markers in `path` (the rest of the file untouched), or append it with them."""
+    old = path.read_text() if path.exists() else ""
+    block = f"{BEGIN}\n{text.rstrip()}\n{END}"
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        new = head + block + rest.split(END, 1)[1]
+    else:
+        new = (old.rstrip() + "\n\n" if old else "") + block + "\n"
+    path.write_text(new)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", default="digits,textures240,textures600,shapes,photos,digits_full")
@@ -329,7 +345,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/predict_bench", help="generated data and the sweeps (resumed)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "predict.json"))
-    ap.add_argument("--md", default=str(ROOT / "docs" / "science_predict.md"))
+    ap.add_argument("--md", default=str(ROOT / "docs" / "science.md"))
     args = ap.parse_args()
 
     import torch
@@ -424,7 +440,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    Path(args.md).write_text(markdown(result, result["command"].strip()))
+    write_section(Path(args.md), markdown(result, result["command"].strip()))
     print(json.dumps(result["summary"], indent=1))
     print(f"winner: {result['winner']}; wrote {out} and {args.md}")
 

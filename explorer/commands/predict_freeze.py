@@ -61,7 +61,7 @@ def register(subparsers: Any) -> None:
         "--pixel-check",
         action="store_true",
         help="predict training every layer when the raw pixels (8×8) score higher than the pretrained features at "
-        "some point (off by default: it did not measure better, docs/science_predict.md)",
+        "some point (off by default: it did not measure better, docs/science.md §5)",
     )
     p.add_argument("--json", action="store_true", help="print the prediction as JSON")
     p.set_defaults(func=cmd_predict_freeze)

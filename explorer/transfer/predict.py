@@ -18,7 +18,7 @@ too: how much the pretrained features add over pixels. The predicted option foll
 lots of data, the 2×2 guide of DESIGN §6). An optional *pixel check* (train every layer when the raw pixels beat
 the pretrained features at some point) is off by default (:data:`PIXEL_CHECK`): it did not measure better.
 Which estimator the app uses (:data:`DEFAULT_ESTIMATOR`) is set from the measured comparison with full sweeps,
-``benchmarks/bench_predict.py`` (docs/science_predict.md), not assumed.
+``benchmarks/bench_predict.py`` (docs/science.md §5), not assumed.
 
 The sample is the training part of the sweep's split (same seed, held-out fraction and `max_images`): the images a
 sweep with the same settings measures on are never seen here, so scoring a prediction against that sweep is honest.
@@ -52,7 +52,7 @@ from explorer.transfer.sweep_tasks import NONE, auto_points
 
 FORMAT = "layer_explorer.predict/1"
 ESTIMATORS = ("probe", "logme", "knn", "centroid", "fisher")
-# Set from the measured table (benchmarks/bench_predict.py → benchmarks/results/predict.json, docs/science_predict.md):
+# Set from the measured table (benchmarks/bench_predict.py → benchmarks/results/predict.json, docs/science.md §5):
 # over 26 (data set, split) cases the nearest-centroid rule's option was within 2 points of the best measured option
 # 25 times; the pixel check made centroid and probe worse (24 and 23 of 26), logme and fisher better, none the best.
 DEFAULT_ESTIMATOR = "centroid"

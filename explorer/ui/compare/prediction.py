@@ -27,8 +27,9 @@ from explorer.transfer.predict import (
     predict_freeze,
 )
 from explorer.transfer.settings import FinetuneSettings
+from explorer.transfer.sweep import sweep_settings
 from explorer.transfer.sweep_report import SweepOption, SweepReport
-from explorer.ui.compare.setup import data_signature
+from explorer.ui.compare.setup import data_signature, sweep_defaults
 from explorer.ui.compare.store import get_prediction, prediction_key, put_prediction
 from explorer.ui.i18n import number, percent, t
 
@@ -45,6 +46,17 @@ def key_for(model: LoadedModel, root: Path, s: FinetuneSettings) -> str:
         "estimator": DEFAULT_ESTIMATOR,
     }
     return prediction_key(model.fingerprint, data_signature(str(root)), settings)
+
+
+def settings_of(cfg: dict[str, int]) -> FinetuneSettings:
+    """The split and size of the Compare page's sweep with these choices (epochs, input px, image cap)."""
+    return sweep_settings(cfg["epochs"], input_size=cfg["input"], max_images=cfg["images"] or None)
+
+
+def default_settings(model: LoadedModel, data: str) -> FinetuneSettings:
+    """The split and size of the Compare page's default sweep on `data`: another page's prediction is then the one
+    the Compare page shows (and the one its sweep is scored against)."""
+    return settings_of(sweep_defaults(data, model))
 
 
 def stored(model: LoadedModel, root: Path, s: FinetuneSettings) -> PredictReport | None:

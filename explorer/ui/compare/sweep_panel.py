@@ -18,7 +18,7 @@ from explorer.models import LoadedModel
 from explorer.transfer.predict import PredictReport
 from explorer.transfer.report_html import render_sweep_html
 from explorer.transfer.settings import FinetuneSettings
-from explorer.transfer.sweep import SweepReport, mismatch, sweep, sweep_settings
+from explorer.transfer.sweep import SweepReport, mismatch, sweep
 from explorer.transfer.sweep_tasks import auto_points
 from explorer.ui.compare import prediction
 from explorer.ui.compare.charts import prediction_figure, sweep_figure
@@ -29,7 +29,7 @@ from explorer.ui.i18n import number, percent, seconds, t
 
 def settings_for(cfg: dict[str, int]) -> FinetuneSettings:
     """The FinetuneSettings budget of a sweep from the page's choices (epochs, input px, image cap)."""
-    return sweep_settings(cfg["epochs"], input_size=cfg["input"], max_images=cfg["images"] or None)
+    return prediction.settings_of(cfg)
 
 
 def path_for(model: LoadedModel, root: Path, cfg: dict[str, int]) -> Path:

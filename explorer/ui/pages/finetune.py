@@ -20,7 +20,6 @@ from explorer.layers import fixed_input_size
 from explorer.models import LoadedModel
 from explorer.transfer.finetune import FinetuneSettings
 from explorer.transfer.freeze import FreezeSummary, freeze_code, freeze_table
-from explorer.transfer.predict import predict_settings
 from explorer.transfer.resume import can_resume, saved_settings
 from explorer.transfer.runs import JobSnapshot, TrainingJob, list_runs, read_run
 from explorer.transfer.settings import suggested_input_size
@@ -101,7 +100,7 @@ def _predicted(model: LoadedModel, spec: str | None, options: list[str]) -> None
         st.caption(t("finetune.predict.no_data"))
         return
     root = resolve_data(spec)
-    s = predict_settings()
+    s = prediction.default_settings(model, spec)  # the Compare page's split and size: one prediction for both
     pred = prediction.stored(model, root, s)
     if pred is None:
         if not st.button(
