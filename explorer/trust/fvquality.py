@@ -95,7 +95,9 @@ def image_quality(image: np.ndarray) -> ImageQuality:
 def flagged_labels(images: Sequence[np.ndarray] | np.ndarray, labels: Sequence[str]) -> tuple[list[str], str]:
     """Contact-sheet labels with each image's pixel flags appended ('12 (grey)'), and a one-cell summary of them
     ('2 of 8: grey 1, collapsed 1', or '0 of 8'), for the CLI's render and atlas sheets and tables."""
-    out, counts, flagged = [], {}, 0
+    out: list[str] = []
+    counts: dict[str, int] = {}
+    flagged = 0
     for image, label in zip(images, labels, strict=True):
         flags = image_quality(image).flags
         flagged += bool(flags)

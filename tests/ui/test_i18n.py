@@ -331,3 +331,71 @@ def test_the_compare_page_with_a_comparison_is_in_portuguese(bundled, monkeypatc
     assert chart["layout"]["separators"] == ",." and "CKA base × ajustado" in {d.get("name") for d in chart["data"]}
     assert any(re.fullmatch(r"\d+,\d+ [Mk]", m.proto.body) for m in at.metric)  # "4,40 M"
     assert any(re.fullmatch(r"\d{1,3}(\.\d{3})+", m.proto.help) for m in at.metric)  # "3.371.048"
+
+
+def _sentences(text: str) -> list[str]:
+    """The sentences of a catalogue text, cut at its `{fields}` and full stops (markup stripped), of 3+ words."""
+    out = []
+    for literal, *_ in string.Formatter().parse(text):
+        for piece in re.split(r"(?<=[.?!;:])\s+|\(|\)", literal):
+            piece = piece.strip(" *.,;:·")
+            if len(re.findall(r"[A-Za-z]{2,}", piece)) >= 3:
+                out.append(piece)
+    return out
+
+
+def test_the_compare_pages_first_visit_offers_the_demo_in_portuguese():
+    """No runs yet: the demo's box and button speak Portuguese, the digits counted with the Brazilian separator, and
+    no sentence of the English box is on the page."""
+    at = app_on("compare", timeout=300, lang="pt-BR").run()
+    _ok(at)
+    boxes = [i.value for i in at.info if "Primeira visita" in i.value]
+    assert len(boxes) == 1, [i.value for i in at.info]
+    assert boxes[0].startswith("**Primeira visita?** *Executar a demonstração* faz o ajuste fino do modelo atual")
+    assert "1.797 dígitos manuscritos" in boxes[0]
+    assert at.button(key="cmp_demo").proto.label == "Executar a demonstração"
+    text = page_text(at)
+    english = _sentences(catalogue("en")["compare.demo.first"]) + [catalogue("en")["compare.demo.run"]]
+    assert len(english) >= 4 and not [s for s in english if s in text], [s for s in english if s in text]
+    assert not english_left(at), english_left(at)
+
+
+def test_the_gallerys_stop_resume_and_inactive_marks_come_from_the_catalogue(monkeypatch, bundled):
+    """A stopped render of the Layer page says what is left and offers Resume in Portuguese; a unit that cannot be
+    raised is marked in Portuguese with its final value written with the decimal comma."""
+    from explorer.featurevis import channel
+    from explorer.ui.widgets.gallery import RenderSettings, render_signature, stopped_key
+
+    renders = Renders(monkeypatch, fake=True, dead=("channel(blocks.0.0:3)",))
+    key = "layer_blocks.0.0_1"
+    objs = [channel("blocks.0.0", u) for u in range(16)]
+    at = app_on("layer", timeout=300, lang="pt-BR", layer="blocks.0.0", preset="fast", steps="16", size="32")
+    at.session_state[stopped_key(key)] = render_signature(bundled, objs, RenderSettings("fast", 0, 16, 32))
+    at.run()
+    _ok(at)
+    assert not renders.calls  # stopped: nothing renders
+    stopped = [i.value for i in at.info if "16 de 16" in i.value]
+    assert stopped == ["Parado: 16 de 16 imagens ainda não foram renderizadas."], [i.value for i in at.info]
+    assert at.button(key=f"{key}_resume").proto.label == "Retomar"
+    assert not english_left(at), english_left(at)
+    at.button(key=f"{key}_resume").click().run()
+    _ok(at)
+    assert renders.images == 16
+    assert [c.value for c in at.caption if "inativa" in c.value] == ["unidade 3 · inativa · 0,00"]
+    marks = [m.value for m in at.markdown if "lx-tile-inactive" in m.value]
+    assert len(marks) == 1 and "<b>inativa</b>" in marks[0]
+    assert "o objetivo ficou em 0" in marks[0] and "valor final 0,00" in marks[0]
+    assert not english_left(at), english_left(at)
+
+
+def test_the_waiting_line_and_the_render_settings_are_written_for_the_language(monkeypatch):
+    from explorer.ui.widgets.gallery import RenderSettings
+    from explorer.ui.widgets.queue import waiting_text
+
+    monkeypatch.setattr(i18n, "language", lambda: "pt-BR")
+    assert waiting_text(1, 3.2) == "1 tarefa à frente da sua · esperando há 3 s"
+    assert waiting_text(1234, 4.4) == "1.234 tarefas à frente da sua · esperando há 4 s"
+    assert RenderSettings("fast", 7, 1024, 64).describe() == "fast · 1.024 passos · 64 px · semente 7"
+    monkeypatch.setattr(i18n, "language", lambda: "en")
+    assert waiting_text(1234, 4.4) == "1,234 jobs ahead of yours · waiting 4 s"
+    assert RenderSettings("fast", 7, 1024, 64).describe() == "fast · 1,024 steps · 64 px · seed 7"

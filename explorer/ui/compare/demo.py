@@ -27,6 +27,7 @@ from explorer.ui.common import get_model
 from explorer.ui.compare import sweep_panel
 from explorer.ui.compare.setup import comparison_settings, data_signature, param, set_param
 from explorer.ui.compare.store import comparison_key, get_demo, put_demo, put_report
+from explorer.ui.i18n import number, percent, t
 
 DATA = "demo:digits"
 FINETUNE = FinetuneSettings(input_size=64, epochs=2)  # every layer trainable: the model the comparison reads
@@ -43,7 +44,8 @@ def _bar(box: Any, what: str) -> Any:
         if done < total and now - last[0] < 0.25:
             return
         last[0] = now
-        bar.progress(min(done / max(total, 1), 1.0), text=f"{what} · {done} of {total}")
+        text = t("compare.demo.progress", what=what, done=number(done), total=number(total))
+        bar.progress(min(done / max(total, 1), 1.0), text=text)
 
     return update
 
@@ -53,29 +55,26 @@ def run_demo(base: LoadedModel) -> str:
     started = time.time()
     root = resolve_data(DATA)
     name, checkpoint = reserve_run("demo-digits", data=DATA)
-    with st.status("Running the demo on handwritten digits…", expanded=True) as status:
-        status.write(
-            f"**1 · Fine-tuning** a copy of the model (every layer trainable, {FINETUNE.input_size} px, "
-            f"{FINETUNE.epochs} epochs)"
-        )
+    with st.status(t("compare.demo.running"), expanded=True) as status:
+        status.write(t("compare.demo.step1", size=FINETUNE.input_size, epochs=number(FINETUNE.epochs)))
         state = "failed"
         try:
-            result = finetune(base, DATA, FINETUNE, out=checkpoint, progress=_bar(st, "Fine-tuning"))
+            result = finetune(base, DATA, FINETUNE, out=checkpoint, progress=_bar(st, t("compare.demo.finetuning")))
             state = "done"
         finally:
             finish_run(checkpoint, state)
-        status.write(f"Held-out accuracy {100 * result.metadata['metrics']['val_acc']:.1f} %.")
-        status.write("**2 · Comparing** base and tuned, block by block, on the held-out digits")
+        status.write(t("compare.demo.accuracy", accuracy=percent(result.metadata["metrics"]["val_acc"], 1)))
+        status.write(t("compare.demo.step2"))
         tuned = get_model(str(checkpoint))
         settings = comparison_settings(COMPARE["images"], COMPARE["input"], COMPARE["probes"])
-        report = compare(base, tuned, str(root), progress=_bar(st, "Comparing"), **settings)
+        report = compare(base, tuned, str(root), progress=_bar(st, t("compare.demo.comparing")), **settings)
         report.data["source"] = DATA
         key = comparison_key(base.fingerprint, tuned.fingerprint, DATA, data_signature(str(root)), settings)
         put_report(key, report)
-        status.write("**3 · The freeze sweep**: held-out accuracy at each freeze point, by two routes")
+        status.write(t("compare.demo.step3"))
         sweep_panel.run(base, DATA, root, SWEEP, st, seeds=1)  # one seed: the demo stays quick
         record_demo(base, name, tuned.fingerprint, started)
-        status.update(label="The demo is ready.", state="complete")
+        status.update(label=t("compare.demo.ready"), state="complete")
     return name
 
 
@@ -133,10 +132,13 @@ def open_demo(base: LoadedModel) -> dict[str, Any] | None:
 
 
 def _when(manifest: dict[str, Any]) -> str:
+    """'finished 2024-05-06 07:08' (or 'finished earlier' when the manifest has no readable date), in the
+    session's language."""
     try:
-        return datetime.fromtimestamp(float(manifest["finished"])).strftime("%Y-%m-%d %H:%M")
+        date = datetime.fromtimestamp(float(manifest["finished"])).strftime("%Y-%m-%d %H:%M")
     except (KeyError, TypeError, ValueError, OverflowError, OSError):
-        return "earlier"
+        return t("compare.demo.finished_earlier")
+    return t("compare.demo.finished", date=date)
 
 
 def demo_panel(base: LoadedModel, *, key: str = "cmp_demo", first: bool = True) -> None:
@@ -145,19 +147,11 @@ def demo_panel(base: LoadedModel, *, key: str = "cmp_demo", first: bool = True) 
     manifest = open_demo(base) or stored_demo(base)
     showing = manifest is not None and param("tuned") == manifest["run"]
     if showing and manifest is not None:
-        st.caption(
-            f"Showing the demo: `{manifest['run']}` fine-tuned on handwritten digits, compared and swept "
-            f"(finished {_when(manifest)}). *Run the demo* again to measure it anew."
-        )
-        label = "Run the demo again"
+        st.caption(t("compare.demo.showing", run=manifest["run"], finished=_when(manifest)))
+        label = t("compare.demo.again")
     elif first:
-        st.info(
-            "**First visit?** *Run the demo* fine-tunes the current model on 1,797 handwritten digits (fast "
-            "settings), compares it with the original on digits it never trained on, and measures where to freeze. "
-            "It takes a couple of minutes on a laptop CPU, with progress.",
-            icon=":material/rocket_launch:",
-        )
-        label = "Run the demo"
+        st.info(t("compare.demo.first", digits=number(1797)), icon=":material/rocket_launch:")
+        label = t("compare.demo.run")
     else:
         return
     if not st.button(label, key=key, type="primary" if not showing else "secondary", icon=":material/play_circle:"):
@@ -166,5 +160,5 @@ def demo_panel(base: LoadedModel, *, key: str = "cmp_demo", first: bool = True) 
     manifest = stored_demo(base)
     for param_name, value in (demo_query(manifest) if manifest else {"tuned": name}).items():
         set_param(param_name, value)
-    st.session_state["cmp_toast"] = "The demo is ready: before and after, and the measured sweep."
+    st.session_state["cmp_toast"] = t("compare.demo.toast")
     st.rerun()

@@ -154,7 +154,7 @@ def headline(pred: PredictReport, tail: str = "compare") -> None:
         )
         + (" " + t("predict.weak", chance=percent(d.get("chance", 0.0), 0)) if p.weak else "")
         + " "
-        + t(f"predict.tail.{tail}"),
+        + (t("predict.tail.finetune") if tail == "finetune" else t("predict.tail.compare")),
         icon=":material/online_prediction:",
     )
     st.caption(t("predict.caption", seconds=number(pred.seconds, 1), size=d.get("input_size")))

@@ -20,11 +20,12 @@ from typing import Any
 import streamlit as st
 
 from explorer.cache import Cache
-from explorer.distributed.atlas_run import AtlasJob, atlas_job_of, ray_from_env, start_atlas_job
+from explorer.distributed.atlas_run import RAY_VAR, AtlasJob, atlas_job_of, ray_from_env, start_atlas_job
 from explorer.featurevis import PRESETS, channel
 from explorer.featurevis.store import KIND, cache_keys
 from explorer.models import LoadedModel
 from explorer.ui.common import model_key, show_error
+from explorer.ui.i18n import number, seconds, t
 from explorer.ui.widgets.gallery import RenderSettings, use_settings
 from explorer.ui.widgets.layers import channels_of, get_stage_map, renderable_layers
 
@@ -102,10 +103,16 @@ def cache_note(model: LoadedModel, layer: str, units: int, settings: RenderSetti
     here = cached_count(model, layer, units, settings)
     if here:
         done, total = network_count(model, settings)
-        st.caption(
-            f":material/inventory_2: From the cache: {here} of {units} units of {layer} · {settings.describe()} · "
-            f"{done} of {total} units of the whole network with these settings."
+        note = t(
+            "atlas.from_cache",
+            here=number(here),
+            units=number(units),
+            layer=layer,
+            settings=settings.describe(),
+            done=number(done),
+            total=number(total),
         )
+        st.caption(f":material/inventory_2: {note}")
 
 
 def atlas_offer(model: LoadedModel, layer: str, units: int, settings: RenderSettings) -> None:
@@ -116,11 +123,18 @@ def atlas_offer(model: LoadedModel, layer: str, units: int, settings: RenderSett
         found = cached_count(model, layer, units, other)
         if found > here:
             c = st.columns([4, 1], vertical_alignment="center")
-            c[0].caption(
-                f":material/inventory_2: The cache holds {found} of {units} units of {layer} with "
-                f"{other.describe()} (an atlas, or earlier visits); {here} with this page's settings."
+            note = t(
+                "atlas.offer",
+                found=number(found),
+                units=number(units),
+                layer=layer,
+                settings=other.describe(),
+                here=number(here),
             )
-            c[1].button("Show those", key="atlas_use", on_click=use_settings, args=(other,), icon=":material/tune:")
+            c[0].caption(f":material/inventory_2: {note}")
+            c[1].button(
+                t("atlas.offer.use"), key="atlas_use", on_click=use_settings, args=(other,), icon=":material/tune:"
+            )
             return
 
 
@@ -130,11 +144,15 @@ def atlas_offer(model: LoadedModel, layer: str, units: int, settings: RenderSett
 def _progress(job: AtlasJob) -> None:
     snap = job.snapshot()
     frac = snap.done / snap.total if snap.total else 0.0
-    at = f" · {snap.layer}" if snap.layer else ""
-    st.progress(
-        min(frac, 1.0),
-        text=f"Atlas ({job_settings(job).describe()}): {snap.done} of {snap.total} units{at} · {snap.seconds:.0f} s",
+    text = t(
+        "atlas.progress",
+        settings=job_settings(job).describe(),
+        done=number(snap.done),
+        total=number(snap.total),
+        layer=f" · {snap.layer}" if snap.layer else "",
+        time=seconds(snap.seconds, 0),
     )
+    st.progress(min(frac, 1.0), text=text)
 
 
 def _live(fingerprint: str, model: LoadedModel) -> None:
@@ -146,10 +164,10 @@ def _live(fingerprint: str, model: LoadedModel) -> None:
         st.rerun()
     _progress(job)
     if job.snapshot().stop_requested:
-        st.info("Stopping at the next step; every finished chunk stays in the cache.", icon=":material/pause_circle:")
+        st.info(t("atlas.stopping"), icon=":material/pause_circle:")
     else:
-        st.button("Stop", key="atlas_stop", on_click=job.stop, icon=":material/stop_circle:",
-                  help="Stops at the next render step; what is finished stays in the cache.")  # fmt: skip
+        st.button(t("atlas.stop"), key="atlas_stop", on_click=job.stop, icon=":material/stop_circle:",
+                  help=t("atlas.stop.help"))  # fmt: skip
 
 
 _live_fragment = st.fragment(run_every=1.0)(_live)
@@ -157,32 +175,52 @@ _live_fragment = st.fragment(run_every=1.0)(_live)
 
 def _outcome(job: AtlasJob) -> None:
     snap = job.snapshot()
-    what = f"{snap.done} of {snap.total} units ({job_settings(job).describe()})"
+    what = t(
+        "atlas.outcome.units",
+        done=number(snap.done),
+        total=number(snap.total),
+        settings=job_settings(job).describe(),
+    )
     if snap.state == "done":
-        st.success(f"The last atlas finished: {what} in the cache, {snap.seconds:.0f} s.", icon=":material/check:")
+        st.success(t("atlas.outcome.done", what=what, time=seconds(snap.seconds, 0)), icon=":material/check:")
     elif snap.state == "stopped":
-        st.info(f"The last atlas was stopped at {what}; a new one renders only the rest.", icon=":material/pause:")
+        st.info(t("atlas.outcome.stopped", what=what), icon=":material/pause:")
     elif snap.error is not None:
         show_error(snap.error)
+
+
+def _where(ray: str | None) -> str:
+    """Where an atlas runs (`ray_from_env`'s note), in the session's language."""
+    if ray is not None:
+        return t("atlas.where.ray", address=ray)
+    if os.environ.get(RAY_VAR, "").strip():  # set, but Ray is not installed
+        return t("atlas.where.no_ray", var=RAY_VAR)
+    return t("atlas.where.local", var=RAY_VAR)
 
 
 def whole_network(model: LoadedModel, settings: RenderSettings) -> None:
     """The "Whole network" expander: start an atlas with the page's settings, or follow the one that runs."""
     job = atlas_job_of(model)
     running = job is not None and job.running
-    with st.expander("Whole network", icon=":material/account_tree:", expanded=running):
+    with st.expander(t("atlas.title"), icon=":material/account_tree:", expanded=running):
         layers = network_layers(model)
-        ray, where = ray_from_env()
+        ray, _ = ray_from_env()
         total = sum(n for _, n in layers)
         done, _ = network_count(model, settings)
         st.caption(
-            f"Renders every unit of the {len(layers)} blocks ({total} units) with {settings.describe()} into the "
-            f"cache, {where}; only the {total - done} missing. One atlas per model runs on this server at a time, "
-            "and every session sees its progress."
+            t(
+                "atlas.caption",
+                blocks=number(len(layers)),
+                total=number(total),
+                settings=settings.describe(),
+                where=_where(ray),
+                missing=number(total - done),
+            )
         )
         if job is not None and not running:
             _outcome(job)
-        label = "Render the whole network" if done == 0 or done == total else f"Render the {total - done} missing units"
+        whole = done == 0 or done == total
+        label = t("atlas.start") if whole else t("atlas.start_missing", n=number(total - done))
         clicked = not running and st.button(
             label, key="atlas_start", icon=":material/play_arrow:",
             disabled=done == total or not layers,
@@ -195,6 +233,6 @@ def whole_network(model: LoadedModel, settings: RenderSettings) -> None:
                 return
             running = True
             if not started:
-                st.info("Another session started an atlas of this model first; here is its progress.")
+                st.info(t("atlas.started_elsewhere"))
         if running and job is not None:
             _live_fragment(job.fingerprint, model)

@@ -39,7 +39,7 @@ from explorer.jobs import Flight, job_queue, shared_work
 from explorer.models import LoadedModel
 from explorer.trust.fvquality import image_quality
 from explorer.ui.common import ARCH_KEY, SPEC_KEY, progress_callback
-from explorer.ui.i18n import t
+from explorer.ui.i18n import number, percent, seconds, t
 from explorer.ui.widgets.images import as_png
 from explorer.ui.widgets.queue import turn, waiting_text
 
@@ -52,8 +52,16 @@ PLACEHOLDER_HTML = f'<div class="lx-tile-empty" style="{SQUARE}background:#ecece
 INACTIVE_HTML = (
     f'<div class="lx-tile-inactive" style="{SQUARE}border:1px dashed #b0b0b0;background:#f6f6f6;color:#666;'
     "display:flex;flex-direction:column;align-items:center;justify-content:center;text-align:center;"
-    'font-size:0.8rem;line-height:1.3;padding:4px"><b>inactive</b><span>{why}</span></div>'
+    'font-size:0.8rem;line-height:1.3;padding:4px"><b>{label}</b><span>{why}</span></div>'
 )
+
+FLAG_KEYS = {  # a picture's quality flag (`explorer.trust.fvquality`) → its word in the catalogue
+    "grey": "tiles.flag.grey",
+    "saturated": "tiles.flag.saturated",
+    "collapsed": "tiles.flag.collapsed",
+    "weak": "tiles.flag.weak",
+    "inactive": "tiles.flag.inactive",
+}
 
 # --------------------------------------------------------------------------- files
 
@@ -130,18 +138,19 @@ class Tile:
         if caption is None:
             return
         if flags:
-            words = ", ".join(t(f"tiles.flag.{f}") for f in flags)
+            words = ", ".join(t(FLAG_KEYS[f]) if f in FLAG_KEYS else f for f in flags)
             self._caption.caption(f"{caption} · ⚠ {words}", help=t("tiles.flag.help"))
         else:
             self._caption.caption(caption)
 
     def show_inactive(self, state: Activity, caption: str | None = None) -> None:
         """Mark the unit as inactive, with the value its objective ended at, instead of drawing a picture."""
-        why = {"never left zero": "objective stayed at 0", "constant": "objective never moved"}.get(
-            state.reason, "the image never changed"
+        why = {"never left zero": t("gallery.inactive.zero"), "constant": t("gallery.inactive.constant")}.get(
+            state.reason, t("gallery.inactive.flat")
         )
-        why += f"<br>final {state.final:.2f}" if np.isfinite(state.final) else ""
-        self._image.markdown(INACTIVE_HTML.format(why=why), unsafe_allow_html=True)
+        why += "<br>" + t("gallery.inactive.final", value=number(state.final, 2)) if np.isfinite(state.final) else ""
+        html = INACTIVE_HTML.format(label=t("tiles.flag.inactive"), why=why)
+        self._image.markdown(html, unsafe_allow_html=True)
         if caption is not None:
             self._caption.caption(caption)
 
@@ -185,15 +194,9 @@ class RenderSettings:
         return q
 
     def describe(self) -> str:
+        """'fast · 2 steps · 32 px · seed 0' in the session's language."""
         p = self.resolved()
-        return f"{p.name} · {p.steps} steps · {p.size} px · seed {self.seed}"
-
-
-MACO_NOTE = (
-    "This is a transformer: the **maco** preset is the suggested start (Fel et al. 2023 show it on ViTs; the "
-    "classic and fast presets give noisier pictures here). It is slower (256 steps of 4 crops), so on a CPU "
-    "expect minutes per batch; *fast* is there for a quick look."
-)
+        return t("gallery.settings", preset=p.name, steps=number(p.steps), size=number(p.size), seed=self.seed)
 
 
 def suggested_settings(model: LoadedModel) -> RenderSettings:
@@ -209,9 +212,9 @@ def _parse_int(name: str, text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise ExplorerError(f"{name}={text!r} is not a whole number.") from None
+        raise ExplorerError(t("gallery.link.not_whole", name=name, value=repr(text))) from None
     if not lo <= value <= hi:
-        raise ExplorerError(f"{name}={value} is outside {lo}–{hi}.")
+        raise ExplorerError(t("gallery.link.outside", name=name, value=value, low=number(lo), high=number(hi)))
     return value
 
 
@@ -228,7 +231,7 @@ def settings_from_url(default: RenderSettings | None = None) -> RenderSettings:
         if qp["preset"] in PRESETS:
             changes["preset"] = qp["preset"]
         else:
-            problems.append(f"preset={qp['preset']!r} is unknown (use {', '.join(PRESETS)})")
+            problems.append(t("gallery.link.bad_preset", value=repr(qp["preset"]), presets=", ".join(PRESETS)))
     for name in ("seed", "steps", "size"):
         if name in qp:
             try:
@@ -240,7 +243,8 @@ def settings_from_url(default: RenderSettings | None = None) -> RenderSettings:
     settings = replace(base, **changes)
     if problems:
         st.warning(
-            f"Ignored from the link: {'; '.join(problems)}. Using {settings.describe()}.", icon=":material/link_off:"
+            t("gallery.link.ignored", problems="; ".join(problems), settings=settings.describe()),
+            icon=":material/link_off:",
         )
     use_settings(settings)
     return settings
@@ -274,30 +278,27 @@ def settings_form(settings: RenderSettings, key: str, model: LoadedModel | None 
     p = settings.resolved()
     state = st.session_state
     if model is not None and suggested_settings(model).preset == "maco":
-        st.caption(MACO_NOTE)
+        st.caption(t("gallery.maco_note"))
     if state.get(f"{key}_shown") != settings:  # new settings (a link, a button): show them; else keep edits
         state[f"{key}_preset"], state[f"{key}_seed"] = settings.preset, settings.seed
         state[f"{key}_steps"], state[f"{key}_size"] = settings.steps, settings.size
         state[f"{key}_shown"] = settings
     with st.form(f"{key}_form", border=True):
         c = st.columns([1.2, 1, 1, 1, 1], vertical_alignment="bottom")
-        c[0].selectbox(
-            "Preset",
-            list(PRESETS),
-            key=f"{key}_preset",
-            help="fast: CPU previews; classic: Lucent's defaults (512 steps); maco: phase-only, best on deep layers.",
+        c[0].selectbox(t("gallery.form.preset"), list(PRESETS), key=f"{key}_preset", help=t("gallery.form.preset.help"))
+        c[1].number_input(
+            t("gallery.form.steps"), *LIMITS["steps"], step=16, key=f"{key}_steps", placeholder=f"{p.steps}"
         )
-        c[1].number_input("Steps", *LIMITS["steps"], step=16, key=f"{key}_steps", placeholder=f"{p.steps}")
-        c[2].number_input("Size (px)", *LIMITS["size"], step=16, key=f"{key}_size", placeholder=f"{p.size}")
-        c[3].number_input("Seed", *LIMITS["seed"], step=1, key=f"{key}_seed")
+        c[2].number_input(t("gallery.form.size"), *LIMITS["size"], step=16, key=f"{key}_size", placeholder=f"{p.size}")
+        c[3].number_input(t("gallery.form.seed"), *LIMITS["seed"], step=1, key=f"{key}_seed")
         c[4].form_submit_button(
-            "Apply", on_click=_submit_settings, args=(key,), icon=":material/tune:", key=f"{key}_apply"
+            t("gallery.form.apply"), on_click=_submit_settings, args=(key,), icon=":material/tune:", key=f"{key}_apply"
         )
     c = st.columns([3, 1, 1], vertical_alignment="center")
-    c[0].caption(f"Rendering with **{settings.describe()}**. Empty steps/size use the preset's.")
+    c[0].caption(t("gallery.form.caption", settings=settings.describe()))
     for col, name in zip(c[1:], ("classic", "maco"), strict=True):
         col.button(
-            f"Render with {name}",
+            t("gallery.form.render_with", preset=name),
             key=f"{key}_{name}",
             on_click=_set_preset,
             args=(name,),
@@ -365,7 +366,9 @@ def stop_control(container: Any, key: str, signature: str) -> bool:
     """Whether the work named by `signature` was stopped (then offer Resume); else draw a Stop button."""
     if st.session_state.get(stopped_key(key)) == signature:
         return True
-    container.button("Stop", key=f"{key}_stop", on_click=_stop, args=(key, signature), icon=":material/stop:")
+    container.button(
+        t("gallery.stop"), key=f"{key}_stop", on_click=_stop, args=(key, signature), icon=":material/stop:"
+    )
     return False
 
 
@@ -413,8 +416,10 @@ def render_tiles(
     left, right = box.columns([6, 1], vertical_alignment="center")
     if stop_control(right, key, signature):
         waiting = plan.renders
-        left.info(f"Stopped: {waiting} of {n} images are not rendered yet.", icon=":material/pause_circle:")
-        right.button("Resume", key=f"{key}_resume", on_click=_resume, args=(key,), icon=":material/play_arrow:")
+        left.info(t("gallery.stopped", waiting=number(waiting), n=number(n)), icon=":material/pause_circle:")
+        right.button(
+            t("gallery.resume"), key=f"{key}_resume", on_click=_resume, args=(key,), icon=":material/play_arrow:"
+        )
         out.stopped = True
         return out
     progress = _Progress(left.empty(), plan.renders * preset.steps, settings)
@@ -470,7 +475,7 @@ def _render_batch(
     paced, every_s = preview_pace(preset)
     on_step = progress_callback(
         bar=progress.bar(),
-        text="Rendering…",
+        text=t("gallery.rendering"),
         every_s=every_s,
         offset=progress.done_before,
         grand_total=progress.total,
@@ -499,7 +504,8 @@ class _Progress:
         """Draw the bar (where the queue's waiting line was) and return it."""
         at = self.done_before / self.total if self.total else 0.0
         images = self.total // max(self.settings.resolved().steps, 1)
-        return self.line.progress(min(at, 1.0), text=f"Rendering {images} images ({self.settings.describe()})…")
+        text = t("gallery.rendering_images", images=number(images), settings=self.settings.describe())
+        return self.line.progress(min(at, 1.0), text=text)
 
     def watch(
         self, show: Callable[[Any], None], give_back: Callable[[], None]
@@ -525,7 +531,8 @@ class _Progress:
                 self.line.info(waiting_text(flight.ahead, now - self.started), icon=":material/hourglass_top:")
                 return
             frac = min((self.done_before + flight.done_steps) / self.total, 1.0) if self.total else 0.0
-            self.line.progress(frac, text=f"Rendering… {frac:.0%} · {now - self.started:.0f} s (shared)")
+            text = t("gallery.rendering_shared", done=percent(frac), time=seconds(now - self.started, 0))
+            self.line.progress(frac, text=text)
 
         return on_wait
 
@@ -536,9 +543,9 @@ def _fill(
     state = activity(curve, image)
     out.images[i], out.png[i], out.values[i], out.inactive[i] = image, data, state.final, state.inactive
     if state.inactive:
-        tiles[i].show_inactive(state, f"{captions[i]} · {t('tiles.flag.inactive')} · {state.final:.2f}")
+        tiles[i].show_inactive(state, f"{captions[i]} · {t('tiles.flag.inactive')} · {number(state.final, 2)}")
     else:  # the finished picture's quality flags (grey, saturated, collapsed), from its pixels: about 1 ms
-        tiles[i].show(data or image, f"{captions[i]} · {state.final:.2f}", flags=image_quality(image).flags)
+        tiles[i].show(data or image, f"{captions[i]} · {number(state.final, 2)}", flags=image_quality(image).flags)
 
 
 def _preview_into(tiles: Sequence[Tile], captions: Sequence[str], batch: list[int]) -> Any:
@@ -546,6 +553,7 @@ def _preview_into(tiles: Sequence[Tile], captions: Sequence[str], batch: list[in
 
     def show(preview: Any) -> None:
         for im, j in zip(preview.images, preview.indices, strict=True):
-            tiles[batch[j]].show(im, f"{captions[batch[j]]} · step {preview.step}/{preview.steps}")
+            step = t("gallery.preview_step", step=number(preview.step), steps=number(preview.steps))
+            tiles[batch[j]].show(im, f"{captions[batch[j]]} · {step}")
 
     return show

@@ -17,7 +17,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from explorer import jobs
-from explorer.ui.i18n import t
+from explorer.ui.i18n import number, t
 
 REDRAW_S = 1.0  # how often the waiting line is redrawn (and a pending rerun gets its chance to interrupt)
 
@@ -31,8 +31,8 @@ def session_id() -> str:
 def waiting_text(ahead: int, waited_s: float) -> str:
     """'2 jobs ahead of yours · waiting 4 s' (or the one-job form) in the session's language."""
     if ahead == 1:
-        return t("jobs.ahead_one", s=f"{waited_s:.0f}")
-    return t("jobs.ahead", n=ahead, s=f"{waited_s:.0f}")
+        return t("jobs.ahead_one", s=number(waited_s, 0))
+    return t("jobs.ahead", n=number(ahead), s=number(waited_s, 0))
 
 
 @contextmanager
