@@ -25,8 +25,8 @@ def fmt(v: float) -> str:
 
 
 def peak(res: AttributionResult, name: str) -> float:
-    m = res.maps[name][0]
-    return float(m.max()) if res.display == "positive" else float(m.abs().max())
+    """The largest value of `name`'s map for the first image (of |value| unless the method reads positive)."""
+    return res.peaks(0)[name]
 
 
 def grid_png(res: AttributionResult, scale: str, *, columns: int = GRID_COLUMNS, title: str = "") -> bytes:

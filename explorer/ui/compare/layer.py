@@ -8,6 +8,8 @@ the layer's zip download and the HTML report.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +17,42 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from explorer.cache import png_bytes
+from explorer.cache import PngMemo, png_bytes
 from explorer.featurevis import channel
 from explorer.models import LoadedModel
 from explorer.ui.common import model_key, progress_callback, show_error
 from explorer.ui.i18n import number, t
 from explorer.ui.widgets.gallery import RenderSettings, Tile, render_tiles, safe_filename
-from explorer.ui.widgets.images import as_png
+from explorer.ui.widgets.images import SERVED_QUALITY, served
 
 K_UNITS = 3  # most changed and least changed units shown
 K_EXAMPLES = 4  # dataset examples per unit and model
 MAX_ATTR_IMAGES = 8
+THUMB_WIDTH = 80  # the examples' width on the page
+MEMO_ENTRIES = 256
+
+
+class _Memo:
+    """A small thread-safe LRU shared by every session (its values are never mutated)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.items, self.lock = size, OrderedDict[Any, Any](), threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+            return self.items.get(key)
+
+    def put(self, key: Any, value: Any) -> None:
+        with self.lock:
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+_examples_memo = _Memo(32)  # (model, folder signature, layer, k) → LayerExamples
+_pictures = _Memo(MEMO_ENTRIES)  # an example's pixels → (its PNG, what st.image serves at THUMB_WIDTH)
 
 
 def unit_picks(row: Any, k: int = K_UNITS) -> tuple[list[int], list[int], bool]:
@@ -146,14 +173,21 @@ def examples_section(
     box = slot.container()
     found = {}
     scanning = {"base": t("compare.layer.scanning_base"), "tuned": t("compare.layer.scanning_tuned")}
+    signature = _folder_signature(folder)
     for model, label in ((base, "base"), (tuned, "tuned")):
-        found[label] = dataset_examples(
-            model,
-            folder,
-            [layer],
-            k=K_EXAMPLES,
-            progress=progress_callback(box, text=scanning[label]),
-        )[layer]
+        key = (_preprocessing(model), signature, layer, K_EXAMPLES)
+        ex = _examples_memo.get(key) if signature is not None else None
+        if ex is None:  # read from the examples cache (or scanned): decompressing it costs more than the listing
+            ex = dataset_examples(
+                model,
+                folder,
+                [layer],
+                k=K_EXAMPLES,
+                progress=progress_callback(box, text=scanning[label]),
+            )[layer]
+            if signature is not None:
+                _examples_memo.put(key, ex)
+        found[label] = ex
     slot.empty()
     files: dict[str, bytes] = {}
     head = st.columns([1, 4, 4])
@@ -164,15 +198,51 @@ def examples_section(
         cols[0].markdown(t("compare.layer.unit", unit=u))
         for col, (label, model) in zip(cols[1:], (("base", base), ("tuned", tuned)), strict=True):
             ex = found[label]
-            patches = ex.patches(model, u, size=96)
+            pictures = [_example_pictures(p) for p in ex.patches(model, u, size=96)]
             values = [e.value for e in ex.examples(u)]
-            col.image([as_png(p) for p in patches], width=80, caption=[number(v, 2) for v in values])
-            for i, p in enumerate(patches):
-                name = f"{safe_filename(layer)}-unit{u}-{label}-example{i}.png"
-                files[name] = png_bytes(np.asarray(p.convert("RGB")))
+            col.image(  # the bytes st.image made of each PNG at this width, made once: passed on as they are
+                [shown for _, (shown, _) in pictures],
+                width=THUMB_WIDTH,
+                caption=[number(v, 2) for v in values],
+                output_format=pictures[0][1][1] if pictures else "auto",
+            )
+            for i, (png, _) in enumerate(pictures):
+                files[f"{safe_filename(layer)}-unit{u}-{label}-example{i}.png"] = png
     used = found["base"].images_used
     st.caption(t("compare.layer.examples_caption", images=number(used)) + _sizes(base, tuned))
     return files
+
+
+def _preprocessing(model: LoadedModel) -> tuple[Any, ...]:
+    """What a model's dataset examples depend on besides the folder (the examples cache's key, less the folder)."""
+    return (model.fingerprint, tuple(model.input_size), model.resize_size, tuple(model.mean), tuple(model.std),
+            model.interpolation)  # fmt: skip
+
+
+def _folder_signature(folder: Path) -> tuple[str, str] | None:
+    """The folder and a hash of its image files' names, sizes and times (as the examples cache keys them), or None
+    when it cannot be listed (then `dataset_examples` says why)."""
+    from explorer.data import list_images
+    from explorer.exemplars.scan import folder_signature
+
+    root = Path(folder).expanduser()
+    try:
+        return str(root), folder_signature(root, list_images(root))
+    except Exception:  # noqa: BLE001 - not listable: no memo, dataset_examples reports it
+        return None
+
+
+def _example_pictures(patch: Image.Image) -> tuple[bytes, tuple[bytes, str]]:
+    """(PNG bytes of an example crop, what st.image serves for them at THUMB_WIDTH with its output_format), memoized
+    by the crop's pixels (see `served`)."""
+    pixels = np.ascontiguousarray(np.asarray(patch.convert("RGB")))
+    key = PngMemo.key(pixels)
+    found = _pictures.get(key)
+    if found is None:
+        png = png_bytes(pixels)
+        found = (png, served(png, THUMB_WIDTH))
+        _pictures.put(key, found)
+    return found
 
 
 # --------------------------------------------------------------------------- attribution
@@ -186,7 +256,10 @@ def _attribution_pair(
     tuned_key: tuple[Any, ...],
     path: str,
     layer: str,
-) -> tuple[Image.Image, Image.Image, tuple[float, float], str, str]:
+) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes], tuple[float, float], str, str]:
+    """Grad-CAM of `layer` over the image at `path` in both models on one scale: (the two overlays as PNG, the same
+    as st.image serves them (its JPEG of the PNG), the scale, each model's predicted class). Bytes: cheap to copy
+    out of st.cache_data on every run, and shown without encoding."""
     from explorer.attribution import attribute, shared_scale
     from explorer.data import load_image
 
@@ -195,9 +268,9 @@ def _attribution_pair(
     rb = attribute(_base, image, [layer], "gradcam")
     rt = attribute(_tuned, image, [layer], "gradcam")
     lo, hi = shared_scale([rb, rt])
-    ob = rb.overlays(scale=(lo, hi))[layer]
-    ot = rt.overlays(scale=(lo, hi))[layer]
-    return ob, ot, (lo, hi), rb.target_name(0), rt.target_name(0)
+    pngs = tuple(r.overlay_pngs(scale=(lo, hi))[layer] for r in (rb, rt))
+    shown = tuple(r.overlay_bytes(scale=(lo, hi), fmt="JPEG", quality=SERVED_QUALITY)[layer] for r in (rb, rt))
+    return (pngs[0], pngs[1]), (shown[0], shown[1]), (lo, hi), rb.target_name(0), rt.target_name(0)
 
 
 def attribution_images(folder: Path) -> list[Path]:
@@ -224,18 +297,15 @@ def attribution_section(base: LoadedModel, tuned: LoadedModel, folder: Path, lay
     name = st.selectbox(t("compare.layer.image"), names, key="cmp_attr_image", help=t("compare.layer.image.help"))
     try:
         with st.spinner(t("compare.layer.attributing")):
-            ob, ot, (lo, hi), pb, pt = _attribution_pair(
+            (ob, ot), (sb, sh), (lo, hi), pb, pt = _attribution_pair(
                 base, model_key(base), tuned, model_key(tuned), str(folder / name), layer
             )
     except Exception as exc:
         show_error(exc)
         return {}
     cols = st.columns(4)
-    cols[0].image(as_png(ob), caption=t("compare.layer.base_predicts", name=pb), width="stretch")
-    cols[1].image(as_png(ot), caption=t("compare.layer.tuned_predicts", name=pt), width="stretch")
+    cols[0].image(sb, caption=t("compare.layer.base_predicts", name=pb), width="stretch", output_format="JPEG")
+    cols[1].image(sh, caption=t("compare.layer.tuned_predicts", name=pt), width="stretch", output_format="JPEG")
     st.caption(t("compare.layer.gradcam", layer=layer, low=_g3(lo), high=_g3(hi)) + _sizes(base, tuned))
     stem = f"{safe_filename(layer)}-{safe_filename(Path(name).stem)}"
-    return {
-        f"{stem}-gradcam-base.png": png_bytes(np.asarray(ob)),
-        f"{stem}-gradcam-tuned.png": png_bytes(np.asarray(ot)),
-    }
+    return {f"{stem}-gradcam-base.png": ob, f"{stem}-gradcam-tuned.png": ot}

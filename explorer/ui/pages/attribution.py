@@ -36,14 +36,14 @@ from explorer.attribution import (
 from explorer.attribution.colour import DEFAULT_CMAP
 from explorer.attribution.export import GRID_COLUMNS, fmt, grid_png, magnitudes_csv, magnitudes_json, peak, top_channels
 from explorer.data import sample_images
-from explorer.layers import layout_of
+from explorer.layers import anatomy, layout_of
 from explorer.models import LoadedModel
 from explorer.ui.common import current_model, model_key, page_ref, progress_callback, show_error
 from explorer.ui.i18n import language, number, page_intro, percent, t
 from explorer.ui.widgets.figures import top_figure
 from explorer.ui.widgets.gallery import PLACEHOLDER_HTML, RenderSettings, link_params
-from explorer.ui.widgets.images import as_png, image_picker
-from explorer.ui.widgets.layers import get_kernel_figure
+from explorer.ui.widgets.images import SERVED_QUALITY, as_png, image_picker, served
+from explorer.ui.widgets.layers import get_kernel_figure, get_pixel_convs
 from explorer.ui.widgets.queue import turn
 from explorer.ui.widgets.trust_charts import faithfulness_figure, sanity_figure
 
@@ -62,13 +62,18 @@ def _scale_label(scale: str) -> str:
     return {"shared": t("attribution.scale.shared"), "layer": t("attribution.scale.layer")}.get(scale, scale)
 
 
-def _sig(x: float) -> str:
-    """`fmt` (three significant digits) in the session's language."""
-    text = fmt(x)
+def _sig(x: float, lang: str | None = None) -> str:
+    """`fmt` (three significant digits) in the session's language (or `lang`)."""
+    return _sig_text(fmt(x), lang or language())
+
+
+@functools.lru_cache(maxsize=4096)
+def _sig_text(text: str, lang: str) -> str:
+    """`text` (from `fmt`) written for `lang`; memoized: a page run writes the same few dozen numbers again."""
     if "e" in text:
         mantissa, exponent = text.split("e")
-        return f"{number(float(mantissa))}e{exponent}"
-    return number(float(text))
+        return f"{number(float(mantissa), lang=lang)}e{exponent}"
+    return number(float(text), lang=lang)
 
 
 def describe_cost(cost: MethodCost) -> str:
@@ -173,6 +178,21 @@ def _store() -> _Store:
     return _Store(48)
 
 
+@st.cache_resource(show_spinner=False)
+def _memo() -> _Store:
+    """What every run of the page would otherwise make again from the same inputs, shared by the sessions: the
+    top-5 figure, the token layers, the sanity check's cost (small objects, never mutated)."""
+    return _Store(256)
+
+
+@st.cache_resource(show_spinner=False)
+def _tiles() -> _Store:
+    """PNG bytes of the channel pictures (cached renders and first-layer kernels) by model and channel, so a rerun
+    neither reads the featurevis disk cache nor hashes pixels again (misses are not kept: a later render fills them).
+    """
+    return _Store(512)
+
+
 @st.cache_data(max_entries=256, show_spinner=False)
 def _predict(_model: LoadedModel, key: tuple[Any, ...], digest: str, _image: Any) -> list[tuple[int, float]]:
     """Top-5 (class index, probability), cached by model and image content (class names can repeat)."""
@@ -260,11 +280,22 @@ def legend_html(vmin: float, vmax: float, cmap: str, *, per_layer: bool) -> str:
     )
 
 
-def _cell_caption(res: AttributionResult, name: str, scale: str, rng: tuple[float, float]) -> str:
+def _cell_caption(res: AttributionResult, name: str, scale: str, rng: tuple[float, float], lang: str) -> str:
     h, w = res.maps[name].shape[1:]
     if scale == "layer":
-        return f"{name} · {h}×{w} · " + t("attribution.cell.scale", low=_sig(rng[0]), high=_sig(rng[1]))
-    return f"{name} · {h}×{w} · " + t("attribution.cell.peak", peak=_sig(peak(res, name)))
+        return f"{name} · {h}×{w} · " + t("attribution.cell.scale", low=_sig(rng[0], lang), high=_sig(rng[1], lang))
+    return f"{name} · {h}×{w} · " + t("attribution.cell.peak", peak=_sig(peak(res, name), lang))
+
+
+def _token_layers(model: LoadedModel, layers: list[str]) -> list[str]:
+    """The layers of `layers` whose output is a token sequence (memoized per model: the layouts come from a trace)."""
+    key = ("tokens", model_key(model), tuple(layers))
+    found = _memo().get(key)
+    if found is None:
+        layouts = anatomy(model).layouts
+        found = [n for n in layers if (layouts[n] if n in layouts else layout_of(model, n)).tokens]
+        _memo().put(key, found)
+    return list(found)
 
 
 @functools.lru_cache(maxsize=4)
@@ -273,6 +304,12 @@ def _placeholder(lang: str = "en") -> Image.Image:
     pic = Image.new("RGB", (96, 96), "#eeeeee")
     ImageDraw.Draw(pic).text((48, 48), t("attribution.not_rendered"), fill="#999", anchor="mm", align="center")
     return pic
+
+
+@functools.lru_cache(maxsize=4)
+def _placeholder_shown(lang: str = "en") -> tuple[bytes, str]:
+    """`_placeholder` as `st.image` serves it (see `served`), made once per language."""
+    return served(as_png(_placeholder(lang)))
 
 
 def _placeholder_grid(layers: list[str]) -> None:
@@ -293,7 +330,13 @@ def _target_picker(model: LoadedModel, preds: list[tuple[int, float]]) -> int:
     if st.session_state.get("att_target", AUTO) not in range(-1, model.num_classes):  # from another model
         st.session_state["att_target"] = AUTO
     st.markdown(t("attribution.top5"))
-    st.plotly_chart(top_figure([(names[i], p) for i, p in preds]), key="att_top5")
+    items = tuple((names[i], p) for i, p in preds)
+    key = ("top5", items, language())
+    figure = _memo().get(key)
+    if figure is None:  # built once per prediction and language; st.plotly_chart only reads it (to_dict)
+        figure = top_figure(list(items))
+        _memo().put(key, figure)
+    st.plotly_chart(figure, key="att_top5")
 
     def label(i: int) -> str:
         if i == AUTO:
@@ -333,12 +376,11 @@ def _method_picker(
     return method, costs[method], method_options(method, steps, grid), chosen
 
 
-def _unit_link(layer: str, unit: int, score: float) -> None:
+def _unit_link(layer: str, unit: int, score: float, lang: str | None = None, page: Any = None) -> None:
     """A link to the Unit page for this channel, with the model and the fast preset (the picture shown here)."""
     params = link_params(RenderSettings(preset=FV_PRESET), layer=layer, unit=unit)
-    st.page_link(
-        page_ref("unit", "Unit"), label=f"#{unit} · {'+' if score >= 0 else ''}{_sig(score)}", query_params=params
-    )
+    label = f"#{unit} · {'+' if score >= 0 else ''}{_sig(score, lang)}"
+    st.page_link(page or page_ref("unit", "Unit"), label=label, query_params=params)
 
 
 def _maps_section(res: AttributionResult, model: LoadedModel, scores: dict[str, Any], k: int) -> str:
@@ -360,15 +402,19 @@ def _maps_section(res: AttributionResult, model: LoadedModel, scores: dict[str, 
     else:
         st.caption(t("attribution.layer_caption", what=what))
     st.html(legend_html(vmin, vmax, cmap, per_layer=scale == "layer"))
-    tokens = [n for n in res.layers if layout_of(model, n).tokens]
+    tokens = _token_layers(model, res.layers)
     if tokens:
         h, w = layout_of(model, tokens[0]).grid or (0, 0)
         st.caption(t("attribution.tokens", n=len(tokens), height=h, width=w))
-    pics = res.overlays(scale=scale)
+    # Coloured and encoded once per result and scale (memoized): the JPEG that st.image made of each overlay's PNG
+    # on every run, which it now passes on as it is (the same bytes, so the same pixels).
+    pics = res.overlay_bytes(scale=scale, fmt="JPEG", quality=SERVED_QUALITY)
+    lang = language()
     for start in range(0, len(res.layers), GRID_COLUMNS):
         cols = st.columns(GRID_COLUMNS)
         for col, name in zip(cols, res.layers[start : start + GRID_COLUMNS], strict=False):
-            col.image(as_png(pics[name]), caption=_cell_caption(res, name, scale, ranges[name]), width="stretch")
+            caption = _cell_caption(res, name, scale, ranges[name], lang)
+            col.image(pics[name], caption=caption, width="stretch", output_format="JPEG")
     notes = [*res.notes, *(f"{n}: {why}" for n, why in res.skipped.items())]
     took = t("attribution.took", time=number(res.seconds, 1))
     st.caption(f"{describe_cost(res.cost)} {took}" + (" " + " ".join(notes) if notes else ""))
@@ -387,6 +433,23 @@ def _maps_section(res: AttributionResult, model: LoadedModel, scores: dict[str, 
     return scale
 
 
+def _lookup(model: LoadedModel, objectives: list[Any]) -> list[Any]:
+    """`fv.lookup` under FV_PRESET (seed 0), with the objectives' cache keys memoized: making them is most of what a
+    lookup of pictures not rendered yet costs, and the page asks again on every run."""
+    if not objectives:
+        return []
+    from explorer.cache import Cache
+    from explorer.featurevis.store import KIND, cache_keys
+
+    key = ("fv_keys", model_key(model), model.device.type, FV_PRESET, tuple(o.key for o in objectives))
+    keys = _memo().get(key)
+    if keys is None:
+        keys = tuple(cache_keys(model, objectives, fv.get_preset(FV_PRESET), 0))
+        _memo().put(key, keys)
+    cache = Cache()
+    return [cache.get(KIND, k) for k in keys]
+
+
 def _channels_section(model: LoadedModel, layers: list[str], scores: dict[str, Any], target: str) -> None:
     """Each layer's top channels with their scores, feature visualizations (cache first) and Unit links."""
     st.subheader(t("attribution.channels_title", target=target))
@@ -394,17 +457,29 @@ def _channels_section(model: LoadedModel, layers: list[str], scores: dict[str, A
     k = pick.slider(t("attribution.channels_per_layer"), 1, 8, 3, key="att_k")
     text.caption(t("attribution.channels_caption"))
     tops = {n: top_channels(scores, n, k) for n in layers}
+    # (layer, channel) → (bytes, output_format) for st.image (see `served`), kept in `_tiles` across runs; or a
+    # picture just rendered (an array)
+    tiles, where = _tiles(), (*model_key(model), model.device.type, FV_PRESET)  # the device: the render precision
     pics: dict[tuple[str, int], Any] = {}
-    for n in layers:  # a convolution over the colour channels is shown as its kernels (nothing to render)
-        figure = get_kernel_figure(model, n)
+    for n in layers:
+        for c, _ in tops[n]:
+            if (hit := tiles.get((*where, n, c))) is not None:
+                pics[(n, c)] = hit
+    need = [n for n in layers if any((n, c) not in pics for c, _ in tops[n])]
+    convs = set(get_pixel_convs(model)) if need else set()
+    for n in need:  # a convolution over the colour channels is shown as its kernels (nothing to render)
+        figure = get_kernel_figure(model, n) if n in convs else None
         for c, _ in tops[n] if figure is not None else []:
-            pics[(n, c)] = figure.tiles[c]  # type: ignore[union-attr]
-    objs = [(n, c) for n in layers for c, _ in tops[n] if (n, c) not in pics]
+            if (n, c) not in pics:
+                pics[(n, c)] = served(as_png(figure.tiles[c]))  # type: ignore[union-attr]
+                tiles.put((*where, n, c), pics[(n, c)])
+    objs = [(n, c) for n in need for c, _ in tops[n] if (n, c) not in pics]
     objectives = [fv.channel(n, c) for n, c in objs]
     try:
-        for key, entry in zip(objs, fv.lookup(model, objectives, FV_PRESET), strict=True):
+        for key, entry in zip(objs, _lookup(model, objectives), strict=True):
             if entry is not None:
-                pics[key] = entry.data  # PNG bytes: shown as they are
+                pics[key] = served(entry.data)  # PNG bytes, as st.image serves them
+                tiles.put((*where, *key), pics[key])
     except Exception as exc:
         show_error(exc)
     missing = [i for i, key in enumerate(objs) if key not in pics]
@@ -424,6 +499,7 @@ def _channels_section(model: LoadedModel, layers: list[str], scores: dict[str, A
                 pics.update({objs[i]: out.images[j] for j, i in enumerate(missing)})
             except Exception as exc:
                 show_error(exc)
+    lang, unit_page = language(), page_ref("unit", "Unit")
     for start in range(0, len(layers), LAYERS_PER_ROW):
         row = st.columns(LAYERS_PER_ROW)
         for col, name in zip(row, layers[start : start + LAYERS_PER_ROW], strict=False):
@@ -432,8 +508,11 @@ def _channels_section(model: LoadedModel, layers: list[str], scores: dict[str, A
             cells = box.columns(k)
             for cell, (c, score) in zip(cells, tops[name], strict=False):
                 with cell:
-                    st.image(as_png(pics.get((name, c), _placeholder(language()))), width="stretch")
-                    _unit_link(name, c, score)
+                    pic = pics.get((name, c))
+                    pic = _placeholder_shown(lang) if pic is None else pic
+                    data, fmt = pic if isinstance(pic, tuple) else served(as_png(pic))
+                    st.image(data, width="stretch", output_format=fmt)  # finished bytes: passed on as they are
+                    _unit_link(name, c, score, lang, unit_page)
 
 
 # --------------------------------------------------------------------------- the page
@@ -553,7 +632,12 @@ def _sanity_panel(model: LoadedModel, image: Image.Image, digest: str, target: i
         if data is None:
             slot = st.empty()
             with slot.container():
-                st.caption(t("attribution.sanity.cost", n=number(sanity_cost(model, methods))))
+                cost_key = ("sanity_cost", model_key(model), tuple(methods))
+                n = _memo().get(cost_key)
+                if n is None:  # the passes of the check (a walk over the model's parameters): once per choice
+                    n = sanity_cost(model, methods)
+                    _memo().put(cost_key, n)
+                st.caption(t("attribution.sanity.cost", n=number(n)))
                 if not st.button(t("attribution.sanity.run"), key="att_sanity_run", icon=":material/science:"):
                     return
             slot.empty()

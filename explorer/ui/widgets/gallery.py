@@ -19,6 +19,7 @@ media file that Streamlit deletes before the browser fetches it (a 404 and an "I
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import re
 import time
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import streamlit as st
+from PIL import Image
 
 from explorer.cache import Cache, make_key
 from explorer.errors import ExplorerError
@@ -545,7 +547,18 @@ def _fill(
     if state.inactive:
         tiles[i].show_inactive(state, f"{captions[i]} · {t('tiles.flag.inactive')} · {number(state.final, 2)}")
     else:  # the finished picture's quality flags (grey, saturated, collapsed), from its pixels: about 1 ms
-        tiles[i].show(data or image, f"{captions[i]} · {number(state.final, 2)}", flags=image_quality(image).flags)
+        tiles[i].show(data or image, f"{captions[i]} · {number(state.final, 2)}", flags=_flags(data, image))
+
+
+@functools.lru_cache(maxsize=4096)
+def _flags_of_png(data: bytes) -> tuple[str, ...]:
+    return image_quality(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))).flags
+
+
+def _flags(data: bytes | None, image: np.ndarray) -> tuple[str, ...]:
+    """A finished picture's quality flags, once per picture per process (keyed by its PNG bytes): a warm rerun
+    does not measure every cached tile again."""
+    return _flags_of_png(data) if data else image_quality(image).flags
 
 
 def _preview_into(tiles: Sequence[Tile], captions: Sequence[str], batch: list[int]) -> Any:
