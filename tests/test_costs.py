@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from explorer.models.freeze import freeze_summary
 from explorer.transfer.costs import training_step_cost
-from explorer.transfer.freeze import freeze_summary
 
 
 def test_freezing_half_the_network_trains_fewer_parameters_and_costs_less_time(bundled):

@@ -12,9 +12,7 @@ from torch import nn
 from explorer.errors import ExplorerError
 from explorer.layers import hook_count, ladder
 from explorer.models import META_KEY, fingerprint, load_model
-from explorer.transfer.checkpoints import CheckpointError
-from explorer.transfer.finetune import FinetuneError, FinetuneSettings, finetune, replace_head, trainable_copy
-from explorer.transfer.freeze import (
+from explorer.models.freeze import (
     FreezeError,
     apply_freeze,
     freeze_code,
@@ -22,6 +20,8 @@ from explorer.transfer.freeze import (
     freeze_table,
     frozen_modules,
 )
+from explorer.transfer.checkpoints import CheckpointError
+from explorer.transfer.finetune import FinetuneError, FinetuneSettings, finetune, replace_head, trainable_copy
 
 FAST = {"input_size": 32, "batch_size": 8, "val_fraction": 0.25}
 

@@ -13,7 +13,7 @@ from torch import nn
 from explorer.errors import ExplorerError
 from explorer.layers import hook_count, ladder
 from explorer.models import LoadedModel, fingerprint
-from explorer.transfer.freeze import freeze_summary
+from explorer.models.freeze import freeze_summary
 from explorer.transfer.report_html import render_sweep_html
 from explorer.transfer.sweep import (
     SweepError,

@@ -15,9 +15,9 @@ from torch import nn
 from explorer.errors import ExplorerError
 from explorer.layers import forward_hooks, ladder
 from explorer.models import LoadedModel
+from explorer.models.freeze import FreezeError, apply_freeze, freeze_code, freeze_summary, frozen_parameters
 from explorer.transfer.compare import compare
 from explorer.transfer.finetune import FinetuneSettings, finetune
-from explorer.transfer.freeze import FreezeError, apply_freeze, freeze_code, freeze_summary, frozen_parameters
 from explorer.transfer.prefix import prefix_layer
 from explorer.transfer.recommend import body_rows, predict
 from explorer.transfer.report import LayerComparison

@@ -10,6 +10,7 @@ from torch import nn
 
 from explorer.errors import ExplorerError, ModelError
 from explorer.models.checkpoint import load_into, read_checkpoint
+from explorer.models.freeze import apply_freeze
 from explorer.models.loaded import LoadedModel, fingerprint, pick_device
 from explorer.models.sources import build_arch, rgb
 from explorer.models.specs import DEFAULT_SPEC, class_names, parse_spec
@@ -47,8 +48,6 @@ def load_model(
     input_size = (h, w)
     if kind == "file" and meta.get("freeze_after"):
         # a fine-tuned checkpoint keeps its freeze point, so the ladder shows which layers stayed frozen
-        from explorer.transfer.freeze import apply_freeze
-
         try:
             apply_freeze(module, meta["freeze_after"], input_size=input_size)
         except ExplorerError as exc:  # a checkpoint must not load silently unfrozen

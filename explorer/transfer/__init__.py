@@ -15,10 +15,7 @@ behind a ``gate`` (no advice from a model that has not learned) and with the cla
 ``report_html`` export it as JSON, CSV and HTML.
 """
 
-from explorer.transfer.checkpoints import CheckpointError, save_checkpoint
-from explorer.transfer.compare import CompareError, check_comparable, compare
-from explorer.transfer.finetune import FinetuneError, FinetuneResult, FinetuneSettings, finetune
-from explorer.transfer.freeze import (
+from explorer.models.freeze import (
     FreezeError,
     FreezeSummary,
     apply_freeze,
@@ -28,6 +25,9 @@ from explorer.transfer.freeze import (
     frozen_modules,
     head_name,
 )
+from explorer.transfer.checkpoints import CheckpointError, save_checkpoint
+from explorer.transfer.compare import CompareError, check_comparable, compare
+from explorer.transfer.finetune import FinetuneError, FinetuneResult, FinetuneSettings, finetune
 from explorer.transfer.guide import GuideCell
 from explorer.transfer.heldout import HeldOut, Split
 from explorer.transfer.recommend import recommend, with_sweep

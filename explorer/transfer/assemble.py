@@ -12,8 +12,8 @@ from torch import nn
 
 from explorer.layers import LayerInfo, execution_order
 from explorer.models import LoadedModel
+from explorer.models.freeze import frozen_modules
 from explorer.transfer.cka import LayerCKA
-from explorer.transfer.freeze import frozen_modules
 from explorer.transfer.heldout import HeldOut
 from explorer.transfer.probes import ProbeResult, chance_level
 from explorer.transfer.recommend import body_rows, predict, recommend

@@ -15,7 +15,7 @@ import torch
 
 from explorer.layers import fixed_input_size
 from explorer.models import LoadedModel, logits_of
-from explorer.transfer.freeze import apply_freeze
+from explorer.models.freeze import apply_freeze
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The shared model is never touched: training runs on a deep copy with a new head for the dataset's classes.
 Everything up to and including the freeze point is frozen (parameters *and* BatchNorm statistics, see
-:mod:`explorer.transfer.freeze`). The loop is :func:`explorer.transfer.trainer.train` with the settings of
+:mod:`explorer.models.freeze`). The loop is :func:`explorer.transfer.trainer.train` with the settings of
 :mod:`explorer.transfer.settings`. The held-out split (:mod:`explorer.transfer.heldout`) is saved in the checkpoint's
 metadata, so a comparison can later measure on images the model never trained on. The checkpoint is written
 atomically (safetensors with our JSON metadata in its header, plus a ``.json`` sidecar) after every epoch that
@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from explorer.data import TransformedView, eval_transform, open_dataset, train_transform
 from explorer.layers import check_input_size, execution_order
 from explorer.models import LoadedModel, fingerprint
+from explorer.models.freeze import apply_freeze, head_name
 from explorer.runtime import Progress, StopSignal, stop_requested
 from explorer.transfer.checkpoints import (
     check_writable,
@@ -40,7 +41,6 @@ from explorer.transfer.checkpoints import (
     save_resume_state,
     update_metadata,
 )
-from explorer.transfer.freeze import apply_freeze, head_name
 from explorer.transfer.heldout import Split, make_split
 from explorer.transfer.settings import FinetuneError, FinetuneSettings
 from explorer.transfer.trainer import TrainOutcome, evaluate, train

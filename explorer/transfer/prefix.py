@@ -21,7 +21,7 @@ from torch import nn
 
 from explorer.layers import execution_order, forward_hooks, forward_until
 from explorer.models import logits_of
-from explorer.transfer.freeze import cut_position, module_and_size
+from explorer.models.freeze import cut_position, module_and_size
 from explorer.transfer.pooling import gap_features
 
 CACHE_BUDGET_BYTES = 1_500_000_000  # prefix outputs kept in memory at most (float32); points beyond it run on images
@@ -29,7 +29,7 @@ CACHE_BUDGET_BYTES = 1_500_000_000  # prefix outputs kept in memory at most (flo
 
 def cut_index(module: nn.Module, point: str, order: list[str]) -> int:
     """Position in execution order of the frozen prefix's last module: the point, or its own BatchNorm/activation
-    right after it (which a freeze at the point also freezes, see :func:`explorer.transfer.freeze.cut_position`)."""
+    right after it (which a freeze at the point also freezes, see :func:`explorer.models.freeze.cut_position`)."""
     return cut_position(module, point, order)
 
 

@@ -169,7 +169,7 @@ def recommend(
     similar_cka: float = 0.9,
 ) -> Recommendation:
     """The advice from a comparison's per-layer rows (in depth order), without a sweep: predicted or withheld."""
-    from explorer.transfer.freeze import freeze_code, freeze_summary
+    from explorer.models.freeze import freeze_code, freeze_summary
 
     guide = place(train_per_class, probes, per_class_known=per_class_known)
     best_probe = max((p.accuracy for p in probes.values() if p is not None), default=None)
@@ -238,7 +238,7 @@ def reconsider(
     rec: Recommendation, sweep: SweepReport | None, report: ComparisonReport, base: LoadedModel | None = None
 ) -> Recommendation:
     """`rec` decided by a measured sweep: its choice becomes the advice, the CKA prediction its explanation."""
-    from explorer.transfer.freeze import freeze_code, freeze_summary
+    from explorer.models.freeze import freeze_code, freeze_summary
 
     if sweep is None or sweep.choice.point is None:
         if sweep is not None:

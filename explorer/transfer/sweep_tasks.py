@@ -27,8 +27,8 @@ from explorer.data import TransformedView, eval_transform
 from explorer.errors import ExplorerError
 from explorer.layers import LayerInfo, check_input_size, ladder
 from explorer.models import LoadedModel
+from explorer.models.freeze import FreezeError, frozen_modules, head_name
 from explorer.transfer.finetune import image_loaders, trainable_model
-from explorer.transfer.freeze import FreezeError, frozen_modules, head_name
 from explorer.transfer.heldout import Split, labels_of
 from explorer.transfer.prefix import (
     CACHE_BUDGET_BYTES,

@@ -157,7 +157,7 @@ def step_costs(model: LoadedModel) -> dict[str, Any]:
 def _costs(_model: Any, key: tuple[Any, ...]) -> dict[str, Any]:
     """The counts (the Fine-tune page's function, with the demo's new head) and the timings (measured once); the
     cache is shared by sessions in every language."""
-    from explorer.transfer.freeze import freeze_summary
+    from explorer.models.freeze import freeze_summary
 
     del key
     num_classes = demo_classes()

@@ -136,7 +136,7 @@ def _tour_counts(text: str) -> tuple[str, str]:
 
 
 def test_the_fourth_step_counts_the_parameters_as_the_page_below_it(app_on, bundled, monkeypatch):
-    from explorer.transfer.freeze import freeze_summary
+    from explorer.models.freeze import freeze_summary
     from explorer.ui.i18n import number
 
     times = {"batch": 16, "size": 64, "steps": 3, "t_all": 0.5, "t_frozen": 0.2, "measured": 0.0}

@@ -18,7 +18,7 @@ import streamlit as st
 
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
-from explorer.transfer.freeze import FreezeSummary, freeze_code, freeze_table
+from explorer.models.freeze import FreezeSummary, freeze_code, freeze_table
 from explorer.transfer.guide import GuideCell, why
 from explorer.transfer.linear_head import train_classifier
 from explorer.transfer.prefix import feature_extractor_code

@@ -18,8 +18,8 @@ import streamlit as st
 from explorer.data import resolve_data, typical_side
 from explorer.layers import fixed_input_size
 from explorer.models import LoadedModel
+from explorer.models.freeze import FreezeSummary, freeze_code, freeze_table
 from explorer.transfer.finetune import FinetuneSettings
-from explorer.transfer.freeze import FreezeSummary, freeze_code, freeze_table
 from explorer.transfer.resume import can_resume, saved_settings
 from explorer.transfer.runs import JobSnapshot, TrainingJob, list_runs, read_run
 from explorer.transfer.settings import suggested_input_size
