@@ -258,19 +258,6 @@ class AttributionResult:
         arrays = self._overlay_arrays(image, scale, mode=mode, cmap=cmap, alpha=alpha, layers=layers)
         return {n: Image.fromarray(a) for n, a in arrays.items()}
 
-    def overlay_pngs(
-        self,
-        image: int = 0,
-        scale: str | float | tuple[float, float] = "shared",
-        *,
-        mode: str | None = None,
-        cmap: str | None = None,
-        alpha: float = 0.75,
-        layers: Sequence[str] | None = None,
-    ) -> dict[str, bytes]:
-        """Layer → the overlay of `overlays` (same options, same pixels) encoded as PNG; memoized (`OverlayMemo`)."""
-        return self.overlay_bytes(image, scale, mode=mode, cmap=cmap, alpha=alpha, layers=layers)
-
     def overlay_bytes(
         self,
         image: int = 0,

@@ -84,7 +84,7 @@ def test_memoized_pictures_are_the_bytes_streamlit_served_before(bundled):
     image = load_image(sample_images()["chelsea"])
     res = attribute(bundled, image, ["blocks.3.0", "conv_head"], "gradcam")
     for scale in ("shared", "layer"):
-        pngs = res.overlay_pngs(scale=scale)
+        pngs = res.overlay_bytes(scale=scale)
         jpegs = res.overlay_bytes(scale=scale, fmt="JPEG", quality=90)
         for name, pic in res.overlays(scale=scale).items():
             png = png_bytes(np.asarray(pic))
@@ -131,9 +131,9 @@ def test_overlays_are_coloured_once_per_result_and_options(monkeypatch):
     assert np.array_equal(np.asarray(res.overlays(scale="shared")["a"]), np.asarray(first["a"]))
     res.overlays(scale="layer")
     res.overlay_bytes(scale="layer", fmt="JPEG")
-    res.overlay_pngs(scale="layer")
+    res.overlay_bytes(scale="layer")
     assert len(calls) == 4  # another scale: coloured once more, for both encodings
-    assert res.overlay_pngs(scale="layer") == res.overlay_pngs(scale="layer")
+    assert res.overlay_bytes(scale="layer") == res.overlay_bytes(scale="layer")
     res.maps["a"].mul_(3)  # changed in place: the memo must not serve the old colours
     changed = res.overlays(scale="shared")
     assert len(calls) == 6 and not np.array_equal(np.asarray(changed["a"]), np.asarray(first["a"]))
@@ -186,7 +186,7 @@ def test_the_overlay_memo_is_safe_across_threads():
     def work() -> None:
         try:
             for scale in ("layer", "shared", "layer", "shared"):
-                out.append((scale, res.overlay_pngs(scale=scale)))
+                out.append((scale, res.overlay_bytes(scale=scale)))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -197,6 +197,6 @@ def test_the_overlay_memo_is_safe_across_threads():
         th.join()
     assert not errors and len(out) == 24
     for scale, pngs in out:  # every thread got the same pictures, whichever coloured them
-        assert pngs == res.overlay_pngs(scale=scale)
+        assert pngs == res.overlay_bytes(scale=scale)
         for name, png in pngs.items():
             assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected[scale][name])

@@ -437,6 +437,23 @@ def export_config(file_stem: str) -> dict[str, Any]:
     }
 
 
+def _over_points(fig: go.Figure, points: list[str], chance: float | None, y_title: str, height: int) -> go.Figure:
+    """The shared frame of the charts over freeze points: chance line, category axis in depth order, layout."""
+    if chance is not None and finite(chance):
+        fig.add_hline(y=chance, line={"color": "#999", "width": 1, "dash": "dot"}, annotation_text=t("charts.chance"))
+    fig.update_xaxes(
+        type="category", categoryorder="array", categoryarray=points, title_text=t("charts.axis.freeze_point")
+    )
+    fig.update_yaxes(title_text=y_title, tickformat=".0%")
+    fig.update_layout(
+        height=height,
+        separators=plotly_separators(),
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+    )
+    return fig
+
+
 def prediction_figure(
     prediction: PredictionMarks, points: list[str], chance: float | None, height: int = 340
 ) -> go.Figure:
@@ -446,19 +463,7 @@ def prediction_figure(
     fig.add_trace(_score_line(scores, points))
     if p.point in scores:
         fig.add_trace(_star(p.point, scores[p.point], f"{t('charts.predict.mark')}: {p.point} · %{{y:.1%}}"))
-    if chance is not None and finite(chance):
-        fig.add_hline(y=chance, line={"color": "#999", "width": 1, "dash": "dot"}, annotation_text=t("charts.chance"))
-    fig.update_xaxes(
-        type="category", categoryorder="array", categoryarray=points, title_text=t("charts.axis.freeze_point")
-    )
-    fig.update_yaxes(title_text=t("charts.axis.predict"), tickformat=".0%")
-    fig.update_layout(
-        height=height,
-        separators=plotly_separators(),
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
-    )
-    return fig
+    return _over_points(fig, points, chance, t("charts.axis.predict"), height)
 
 
 def sweep_figure(sweep: SweepReport, height: int = 380, prediction: PredictionMarks | None = None) -> go.Figure:
@@ -502,18 +507,4 @@ def sweep_figure(sweep: SweepReport, height: int = 380, prediction: PredictionMa
         if measured is not None:
             hover = f"{t('charts.predict.mark')}: {measured.label} · %{{y:.1%}}"
             fig.add_trace(_star(p.point, measured.accuracy, hover))
-    if finite(sweep.chance):
-        fig.add_hline(
-            y=sweep.chance, line={"color": "#999", "width": 1, "dash": "dot"}, annotation_text=t("charts.chance")
-        )
-    fig.update_xaxes(
-        type="category", categoryorder="array", categoryarray=points, title_text=t("charts.axis.freeze_point")
-    )
-    fig.update_yaxes(title_text=t("charts.axis.heldout"), tickformat=".0%")
-    fig.update_layout(
-        height=height,
-        separators=plotly_separators(),
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
-    )
-    return fig
+    return _over_points(fig, points, sweep.chance, t("charts.axis.heldout"), height)

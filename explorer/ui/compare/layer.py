@@ -268,7 +268,7 @@ def _attribution_pair(
     rb = attribute(_base, image, [layer], "gradcam")
     rt = attribute(_tuned, image, [layer], "gradcam")
     lo, hi = shared_scale([rb, rt])
-    pngs = tuple(r.overlay_pngs(scale=(lo, hi))[layer] for r in (rb, rt))
+    pngs = tuple(r.overlay_bytes(scale=(lo, hi))[layer] for r in (rb, rt))
     shown = tuple(r.overlay_bytes(scale=(lo, hi), fmt="JPEG", quality=SERVED_QUALITY)[layer] for r in (rb, rt))
     return (pngs[0], pngs[1]), (shown[0], shown[1]), (lo, hi), rb.target_name(0), rt.target_name(0)
 
