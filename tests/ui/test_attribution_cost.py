@@ -10,7 +10,6 @@ import threading
 
 import numpy as np
 import pytest
-import streamlit as st
 import torch
 from PIL import Image
 from streamlit.elements.lib import image_utils
@@ -24,17 +23,7 @@ from explorer.cache import png_bytes
 from explorer.data import load_image, sample_images
 from explorer.ui.widgets.images import served, shown_bytes
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _module_cache(tmp_path_factory):
-    """An empty disk cache for the module; Streamlit caches start empty and are cleared at the end."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LAYER_EXPLORER_CACHE", str(tmp_path_factory.mktemp("cache")))
-        st.cache_data.clear()
-        st.cache_resource.clear()
-        yield
-        st.cache_data.clear()
-        st.cache_resource.clear()
+pytestmark = pytest.mark.usefixtures("module_cache")  # one empty disk cache for the module (conftest)
 
 
 def _streamlit_served(data: bytes, width: int | str = "stretch") -> bytes:

@@ -13,7 +13,6 @@ from urllib.parse import parse_qs
 
 import numpy as np
 import pytest
-import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 from uiapp import app_on
@@ -29,16 +28,7 @@ from explorer.featurevis.store import KIND, cache_keys
 CATS = {"tabby", "tiger cat", "Egyptian cat"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _module_cache(tmp_path_factory):
-    """One empty disk cache for the module; Streamlit caches start empty and are cleared at the end."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LAYER_EXPLORER_CACHE", str(tmp_path_factory.mktemp("cache")))
-        st.cache_data.clear()
-        st.cache_resource.clear()
-        yield
-        st.cache_data.clear()
-        st.cache_resource.clear()
+pytestmark = pytest.mark.usefixtures("module_cache")  # one empty disk cache for the module (conftest)
 
 
 def _open(**query: str) -> AppTest:
