@@ -10,7 +10,7 @@ pytestmark = pytest.mark.e2e  # ~25 s on an idle 2-core CPU: a real server, mode
 
 STAGES = ("Edges", "Textures", "Patterns", "Parts", "Objects")
 IDLE = "[data-test-script-state='notRunning']"
-FINAL = r"^unit \d · -?\d+\.\d\d$"  # a tile's caption once its image is final (with the activation it reached)
+FINAL = r"^unit \d · (inactive · )?-?\d+\.\d\d( · ⚠ .+)?$"  # a tile's caption once its image is final (with the activation it reached)
 COUNT_FINAL = (
     "re => [...document.querySelectorAll('[data-testid=stMain] [data-testid=stCaptionContainer]')]"
     ".filter(e => new RegExp(re).test(e.innerText.trim())).length"

@@ -13,7 +13,7 @@ import pytest
 pytestmark = [pytest.mark.e2e]
 
 IDLE = "[data-test-script-state='notRunning']"
-FINAL = r"^unit \d · -?\d+\.\d\d$"
+FINAL = r"^unit \d · (inactive · )?-?\d+\.\d\d( · ⚠ .+)?$"
 COUNT_FINAL = (
     "re => [...document.querySelectorAll('[data-testid=stMain] [data-testid=stCaptionContainer]')]"
     ".filter(e => new RegExp(re).test(e.innerText.trim())).length"
