@@ -195,11 +195,12 @@ def _layer_view(
 def _exports(report: Any, fig: Any, layer: str | None, renders: dict[str, Any], stem: str) -> None:
     """CSV, JSON and the one-page HTML report (with `renders`, filled later in this run: it is built on click)."""
     st.subheader(t("compare.export"))
-    exports = [  # label, data (bytes or a callable run on click), suffix, mime, icon, key, help
-        (t("compare.export.csv"), report.to_csv().encode(), "csv", "text/csv", "table", "cmp_csv", None),
+    # Each file is built on click (a callable), not on every run of the page: a warm rerun does no export work.
+    exports = [  # label, data (a callable run on click), suffix, mime, icon, key, help
+        (t("compare.export.csv"), lambda: report.to_csv().encode(), "csv", "text/csv", "table", "cmp_csv", None),
         (
             t("compare.export.json"),
-            report.to_json().encode(),
+            lambda: report.to_json().encode(),
             "json",
             "application/json",
             "data_object",
