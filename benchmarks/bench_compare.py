@@ -5,7 +5,8 @@
 1. Fine-tuning throughput (training images/second, forward + backward + AdamW step) for three freeze points:
    none (every layer trains), blocks.3.2 (first half frozen) and global_pool (head only), at the model's input
    size; on CUDA too whenever a GPU is present. Then the tuned checkpoint: one epoch, every layer, 60 % held out.
-2. The comparison (`explorer.transfer.compare.compare`: CKA with jackknife intervals and BatchNorm hybrids, weight
+2. The comparison (`explorer.transfer.comparison.compare.compare`: CKA with jackknife intervals and BatchNorm hybrids,
+weight
    change, probes) of the bundled model and the run above on demo:digits, on its held-out images (at most `--images`),
    for each image count, each in a fresh process so peak memory is its own: seconds (forward passes, and CKA with
    probes, apart), peak Python-heap memory (tracemalloc; tensors are not on it) and peak resident memory (VmHWM, or
@@ -31,7 +32,7 @@ CHILD = r"""
 import json, resource, sys, time, tracemalloc
 sys.path.insert(0, {root!r})
 import torch
-from explorer.transfer.compare import compare
+from explorer.transfer.comparison.compare import compare
 from explorer.models import load_model
 
 def rss_mb():
@@ -76,7 +77,7 @@ print(json.dumps({{"images": report.data["images_used"], "seconds": seconds, "fo
 def tuned_checkpoint(device: str, out: Path) -> None:
     """One epoch on digits training every layer, 60 % of the images held out: ~1,078 held-out images to compare on."""
     from explorer.models import load_model
-    from explorer.transfer.finetune import FinetuneSettings, finetune
+    from explorer.transfer.training.finetune import FinetuneSettings, finetune
 
     t0 = time.perf_counter()
     r = finetune(load_model(device=device), "demo:digits", FinetuneSettings(epochs=1, val_fraction=0.6), out=out)
@@ -86,7 +87,7 @@ def tuned_checkpoint(device: str, out: Path) -> None:
 def finetune_throughput(device: str, n: int, out: Path | None) -> list[dict]:
     """Images/s of one epoch over `n` digits for three freeze points."""
     from explorer.models import load_model
-    from explorer.transfer.finetune import FinetuneSettings, finetune
+    from explorer.transfer.training.finetune import FinetuneSettings, finetune
 
     base = load_model(device=device)
     rows = []

@@ -12,7 +12,8 @@ as on a class server whose users' browsers run on their own laptops); this brows
 What happens, in order (every request goes to 127.0.0.1 only; everything stops by itself):
 
 1. setup: a temporary ``LAYER_EXPLORER_CACHE``; a fine-tuned run made with the CLI (``python -m explorer finetune``,
-   written to ``<cache>/runs/loadtest/loadtest.safetensors``, the layout `explorer.transfer.runs.list_runs` reads), on
+   written to ``<cache>/runs/loadtest/loadtest.safetensors``, the layout `explorer.transfer.training.runs.list_runs`
+   reads), on
    ``demo:digits`` or, with ``--data-per-class K``, on a K-images-per-class copy of it (a cheaper comparison); then
    one ``python -m streamlit run app.py`` on a free port of 127.0.0.1 (cwd = this checkout, so its code is used).
 2. warm-up (one user, cold caches): the journey once, rendering every view the users will ask for, and learning what

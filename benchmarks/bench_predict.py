@@ -20,7 +20,7 @@ For every data set and split seed, in one process with the bundled model at 64 p
    textbook feature extractor) and "train everything" (fine-tune after 'none').
 
 The estimator that is most often within 2 points of the best (ties: the smaller mean gap, then the higher mean ρ
-of the linear route) is the winner; ``explorer.transfer.predict.DEFAULT_ESTIMATOR`` is set from it by hand.
+of the linear route) is the winner; ``explorer.transfer.sweeping.predict.DEFAULT_ESTIMATOR`` is set from it by hand.
 Writes the results as JSON (--out) and the tables as markdown into --md, between the markers
 ``<!-- predict:begin -->`` and ``<!-- predict:end -->`` (appended with them when the file has none).
 
@@ -89,7 +89,7 @@ def run_sweep(
     base: Any, data: str, max_images: int | None, seed: int, out: Path, *, evaluation: str, seeds: str
 ) -> None:
     """Measure (or resume) the sweep, saved at `out`."""
-    from explorer.transfer.sweep import SweepError, sweep, sweep_settings
+    from explorer.transfer.sweeping.sweep import SweepError, sweep, sweep_settings
 
     settings = sweep_settings(input_size=SIZE, max_images=max_images, seed=seed)
     kw: dict[str, Any] = {"evaluation": evaluation, "seeds": seeds if seeds == "auto" else int(seeds)}
@@ -142,7 +142,7 @@ def option_row(m: Measured, point: str, route: str) -> dict[str, Any]:
 def other_rule(pred: Any, name: str) -> Any:
     """The option estimator `name` predicts by the shipped rule with the raw-pixel check switched the other way
     (the ablation: on when ``PIXEL_CHECK`` is off, off when it is on)."""
-    from explorer.transfer.predict import PIXEL_CHECK, predict_option
+    from explorer.transfer.sweeping.predict import PIXEL_CHECK, predict_option
 
     return predict_option(
         pred.points,
@@ -351,7 +351,7 @@ def main() -> None:
     import torch
 
     from explorer.models import load_model
-    from explorer.transfer.predict import DEFAULT_ESTIMATOR, PIXEL_CHECK, predict_freeze
+    from explorer.transfer.sweeping.predict import DEFAULT_ESTIMATOR, PIXEL_CHECK, predict_freeze
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -3,7 +3,7 @@
     python benchmarks/bench_science.py [textures-240] [textures-600] [shapes] [digits] [--out results.json]
 
 One torch thread (honest CPU figures on a shared machine), the bundled EfficientNet-Lite0, every default of
-``explorer.transfer.sweep.sweep`` (margin 2 points, seeds auto, evaluation auto, the data's own input size).
+``explorer.transfer.sweeping.sweep.sweep`` (margin 2 points, seeds auto, evaluation auto, the data's own input size).
 Generated sets come from ``explorer.data.synthetic.generated_folder`` (seed 0) under /tmp/layer-explorer-science.
 Prints one JSON record per data set: evaluation, scored images, every option (accuracy, status, loss upper bound,
 seeds, seed SD, converged, seconds), the best, the choice, its held-apart test accuracy, seconds.
@@ -40,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from explorer.data.synthetic import generated_folder
     from explorer.models import load_model
-    from explorer.transfer.sweep import sweep
+    from explorer.transfer.sweeping.sweep import sweep
 
     model = load_model("bundled:efficientnet_lite0")
     rows = {}

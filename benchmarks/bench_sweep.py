@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 def defaults_run(base: object, size: int) -> dict[str, object]:
     """The fine-tune defaults, every layer trainable, at `size` px: held-out accuracy and seconds."""
-    from explorer.transfer.finetune import FinetuneSettings, finetune
+    from explorer.transfer.training.finetune import FinetuneSettings, finetune
 
     t0 = time.perf_counter()
     r = finetune(base, "demo:digits", FinetuneSettings(input_size=size))  # type: ignore[arg-type]
@@ -50,9 +50,9 @@ def defaults_run(base: object, size: int) -> dict[str, object]:
 def demo_run(base: object) -> dict[str, object]:
     """The first-visit demo's three steps, timed, with the constants the button uses."""
     from explorer.data import resolve_data
-    from explorer.transfer.compare import compare
-    from explorer.transfer.finetune import finetune
-    from explorer.transfer.sweep import sweep
+    from explorer.transfer.comparison.compare import compare
+    from explorer.transfer.sweeping.sweep import sweep
+    from explorer.transfer.training.finetune import finetune
     from explorer.ui.compare import demo
     from explorer.ui.compare.setup import comparison_settings
     from explorer.ui.compare.sweep_panel import settings_for
@@ -102,8 +102,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from explorer.models import load_model
-    from explorer.transfer.finetune import finetune
-    from explorer.transfer.sweep import EPOCHS, sweep, sweep_settings
+    from explorer.transfer.sweeping.sweep import EPOCHS, sweep, sweep_settings
+    from explorer.transfer.training.finetune import finetune
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}", flush=True)
     base = load_model(device=args.device)

@@ -39,7 +39,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ import numpy as np
 from PIL import Image
 
 from explorer.errors import ExplorerError
+from explorer.runtime import atomic_write
 
 ENV_VAR = "LAYER_EXPLORER_CACHE"
 DEFAULT_ROOT = Path("~/.cache/layer-explorer")
@@ -116,19 +116,6 @@ def make_key(**parts: Any) -> str:
     """A hex SHA-256 of the canonical JSON of `parts` (order of keyword arguments does not matter)."""
     blob = json.dumps(_canonical({"v": KEY_VERSION, **parts}), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class PngMemo:
@@ -259,8 +246,8 @@ class Cache:
         }
         record["check"] = _record_check(json.loads(json.dumps(record)))  # as a reader will parse it
         blob = json.dumps(record, indent=1).encode()
-        _atomic_write(data_path, data)
-        _atomic_write(meta_path, blob)
+        atomic_write(data_path, data)
+        atomic_write(meta_path, blob)
         self._account(len(data) + len(blob))
         return data_path
 
@@ -383,7 +370,7 @@ def _write_state(root: Path, derived: int) -> None:
     if not root.is_dir():  # nothing cached yet: do not create the root just for this
         return
     with contextlib.suppress(OSError):
-        _atomic_write(root / STATE_FILE, json.dumps({"derived_bytes": derived, "walked_at": time.time()}).encode())
+        atomic_write(root / STATE_FILE, json.dumps({"derived_bytes": derived, "walked_at": time.time()}).encode())
 
 
 # --------------------------------------------------------------------------- walking, eviction, summary

@@ -2,7 +2,7 @@
 
 The app and the CLI show an :class:`ExplorerError`'s message alone, never a traceback; anything else is a bug and
 is reported as one. Each package defines its own subclasses next to the code that raises them (``LayerError`` in
-:mod:`explorer.layers`, ``FinetuneError`` in :mod:`explorer.transfer.finetune`, …); the ones several packages
+:mod:`explorer.layers`, ``FinetuneError`` in :mod:`explorer.transfer.training.finetune`, …); the ones several packages
 raise live here.
 """
 

@@ -6,6 +6,8 @@
   None when there is nothing to add.
 - :data:`StopSignal` / :func:`stop_requested`: a callable returning True, or anything with ``is_set()`` (a
   ``threading.Event``), checked between steps.
+- :func:`atomic_write`: the one way files are written: a temporary file in the same folder renamed over the
+  target, so a reader sees the old file or the new one, never half of one.
 - :func:`torch_threads`: torch's CPU thread count set for a block and restored after it.
 - :func:`autocast` and :func:`to_input`: bf16 autocast and channels-last input on CUDA, nothing elsewhere; the
   feature-visualization renderer adds its own CPU bf16 rule on top (see :mod:`explorer.featurevis.render`).
@@ -14,9 +16,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Protocol, Self
 
 import torch
@@ -101,3 +105,28 @@ class ThreadJob:
         with self._lock:
             self._state = state
             self._seconds = time.monotonic() - self._started
+
+
+def atomic_write(path: str | Path, data: bytes | str, *, durable: bool = False) -> None:
+    """Write `data` to `path` through a temporary file in its folder renamed over it (creating the folder).
+
+    Readers see the old file or the new one, never a part. `durable` also fsyncs the data before the rename (a
+    checkpoint must survive a power cut; a cache entry can be rebuilt). A `str` is written as UTF-8. On any error the
+    temporary file is removed and the error raised as it is; callers that speak to users translate it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One writer per process and thread: the name says whose it is, so a cleaner can tell a dead writer's leftover
+    # (explorer.transfer.training.checkpoints.remove_stale_temps) from a write in progress.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

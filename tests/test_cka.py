@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from explorer.transfer.cka import (
+from explorer.transfer.comparison.cka import (
     GramStats,
     MinibatchCKA,
     StreamingCKA,

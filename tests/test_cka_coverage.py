@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from explorer.transfer.cka import GramStats, cka_interval, gram_linear
+from explorer.transfer.comparison.cka import GramStats, cka_interval, gram_linear
 
 
 def _scenario(kind: str, d: int, seed: int) -> tuple[np.ndarray, np.ndarray, float, float]:

@@ -15,11 +15,11 @@ import torch
 from explorer.errors import ExplorerError
 from explorer.layers import hook_count, ladder
 from explorer.models import fingerprint, load_model
-from explorer.transfer.compare import CompareError, compare
-from explorer.transfer.finetune import FinetuneSettings, finetune
-from explorer.transfer.recommend import bn_explanation, recommend, with_sweep
-from explorer.transfer.report import ComparisonReport, LayerComparison, chart_series
-from explorer.transfer.report_html import render_html, save_report
+from explorer.transfer.advice.recommend import bn_explanation, recommend, with_sweep
+from explorer.transfer.comparison.compare import CompareError, compare
+from explorer.transfer.reporting.report import ComparisonReport, LayerComparison, chart_series
+from explorer.transfer.reporting.report_html import render_html, save_report
+from explorer.transfer.training.finetune import FinetuneSettings, finetune
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def test_cli_compare_writes_json_html_and_csv(tuned_tiny, color_folder, tmp_path
 
 
 def test_cross_excitation_plugin_measures_units_and_returns_same_seed_renders(tiny, tuned_tiny, color_folder):
-    from explorer.transfer.crossexcite import as_plugin, cross_excitation
+    from explorer.transfer.comparison.crossexcite import as_plugin, cross_excitation
 
     same = cross_excitation(tiny, tiny, units=2, max_layers=3, steps=3, size=48)
     assert len(same.values) == 3
@@ -346,7 +346,7 @@ CKA = [0.99, 0.98, 0.97, 0.8, 0.7, 0.6, 0.5, 0.5, float("nan")]  # unchanged up 
 
 
 def _probes(accs: dict[str, list[bool]]):
-    from explorer.transfer.probes import ProbeResult
+    from explorer.transfer.comparison.probes import ProbeResult
 
     return {n: ProbeResult(float(np.mean(v)), 0.0, 3, 0.1, 4, list(v)) for n, v in accs.items()}
 
@@ -403,7 +403,7 @@ def test_the_guide_counts_training_images_and_compares_the_probes_on_the_same_im
 @pytest.fixture(scope="module")
 def digits_runs(bundled):
     """A zero-step and a three-step fine-tune of the bundled model on 600 digits (120 held out), 64 px."""
-    from explorer.transfer.finetune import FinetuneSettings, finetune
+    from explorer.transfer.training.finetune import FinetuneSettings, finetune
 
     s = FinetuneSettings(input_size=64, max_images=600)
     zero = finetune(bundled, "demo:digits", s, should_stop=lambda: True)
@@ -431,9 +431,9 @@ def test_no_freeze_point_from_a_model_that_has_not_learned(bundled, digits_runs,
 
 
 def test_with_a_sweep_the_guide_compares_its_linear_classifiers_trained_on_the_whole_split(tiny):
-    from explorer.transfer.guide import why
-    from explorer.transfer.report import ComparisonReport
-    from explorer.transfer.sweep_report import SweepReport, choose, make_options
+    from explorer.transfer.advice.guide import why
+    from explorer.transfer.reporting.report import ComparisonReport
+    from explorer.transfer.sweeping.sweep_report import SweepReport, choose, make_options
 
     rng = np.random.default_rng(3)
     best, top = rng.random(300) < 0.97, rng.random(300) < 0.85

@@ -16,8 +16,8 @@ import torch
 from explorer import featurevis as fv
 from explorer.layers import hook_count, ladder
 from explorer.models import LoadedModel, fingerprint, load_model
-from explorer.transfer.checkpoints import save_checkpoint
-from explorer.transfer.compare import compare
+from explorer.transfer.comparison.compare import compare
+from explorer.transfer.training.checkpoints import save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from explorer.models.freeze import freeze_summary
-from explorer.transfer.costs import training_step_cost
+from explorer.transfer.training.costs import training_step_cost
 
 
 def test_freezing_half_the_network_trains_fewer_parameters_and_costs_less_time(bundled):

@@ -600,7 +600,7 @@ def test_typical_side_reads_headers_and_skips_what_is_not_an_image(tmp_path):
 
 
 def test_the_suggested_size_follows_small_data_and_keeps_a_fixed_models_size():
-    from explorer.transfer.settings import suggested_input_size
+    from explorer.transfer.training.settings import suggested_input_size
 
     assert suggested_input_size(224, 64) == 64  # the digits
     assert suggested_input_size(224, 8) == 32  # never below 32

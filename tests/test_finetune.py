@@ -20,8 +20,8 @@ from explorer.models.freeze import (
     freeze_table,
     frozen_modules,
 )
-from explorer.transfer.checkpoints import CheckpointError
-from explorer.transfer.finetune import FinetuneError, FinetuneSettings, finetune, replace_head, trainable_copy
+from explorer.transfer.training.checkpoints import CheckpointError
+from explorer.transfer.training.finetune import FinetuneError, FinetuneSettings, finetune, replace_head, trainable_copy
 
 FAST = {"input_size": 32, "batch_size": 8, "val_fraction": 0.25}
 
@@ -307,7 +307,7 @@ def test_the_split_is_saved_and_compare_finds_the_held_out_images_again(tiny, co
     import shutil
 
     from explorer.data import open_dataset
-    from explorer.transfer.heldout import file_list_sha256, heldout_images, split_of
+    from explorer.transfer.training.heldout import file_list_sha256, heldout_images, split_of
 
     out = tmp_path / "s.safetensors"
     finetune(tiny, color_folder, FinetuneSettings(epochs=1, **FAST), out=out)
@@ -336,8 +336,8 @@ def test_the_best_epoch_by_held_out_loss_is_the_one_saved(tiny, color_folder, tm
     from torch.utils.data import DataLoader
 
     from explorer.data import TransformedView, eval_transform, open_dataset
-    from explorer.transfer.heldout import split_of
-    from explorer.transfer.trainer import evaluate
+    from explorer.transfer.training.heldout import split_of
+    from explorer.transfer.training.trainer import evaluate
 
     out = tmp_path / "best.safetensors"
     s = FinetuneSettings(epochs=3, lr=0.05, backbone_lr=0.05, patience=None, **FAST)  # a high rate: loss moves about
@@ -354,7 +354,7 @@ def test_the_best_epoch_by_held_out_loss_is_the_one_saved(tiny, color_folder, tm
 
 
 def test_early_stopping_keeps_the_best_epoch(tiny, color_folder, monkeypatch) -> None:
-    from explorer.transfer import trainer
+    from explorer.transfer.training import trainer
 
     losses = iter([1.0, 0.5, 0.7, 0.9, 0.4, 0.3])
     real = trainer.evaluate
@@ -374,8 +374,8 @@ def test_early_stopping_keeps_the_best_epoch(tiny, color_folder, monkeypatch) ->
 
 
 def test_no_weight_decay_on_batchnorm_or_biases_and_a_warm_up(tiny) -> None:
-    from explorer.transfer.finetune import trainable_model
-    from explorer.transfer.optim import lr_factor, param_groups
+    from explorer.transfer.training.finetune import trainable_model
+    from explorer.transfer.training.optim import lr_factor, param_groups
 
     module, head = trainable_model(tiny, 3, "blocks.1.0")
     groups = param_groups(module, head, lr=1e-2, backbone_lr=1e-3, weight_decay=0.05)
@@ -415,7 +415,7 @@ def test_science_the_defaults_reach_the_best_probe_on_digits(bundled) -> None:
 
 
 def test_the_linear_route_code_extracts_the_pooled_features_the_sweep_used(tiny) -> None:
-    from explorer.transfer.prefix import linear_route_code
+    from explorer.transfer.sweeping.prefix import linear_route_code
 
     model = trainable_copy(tiny)
     scope = {"model": model}

@@ -41,7 +41,7 @@ from torch import nn
 from explorer.data import ASSETS_DIR, load_image, safe_extract_zip
 from explorer.errors import ExplorerError
 from explorer.models import META_KEY, build_arch, load_model, read_checkpoint
-from explorer.transfer.checkpoints import save_checkpoint
+from explorer.transfer.training.checkpoints import save_checkpoint
 
 DEFAULT, SLOW = 60, 400  # cases per target; 7 targets
 BUDGETS = [pytest.param(DEFAULT, id="default"), pytest.param(SLOW, id="slow", marks=pytest.mark.slow)]

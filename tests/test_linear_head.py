@@ -9,8 +9,8 @@ import torch
 
 from explorer.data import TransformedView, eval_transform, open_dataset
 from explorer.errors import ExplorerError
-from explorer.transfer.linear_head import train_classifier
-from explorer.transfer.prefix import feature_extractor_code
+from explorer.transfer.sweeping.prefix import feature_extractor_code
+from explorer.transfer.training.linear_head import train_classifier
 
 
 def test_the_saved_classifier_makes_the_pages_code_predict_as_the_fitted_one(tiny, color_folder):

@@ -323,7 +323,7 @@ def test_package_exports_the_engines_lazily() -> None:
         "import sys, explorer; assert 'explorer.attribution' not in sys.modules; "
         "from explorer import attribute, render, dataset_examples, freeze_code; "
         "from explorer.attribution import attribute as a; assert attribute is a; "
-        "import explorer.transfer.compare, explorer.transfer.finetune; print('ok')"
+        "import explorer.transfer.comparison.compare, explorer.transfer.training.finetune; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert out.stdout.strip() == "ok", out.stderr

@@ -21,8 +21,7 @@ import explorer.models
 from explorer.cli import main
 from explorer.models import LoadedModel
 from explorer.runtime import torch_threads
-from explorer.transfer.finetune import training_data
-from explorer.transfer.predict import (
+from explorer.transfer.sweeping.predict import (
     ESTIMATORS,
     FINETUNE_PER_CLASS,
     PredictError,
@@ -38,7 +37,8 @@ from explorer.transfer.predict import (
     probe_accuracy,
     score,
 )
-from explorer.transfer.sweep_tasks import auto_points
+from explorer.transfer.sweeping.sweep_tasks import auto_points
+from explorer.transfer.training.finetune import training_data
 
 
 def clusters(
@@ -273,7 +273,7 @@ def test_cli_bad_input_is_one_sentence(
 def test_the_digits_prediction_measures_at_least_95_percent_when_the_sweep_trains_it(bundled: LoadedModel) -> None:
     """The issue's done-when: predict on demo:digits at 64 px, then let the sweep measure that one option (same
     split seed; the prediction read only the training part of its split)."""
-    from explorer.transfer.sweep import sweep, sweep_settings
+    from explorer.transfer.sweeping.sweep import sweep, sweep_settings
 
     pred = predict_freeze(bundled, "demo:digits", input_size=64)
     p = pred.prediction
@@ -287,7 +287,7 @@ def test_the_digits_prediction_measures_at_least_95_percent_when_the_sweep_train
 def test_what_the_app_says_of_its_estimator_is_the_measured_table() -> None:
     """The page says 'within 2 points of the best measured option in N of M': the figures of the committed
     benchmark (benchmarks/bench_predict.py), for the estimator the app uses, not numbers typed by hand."""
-    from explorer.transfer.predict import DEFAULT_ESTIMATOR, MEASURED_CASES, MEASURED_WITHIN
+    from explorer.transfer.sweeping.predict import DEFAULT_ESTIMATOR, MEASURED_CASES, MEASURED_WITHIN
 
     table = json.loads((Path(__file__).resolve().parent.parent / "benchmarks/results/predict.json").read_text())
     assert table["default_estimator"] == DEFAULT_ESTIMATOR and table["margin"] == 0.02

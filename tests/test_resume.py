@@ -19,11 +19,11 @@ import torch
 from safetensors.torch import load_file
 
 from explorer.models import load_model
-from explorer.transfer import checkpoints
-from explorer.transfer.checkpoints import CheckpointError, load_resume_state, resume_path
-from explorer.transfer.finetune import FinetuneSettings, finetune
-from explorer.transfer.resume import can_resume, resume
-from explorer.transfer.runs import begin_run, list_runs, read_run
+from explorer.transfer.training import checkpoints
+from explorer.transfer.training.checkpoints import CheckpointError, load_resume_state, resume_path
+from explorer.transfer.training.finetune import FinetuneSettings, finetune
+from explorer.transfer.training.resume import can_resume, resume
+from explorer.transfer.training.runs import begin_run, list_runs, read_run
 
 FAST = {"input_size": 32, "batch_size": 8, "val_fraction": 0.25}
 # On the colour folder with this learning rate the held-out loss is lowest at epoch 3 and ties after it, so a run
@@ -75,7 +75,7 @@ def test_a_kill_between_the_resume_state_and_the_checkpoint_is_repaired(
     tiny, color_folder, tmp_path, monkeypatch
 ) -> None:
     """The state is written first; if the process dies before the checkpoint of an improved epoch, resume writes it."""
-    finetune_module = sys.modules["explorer.transfer.finetune"]  # the package exports a function of that name
+    finetune_module = sys.modules["explorer.transfer.training.finetune"]  # the package exports a function of that name
     s = FinetuneSettings(epochs=3, patience=None, **FAST)
     whole = finetune(tiny, color_folder, s)
     out = tmp_path / "gap.safetensors"

@@ -14,8 +14,8 @@ from explorer.errors import ExplorerError
 from explorer.layers import hook_count, ladder
 from explorer.models import LoadedModel, fingerprint
 from explorer.models.freeze import freeze_summary
-from explorer.transfer.report_html import render_sweep_html
-from explorer.transfer.sweep import (
+from explorer.transfer.reporting.report_html import render_sweep_html
+from explorer.transfer.sweeping.sweep import (
     SweepError,
     images_to_resolve,
     load_sweep,
@@ -23,8 +23,8 @@ from explorer.transfer.sweep import (
     sweep,
     sweep_settings,
 )
-from explorer.transfer.sweep_report import choose, make_options
-from explorer.transfer.sweep_tasks import (
+from explorer.transfer.sweeping.sweep_report import choose, make_options
+from explorer.transfer.sweeping.sweep_tasks import (
     SweepContext,
     SweepTask,
     auto_points,
@@ -52,7 +52,7 @@ def tiny_sweep(tiny, color_folder):
 
 
 def test_auto_points_are_found_once_per_structure(tiny, monkeypatch):
-    import explorer.transfer.sweep_tasks as tasks
+    import explorer.transfer.sweeping.sweep_tasks as tasks
 
     calls = []
     real = tasks.choose_points
@@ -115,9 +115,9 @@ def test_every_option_is_measured_with_its_interval_and_cost(tiny_sweep, tiny):
 
 def test_the_cached_prefix_trains_exactly_what_a_full_forward_trains(tiny, color_folder):
     """A point's fine-tune on cached prefix outputs equals the same fine-tune run through the whole network."""
-    from explorer.transfer.finetune import training_data
-    from explorer.transfer.prefix import prefix_layer
-    from explorer.transfer.sweep_tasks import check_cuts
+    from explorer.transfer.sweeping.prefix import prefix_layer
+    from explorer.transfer.sweeping.sweep_tasks import check_cuts
+    from explorer.transfer.training.finetune import training_data
 
     s = _settings()
     dataset, classes, split = training_data(color_folder, s)
@@ -274,7 +274,7 @@ def test_the_choice_is_the_cheapest_option_within_the_margin_never_one_merely_no
 
 def test_seeds_are_a_level_of_their_own_not_more_images():
     """Two seeds that disagree widen the loss interval; stacked as images they would narrow it."""
-    from explorer.transfer.stats import loss_bounds
+    from explorer.transfer.sweeping.stats import loss_bounds
 
     rng = np.random.default_rng(3)
     n = 300
@@ -350,8 +350,8 @@ def test_science_the_sweep_on_digits_chooses_within_the_margin_and_the_compariso
     """Measure the outcome: the default sweep on real data (demo:digits; its own 64 px), then the comparison's CKA
     prediction against it: they agree within one stage, or the report says they disagree and why."""
     from explorer.models import load_model
-    from explorer.transfer.compare import compare
-    from explorer.transfer.finetune import FinetuneSettings, finetune
+    from explorer.transfer.comparison.compare import compare
+    from explorer.transfer.training.finetune import FinetuneSettings, finetune
 
     report = sweep(bundled, "demo:digits", out=tmp_path / "sweep.json")
     best, chosen = report.best, report.chosen
@@ -377,7 +377,7 @@ def test_the_linear_routes_code_trains_exactly_the_parameters_the_sweep_counted(
     """The page shows this code for a linear recommendation: it must run and train what the sweep measured."""
     import copy
 
-    from explorer.transfer.prefix import feature_extractor_code
+    from explorer.transfer.sweeping.prefix import feature_extractor_code
 
     option = tiny_sweep.option("blocks.2.0", "linear")
     scope = {"model": copy.deepcopy(tiny.module)}
@@ -393,8 +393,8 @@ def test_the_linear_routes_code_trains_exactly_the_parameters_the_sweep_counted(
 @pytest.mark.parametrize(("classes", "opens_at", "stays_shut_at"), [(2, 0.60, 0.538), (100, 0.15, 0.019)])
 def test_the_gate_asks_whether_the_task_was_learned_not_just_above_chance(classes, opens_at, stays_shut_at):
     """At 1,000 images, 'above chance' alone opened at 53.8 % for 2 classes and 1.9 % for 100: not learning."""
-    from explorer.transfer.gate import floor, learned_task
-    from explorer.transfer.stats import above_chance
+    from explorer.transfer.advice.gate import floor, learned_task
+    from explorer.transfer.sweeping.stats import above_chance
 
     chance = 1 / classes
     assert above_chance(round(stays_shut_at * 1000), 1000, chance) < 0.05  # the old bar: passed
@@ -405,7 +405,7 @@ def test_the_gate_asks_whether_the_task_was_learned_not_just_above_chance(classe
     rng = np.random.default_rng(classes)
     x = rng.normal(size=(1000, 16))
     y_random = rng.integers(0, classes, 1000)
-    from explorer.transfer.probes import linear_probe
+    from explorer.transfer.comparison.probes import linear_probe
 
     shut = linear_probe(x, y_random, folds=3)
     assert shut is not None and not learned_task(round(shut.accuracy * 1000), 1000, chance).open

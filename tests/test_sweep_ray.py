@@ -21,8 +21,8 @@ from explorer.distributed import Task, ray_sweep_runner, run_local
 from explorer.distributed.sweep_job import context_key, context_payload
 from explorer.models import LoadedModel
 from explorer.runtime import torch_threads
-from explorer.transfer.sweep import sweep, sweep_settings
-from explorer.transfer.sweep_tasks import SweepTask
+from explorer.transfer.sweeping.sweep import sweep, sweep_settings
+from explorer.transfer.sweeping.sweep_tasks import SweepTask
 
 TINY = "timm:test_efficientnet:untrained"
 POINTS = ["none", "blocks.2.0", "global_pool"]  # 3 fine-tunes a seed, 2 linear fits (one seed: deterministic)
@@ -63,7 +63,7 @@ def reference(tiny: LoadedModel, color_folder: Path, tmp_path_factory: pytest.Te
 
 def test_the_handler_rebuilds_the_context_once_and_gives_the_sweep_s_result(tiny, color_folder, reference):
     """What a worker does, here: the first task builds the shared pass, the next ones reuse it."""
-    from explorer.transfer.sweep import sweep as run
+    from explorer.transfer.sweeping.sweep import sweep as run
 
     seen = {}
 

@@ -16,13 +16,13 @@ from explorer.errors import ExplorerError
 from explorer.layers import forward_hooks, ladder
 from explorer.models import LoadedModel
 from explorer.models.freeze import FreezeError, apply_freeze, freeze_code, freeze_summary, frozen_parameters
-from explorer.transfer.compare import compare
-from explorer.transfer.finetune import FinetuneSettings, finetune
-from explorer.transfer.prefix import prefix_layer
-from explorer.transfer.recommend import body_rows, predict
-from explorer.transfer.report import LayerComparison
-from explorer.transfer.sweep import sweep, sweep_settings
-from explorer.transfer.sweep_tasks import auto_points, check_points
+from explorer.transfer.advice.recommend import body_rows, predict
+from explorer.transfer.comparison.compare import compare
+from explorer.transfer.reporting.report import LayerComparison
+from explorer.transfer.sweeping.prefix import prefix_layer
+from explorer.transfer.sweeping.sweep import sweep, sweep_settings
+from explorer.transfer.sweeping.sweep_tasks import auto_points, check_points
+from explorer.transfer.training.finetune import FinetuneSettings, finetune
 
 BLOCK = "encoder.layers.encoder_layer_{}"
 
@@ -193,7 +193,7 @@ def test_compare_on_a_tiny_vit_reads_patch_tokens_and_the_class_token_apart(vit,
 
 def test_class_token_is_left_out_of_the_pooled_patch_features(vit):
     from explorer.layers import layout_of
-    from explorer.transfer.pooling import gap_features, pooled_features
+    from explorer.transfer.comparison.pooling import gap_features, pooled_features
 
     lay = layout_of(vit, BLOCK.format(0))
     t = torch.randn(2, 17, 32)

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from explorer.models import LoadedModel
-from explorer.transfer.cka import gram_cka
+from explorer.transfer.comparison.cka import gram_cka
 from explorer.trust import Samples, TrustError, calibrated_map, cka_map, layer_grams
 from explorer.trust.cka_map import calibrate, critical_value, pooled
 

@@ -13,7 +13,7 @@ from explorer.cli import add_model_args, load_model_arg, positive_int, print_jso
 
 def register(subparsers: Any) -> None:
     """Add the `finetune` and `compare` subcommands."""
-    from explorer.transfer.finetune import FinetuneSettings
+    from explorer.transfer.training.finetune import FinetuneSettings
 
     d = FinetuneSettings()
     p = subparsers.add_parser(
@@ -134,9 +134,9 @@ def _device(args: argparse.Namespace) -> str | None:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune, print the per-epoch metrics and where the checkpoint is."""
-    from explorer.transfer.checkpoints import check_writable
-    from explorer.transfer.finetune import FinetuneError, FinetuneSettings, finetune
-    from explorer.transfer.runs import begin_run, finish_run
+    from explorer.transfer.training.checkpoints import check_writable
+    from explorer.transfer.training.finetune import FinetuneError, FinetuneSettings, finetune
+    from explorer.transfer.training.runs import begin_run, finish_run
 
     if args.resume:
         return _resume(args)
@@ -180,9 +180,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def _resume(args: argparse.Namespace) -> int:
     """`finetune --resume RUN`: continue an interrupted run where its last complete epoch left it."""
-    from explorer.transfer.checkpoints import load_resume_state
-    from explorer.transfer.resume import resume, run_checkpoint
-    from explorer.transfer.runs import begin_run, finish_run
+    from explorer.transfer.training.checkpoints import load_resume_state
+    from explorer.transfer.training.resume import resume, run_checkpoint
+    from explorer.transfer.training.runs import begin_run, finish_run
 
     checkpoint = run_checkpoint(args.resume)
     load_resume_state(checkpoint)  # one line now if there is nothing to resume, before a model loads
@@ -271,8 +271,8 @@ def _has_arch_metadata(path: str) -> bool:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run the comparison, write report.json/.html/.csv, print the table and the recommendation."""
     from explorer.models import load_model
-    from explorer.transfer.compare import CompareError, compare
-    from explorer.transfer.sweep import load_sweep
+    from explorer.transfer.comparison.compare import CompareError, compare
+    from explorer.transfer.sweeping.sweep import load_sweep
 
     out = Path(args.out)
     if out.suffix.lower() != ".json":
@@ -294,7 +294,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         base = load_model(spec, device=device)
     plugin = None
     if args.cross_excitation > 0:
-        from explorer.transfer.crossexcite import as_plugin
+        from explorer.transfer.comparison.crossexcite import as_plugin
 
         plugin = as_plugin(units=args.cross_excitation, progress=progress_bar("rendering"))
     report = compare(
@@ -313,7 +313,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         cross_excitation=plugin,
         progress=progress_bar("comparing"),
     )
-    from explorer.transfer.report_html import save_report
+    from explorer.transfer.reporting.report_html import save_report
 
     written = save_report(report, out)
     if args.json:

@@ -12,7 +12,7 @@ from explorer.cli import add_model_args, load_model_arg, positive_int, print_jso
 
 def register(subparsers: Any) -> None:
     """Add the `predict-freeze` subcommand."""
-    from explorer.transfer.predict import DEFAULT_ESTIMATOR, ESTIMATORS, FOLDS, SAMPLE
+    from explorer.transfer.sweeping.predict import DEFAULT_ESTIMATOR, ESTIMATORS, FOLDS, SAMPLE
 
     p = subparsers.add_parser(
         "predict-freeze",
@@ -69,8 +69,8 @@ def register(subparsers: Any) -> None:
 
 def cmd_predict_freeze(args: argparse.Namespace) -> int:
     """Predict, write OUT, print one row per point and the predicted option."""
-    from explorer.transfer.checkpoints import write_atomic
-    from explorer.transfer.predict import PredictError, predict_freeze
+    from explorer.transfer.sweeping.predict import PredictError, predict_freeze
+    from explorer.transfer.training.checkpoints import write_atomic
 
     out = Path(args.out)
     if out.suffix.lower() != ".json":

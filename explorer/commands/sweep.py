@@ -20,7 +20,7 @@ from explorer.cli import (
 
 def register(subparsers: Any) -> None:
     """Add the `sweep` subcommand."""
-    from explorer.transfer.sweep import sweep_settings
+    from explorer.transfer.sweeping.sweep import sweep_settings
 
     d = sweep_settings()
     p = subparsers.add_parser(
@@ -96,7 +96,7 @@ def _seeds(text: str) -> int | str:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from explorer.transfer.sweep import sweep_settings
+    from explorer.transfer.sweeping.sweep import sweep_settings
 
     return sweep_settings(
         args.epochs,
@@ -133,7 +133,7 @@ def _driver_model(args: argparse.Namespace) -> Any:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run (or resume) the sweep, print one row per option and the recommendation."""
-    from explorer.transfer.sweep import SweepError, sweep
+    from explorer.transfer.sweeping.sweep import SweepError, sweep
 
     out = Path(args.out)
     if out.suffix.lower() != ".json":

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from explorer.cli import add_model_args, load_model_arg, positive_int, print_table, progress_bar
 from explorer.errors import ExplorerError
+from explorer.runtime import atomic_write
 
 
 class TrustCommandError(ExplorerError):
@@ -27,16 +26,8 @@ def _names(text: str) -> str | list[str]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write `data` to `path` atomically (a temporary file renamed over it), creating its folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `data` to `path` as JSON, atomically, creating its folder."""
+    atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False))
 
 
 def _out_arg(p: argparse.ArgumentParser, what: str) -> None:

@@ -14,7 +14,8 @@ the CLI). The layer is small and general:
 - `atlas` is the first client: (layer × channel chunk) tasks whose images the driver writes into the
   content-addressed cache, so reruns render only what is missing;
 - `ray_sweep_runner` is the second: the freeze sweep's (point, route, seed) tasks (``"sweep.task"``) on the same
-  pool, for ``explorer.transfer.sweep.sweep(..., runner=ray_sweep_runner("auto"))`` or ``python -m explorer sweep
+  pool, for ``explorer.transfer.sweeping.sweep.sweep(..., runner=ray_sweep_runner("auto"))`` or ``python -m explorer
+  sweep
   … --ray auto``. The sweep's data goes once into Ray's object store (an image folder as its file paths: every
   node reads it at the same path); each worker rebuilds the sweep's context on its first task and keeps it, so the
   frozen prefixes' outputs are computed once per worker and reused by its next tasks; each result returns to the

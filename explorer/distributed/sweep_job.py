@@ -1,6 +1,7 @@
 """The freeze sweep on Ray: each (point, route, seed) a task, each worker computing the frozen prefix once.
 
-`ray_sweep_runner(ray, workers=N)` returns a `SweepRunner` for `explorer.transfer.sweep.sweep(..., runner=...)`.
+`ray_sweep_runner(ray, workers=N)` returns a `SweepRunner` for `explorer.transfer.sweeping.sweep.sweep(...,
+runner=...)`.
 It puts the sweep's data once in Ray's object store (the dataset as this process opened it: an image folder travels
 as its file paths, so every node must read that folder at the same path), and runs one ``"sweep.task"`` per
 (point, route, seed) on a `Pool` whose workers each loaded the model once. A worker rebuilds the sweep's context
@@ -23,8 +24,8 @@ from explorer.distributed.pool import MapResult, Pool
 from explorer.distributed.progress import ProgressInfo, RunProgress
 from explorer.distributed.tasks import Task, TaskReport
 from explorer.models import LoadedModel
-from explorer.transfer.heldout import Split
-from explorer.transfer.sweep_tasks import MIN_STEPS, SweepContext, SweepTask, TaskResult, run_sweep_task
+from explorer.transfer.sweeping.sweep_tasks import MIN_STEPS, SweepContext, SweepTask, TaskResult, run_sweep_task
+from explorer.transfer.training.heldout import Split
 
 KIND = "sweep.task"
 KEEP_CONTEXTS = 2  # contexts (and their shared passes) a worker keeps, newest last

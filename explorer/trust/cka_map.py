@@ -4,8 +4,8 @@ layer of B, beyond what chance alignment gives.
 Both models see the same images (each through its own resize, crop and normalisation). Every block's output is
 average-pooled to a `grid` × `grid` map (vectors as they are, a ViT's patch tokens as their grid) and turned into a
 linear Gram matrix; the debiased CKA of every (layer of A, layer of B) pair is the U-centred HSIC ratio of
-:mod:`explorer.transfer.cka` (Nguyen, Raghu & Kornblith 2021), computed for all pairs at once. The plain (biased)
-CKA is kept beside it (`plain`) to show how much width alone inflates it.
+:mod:`explorer.transfer.comparison.cka` (Nguyen, Raghu & Kornblith 2021), computed for all pairs at once. The plain
+(biased) CKA is kept beside it (`plain`) to show how much width alone inflates it.
 
 Calibration (Gröger, Wen & Brbić 2026): width and depth alone inflate similarity scores, so each value is set
 against a permutation null: the images of B are shuffled (`permutations` times, one shuffle shared by all B layers),
@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from explorer.layers import LayerInfo, Layout, first_tensor, forward_hooks, ladder, layout_of
 from explorer.models import LoadedModel
 from explorer.runtime import Progress
-from explorer.transfer.cka import center_gram
+from explorer.transfer.comparison.cka import center_gram
 from explorer.trust.samples import Samples, TrustError, load_samples
 from explorer.trust.values import jsonable
 

@@ -188,8 +188,8 @@ def times_path(model: LoadedModel) -> Path:
 def measured_step_times(model: LoadedModel) -> dict[str, Any]:
     """The seconds of one training step with every layer training and frozen after the tour's point, measured on
     this machine once and read back afterwards (a restart or a second visit quotes the same measurement)."""
-    from explorer.transfer.checkpoints import write_atomic
-    from explorer.transfer.costs import training_step_cost
+    from explorer.transfer.training.checkpoints import write_atomic
+    from explorer.transfer.training.costs import training_step_cost
 
     path = times_path(model)
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):

@@ -10,7 +10,8 @@ pytestmark = pytest.mark.e2e  # ~25 s on an idle 2-core CPU: a real server, mode
 
 STAGES = ("Edges", "Textures", "Patterns", "Parts", "Objects")
 IDLE = "[data-test-script-state='notRunning']"
-FINAL = r"^unit \d · (inactive · )?-?\d+\.\d\d( · ⚠ .+)?$"  # a tile's caption once its image is final (with the activation it reached)
+# A tile's caption once its image is final: the activation it reached, and its quality flag if it has one.
+FINAL = r"^unit \d · (inactive · )?-?\d+\.\d\d( · ⚠ .+)?$"
 COUNT_FINAL = (
     "re => [...document.querySelectorAll('[data-testid=stMain] [data-testid=stCaptionContainer]')]"
     ".filter(e => new RegExp(re).test(e.innerText.trim())).length"

@@ -17,8 +17,8 @@ import pytest
 from conftest import CHROMIUM, save_screenshot, start_app, stop_app, wait_idle
 
 from explorer.models import load_model
-from explorer.transfer.checkpoints import resume_path
-from explorer.transfer.runs import list_runs
+from explorer.transfer.training.checkpoints import resume_path
+from explorer.transfer.training.runs import list_runs
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from explorer.transfer.sweep_report import SweepOption, choose
+from explorer.transfer.sweeping.sweep_report import SweepOption, choose
 
 
 def correlated_correctness(

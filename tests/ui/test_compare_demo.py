@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 from test_compare_sweep import _run, _stored_sweep
 from uiapp import app_on, run_metadata
 
-from explorer.transfer.sweep import EPOCHS as SWEEP_EPOCHS
+from explorer.transfer.sweeping.sweep import EPOCHS as SWEEP_EPOCHS
 
 COMPARE = {"images": 32, "input": 64, "probes": False}
 SWEEP = {"epochs": 2, "input": 64, "images": 0}  # not the page's default epochs: the manifest must carry them
@@ -45,7 +45,7 @@ def _restart() -> None:
 @pytest.fixture
 def quick_demo(monkeypatch, bundled):
     """The demo with its heavy parts small: a perturbed copy for the fine-tune, a stored sweep for the sweep."""
-    from explorer.transfer.checkpoints import save_checkpoint
+    from explorer.transfer.training.checkpoints import save_checkpoint
     from explorer.ui.compare import demo, sweep_panel
 
     def finetune(base, data, settings, out, progress=None):
@@ -121,7 +121,7 @@ def test_the_demo_is_recorded_once_for_the_server(cache_dir, bundled, quick_demo
 def test_a_damaged_manifest_or_a_deleted_run_is_no_demo(cache_dir, bundled, quick_demo):
     import shutil
 
-    from explorer.transfer.runs import runs_dir
+    from explorer.transfer.training.runs import runs_dir
     from explorer.ui.compare.store import demo_path
 
     manifest = _run_the_demo(quick_demo, bundled)

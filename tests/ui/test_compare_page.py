@@ -24,10 +24,10 @@ from streamlit.proto.WidgetStates_pb2 import WidgetState
 from streamlit.testing.v1 import AppTest
 from uiapp import app_on, run_metadata
 
-from explorer.transfer.checkpoints import save_checkpoint
-from explorer.transfer.guide import GuideCell
-from explorer.transfer.report import ComparisonReport, LayerComparison, Recommendation
-from explorer.transfer.report_html import render_html
+from explorer.transfer.advice.guide import GuideCell
+from explorer.transfer.reporting.report import ComparisonReport, LayerComparison, Recommendation
+from explorer.transfer.reporting.report_html import render_html
+from explorer.transfer.training.checkpoints import save_checkpoint
 from explorer.ui.compare import store as compare_store
 from explorer.ui.compare.charts import comparison_figure, selected_layer, zones
 from explorer.ui.compare.freeze_panel import guide_markdown, ladder_frame

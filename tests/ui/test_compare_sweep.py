@@ -18,11 +18,11 @@ from streamlit.testing.v1 import AppTest
 from uiapp import app_on, run_metadata
 
 from explorer.data import list_images, resolve_data
-from explorer.transfer.predict import MEASURED_CASES, MEASURED_WITHIN
-from explorer.transfer.sweep import EPOCHS as SWEEP_EPOCHS
-from explorer.transfer.sweep import save_sweep
-from explorer.transfer.sweep_report import SweepReport, choose, make_options
-from explorer.transfer.sweep_tasks import auto_points
+from explorer.transfer.sweeping.predict import MEASURED_CASES, MEASURED_WITHIN
+from explorer.transfer.sweeping.sweep import EPOCHS as SWEEP_EPOCHS
+from explorer.transfer.sweeping.sweep import save_sweep
+from explorer.transfer.sweeping.sweep_report import SweepReport, choose, make_options
+from explorer.transfer.sweeping.sweep_tasks import auto_points
 
 ACCURACY = {
     "none": 0.98,
@@ -86,7 +86,7 @@ def _stored_sweep(bundled, cfg: dict[str, int]) -> Path:
     options = make_options(tasks, points)
     root = resolve_data("demo:digits")
     from explorer.data import open_dataset
-    from explorer.transfer.heldout import file_list_sha256
+    from explorer.transfer.training.heldout import file_list_sha256
 
     report = SweepReport(
         base={"spec": bundled.spec, "arch": bundled.arch, "fingerprint": bundled.fingerprint},
@@ -183,7 +183,7 @@ def _run(cache_dir: Path, bundled) -> None:
 
     import torch
 
-    from explorer.transfer.checkpoints import save_checkpoint
+    from explorer.transfer.training.checkpoints import save_checkpoint
 
     module = copy.deepcopy(bundled.module)
     with torch.no_grad():
@@ -196,7 +196,7 @@ def _run(cache_dir: Path, bundled) -> None:
 
 @pytest.mark.slow
 def test_the_demo_fills_the_page_with_a_run_its_comparison_and_the_sweep(cache_dir, monkeypatch):
-    from explorer.transfer.finetune import FinetuneSettings
+    from explorer.transfer.training.finetune import FinetuneSettings
     from explorer.ui.compare import demo
 
     monkeypatch.setattr(demo, "FINETUNE", FinetuneSettings(input_size=64, epochs=1, max_images=600))

@@ -29,9 +29,9 @@ from explorer.data.demos import DEMO_DATASETS
 from explorer.data.fence import DATA_ROOTS_VAR
 from explorer.models import fingerprint, load_model
 from explorer.models.freeze import freeze_summary
-from explorer.transfer import runs
-from explorer.transfer.checkpoints import save_checkpoint
-from explorer.transfer.finetune import FinetuneSettings
+from explorer.transfer.training import runs
+from explorer.transfer.training.checkpoints import save_checkpoint
+from explorer.transfer.training.finetune import FinetuneSettings
 from explorer.ui.widgets.figures import MAX_POINTS, progress_figure
 
 

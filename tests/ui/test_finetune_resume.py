@@ -9,9 +9,9 @@ import sys
 import pytest
 from uiapp import app_on
 
-from explorer.transfer.checkpoints import resume_path
-from explorer.transfer.finetune import FinetuneSettings, finetune
-from explorer.transfer.runs import RUN_RECORD, begin_run, list_runs
+from explorer.transfer.training.checkpoints import resume_path
+from explorer.transfer.training.finetune import FinetuneSettings, finetune
+from explorer.transfer.training.runs import RUN_RECORD, begin_run, list_runs
 
 
 @pytest.fixture(name="cache_dir")

@@ -22,8 +22,8 @@ import explorer.ui.i18n as i18n
 import explorer.ui.shell as shell
 import explorer.ui.tour as tour
 from explorer.data.demos import DEMO_DATASETS
-from explorer.transfer import runs
-from explorer.transfer.checkpoints import save_checkpoint
+from explorer.transfer.training import runs
+from explorer.transfer.training.checkpoints import save_checkpoint
 from explorer.ui.i18n import (
     catalogue,
     number,

@@ -152,7 +152,7 @@ def test_the_fourth_step_counts_the_parameters_as_the_page_below_it(app_on, bund
 
 
 def test_a_second_visit_quotes_the_first_measurement(app_on, monkeypatch):
-    from explorer.transfer import costs
+    from explorer.transfer.training import costs
 
     calls: list[str | None] = []
 

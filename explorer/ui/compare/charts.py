@@ -2,7 +2,8 @@
 scale-aware weight change, and the measured sweep (held-out accuracy at each freeze point, by route).
 
 Plain plotly, no Streamlit, so it is tested (and reusable) on its own. The series are
-:func:`explorer.transfer.report.chart_series`, the same the HTML report draws. Each layer is also a full-height,
+:func:`explorer.transfer.reporting.report.chart_series`, the same the HTML report draws.
+Each layer is also a full-height,
 nearly transparent column: clicking anywhere above a layer selects that column's point, and `selected_layer`
 turns the selection event Streamlit reports into the layer's name. The generic → specific zones come from the
 CKA curve itself (the prefix of blocks whose interval stays above the similarity threshold), not from the
@@ -18,9 +19,9 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from explorer.transfer.predict import Prediction
-from explorer.transfer.report import ChartSeries, ComparisonReport, LayerComparison, chart_series, finite
-from explorer.transfer.sweep_report import SweepReport
+from explorer.transfer.reporting.report import ChartSeries, ComparisonReport, LayerComparison, chart_series, finite
+from explorer.transfer.sweeping.predict import Prediction
+from explorer.transfer.sweeping.sweep_report import SweepReport
 from explorer.ui.i18n import number, percent, plotly_separators, t
 
 COLOURS = {

@@ -20,9 +20,9 @@ import streamlit as st
 
 from explorer.data import resolve_data
 from explorer.models import LoadedModel
-from explorer.transfer.compare import compare
-from explorer.transfer.finetune import FinetuneSettings, finetune
-from explorer.transfer.runs import finish_run, get_run, reserve_run
+from explorer.transfer.comparison.compare import compare
+from explorer.transfer.training.finetune import FinetuneSettings, finetune
+from explorer.transfer.training.runs import finish_run, get_run, reserve_run
 from explorer.ui.common import get_model
 from explorer.ui.compare import sweep_panel
 from explorer.ui.compare.setup import comparison_settings, data_signature, param, set_param

@@ -19,10 +19,10 @@ import streamlit as st
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 from explorer.models.freeze import FreezeSummary, freeze_code, freeze_table
-from explorer.transfer.guide import GuideCell, why
-from explorer.transfer.linear_head import train_classifier
-from explorer.transfer.prefix import feature_extractor_code
-from explorer.transfer.report import ComparisonReport, Recommendation
+from explorer.transfer.advice.guide import GuideCell, why
+from explorer.transfer.reporting.report import ComparisonReport, Recommendation
+from explorer.transfer.sweeping.prefix import feature_extractor_code
+from explorer.transfer.training.linear_head import train_classifier
 from explorer.ui.common import model_key, page_ref
 from explorer.ui.i18n import number, percent, short_number, t
 from explorer.ui.widgets.queue import turn

@@ -1,7 +1,8 @@
 """The freeze prediction on the Compare and Fine-tune pages: where to freeze, predicted before any training.
 
-One streamed pass of the base model over a sample of the images (:func:`explorer.transfer.predict.predict_freeze`,
-the app's estimator only: about 10 s for the digits at 64 px on 2 cores) gives a predicted option, shown at once,
+One streamed pass of the base model over a sample of the images
+(:func:`explorer.transfer.sweeping.predict.predict_freeze`, the app's estimator only: about 10 s for the digits at
+64 px on 2 cores) gives a predicted option, shown at once,
 labelled as a prediction, with how often that estimator's prediction landed within the margin of the best measured
 option. Once a sweep with the same split exists, the measured choice is the headline and the prediction is one line
 beside it (what the sweep measured for the predicted option). A prediction is stored in the disk cache keyed by
@@ -18,7 +19,7 @@ import streamlit as st
 
 from explorer.jobs import Flight, shared_work
 from explorer.models import LoadedModel
-from explorer.transfer.predict import (
+from explorer.transfer.sweeping.predict import (
     DEFAULT_ESTIMATOR,
     MEASURED_CASES,
     MEASURED_WITHIN,
@@ -26,9 +27,9 @@ from explorer.transfer.predict import (
     PredictReport,
     predict_freeze,
 )
-from explorer.transfer.settings import FinetuneSettings
-from explorer.transfer.sweep import sweep_settings
-from explorer.transfer.sweep_report import SweepOption, SweepReport
+from explorer.transfer.sweeping.sweep import sweep_settings
+from explorer.transfer.sweeping.sweep_report import SweepOption, SweepReport
+from explorer.transfer.training.settings import FinetuneSettings
 from explorer.ui.compare.setup import data_signature, sweep_defaults
 from explorer.ui.compare.store import get_prediction, prediction_key, put_prediction
 from explorer.ui.i18n import number, percent, t

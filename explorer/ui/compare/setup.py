@@ -15,8 +15,8 @@ import streamlit as st
 from explorer.data.fence import refusal
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
-from explorer.transfer.runs import RunInfo, get_run, list_runs, runs_dir
-from explorer.transfer.sweep import EPOCHS as SWEEP_EPOCHS
+from explorer.transfer.sweeping.sweep import EPOCHS as SWEEP_EPOCHS
+from explorer.transfer.training.runs import RunInfo, get_run, list_runs, runs_dir
 from explorer.ui.common import (
     allowed_path,
     checkpoint_arch_hint,

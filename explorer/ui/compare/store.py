@@ -21,10 +21,10 @@ from typing import Any
 import streamlit as st
 
 from explorer.cache import Cache, cache_root, make_key
-from explorer.transfer.checkpoints import write_atomic
-from explorer.transfer.predict import PredictError, PredictReport
-from explorer.transfer.report import ComparisonReport, LayerComparison, Recommendation
-from explorer.transfer.sweep import SweepError, SweepReport, load_sweep
+from explorer.transfer.reporting.report import ComparisonReport, LayerComparison, Recommendation
+from explorer.transfer.sweeping.predict import PredictError, PredictReport
+from explorer.transfer.sweeping.sweep import SweepError, SweepReport, load_sweep
+from explorer.transfer.training.checkpoints import write_atomic
 
 KIND = "compare"
 VERSION = 2  # 2: held-out images, BatchNorm parts, jackknife intervals, the gate

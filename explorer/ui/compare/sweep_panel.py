@@ -15,11 +15,11 @@ import pandas as pd
 import streamlit as st
 
 from explorer.models import LoadedModel
-from explorer.transfer.predict import PredictReport
-from explorer.transfer.report_html import render_sweep_html
-from explorer.transfer.settings import FinetuneSettings
-from explorer.transfer.sweep import SweepReport, mismatch, sweep
-from explorer.transfer.sweep_tasks import auto_points
+from explorer.transfer.reporting.report_html import render_sweep_html
+from explorer.transfer.sweeping.predict import PredictReport
+from explorer.transfer.sweeping.sweep import SweepReport, mismatch, sweep
+from explorer.transfer.sweeping.sweep_tasks import auto_points
+from explorer.transfer.training.settings import FinetuneSettings
 from explorer.ui.compare import prediction
 from explorer.ui.compare.charts import prediction_figure, sweep_figure
 from explorer.ui.compare.setup import data_signature
@@ -45,7 +45,7 @@ def stored(model: LoadedModel, root: Path, cfg: dict[str, int]) -> SweepReport |
 @st.cache_data(ttl=30, show_spinner=False)
 def _files_sha256(root: str) -> str | None:
     from explorer.data import open_dataset
-    from explorer.transfer.heldout import file_list_sha256
+    from explorer.transfer.training.heldout import file_list_sha256
 
     return file_list_sha256(open_dataset(root))
 

@@ -23,10 +23,10 @@ import streamlit as st
 
 from explorer.cache import cache_root
 from explorer.models import LoadedModel
-from explorer.transfer.compare import check_comparable, compare
-from explorer.transfer.recommend import with_sweep
-from explorer.transfer.report_html import render_html
-from explorer.transfer.runs import list_runs
+from explorer.transfer.advice.recommend import with_sweep
+from explorer.transfer.comparison.compare import check_comparable, compare
+from explorer.transfer.reporting.report_html import render_html
+from explorer.transfer.training.runs import list_runs
 from explorer.ui.common import current_model, get_ladder, set_current_model, show_error
 from explorer.ui.compare import sweep_panel, trust_panel
 from explorer.ui.compare.charts import comparison_figure, export_config, selected_layer

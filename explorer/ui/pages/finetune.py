@@ -1,6 +1,7 @@
 """Fine-tune page: choose data and a freeze point, train a copy of the current model with live progress, keep runs.
 
-Training runs in a background thread (:class:`explorer.transfer.runs.TrainingJob`), so the page redraws its progress
+Training runs in a background thread (:class:`explorer.transfer.training.runs.TrainingJob`), so the page redraws its
+progress
 every second, other pages stay usable, and Stop ends the run before its next step with the last complete
 epoch's checkpoint kept. ``?freeze=LAYER`` preselects the freeze point (the Compare page sends one) and
 ``?data=demo:NAME`` a demo dataset. With images chosen, the freeze chooser offers the freeze prediction (one pass, no
@@ -19,10 +20,10 @@ from explorer.data import resolve_data, typical_side
 from explorer.layers import fixed_input_size
 from explorer.models import LoadedModel
 from explorer.models.freeze import FreezeSummary, freeze_code, freeze_table
-from explorer.transfer.finetune import FinetuneSettings
-from explorer.transfer.resume import can_resume, saved_settings
-from explorer.transfer.runs import JobSnapshot, TrainingJob, list_runs, read_run
-from explorer.transfer.settings import suggested_input_size
+from explorer.transfer.training.finetune import FinetuneSettings
+from explorer.transfer.training.resume import can_resume, saved_settings
+from explorer.transfer.training.runs import JobSnapshot, TrainingJob, list_runs, read_run
+from explorer.transfer.training.settings import suggested_input_size
 from explorer.ui.common import current_model, get_ladder, model_key, show_error
 from explorer.ui.compare import prediction
 from explorer.ui.i18n import number, page_intro, percent, plotly_separators, seconds, short_number, t
@@ -37,7 +38,7 @@ LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 
 
 def status_name(status: str) -> str:
-    """A run's status (`explorer.transfer.runs.STATES`) in the session's language."""
+    """A run's status (`explorer.transfer.training.runs.STATES`) in the session's language."""
     names = {
         "done": t("finetune.status.done"),
         "running": t("finetune.status.running"),

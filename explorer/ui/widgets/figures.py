@@ -7,7 +7,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from explorer.transfer.runs import JobSnapshot
+from explorer.transfer.training.runs import JobSnapshot
 from explorer.ui.i18n import percent, plotly_separators, t
 
 MAX_POINTS = 1500  # training steps drawn per curve: long runs show every k-th step, so redraws stay fast

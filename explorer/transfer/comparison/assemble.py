@@ -1,8 +1,9 @@
 """From a comparison's measurements to its report: one row per block, the tuned model's held-out score, the advice.
 
-:mod:`explorer.transfer.compare` runs the images through the models and measures; this module assembles what it
-measured into :class:`~explorer.transfer.report.LayerComparison` rows (CKA, weight and BatchNorm change, probes),
-scores the tuned model on held-out images only, and asks :mod:`explorer.transfer.recommend` for the advice.
+:mod:`explorer.transfer.comparison.compare` runs the images through the models and measures; this module
+assembles what it measured into :class:`~explorer.transfer.reporting.report.LayerComparison` rows (CKA, weight and
+BatchNorm change, probes), scores the tuned model on held-out images only, and asks
+:mod:`explorer.transfer.advice.recommend` for the advice.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from torch import nn
 from explorer.layers import LayerInfo, execution_order
 from explorer.models import LoadedModel
 from explorer.models.freeze import frozen_modules
-from explorer.transfer.cka import LayerCKA
-from explorer.transfer.heldout import HeldOut
-from explorer.transfer.probes import ProbeResult, chance_level
-from explorer.transfer.recommend import body_rows, predict, recommend
-from explorer.transfer.report import ComparisonReport, LayerComparison
-from explorer.transfer.weights import block_change, step_budget
+from explorer.transfer.advice.recommend import body_rows, predict, recommend
+from explorer.transfer.comparison.cka import LayerCKA
+from explorer.transfer.comparison.probes import ProbeResult, chance_level
+from explorer.transfer.comparison.weights import block_change, step_budget
+from explorer.transfer.reporting.report import ComparisonReport, LayerComparison
+from explorer.transfer.training.heldout import HeldOut
 
 Settings = dict[str, int | float | bool | str | None]
 

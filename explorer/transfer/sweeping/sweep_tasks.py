@@ -3,10 +3,12 @@
 Each :class:`SweepTask` (point × route × seed) maps to a small dict of metrics through :func:`run_sweep_task`;
 a *runner* executes a list of them (:func:`in_process` by default; a Ray runner only has to call
 :func:`run_sweep_task` on each worker, whose :class:`SweepContext` builds its own shared pass on first use).
-Routes: ``finetune`` (freeze up to the point, train the rest and a new head, :mod:`explorer.transfer.trainer`)
-and ``linear`` (cut at the point, global-average-pool, fit the linear classifier of :mod:`explorer.transfer.probes`).
+Routes: ``finetune`` (freeze up to the point, train the rest and a new head, :mod:`explorer.transfer.training.trainer`)
+and ``linear`` (cut at the point, global-average-pool, fit the linear classifier of
+:mod:`explorer.transfer.comparison.probes`).
 Cheap by construction: one pass of the base model over every image keeps each point's output
-(:mod:`explorer.transfer.prefix`), so with ``augment="none"`` a point's fine-tune trains only the layers after it
+(:mod:`explorer.transfer.sweeping.prefix`), so with ``augment="none"`` a point's fine-tune trains only the layers after
+it
 and the linear route reads the same pass.
 """
 
@@ -28,9 +30,8 @@ from explorer.errors import ExplorerError
 from explorer.layers import LayerInfo, check_input_size, ladder
 from explorer.models import LoadedModel
 from explorer.models.freeze import FreezeError, frozen_modules, head_name
-from explorer.transfer.finetune import image_loaders, trainable_model
-from explorer.transfer.heldout import Split, labels_of
-from explorer.transfer.prefix import (
+from explorer.transfer.comparison.probes import fit_predict
+from explorer.transfer.sweeping.prefix import (
     CACHE_BUDGET_BYTES,
     PrefixCache,
     bytes_per_image,
@@ -39,9 +40,10 @@ from explorer.transfer.prefix import (
     cut_model,
     keep_plan,
 )
-from explorer.transfer.probes import fit_predict
-from explorer.transfer.settings import FinetuneSettings
-from explorer.transfer.trainer import evaluate, train
+from explorer.transfer.training.finetune import image_loaders, trainable_model
+from explorer.transfer.training.heldout import Split, labels_of
+from explorer.transfer.training.settings import FinetuneSettings
+from explorer.transfer.training.trainer import evaluate, train
 
 ROUTES = ("finetune", "linear")
 NONE = "none"  # the point that trains every layer
@@ -289,7 +291,7 @@ def build_prefix(ctx: SweepContext, on_batch: Callable[[int], None] | None = Non
 
 def check_cuts(model: LoadedModel, points: list[str], layers: dict[str, str], x: torch.Tensor) -> dict[str, bool]:
     """For each point, whether running only the layers after it on its cached output reproduces the network."""
-    from explorer.transfer.finetune import trainable_copy
+    from explorer.transfer.training.finetune import trainable_copy
 
     ok = {}
     for p in points:

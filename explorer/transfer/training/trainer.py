@@ -1,6 +1,7 @@
 """The training loop every fine-tune and every sweep task runs, on a module the caller owns.
 
-Epochs of AdamW steps (:mod:`explorer.transfer.optim`: warm-up then cosine, no decay on BatchNorm or biases); after
+Epochs of AdamW steps (:mod:`explorer.transfer.training.optim`: warm-up then cosine, no decay on BatchNorm or biases);
+after
 each epoch the held-out loss and accuracy; the epoch with the lowest held-out loss is kept (its weights restored at
 the end) and training stops after `patience` epochs without improvement. Batches and convolutions use the
 channels-last layout on every device: on CPUs with oneDNN a training step of EfficientNet-Lite0 runs several times
@@ -9,7 +10,7 @@ faster than in NCHW (docs/benchmarks.md). The loader may yield images or, for a 
 After each epoch `on_state` (when given) receives the whole training state (:func:`training_state`: weights of the
 last epoch, optimiser, schedule, best epoch so far, histories, random generators), and `train(start=…)` continues
 from such a state with the next epoch, exactly as the uninterrupted loop would have (the resume of a fine-tune whose
-process was killed, :mod:`explorer.transfer.resume`). The state holds only tensors, numbers, strings, lists and
+process was killed, :mod:`explorer.transfer.training.resume`). The state holds only tensors, numbers, strings, lists and
 dicts, so ``torch.load(weights_only=True)`` reads it back.
 """
 
@@ -27,8 +28,8 @@ from torch.utils.data import DataLoader
 
 from explorer.models import logits_of
 from explorer.runtime import Progress, autocast
-from explorer.transfer.optim import StepBudget, lr_factor, param_groups
-from explorer.transfer.settings import FinetuneSettings
+from explorer.transfer.training.optim import StepBudget, lr_factor, param_groups
+from explorer.transfer.training.settings import FinetuneSettings
 
 EpochHook = Callable[[dict[str, float], bool, dict[str, object]], None]  # (epoch, best so far?, step budget)
 StateHook = Callable[[dict[str, Any]], None]  # the training state after an epoch (before EpochHook runs)

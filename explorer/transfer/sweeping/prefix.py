@@ -22,7 +22,7 @@ from torch import nn
 from explorer.layers import execution_order, forward_hooks, forward_until
 from explorer.models import logits_of
 from explorer.models.freeze import cut_position, module_and_size
-from explorer.transfer.pooling import gap_features
+from explorer.transfer.comparison.pooling import gap_features
 
 CACHE_BUDGET_BYTES = 1_500_000_000  # prefix outputs kept in memory at most (float32); points beyond it run on images
 

@@ -1,6 +1,7 @@
 """Resuming a fine-tune whose process was killed: from its last complete epoch to the epoch count it was given.
 
-A run writes ``<name>.resume.pt`` beside its checkpoint after every epoch (:mod:`explorer.transfer.finetune`): the
+A run writes ``<name>.resume.pt`` beside its checkpoint after every epoch (:mod:`explorer.transfer.training.finetune`):
+the
 last epoch's weights, the optimiser and schedule state, the best epoch so far, the histories, the random generators
 and the run's metadata (settings, data source, base model, held-out split). :func:`resume` rebuilds the model,
 checks that the data still gives the same split, and continues with the next epoch in the same folder, so the
@@ -16,9 +17,9 @@ from typing import Any
 
 from explorer.models import LoadedModel
 from explorer.runtime import Progress, StopSignal
-from explorer.transfer.checkpoints import load_resume_state, remove_stale_temps, resume_path
-from explorer.transfer.finetune import FinetuneResult, fit, training_data
-from explorer.transfer.settings import FinetuneError, FinetuneSettings
+from explorer.transfer.training.checkpoints import load_resume_state, remove_stale_temps, resume_path
+from explorer.transfer.training.finetune import FinetuneResult, fit, training_data
+from explorer.transfer.training.settings import FinetuneError, FinetuneSettings
 
 __all__ = ["can_resume", "resume", "run_checkpoint", "saved_settings"]
 
@@ -63,7 +64,7 @@ def resume(
 
     `model` is the run's base (loaded from the metadata's ``base_spec`` when None; only its architecture matters,
     every weight comes from the resume state). Progress and stopping work as in
-    :func:`explorer.transfer.finetune.finetune`; the step count continues where the run was.
+    :func:`explorer.transfer.training.finetune.finetune`; the step count continues where the run was.
     """
     checkpoint = run_checkpoint(run)
     remove_stale_temps(checkpoint.parent)  # a kill during a write leaves a hidden temporary file behind

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from explorer.transfer.gate import learned_task
-from explorer.transfer.stats import MARGIN, LossBounds, loss_bounds, seed_interval, wilson
+from explorer.transfer.advice.gate import learned_task
+from explorer.transfer.sweeping.stats import MARGIN, LossBounds, loss_bounds, seed_interval, wilson
 
 JSONValue = str | int | float | bool | None | list["JSONValue"] | dict[str, "JSONValue"]
 EQUIVALENT, WORSE, UNPLACED, BEST, UNCONVERGED = "equivalent", "worse", "cannot place", "best", "not converged"
@@ -126,7 +126,7 @@ class SweepReport:
         return self.option(self.choice.point, self.choice.route)
 
     def to_dict(self) -> dict[str, JSONValue]:
-        from explorer.transfer.checkpoints import json_safe
+        from explorer.transfer.training.checkpoints import json_safe
 
         return json_safe(asdict(self))
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from explorer.transfer.probes import ProbeResult
-from explorer.transfer.stats import paired_difference
-from explorer.transfer.sweep_report import SweepOption
+from explorer.transfer.comparison.probes import ProbeResult
+from explorer.transfer.sweeping.stats import paired_difference
+from explorer.transfer.sweeping.sweep_report import SweepOption
 
 SMALL_PER_CLASS = 300  # fewer training images per class than this counts as "little data"
 

@@ -1,15 +1,15 @@
 """The freeze advice: measured by the sweep when one ran, predicted from CKA otherwise, withheld by the gate.
 
 - **Measured** (``source="sweep"``): the sweep's choice, the cheapest option its paired test does not find worse
-  than the best (:mod:`explorer.transfer.sweep_report`). The representation then *explains* it.
+  than the best (:mod:`explorer.transfer.sweeping.sweep_report`). The representation then *explains* it.
 - **Predicted** (``source="prediction"``): with no sweep, the deepest block up to which fine-tuning left every
   block's representation nearly unchanged (debiased CKA with the base ≥ ``similar_cka``, judged by the lower end
   of its 95 % interval). It is computed again on two disjoint halves of the images; halves that disagree by more
   than one block make it *unstable*. It says what training changed, not what freezing would cost.
-- **Withheld** (``source="withheld"``): the gate (:mod:`explorer.transfer.gate`) is closed, the tuned model has
+- **Withheld** (``source="withheld"``): the gate (:mod:`explorer.transfer.advice.gate`) is closed, the tuned model has
   not learned the task or there are too few images, and the page says why and what to try.
-The classic 2×2 guide is placed by :mod:`explorer.transfer.guide`; BatchNorm statistics are told apart from
-weights by the hybrid models' CKA (:mod:`explorer.transfer.weights`).
+The classic 2×2 guide is placed by :mod:`explorer.transfer.advice.guide`; BatchNorm statistics are told apart from
+weights by the hybrid models' CKA (:mod:`explorer.transfer.comparison.weights`).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import dataclasses
 import math
 
 from explorer.models import LoadedModel
-from explorer.transfer.gate import Gate, learned, too_few
-from explorer.transfer.guide import GUIDE, GuideCell, place, place_from_sweep, why
-from explorer.transfer.probes import ProbeResult
-from explorer.transfer.report import ComparisonReport, LayerComparison, Recommendation
-from explorer.transfer.sweep_report import SweepReport
+from explorer.transfer.advice.gate import Gate, learned, too_few
+from explorer.transfer.advice.guide import GUIDE, GuideCell, place, place_from_sweep, why
+from explorer.transfer.comparison.probes import ProbeResult
+from explorer.transfer.reporting.report import ComparisonReport, LayerComparison, Recommendation
+from explorer.transfer.sweeping.sweep_report import SweepReport
 
 __all__ = ["GUIDE", "GuideCell", "Recommendation", "predict", "recommend", "reconsider"]
 
@@ -268,7 +268,7 @@ def reconsider(
         out.trainable, out.non_trainable, out.total = s.trainable, s.non_trainable, s.total
         out.code = freeze_code(base, freeze, num_classes=n_classes)
     if chosen is not None and chosen.route == "linear":
-        from explorer.transfer.prefix import linear_route_code
+        from explorer.transfer.sweeping.prefix import linear_route_code
 
         out.trainable = chosen.trainable
         out.total = out.non_trainable + chosen.trainable

@@ -1,6 +1,7 @@
 """Train the linear route's classifier for real: the frozen network's pooled output at a point, a standardised
 logistic regression on every image of the user's data, saved in the layout of the code the Compare page shows
-(:func:`~explorer.transfer.prefix.feature_extractor_code`: ``norm`` running statistics and ``linear`` weights), so
+(:func:`~explorer.transfer.sweeping.prefix.feature_extractor_code`: ``norm`` running statistics and ``linear``
+weights), so
 ``classifier.load_state_dict(load_file("classifier.safetensors"), strict=False)`` makes that code predict at once.
 
 Its accuracy is the stratified 5-fold cross-validated accuracy of the same classifier on the same features: images
@@ -23,9 +24,9 @@ from explorer.errors import ExplorerError
 from explorer.layers import check_input_size
 from explorer.models import LoadedModel
 from explorer.runtime import Progress
-from explorer.transfer.heldout import file_list_sha256, labels_of
-from explorer.transfer.prefix import compute_prefix, prefix_layer
-from explorer.transfer.probes import linear_classifier, linear_probe
+from explorer.transfer.comparison.probes import linear_classifier, linear_probe
+from explorer.transfer.sweeping.prefix import compute_prefix, prefix_layer
+from explorer.transfer.training.heldout import file_list_sha256, labels_of
 
 FORMAT = "layer_explorer.linear_head/1"
 

@@ -1,7 +1,7 @@
 """What a comparison produced: per-layer records in depth order, the recommendation, and their exports.
 
 `ComparisonReport.to_json()` / `.to_dict()` (NaN written as null), `.to_csv()` (one row per layer),
-and, in :mod:`explorer.transfer.report_html`, `render_html(report)` (a self-contained summary) and
+and, in :mod:`explorer.transfer.reporting.report_html`, `render_html(report)` (a self-contained summary) and
 `save_report(report, path.json)` (all three side by side). :func:`chart_series`
 is the per-layer series the HTML chart and the app's plotly chart both draw, and :func:`finite` the test they
 share for a value that can be drawn.
@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from explorer.transfer.guide import GuideCell
-from explorer.transfer.sweep_report import SweepOption, SweepReport
+from explorer.transfer.advice.guide import GuideCell
+from explorer.transfer.sweeping.sweep_report import SweepOption, SweepReport
 
 
 @dataclass

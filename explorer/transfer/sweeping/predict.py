@@ -1,6 +1,7 @@
 """Where to freeze, predicted before any training: per-layer transferability scores from one pass of the base model.
 
-The sweep (:mod:`explorer.transfer.sweep`) *measures* each freeze option and costs minutes to hours; this module
+The sweep (:mod:`explorer.transfer.sweeping.sweep`) *measures* each freeze option and costs minutes to hours; this
+module
 *predicts* one in seconds. One streamed pass of the base model over a stratified sample of the user's images keeps
 the global-average-pooled output of every candidate point (the sweep's own points, :func:`auto_points`, read at the
 same modules, :func:`prefix_layer`, by the same pass, :func:`compute_prefix`), and each estimator scores each point:
@@ -42,13 +43,13 @@ from explorer.errors import ExplorerError
 from explorer.layers import check_input_size, execution_order
 from explorer.models import LoadedModel
 from explorer.runtime import Progress, StopSignal, stop_requested
-from explorer.transfer.finetune import training_data
-from explorer.transfer.heldout import labels_of
-from explorer.transfer.prefix import compute_prefix, cut_index
-from explorer.transfer.probes import chance_level, linear_probe
-from explorer.transfer.settings import FinetuneSettings
-from explorer.transfer.sweep import default_input_size
-from explorer.transfer.sweep_tasks import NONE, auto_points
+from explorer.transfer.comparison.probes import chance_level, linear_probe
+from explorer.transfer.sweeping.prefix import compute_prefix, cut_index
+from explorer.transfer.sweeping.sweep import default_input_size
+from explorer.transfer.sweeping.sweep_tasks import NONE, auto_points
+from explorer.transfer.training.finetune import training_data
+from explorer.transfer.training.heldout import labels_of
+from explorer.transfer.training.settings import FinetuneSettings
 
 FORMAT = "layer_explorer.predict/1"
 ESTIMATORS = ("probe", "logme", "knn", "centroid", "fisher")
@@ -233,7 +234,8 @@ def centroid_accuracy(features: np.ndarray, labels: np.ndarray, *, folds: int = 
 
 
 def probe_accuracy(features: np.ndarray, labels: np.ndarray, *, folds: int = FOLDS, seed: int = 0) -> float:
-    """Stratified k-fold accuracy of the sweep's linear classifier (:func:`explorer.transfer.probes.linear_probe`)."""
+    """Stratified k-fold accuracy of the sweep's linear classifier
+    (:func:`explorer.transfer.comparison.probes.linear_probe`)."""
     x, y = _xy(features, labels)
     result = linear_probe(x.astype(np.float32), y, folds=folds, seed=seed)
     if result is None:
@@ -244,7 +246,7 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray, *, folds: int = FOL
 def score(estimator: str, features: np.ndarray, labels: np.ndarray, *, folds: int = FOLDS, seed: int = 0) -> float:
     """One estimator's score of one layer's pooled features (higher: the layer suits the task better).
 
-    One BLAS thread, as :func:`explorer.transfer.probes.fit_predict`: these problems are small, and on a busy
+    One BLAS thread, as :func:`explorer.transfer.comparison.probes.fit_predict`: these problems are small, and on a busy
     machine threads waiting for each other cost more than they bring.
     """
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # ships no type information

@@ -117,7 +117,7 @@ def has_bn_stats(module: nn.Module) -> bool:
 
 def hybrid(weights_from: nn.Module, stats_from: nn.Module) -> nn.Module:
     """A private copy of `weights_from` whose BatchNorm running statistics are `stats_from`'s (same architecture)."""
-    from explorer.transfer.finetune import private_copy
+    from explorer.transfer.training.finetune import private_copy
 
     out = private_copy(weights_from)
     with torch.no_grad():

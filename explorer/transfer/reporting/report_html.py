@@ -1,7 +1,7 @@
 """A self-contained HTML summary of a comparison report: the curves, the advice, the 2×2 guide, the sweep, the table.
 
 No JavaScript and no downloads: one file with inline SVG charts, readable offline and attachable anywhere. The
-per-layer curves are :func:`explorer.transfer.report.chart_series`, the same the app's plotly chart draws.
+per-layer curves are :func:`explorer.transfer.reporting.report.chart_series`, the same the app's plotly chart draws.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from explorer.transfer.guide import why
-from explorer.transfer.report import ChartSeries, ComparisonReport, chart_series, finite
-from explorer.transfer.sweep_report import SweepReport
+from explorer.transfer.advice.guide import why
+from explorer.transfer.reporting.report import ChartSeries, ComparisonReport, chart_series, finite
+from explorer.transfer.sweeping.sweep_report import SweepReport
 
 _W, _H, _PAD_L, _PAD_R, _PAD_T, _PAD_B = 920, 320, 48, 16, 16, 110
 _COLOURS = {"cka": "#1f77b4", "weight": "#d62728", "probe": "#2ca02c", "parts": "#17becf"}

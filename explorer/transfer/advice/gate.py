@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from explorer.transfer.stats import above_chance
+from explorer.transfer.sweeping.stats import above_chance
 
 MIN_IMAGES_TO_DECIDE = 100  # held-out images below which intervals are shown but nothing is decided
 ALPHA_CHANCE = 0.01  # significance level of "above chance"

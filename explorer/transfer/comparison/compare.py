@@ -1,15 +1,18 @@
 """Per-layer comparison of a base model and its fine-tuned copy, on images the tuned model never trained on.
 
 Images: when they are the tuning data, only the images the fine-tune held out (the split saved in its checkpoint,
-:mod:`explorer.transfer.heldout`); otherwise every image, and the report says plainly whether the data are
+:mod:`explorer.transfer.training.heldout`); otherwise every image, and the report says plainly whether the data are
 different or the split unknown (then the tuned model's accuracy is not reported). Each image passes once through
 the base, the tuned model and, with BatchNorm, two hybrids that tell statistics from weights (tuned weights + base
-statistics; base weights + tuned statistics, :mod:`explorer.transfer.weights`). For every block of the ladder, in
+statistics; base weights + tuned statistics, :mod:`explorer.transfer.comparison.weights`). For every block of the
+ladder, in
 depth order: debiased CKA with the base (full sample, 95 % jackknife interval over images, and again on two
 disjoint halves), weight change (relative, absolute RMS, per step budget) and BatchNorm statistic change, and the
-cross-validated accuracy of a linear probe on the *base* features. Then the advice (:mod:`explorer.transfer.recommend`).
+cross-validated accuracy of a linear probe on the *base* features. Then the advice
+(:mod:`explorer.transfer.advice.recommend`).
 
-Pooling (:mod:`explorer.transfer.pooling`, through each layer's layout): a block output (N, C, H, W), or a ViT's
+Pooling (:mod:`explorer.transfer.comparison.pooling`, through each layer's layout): a block output (N, C, H, W), or a
+ViT's
 patch tokens as their grid (the class token left out, its CKA reported apart as ``cka_class_token``), is
 average-pooled to a ``grid``×``grid`` map (default 4×4, or H×W when smaller) and flattened, which keeps a coarse
 spatial layout for CKA; probes use global average pooling (C features per image, the usual "feature extractor"
@@ -34,15 +37,15 @@ from explorer.errors import ExplorerError
 from explorer.layers import LayerInfo, Layout, check_input_size, first_tensor, forward_hooks, ladder, layout_of
 from explorer.models import LoadedModel, logits_of
 from explorer.runtime import Progress, StopSignal, autocast, stop_requested, to_input
-from explorer.transfer.assemble import build_report, layer_rows
-from explorer.transfer.cka import layer_cka, split_halves
-from explorer.transfer.heldout import HeldOut, file_list_sha256, heldout_images, labels_of
-from explorer.transfer.pooling import gap_features, pooled_features
-from explorer.transfer.probes import ProbeResult, probe_layers
-from explorer.transfer.recommend import with_sweep
-from explorer.transfer.report import ComparisonReport
-from explorer.transfer.sweep_report import SweepReport, sweep_mismatch
-from explorer.transfer.weights import has_bn_stats, hybrid
+from explorer.transfer.advice.recommend import with_sweep
+from explorer.transfer.comparison.assemble import build_report, layer_rows
+from explorer.transfer.comparison.cka import layer_cka, split_halves
+from explorer.transfer.comparison.pooling import gap_features, pooled_features
+from explorer.transfer.comparison.probes import ProbeResult, probe_layers
+from explorer.transfer.comparison.weights import has_bn_stats, hybrid
+from explorer.transfer.reporting.report import ComparisonReport
+from explorer.transfer.sweeping.sweep_report import SweepReport, sweep_mismatch
+from explorer.transfer.training.heldout import HeldOut, file_list_sha256, heldout_images, labels_of
 
 # (base, tuned, layer names) -> {"values": {layer: float}, "renders": {layer: {...}}, "units": …, "per_unit": …}
 CrossExcitation = Callable[[LoadedModel, LoadedModel, list[str]], dict[str, dict[str, object]]]
@@ -269,7 +272,7 @@ def compare(
     `input_size` px) and normalised per model, `batch_size` at a time. `bn_parts` adds the two BatchNorm hybrids
     (one more forward each). `sweep`: a measured freeze sweep, which then decides the advice. `cross_excitation`
     is an optional plug-in ``(base, tuned, layer_names) -> {"values": {layer: float}, "renders": {...}}``, e.g.
-    ``explorer.transfer.crossexcite.as_plugin(units=4)``.
+    ``explorer.transfer.comparison.crossexcite.as_plugin(units=4)``.
     """
     t0 = time.perf_counter()
     stop = stop_requested(should_stop)
@@ -350,7 +353,8 @@ def _cross_excitation(
         _add_cross_excitation(report, cross_excitation(base, tuned, names))
     else:
         report.warnings.append(
-            "Cross-excitation was not measured (pass cross_excitation=explorer.transfer.crossexcite.as_plugin())."
+            "Cross-excitation was not measured "
+            "(pass cross_excitation=explorer.transfer.comparison.crossexcite.as_plugin())."
         )
 
 

@@ -2,7 +2,8 @@
 
 `sweep(model, data)` tries every candidate point ('none' trains everything; ``points="auto"`` adds the last block
 of every stage and 'head only') by two routes under one budget, one held-out split and one seed per repeat
-(:mod:`explorer.transfer.sweep_tasks`), and returns a :class:`~explorer.transfer.sweep_report.SweepReport`: the
+(:mod:`explorer.transfer.sweeping.sweep_tasks`), and returns a
+:class:`~explorer.transfer.sweeping.sweep_report.SweepReport`: the
 curve, and the cheapest option not found worse than the best. With `out` (``sweep.json``, CSV and HTML beside
 it), every finished task is written atomically as it ends; a rerun with the same settings and output skips them,
 so an interrupted sweep loses at most the task it was running.
@@ -27,17 +28,13 @@ from explorer.data import TransformedView, eval_transform
 from explorer.layers import check_input_size, ladder
 from explorer.models import LoadedModel
 from explorer.runtime import Progress, StopSignal, stop_requested
-from explorer.transfer.checkpoints import write_atomic
-from explorer.transfer.finetune import training_data
-from explorer.transfer.heldout import Split, labels_of
-from explorer.transfer.prefix import prefix_layer
-from explorer.transfer.probes import chance_level, linear_probe
-from explorer.transfer.report_html import render_sweep_html
-from explorer.transfer.settings import FinetuneSettings, suggested_input_size
-from explorer.transfer.stats import MARGIN
-from explorer.transfer.sweep_report import JSONValue, SweepReport, choose, make_options
-from explorer.transfer.sweep_report import sweep_mismatch as mismatch
-from explorer.transfer.sweep_tasks import (
+from explorer.transfer.comparison.probes import chance_level, linear_probe
+from explorer.transfer.reporting.report_html import render_sweep_html
+from explorer.transfer.sweeping.prefix import prefix_layer
+from explorer.transfer.sweeping.stats import MARGIN
+from explorer.transfer.sweeping.sweep_report import JSONValue, SweepReport, choose, make_options
+from explorer.transfer.sweeping.sweep_report import sweep_mismatch as mismatch
+from explorer.transfer.sweeping.sweep_tasks import (
     HOLDOUT,
     INNER_FRACTION,
     MIN_STEPS,
@@ -57,6 +54,10 @@ from explorer.transfer.sweep_tasks import (
     in_process,
     plan_tasks,
 )
+from explorer.transfer.training.checkpoints import write_atomic
+from explorer.transfer.training.finetune import training_data
+from explorer.transfer.training.heldout import Split, labels_of
+from explorer.transfer.training.settings import FinetuneSettings, suggested_input_size
 
 FORMAT = "layer_explorer.sweep/2"
 
@@ -72,7 +73,7 @@ __all__ = [
     "sweep_settings",
 ]
 
-from explorer.transfer.sweep_tasks import run_sweep_task  # noqa: E402  (re-exported: the runner's entry point)
+from explorer.transfer.sweeping.sweep_tasks import run_sweep_task  # noqa: E402  (re-exported: the runner's entry point)
 
 EPOCHS = 8  # the most epochs a task trains (more when its minimum number of steps needs them); early stopping ends most
 SEED_SECONDS = 30.0  # with seeds="auto", every fine-tune option whose first run took less than this gets a second seed
@@ -149,7 +150,7 @@ def _check_data(ctx_split: Split, classes: list[str], routes: tuple[str, ...], m
 
 
 def default_input_size(model: LoadedModel, dataset: Dataset) -> int:
-    """The fine-tune's rule (:func:`~explorer.transfer.settings.suggested_input_size`): the data's own size, at
+    """The fine-tune's rule (:func:`~explorer.transfer.training.settings.suggested_input_size`): the data's own size, at
     most the model's (8×8 digits are not upscaled to 224 px), the model's own for a model that takes no other."""
     from explorer.data.images import typical_side
     from explorer.layers import fixed_input_size

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from explorer.data import AUGMENTS
 from explorer.errors import ExplorerError
-from explorer.transfer.optim import SCHEDULES
+from explorer.transfer.training.optim import SCHEDULES
 
 BN_MODES = ("train", "frozen")
 

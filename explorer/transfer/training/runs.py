@@ -1,7 +1,8 @@
 """Fine-tuning runs: where their checkpoints live, how pages find them, and training one in the background.
 
 Every run gets its own folder ``<cache>/runs/<name>/`` holding ``<name>.safetensors`` and its ``<name>.json``
-sidecar (both written by :mod:`explorer.transfer.finetune` after each complete epoch) plus ``.run.json`` (when it was
+sidecar (both written by :mod:`explorer.transfer.training.finetune` after each complete epoch) plus ``.run.json`` (when
+it was
 started, by which process, and how it ended). Names are unique and reserved with an atomic ``mkdir``, so a run
 never overwrites another. `list_runs` reads the sidecars; the Fine-tune and Compare pages both use it.
 No Streamlit here: the page polls a :class:`TrainingJob`, whose thread never touches the UI.
@@ -14,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from explorer.cache import cache_root
-from explorer.runtime import ThreadJob
-from explorer.transfer.checkpoints import process_alive
+from explorer.runtime import ThreadJob, atomic_write
+from explorer.transfer.training.checkpoints import process_alive
 
 RUN_RECORD = ".run.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
@@ -202,9 +202,7 @@ def reserve_run(label: str, *, root: str | Path | None = None, data: str | None 
 
 
 def _write_record(folder: Path, record: dict[str, Any]) -> None:
-    tmp = folder / f".{RUN_RECORD}.{os.getpid()}.{threading.get_ident()}.tmp"
-    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    os.replace(tmp, folder / RUN_RECORD)
+    atomic_write(folder / RUN_RECORD, json.dumps(record, indent=1))
 
 
 def begin_run(checkpoint: str | Path, data: str | None = None) -> bool:
@@ -262,7 +260,8 @@ class JobSnapshot:
 
 
 class TrainingJob(ThreadJob):
-    """`explorer.transfer.finetune.finetune` in a daemon thread, stoppable, with its progress kept for the UI to poll.
+    """`explorer.transfer.training.finetune.finetune` in a daemon thread, stoppable, with its progress kept for the UI
+    to poll.
 
     The model passed in is only read (finetune trains a deep copy). Stopping takes effect before the next step;
     the checkpoint of the last complete epoch stays, and `finish_run` records how the run ended.
@@ -303,8 +302,8 @@ class TrainingJob(ThreadJob):
                 self._epochs.append({k: v for k, v in preview.items() if k not in ("phase", "checkpoint")})
 
     def _run(self) -> None:
-        from explorer.transfer.finetune import finetune
-        from explorer.transfer.resume import resume
+        from explorer.transfer.training.finetune import finetune
+        from explorer.transfer.training.resume import resume
 
         state = "failed"
         try:

@@ -2,13 +2,15 @@
 
 The shared model is never touched: training runs on a deep copy with a new head for the dataset's classes.
 Everything up to and including the freeze point is frozen (parameters *and* BatchNorm statistics, see
-:mod:`explorer.models.freeze`). The loop is :func:`explorer.transfer.trainer.train` with the settings of
-:mod:`explorer.transfer.settings`. The held-out split (:mod:`explorer.transfer.heldout`) is saved in the checkpoint's
+:mod:`explorer.models.freeze`). The loop is :func:`explorer.transfer.training.trainer.train` with the settings of
+:mod:`explorer.transfer.training.settings`. The held-out split (:mod:`explorer.transfer.training.heldout`) is saved in
+the checkpoint's
 metadata, so a comparison can later measure on images the model never trained on. The checkpoint is written
 atomically (safetensors with our JSON metadata in its header, plus a ``.json`` sidecar) after every epoch that
 improved the held-out loss, so an interrupted run leaves its best complete epoch usable. Beside it, before the
-checkpoint, a resume state is written after every epoch (:func:`explorer.transfer.checkpoints.save_resume_state`)
-so a run whose process was killed continues where it was (:func:`explorer.transfer.resume.resume`); it is
+checkpoint, a resume state is written after every epoch
+(:func:`explorer.transfer.training.checkpoints.save_resume_state`) so a run whose process was killed continues where
+it was (:func:`explorer.transfer.training.resume.resume`); it is
 removed when the run ends by itself. Order matters: the state is written before a checkpoint that replaces an
 earlier best one, so the checkpoint on disk always holds the best epoch the state names (or the state's own weights
 are that epoch); the first checkpoint is written before the first state, so a run that has a state is listed.
@@ -33,7 +35,7 @@ from explorer.layers import check_input_size, execution_order
 from explorer.models import LoadedModel, fingerprint
 from explorer.models.freeze import apply_freeze, head_name
 from explorer.runtime import Progress, StopSignal, stop_requested
-from explorer.transfer.checkpoints import (
+from explorer.transfer.training.checkpoints import (
     check_writable,
     json_safe,
     resume_path,
@@ -41,9 +43,9 @@ from explorer.transfer.checkpoints import (
     save_resume_state,
     update_metadata,
 )
-from explorer.transfer.heldout import Split, make_split
-from explorer.transfer.settings import FinetuneError, FinetuneSettings
-from explorer.transfer.trainer import TrainOutcome, evaluate, train
+from explorer.transfer.training.heldout import Split, make_split
+from explorer.transfer.training.settings import FinetuneError, FinetuneSettings
+from explorer.transfer.training.trainer import TrainOutcome, evaluate, train
 
 __all__ = ["FinetuneError", "FinetuneResult", "FinetuneSettings", "evaluate", "finetune", "fit", "replace_head"]
 
@@ -258,8 +260,10 @@ def fit(
 ) -> FinetuneResult:
     """The fine-tune on a prepared (dataset, classes, split), writing to `out` (checked already).
 
-    `start` is a resume state (:func:`explorer.transfer.checkpoints.load_resume_state`) to continue from with its
-    next epoch; :func:`explorer.transfer.resume.resume` is the way in. A resume state is written after each epoch
+    `start` is a resume state (:func:`explorer.transfer.training.checkpoints.load_resume_state`) to continue from with
+    its
+    next epoch; :func:`explorer.transfer.training.resume.resume` is the way in. A resume state is written after each
+    epoch
     when there is a checkpoint and `data` names images that can be opened again (a path or a demo name).
     """
     dataset, classes, split = prepared

@@ -6,7 +6,7 @@ arguments: the metadata names the architecture, classes and preprocessing.
 
 Beside a run's checkpoint ``<name>.safetensors``, ``<name>.resume.pt`` holds what continuing the run needs after its
 process was killed (the last epoch's weights, optimiser and schedule state, histories, random generators and the
-run's metadata; :mod:`explorer.transfer.resume`). It is written atomically too, read only with
+run's metadata; :mod:`explorer.transfer.training.resume`). It is written atomically too, read only with
 ``torch.load(weights_only=True)``, and removed when the run ends normally.
 """
 
@@ -17,7 +17,6 @@ import io
 import json
 import math
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from torch import nn
 
 from explorer.errors import ExplorerError
 from explorer.models import META_KEY
+from explorer.runtime import atomic_write
 
 
 class CheckpointError(ExplorerError):
@@ -63,17 +63,10 @@ def json_safe(obj: Any) -> Any:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file, fsync and rename: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    """:func:`explorer.runtime.atomic_write` with fsync, its failure said as a :class:`CheckpointError`."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, data, durable=True)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise CheckpointError(f"Could not write {path} ({exc.strerror}).") from None
 
 

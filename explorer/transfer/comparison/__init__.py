@@ -1,0 +1,2 @@
+"""Base against tuned, block by block: CKA, weight change, probes, pooling, same-seed renders, and the report's
+assembly."""
