@@ -29,6 +29,7 @@ from explorer.models import (
     parse_spec,
     pick_device,
     read_checkpoint,
+    read_metadata,
 )
 
 CATS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
@@ -348,3 +349,23 @@ def test_untrained_models_are_the_same_network_every_time_without_touching_the_c
     b = load_model("timm:test_efficientnet:untrained", device="cpu")
     assert a.fingerprint == b.fingerprint  # so the disk cache serves it across restarts
     assert torch.equal(before, after)  # the caller's random stream is not consumed
+
+
+def test_the_one_metadata_reader_merges_sidecar_over_header_and_never_raises(tmp_path: Path) -> None:
+    tensors = {"w": torch.zeros(2)}
+    both = tmp_path / "both.safetensors"
+    save_file(tensors, str(both), metadata={META_KEY: json.dumps({"arch": "timm:resnet18", "classes": ["a"]})})
+    both.with_suffix(".json").write_text(json.dumps({"classes": ["b", "c"]}))
+    assert read_metadata(both) == {"arch": "timm:resnet18", "classes": ["b", "c"]}  # the sidecar wins, key by key
+    plain = tmp_path / "plain.safetensors"
+    save_file(tensors, str(plain))
+    assert read_metadata(plain) == {}
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(os.urandom(256))
+    assert read_metadata(corrupt) == {}  # said when it is loaded, not here
+    listed = tmp_path / "listed.pt"
+    listed.with_suffix(".json").write_text("[1, 2]")  # JSON, but not an object: not metadata we wrote
+    assert read_metadata(listed) == {}
+    assert read_metadata(tmp_path / "missing.safetensors") == {}
+    _, meta = read_checkpoint(both)
+    assert meta["arch"] == "timm:resnet18" and meta["classes"] == ["b", "c"]  # the loader reads the same

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -249,23 +248,9 @@ def _report(args: argparse.Namespace, result: Any, freeze: str | None) -> int:
 
 def _has_arch_metadata(path: str) -> bool:
     """Whether a checkpoint names its own architecture (sidecar or safetensors header), without reading tensors."""
-    from explorer.models import META_KEY
+    from explorer.models import read_metadata  # start-up cost: the CLI imports command modules lazily
 
-    p = Path(path)
-    side = p.with_suffix(".json")
-    try:
-        if side.exists() and json.loads(side.read_text()).get("arch"):
-            return True
-        if p.suffix.lower() == ".safetensors" and p.is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(p), framework="pt", device="cpu") as f:
-                return META_KEY in (f.metadata() or {})
-    except (OSError, ValueError, AttributeError, RuntimeError):  # unreadable: let load_model say why
-        return False
-    except Exception:  # safetensors' own error type for a corrupt header
-        return False
-    return False
+    return bool(read_metadata(path).get("arch"))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

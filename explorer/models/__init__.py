@@ -7,7 +7,14 @@ checkpoint files without running code from them and fits their tensors into an a
 """
 
 from explorer.errors import ModelError
-from explorer.models.checkpoint import CHECKPOINT_SUFFIXES, META_KEY, LoadReport, load_into, read_checkpoint
+from explorer.models.checkpoint import (
+    CHECKPOINT_SUFFIXES,
+    META_KEY,
+    LoadReport,
+    load_into,
+    read_checkpoint,
+    read_metadata,
+)
 from explorer.models.load import load_model, num_outputs
 from explorer.models.loaded import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, fingerprint, logits_of, pick_device
 from explorer.models.sources import Arch, build_arch
@@ -35,4 +42,5 @@ __all__ = [
     "parse_spec",
     "pick_device",
     "read_checkpoint",
+    "read_metadata",
 ]

@@ -50,6 +50,34 @@ class LoadReport:
         return "; ".join(parts) or "all keys matched"
 
 
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Our metadata of a checkpoint, without reading its tensors: the JSON sidecar over the safetensors header.
+
+    The one reader of checkpoint metadata (the loader, the app's architecture hint and the CLI use it). Unreadable or
+    missing metadata is ``{}``: a corrupt file is reported when it is loaded, not here. Not validated: see
+    :func:`check_metadata`.
+    """
+    path = Path(path)
+    meta: dict[str, Any] = {}
+    sidecar = path.with_suffix(".json")
+    with contextlib.suppress(OSError, ValueError):
+        if sidecar.is_file():
+            found = json.loads(sidecar.read_text())
+            meta = found if isinstance(found, dict) else {}  # like unreadable JSON: not metadata we wrote
+    if path.suffix.lower() == ".safetensors" and path.is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                header = f.metadata() or {}
+            found = json.loads(header[META_KEY]) if META_KEY in header else {}
+        except Exception:  # noqa: BLE001 (safetensors raises its own error type, and others, on a corrupt header)
+            found = {}
+        if isinstance(found, dict):
+            meta = {**found, **meta}
+    return meta
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and our metadata (if any) from a checkpoint file, never running code from it."""
     path = Path(path)
@@ -57,29 +85,18 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise ModelError(f"Checkpoint {path} does not exist.")
     if not path.is_file():
         raise ModelError(f"Checkpoint {path} is not a file.")
-    meta: dict[str, Any] = {}
-    sidecar = path.with_suffix(".json")
-    if sidecar.exists():
-        try:
-            meta = json.loads(sidecar.read_text())
-        except (OSError, ValueError):
-            meta = {}
-        meta = meta if isinstance(meta, dict) else {}  # like unreadable JSON: not metadata we wrote
     if path.suffix.lower() == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
         try:
             tensors = {}
             with safe_open(str(path), framework="pt", device="cpu") as f:
-                header = f.metadata() or {}
                 for k in f.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
                     tensors[k] = f.get_tensor(k)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise ModelError(f"{path.name} is not a readable safetensors file (corrupt or truncated).") from exc
-        if META_KEY in header:
-            with contextlib.suppress(ValueError, TypeError):  # TypeError: JSON that is not an object
-                meta = {**json.loads(header[META_KEY]), **meta}
-        return tensors, check_metadata(meta, path.name)
+        return tensors, check_metadata(read_metadata(path), path.name)
+    meta = read_metadata(path)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; the error says it all
             warnings.simplefilter("ignore", UserWarning)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import os
 import re
 import time
@@ -26,7 +25,7 @@ from explorer.cache import cache_root
 from explorer.data.fence import MAX_PATH_CHARS, Kind, allowed, fence, shown
 from explorer.errors import ExplorerError
 from explorer.layers import LayerInfo, ladder
-from explorer.models import CHECKPOINT_SUFFIXES, DEFAULT_SPEC, META_KEY, LoadedModel, ModelError, parse_spec
+from explorer.models import CHECKPOINT_SUFFIXES, DEFAULT_SPEC, LoadedModel, ModelError, parse_spec, read_metadata
 from explorer.runtime import Progress
 from explorer.ui.i18n import number, percent, t
 
@@ -260,19 +259,8 @@ def save_upload(name: str, data: bytes) -> Path:
 
 def checkpoint_arch_hint(path: str | Path) -> str | None:
     """The architecture a checkpoint's own metadata names (safetensors header or JSON sidecar), if any."""
-    path = Path(path)
-    meta: dict[str, Any] = {}
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                meta = json.loads((f.metadata() or {}).get(META_KEY, "{}"))
-        elif path.with_suffix(".json").is_file():
-            meta = json.loads(path.with_suffix(".json").read_text())
-    except Exception:  # a corrupt file is reported when it is loaded, not here
-        return None
-    hint = meta.get("arch") or meta.get("base_spec") if isinstance(meta, dict) else None
+    meta = read_metadata(path)
+    hint = meta.get("arch") or meta.get("base_spec")
     return str(hint) if hint else None
 
 
