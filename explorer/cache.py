@@ -13,8 +13,10 @@ The root is ``$LAYER_EXPLORER_CACHE`` when set, else ``~/.cache/layer-explorer``
 **Derived entries and user data.** Only `Cache` entries are derived, and only they are ever evicted or removed by
 `prune` and `clear`: an entry is recognised by its record, ``<kind>/<key[:2]>/<key>(.meta).json``, in a top-level
 folder that is not reserved. The reserved folders are never `Cache` kinds and never walked: ``USER_DATA_DIRS``
-(``uploads``, ``runs``, ``datasets``, ``demo``, ``sweeps``: what the user brought, trained or measured, removed only by
-``clear(user_data=True)``) and ``subsets`` (the Compare page's folders of links into user data).
+(``uploads``, ``runs``, ``datasets``, ``demo``, ``sweeps``, ``tour``: what the user brought, trained or measured,
+removed only by ``clear(user_data=True)``) and ``subsets`` (the Compare page's folders of links into user data).
+This module owns the root's folders: every part that keeps files under the root asks :func:`folder` for one of
+these names, so eviction, ``cache info|prune|clear`` and the summary know every folder that exists.
 
 **Size bound.** ``$LAYER_EXPLORER_CACHE_MAX_GB`` (default 5, decimal gigabytes, fractions allowed, 0 keeps
 nothing) bounds the derived entries, evicted least recently used first: an entry's last use is its record's
@@ -56,7 +58,14 @@ DEFAULT_ROOT = Path("~/.cache/layer-explorer")
 KEY_VERSION = 1  # bump when the meaning of stored entries changes
 MAX_GB_VAR = "LAYER_EXPLORER_CACHE_MAX_GB"
 DEFAULT_MAX_GB = 5.0
-USER_DATA_DIRS = ("uploads", "runs", "datasets", "demo", "sweeps")  # never evicted; `clear(user_data=True)` only
+USER_DATA_DIRS = (
+    "uploads",
+    "runs",
+    "datasets",
+    "demo",
+    "sweeps",
+    "tour",
+)  # never evicted; `clear(user_data=True)` only
 LINK_DIRS = ("subsets",)  # folders of links into user data: not Cache entries, left alone by eviction
 RESERVED_DIRS = frozenset(USER_DATA_DIRS + LINK_DIRS)
 WALK_SLACK = 0.05  # a process walks again after writing this share of the bound (and when over it)
@@ -78,6 +87,17 @@ def cache_root() -> Path:
     """The cache folder: ``$LAYER_EXPLORER_CACHE`` or ``~/.cache/layer-explorer`` (not created here)."""
     env = os.environ.get(ENV_VAR, "").strip()
     return Path(env).expanduser() if env else DEFAULT_ROOT.expanduser()
+
+
+def folder(name: str) -> Path:
+    """The reserved folder `name` under the cache root (not created here); a name this module does not own is a bug.
+
+    The one way to a folder under the root outside `Cache`'s kinds: the user-data folders (``USER_DATA_DIRS``) and
+    the link folders (``LINK_DIRS``), so nothing lands where eviction would take it for a half-written entry.
+    """
+    if name not in RESERVED_DIRS:
+        raise ValueError(f"{name!r} is not a folder the cache owns: add it to USER_DATA_DIRS or LINK_DIRS")
+    return cache_root() / name
 
 
 def parse_gb(text: str, what: str = MAX_GB_VAR) -> int:

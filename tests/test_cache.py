@@ -325,3 +325,35 @@ def test_png_memo_returns_the_encoding_of_these_pixels_and_stays_within_its_boun
     assert memo.misses == 7
     assert memo(images[0][:, :16]) != memo(np.ascontiguousarray(images[0][:16, :, :]).reshape(32, 16, 3))
     assert png_bytes(images[1]) == PngMemo()(images[1])  # the module's memo encodes the same bytes
+
+
+def test_the_cache_owns_every_folder_under_its_root(tmp_path, monkeypatch) -> None:
+    """Every file the app keeps under the root is in a folder `cache.folder` hands out, so prune and the summary know
+    it as user data; a folder nobody registered is refused, and no module builds a path under the root itself."""
+    import re
+
+    from explorer import cache as cache_module
+    from explorer.cache import USER_DATA_DIRS, cache_summary, clear
+    from explorer.cache import folder as cache_folder
+    from explorer.data.demos import demo_dataset
+
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    with pytest.raises(ValueError, match="not a folder the cache owns"):
+        cache_folder("mine")
+    assert demo_dataset("shapes").parent == tmp_path / "demo"  # $LAYER_EXPLORER_CACHE, not ~/.cache
+    (cache_folder("tour") / "t.json").parent.mkdir(parents=True)
+    (cache_folder("tour") / "t.json").write_text("{}")
+    old = time.time() - 10 * ORPHAN_GRACE
+    for p in [cache_folder("tour") / "t.json", *cache_folder("demo").rglob("*")]:
+        os.utime(p, (old, old))
+    clear(tmp_path)  # derived entries only: the tour's measurement and the demo data are not half entries
+    assert (cache_folder("tour") / "t.json").exists() and demo_dataset("shapes").is_dir()
+    kinds = {k.name: k.category for k in cache_summary(tmp_path).kinds}
+    assert kinds["tour"] == kinds["demo"] == "user data" and {"tour", "demo"} <= set(USER_DATA_DIRS)
+    package = Path(cache_module.__file__).parent
+    builders = [
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if p.name != "cache.py" and re.search(r"cache_root\(\)\s*/", p.read_text(encoding="utf-8"))
+    ]
+    assert builders == []  # every folder under the root comes from cache.folder

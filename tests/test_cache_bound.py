@@ -141,7 +141,7 @@ def test_user_data_is_never_evicted_or_cleared_without_asking(tmp_path):
     s = cache_summary(tmp_path, 0)
     assert {k.name: k.category for k in s.kinds} == {
         "scan": "derived", "uploads": "user data", "runs": "user data", "datasets": "user data",
-        "demo": "user data", "sweeps": "user data", "subsets": "other",
+        "demo": "user data", "sweeps": "user data", "tour": "user data", "subsets": "other",
     }  # fmt: skip
     assert s.total("user data") == len(USER_DATA_DIRS) * 4 * 3000 and s.derived_bytes == 0
     result = clear(tmp_path, user_data=True)

@@ -562,8 +562,8 @@ def test_demo_errors_and_resolve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         demo_dataset("shapes", tmp_path)
     assert (tmp_path / "shapes" / "mine").is_dir()  # the user's folder is left alone
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert resolve_data("demo:shapes") == tmp_path / "cache" / "layer-explorer" / "demo" / "shapes"
+    monkeypatch.setenv("LAYER_EXPLORER_CACHE", str(tmp_path / "cache"))  # the demo data live under the cache root
+    assert resolve_data("demo:shapes") == tmp_path / "cache" / "demo" / "shapes"
     assert resolve_data(str(tmp_path)) == tmp_path
     with pytest.raises(DataError, match="does not exist"):
         resolve_data(str(tmp_path / "nope"))

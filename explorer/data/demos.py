@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from explorer.cache import folder as cache_folder
 from explorer.errors import DataError
 
 DEMO_DATASETS: dict[str, str] = {
@@ -23,8 +23,7 @@ _DEMO_VERSION = 1
 
 
 def _default_demo_root() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "layer-explorer" / "demo"
+    return cache_folder("demo")  # under $LAYER_EXPLORER_CACHE when set, like everything the app keeps
 
 
 def _write_digits(dest: Path) -> int:
@@ -91,8 +90,9 @@ def _marker_ok(folder: Path, name: str) -> bool:
 def demo_dataset(name: str, root: str | Path | None = None) -> Path:
     """Materialise the built-in demo dataset ``name`` as an image folder and return its path.
 
-    Cached under ``root/<name>`` (default ``~/.cache/layer-explorer/demo/<name>``); built once
-    in a temporary folder and renamed into place, so a half-written dataset is never seen.
+    Cached under ``root/<name>`` (default ``<cache root>/demo/<name>``, the root being ``$LAYER_EXPLORER_CACHE`` or
+    ``~/.cache/layer-explorer``); built once in a temporary folder and renamed into place, so a half-written dataset
+    is never seen.
     """
     if name not in DEMO_DATASETS:
         raise DataError(f"Unknown demo dataset {name!r}; choose one of: {', '.join(DEMO_DATASETS)}.")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from explorer.cache import cache_root
+from explorer.cache import folder as cache_folder
 from explorer.data.fence import MAX_PATH_CHARS, Kind, allowed, fence, shown
 from explorer.errors import ExplorerError
 from explorer.layers import LayerInfo, ladder
@@ -97,7 +97,7 @@ def fenced_spec(spec: str, what: str = "The model") -> str:
 
 
 def upload_dir() -> Path:
-    return cache_root() / "uploads"
+    return cache_folder("uploads")
 
 
 def _content_key(spec: str) -> str:

@@ -21,7 +21,8 @@ from typing import Any
 
 import streamlit as st
 
-from explorer.cache import cache_root, make_key
+from explorer.cache import folder as cache_folder
+from explorer.cache import make_key
 from explorer.models import DEFAULT_SPEC, LoadedModel
 from explorer.ui.common import current_model, page_ref, set_current_model
 from explorer.ui.i18n import number, t
@@ -182,7 +183,7 @@ def times_path(model: LoadedModel) -> Path:
         device=str(model.device),
         point=FREEZE_POINT,
     )
-    return cache_root() / "tour" / f"{key[:32]}.json"
+    return cache_folder("tour") / f"{key[:32]}.json"
 
 
 def measured_step_times(model: LoadedModel) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from explorer.cache import cache_root
+from explorer.cache import folder as cache_folder
 from explorer.runtime import ThreadJob, atomic_write
 from explorer.transfer.training.checkpoints import process_alive
 
@@ -32,7 +32,7 @@ STATES = ("running", "done", "stopped", "failed", "interrupted")
 
 def runs_dir() -> Path:
     """The folder holding every run: ``<cache>/runs`` (``$LAYER_EXPLORER_CACHE`` or ``~/.cache/layer-explorer``)."""
-    return cache_root() / "runs"
+    return cache_folder("runs")
 
 
 def slug(text: str, limit: int = 60) -> str:

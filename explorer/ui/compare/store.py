@@ -20,7 +20,8 @@ from typing import Any
 
 import streamlit as st
 
-from explorer.cache import Cache, cache_root, make_key
+from explorer.cache import Cache, make_key
+from explorer.cache import folder as cache_folder
 from explorer.transfer.reporting.report import ComparisonReport, LayerComparison, Recommendation
 from explorer.transfer.sweeping.predict import PredictError, PredictReport
 from explorer.transfer.sweeping.sweep import SweepError, SweepReport, load_sweep
@@ -122,7 +123,7 @@ def subset_folder(root: Path, max_images: int | None, seed: int, cache_dir: Path
 def sweep_path(base_fp: str, data_signature: str, settings: dict[str, Any]) -> Path:
     """Where the sweep of this base model on these images with these settings lives (and resumes from)."""
     key = make_key(kind="sweep", version=1, base=base_fp, data=data_signature, settings=settings)
-    return cache_root() / "sweeps" / f"{key[:32]}.json"
+    return cache_folder("sweeps") / f"{key[:32]}.json"
 
 
 def get_sweep(path: Path) -> SweepReport | None:
@@ -183,7 +184,7 @@ def put_prediction(key: str, report: PredictReport, cache: Cache | None = None) 
 
 def demo_path(base_fp: str) -> Path:
     """Where the manifest of the demo run on the base model with this fingerprint lives."""
-    return cache_root() / "demo" / f"{base_fp[:32]}.json"
+    return cache_folder("demo") / f"{base_fp[:32]}.json"
 
 
 def put_demo(base_fp: str, manifest: dict[str, Any]) -> Path:

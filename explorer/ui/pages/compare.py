@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from explorer.cache import cache_root
+from explorer.cache import folder as cache_folder
 from explorer.models import LoadedModel
 from explorer.transfer.advice.recommend import with_sweep
 from explorer.transfer.comparison.compare import check_comparable, compare
@@ -171,7 +171,7 @@ def _layer_view(
         return {}, {}
     files: dict[str, bytes] = {}
     renders: dict[str, Any] = {}
-    folder = subset_folder(root, settings["max_images"], settings["seed"], cache_root() / "subsets")
+    folder = subset_folder(root, settings["max_images"], settings["seed"], cache_folder("subsets"))
     top, _least, _ = unit_picks(row)
     sections = [
         ("Units", lambda: units_section(base, tuned, row, settings_from_url(RenderSettings(preset="fast")))),

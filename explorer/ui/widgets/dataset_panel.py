@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from explorer.cache import folder as cache_folder
 from explorer.data import DEMO_DATASETS, DataError, ImageFolderDataset, load_image, resolve_data, safe_extract_zip
 from explorer.errors import ExplorerError
 from explorer.ui.common import fenced_path, show_error
@@ -78,10 +79,8 @@ def _thumb(path: str) -> np.ndarray:
 
 def _extract_zip(up: Any) -> str:
     """Extract an uploaded zip once per content into ``<cache>/datasets/<hash>/`` (never over anything)."""
-    from explorer.cache import cache_root
-
     data = up.getvalue()
-    target = cache_root() / "datasets" / hashlib.sha256(data).hexdigest()[:20]
+    target = cache_folder("datasets") / hashlib.sha256(data).hexdigest()[:20]
     marker = target / ".extracted.json"
     try:
         known = target / json.loads(marker.read_text())["path"]
