@@ -85,6 +85,37 @@ def test_no_import_circle_among_modules():
     assert circles == []
 
 
+# The documented layer order (docs/architecture.md), lowest first; an import may only point to its own rank or below.
+RANK = {
+    "errors": 0, "runtime": 0,
+    "cache": 1, "layers": 1, "models": 1, "data": 1, "jobs": 1,
+    "featurevis": 2, "attribution": 2, "exemplars": 2,
+    "transfer": 3,
+    "trust": 4, "distributed": 4,
+    "commands": 5, "cli": 5, "ui": 5, "__main__": 5,
+}  # fmt: skip
+
+
+def _part(module: str) -> str:
+    return module.split(".")[1]
+
+
+def test_every_part_of_the_package_has_a_place_in_the_layer_order():
+    assert sorted({_part(n) for n in MODULES if n != "explorer"} - set(RANK)) == []
+
+
+def test_imports_only_point_down_the_layer_order():
+    """Imports inside functions count too: they are the ones that hide an upward dependency."""
+    found = [
+        f"{name} -> {target}"
+        for name, (path, tree) in MODULES.items()
+        if name != "explorer"  # the package __init__ re-exports, lazily
+        for target, _ in _imports(name, path, tree)
+        if target.startswith("explorer.") and RANK.get(_part(target), -1) > RANK[_part(name)]
+    ]
+    assert found == []
+
+
 def test_pages_never_import_pages():
     found = [
         f"{a} -> {b}"
