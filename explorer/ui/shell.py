@@ -10,9 +10,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from explorer.ui.common import current_model, model_indicator, show_error, show_notice
+from explorer.ui.errors import show_error
 from explorer.ui.i18n import language_switch, t
 from explorer.ui.pages import page
+from explorer.ui.session import current_model, model_indicator, show_notice
 from explorer.ui.tour import step_from_url, tour_panel
 
 ICON = Path(__file__).resolve().parent / "icon.png"

@@ -24,8 +24,9 @@ import streamlit as st
 from explorer.cache import folder as cache_folder
 from explorer.cache import make_key
 from explorer.models import DEFAULT_SPEC, LoadedModel
-from explorer.ui.common import current_model, page_ref, set_current_model
 from explorer.ui.i18n import number, t
+from explorer.ui.links import page_ref
+from explorer.ui.session import current_model, set_current_model
 
 TOUR_KEY = "tour"  # URL parameter: the step shown (1-based)
 FREEZE_POINT = "blocks.3.2"  # the tour's example freeze point on the bundled model (the middle of the network)
@@ -149,7 +150,7 @@ def demo_classes() -> int:
 
 def step_costs(model: LoadedModel) -> dict[str, Any]:
     """Step 4's numbers, unformatted: counts and the measured step times (cached for every session)."""
-    from explorer.ui.common import model_key
+    from explorer.ui.session import model_key
 
     return _costs(model, model_key(model))
 

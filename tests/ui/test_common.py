@@ -16,15 +16,11 @@ from explorer.data.fence import DATA_ROOTS_VAR
 from explorer.errors import ExplorerError
 from explorer.layers import ladder
 from explorer.models import ModelError
-from explorer.ui.common import (
-    allowed_path,
-    checkpoint_arch_hint,
-    error_message,
-    fenced_path,
-    preview_images,
-    save_upload,
-)
+from explorer.ui.errors import error_message
 from explorer.ui.pages.model import ladder_figure, ladder_frame
+from explorer.ui.paths import allowed_path, fenced_path
+from explorer.ui.progress import preview_images
+from explorer.ui.uploads import checkpoint_arch_hint, save_upload
 from explorer.ui.widgets.figures import top_figure
 
 

@@ -23,11 +23,11 @@ from explorer.models import LoadedModel
 from explorer.transfer.comparison.compare import compare
 from explorer.transfer.training.finetune import FinetuneSettings, finetune
 from explorer.transfer.training.runs import finish_run, get_run, reserve_run
-from explorer.ui.common import get_model
 from explorer.ui.compare import sweep_panel
 from explorer.ui.compare.setup import comparison_settings, data_signature, param, set_param
 from explorer.ui.compare.store import comparison_key, get_demo, put_demo, put_report
 from explorer.ui.i18n import number, percent, t
+from explorer.ui.session import get_model
 
 DATA = "demo:digits"
 FINETUNE = FinetuneSettings(input_size=64, epochs=2)  # every layer trainable: the model the comparison reads

@@ -23,8 +23,9 @@ from explorer.transfer.advice.guide import GuideCell, why
 from explorer.transfer.reporting.report import ComparisonReport, Recommendation
 from explorer.transfer.sweeping.prefix import feature_extractor_code
 from explorer.transfer.training.linear_head import train_classifier
-from explorer.ui.common import model_key, page_ref
 from explorer.ui.i18n import number, percent, short_number, t
+from explorer.ui.links import page_ref
+from explorer.ui.session import model_key
 from explorer.ui.widgets.queue import turn
 
 NONE = "none"  # the freeze point that trains every layer

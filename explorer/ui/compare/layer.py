@@ -20,8 +20,10 @@ from PIL import Image
 from explorer.cache import PngMemo, png_bytes
 from explorer.featurevis import channel
 from explorer.models import LoadedModel
-from explorer.ui.common import model_key, progress_callback, show_error
+from explorer.ui.errors import show_error
 from explorer.ui.i18n import number, t
+from explorer.ui.progress import progress_callback
+from explorer.ui.session import model_key
 from explorer.ui.widgets.gallery import RenderSettings, Tile, render_tiles, safe_filename
 from explorer.ui.widgets.images import SERVED_QUALITY, served
 

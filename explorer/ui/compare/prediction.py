@@ -114,7 +114,7 @@ def get_or_predict(model: LoadedModel, data: str, root: Path, s: FinetuneSetting
 
 def safe(model: LoadedModel, data: str, root: Path, s: FinetuneSettings) -> PredictReport | None:
     """`get_or_predict`, or None with the reason shown (a prediction that fails never hides the sweep)."""
-    from explorer.ui.common import show_error
+    from explorer.ui.errors import show_error
 
     try:
         return get_or_predict(model, data, root, s, st.empty())

@@ -17,16 +17,11 @@ from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 from explorer.transfer.sweeping.sweep import EPOCHS as SWEEP_EPOCHS
 from explorer.transfer.training.runs import RunInfo, get_run, list_runs, runs_dir
-from explorer.ui.common import (
-    allowed_path,
-    checkpoint_arch_hint,
-    fenced_path,
-    fenced_spec,
-    get_model,
-    save_upload,
-    show_error,
-)
+from explorer.ui.errors import show_error
 from explorer.ui.i18n import number, percent, t
+from explorer.ui.paths import allowed_path, fenced_path, fenced_spec
+from explorer.ui.session import get_model
+from explorer.ui.uploads import checkpoint_arch_hint, save_upload
 
 UPLOAD = "Upload a checkpoint…"
 DATA_SOURCES = {"demo:digits": "Demo: handwritten digits", "demo:shapes": "Demo: shapes"}

@@ -10,7 +10,7 @@ import importlib
 
 import streamlit as st
 
-from explorer.ui.common import shows_errors
+from explorer.ui.errors import shows_errors
 
 HOME = "home"  # the url_path the default page reserves (Streamlit serves it at the root)
 

@@ -38,8 +38,11 @@ from explorer.attribution.export import GRID_COLUMNS, fmt, grid_png, magnitudes_
 from explorer.data import sample_images
 from explorer.layers import anatomy, layout_of
 from explorer.models import LoadedModel
-from explorer.ui.common import current_model, model_key, page_ref, progress_callback, show_error
+from explorer.ui.errors import show_error
 from explorer.ui.i18n import language, number, page_intro, percent, t
+from explorer.ui.links import page_ref
+from explorer.ui.progress import progress_callback
+from explorer.ui.session import current_model, model_key
 from explorer.ui.widgets.figures import top_figure
 from explorer.ui.widgets.gallery import PLACEHOLDER_HTML, RenderSettings, link_params
 from explorer.ui.widgets.images import SERVED_QUALITY, as_png, image_picker, served

@@ -27,7 +27,6 @@ from explorer.transfer.advice.recommend import with_sweep
 from explorer.transfer.comparison.compare import check_comparable, compare
 from explorer.transfer.reporting.report_html import render_html
 from explorer.transfer.training.runs import list_runs
-from explorer.ui.common import current_model, get_ladder, set_current_model, show_error
 from explorer.ui.compare import sweep_panel, trust_panel
 from explorer.ui.compare.charts import comparison_figure, export_config, selected_layer
 from explorer.ui.compare.demo import demo_panel
@@ -46,7 +45,9 @@ from explorer.ui.compare.setup import (
     set_param,
 )
 from explorer.ui.compare.store import comparison_key, get_report, put_report, subset_folder, with_renders
+from explorer.ui.errors import show_error
 from explorer.ui.i18n import number, page_intro, percent, seconds, t
+from explorer.ui.session import current_model, get_ladder, set_current_model
 from explorer.ui.widgets.gallery import RenderSettings, safe_filename, settings_from_url, zip_download
 
 SECTIONS = ("Units", "Examples", "Attribution")
@@ -140,7 +141,7 @@ def _use_base(spec: str) -> None:
     try:
         set_current_model(spec)
     except Exception as exc:  # the current model stays; say why
-        from explorer.ui.common import error_message
+        from explorer.ui.errors import error_message
 
         st.session_state["cmp_notice"] = t("compare.could_not_open", spec=spec, error=error_message(exc))
 

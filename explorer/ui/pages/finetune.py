@@ -24,9 +24,10 @@ from explorer.transfer.training.finetune import FinetuneSettings
 from explorer.transfer.training.resume import can_resume, saved_settings
 from explorer.transfer.training.runs import JobSnapshot, TrainingJob, list_runs, read_run
 from explorer.transfer.training.settings import suggested_input_size
-from explorer.ui.common import current_model, get_ladder, model_key, show_error
 from explorer.ui.compare import prediction
+from explorer.ui.errors import show_error
 from explorer.ui.i18n import number, page_intro, percent, plotly_separators, seconds, short_number, t
+from explorer.ui.session import current_model, get_ladder, model_key
 from explorer.ui.widgets.dataset_panel import DataSummary, data_section
 from explorer.ui.widgets.figures import progress_figure
 
@@ -312,7 +313,7 @@ def _page_registered(url_path: str) -> bool:
 
 
 def _use_as_current(path: Path, name: str) -> None:
-    from explorer.ui.common import set_current_model
+    from explorer.ui.session import set_current_model
 
     try:
         set_current_model(str(path))
@@ -325,7 +326,8 @@ def _use_as_current(path: Path, name: str) -> None:
 
 def _compare_with_base(info: Any) -> None:
     """Open the Compare page on this run, with its base as the current model (the Compare page's base)."""
-    from explorer.ui.common import page_ref, set_current_model
+    from explorer.ui.links import page_ref
+    from explorer.ui.session import set_current_model
 
     if info.base_spec and current_model().fingerprint != info.base_fingerprint:
         try:

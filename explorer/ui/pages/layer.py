@@ -25,8 +25,10 @@ from explorer.featurevis.stages import StageMap
 from explorer.featurevis.store import cached_mask
 from explorer.layers import LayerInfo
 from explorer.models import LoadedModel
-from explorer.ui.common import current_model, page_ref, show_error
+from explorer.ui.errors import show_error
 from explorer.ui.i18n import kernel_description, kernel_notes, layer_option, number, page_intro, stage_name, t
+from explorer.ui.links import page_ref
+from explorer.ui.session import current_model
 from explorer.ui.widgets.atlas import atlas_offer, cache_note, whole_network
 from explorer.ui.widgets.gallery import (
     RenderSettings,

@@ -12,16 +12,10 @@ from plotly.subplots import make_subplots
 
 from explorer.layers import LayerInfo
 from explorer.models import BUNDLED, CHECKPOINT_SUFFIXES, LoadedModel, ModelError, parse_spec
-from explorer.ui.common import (
-    checkpoint_arch_hint,
-    current_model,
-    get_ladder,
-    model_key,
-    save_upload,
-    set_current_model,
-    show_error,
-)
+from explorer.ui.errors import show_error
 from explorer.ui.i18n import number, page_intro, plotly_separators, short_number, t
+from explorer.ui.session import current_model, get_ladder, model_key, set_current_model
+from explorer.ui.uploads import checkpoint_arch_hint, save_upload
 from explorer.ui.widgets.figures import top_figure
 from explorer.ui.widgets.images import image_picker
 

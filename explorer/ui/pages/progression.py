@@ -15,8 +15,10 @@ import streamlit as st
 from explorer.cache import png_bytes
 from explorer.featurevis import Objective, channel, labelled_rows
 from explorer.featurevis.stages import NOTE, StageMap
-from explorer.ui.common import current_model, page_ref, show_error
+from explorer.ui.errors import show_error
 from explorer.ui.i18n import number, page_intro, stage_name, t
+from explorer.ui.links import page_ref
+from explorer.ui.session import current_model
 from explorer.ui.widgets.gallery import (
     Tile,
     link_params,

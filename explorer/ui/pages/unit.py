@@ -24,8 +24,12 @@ from explorer.featurevis import Objective, channel, diverse, negative, neuron
 from explorer.featurevis.kernels import KernelFigure
 from explorer.layers import LayerInfo
 from explorer.models import LoadedModel
-from explorer.ui.common import current_model, fenced_path, model_key, page_ref, progress_callback, show_error
+from explorer.ui.errors import show_error
 from explorer.ui.i18n import kernel_description, layer_option, number, page_intro, t
+from explorer.ui.links import page_ref
+from explorer.ui.paths import fenced_path
+from explorer.ui.progress import progress_callback
+from explorer.ui.session import current_model, model_key
 from explorer.ui.widgets.atlas import atlas_offer, cache_note
 from explorer.ui.widgets.gallery import (
     RenderSettings,

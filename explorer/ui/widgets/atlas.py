@@ -24,8 +24,9 @@ from explorer.distributed.atlas_run import RAY_VAR, AtlasJob, atlas_job_of, ray_
 from explorer.featurevis import PRESETS, channel
 from explorer.featurevis.store import KIND, cache_keys
 from explorer.models import LoadedModel
-from explorer.ui.common import model_key, show_error
+from explorer.ui.errors import show_error
 from explorer.ui.i18n import number, seconds, t
+from explorer.ui.session import model_key
 from explorer.ui.widgets.gallery import RenderSettings, use_settings
 from explorer.ui.widgets.layers import channels_of, get_stage_map, renderable_layers
 

@@ -19,8 +19,9 @@ import streamlit as st
 from explorer.cache import folder as cache_folder
 from explorer.data import DEMO_DATASETS, DataError, ImageFolderDataset, load_image, resolve_data, safe_extract_zip
 from explorer.errors import ExplorerError
-from explorer.ui.common import fenced_path, show_error
+from explorer.ui.errors import show_error
 from explorer.ui.i18n import number, t
+from explorer.ui.paths import fenced_path
 
 SOURCES = ["Demo dataset", "Folder on the server", "Upload a zip"]  # the radio's values (its labels: source_name)
 THUMBS = 12

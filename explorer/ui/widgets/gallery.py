@@ -40,8 +40,9 @@ from explorer.featurevis.store import plan_render, render_key
 from explorer.jobs import Flight, job_queue, shared_work
 from explorer.models import LoadedModel
 from explorer.trust.fvquality import image_quality
-from explorer.ui.common import ARCH_KEY, SPEC_KEY, progress_callback
 from explorer.ui.i18n import number, percent, seconds, t
+from explorer.ui.progress import progress_callback
+from explorer.ui.session import ARCH_KEY, SPEC_KEY
 from explorer.ui.widgets.images import as_png
 from explorer.ui.widgets.queue import turn, waiting_text
 

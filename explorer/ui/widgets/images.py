@@ -18,7 +18,7 @@ from PIL import Image
 
 from explorer.cache import png_bytes
 from explorer.data import IMAGE_EXTENSIONS, load_image, sample_images
-from explorer.ui.common import show_error
+from explorer.ui.errors import show_error
 from explorer.ui.i18n import t
 
 MAX_IMAGE_PIXELS = 40_000_000

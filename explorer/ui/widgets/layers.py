@@ -13,7 +13,7 @@ from explorer.featurevis import StageMap, stage_map
 from explorer.featurevis.kernels import KernelFigure, kernel_figure, pixel_convs
 from explorer.layers import LayerInfo
 from explorer.models import LoadedModel
-from explorer.ui.common import get_ladder, model_key
+from explorer.ui.session import get_ladder, model_key
 
 PER_PAGE = 16  # units per page of the Layer gallery (the Unit page links back to the right page)
 LAYER_KEY = "fv_layer"  # session_state: the last layer looked at (pages opened without ?layer=)
