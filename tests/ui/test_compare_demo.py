@@ -59,7 +59,7 @@ def quick_demo(monkeypatch, bundled):
 
     def sweep(base, data, root, cfg, box, *, seeds="auto"):
         assert cfg == SWEEP
-        from explorer.ui.compare.store import get_sweep
+        from explorer.transfer.study import get_sweep
 
         return get_sweep(_stored_sweep(bundled, cfg))
 
@@ -98,7 +98,7 @@ def _shows_the_demo(at: AppTest, run: str) -> None:
 
 
 def test_the_demo_is_recorded_once_for_the_server(cache_dir, bundled, quick_demo):
-    from explorer.ui.compare.store import demo_path, get_demo
+    from explorer.transfer.study import demo_path, get_demo
 
     assert SWEEP["epochs"] != SWEEP_EPOCHS  # else a new session's defaults would find it anyway
     manifest = _run_the_demo(quick_demo, bundled)
@@ -121,8 +121,8 @@ def test_the_demo_is_recorded_once_for_the_server(cache_dir, bundled, quick_demo
 def test_a_damaged_manifest_or_a_deleted_run_is_no_demo(cache_dir, bundled, quick_demo):
     import shutil
 
+    from explorer.transfer.study import demo_path
     from explorer.transfer.training.runs import runs_dir
-    from explorer.ui.compare.store import demo_path
 
     manifest = _run_the_demo(quick_demo, bundled)
     shutil.rmtree(runs_dir() / manifest["run"])

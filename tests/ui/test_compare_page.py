@@ -24,11 +24,11 @@ from streamlit.proto.WidgetStates_pb2 import WidgetState
 from streamlit.testing.v1 import AppTest
 from uiapp import app_on, run_metadata
 
+from explorer.transfer import study as compare_store
 from explorer.transfer.advice.guide import GuideCell
 from explorer.transfer.reporting.report import ComparisonReport, LayerComparison, Recommendation
 from explorer.transfer.reporting.report_html import render_html
 from explorer.transfer.training.checkpoints import save_checkpoint
-from explorer.ui.compare import store as compare_store
 from explorer.ui.compare.charts import comparison_figure, selected_layer, zones
 from explorer.ui.compare.freeze_panel import guide_markdown, ladder_frame
 from explorer.ui.compare.layer import unit_picks
@@ -167,7 +167,7 @@ def test_compare_then_a_chart_click_moves_the_freeze_point_and_the_counts(compar
 
 
 def test_a_link_reopens_the_view_from_the_disk_cache_without_recomputing(compared, runs):
-    compare_store._memory.clear()  # a new process: only the disk copy is left
+    compare_store.forget_reports()  # a new process: only the disk copy is left
     at = _open(freeze="blocks.4.0")
     assert not at.exception and not _errors(at)
     assert all(b.key != "cmp_run" for b in at.button)

@@ -62,7 +62,7 @@ def _bits(acc: float, n: int, seed: int) -> str:
 def _stored_sweep(bundled, cfg: dict[str, int]) -> Path:
     """A finished sweep of the bundled model on demo:digits where the page will look for it."""
     from explorer.exemplars import folder_signature
-    from explorer.ui.compare.store import sweep_path
+    from explorer.transfer.study import sweep_path
 
     points = auto_points(bundled)
     assert points == list(ACCURACY)

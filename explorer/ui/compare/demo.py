@@ -21,11 +21,11 @@ import streamlit as st
 from explorer.data import resolve_data
 from explorer.models import LoadedModel
 from explorer.transfer.comparison.compare import compare
+from explorer.transfer.study import comparison_key, get_demo, put_demo, put_report
 from explorer.transfer.training.finetune import FinetuneSettings, finetune
 from explorer.transfer.training.runs import finish_run, get_run, reserve_run
 from explorer.ui.compare import sweep_panel
 from explorer.ui.compare.setup import comparison_settings, data_signature, param, set_param
-from explorer.ui.compare.store import comparison_key, get_demo, put_demo, put_report
 from explorer.ui.i18n import number, percent, t
 from explorer.ui.session import get_model
 

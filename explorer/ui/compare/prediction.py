@@ -19,6 +19,7 @@ import streamlit as st
 
 from explorer.jobs import Flight, shared_work
 from explorer.models import LoadedModel
+from explorer.transfer.study import get_prediction, prediction_key, put_prediction
 from explorer.transfer.sweeping.predict import (
     DEFAULT_ESTIMATOR,
     MEASURED_CASES,
@@ -31,7 +32,6 @@ from explorer.transfer.sweeping.sweep import sweep_settings
 from explorer.transfer.sweeping.sweep_report import SweepOption, SweepReport
 from explorer.transfer.training.settings import FinetuneSettings
 from explorer.ui.compare.setup import data_signature, sweep_defaults
-from explorer.ui.compare.store import get_prediction, prediction_key, put_prediction
 from explorer.ui.i18n import number, percent, t
 
 REDRAW_S = 0.25

@@ -16,6 +16,7 @@ import streamlit as st
 
 from explorer.models import LoadedModel
 from explorer.transfer.reporting.report_html import render_sweep_html
+from explorer.transfer.study import get_sweep, stored_tasks, sweep_path
 from explorer.transfer.sweeping.predict import PredictReport
 from explorer.transfer.sweeping.sweep import SweepReport, mismatch, sweep
 from explorer.transfer.sweeping.sweep_tasks import auto_points
@@ -23,7 +24,6 @@ from explorer.transfer.training.settings import FinetuneSettings
 from explorer.ui.compare import prediction
 from explorer.ui.compare.charts import prediction_figure, sweep_figure
 from explorer.ui.compare.setup import data_signature
-from explorer.ui.compare.store import get_sweep, stored_tasks, sweep_path
 from explorer.ui.i18n import number, percent, seconds, t
 
 

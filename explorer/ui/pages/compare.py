@@ -26,6 +26,7 @@ from explorer.models import LoadedModel
 from explorer.transfer.advice.recommend import with_sweep
 from explorer.transfer.comparison.compare import check_comparable, compare
 from explorer.transfer.reporting.report_html import render_html
+from explorer.transfer.study import comparison_key, get_report, put_report, subset_folder, with_renders
 from explorer.transfer.training.runs import list_runs
 from explorer.ui.compare import sweep_panel, trust_panel
 from explorer.ui.compare.charts import comparison_figure, export_config, selected_layer
@@ -44,7 +45,6 @@ from explorer.ui.compare.setup import (
     param,
     set_param,
 )
-from explorer.ui.compare.store import comparison_key, get_report, put_report, subset_folder, with_renders
 from explorer.ui.errors import show_error
 from explorer.ui.i18n import number, page_intro, percent, seconds, t
 from explorer.ui.session import current_model, get_ladder, set_current_model

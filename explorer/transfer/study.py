@@ -1,11 +1,13 @@
-"""Comparison results and freeze sweeps kept for instant revisits: in memory for this process, and on disk.
+"""Where a comparison study is kept: comparison reports, freeze sweeps, predictions and the demo's manifest.
+
+In memory for this process, and on disk under the cache root, for every session and every later process.
 
 A report is keyed by everything that decides it: both models' fingerprints, a signature of the image folder's
 files, the comparison settings and the report's schema. A revisit (another session, a reopened link, a restart)
 reads it back instead of recomputing. The same-seed renders are not part of a stored report (they have their
 own cache). A sweep is its own file, ``<cache>/sweeps/<key>.json``, keyed the same way (base fingerprint, data,
-settings): the sweep writes each finished task to it, so a sweep the page stopped resumes where it was. No
-Streamlit calls here except the process-wide store.
+settings): the sweep writes each finished task to it, so a sweep the page stopped resumes where it was. The app's
+Compare page and the CLI both keep their results here; the UI keeps no storage of its own.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import streamlit as st
-
 from explorer.cache import Cache, make_key
 from explorer.cache import folder as cache_folder
+from explorer.data import list_images
+from explorer.data.datasets import stratified_subset
 from explorer.transfer.reporting.report import ComparisonReport, LayerComparison, Recommendation
 from explorer.transfer.sweeping.predict import PredictError, PredictReport
 from explorer.transfer.sweeping.sweep import SweepError, SweepReport, load_sweep
@@ -44,44 +46,51 @@ def report_key(base_fp: str, tuned_fp: str, data_signature: str, settings: dict[
     )
 
 
-@st.cache_resource(show_spinner=False)
-def _memory() -> tuple[OrderedDict[str, ComparisonReport], threading.Lock]:
-    return OrderedDict(), threading.Lock()
+# Reports recently read or written by this process, by (cache root, key): a new cache root starts empty.
+_MEMORY: OrderedDict[tuple[str, str], ComparisonReport] = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def forget_reports() -> None:
+    """Drop the reports this process holds in memory (as a new process would start): only the disk copies remain."""
+    with _LOCK:
+        _MEMORY.clear()
 
 
 def get_report(key: str, cache: Cache | None = None) -> ComparisonReport | None:
     """The stored report for `key` (memory first, then disk), or None."""
-    memory, lock = _memory()
-    with lock:
-        if key in memory:
-            memory.move_to_end(key)
-            return memory[key]
-    entry = (cache or Cache()).get(KIND, key, suffix=SUFFIX)
+    cache = cache or Cache()
+    slot = (str(cache.root), key)
+    with _LOCK:
+        if slot in _MEMORY:
+            _MEMORY.move_to_end(slot)
+            return _MEMORY[slot]
+    entry = cache.get(KIND, key, suffix=SUFFIX)
     if entry is None:
         return None
     try:
         report = ComparisonReport.from_dict(json.loads(entry.data))
     except (KeyError, TypeError, ValueError):  # an older or damaged record: recompute
         return None
-    _remember(key, report)
+    _remember(slot, report)
     return report
 
 
 def put_report(key: str, report: ComparisonReport, cache: Cache | None = None) -> None:
     """Keep `report` in memory and on disk (an unwritable cache only loses the disk copy)."""
-    _remember(key, report)
+    cache = cache or Cache()
+    _remember((str(cache.root), key), report)
     meta = {"base": report.base.get("spec"), "tuned": report.tuned.get("spec"), "data": report.data.get("source")}
     with contextlib.suppress(OSError):
-        (cache or Cache()).put(KIND, key, report.to_json().encode(), meta, suffix=SUFFIX)
+        cache.put(KIND, key, report.to_json().encode(), meta, suffix=SUFFIX)
 
 
-def _remember(key: str, report: ComparisonReport) -> None:
-    memory, lock = _memory()
-    with lock:
-        memory[key] = report
-        memory.move_to_end(key)
-        while len(memory) > MEMORY_ENTRIES:
-            memory.popitem(last=False)
+def _remember(slot: tuple[str, str], report: ComparisonReport) -> None:
+    with _LOCK:
+        _MEMORY[slot] = report
+        _MEMORY.move_to_end(slot)
+        while len(_MEMORY) > MEMORY_ENTRIES:
+            _MEMORY.popitem(last=False)
 
 
 def with_renders(report: ComparisonReport, layer: str | None, renders: dict[str, Any]) -> ComparisonReport:
@@ -95,13 +104,10 @@ def subset_folder(root: Path, max_images: int | None, seed: int, cache_dir: Path
     Dataset examples scan a whole folder; pointing them at the compared subset bounds their cost by the same
     `max_images`. Links are made once per subset (content-addressed folder name) and never overwrite a file.
     """
-    from explorer.data import list_images
-    from explorer.data.datasets import stratified_subset
-
     files = list_images(root)
     if max_images is None or len(files) <= max_images:
         return root
-    labels_of = {}
+    labels_of: dict[str, int] = {}
     labels = [
         labels_of.setdefault(p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "", len(labels_of))
         for p in files
