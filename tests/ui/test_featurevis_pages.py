@@ -296,7 +296,8 @@ def test_unit_page_shows_four_kinds_of_image_examples_and_attribution(monkeypatc
     keys = renders.calls[0]
     assert keys[:3] == ["channel(blocks.0.0:3)", "neuron(blocks.0.0:3)", "-1.0*(channel(blocks.0.0:3))"]
     assert len(set(keys[3:])) == 1 and "diversity(blocks.0.0)" in keys[3]
-    kinds = [c.value.split(" · ")[0] for c in at.caption if " · " in c.value and "." in c.value.split(" · ")[-1]]
+    # A picture's caption: its kind, the activation it reached, and its quality flag when it has one.
+    kinds = [m.group(1) for c in at.caption if (m := re.match(r"^(.+?) · -?\d+\.\d\d( · ⚠ .+)?$", c.value))]
     for kind in ("channel", "neuron (centre)", "negative", "diversity 1", "diversity 4"):
         assert kind in kinds
     samples = 5  # assets/*.jpg
