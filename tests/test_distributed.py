@@ -9,6 +9,7 @@ every worker loads the same weights.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -258,7 +259,9 @@ def test_cli_atlas_all_on_ray_renders_only_what_is_missing(
     ])  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert out.split("\n")[1].split() == ["blocks.0.0", "16", "11", "5"]
+    header, row = out.split("\n")[:2]
+    assert row.split()[:4] == ["blocks.0.0", "16", "11", "5"]
+    assert header.split()[-1] == "flagged" and re.search(r" \d+ of 16\b", row)  # the images' quality flags, counted
     assert "Ray: 1 task(s) on 1 worker(s), 0 rerun" in err
     assert files(root) == serial
     assert (tmp_path / "sheets" / "blocks.0.0-sheet.png").stat().st_size > 0
