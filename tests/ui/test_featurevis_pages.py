@@ -179,7 +179,7 @@ def test_layer_and_unit_pages_open_on_the_middle_stage_unless_the_link_names_a_l
     middle = STAGES[len(STAGES) // 2]
     assert at.query_params["layer"] == "blocks.4.1" and at.selectbox(key="layer_pick").value == "blocks.4.1"
     assert any(f"**{middle}** stage" in c.value for c in at.caption)
-    at = _open("unit", **TINY)
+    at = _open("unit", data="samples", **TINY)  # the 5 photos: no scan of the digits subset at blocks.4.1
     _ok(at)
     assert at.query_params["layer"] == "blocks.4.1" and at.query_params["unit"] == "0"
     at = _open("layer", layer="blocks.1.0", **TINY)
@@ -205,7 +205,7 @@ def test_the_stem_is_shown_as_its_kernels_next_to_the_layer_after_its_nonlineari
 
 def test_the_unit_page_of_a_stem_channel_shows_its_kernel_and_links_past_the_nonlinearity(monkeypatch):
     renders = Renders(monkeypatch, fake=True)
-    at = _open("unit", layer="conv_stem", unit="3", **TINY)
+    at = _open("unit", layer="conv_stem", unit="3", data="samples", **TINY)
     _ok(at)
     assert renders.calls == []  # no activation maximization of a layer that is linear in the pixels
     assert any("weights are the picture" in i.value for i in at.info)
@@ -273,7 +273,7 @@ def test_unknown_layer_or_unit_in_the_url_is_one_error_and_the_page_works(monkey
     assert not at.exception
     assert len(at.error) == 1 and "blocks.99.0" in at.error[0].value and not at.warning
     assert at.query_params["layer"] == "blocks.4.1" and _images(at) == 16  # the page's default instead
-    at = _open("unit", layer="blocks.1.0", unit="999", **TINY)
+    at = _open("unit", layer="blocks.1.0", unit="999", data="samples", **TINY)
     assert not at.exception
     assert len(at.error) == 1 and "999" in at.error[0].value
     assert at.query_params["unit"] == "0" and at.number_input(key="unit_pick").value == 0
@@ -289,13 +289,16 @@ def test_unknown_layer_or_unit_in_the_url_is_one_error_and_the_page_works(monkey
 @pytest.mark.slow  # ~10-20 s: real renders of 7 images, dataset examples and attribution on the sample photos
 def test_unit_page_shows_four_kinds_of_image_examples_and_attribution(monkeypatch):
     renders = Renders(monkeypatch, fake=False)
-    at = _open("unit", layer="blocks.0.0", unit="3", **TINY)
+    at = _open("unit", layer="blocks.0.0", unit="3", data="samples", **TINY)
     _ok(at)
     assert at.selectbox(key="unit_layer").value == "blocks.0.0" and at.number_input(key="unit_pick").value == 3
     assert len(renders.calls) == 1 and len(renders.calls[0]) == 7  # channel, neuron, negative, 4 diversity
     keys = renders.calls[0]
     assert keys[:3] == ["channel(blocks.0.0:3)", "neuron(blocks.0.0:3)", "-1.0*(channel(blocks.0.0:3))"]
     assert len(set(keys[3:])) == 1 and "diversity(blocks.0.0)" in keys[3]
+    assert keys[3] == "channel(blocks.0.0:3) + 10.0*(diversity(blocks.0.0))"  # added: it pushes the images apart
+    assert len(_captions(at, "Mean pairwise feature distance of the four diversity images")) == 1
+    assert [i.value for i in at.info if "Only 5 images were scanned" in i.value]  # 5 photos: too few to mean much
     # A picture's caption: its kind, the activation it reached, and its quality flag when it has one.
     kinds = [m.group(1) for c in at.caption if (m := re.match(r"^(.+?) · -?\d+\.\d\d( · ⚠ .+)?$", c.value))]
     for kind in ("channel", "neuron (centre)", "negative", "diversity 1", "diversity 4"):
@@ -321,7 +324,7 @@ def test_unit_page_explains_bad_folders_and_keeps_working(monkeypatch, tmp_path)
     junk.mkdir()
     (junk / "notes.png").write_bytes(b"this is not a png")
     (junk / "readme.txt").write_text("hello")
-    at = _open("unit", layer="blocks.0.0", unit="1", **TINY)
+    at = _open("unit", layer="blocks.0.0", unit="1", data="samples", **TINY)
     _ok(at)
     at.radio(key="unit_data").set_value("folder").run()
     assert any("Type the path" in i.value for i in at.info)
@@ -348,3 +351,68 @@ def test_grey_renders_carry_their_flag_on_the_tile_in_the_pages_language(monkeyp
     _ok(clean)
     shown = [c.value for c in clean.caption if re.match(r"^unit \d+ · ", c.value)]
     assert shown and not [c for c in shown if "⚠" in c]
+
+
+def _distance_caption(at: AppTest) -> tuple[float, str]:
+    found = _captions(at, "Mean pairwise feature distance of the four diversity images")
+    assert len(found) == 1, found
+    m = re.search(r"\*\*(\d+\.\d\d)\*\*", found[0])
+    assert m and "(0 = identical, 1 = orthogonal)" in found[0] and "blocks.0.0" in found[0]
+    return float(m.group(1)), found[0]
+
+
+def test_unit_page_measures_how_different_the_diversity_images_are(monkeypatch, bundled):
+    from explorer.featurevis.distance import NEAR_IDENTICAL, feature_distance
+
+    fake = Renders(monkeypatch, fake=True)
+    renders: list = []
+
+    def keep(*args, **kw):
+        out = fake(*args, **kw)
+        renders.append(out)
+        return out
+
+    monkeypatch.setattr(store, "render", keep)
+    at = _open("unit", layer="blocks.0.0", unit="3", data="samples", **TINY)
+    _ok(at)
+    shown, _ = _distance_caption(at)
+    images = renders[0].images[3:7]
+    assert shown == pytest.approx(feature_distance(bundled, list(images), "blocks.0.0").mean, abs=0.006)
+    warned = [w for w in at.warning if "near-identical" in w.value]
+    assert shown > 0.0 and bool(warned) == (shown < NEAR_IDENTICAL)  # noise textures look alike to blocks.0.0
+
+
+def test_unit_page_warns_when_the_diversity_images_are_near_identical(monkeypatch):
+    fake = Renders(monkeypatch, fake=True)
+
+    def same(*args, **kw):  # the four diversity images come out as one picture
+        out = fake(*args, **kw)
+        if len(out.images) == 7:
+            out.images[4:7] = out.images[3]
+        return out
+
+    monkeypatch.setattr(store, "render", same)
+    at = _open("unit", layer="blocks.0.0", unit="3", data="samples", **TINY)
+    _ok(at)
+    assert _distance_caption(at)[0] == 0.0
+    warned = [w.value for w in at.warning if "near-identical" in w.value]
+    assert len(warned) == 1 and "more steps" in warned[0]
+
+
+@pytest.mark.slow  # ~15 s: the digits subset is written and scanned at blocks.0.0, then attributed
+def test_unit_page_takes_its_examples_from_a_stratified_digits_subset_by_default(monkeypatch, cache_dir):
+    Renders(monkeypatch, fake=True)
+    at = _open("unit", layer="blocks.0.0", unit="3", **TINY)
+    _ok(at)
+    assert at.radio(key="unit_data").value == "demo:digits"
+    caption = [c.value for c in at.caption if c.value.startswith("The 8 of ")]
+    assert len(caption) == 1, [c.value for c in at.caption]
+    assert "*Demo: digits*" in caption[0] and "The 8 of 199 images" in caption[0]
+    assert "class-stratified subset of 199 of the set's 1,797 images" in caption[0]
+    assert not [i for i in at.info if "images were scanned" in i.value]  # enough images: no note
+    assert (cache_dir / "subsets").is_dir()  # the links live where the cache keeps link folders
+    examples = [c.value for c in at.caption if re.match(r"^-?\d+\.\d\d · .+\.png$", c.value)]
+    assert len(examples) == 2 * 8  # receptive-field patches and attribution overlays
+    at.radio(key="unit_data").set_value("samples").run()  # the photos stay a choice, with their warning
+    _ok(at)
+    assert [i.value for i in at.info if "Only 5 images were scanned" in i.value]

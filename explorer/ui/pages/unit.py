@@ -1,8 +1,9 @@
 """The Unit page: one unit (a channel of a layer) seen four ways, and the real images that excite it.
 
 Feature visualizations: channel (mean over the map), neuron (the centre position), negative (what it is most
-against) and four diversity images (one objective, pushed apart in style). Dataset examples: the images of a
-folder (the sample photos, a demo dataset, or a folder on the server) whose strongest position excites the unit
+against) and four diversity images (one objective, pushed apart in style; how far apart the layer sees them is
+measured under them). Dataset examples: the images of a folder (by default a class-stratified subset of the digits
+demo set; the sample photos, the shapes demo, or a folder on the server) whose strongest position excites the unit
 most, cropped to that position's receptive field, and which of their pixels drive it (unit attribution).
 URL: `?layer=blocks.3.2&unit=17&preset=fast&seed=0[&steps=…&size=…][&data=demo:shapes]`.
 """
@@ -20,10 +21,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from explorer.cache import folder as cache_folder
 from explorer.featurevis import Objective, channel, diverse, negative, neuron
+from explorer.featurevis.distance import NEAR_IDENTICAL, feature_distance
 from explorer.featurevis.kernels import KernelFigure
 from explorer.layers import LayerInfo
 from explorer.models import LoadedModel
+from explorer.transfer.study import subset_folder
 from explorer.ui.errors import show_error
 from explorer.ui.i18n import kernel_description, layer_option, number, page_intro, t
 from explorer.ui.links import page_ref
@@ -66,6 +70,8 @@ SOURCES = {  # the image sources, with their English names (`source_name` gives 
     "folder": "A folder on the server",
 }
 KINDS = ["channel", "neuron (centre)", "negative", "diversity 1", "diversity 2", "diversity 3", "diversity 4"]  # files
+SUBSET = 200  # images of a demo set scanned for examples: a class-stratified subset (digits in full: ~130 s a layer)
+FEW = 50  # fewer images scanned than this: the top examples are too few to mean much
 METHODS = {"saliency": "Saliency (gradient)", "ig": "Integrated Gradients (32 steps)"}
 
 
@@ -90,7 +96,10 @@ def method_name(method: str) -> str:
 
 
 def unit_objectives(layer: str, unit: int) -> list[Objective]:
-    """Channel, neuron, negative and 4 diversity objectives for one unit (rendered together in one batch)."""
+    """Channel, neuron, negative and 4 diversity objectives for one unit (rendered together in one batch).
+
+    The diversity images maximise `channel + 10 · diversity(layer)` (:func:`explorer.featurevis.diverse`, where the
+    weight is measured); how far apart the layer sees them is shown under them."""
     return [channel(layer, unit), neuron(layer, unit), negative(layer, unit), *diverse(channel(layer, unit), layer, 4)]
 
 
@@ -150,6 +159,7 @@ def _visualizations(model: LoadedModel, layer: str, unit: int, settings: RenderS
     for tile, name, data in zip(tiles, names, result.png, strict=True):
         if data is not None:
             png_download(tile.actions, data, name, key=f"png_{name}")
+    _diversity_note(model, layer, result.images[3:])
     if result.complete:
         zip_download(
             st,
@@ -157,6 +167,31 @@ def _visualizations(model: LoadedModel, layer: str, unit: int, settings: RenderS
             {name: data or b"" for name, data in zip(names, result.png, strict=True)},
             f"{stem}-{settings.preset}-seed{settings.seed}.zip",
             key="unit_zip",
+        )
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _distance(_model: LoadedModel, key: tuple[Any, ...], digest: str, _images: tuple[Any, ...], layer: str) -> float:
+    """The four diversity images' mean pairwise feature distance at `layer` (cached by their pixels' digest)."""
+    del key, digest
+    return feature_distance(_model, list(_images), layer).mean
+
+
+def _diversity_note(model: LoadedModel, layer: str, images: list[Any]) -> None:
+    """Under the diversity row: how different the four images are to the layer, and a warning when they are not."""
+    if len(images) < 2 or any(im is None for im in images):
+        return
+    digest = hashlib.sha256(b"".join(np.ascontiguousarray(im).tobytes() for im in images)).hexdigest()
+    try:
+        d = _distance(model, model_key(model), digest, tuple(images), layer)
+    except Exception as exc:
+        show_error(exc)
+        return
+    st.caption(t("unit.diversity.distance", value=number(d, 2), layer=layer))
+    if d < NEAR_IDENTICAL:
+        st.warning(
+            t("unit.diversity.same", value=number(d, 2), threshold=number(NEAR_IDENTICAL, 2)),
+            icon=":material/content_copy:",
         )
 
 
@@ -183,9 +218,12 @@ def _kernel(figure: KernelFigure, unit: int, settings: RenderSettings) -> None:
 # --------------------------------------------------------------------------- dataset examples
 
 
-def _folder_choice() -> tuple[str, Path | None]:
-    """The chosen image folder (label, path); None when the user still has to type one."""
-    from explorer.data import ASSETS_DIR, resolve_data
+def _folder_choice() -> tuple[str, Path | None, str]:
+    """The chosen image folder (label, path, a note on the subset scanned); None when the user still has to type one.
+
+    A demo set is scanned through a class-stratified subset of `SUBSET` images (the same one every visit: a folder of
+    links under the cache's "subsets"), so a layer's examples take seconds, not minutes."""
+    from explorer.data import ASSETS_DIR, list_images, resolve_data
 
     wanted = st.query_params.get("data")
     if wanted is not None and (wanted not in SOURCES or wanted == "folder"):
@@ -194,21 +232,26 @@ def _folder_choice() -> tuple[str, Path | None]:
         st.query_params["data"] = wanted
     if wanted is not None:
         st.session_state["unit_data"] = wanted
-    st.session_state.setdefault("unit_data", "samples")
+    st.session_state.setdefault("unit_data", "demo:digits")
     labels = {s: source_name(s) for s in SOURCES}
     source = st.radio(
         t("unit.images"), list(SOURCES), key="unit_data", format_func=labels.get, horizontal=True, on_change=_on_source
     )
     if source == "samples":
-        return source_name(source), ASSETS_DIR
+        return source_name(source), ASSETS_DIR, ""
     if source == "folder":
         typed = st.text_input(t("unit.folder"), key="unit_folder", placeholder=t("unit.folder.placeholder"))
         if not typed.strip():
             st.info(t("unit.folder.type"), icon=":material/folder:")
-            return source_name(source), None
-        return typed.strip(), resolve_data(fenced_path(typed, "The folder", "dir"))
+            return source_name(source), None, ""
+        return typed.strip(), resolve_data(fenced_path(typed, "The folder", "dir")), ""
     with st.spinner(t("unit.preparing", source=source_name(source))):
-        return source_name(source), resolve_data(source)
+        root = resolve_data(source)
+        scanned = subset_folder(root, SUBSET, 0, cache_folder("subsets"))
+    if scanned == root:
+        return source_name(source), root, ""
+    n, total = len(list_images(scanned)), len(list_images(root))
+    return source_name(source), scanned, t("unit.examples.subset", n=number(n), total=number(total))
 
 
 def _examples(model: LoadedModel, folder: Path, layer: str) -> Any:
@@ -244,13 +287,38 @@ def _scanned() -> set[tuple[Any, ...]]:
     return set()
 
 
-def display_maps(maps: torch.Tensor, method: str, smooth: int = 9, percentile: float = 0.995) -> tuple[Any, float]:
+def display_maps(maps: torch.Tensor, method: str, smooth: int = 9, percentile: float = 0.99) -> tuple[Any, float]:
     """Attribution maps made readable as overlays: smoothed over `smooth` px (pixel gradients are speckled) and
     put on one scale for the batch whose top is a high percentile, not the single hottest pixel."""
     m = maps.abs() if method == "saliency" else maps
     m = F.avg_pool2d(m[:, None].float(), smooth, stride=1, padding=smooth // 2, count_include_pad=False)[:, 0]
     top = float(torch.quantile(m.abs().flatten()[:: max(1, m.numel() // 1_000_000)], percentile))
     return m, max(top, 1e-12)
+
+
+GAMMA = 0.5  # display gamma on the map's strength: a tenth of the top shows at a third of the full colour
+DIM = 0.55  # the photo under the map: greyscale at this brightness, so the map's colour is what stands out
+
+
+def saliency_overlays(images: list[Any], maps: torch.Tensor, method: str, shared: bool = True) -> list[Image.Image]:
+    """Attribution maps over their images, visible at a glance: each map divided by its scale's top (the batch's
+    99th percentile, or the image's own when not `shared`), clipped, raised to `GAMMA` (weak but real evidence is
+    not lost in black), drawn with an opacity that grows with the map over a dimmed greyscale of the image.
+    `images`: PIL images or (H, W, 3) arrays/tensors in [0, 1]."""
+    from explorer.attribution import overlay
+
+    smoothed, top = display_maps(maps, method)
+    tops = [top] * len(smoothed) if shared else [display_maps(m[None], method)[1] for m in maps]
+    signed = method != "saliency"
+    out = []
+    for im, m, scale in zip(images, smoothed, tops, strict=True):
+        v = (m / scale).clamp(-1.0, 1.0)
+        v = v.sign() * v.abs().pow(GAMMA)
+        rgb = np.asarray(im.convert("RGB"), np.float32) / 255.0 if isinstance(im, Image.Image) else np.asarray(im)
+        grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        base = DIM * np.repeat(grey[..., None], 3, axis=2)
+        out.append(overlay(base, v, -1.0 if signed else 0.0, 1.0, mode="signed" if signed else "abs", alpha=0.95))
+    return out
 
 
 @st.cache_data(max_entries=64, show_spinner=False)  # the caller shows the spinner, in the session's language
@@ -266,17 +334,11 @@ def _attribution(
     shared: bool,
 ) -> tuple[list[Image.Image], list[float]]:
     """Unit attribution overlays (one colour scale) with the receptive-field box of each strongest position."""
-    from explorer.attribution import overlay, unit_attribution
+    from explorer.attribution import unit_attribution
 
     del key, stamp
     res = unit_attribution(_model, list(paths), layer, unit, method)
-    maps, top = display_maps(res.maps, method)
-    tops = [top] * len(maps) if shared else [display_maps(m[None], method)[1] for m in res.maps]
-    mode = "abs" if method == "saliency" else "signed"
-    overlays = [
-        overlay(im, m, 0.0 if mode == "abs" else -t, t, mode=mode, alpha=0.85)
-        for im, m, t in zip(res.images, maps, tops, strict=True)
-    ]
+    overlays = saliency_overlays(list(res.images), res.maps, method, shared)
     for im, box in zip(overlays, boxes, strict=True):
         ImageDraw.Draw(im).rectangle(box, outline=(0, 229, 255), width=2)
     return overlays, [float(v) for v in res.values]
@@ -285,7 +347,7 @@ def _attribution(
 def _examples_section(model: LoadedModel, layer: str, unit: int) -> None:
     st.subheader(t("unit.examples"))
     try:
-        label, folder = _folder_choice()
+        label, folder, subset = _folder_choice()
         if folder is None:
             return
         ex = _examples(model, folder, layer)
@@ -315,7 +377,10 @@ def _examples_section(model: LoadedModel, layer: str, unit: int) -> None:
             width=model.input_size[1],
         )
         + (f" {ex.rf.note}" if ex.rf.note else "")
+        + (f" {subset}" if subset else "")
     )
+    if ex.images_used < FEW:
+        st.info(t("unit.examples.few", n=number(ex.images_used), few=number(FEW)), icon=":material/info:")
     tiles = tile_grid(len(top), K)
     patches = ex.patches(model, unit, size=128)
     for tile, e, patch in zip(tiles, top, patches, strict=True):
