@@ -29,6 +29,15 @@ written, and the cost per put stays flat as the cache grows. Other processes' wr
 a process's estimate, so with P processes writing the bound can be overshot by about P × WALK_SLACK. Files
 that vanish during a walk (another process evicting) are skipped; half entries and temporary files older than
 ``ORPHAN_GRACE`` seconds (a crashed writer's) are removed by the walk.
+
+**The shipped seed.** A second, read-only root ships inside the package, ``explorer/assets/seed/`` (the bundled
+model's default views, built by ``benchmarks/build_seed.py``), so the first visit to a cold server shows pictures at
+once; ``$LAYER_EXPLORER_SEED`` names another folder, and an empty value disables it. It has the root's layout. A key
+the seed holds (its file names are listed once per process) and the main root lacks is *adopted*: verified like any
+entry (a damaged seed entry is a miss, never an error), copied into the main root (then it is evicted, pruned and
+cleared like any other), and served from there. Adoption happens in `Cache.paths`, so `get` and the callers that only
+check a payload's path (the featurevis store's memo and its existence checks) see seeded entries alike; a key the seed
+lacks costs one set lookup. The seed itself is never written, evicted or cleared.
 """
 
 from __future__ import annotations
@@ -73,6 +82,8 @@ WALK_MAX_AGE = 600.0  # seconds after which a put walks again however little was
 LOW_WATER = 0.9  # automatic eviction goes down to this fraction of the bound, so it does not run on every put
 ORPHAN_GRACE = 600.0  # half entries and temporary files younger than this may belong to a write in progress
 STATE_FILE = ".cache-state.json"
+SEED_VAR = "LAYER_EXPLORER_SEED"
+DEFAULT_SEED = Path(__file__).resolve().parent / "assets" / "seed"
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 _RECORD_FIELDS = frozenset({"key", "payload", "bytes", "sha256", "meta", "check"})
@@ -87,6 +98,14 @@ def cache_root() -> Path:
     """The cache folder: ``$LAYER_EXPLORER_CACHE`` or ``~/.cache/layer-explorer`` (not created here)."""
     env = os.environ.get(ENV_VAR, "").strip()
     return Path(env).expanduser() if env else DEFAULT_ROOT.expanduser()
+
+
+def seed_root() -> Path | None:
+    """The read-only seed folder: ``$LAYER_EXPLORER_SEED`` (empty: none) or the package's ``assets/seed``."""
+    env = os.environ.get(SEED_VAR)
+    if env is None:
+        return DEFAULT_SEED
+    return Path(env.strip()).expanduser() if env.strip() else None
 
 
 def folder(name: str) -> Path:
@@ -223,19 +242,39 @@ class Cache:
     def __init__(self, root: str | Path | None = None, max_bytes: int | None = None) -> None:
         self.root = Path(root).expanduser() if root is not None else cache_root()
         self.max_bytes = cache_max_bytes() if max_bytes is None else int(max_bytes)  # read now: fail before work
+        seed = seed_root()
+        self.seed = seed if seed is not None and os.path.abspath(seed) != os.path.abspath(self.root) else None
 
     def paths(self, kind: str, key: str, suffix: str = ".png") -> tuple[Path, Path]:
-        """(payload path, JSON record path) of an entry."""
-        if not _NAME.fullmatch(kind) or kind in RESERVED_DIRS:
-            raise ValueError(f"{kind!r} is not a cache kind (letters, digits, - and _; not {sorted(RESERVED_DIRS)})")
-        if not _NAME.fullmatch(key):
-            raise ValueError(f"{key!r} is not a cache key (letters, digits, - and _)")
-        folder = self.root / kind / key[:2]
-        meta = f"{key}.meta.json" if suffix == ".json" else f"{key}.json"  # never the payload's own path
-        return folder / f"{key}{suffix}", folder / meta
+        """(payload path, JSON record path) of an entry; a seeded entry missing here is adopted first."""
+        data_path, meta_path = _locate(self.root, kind, key, suffix)
+        if self.seed is not None and (kind, key) in _seed_keys(self.seed) and not meta_path.exists():
+            self._adopt(self.seed, kind, key, suffix)
+        return data_path, meta_path
+
+    def _adopt(self, seed: Path, kind: str, key: str, suffix: str) -> None:
+        """Copy the seed's intact entry into the root (payload first, then its record); a damaged one is left."""
+        src_data, src_meta = _locate(seed, kind, key, suffix)
+        try:
+            data, blob = src_data.read_bytes(), src_meta.read_bytes()
+            if _verified(json.loads(blob), key, src_data.name, data) is None:
+                return
+            data_path, meta_path = _locate(self.root, kind, key, suffix)
+            atomic_write(data_path, data)
+            atomic_write(meta_path, blob)
+        except (OSError, ValueError):  # unreadable seed or unwritable root: a miss
+            return
+        self._account(len(data) + len(blob))
 
     def get(self, kind: str, key: str, suffix: str = ".png") -> Entry | None:
-        """The entry if present and intact (marking it used); a damaged or half entry is deleted: a miss."""
+        """The entry if present and intact (marking it used); a damaged or half entry is deleted: a miss (then the
+        seed's copy, if it has an intact one)."""
+        entry = self._read(kind, key, suffix)
+        if entry is None and self.seed is not None and (kind, key) in _seed_keys(self.seed):
+            entry = self._read(kind, key, suffix)  # `paths` adopts the seed's copy of what was just removed
+        return entry
+
+    def _read(self, kind: str, key: str, suffix: str) -> Entry | None:
         data_path, meta_path = self.paths(kind, key, suffix)
         try:
             data = data_path.read_bytes()
@@ -256,7 +295,7 @@ class Cache:
 
     def put(self, kind: str, key: str, data: bytes, meta: dict[str, Any] | None = None, suffix: str = ".png") -> Path:
         """Store `data` with `meta` atomically (payload first, then the record), then keep the size bound."""
-        data_path, meta_path = self.paths(kind, key, suffix)
+        data_path, meta_path = _locate(self.root, kind, key, suffix)
         record: dict[str, Any] = {
             "key": key,
             "payload": data_path.name,
@@ -314,6 +353,39 @@ class Cache:
             with budget.lock:
                 budget.estimate = remaining + (budget.estimate - before)  # puts made during the walk
                 budget.written, budget.walked_at, budget.walking = 0, time.time(), False
+
+
+def _locate(root: Path, kind: str, key: str, suffix: str) -> tuple[Path, Path]:
+    """(payload path, JSON record path) of an entry under `root`."""
+    if not _NAME.fullmatch(kind) or kind in RESERVED_DIRS:
+        raise ValueError(f"{kind!r} is not a cache kind (letters, digits, - and _; not {sorted(RESERVED_DIRS)})")
+    if not _NAME.fullmatch(key):
+        raise ValueError(f"{key!r} is not a cache key (letters, digits, - and _)")
+    folder = root / kind / key[:2]
+    meta = f"{key}.meta.json" if suffix == ".json" else f"{key}.json"  # never the payload's own path
+    return folder / f"{key}{suffix}", folder / meta
+
+
+_SEEDS: dict[str, frozenset[tuple[str, str]]] = {}
+_SEEDS_LOCK = threading.Lock()
+
+
+def _seed_keys(seed: Path) -> frozenset[tuple[str, str]]:
+    """The (kind, key) of every record in the seed folder, listed once per process (none if it is missing)."""
+    where = os.path.abspath(seed)
+    found = _SEEDS.get(where)
+    if found is None:
+        found = frozenset(
+            (kind_dir.name, f.name.split(".", 1)[0])
+            for kind_dir in _scandir(Path(where))
+            if _NAME.fullmatch(kind_dir.name) and kind_dir.name not in RESERVED_DIRS and _is_dir(kind_dir)
+            for shard in _scandir(Path(kind_dir.path))
+            for f in _scandir(Path(shard.path))
+            if f.name.endswith(".json") and _NAME.fullmatch(f.name.split(".", 1)[0])
+        )
+        with _SEEDS_LOCK:
+            _SEEDS[where] = found
+    return found
 
 
 def _verified(record: Any, key: str, payload_name: str, data: bytes) -> dict[str, Any] | None:
