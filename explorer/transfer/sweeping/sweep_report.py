@@ -117,7 +117,11 @@ class SweepReport:
 
     @property
     def best(self) -> SweepOption | None:
-        return max(self.options, key=lambda o: (o.accuracy, -o.trainable), default=None)
+        """The decision rule's reference: the most accurate converged option (the first in sweep order among ties;
+        breaking ties toward the cheaper one let a truly worse cheap option be picked more often in the simulation,
+        tests/science: 43 % against a 31 % noise floor at 50 images)."""
+        ruled = next((o for o in self.options if o.status == BEST), None)
+        return ruled or max(self.options, key=lambda o: (o.accuracy, -o.trainable), default=None)
 
     @property
     def chosen(self) -> SweepOption | None:
