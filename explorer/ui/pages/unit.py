@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from explorer.cache import cache_root
 from explorer.cache import folder as cache_folder
 from explorer.featurevis import Objective, channel, diverse, negative, neuron
 from explorer.featurevis.distance import NEAR_IDENTICAL, feature_distance
@@ -223,7 +224,7 @@ def _folder_choice() -> tuple[str, Path | None, str]:
 
     A demo set is scanned through a class-stratified subset of `SUBSET` images (the same one every visit: a folder of
     links under the cache's "subsets"), so a layer's examples take seconds, not minutes."""
-    from explorer.data import ASSETS_DIR, list_images, resolve_data
+    from explorer.data import ASSETS_DIR, resolve_data
 
     wanted = st.query_params.get("data")
     if wanted is not None and (wanted not in SOURCES or wanted == "folder"):
@@ -246,12 +247,25 @@ def _folder_choice() -> tuple[str, Path | None, str]:
             return source_name(source), None, ""
         return typed.strip(), resolve_data(fenced_path(typed, "The folder", "dir")), ""
     with st.spinner(t("unit.preparing", source=source_name(source))):
-        root = resolve_data(source)
-        scanned = subset_folder(root, SUBSET, 0, cache_folder("subsets"))
+        root, scanned, n, total = _demo_subset(source, str(cache_root()))
+        if scanned != root and not (Path(scanned) / ".complete").exists():  # the cache was cleared since
+            _demo_subset.clear()
+            root, scanned, n, total = _demo_subset(source, str(cache_root()))
     if scanned == root:
-        return source_name(source), root, ""
-    n, total = len(list_images(scanned)), len(list_images(root))
-    return source_name(source), scanned, t("unit.examples.subset", n=number(n), total=number(total))
+        return source_name(source), Path(root), ""
+    return source_name(source), Path(scanned), t("unit.examples.subset", n=number(n), total=number(total))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _demo_subset(source: str, root_of_cache: str) -> tuple[str, str, int, int]:
+    """A demo set's folder, the stratified subset scanned for its examples and their image counts: once per process
+    and cache root, not on every run (each call lists the whole set's files)."""
+    from explorer.data import list_images, resolve_data
+
+    del root_of_cache  # part of the key only: the subset's links live under the cache root
+    root = resolve_data(source)
+    scanned = subset_folder(root, SUBSET, 0, cache_folder("subsets"))
+    return str(root), str(scanned), len(list_images(scanned)), len(list_images(root))
 
 
 def _examples(model: LoadedModel, folder: Path, layer: str) -> Any:
