@@ -23,3 +23,10 @@ def brief(exc: BaseException, limit: int = 120) -> str:
     """The first line of an exception's message (or its type), cut to `limit` characters, for a user message."""
     text = str(exc).strip().rstrip(".") or type(exc).__name__
     return text.splitlines()[0][:limit]
+
+
+def msg(text: str) -> str:
+    """Mark `text` as a sentence a user reads (a reason, a caveat, a description the app shows): it is returned as
+    it is, and the app's translator (:mod:`explorer.ui.messages`) finds the f-string's template here to translate
+    it. The message of a raised ``ExplorerError`` needs no mark."""
+    return text
