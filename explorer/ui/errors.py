@@ -11,12 +11,13 @@ import streamlit as st
 
 from explorer.errors import ExplorerError
 from explorer.ui.i18n import t
+from explorer.ui.messages import localize
 
 
 def error_message(exc: BaseException) -> str:
-    """The one sentence a user sees for `exc`; a generic one for bugs."""
+    """The one sentence a user sees for `exc`, in the session's language; a generic one for bugs."""
     if isinstance(exc, ExplorerError):
-        return str(exc)
+        return localize(str(exc))
     return t("common.error_generic", error=f"{type(exc).__name__}: {str(exc)[:200]}")
 
 

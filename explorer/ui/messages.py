@@ -35,7 +35,7 @@ from explorer.ui.i18n import DEFAULT, LOCALES, babel_locale, language
 
 ENGINE = Path(__file__).resolve().parents[1]
 MESSAGES = LOCALES / "messages"
-SKIPPED = ("ui", "commands", "cli.py", "__main__.py")  # the pages use t(); the command line speaks English
+SKIPPED = ("commands", "cli.py", "__main__.py")  # the command line speaks English
 BUILTIN_ERRORS = {
     "ValueError", "TypeError", "KeyError", "RuntimeError", "OSError", "IndexError", "AttributeError",
     "NotImplementedError", "FileNotFoundError", "AssertionError", "LookupError", "PermissionError",

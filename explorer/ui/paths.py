@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from explorer.data.fence import Kind, allowed, fence, shown
+from explorer.errors import msg
 from explorer.models import CHECKPOINT_SUFFIXES, ModelError, parse_spec
 
 
-def fenced_path(text: str | Path, what: str = "The path", kind: Kind = "any") -> Path:
+def fenced_path(text: str | Path, what: str = msg("The path"), kind: Kind = "any") -> Path:
     """A path a user typed or a link named, through the server's fence (:func:`explorer.data.fence.fence`) before
     any file-system call: the resolved path, or one sentence that is the same for missing and forbidden paths."""
     return fence(text, what, kind)
@@ -20,7 +21,7 @@ def allowed_path(path: str | Path, kind: Kind = "any") -> bool:
     return allowed(path, kind)
 
 
-def fenced_spec(spec: str, what: str = "The model") -> str:
+def fenced_spec(spec: str, what: str = msg("The model")) -> str:
     """A model spec a user typed or a link named, safe to load: a name (bundled:, torchvision:, timm:) as it is; a
     checkpoint path through the fence, resolved. A path without a checkpoint suffix is refused from its text alone,
     so no file outside the shared folders is ever opened or even looked for."""

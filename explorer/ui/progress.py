@@ -84,3 +84,35 @@ def progress_callback(
             slot.image(images[:8], width=96)
 
     return update
+
+
+def labelled_progress(
+    box: Any,
+    first: str,
+    label: Callable[[int, int, Any], str],
+    *,
+    every_s: float = 0.25,
+    bar: Any = None,
+    offset: float = 0.0,
+    share: float = 1.0,
+) -> Progress:
+    """A `Progress` callback whose third argument is information about the step (a dict), not a preview: an
+    st.progress bar in `box` (or the given `bar`) that starts with `first` and then reads `label(done, total, info)`,
+    throttled to one draw per `every_s` seconds (the last step always draws). With `offset` and `share`, the work is
+    one part of a longer one (the bar goes from `offset` to `offset + share`)."""
+    bar = box.progress(offset, text=first) if bar is None else bar
+    last = [0.0]
+
+    def update(done: int, total: int, info: Any = None) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < every_s:
+            return
+        last[0] = now
+        bar.progress(min(offset + share * done / max(total, 1), 1.0), text=label(done, total, info))
+
+    return update
+
+
+def steps_of(done: int, total: int) -> str:
+    """ "12 of 40": a count of steps in the session's language."""
+    return t("compare.sweep.progress.of", done=number(done), total=number(total))

@@ -9,11 +9,12 @@ from typing import Any
 import streamlit as st
 
 from explorer.data.fence import MAX_PATH_CHARS
-from explorer.errors import ExplorerError
+from explorer.errors import ExplorerError, msg
 from explorer.layers import LayerInfo, ladder
 from explorer.models import DEFAULT_SPEC, LoadedModel, ModelError, parse_spec
 from explorer.ui.errors import error_message
 from explorer.ui.i18n import t
+from explorer.ui.messages import localize
 from explorer.ui.paths import fenced_spec
 from explorer.ui.uploads import upload_dir
 
@@ -65,9 +66,9 @@ def _spec_from_url() -> tuple[str, str | None]:
         for value in (spec, arch or ""):
             if len(value) > MAX_PATH_CHARS:
                 raise ModelError(f"The link's model is {len(value):,} characters long; it was not opened.")
-        spec = fenced_spec(spec, "The link's model")
+        spec = fenced_spec(spec, msg("The link's model"))
     except ExplorerError as exc:
-        st.session_state[NOTICE_KEY] = t("common.showing_default", error=str(exc), spec=DEFAULT_SPEC)
+        st.session_state[NOTICE_KEY] = t("common.showing_default", error=error_message(exc), spec=DEFAULT_SPEC)
         return DEFAULT_SPEC, None
     return spec, arch
 
@@ -122,7 +123,7 @@ def model_indicator(model: LoadedModel) -> None:
     """A compact summary of the current model (for the sidebar): spec, description, fingerprint, device."""
     st.caption(t("common.current_model"))
     st.markdown(f"**`{model.spec if len(model.spec) < 60 else Path(model.spec).name}`**")
-    st.caption(model.description)
+    st.caption(localize(model.description))
     st.caption(t("common.fingerprint_device", fingerprint=model.short_fingerprint, device=model.device))
 
 

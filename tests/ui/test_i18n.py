@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 from uiapp import Renders, app_on, run_metadata
 
 import explorer.ui.i18n as i18n
+import explorer.ui.messages as messages
 import explorer.ui.shell as shell
 import explorer.ui.tour as tour
 from explorer.data.demos import DEMO_DATASETS
@@ -177,15 +178,27 @@ def fragments(lang: str, min_words: int = 3) -> dict[str, str]:
     return out
 
 
-def english_left(at: AppTest, besides: str = "") -> list[str]:
-    """Catalogue pieces the page shows in English (one whose Portuguese piece is the same text is not counted, nor
-    one that is in `besides`: text of the engine's, English for now, which may use the same words)."""
+def engine_fragments(min_words: int = 3) -> dict[str, str]:
+    """Pieces of the engine's English sentences (`explorer.ui.messages`' templates, cut at their fields) with at
+    least `min_words` words → their template."""
+    out: dict[str, str] = {}
+    for template in messages.catalogue("pt-BR"):
+        for literal in messages.FIELD.sub("\x00", template).split("\x00"):
+            piece = literal.strip(" .,;:·()")
+            if len(re.findall(r"[A-Za-z]{2,}", piece)) >= min_words:
+                out[piece] = f"engine {template[:50]!r}"
+    return out
+
+
+def english_left(at: AppTest) -> list[str]:
+    """Pieces of the app's catalogue and of the engine's sentences the page shows in English (one whose Portuguese
+    piece is the same text is not counted)."""
     text = page_text(at)
-    pt_text = " ".join(catalogue("pt-BR").values())
+    pt_text = " ".join([*catalogue("pt-BR").values(), *messages.catalogue("pt-BR").values()])
     return sorted(
         f"{key}: {piece!r}"
-        for piece, key in fragments("en").items()
-        if piece in text and piece not in pt_text and piece not in besides
+        for piece, key in {**engine_fragments(), **fragments("en")}.items()
+        if piece in text and piece not in pt_text
     )
 
 
@@ -324,7 +337,8 @@ def test_the_compare_page_with_a_comparison_is_in_portuguese(bundled, monkeypatc
     _ok(at)
     evidence = next(e for e in at.expander if e.label == "Evidências e ressalvas")  # explorer.transfer's words
     engine = " ".join(m.value for m in evidence.markdown)
-    assert not english_left(at, besides=engine), english_left(at, besides=engine)
+    assert engine and not any(piece in engine for piece in engine_fragments()), engine
+    assert not english_left(at), english_left(at)
     assert at.button(key="fp_send").proto.label == "Ajuste fino com este ponto de congelamento"
     assert {m.label for m in at.metric} >= {"Parâmetros treináveis", "Total de parâmetros"}
     chart = json.loads(next(c for c in at.get("plotly_chart") if c.key == "cmp_chart").proto.spec)

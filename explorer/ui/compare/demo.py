@@ -27,6 +27,7 @@ from explorer.transfer.training.runs import finish_run, get_run, reserve_run
 from explorer.ui.compare import sweep_panel
 from explorer.ui.compare.setup import comparison_settings, data_signature, param, set_param
 from explorer.ui.i18n import number, percent, t
+from explorer.ui.progress import labelled_progress
 from explorer.ui.session import get_model
 
 DATA = "demo:digits"
@@ -36,18 +37,10 @@ SWEEP = {"epochs": 2, "input": 64, "images": 0}
 
 
 def _bar(box: Any, what: str) -> Any:
-    bar = box.progress(0.0, text=what)
-    last = [0.0]
+    def label(done: int, total: int, info: Any) -> str:
+        return t("compare.demo.progress", what=what, done=number(done), total=number(total))
 
-    def update(done: int, total: int, info: Any = None) -> None:
-        now = time.monotonic()
-        if done < total and now - last[0] < 0.25:
-            return
-        last[0] = now
-        text = t("compare.demo.progress", what=what, done=number(done), total=number(total))
-        bar.progress(min(done / max(total, 1), 1.0), text=text)
-
-    return update
+    return labelled_progress(box, what, label)
 
 
 def run_demo(base: LoadedModel) -> str:

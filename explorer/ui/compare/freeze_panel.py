@@ -23,8 +23,11 @@ from explorer.transfer.advice.guide import GuideCell, why
 from explorer.transfer.reporting.report import ComparisonReport, Recommendation
 from explorer.transfer.sweeping.prefix import feature_extractor_code
 from explorer.transfer.training.linear_head import train_classifier
+from explorer.ui.errors import error_message
 from explorer.ui.i18n import number, percent, short_number, t
 from explorer.ui.links import page_ref
+from explorer.ui.messages import localize
+from explorer.ui.progress import labelled_progress, steps_of
 from explorer.ui.session import model_key
 from explorer.ui.widgets.queue import turn
 
@@ -178,26 +181,26 @@ def guide_markdown(guide: GuideCell) -> str:
 
 
 def guide_why(guide: GuideCell) -> str:
-    """What placed the user's case in its cell (one sentence)."""
-    return why(guide)
+    """What placed the user's case in its cell (one sentence, in the session's language)."""
+    return localize(why(guide))
 
 
 def advice(rec: Recommendation) -> tuple[str, str]:
     """(kind, markdown) of the advice box: 'withheld' (no freeze point: why and what to try), 'sweep' or
     'prediction'."""
     if rec.source == "withheld":
-        tries = "".join(f"\n- {t}" for t in rec.try_next)
+        tries = "".join(f"\n- {localize(line)}" for line in rec.try_next)
         what = "\n\n**" + t("compare.advice.try") + f"**{tries}" if tries else ""
-        return "withheld", t("compare.advice.withheld", reason=rec.reason) + what
+        return "withheld", t("compare.advice.withheld", reason=localize(rec.reason)) + what
     point = f"`{rec.freeze_after}`" if rec.freeze_after else t("compare.advice.nothing")
     if rec.source == "sweep":
         key = "compare.advice.measured_linear" if rec.route == "linear" else "compare.advice.measured"
-        text = t(key, point=point, reason=rec.reason)
-        explained = "\n\n" + t("compare.advice.explanation", text=rec.agreement) if rec.agreement else ""
+        text = t(key, point=point, reason=localize(rec.reason))
+        explained = "\n\n" + t("compare.advice.explanation", text=localize(rec.agreement)) if rec.agreement else ""
         return "sweep", text + explained
-    text = t("compare.advice.predicted", point=point, reason=rec.reason)
+    text = t("compare.advice.predicted", point=point, reason=localize(rec.reason))
     unstable = next((c for c in rec.caveats if c.startswith("Unstable")), None)
-    return "prediction", text + (f"\n\n**{unstable}**" if unstable else "")
+    return "prediction", text + (f"\n\n**{localize(unstable)}**" if unstable else "")
 
 
 # --------------------------------------------------------------------------- the panel
@@ -245,11 +248,9 @@ def train_action(model: LoadedModel, report: ComparisonReport, point: str, key: 
         help=t("compare.train.help", point=point, source=source),
     ):
         return
-    bar = st.progress(0.0, text=t("compare.train.features") + "…")
-
-    def progress(done: int, total: int, info: Any = None) -> None:
-        of = t("compare.sweep.progress.of", done=number(done), total=number(total))
-        bar.progress(min(done / max(total, 1), 1.0), text=t("compare.train.features") + f" · {of}")
+    progress = labelled_progress(
+        st, t("compare.train.features") + "…", lambda d, n, _: t("compare.train.features") + f" · {steps_of(d, n)}"
+    )
 
     try:
         with turn("linear classifier"):
@@ -257,7 +258,7 @@ def train_action(model: LoadedModel, report: ComparisonReport, point: str, key: 
                 model, source, point, input_size=int(size) if isinstance(size, int) else None, progress=progress
             )
     except ExplorerError as exc:
-        st.error(str(exc), icon=":material/error:")
+        st.error(error_message(exc), icon=":material/error:")
         return
     st.session_state[done_key] = {
         "point": point,
@@ -334,9 +335,9 @@ def render_panel(
             box(text + mine, icon=":material/recommend:")
         st.markdown(t("compare.guide.title"))
         st.markdown(guide_markdown(rec.guide))
-        st.caption(f"{rec.guide.advice} {guide_why(rec.guide)}")
+        st.caption(f"{localize(rec.guide.advice)} {guide_why(rec.guide)}")
         with st.expander(t("compare.evidence")):
-            st.markdown("\n".join(f"- {e}" for e in [*rec.evidence, *rec.caveats, *report.warnings]))
+            st.markdown("\n".join(f"- {localize(e)}" for e in [*rec.evidence, *rec.caveats, *report.warnings]))
     if linear:
         code = extractor_code(model, point, classes)
         st.markdown(t("compare.code.linear"))

@@ -11,7 +11,6 @@ model, images and the split settings it shares with the sweep, and computed once
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from explorer.transfer.sweeping.sweep_report import SweepOption, SweepReport
 from explorer.transfer.training.settings import FinetuneSettings
 from explorer.ui.compare.setup import data_signature, sweep_defaults
 from explorer.ui.i18n import number, percent, t
+from explorer.ui.progress import labelled_progress
 
 REDRAW_S = 0.25
 
@@ -72,20 +72,17 @@ def get_or_predict(model: LoadedModel, data: str, root: Path, s: FinetuneSetting
     found = get_prediction(key)
     if found is not None:
         return found
-    bar = box.progress(0.0, text=t("predict.running"))
-    drawn = [0.0]
-
-    def draw(done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - drawn[0] < REDRAW_S:
-            return
-        drawn[0] = now
-        bar.progress(min(done / max(total, 1), 1.0), text=t("predict.progress", done=number(done), total=number(total)))
+    bar = labelled_progress(
+        box,
+        t("predict.running"),
+        lambda d, n, _: t("predict.progress", done=number(d), total=number(n)),
+        every_s=REDRAW_S,
+    )
 
     def work(flight: Flight[PredictReport]) -> PredictReport:
         def progress(done: int, total: int, info: Any = None) -> None:
             flight.report(done, total)
-            draw(done, total)
+            bar(done, total)
 
         report = predict_freeze(
             model,
@@ -103,7 +100,7 @@ def get_or_predict(model: LoadedModel, data: str, root: Path, s: FinetuneSetting
 
     def watch(flight: Flight[PredictReport]) -> None:
         if flight.total_steps:
-            draw(flight.done_steps, flight.total_steps)
+            bar(flight.done_steps, flight.total_steps)
 
     try:
         report, _ = shared_work().run(("predict", key), work, on_wait=watch)

@@ -13,11 +13,11 @@ from typing import Any
 import streamlit as st
 
 from explorer.data.fence import refusal
-from explorer.errors import ExplorerError
+from explorer.errors import ExplorerError, msg
 from explorer.models import LoadedModel
 from explorer.transfer.sweeping.sweep import EPOCHS as SWEEP_EPOCHS
 from explorer.transfer.training.runs import RunInfo, get_run, list_runs, runs_dir
-from explorer.ui.errors import show_error
+from explorer.ui.errors import error_message, show_error
 from explorer.ui.i18n import number, percent, t
 from explorer.ui.paths import allowed_path, fenced_path, fenced_spec
 from explorer.ui.session import get_model
@@ -91,9 +91,9 @@ def choose_tuned(base: LoadedModel) -> tuple[LoadedModel, RunInfo | None] | None
             runs[run.name] = run
         else:
             try:
-                fenced_spec(wanted, "The link's tuned model")
+                fenced_spec(wanted, msg("The link's tuned model"))
             except ExplorerError as exc:
-                st.warning(t("compare.not_a_run", error=str(exc)), icon=":material/link_off:")
+                st.warning(t("compare.not_a_run", error=error_message(exc)), icon=":material/link_off:")
                 wanted = None
     options = [*runs, *([wanted] if wanted and wanted not in runs and wanted != UPLOAD else []), UPLOAD]
     value = wanted or (next(iter(runs)) if runs else UPLOAD)
@@ -163,7 +163,7 @@ def choose_data(
         if wanted.startswith("demo:") or allowed_path(wanted, "dir"):
             sources[wanted] = wanted
         else:
-            why = refusal(wanted, "The link's images")
+            why = refusal(wanted, msg("The link's images"))
             st.warning(t("compare.data.using", why=why, data=own or "demo:digits"), icon=":material/link_off:")
             wanted = own or "demo:digits"
     options = [*sources, FOLDER]
@@ -185,7 +185,7 @@ def choose_data(
         choice = typed.strip()
     try:
         if not choice.startswith("demo:"):
-            choice = str(fenced_path(choice, "The folder", "dir"))
+            choice = str(fenced_path(choice, msg("The folder"), "dir"))
         with st.spinner(t("compare.preparing", data=choice)):
             root = resolve_data(choice)
     except Exception as exc:

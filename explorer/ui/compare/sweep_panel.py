@@ -7,7 +7,6 @@ task is written there at once, so a sweep stopped by a click (any click reruns t
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,8 @@ from explorer.ui.compare import prediction
 from explorer.ui.compare.charts import prediction_figure, sweep_figure
 from explorer.ui.compare.setup import data_signature
 from explorer.ui.i18n import number, percent, seconds, t
+from explorer.ui.messages import localize
+from explorer.ui.progress import labelled_progress, steps_of
 
 
 def settings_for(cfg: dict[str, int]) -> FinetuneSettings:
@@ -58,14 +59,7 @@ def refusal(sweep: SweepReport, model: LoadedModel, root: Path, input_size: int 
 
 
 def _progress(box: Any) -> Any:
-    bar = box.progress(0.0, text=t("compare.sweep.preparing"))
-    last = [0.0]
-
-    def update(done: int, total: int, info: Any = None) -> None:
-        now = time.monotonic()
-        if done < total and now - last[0] < 0.25:
-            return
-        last[0] = now
+    def label(done: int, total: int, info: Any) -> str:
         info = info if isinstance(info, dict) else {}
         if info.get("phase") == "shared":
             what = t("compare.sweep.progress.shared", images=number(info.get("images") or 0))
@@ -73,10 +67,9 @@ def _progress(box: Any) -> Any:
             what = t("compare.sweep.progress.task", task=info.get("task"))
         else:
             what = t("compare.sweep.progress.training")
-        of = t("compare.sweep.progress.of", done=number(done), total=number(total))
-        bar.progress(min(done / max(total, 1), 1.0), text=f"{what} · {of}")
+        return f"{what} · {steps_of(done, total)}"
 
-    return update
+    return labelled_progress(box, t("compare.sweep.preparing"), label)
 
 
 def run(
@@ -159,16 +152,16 @@ def show(report: SweepReport, *, key: str, figure: bool, pred: PredictReport | N
     comparison chart to carry it), and its files."""
     c = report.choice
     if c.point is None:
-        tries = "".join(f"\n- {t}" for t in c.try_next)
-        st.warning(t("compare.sweep.no_recommendation", reason=c.reason) + tries, icon=":material/block:")
+        tries = "".join(f"\n- {localize(line)}" for line in c.try_next)
+        st.warning(t("compare.sweep.no_recommendation", reason=localize(c.reason)) + tries, icon=":material/block:")
     else:
-        st.success(t("compare.sweep.measured", reason=c.reason), icon=":material/verified:")
+        st.success(t("compare.sweep.measured", reason=localize(c.reason)), icon=":material/verified:")
         if c.test_accuracy is not None:
             st.caption(
                 t(
                     "compare.sweep.test_accuracy",
                     accuracy=percent(c.test_accuracy, 1),
-                    note=c.test_note,
+                    note=localize(c.test_note),
                     choice=percent(c.choice_accuracy or 0, 1),
                 )
             )
@@ -189,12 +182,12 @@ def show(report: SweepReport, *, key: str, figure: bool, pred: PredictReport | N
     st.caption(
         t(
             "compare.sweep.caption",
-            evaluation=report.evaluation,
+            evaluation=localize(report.evaluation),
             images=number(scored) if isinstance(scored, (int, float)) else scored,
             epochs=report.settings.get("epochs"),
             size=report.settings.get("input_size"),
             time=seconds(report.seconds.get("total", 0), 0),
-            test=c.test,
+            test=localize(c.test),
         )
     )
     cols = st.columns(3)

@@ -20,7 +20,9 @@ import streamlit as st
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
 from explorer.trust import cka_map, selectivity
-from explorer.ui.i18n import number, t
+from explorer.ui.errors import error_message
+from explorer.ui.i18n import t
+from explorer.ui.progress import labelled_progress, steps_of
 from explorer.ui.widgets.queue import turn
 from explorer.ui.widgets.trust_charts import cka_heatmap, selectivity_figure
 
@@ -34,11 +36,9 @@ def _measure(base: LoadedModel, tuned: LoadedModel, root: Path, size: int | None
     bar = box.progress(0.0, text=t("compare.trust.starting"))
 
     def step(label: str, share: float, offset: float) -> Any:
-        def progress(done: int, total: int, info: Any = None) -> None:
-            of = t("compare.sweep.progress.of", done=number(done), total=number(total))
-            bar.progress(min(offset + share * done / max(total, 1), 1.0), text=f"{label} · {of}")
-
-        return progress
+        return labelled_progress(
+            box, label, lambda d, n, _: f"{label} · {steps_of(d, n)}", bar=bar, offset=offset, share=share, every_s=0
+        )
 
     with turn("trust"):
         cmap = cka_map(base, tuned, str(root), max_images=CKA_IMAGES, permutations=PERMUTATIONS, input_size=size,
@@ -66,7 +66,7 @@ def section(base: LoadedModel, tuned: LoadedModel, root: Path, size: int | None)
             try:
                 kept = {"key": key, **_measure(base, tuned, root, size, st)}
             except ExplorerError as exc:
-                st.error(str(exc), icon=":material/error:")
+                st.error(error_message(exc), icon=":material/error:")
                 return
             st.session_state[STATE] = kept
         st.plotly_chart(cka_heatmap(kept["cka"], "calibrated"), key="cmp_trust_cka")

@@ -41,6 +41,7 @@ from explorer.models import LoadedModel
 from explorer.ui.errors import show_error
 from explorer.ui.i18n import language, number, page_intro, percent, t
 from explorer.ui.links import page_ref
+from explorer.ui.messages import localize
 from explorer.ui.progress import progress_callback
 from explorer.ui.session import current_model, model_key
 from explorer.ui.widgets.figures import top_figure
@@ -83,7 +84,7 @@ def describe_cost(cost: MethodCost) -> str:
     """`MethodCost.describe()` in the session's language (the same sentence in English)."""
     label = METHODS[cost.method].label
     if not cost.available:
-        return t("attribution.cost.unavailable", method=label, reason=cost.reason)
+        return t("attribution.cost.unavailable", method=label, reason=localize(cost.reason))
     layers = t("attribution.cost.layers_one") if cost.layers == 1 else t("attribution.cost.layers", n=cost.layers)
     forward = (
         t("attribution.cost.forward_one")
@@ -227,7 +228,7 @@ def method_options(method: str, n_steps: int, grid: int) -> dict[str, int]:
 def cost_caption(cost: MethodCost, problem: str | None) -> str:
     """One short line under a method's name: its passes for this input, or why it cannot run."""
     if problem or not cost.available:
-        return f":gray[{problem or cost.reason}]"
+        return f":gray[{localize(problem or cost.reason)}]"
     back = t("attribution.caption.backward", n=number(cost.backward_calls)) if cost.backward_calls else ""
     key = "attribution.caption.passes" if cost.forward_calls + cost.backward_calls > 1 else "attribution.caption.pass"
     return t(key, forward=number(cost.forward_calls), backward=back, relative=number(cost.relative, 0))
@@ -418,7 +419,7 @@ def _maps_section(res: AttributionResult, model: LoadedModel, scores: dict[str, 
         for col, name in zip(cols, res.layers[start : start + GRID_COLUMNS], strict=False):
             caption = _cell_caption(res, name, scale, ranges[name], lang)
             col.image(pics[name], caption=caption, width="stretch", output_format="JPEG")
-    notes = [*res.notes, *(f"{n}: {why}" for n, why in res.skipped.items())]
+    notes = [localize(n) for n in res.notes] + [f"{n}: {localize(why)}" for n, why in res.skipped.items()]
     took = t("attribution.took", time=number(res.seconds, 1))
     st.caption(f"{describe_cost(res.cost)} {took}" + (" " + " ".join(notes) if notes else ""))
     title = t("attribution.grid_title", method=METHODS[res.method].label, target=target, spec=model.spec)
@@ -554,7 +555,8 @@ def render() -> None:
     st.divider()
     if not cost.available:
         st.warning(
-            t("attribution.cannot_run", method=METHODS[method].label, reason=cost.reason), icon=":material/block:"
+            t("attribution.cannot_run", method=METHODS[method].label, reason=localize(cost.reason)),
+            icon=":material/block:",
         )
         return
     st.info(describe_cost(cost), icon=":material/speed:")

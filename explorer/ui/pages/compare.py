@@ -47,6 +47,8 @@ from explorer.ui.compare.setup import (
 )
 from explorer.ui.errors import show_error
 from explorer.ui.i18n import number, page_intro, percent, seconds, t
+from explorer.ui.messages import localize
+from explorer.ui.progress import labelled_progress
 from explorer.ui.session import current_model, get_ladder, set_current_model
 from explorer.ui.widgets.gallery import RenderSettings, safe_filename, settings_from_url, zip_download
 
@@ -65,24 +67,16 @@ def _section_label(name: str) -> str:
 
 
 def _progress(box: Any) -> Any:
-    bar = box.progress(0.0, text=t("compare.comparing"))
-    last = [0.0]
-
-    def update(done: int, total: int, preview: Any = None) -> None:
-        now = time.monotonic()
-        if done < total and now - last[0] < 0.25:
-            return
-        last[0] = now
-        phase = preview.get("phase") if isinstance(preview, dict) else None
+    def label(done: int, total: int, info: Any) -> str:
+        phase = info.get("phase") if isinstance(info, dict) else None
         what = (
-            t("compare.progress.forward", images=number(preview.get("images") or 0))
+            t("compare.progress.forward", images=number(info.get("images") or 0))
             if phase == "forward"
             else t("compare.progress.probes")
         )
-        step = t("compare.progress.step", done=number(done), total=number(total))
-        bar.progress(min(done / max(total, 1), 1.0), text=f"{what} · {step}")
+        return f"{what} · {t('compare.progress.step', done=number(done), total=number(total))}"
 
-    return update
+    return labelled_progress(box, t("compare.comparing"), label)
 
 
 def _comparison(base: LoadedModel, tuned: LoadedModel, data: str, root: Path, settings: dict[str, Any]) -> Any:
@@ -269,13 +263,6 @@ def _first_visit(base: LoadedModel, column: Any) -> None:
         show_error(exc)
 
 
-def _gate(report: Any) -> None:
-    rec = report.recommendation
-    if rec.source == "withheld":
-        tries = "".join(f"\n- {t}" for t in rec.try_next)
-        st.warning(t("compare.withheld", reason=rec.reason) + tries, icon=":material/block:")
-
-
 def _with_sweep(base: LoadedModel, report: Any, data: tuple[str, Path]) -> tuple[Any, dict[str, int]]:
     cfg = choose_sweep_settings(data[0], base)
     measured = sweep_panel.stored(base, data[1], cfg)
@@ -284,7 +271,7 @@ def _with_sweep(base: LoadedModel, report: Any, data: tuple[str, Path]) -> tuple
     size = (report.data.get("input_size") or [None])[0]
     why = sweep_panel.refusal(measured, base, data[1], size)
     if why:  # a sweep belongs to its data, model and size: said, never applied silently
-        st.warning(t("compare.sweep_not_used", why=why), icon=":material/block:")
+        st.warning(t("compare.sweep_not_used", why=localize(why)), icon=":material/block:")
         return report, cfg
     return with_sweep(report, measured, base), cfg
 
@@ -303,7 +290,7 @@ def _caption(report: Any) -> None:
             source=report.data.get("source"),
             classes=number(len(report.data.get("classes") or [])),
             accuracy=acc,
-            note=report.heldout.get("note", ""),
+            note=localize(report.heldout.get("note", "")),
             pooling=report.settings.get("pooling"),
             cka=report.settings.get("cka"),
             time=seconds(report.seconds.get("total", 0), 0),
@@ -351,7 +338,7 @@ def render() -> None:
         show_error(exc)
         return
     for note in notes:
-        st.warning(note, icon=":material/warning:")
+        st.warning(localize(note), icon=":material/warning:")
     if run and run.base_spec and run.base_spec != base.spec:
         st.button(
             t("compare.use_base", spec=run.base_spec),
@@ -390,7 +377,6 @@ def _page(
     notice = st.session_state.pop("cmp_notice", None)
     if notice:
         st.warning(notice, icon=":material/block:")
-    _gate(report)
     st.session_state["cmp_freeze"] = point
     c = st.columns([2, 3], vertical_alignment="bottom")
     c[0].selectbox(

@@ -14,6 +14,7 @@ from explorer.layers import LayerInfo
 from explorer.models import BUNDLED, CHECKPOINT_SUFFIXES, LoadedModel, ModelError, parse_spec
 from explorer.ui.errors import show_error
 from explorer.ui.i18n import number, page_intro, plotly_separators, short_number, t
+from explorer.ui.messages import localize
 from explorer.ui.session import current_model, get_ladder, model_key, set_current_model
 from explorer.ui.uploads import checkpoint_arch_hint, save_upload
 from explorer.ui.widgets.figures import top_figure
@@ -146,7 +147,7 @@ def _picker(model: LoadedModel | None) -> None:
 
 def _info(model: LoadedModel) -> None:
     st.subheader(Path(model.spec).name if parse_spec(model.spec)[0] == "file" else model.spec)
-    st.caption(model.description)
+    st.caption(localize(model.description))
     params = list(model.module.parameters())
     total = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
@@ -185,9 +186,9 @@ def _info(model: LoadedModel) -> None:
     st.markdown("\n".join(f"- {fact}" for fact in facts))
     report = model.load_report
     if report is not None and not report.clean:
-        st.warning(t("model.not_fit", summary=report.summary()), icon=":material/warning:")
+        st.warning(t("model.not_fit", summary=localize(report.summary())), icon=":material/warning:")
     elif report is not None and report.resized:
-        st.info(t("model.loaded", summary=report.summary()), icon=":material/info:")
+        st.info(t("model.loaded", summary=localize(report.summary())), icon=":material/info:")
     if model.metadata:
         with st.expander(t("model.metadata"), key="model_metadata"):
             st.json(model.metadata, expanded=False)

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 
 from explorer.cache import cache_root
 from explorer.cache import folder as cache_folder
+from explorer.errors import msg
 from explorer.featurevis import Objective, channel, diverse, negative, neuron
 from explorer.featurevis.distance import NEAR_IDENTICAL, feature_distance
 from explorer.featurevis.kernels import KernelFigure
@@ -245,7 +246,7 @@ def _folder_choice() -> tuple[str, Path | None, str]:
         if not typed.strip():
             st.info(t("unit.folder.type"), icon=":material/folder:")
             return source_name(source), None, ""
-        return typed.strip(), resolve_data(fenced_path(typed, "The folder", "dir")), ""
+        return typed.strip(), resolve_data(fenced_path(typed, msg("The folder"), "dir")), ""
     with st.spinner(t("unit.preparing", source=source_name(source))):
         root, scanned, n, total = _demo_subset(source, str(cache_root()))
         if scanned != root and not (Path(scanned) / ".complete").exists():  # the cache was cleared since

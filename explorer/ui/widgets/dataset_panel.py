@@ -21,6 +21,7 @@ from explorer.data import DEMO_DATASETS, DataError, ImageFolderDataset, load_ima
 from explorer.errors import ExplorerError
 from explorer.ui.errors import show_error
 from explorer.ui.i18n import number, t
+from explorer.ui.messages import localize
 from explorer.ui.paths import fenced_path
 
 SOURCES = ["Demo dataset", "Folder on the server", "Upload a zip"]  # the radio's values (its labels: source_name)
@@ -154,7 +155,7 @@ def data_section() -> tuple[str | None, str, DataSummary | None]:
     if summary.skipped:
         st.warning(t("data.skipped_warning", n=number(len(summary.skipped))), icon=":material/warning:")
         with st.expander(t("data.skipped_files"), key="ft_skip_box"):
-            skipped = pd.DataFrame(summary.skipped, columns=["file", "reason"])
+            skipped = pd.DataFrame([(f, localize(why)) for f, why in summary.skipped], columns=["file", "reason"])
             labels = {"file": st.column_config.TextColumn(t("data.col.file")),
                       "reason": st.column_config.TextColumn(t("data.col.reason"))}  # fmt: skip
             st.dataframe(skipped, hide_index=True, key="ft_skip", column_config=labels)

@@ -40,6 +40,7 @@ from explorer.featurevis.store import plan_render, render_key
 from explorer.jobs import Flight, job_queue, shared_work
 from explorer.models import LoadedModel
 from explorer.trust.fvquality import image_quality
+from explorer.ui.errors import error_message
 from explorer.ui.i18n import number, percent, seconds, t
 from explorer.ui.progress import progress_callback
 from explorer.ui.session import ARCH_KEY, SPEC_KEY
@@ -240,7 +241,7 @@ def settings_from_url(default: RenderSettings | None = None) -> RenderSettings:
             try:
                 changes[name] = _parse_int(name, qp[name])
             except ExplorerError as exc:
-                problems.append(str(exc).rstrip("."))
+                problems.append(error_message(exc).rstrip("."))
     if "preset" in changes and changes["preset"] != base.preset:  # another preset: its own steps and size
         base = replace(base, steps=None, size=None)
     settings = replace(base, **changes)
