@@ -18,7 +18,7 @@ import streamlit as st
 
 from explorer.errors import ExplorerError
 from explorer.models import LoadedModel
-from explorer.models.freeze import FreezeSummary, freeze_code, freeze_table
+from explorer.models.freeze import FreezeSummary
 from explorer.transfer.advice.guide import GuideCell, why
 from explorer.transfer.reporting.report import ComparisonReport, Recommendation
 from explorer.transfer.sweeping.prefix import feature_extractor_code
@@ -29,9 +29,9 @@ from explorer.ui.links import page_ref
 from explorer.ui.messages import localize
 from explorer.ui.progress import labelled_progress, steps_of
 from explorer.ui.session import model_key
+from explorer.ui.widgets.freeze import NONE, freeze_snippet, freeze_summaries
 from explorer.ui.widgets.queue import turn
 
-NONE = "none"  # the freeze point that trains every layer
 GUIDE_CELLS = {  # (data size, similarity to ImageNet) → the cell's key
     ("small", "similar"): "compare.guide.small_similar",
     ("small", "different"): "compare.guide.small_different",
@@ -44,22 +44,10 @@ FROZEN_STYLE = "color: #9a9a9a; background-color: #f1f1f1"
 # --------------------------------------------------------------------------- cached engine calls
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
-def _table(_model: LoadedModel, key: tuple[Any, ...], num_classes: int | None) -> dict[str, FreezeSummary]:
-    del key
-    return {(s.freeze_after or NONE): s for s in freeze_table(_model, num_classes=num_classes)}
-
-
 def summaries(model: LoadedModel, num_classes: int | None) -> dict[str, FreezeSummary]:
     """Freeze point ('none' or a ladder layer before the head) → its parameter counts, in depth order."""
     with st.spinner(t("compare.freeze.counting")):
-        return _table(model, model_key(model), num_classes)
-
-
-@st.cache_data(max_entries=256, show_spinner=False)
-def _code(_model: LoadedModel, key: tuple[Any, ...], point: str, num_classes: int | None) -> str:
-    del key
-    return freeze_code(_model, None if point == NONE else point, num_classes=num_classes)
+        return freeze_summaries(model, num_classes)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -75,7 +63,7 @@ def extractor_code(model: LoadedModel, point: str, num_classes: int | None = Non
 
 def code_for(model: LoadedModel, point: str, num_classes: int | None = None) -> str:
     """The PyTorch snippet that freezes `model` after `point`, with a new head for `num_classes` (cached)."""
-    return _code(model, model_key(model), point, num_classes)
+    return freeze_snippet(model, point, num_classes)
 
 
 # --------------------------------------------------------------------------- pieces (plain data, tested)

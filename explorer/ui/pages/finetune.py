@@ -19,7 +19,6 @@ import streamlit as st
 from explorer.data import resolve_data, typical_side
 from explorer.layers import fixed_input_size
 from explorer.models import LoadedModel
-from explorer.models.freeze import FreezeSummary, freeze_code, freeze_table
 from explorer.transfer.training.finetune import FinetuneSettings
 from explorer.transfer.training.resume import can_resume, saved_settings
 from explorer.transfer.training.runs import JobSnapshot, TrainingJob, list_runs, read_run
@@ -27,9 +26,10 @@ from explorer.transfer.training.settings import suggested_input_size
 from explorer.ui.compare import prediction
 from explorer.ui.errors import show_error
 from explorer.ui.i18n import number, page_intro, percent, plotly_separators, seconds, short_number, t
-from explorer.ui.session import current_model, get_ladder, model_key
+from explorer.ui.session import current_model, get_ladder
 from explorer.ui.widgets.dataset_panel import DataSummary, data_section
 from explorer.ui.widgets.figures import progress_figure
+from explorer.ui.widgets.freeze import freeze_snippet, freeze_summaries
 
 JOB_KEY = "ft_job"  # session_state: the session's TrainingJob (running or finished)
 LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
@@ -48,18 +48,6 @@ def status_name(status: str) -> str:
         "failed": t("finetune.status.failed"),
     }
     return names.get(status, status)
-
-
-@st.cache_data(max_entries=16, show_spinner=False)  # the caller shows the spinner, in the session's language
-def _freeze_table(_model: LoadedModel, key: tuple[Any, ...], num_classes: int | None) -> list[FreezeSummary]:
-    del key
-    return freeze_table(_model, num_classes=num_classes)
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def _freeze_code(_model: LoadedModel, key: tuple[Any, ...], point: str | None, num_classes: int | None) -> str:
-    del key
-    return freeze_code(_model, point, num_classes=num_classes)
 
 
 def _pick_freeze(options: list[str]) -> str:
@@ -148,8 +136,7 @@ def _grey_frozen(row: pd.Series, frozen: str) -> list[str]:
 def _freeze_section(model: LoadedModel, num_classes: int | None, spec: str | None = None) -> str | None:
     st.subheader(t("finetune.freeze_point"))
     with st.spinner(t("finetune.counting")):
-        table = _freeze_table(model, model_key(model), num_classes)
-    by_point = {s.freeze_after or "none": s for s in table}
+        by_point = freeze_summaries(model, num_classes)
     try:
         _predicted(model, spec, list(by_point))
     except Exception as exc:  # the chooser below works without it
@@ -172,7 +159,7 @@ def _freeze_section(model: LoadedModel, num_classes: int | None, spec: str | Non
                      "output": st.column_config.TextColumn(t("finetune.col.output")),
                      "type": st.column_config.TextColumn(t("finetune.col.type"))})  # fmt: skip
     with st.expander(t("finetune.code"), key="ft_code"):
-        code = _freeze_code(model, model_key(model), None if point == "none" else point, num_classes)
+        code = freeze_snippet(model, point, num_classes)
         st.code(code, language="python")
     return None if point == "none" else point
 
