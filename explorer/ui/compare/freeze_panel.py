@@ -261,7 +261,8 @@ def train_action(model: LoadedModel, report: ComparisonReport, point: str, key: 
 def render_panel(
     model: LoadedModel, report: ComparisonReport, point: str, *, query: dict[str, str], key: str = "fp"
 ) -> None:
-    """Draw the freeze panel for `point` ('none' or a layer) of `model` given a comparison `report`."""
+    """Draw the freeze panel for `point` ('none' or a layer) of `model` given a comparison `report`: the ladder with
+    the frozen layers greyed, the counts of the route the advice names, the advice and the 2×2 guide, and the code."""
     classes = len(report.data.get("classes") or []) or None
     table = summaries(model, classes)
     s = table.get(point) or table[NONE]
@@ -270,62 +271,92 @@ def render_panel(
     st.subheader(t("compare.freeze.up_to", point=point) if point != NONE else t("compare.freeze.train_all"))
     left, right = st.columns([1.1, 1], gap="large")
     with left:
-        df = ladder_frame(report, point)
-        frozen_rows = df["state"] == t("compare.freeze.state.frozen")
-        headers = {"params": t("compare.freeze.col.params"), **{k: t(label) for k, (label, _) in COLUMNS.items()}}
-        shown = df.rename(columns=headers)  # the columns in the session's language (the data keeps English names)
-        styled = shown.style.apply(lambda row: [FROZEN_STYLE if frozen_rows[row.name] else ""] * len(row), axis=1)
-        st.dataframe(
-            styled,
-            hide_index=True,
-            height=min(35 * (len(df) + 1) + 3, 780),
-            key=f"{key}_ladder",
-            column_config={
-                headers["params"]: st.column_config.NumberColumn(format="localized"),
-                **{
-                    headers[k]: st.column_config.TextColumn(help=t(tip))
-                    for k, (_, tip) in COLUMNS.items()
-                    if tip and k in df.columns
-                },
-            },
-        )
+        _ladder_table(report, point, key)
     with right:
-        c = st.columns(3)
-        if linear:  # the route the advice names drives the counts: the frozen network up to the point + one layer
-            frozen = s.total - s.trainable
-            total = frozen + rec.trainable
-            c[0].metric(
-                t("compare.freeze.trainable"),
-                count(rec.trainable),
-                help=t("compare.freeze.trainable.linear", n=number(rec.trainable)),
-            )
-            c[1].metric(
-                t("compare.freeze.non_trainable"),
-                count(frozen),
-                help=t("compare.freeze.non_trainable.frozen", n=number(frozen)),
-            )
-            c[2].metric(t("compare.freeze.total"), count(total), help=number(total))
-            share = rec.trainable / max(total, 1)
-            st.progress(share, text=t("compare.freeze.share_linear", share=percent(share, 2), point=point))
-        else:
-            c[0].metric(t("compare.freeze.trainable"), count(s.trainable), help=number(s.trainable))
-            c[1].metric(t("compare.freeze.non_trainable"), count(s.non_trainable), help=number(s.non_trainable))
-            c[2].metric(t("compare.freeze.total"), count(s.total), help=number(s.total))
-            st.progress(s.trainable_fraction, text=t("compare.freeze.share", share=percent(s.trainable_fraction, 1)))
-            st.code(keras_summary(s), language="text")
-        kind, text = advice(rec)
-        if kind == "withheld":
-            st.warning(text, icon=":material/block:")
-        else:
-            chosen = (rec.freeze_after or NONE) == point
-            box = st.success if chosen else st.info
-            mine = " *(" + t("compare.advice.your_choice") + ")*" if chosen else ""
-            box(text + mine, icon=":material/recommend:")
-        st.markdown(t("compare.guide.title"))
-        st.markdown(guide_markdown(rec.guide))
-        st.caption(f"{localize(rec.guide.advice)} {guide_why(rec.guide)}")
+        _counts(s, rec, point, linear)
+        _advice_box(rec, point)
         with st.expander(t("compare.evidence")):
             st.markdown("\n".join(f"- {localize(e)}" for e in [*rec.evidence, *rec.caveats, *report.warnings]))
+    _code_section(model, report, point, classes, linear, query=query, key=key)
+
+
+def _ladder_table(report: ComparisonReport, point: str, key: str) -> None:
+    df = ladder_frame(report, point)
+    frozen_rows = df["state"] == t("compare.freeze.state.frozen")
+    headers = {"params": t("compare.freeze.col.params"), **{k: t(label) for k, (label, _) in COLUMNS.items()}}
+    shown = df.rename(columns=headers)  # the columns in the session's language (the data keeps English names)
+    styled = shown.style.apply(lambda row: [FROZEN_STYLE if frozen_rows[row.name] else ""] * len(row), axis=1)
+    st.dataframe(
+        styled,
+        hide_index=True,
+        height=min(35 * (len(df) + 1) + 3, 780),
+        key=f"{key}_ladder",
+        column_config={
+            headers["params"]: st.column_config.NumberColumn(format="localized"),
+            **{
+                headers[k]: st.column_config.TextColumn(help=t(tip))
+                for k, (_, tip) in COLUMNS.items()
+                if tip and k in df.columns
+            },
+        },
+    )
+
+
+def _counts(s: FreezeSummary, rec: Recommendation, point: str, linear: bool) -> None:
+    """The trainable, frozen and total counts of the route the advice names: on the linear route, the frozen network
+    up to the point plus one linear layer; else the fine-tune's own counts and its Keras-style summary."""
+    c = st.columns(3)
+    if linear:
+        frozen = s.total - s.trainable
+        total = frozen + rec.trainable
+        c[0].metric(
+            t("compare.freeze.trainable"),
+            count(rec.trainable),
+            help=t("compare.freeze.trainable.linear", n=number(rec.trainable)),
+        )
+        c[1].metric(
+            t("compare.freeze.non_trainable"),
+            count(frozen),
+            help=t("compare.freeze.non_trainable.frozen", n=number(frozen)),
+        )
+        c[2].metric(t("compare.freeze.total"), count(total), help=number(total))
+        share = rec.trainable / max(total, 1)
+        st.progress(share, text=t("compare.freeze.share_linear", share=percent(share, 2), point=point))
+        return
+    c[0].metric(t("compare.freeze.trainable"), count(s.trainable), help=number(s.trainable))
+    c[1].metric(t("compare.freeze.non_trainable"), count(s.non_trainable), help=number(s.non_trainable))
+    c[2].metric(t("compare.freeze.total"), count(s.total), help=number(s.total))
+    st.progress(s.trainable_fraction, text=t("compare.freeze.share", share=percent(s.trainable_fraction, 1)))
+    st.code(keras_summary(s), language="text")
+
+
+def _advice_box(rec: Recommendation, point: str) -> None:
+    kind, text = advice(rec)
+    if kind == "withheld":
+        st.warning(text, icon=":material/block:")
+    else:
+        chosen = (rec.freeze_after or NONE) == point
+        box = st.success if chosen else st.info
+        mine = " *(" + t("compare.advice.your_choice") + ")*" if chosen else ""
+        box(text + mine, icon=":material/recommend:")
+    st.markdown(t("compare.guide.title"))
+    st.markdown(guide_markdown(rec.guide))
+    st.caption(f"{localize(rec.guide.advice)} {guide_why(rec.guide)}")
+
+
+def _code_section(
+    model: LoadedModel,
+    report: ComparisonReport,
+    point: str,
+    classes: int | None,
+    linear: bool,
+    *,
+    query: dict[str, str],
+    key: str,
+) -> None:
+    """The code for the point (the linear route's extractor and classifier, or the fine-tune's freeze), its download,
+    and the button that takes the point to the Fine-tune page."""
+    rec = report.recommendation
     if linear:
         code = extractor_code(model, point, classes)
         st.markdown(t("compare.code.linear"))
