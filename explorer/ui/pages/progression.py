@@ -9,17 +9,22 @@ URL: `?preset=fast&seed=0&per_stage=4[&steps=…&size=…]`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import streamlit as st
 
 from explorer.cache import png_bytes
 from explorer.featurevis import Objective, channel, labelled_rows
-from explorer.featurevis.stages import NOTE, StageMap
+from explorer.featurevis.stages import NOTE, Stage, StageMap
+from explorer.models import LoadedModel
 from explorer.ui.errors import show_error
 from explorer.ui.i18n import number, page_intro, stage_name, t
 from explorer.ui.links import page_ref
 from explorer.ui.session import current_model
 from explorer.ui.widgets.gallery import (
+    Rendered,
+    RenderSettings,
     Tile,
     link_params,
     render_tiles,
@@ -111,32 +116,9 @@ def render() -> None:
         with st.container(border=True):
             cols = st.columns([1.6] + [1] * per_stage, gap="small")
             with cols[0]:
-                st.markdown(f"#### {k + 1}. {stage_name(stage.name).capitalize()}")
-                st.caption(
-                    t(
-                        "progression.row",
-                        blocks=_describe_blocks(stage.blocks),
-                        start=number(stage.depth[0], 2),
-                        end=number(stage.depth[1], 2),
-                        layer=layer,
-                        first=units[0],
-                        last=units[-1],
-                    )
+                _stage_head(
+                    k, stage, units, settings, layer_page, stems[0] if k == 0 and stems and stems[0] in layers else None
                 )
-                st.page_link(
-                    layer_page,
-                    label=t("progression.open_layer", layer=layer),
-                    icon=":material/grid_view:",
-                    query_params=link_params(settings, layer=layer, page=1),
-                )
-                if k == 0 and stems and stems[0] in layers:
-                    st.page_link(
-                        layer_page,
-                        label=t("progression.kernels", layer=stems[0]),
-                        icon=":material/grid_on:",
-                        query_params=link_params(settings, layer=stems[0], page=1),
-                        help=t("progression.kernels.help"),
-                    )
             batch = []
             for j, u in enumerate(units):
                 tile = Tile(cols[1 + j])
@@ -160,6 +142,47 @@ def render() -> None:
         return
     if not result.complete:
         return
+    _downloads(model, settings, result, rows)
+
+
+def _stage_head(
+    k: int, stage: Stage, units: list[int], settings: RenderSettings, layer_page: Any, stem: str | None
+) -> None:
+    """A stage's row head: its number and name, where it lies in the network, and links to its layer (and, for the
+    first stage, to the pixel convolution's kernels)."""
+    layer = stage.representative
+    st.markdown(f"#### {k + 1}. {stage_name(stage.name).capitalize()}")
+    st.caption(
+        t(
+            "progression.row",
+            blocks=_describe_blocks(stage.blocks),
+            start=number(stage.depth[0], 2),
+            end=number(stage.depth[1], 2),
+            layer=layer,
+            first=units[0],
+            last=units[-1],
+        )
+    )
+    st.page_link(
+        layer_page,
+        label=t("progression.open_layer", layer=layer),
+        icon=":material/grid_view:",
+        query_params=link_params(settings, layer=layer, page=1),
+    )
+    if stem is not None:
+        st.page_link(
+            layer_page,
+            label=t("progression.kernels", layer=stem),
+            icon=":material/grid_on:",
+            query_params=link_params(settings, layer=stem, page=1),
+            help=t("progression.kernels.help"),
+        )
+
+
+def _downloads(
+    model: LoadedModel, settings: RenderSettings, result: Rendered, rows: list[tuple[str, str, list[int]]]
+) -> None:
+    """The finished progression as one labelled sheet (PNG) and as every picture (zip)."""
     sheet = labelled_rows(
         [(f"{stage_name(name)}\n{layer}", [result.images[i] for i in idx]) for name, layer, idx in rows]
     )
