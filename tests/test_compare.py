@@ -4,9 +4,11 @@ weight change that means something, the gate, the advice, exports."""
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -83,6 +85,36 @@ def test_exports_json_csv_and_html(tiny, tuned_tiny, color_folder, tmp_path):
     html = written[1].read_text()
     assert "<svg" in html and "Too few images to decide" in html and "blocks.4.0" in html and "2×2 guide" in html
     assert json.loads(written[0].read_text())["base"]["fingerprint"] == tiny.fingerprint
+
+
+def _layer_table_numbers(page: str) -> list[str]:
+    body = page.split("<table class='layers'>")[1].split("</table>")[0].split("</tr>", 1)[1]
+    return re.findall(r"\d[\d.,]*", body)
+
+
+def test_the_html_and_csv_exports_speak_the_readers_language(tiny, tuned_tiny, color_folder):
+    """`translate` (the app passes its localize) writes the page's headings, table headers, advice and notes and the
+    CSV's header row in the reader's language; the table's numbers and the CSV's values stay as they are."""
+    from explorer.ui.messages import localize
+
+    report = compare(tiny, tuned_tiny, color_folder, probes=False)
+    mark = lambda s: f"«{s}»"  # noqa: E731
+    english, marked = render_html(report), render_html(report, translate=mark)
+    assert "«" not in english and "<h1>Before and after fine-tuning, layer by layer</h1>" in english
+    assert "<h1>«Before and after fine-tuning, layer by layer»</h1>" in marked and "<th>«layer»</th>" in marked
+    assert html.escape(mark(report.recommendation.reason)) in marked and "<th>«little data»</th>" in marked
+    assert all(html.escape(mark(e)) in marked for e in report.recommendation.evidence)
+    assert _layer_table_numbers(marked) == _layer_table_numbers(english)
+    portuguese = render_html(report, translate=lambda s: localize(s, "pt-BR"))
+    assert "Antes e depois do ajuste fino, camada por camada" in portuguese and "<th>camada</th>" in portuguese
+    assert "Before and after" not in portuguese and "Too few images" not in portuguese and "Evidence" not in portuguese
+    assert "Poucas imagens para decidir" in portuguese
+    assert _layer_table_numbers(portuguese) == _layer_table_numbers(english)
+    lines = report.to_csv().splitlines()
+    header = ",".join(mark(k) for k in lines[0].split(","))
+    assert report.to_csv(translate=mark).splitlines() == [header, *lines[1:]]
+    pt = report.to_csv(translate=lambda s: localize(s, "pt-BR")).splitlines()
+    assert pt[1:] == lines[1:] and pt[0].startswith("nome,índice,tipo,") and "cka_low" not in pt[0]
 
 
 def test_identical_models_read_cka_one_and_no_change(tiny, color_folder):

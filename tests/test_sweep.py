@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -111,6 +113,34 @@ def test_every_option_is_measured_with_its_interval_and_cost(tiny_sweep, tiny):
     html = render_sweep_html(tiny_sweep)
     assert "<svg" in html and "margin" in html and "<script" not in html
     assert tiny_sweep.to_csv().splitlines()[0].startswith("point,route,accuracy")
+
+
+def _sweep_table_numbers(page: str) -> list[str]:
+    body = page.split("<table class='layers'>")[1].split("</table>")[0].split("</tr>", 1)[1]
+    return re.findall(r"\d[\d.,]*", body)
+
+
+def test_the_sweep_html_and_csv_speak_the_readers_language(tiny_sweep):
+    """`translate` (the app passes its localize) writes the sweep page's headings, table headers and verdicts, the
+    choice's reason and how it was decided, and the CSV's header row, in the reader's language; numbers stay."""
+    from explorer.ui.messages import localize
+
+    mark = lambda s: f"«{s}»"  # noqa: E731
+    english, marked = render_sweep_html(tiny_sweep), render_sweep_html(tiny_sweep, translate=mark)
+    assert "«" not in english and "<h2>Accuracy at each freeze point</h2>" in english
+    assert "<h2>«Accuracy at each freeze point»</h2>" in marked and "<th>«verdict»</th>" in marked
+    assert html.escape(mark(tiny_sweep.choice.reason)) in marked
+    assert html.escape(mark(f"Decision: {tiny_sweep.choice.test}.")) in marked
+    assert _sweep_table_numbers(marked) == _sweep_table_numbers(english)
+    portuguese = render_sweep_html(tiny_sweep, translate=lambda s: localize(s, "pt-BR"))
+    assert "Onde congelar: a varredura medida" in portuguese and "<th>veredito</th>" in portuguese
+    assert "Where to freeze" not in portuguese and "Decision:" not in portuguese and "Decisão:" in portuguese
+    assert _sweep_table_numbers(portuguese) == _sweep_table_numbers(english)
+    lines = tiny_sweep.to_csv().splitlines()
+    header = ",".join(mark(k) for k in lines[0].split(","))
+    assert tiny_sweep.to_csv(translate=mark).splitlines() == [header, *lines[1:]]
+    pt = tiny_sweep.to_csv(translate=lambda s: localize(s, "pt-BR")).splitlines()
+    assert pt[1:] == lines[1:] and pt[0].startswith("ponto,rota,acurácia,")
 
 
 def test_the_cached_prefix_trains_exactly_what_a_full_forward_trains(tiny, color_folder):

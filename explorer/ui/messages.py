@@ -247,4 +247,4 @@ def number_in(value: str, lang: str) -> str:
     decimals = len(digits.split(".", 1)[1]) if "." in digits else 0
     pattern = "#,##0" + ("." + "0" * decimals if decimals else "")
     out = format_decimal(float(digits), format=pattern, locale=babel_locale(lang))
-    return out + ("%" if percent else "")
+    return ("+" if text.startswith("+") else "") + out + ("%" if percent else "")

@@ -80,6 +80,7 @@ def test_numbers_take_the_languages_marks():
     assert number_in("92.0", "pt-BR") == "92,0"
     assert number_in("12.5%", "pt-BR") == "12,5%"
     assert number_in("3", "pt-BR") == "3"
+    assert number_in("+5.0", "pt-BR") == "+5,0" and number_in("-0.3", "pt-BR") == "-0,3"
 
 
 def test_an_unknown_sentence_stays_as_it_is():

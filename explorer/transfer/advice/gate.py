@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from explorer.errors import msg
 from explorer.transfer.sweeping.stats import above_chance
 
 MIN_IMAGES_TO_DECIDE = 100  # held-out images below which intervals are shown but nothing is decided
@@ -32,15 +33,22 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f} %"
 
 
-def too_few(n: int, what: str = "held-out images") -> Gate:
-    """Closed when `n` images (`what` they are) are too few to decide."""
+def too_few(n: int, heldout: bool = True) -> Gate:
+    """Closed when `n` images (held-out ones, or else every image compared) are too few to decide."""
     if n >= MIN_IMAGES_TO_DECIDE:
         return Gate(True)
     return Gate(
         False,
-        f"Too few images to decide: {n} {what} (at least {MIN_IMAGES_TO_DECIDE} are needed for the "
-        "intervals to tell freeze points apart); the measurements are shown with their intervals.",
-        ["Use a dataset with more images per class, or a larger held-out fraction when fine-tuning."],
+        msg(
+            f"Too few images to decide: {n} held-out images (at least {MIN_IMAGES_TO_DECIDE} are needed for the "
+            "intervals to tell freeze points apart); the measurements are shown with their intervals."
+        )
+        if heldout
+        else msg(
+            f"Too few images to decide: {n} images compared (at least {MIN_IMAGES_TO_DECIDE} are needed for the "
+            "intervals to tell freeze points apart); the measurements are shown with their intervals."
+        ),
+        [msg("Use a dataset with more images per class, or a larger held-out fraction when fine-tuning.")],
     )
 
 
@@ -53,19 +61,23 @@ def floor(chance: float) -> float:
     return chance + CHANCE_MARGIN * (1.0 - chance)
 
 
-def learned_task(correct: int, n: int, chance: float, what: str = "the best option") -> Gate:
-    """Closed unless `correct` of `n` is significantly (one-sided exact binomial, p < 0.01) above `floor(chance)`."""
+def learned_task(correct: int, n: int, chance: float) -> Gate:
+    """Closed unless the best option's `correct` of `n` is significantly (one-sided exact binomial, p < 0.01) above
+    `floor(chance)`."""
     if n <= 0:
-        return Gate(False, "Nothing was scored.", ["Use more images."])
+        return Gate(False, msg("Nothing was scored."), [msg("Use more images.")])
     bar = floor(chance)
     p = above_chance(correct, n, bar)
     if p < ALPHA_CHANCE:
         return Gate(True)
     return Gate(
         False,
-        f"No option learned the task: {what} scores {_pct(correct / n)} on {n} images, not significantly above "
-        f"chance plus a margin ({_pct(chance)} + 10 % of the rest = {_pct(bar)}; exact binomial test p = {p:.2g}).",
-        ["Check the data (one sub-folder per class), use more images, or train longer (--epochs)."],
+        msg(
+            f"No option learned the task: the best option scores {_pct(correct / n)} on {n} images, not significantly "
+            f"above chance plus a margin ({_pct(chance)} + 10 % of the rest = {_pct(bar)}; exact binomial test "
+            f"p = {p:.2g})."
+        ),
+        [msg("Check the data (one sub-folder per class), use more images, or train longer (--epochs).")],
     )
 
 
@@ -74,30 +86,34 @@ def learned(correct: int, n: int, chance: float, best_probe: float | None) -> Ga
     if n <= 0:
         return Gate(
             False,
-            "The tuned model could not be scored on held-out images of its own classes.",
-            ["Compare on the data it was fine-tuned on (same classes), so its accuracy can be measured."],
+            msg("The tuned model could not be scored on held-out images of its own classes."),
+            [msg("Compare on the data it was fine-tuned on (same classes), so its accuracy can be measured.")],
         )
     acc = correct / n
     p = above_chance(correct, n, floor(chance))
     tries = [
-        "Fine-tune for more epochs, or with a higher learning rate for the pretrained layers.",
-        "Check the data: one sub-folder per class, and enough images in each.",
-        "Run the freeze sweep: it measures every freeze point by itself, without this model.",
+        msg("Fine-tune for more epochs, or with a higher learning rate for the pretrained layers."),
+        msg("Check the data: one sub-folder per class, and enough images in each."),
+        msg("Run the freeze sweep: it measures every freeze point by itself, without this model."),
     ]
     if not p < ALPHA_CHANCE:
         return Gate(
             False,
-            f"The tuned model has not learned the task: {_pct(acc)} on {n} held-out images is not significantly "
-            f"above chance plus a margin ({_pct(chance)} + 10 % of the rest = {_pct(floor(chance))}; exact "
-            f"binomial test p = {p:.2g}), so no freeze point is read from it.",
+            msg(
+                f"The tuned model has not learned the task: {_pct(acc)} on {n} held-out images is not significantly "
+                f"above chance plus a margin ({_pct(chance)} + 10 % of the rest = {_pct(floor(chance))}; exact "
+                f"binomial test p = {p:.2g}), so no freeze point is read from it."
+            ),
             tries,
         )
     if best_probe is not None and math.isfinite(best_probe) and acc < chance + 0.5 * (best_probe - chance):
         return Gate(
             False,
-            f"The tuned model has not learned the task well enough to read advice from: {_pct(acc)} on {n} held-out "
-            f"images, while a linear classifier on the base model's own features already reaches "
-            f"{_pct(best_probe)} (chance {_pct(chance)}).",
+            msg(
+                f"The tuned model has not learned the task well enough to read advice from: {_pct(acc)} on {n} "
+                f"held-out images, while a linear classifier on the base model's own features already reaches "
+                f"{_pct(best_probe)} (chance {_pct(chance)})."
+            ),
             tries,
         )
     return Gate(True)

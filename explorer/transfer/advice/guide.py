@@ -16,19 +16,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from explorer.errors import msg
 from explorer.transfer.comparison.probes import ProbeResult
+from explorer.transfer.reporting.figures import figure
 from explorer.transfer.sweeping.stats import paired_difference
 from explorer.transfer.sweeping.sweep_report import SweepOption
 
 SMALL_PER_CLASS = 300  # fewer training images per class than this counts as "little data"
 
 GUIDE = {
-    ("small", "similar"): "Little data, similar task: train a linear classifier on the top features; freeze the rest.",
-    ("small", "different"): "Little data, different task: train a classifier on earlier features, where the "
-    "pretrained network's features are still generic; keep the rest frozen.",
-    ("large", "similar"): "Lots of data, similar task: fine-tune the top layers, keep the early ones frozen.",
-    ("large", "different"): "Lots of data, different task: fine-tune most layers (or all), starting from the "
-    "pretrained weights.",
+    ("small", "similar"): msg(
+        "Little data, similar task: train a linear classifier on the top features; freeze the rest."
+    ),
+    ("small", "different"): msg(
+        "Little data, different task: train a classifier on earlier features, where the pretrained network's "
+        "features are still generic; keep the rest frozen."
+    ),
+    ("large", "similar"): msg("Lots of data, similar task: fine-tune the top layers, keep the early ones frozen."),
+    ("large", "different"): msg(
+        "Lots of data, different task: fine-tune most layers (or all), starting from the pretrained weights."
+    ),
 }
 
 
@@ -51,13 +58,13 @@ def place(
     size = "small" if not math.isfinite(per_class) or per_class < SMALL_PER_CLASS else "large"
     m: dict[str, float | int | str | None] = {
         "train_images_per_class": round(per_class, 1) if math.isfinite(per_class) else None,
-        "per_class_from": "the fine-tune's training split"
+        "per_class_from": msg("the fine-tune's training split")
         if per_class_known
-        else "all images compared (split unknown)",
+        else msg("all images compared (split unknown)"),
         "small_below_per_class": SMALL_PER_CLASS,
     }
     if not probed:
-        return GuideCell(size, "unknown", "Turn the probes on to place your task (similar or different).", m)
+        return GuideCell(size, "unknown", msg("Turn the probes on to place your task (similar or different)."), m)
     top_name, top = probed[-1]
     best_name, best = max(probed, key=lambda t: t[1].accuracy)
     diff, low, high = paired_difference(best.correct, top.correct) if best is not top else (0.0, 0.0, 0.0)
@@ -90,7 +97,7 @@ def place_from_sweep(train_per_class: float, options: list[SweepOption]) -> Guid
     similarity = "different" if math.isfinite(low) and low > 0 else "similar"
     m: dict[str, float | int | str | None] = {
         "train_images_per_class": round(train_per_class, 1),
-        "per_class_from": "the sweep's training split",
+        "per_class_from": msg("the sweep's training split"),
         "small_below_per_class": SMALL_PER_CLASS,
         "best_probe_layer": best.point,
         "best_probe_acc": best.accuracy,
@@ -100,7 +107,7 @@ def place_from_sweep(train_per_class: float, options: list[SweepOption]) -> Guid
         "probe_gap_low": low,
         "probe_gap_high": high,
         "probe_images": best.heldout,
-        "probes_from": "the sweep's linear route",
+        "probes_from": msg("the sweep's linear route"),
     }
     return GuideCell(size, similarity, GUIDE[(size, similarity)], m)
 
@@ -112,21 +119,42 @@ def why(cell: GuideCell) -> str:
     def pct(v: object) -> str:
         return f"{100 * v:.0f} %" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
 
-    size = (
-        f"{m.get('train_images_per_class')} training images per class ({m.get('per_class_from')}; "
-        f"'little data' below {m.get('small_below_per_class')})"
+    per_class, source, small = (
+        figure(m.get("train_images_per_class")),
+        m.get("per_class_from"),
+        m.get("small_below_per_class"),
     )
     if cell.similarity == "unknown":
-        return size + "."
-    gap = m.get("probe_gap")
-    gap_text = ""
-    if isinstance(gap, float) and math.isfinite(gap):
-        low, high = m["probe_gap_low"], m["probe_gap_high"]
-        assert isinstance(low, (int, float)) and isinstance(high, (int, float))  # measured with the gap
-        gap_text = f"best minus top {100 * gap:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}]"
-    probes = m.get("probes_from") or "linear probes on the base features, same folds"
+        return msg(f"{per_class:.1f} training images per class ({source}; 'little data' below {small}).")
+    probes = m.get("probes_from") or msg("linear probes on the base features, same folds")
+    best, top = m.get("best_probe_layer"), m.get("top_probe_layer")
+    best_acc, top_acc = pct(m.get("best_probe_acc")), pct(m.get("top_probe_acc"))
+    different = cell.similarity == "different"
+    gap, low, high = m.get("probe_gap"), m.get("probe_gap_low"), m.get("probe_gap_high")
+    if not (isinstance(gap, float) and math.isfinite(gap)):
+        return (
+            msg(
+                f"{per_class:.1f} training images per class ({source}; 'little data' below {small}); {probes}: best at "
+                f"{best} ({best_acc}), top layer {top} ({top_acc}),  → different."
+            )
+            if different
+            else msg(
+                f"{per_class:.1f} training images per class ({source}; 'little data' below {small}); {probes}: best at "
+                f"{best} ({best_acc}), top layer {top} ({top_acc}),  → similar."
+            )
+        )
+    assert isinstance(low, (int, float)) and isinstance(high, (int, float))  # measured with the gap
+    g, lo, hi = 100 * gap, 100 * low, 100 * high
     return (
-        f"{size}; {probes}: best at {m.get('best_probe_layer')} "
-        f"({pct(m.get('best_probe_acc'))}), top layer {m.get('top_probe_layer')} ({pct(m.get('top_probe_acc'))}), "
-        f"{gap_text} → {cell.similarity}."
+        msg(
+            f"{per_class:.1f} training images per class ({source}; 'little data' below {small}); {probes}: best at "
+            f"{best} ({best_acc}), top layer {top} ({top_acc}), best minus top {g:+.1f} points [{lo:+.1f}, {hi:+.1f}]"
+            f" → different."
+        )
+        if different
+        else msg(
+            f"{per_class:.1f} training images per class ({source}; 'little data' below {small}); {probes}: best at "
+            f"{best} ({best_acc}), top layer {top} ({top_acc}), best minus top {g:+.1f} points [{lo:+.1f}, {hi:+.1f}]"
+            f" → similar."
+        )
     )

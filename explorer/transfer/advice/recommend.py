@@ -17,20 +17,16 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from explorer.errors import msg
 from explorer.models import LoadedModel
 from explorer.transfer.advice.gate import Gate, learned, too_few
 from explorer.transfer.advice.guide import GUIDE, GuideCell, place, place_from_sweep, why
 from explorer.transfer.comparison.probes import ProbeResult
+from explorer.transfer.reporting.figures import figure
 from explorer.transfer.reporting.report import ComparisonReport, LayerComparison, Recommendation
 from explorer.transfer.sweeping.sweep_report import SweepReport
 
 __all__ = ["GUIDE", "GuideCell", "Recommendation", "predict", "recommend", "reconsider"]
-
-
-def _fmt(x: float | None, pct: bool = False) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    return f"{100 * x:.0f} %" if pct else f"{x:.2f}"
 
 
 def _floor(row: LayerComparison) -> float:
@@ -75,33 +71,57 @@ def bn_explanation(layers: list[LayerComparison]) -> str:
         return ""
     r = min(rows, key=lambda row: row.cka)
     drop_w, drop_s = 1 - r.cka_weights, 1 - r.cka_stats
-    parts = (
-        f"at {r.name} (CKA {_fmt(r.cka)}), tuned weights with the base's BatchNorm statistics read "
-        f"{_fmt(r.cka_weights)} and base weights with the tuned statistics {_fmt(r.cka_stats)}"
+    parts = msg(
+        f"at {r.name} (CKA {r.cka:.2f}), tuned weights with the base's BatchNorm statistics read "
+        f"{r.cka_weights:.2f} and base weights with the tuned statistics {r.cka_stats:.2f}"
     )
     if drop_s > 2 * max(drop_w, 0.005):
-        return f"BatchNorm statistics, not weights, moved the representation most: {parts}."
+        return msg(f"BatchNorm statistics, not weights, moved the representation most: {parts}.")
     if drop_w > 2 * max(drop_s, 0.005):
-        return f"The weights, not the BatchNorm statistics, moved the representation most: {parts}."
-    return f"Weights and BatchNorm statistics both moved the representation: {parts}."
+        return msg(f"The weights, not the BatchNorm statistics, moved the representation most: {parts}.")
+    return msg(f"Weights and BatchNorm statistics both moved the representation: {parts}.")
+
+
+def _evidence_line(r: LayerComparison) -> str:
+    """One block's measurements in one line: its name and CKA, the probe, then the BatchNorm hybrids, the weight
+    change and whether the run froze it (each part a template that holds the rest, so the line translates)."""
+    rest = msg("frozen in this run") if r.frozen_in_tuned else ""
+    if r.weight_rms is not None and r.weight_per_step is not None:
+        rest = (
+            msg(f"weight RMS change {r.weight_rms:.2g}, {r.weight_per_step:.2g} of the step budget, {rest}")
+            if rest
+            else msg(f"weight RMS change {r.weight_rms:.2g}, {r.weight_per_step:.2g} of the step budget")
+        )
+    elif r.weight_rms is not None:
+        rest = (
+            msg(f"weight RMS change {r.weight_rms:.2g}, {rest}")
+            if rest
+            else msg(f"weight RMS change {r.weight_rms:.2g}")
+        )
+    if math.isfinite(r.cka_weights):
+        w, st = figure(r.cka_weights), figure(r.cka_stats)
+        rest = (
+            msg(f"tuned weights + base BN stats {w:.2f}, base weights + tuned BN stats {st:.2f}, {rest}")
+            if rest
+            else msg(f"tuned weights + base BN stats {w:.2f}, base weights + tuned BN stats {st:.2f}")
+        )
+    cka, low, high = figure(r.cka), figure(r.cka_low), figure(r.cka_high)
+    if r.probe_acc is not None:
+        probe = figure(100 * r.probe_acc)
+        return (
+            msg(f"{r.name}: CKA {cka:.2f} [{low:.2f}, {high:.2f}], probe {probe:.0f} %, {rest}")
+            if rest
+            else msg(f"{r.name}: CKA {cka:.2f} [{low:.2f}, {high:.2f}], probe {probe:.0f} %")
+        )
+    return (
+        msg(f"{r.name}: CKA {cka:.2f} [{low:.2f}, {high:.2f}], {rest}")
+        if rest
+        else msg(f"{r.name}: CKA {cka:.2f} [{low:.2f}, {high:.2f}]")
+    )
 
 
 def _evidence(layers: list[LayerComparison], probes: dict[str, ProbeResult | None], chance: float) -> list[str]:
-    out = []
-    for r in body_rows(layers):
-        bits = [f"CKA {_fmt(r.cka)} [{_fmt(r.cka_low)}, {_fmt(r.cka_high)}]"]
-        if math.isfinite(r.cka_weights):
-            bits.append(f"tuned weights + base BN stats {_fmt(r.cka_weights)}, base weights + tuned BN stats "
-                        f"{_fmt(r.cka_stats)}")  # fmt: skip
-        if r.weight_rms is not None:
-            step = f", {r.weight_per_step:.2g} of the step budget" if r.weight_per_step is not None else ""
-            bits.append(f"weight RMS change {r.weight_rms:.2g}{step}")
-        if r.probe_acc is not None:
-            bits.append(f"probe {_fmt(r.probe_acc, True)}")
-        if r.frozen_in_tuned:
-            bits.append("frozen in this run")
-        out.append(f"{r.name}: " + ", ".join(bits))
-    return out
+    return [_evidence_line(r) for r in body_rows(layers)]
 
 
 def _prediction_text(
@@ -109,20 +129,24 @@ def _prediction_text(
 ) -> str:
     if deepest is None:
         if not body:
-            return "No layer could be measured, so nothing is predicted."
-        return (
+            return msg("No layer could be measured, so nothing is predicted.")
+        return msg(
             f"Prediction from CKA: fine-tuning changed the representation from the very first block ({body[0].name}:"
-            f" CKA {_fmt(body[0].cka)}), so no layer looks safe to freeze: train every layer."
+            f" CKA {figure(body[0].cka):.2f}), so no layer looks safe to freeze: train every layer."
         )
-    text = (
+    if first is None:
+        return msg(
+            f"Prediction from CKA (no sweep has run): fine-tuning left every block up to {deepest.name} nearly "
+            f"unchanged (CKA with the base on held-out images ≥ {similar_cka:.2f}, lower end of its 95 % interval), "
+            "so training those blocks bought little. Run the freeze sweep to measure it."
+        )
+    cka, low, high = figure(first.cka), figure(first.cka_low), figure(first.cka_high)
+    return msg(
         f"Prediction from CKA (no sweep has run): fine-tuning left every block up to {deepest.name} nearly "
-        f"unchanged (CKA with the base on held-out images ≥ {similar_cka:.2f}, lower end of its 95 % interval), so "
-        "training those blocks bought little"
+        f"unchanged (CKA with the base on held-out images ≥ {similar_cka:.2f}, lower end of its 95 % interval), "
+        f"so training those blocks bought little; the first block that changed is {first.name} (CKA {cka:.2f} "
+        f"[{low:.2f}, {high:.2f}]). Run the freeze sweep to measure it."
     )
-    if first is not None:
-        ci = f"[{_fmt(first.cka_low)}, {_fmt(first.cka_high)}]"
-        text += f"; the first block that changed is {first.name} (CKA {_fmt(first.cka)} {ci})"
-    return text + ". Run the freeze sweep to measure it."
 
 
 def _index(layers: list[LayerComparison], point: str | None) -> int:
@@ -136,17 +160,19 @@ def _stability(layers: list[LayerComparison], halves: list[str | None]) -> bool 
 
 
 def _gate(n_images: int, tuned_correct: int | None, tuned_n: int, chance: float, best_probe: float | None) -> Gate:
-    few = too_few(n_images, "held-out images" if tuned_correct is not None else "images compared")
+    few = too_few(n_images, heldout=tuned_correct is not None)
     if not few.open:
         return few
     if tuned_correct is None:
         return Gate(
             False,
-            "The tuned model's accuracy on held-out images is unknown (see the note on the images), so "
-            "it cannot be checked that it learned the task: no freeze point is read from its representation.",
+            msg(
+                "The tuned model's accuracy on held-out images is unknown (see the note on the images), so it cannot "
+                "be checked that it learned the task: no freeze point is read from its representation."
+            ),
             [
-                "Compare on the data it was fine-tuned on (fine-tunes made here save their split).",
-                "Or run the freeze sweep, which measures every freeze point by itself.",
+                msg("Compare on the data it was fine-tuned on (fine-tunes made here save their split)."),
+                msg("Or run the freeze sweep, which measures every freeze point by itself."),
             ],
         )
     return learned(tuned_correct, tuned_n, chance, best_probe)
@@ -182,13 +208,17 @@ def recommend(
     caveats = []
     if stable is False and halves:
         caveats.append(
-            f"Unstable: on two disjoint halves of the images the prediction is {halves[0] or 'none'} and "
-            f"{halves[1] or 'none'}, more than one block apart; use more images or run the sweep."
+            msg(
+                f"Unstable: on two disjoint halves of the images the prediction is {halves[0] or 'none'} and "
+                f"{halves[1] or 'none'}, more than one block apart; use more images or run the sweep."
+            )
         )
     if tuned_freeze_after:
         caveats.append(
-            f"This tuned model was trained with everything up to {tuned_freeze_after} frozen, so those "
-            "layers read CKA 1 by construction; fine-tune with nothing frozen to see how far they would move."
+            msg(
+                f"This tuned model was trained with everything up to {tuned_freeze_after} frozen, so those layers "
+                "read CKA 1 by construction; fine-tune with nothing frozen to see how far they would move."
+            )
         )
     if gate.open:
         point, source = deepest.name if deepest is not None else None, "prediction"
@@ -218,20 +248,35 @@ def recommend(
 
 def _agreement(rec: Recommendation, point: str, layers: list[LayerComparison], sweep: SweepReport) -> str:
     if rec.withheld:
-        return f"The CKA prediction is not used: {rec.withheld}"
+        return msg(f"The CKA prediction is not used: {rec.withheld}")
     stage = {r.name: r.stage for r in layers}
     first = min(stage.values(), default=0) - 1  # 'none' sits before the first stage
-    a, b = stage.get(rec.prediction or "none", first), stage.get(point, first)
-    said = f"CKA predicted {rec.prediction or 'none'} (stage {a}); the sweep measured {point} (stage {b})"
+    predicted = rec.prediction or "none"
+    a, b = stage.get(predicted, first), stage.get(point, first)
+    said = msg(f"CKA predicted {predicted} (stage {a}); the sweep measured {point} (stage {b})")
     if abs(a - b) <= 1:
-        return f"{said}: they agree within one stage."
-    why_not = ["CKA says how far fine-tuning moved each block, not whether moving it was needed"]
-    if sweep.choice.route == "linear":
-        why_not.append("a linear classifier on a frozen layer did as well as fine-tuning, so the change was not needed")
-    explanation = bn_explanation(layers)
-    if explanation.startswith("BatchNorm"):
-        why_not.append("much of the CKA drop comes from re-estimated BatchNorm statistics, not from learned weights")
-    return f"{said}: they disagree by more than one stage, because " + "; and ".join(why_not) + "."
+        return msg(f"{said}: they agree within one stage.")
+    linear = sweep.choice.route == "linear"
+    bn = bn_explanation(layers).startswith("BatchNorm")
+    if linear and bn:
+        because = msg(
+            "CKA says how far fine-tuning moved each block, not whether moving it was needed; and a linear "
+            "classifier on a frozen layer did as well as fine-tuning, so the change was not needed; and much of the "
+            "CKA drop comes from re-estimated BatchNorm statistics, not from learned weights"
+        )
+    elif linear:
+        because = msg(
+            "CKA says how far fine-tuning moved each block, not whether moving it was needed; and a linear "
+            "classifier on a frozen layer did as well as fine-tuning, so the change was not needed"
+        )
+    elif bn:
+        because = msg(
+            "CKA says how far fine-tuning moved each block, not whether moving it was needed; and much of the CKA "
+            "drop comes from re-estimated BatchNorm statistics, not from learned weights"
+        )
+    else:
+        because = msg("CKA says how far fine-tuning moved each block, not whether moving it was needed")
+    return msg(f"{said}: they disagree by more than one stage, because {because}.")
 
 
 def reconsider(
@@ -243,7 +288,7 @@ def reconsider(
     if sweep is None or sweep.choice.point is None:
         if sweep is not None:
             return dataclasses.replace(
-                rec, caveats=[*rec.caveats, f"The sweep recommends nothing: {sweep.choice.reason}"]
+                rec, caveats=[*rec.caveats, msg(f"The sweep recommends nothing: {sweep.choice.reason}")]
             )
         return rec
     point = sweep.choice.point
@@ -257,7 +302,7 @@ def reconsider(
         freeze_after=freeze,
         source="sweep",
         route=sweep.choice.route or "finetune",
-        reason=f"Measured by the freeze sweep: {sweep.choice.reason}",
+        reason=msg("Measured by the freeze sweep.") + " " + sweep.choice.reason,  # sentences the translator reads apart
         agreement=agreement,
         guide=guide or rec.guide,
         evidence=[e for e in rec.evidence if e != why(rec.guide)] + [why(guide or rec.guide)],

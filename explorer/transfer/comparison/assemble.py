@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from explorer.errors import msg
 from explorer.layers import LayerInfo, execution_order
 from explorer.models import LoadedModel
 from explorer.models.freeze import frozen_modules
@@ -154,8 +155,12 @@ def build_report(
         },
         settings={
             **settings,
-            "cka": "debiased linear CKA (Nguyen et al. 2021) on all images; 95 % interval: delete-one-image jackknife",
-            "pooling": f"CKA: average pool to {grid}x{grid} grid at {size[0]} px input; probes: global average pool",
+            "cka": msg(
+                "debiased linear CKA (Nguyen et al. 2021) on all images; 95 % interval: delete-one-image jackknife"
+            ),
+            "pooling": msg(
+                f"CKA: average pool to {grid}x{grid} grid at {size[0]} px input; probes: global average pool"
+            ),
         },
         layers=layers,
         recommendation=rec,

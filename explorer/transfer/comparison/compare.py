@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from explorer.data import TransformedView, eval_transform, open_dataset, stratified_subset
-from explorer.errors import ExplorerError
+from explorer.errors import ExplorerError, msg
 from explorer.layers import LayerInfo, Layout, check_input_size, first_tensor, forward_hooks, ladder, layout_of
 from explorer.models import LoadedModel, logits_of
 from explorer.runtime import Progress, StopSignal, autocast, stop_requested, to_input
@@ -80,11 +80,13 @@ def check_comparable(base: LoadedModel, tuned: LoadedModel) -> list[str]:
     parent = tuned.metadata.get("base_fingerprint")
     if parent and parent != base.fingerprint:
         notes.append(
-            f"The tuned model was fine-tuned from weights {parent[:12]}, not from this base "
-            f"({base.short_fingerprint}): weight changes include that difference."
+            msg(
+                f"The tuned model was fine-tuned from weights {parent[:12]}, not from this base "
+                f"({base.short_fingerprint}): weight changes include that difference."
+            )
         )
     if base.fingerprint == tuned.fingerprint:
-        notes.append("Base and tuned weights are identical: every layer will read CKA 1 and no change.")
+        notes.append(msg("Base and tuned weights are identical: every layer will read CKA 1 and no change."))
     return notes
 
 
@@ -353,8 +355,10 @@ def _cross_excitation(
         _add_cross_excitation(report, cross_excitation(base, tuned, names))
     else:
         report.warnings.append(
-            "Cross-excitation was not measured "
-            "(pass cross_excitation=explorer.transfer.comparison.crossexcite.as_plugin())."
+            msg(
+                "Cross-excitation was not measured "
+                "(pass cross_excitation=explorer.transfer.comparison.crossexcite.as_plugin())."
+            )
         )
 
 

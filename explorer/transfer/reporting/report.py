@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from explorer.errors import msg
 from explorer.transfer.advice.guide import GuideCell
 from explorer.transfer.sweeping.sweep_report import SweepOption, SweepReport
 
@@ -133,14 +135,17 @@ class ComparisonReport:
         }
         return [{**row.as_row(), **where} for row in self.layers]
 
-    def to_csv(self, path: str | Path | None = None) -> str:
+    def to_csv(self, path: str | Path | None = None, *, translate: Callable[[str], str] | None = None) -> str:
+        """The rows as CSV (written to `path` too when given); `translate` turns the header row's column names into
+        the reader's language (None: English, the column keys themselves)."""
         import csv
         import io
 
         buf = io.StringIO()
         rows = self.rows()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["name"])
-        writer.writeheader()
+        keys = list(rows[0]) if rows else ["name"]
+        csv.writer(buf).writerow([translate(k) for k in keys] if translate else keys)
+        writer = csv.DictWriter(buf, fieldnames=keys)
         for r in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
         text = buf.getvalue()
@@ -148,6 +153,16 @@ class ComparisonReport:
             Path(path).write_text(text)
         return text
 
+
+# The CSV's column names, marked for the translator (a download in another language translates its header row).
+CSV_COLUMNS = (
+    msg("name"), msg("index"), msg("type"), msg("stage"), msg("channels"), msg("params"), msg("cka"), msg("cka_low"),
+    msg("cka_high"), msg("weight_change"), msg("probe_acc"), msg("probe_std"), msg("frozen_in_tuned"),
+    msg("new_head"), msg("cross_excitation"), msg("cka_weights"), msg("cka_stats"), msg("weight_rms"),
+    msg("weight_per_step"), msg("bn_shift"), msg("bn_scale"), msg("cka_class_token"), msg("cka_class_token_low"),
+    msg("cka_class_token_high"), msg("cka_half_a"), msg("cka_half_b"), msg("weight_change_channel_median"),
+    msg("weight_change_channel_max"), msg("cka_pooling"), msg("input_px"), msg("images"),
+)  # fmt: skip
 
 _FLOATS = {"cka", "cka_low", "cka_high", "cka_weights", "cka_stats"}
 
@@ -224,7 +239,9 @@ def chart_series(report: ComparisonReport) -> ChartSeries:
     per_step = any(finite(r.weight_per_step) for r in rows)
     weight = [_value(r.weight_per_step if per_step else r.weight_rms) for r in rows]
     label = (
-        "weight change per step budget (RMS change ÷ Σ learning rate)" if per_step else "weight change (absolute RMS)"
+        msg("weight change per step budget (RMS change ÷ Σ learning rate)")
+        if per_step
+        else msg("weight change (absolute RMS)")
     )
     sweep: dict[str, list[SweepOption | None]] = {}
     sweep_all = None

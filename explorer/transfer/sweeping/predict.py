@@ -39,11 +39,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from explorer.data import TransformedView, eval_transform, stratified_subset
-from explorer.errors import ExplorerError
+from explorer.errors import ExplorerError, msg
 from explorer.layers import check_input_size, execution_order
 from explorer.models import LoadedModel
 from explorer.runtime import Progress, StopSignal, stop_requested
 from explorer.transfer.comparison.probes import chance_level, linear_probe
+from explorer.transfer.reporting.figures import Figure
 from explorer.transfer.sweeping.prefix import compute_prefix, cut_index
 from explorer.transfer.sweeping.sweep import default_input_size
 from explorer.transfer.sweeping.sweep_tasks import NONE, auto_points
@@ -280,7 +281,11 @@ class Prediction:
 
     @property
     def label(self) -> str:
-        return f"linear classifier on {self.point}" if self.route == "linear" else f"fine-tune after {self.point}"
+        return (
+            msg(f"linear classifier on {self.point}")
+            if self.route == "linear"
+            else msg(f"fine-tune after {self.point}")
+        )
 
 
 def predict_option(
@@ -317,39 +322,52 @@ def predict_option(
     best = max(body, key=lambda p: (scores[p], -width.get(p, 0), body.index(p)))
     value = scores[best]
 
-    def show(x: float) -> str:
-        return f"{x:.1%}" if estimator in ACCURACY_ESTIMATORS else f"{x:.3g}"
+    def show(x: float) -> Figure:  # a number to the translator (its `:g` in the templates), written as the score is
+        return Figure(x, ".1%" if estimator in ACCURACY_ESTIMATORS else ".3g")
 
-    rank = body.index(best) + 1
-    where = "the last layer before the classifier" if best == body[-1] else f"point {rank} of {len(body)}"
+    rank, last = body.index(best) + 1, best == body[-1]
     below = [p for p in body if pixels is not None and np.isfinite(pixels) and scores[p] < pixels]
     if below:
         point, route = NONE, "finetune"
-        text = (
-            f"the raw pixels ({PIXEL_GRID}×{PIXEL_GRID}) score {show(pixels or 0.0)} by {estimator}, higher than "
-            f"the pretrained features at {len(below)} of {len(body)} points (the best, {best}: {show(value)}), so "
+        text = msg(
+            f"the raw pixels ({PIXEL_GRID}×{PIXEL_GRID}) score {show(pixels or 0.0):g} by {estimator}, higher than "
+            f"the pretrained features at {len(below)} of {len(body)} points (the best, {best}: {show(value):g}), so "
             "the pretrained features add little for this task: train every layer"
         )
     elif images_per_class >= FINETUNE_PER_CLASS:
         point, route = best, "finetune"
         text = (
-            f"{best} ({where}) scores highest by {estimator} ({show(value)}); with {images_per_class:,.0f} images "
-            "per class, fine-tune the layers after it"
+            msg(
+                f"{best} (the last layer before the classifier) scores highest by {estimator} ({show(value):g}); with "
+                f"{images_per_class:,.0f} images per class, fine-tune the layers after it"
+            )
+            if last
+            else msg(
+                f"{best} (point {rank} of {len(body)}) scores highest by {estimator} ({show(value):g}); with "
+                f"{images_per_class:,.0f} images per class, fine-tune the layers after it"
+            )
         )
     else:
         point, route = best, "linear"
         text = (
-            f"{best} ({where}) scores highest by {estimator} ({show(value)}); with {images_per_class:,.0f} images "
-            "per class, a linear classifier on its pooled features"
+            msg(
+                f"{best} (the last layer before the classifier) scores highest by {estimator} ({show(value):g}); with "
+                f"{images_per_class:,.0f} images per class, a linear classifier on its pooled features"
+            )
+            if last
+            else msg(
+                f"{best} (point {rank} of {len(body)}) scores highest by {estimator} ({show(value):g}); with "
+                f"{images_per_class:,.0f} images per class, a linear classifier on its pooled features"
+            )
         )
     weak = estimator in ACCURACY_ESTIMATORS and chance is not None and value < chance + CHANCE_MARGIN
-    caveat = (
-        f" But no point beats chance ({chance:.0%}) by {CHANCE_MARGIN:.0%}: the features barely separate these "
-        "classes, so measure with a sweep before relying on it."
-        if weak and chance is not None
-        else ""
-    )
-    return Prediction(point, route, f"Predicted before any training: {text}.{caveat}", estimator, weak)
+    reason = msg(f"Predicted before any training: {text}.")
+    if weak and chance is not None:
+        reason += " " + msg(
+            f"But no point beats chance ({chance:.0%}) by {CHANCE_MARGIN:.0%}: the features barely separate these "
+            "classes, so measure with a sweep before relying on it."
+        )
+    return Prediction(point, route, reason, estimator, weak)
 
 
 # --------------------------------------------------------------------------- the pass and the report

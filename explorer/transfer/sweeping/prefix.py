@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from explorer.errors import msg
 from explorer.layers import execution_order, forward_hooks, forward_until
 from explorer.models import logits_of
 from explorer.models.freeze import cut_position, module_and_size
@@ -125,7 +126,7 @@ def keep_plan(sizes: dict[str, int], n: int, input_bytes: int, budget: int) -> t
             kept.append(point)
             used += size * n
         else:
-            skipped[point] = f"its output for {n} images ({size * n / 2**20:.0f} MiB) is over the memory budget"
+            skipped[point] = msg(f"its output for {n} images ({size * n / 2**20:.0f} MiB) is over the memory budget")
     return kept, used + input_bytes * n <= budget, skipped
 
 

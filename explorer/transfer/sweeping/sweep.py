@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from explorer.data import TransformedView, eval_transform
+from explorer.errors import msg
 from explorer.layers import check_input_size, ladder
 from explorer.models import LoadedModel
 from explorer.runtime import Progress, StopSignal, stop_requested
@@ -220,11 +221,11 @@ def sweep(
         "seeds": seeds,
     }
     notes = [
-        f"{p}: trained on images every epoch (the cut network does not reproduce the full one)"
+        msg(f"{p}: trained on images every epoch (the cut network does not reproduce the full one)")
         for p, ok in ctx.cut_ok.items()
         if not ok
     ]
-    notes += [f"{p}: trained on images every epoch ({why})" for p, why in ctx.cache.skipped.items()]
+    notes += [msg(f"{p}: trained on images every epoch ({why})") for p, why in ctx.cache.skipped.items()]
 
     def on_done(task: SweepTask, result: TaskResult) -> None:
         done[task.key] = result

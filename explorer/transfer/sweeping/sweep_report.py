@@ -24,16 +24,19 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from explorer.errors import msg
 from explorer.transfer.advice.gate import learned_task
 from explorer.transfer.sweeping.stats import MARGIN, LossBounds, loss_bounds, seed_interval, wilson
 
 JSONValue = str | int | float | bool | None | list["JSONValue"] | dict[str, "JSONValue"]
-EQUIVALENT, WORSE, UNPLACED, BEST, UNCONVERGED = "equivalent", "worse", "cannot place", "best", "not converged"
+EQUIVALENT, WORSE, UNPLACED, BEST, UNCONVERGED = (
+    msg("equivalent"), msg("worse"), msg("cannot place"), msg("best"), msg("not converged")
+)  # fmt: skip  # statuses, marked: the HTML table shows them translated
 
 
 @dataclass
@@ -66,8 +69,24 @@ class SweepOption:
 
     @property
     def label(self) -> str:
-        what = "train every layer" if self.point == "none" else f"freeze up to {self.point}"
-        return f"{what} (fine-tune)" if self.route == "finetune" else f"linear classifier on {self.point}"
+        if self.route != "finetune":
+            return msg(f"linear classifier on {self.point}")
+        return (
+            msg("train every layer (fine-tune)")
+            if self.point == "none"
+            else msg(f"freeze up to {self.point} (fine-tune)")
+        )
+
+    @property
+    def title(self) -> str:
+        """The label as a sentence starts it (capitalised)."""
+        if self.route != "finetune":
+            return msg(f"Linear classifier on {self.point}")
+        return (
+            msg("Train every layer (fine-tune)")
+            if self.point == "none"
+            else msg(f"Freeze up to {self.point} (fine-tune)")
+        )
 
     @property
     def seed_sd(self) -> float:
@@ -170,13 +189,23 @@ class SweepReport:
             for o in self.options
         ]
 
-    def to_csv(self) -> str:
+    def to_csv(self, *, translate: Callable[[str], str] | None = None) -> str:
+        """The rows as CSV; `translate` turns the header row's column names into the reader's language (None:
+        English, the column keys themselves)."""
         buf = io.StringIO()
         rows = self.rows()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["point"])
-        writer.writeheader()
-        writer.writerows(rows)
+        keys = list(rows[0]) if rows else ["point"]
+        csv.writer(buf).writerow([translate(k) for k in keys] if translate else keys)
+        csv.DictWriter(buf, fieldnames=keys).writerows(rows)
         return buf.getvalue()
+
+
+# The CSV's column names, marked for the translator (a download in another language translates its header row).
+CSV_COLUMNS = (
+    msg("point"), msg("route"), msg("accuracy"), msg("low"), msg("high"), msg("heldout"), msg("seeds"),
+    msg("trainable"), msg("seconds"), msg("images_per_second"), msg("seed_sd"), msg("converged"),
+    msg("loss_vs_best"), msg("loss_low"), msg("loss_high"), msg("status"),
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- options and the choice
@@ -258,7 +287,7 @@ def _held_apart(
 ) -> tuple[float | None, str]:
     """The choice's accuracy on images that took no part in choosing: each half chooses, the other half scores."""
     if len(labels) < 8:
-        return None, "too few images to hold any apart"
+        return None, msg("too few images to hold any apart")
     a, b = halves(labels)
     scores, picks = [], []
     for choose_on, score_on in ((a, b), (b, a)):
@@ -266,11 +295,18 @@ def _held_apart(
         picks.append(i)
         scores.append(float(matrices[i][:, score_on].mean()))
     same = sum(i == pick for i in picks)
-    agree = {2: "both halves chose it", 1: "one half chose it", 0: "neither half chose it"}[same]
-    others = sorted({options[i].key for i in picks if i != pick})
+    agree = {2: msg("both halves chose it"), 1: msg("one half chose it"), 0: msg("neither half chose it")}[same]
+    others = ", ".join(sorted({options[i].key for i in picks if i != pick}))
     note = (
-        f"each half of the {len(labels)} scored images chose by the same rule and the other half scored that "
-        f"choice ({agree}" + (f"; the other choice: {', '.join(others)}" if others else "") + ")"
+        msg(
+            f"each half of the {len(labels)} scored images chose by the same rule and the other half scored that "
+            f"choice ({agree}; the other choice: {others})"
+        )
+        if others
+        else msg(
+            f"each half of the {len(labels)} scored images chose by the same rule and the other half scored that "
+            f"choice ({agree})"
+        )
     )
     return float(np.mean(scores)), note
 
@@ -278,7 +314,7 @@ def _held_apart(
 def choose(options: list[SweepOption], labels: Sequence[int], chance: float, *, margin: float = MARGIN) -> SweepChoice:
     """Bound every converged option's loss against the best, label it, and pick the cheapest within the margin."""
     m = 100 * margin
-    test = (
+    test = msg(
         f"non-inferiority with a margin of {m:g} points: the cheapest option whose upper 95 % bound on its loss "
         "against the best is below the margin, else the best; bounds from a paired bootstrap over images and seeds, "
         "simultaneous over all options"
@@ -287,8 +323,9 @@ def choose(options: list[SweepOption], labels: Sequence[int], chance: float, *, 
         o.status = UNCONVERGED if not o.converged else ""
     ranked = [o for o in options if o.converged]
     if not ranked:
-        why = "No option converged: every training stayed near chance or above the loss of a uniform guess."
-        return SweepChoice(None, None, why, test, why, ["Check the data, or raise the budget (--epochs)."], margin)
+        why = msg("No option converged: every training stayed near chance or above the loss of a uniform guess.")
+        tries = [msg("Check the data, or raise the budget (--epochs).")]
+        return SweepChoice(None, None, why, test, why, tries, margin)
     matrices = [o.matrix() for o in ranked]
     bounds = loss_bounds(matrices)
     for i, o in enumerate(ranked):
@@ -321,33 +358,40 @@ def choose(options: list[SweepOption], labels: Sequence[int], chance: float, *, 
     )
 
 
-def _pts(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
 def _reason(pick: SweepOption, best: SweepOption, options: list[SweepOption], margin: float, q: float) -> str:
-    acc = f"{_pts(pick.accuracy)} % [{_pts(pick.low)}, {_pts(pick.high)}]"
-    label = pick.label[0].upper() + pick.label[1:]
-    text = f"{label}: {acc} on {pick.heldout} images with {pick.trainable:,} trainable parameters"
-    if pick is best:
-        text += ", the most accurate option"
-        cheaper = [o for o in options if o.trainable < pick.trainable and o.status == UNPLACED]
-        if cheaper:
-            text += (
-                f"; {len(cheaper)} cheaper option(s) may be within {100 * margin:g} points of it, but the data "
-                "cannot show it (more images would)"
-            )
-    else:
-        text += (
-            f", within {100 * margin:g} points of the best, {best.label} ({_pts(best.accuracy)} %, "
-            f"{best.trainable:,} trainable): loss {_pts(pick.loss)} [{_pts(pick.loss_low)}, {_pts(pick.loss_high)}] "
-            "points"
+    """Why `pick` is the choice, sentence by sentence (each one the translator's template)."""
+    m = 100 * margin
+    if pick is not best:
+        text = msg(
+            f"{pick.title}: {100 * pick.accuracy:.1f} % [{100 * pick.low:.1f}, {100 * pick.high:.1f}] on "
+            f"{pick.heldout} images with {pick.trainable:,} trainable parameters, within {m:g} points of the best, "
+            f"{best.label} at {100 * best.accuracy:.1f} % ({best.trainable:,} trainable): loss {100 * pick.loss:.1f} "
+            f"[{100 * pick.loss_low:.1f}, {100 * pick.loss_high:.1f}] points."
         )
-    counts = {s: sum(o.status == s for o in options) for s in (EQUIVALENT, WORSE, UNPLACED, UNCONVERGED)}
-    parts = [f"{v} {k}" for k, v in counts.items() if v]
-    text += f". Of {len(options)} options: " + ", ".join(parts) + "." if parts else "."
+    elif cheaper := [o for o in options if o.trainable < pick.trainable and o.status == UNPLACED]:
+        text = msg(
+            f"{pick.title}: {100 * pick.accuracy:.1f} % [{100 * pick.low:.1f}, {100 * pick.high:.1f}] on "
+            f"{pick.heldout} images with {pick.trainable:,} trainable parameters, the most accurate option; "
+            f"{len(cheaper)} cheaper option(s) may be within {m:g} points of it, but the data cannot show it (more "
+            "images would)."
+        )
+    else:
+        text = msg(
+            f"{pick.title}: {100 * pick.accuracy:.1f} % [{100 * pick.low:.1f}, {100 * pick.high:.1f}] on "
+            f"{pick.heldout} images with {pick.trainable:,} trainable parameters, the most accurate option."
+        )
+    eq, worse, unplaced, unconverged = (
+        sum(o.status == s for o in options) for s in (EQUIVALENT, WORSE, UNPLACED, UNCONVERGED)
+    )
+    if unconverged:
+        text += " " + msg(
+            f"Of {len(options)} options: {eq} equivalent, {worse} worse, {unplaced} cannot place, {unconverged} not "
+            "converged."
+        )
+    elif eq or worse or unplaced:
+        text += " " + msg(f"Of {len(options)} options: {eq} equivalent, {worse} worse, {unplaced} cannot place.")
     if not math.isfinite(q):
-        text += " (A single option: nothing to compare.)"
+        text += " " + msg("(A single option: nothing to compare.)")
     return text
 
 
@@ -358,13 +402,13 @@ def sweep_mismatch(
     None when it belongs to them."""
     ident = report.identity
     if not ident:
-        return "This sweep was written by an older version and names no data, model or input size: run it again."
+        return msg("This sweep was written by an older version and names no data, model or input size: run it again.")
     if ident.get("base_fingerprint") != base_fingerprint:
-        return "This sweep measured another base model (its weights differ): run the sweep for this model."
+        return msg("This sweep measured another base model (its weights differ): run the sweep for this model.")
     if data_sha256 is not None and ident.get("data_sha256") not in (None, data_sha256):
-        return "This sweep measured other images than this comparison's: run the sweep on these images."
+        return msg("This sweep measured other images than this comparison's: run the sweep on these images.")
     if input_size is not None and ident.get("input_size") not in (None, input_size):
-        return (
+        return msg(
             f"This sweep measured at {ident.get('input_size')} px and this comparison runs at {input_size} px: "
             "sweep at the same size."
         )

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from explorer.data import TransformedView, eval_transform
-from explorer.errors import ExplorerError
+from explorer.errors import ExplorerError, msg
 from explorer.layers import LayerInfo, check_input_size, ladder
 from explorer.models import LoadedModel
 from explorer.models.freeze import FreezeError, frozen_modules, head_name
@@ -47,7 +47,7 @@ from explorer.transfer.training.trainer import evaluate, train
 
 ROUTES = ("finetune", "linear")
 NONE = "none"  # the point that trains every layer
-HOLDOUT = "held-out split"
+HOLDOUT = msg("held-out split")
 INNER_FRACTION = 0.15  # of each training part, per class: the inner validation that stops training and picks its epoch
 MIN_STEPS = 120  # optimiser steps every fine-tune takes at least, however few its images (early stopping waits)
 
@@ -76,7 +76,7 @@ def cross_validation(indices: list[int], labels: list[int], k: int, seed: int) -
         (sorted(idx[tr].tolist()), sorted(idx[te].tolist()))
         for tr, te in StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(idx, labels)
     ]
-    return Folds(pairs, f"{k}-fold cross-validation")
+    return Folds(pairs, msg(f"{k}-fold cross-validation"))
 
 
 class SweepError(ExplorerError):
@@ -238,9 +238,12 @@ def check_points(model: LoadedModel, points: list[str]) -> list[str]:
             out.append(NONE)
             continue
         if p not in names:
-            close = [n for n in names if n.startswith(p.rsplit(".", 1)[0])][:4]
-            hint = f" (e.g. {', '.join(sorted(close))})" if close else " (see `python -m explorer ladder`)"
-            raise SweepError(f"Sweep point {p!r} is not a layer of the model's ladder{hint}.")
+            close = ", ".join(sorted([n for n in names if n.startswith(p.rsplit(".", 1)[0])][:4]))
+            raise SweepError(
+                f"Sweep point {p!r} is not a layer of the model's ladder (for example {close})."
+                if close
+                else f"Sweep point {p!r} is not a layer of the model's ladder (see `python -m explorer ladder`)."
+            )
         try:
             frozen_modules(model, p)
         except FreezeError as exc:

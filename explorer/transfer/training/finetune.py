@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from explorer.data import TransformedView, eval_transform, open_dataset, train_transform
+from explorer.errors import msg
 from explorer.layers import check_input_size, execution_order
 from explorer.models import LoadedModel, fingerprint
 from explorer.models.freeze import apply_freeze, head_name
@@ -71,7 +72,7 @@ class FinetuneResult:
             module=self.module.eval(),
             spec=str(self.checkpoint) if self.checkpoint else f"finetuned:{base.spec}",
             arch=meta["arch"],
-            description=f"fine-tuned {base.arch} ({len(meta['class_names'])} classes)",
+            description=msg(f"fine-tuned {base.arch} ({len(meta['class_names'])} classes)"),
             input_size=tuple(meta["input_size"]),
             mean=tuple(meta["mean"]),
             std=tuple(meta["std"]),

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from torch.utils.data import Dataset
 
 from explorer.data import split_indices, stratified_subset
+from explorer.errors import msg
 
 
 @dataclass
@@ -120,34 +121,51 @@ def heldout_images(metadata: dict[str, Any], dataset: Dataset, source: str) -> H
         return HeldOut(
             split.heldout,
             "heldout",
-            f"Measured on the {len(split.heldout)} images the fine-tune held out (the split saved in its checkpoint).",
+            msg(
+                f"Measured on the {len(split.heldout)} images the fine-tune held out (the split saved in its "
+                "checkpoint)."
+            ),
             len(split.train),
         )
     if tuned_on and str(tuned_on) == str(source):
-        why = (
-            "its file list changed since the fine-tune"
+        note = (
+            msg(
+                f"These are the tuning data ({source}) but its file list changed since the fine-tune, so some images "
+                "may have been trained on: the tuned model's accuracy is not reported."
+            )
             if split is not None
-            else "the checkpoint does not record which images it trained on"
+            else msg(
+                f"These are the tuning data ({source}) but the checkpoint does not record which images it trained on, "
+                "so some images may have been trained on: the tuned model's accuracy is not reported."
+            )
         )
         return HeldOut(
             everything,
             "unknown",
-            f"These are the tuning data ({source}) but {why}, so some images may have been trained on: "
-            "the tuned model's accuracy is not reported.",
+            note,
             train_images if isinstance(train_images, int) else None,
         )
     if tuned_on or split is not None:
         return HeldOut(
             everything,
             "different",
-            f"These images ({source}) are not the tuning data ({tuned_on or 'another file list'}): every image is "
-            "unseen by the tuned model, but they may differ from what it was tuned for.",
+            msg(
+                f"These images ({source}) are not the tuning data ({tuned_on}): every image is unseen by the tuned "
+                "model, but they may differ from what it was tuned for."
+            )
+            if tuned_on
+            else msg(
+                f"These images ({source}) are not the tuning data (another file list): every image is unseen by the "
+                "tuned model, but they may differ from what it was tuned for."
+            ),
             train_images if isinstance(train_images, int) else None,
         )
     return HeldOut(
         everything,
         "unknown",
-        "The checkpoint does not say what it was trained on, so some of these images may be training images: the "
-        "tuned model's accuracy is not reported.",
+        msg(
+            "The checkpoint does not say what it was trained on, so some of these images may be training images: the "
+            "tuned model's accuracy is not reported."
+        ),
         None,
     )

@@ -23,7 +23,7 @@ from explorer.transfer.training.settings import FinetuneSettings
 from explorer.ui.compare import prediction
 from explorer.ui.compare.charts import prediction_figure, sweep_figure
 from explorer.ui.compare.setup import data_signature
-from explorer.ui.i18n import number, percent, seconds, t
+from explorer.ui.i18n import language, number, percent, seconds, t
 from explorer.ui.messages import localize
 from explorer.ui.progress import labelled_progress, steps_of
 
@@ -191,12 +191,17 @@ def show(report: SweepReport, *, key: str, figure: bool, pred: PredictReport | N
         )
     )
     cols = st.columns(3)
+    lang = language()  # the files are built on click, in the reader's language; a warm rerun builds none
+
+    def tr(text: str) -> str:
+        return localize(text, lang)
+
     for col, (label, data, suffix, mime) in zip(
         cols,
         [
-            (t("compare.sweep.csv"), report.to_csv().encode(), "csv", "text/csv"),
-            (t("compare.sweep.json"), report.to_json().encode(), "json", "application/json"),
-            (t("compare.sweep.html"), render_sweep_html(report).encode(), "html", "text/html"),
+            (t("compare.sweep.csv"), lambda: report.to_csv(translate=tr).encode(), "csv", "text/csv"),
+            (t("compare.sweep.json"), lambda: report.to_json().encode(), "json", "application/json"),
+            (t("compare.sweep.html"), lambda: render_sweep_html(report, translate=tr).encode(), "html", "text/html"),
         ],
         strict=True,
     ):

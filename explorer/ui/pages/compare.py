@@ -46,7 +46,7 @@ from explorer.ui.compare.setup import (
     set_param,
 )
 from explorer.ui.errors import show_error
-from explorer.ui.i18n import number, page_intro, percent, seconds, t
+from explorer.ui.i18n import language, number, page_intro, percent, seconds, t
 from explorer.ui.messages import localize
 from explorer.ui.progress import labelled_progress
 from explorer.ui.session import current_model, get_ladder, set_current_model
@@ -74,7 +74,8 @@ def _progress(box: Any) -> Any:
             if phase == "forward"
             else t("compare.progress.probes")
         )
-        return f"{what} · {t('compare.progress.step', done=number(done), total=number(total))}"
+        step = t("compare.progress.step", done=number(done), total=number(total))
+        return f"{what} · {step}"
 
     return labelled_progress(box, t("compare.comparing"), label)
 
@@ -190,9 +191,23 @@ def _layer_view(
 def _exports(report: Any, fig: Any, layer: str | None, renders: dict[str, Any], stem: str) -> None:
     """CSV, JSON and the one-page HTML report (with `renders`, filled later in this run: it is built on click)."""
     st.subheader(t("compare.export"))
-    # Each file is built on click (a callable), not on every run of the page: a warm rerun does no export work.
+    # Each file is built on click (a callable), not on every run of the page: a warm rerun does no export work. The
+    # CSV's header and the HTML report's words are in the reader's language (the JSON keeps the engine's names).
+    lang = language()
+
+    def tr(text: str) -> str:
+        return localize(text, lang)
+
     exports = [  # label, data (a callable run on click), suffix, mime, icon, key, help
-        (t("compare.export.csv"), lambda: report.to_csv().encode(), "csv", "text/csv", "table", "cmp_csv", None),
+        (
+            t("compare.export.csv"),
+            lambda: report.to_csv(translate=tr).encode(),
+            "csv",
+            "text/csv",
+            "table",
+            "cmp_csv",
+            None,
+        ),
         (
             t("compare.export.json"),
             lambda: report.to_json().encode(),
@@ -204,7 +219,7 @@ def _exports(report: Any, fig: Any, layer: str | None, renders: dict[str, Any], 
         ),
         (
             t("compare.export.html"),
-            lambda: render_html(with_renders(report, layer, renders)).encode(),
+            lambda: render_html(with_renders(report, layer, renders), translate=tr).encode(),
             "html",
             "text/html",
             "description",
@@ -291,8 +306,8 @@ def _caption(report: Any) -> None:
             classes=number(len(report.data.get("classes") or [])),
             accuracy=acc,
             note=localize(report.heldout.get("note", "")),
-            pooling=report.settings.get("pooling"),
-            cka=report.settings.get("cka"),
+            pooling=localize(str(report.settings.get("pooling") or "")),
+            cka=localize(str(report.settings.get("cka") or "")),
             time=seconds(report.seconds.get("total", 0), 0),
         )
     )
