@@ -51,21 +51,19 @@ def demo_run(base: object) -> dict[str, object]:
     """The first-visit demo's three steps, timed, with the constants the button uses."""
     from explorer.data import resolve_data
     from explorer.transfer.comparison.compare import compare
+    from explorer.transfer.study import DEMO, comparison_settings, sweep_budget
     from explorer.transfer.sweeping.sweep import sweep
     from explorer.transfer.training.finetune import finetune
-    from explorer.ui.compare import demo
-    from explorer.ui.compare.setup import comparison_settings
-    from explorer.ui.compare.sweep_panel import settings_for
 
-    root = str(resolve_data(demo.DATA))
+    root = str(resolve_data(DEMO.data))
     t0 = time.perf_counter()
-    run = finetune(base, demo.DATA, demo.FINETUNE)  # type: ignore[arg-type]
+    run = finetune(base, DEMO.data, DEMO.finetune)  # type: ignore[arg-type]
     t1 = time.perf_counter()
     tuned = run.to_loaded_model(base)  # type: ignore[arg-type]
-    c = demo.COMPARE
+    c = DEMO.compare
     report = compare(base, tuned, root, **comparison_settings(c["images"], c["input"], c["probes"]))  # type: ignore[arg-type]
     t2 = time.perf_counter()
-    sweep(base, root, settings=settings_for(demo.SWEEP))  # type: ignore[arg-type]
+    sweep(base, root, settings=sweep_budget(DEMO.sweep), seeds=DEMO.seeds)  # type: ignore[arg-type]
     t3 = time.perf_counter()
     row = {
         "finetune_s": round(t1 - t0, 1),

@@ -246,37 +246,21 @@ def _report(args: argparse.Namespace, result: Any, freeze: str | None) -> int:
     return 0
 
 
-def _has_arch_metadata(path: str) -> bool:
-    """Whether a checkpoint names its own architecture (sidecar or safetensors header), without reading tensors."""
-    from explorer.models import read_metadata  # start-up cost: the CLI imports command modules lazily
-
-    return bool(read_metadata(path).get("arch"))
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run the comparison, write report.json/.html/.csv, print the table and the recommendation."""
     from explorer.models import load_model
     from explorer.transfer.comparison.compare import CompareError, compare
+    from explorer.transfer.study import open_pair
     from explorer.transfer.sweeping.sweep import load_sweep
 
     out = Path(args.out)
     if out.suffix.lower() != ".json":
         raise CompareError(f"The report path must end in .json (got {out.name}); .html and .csv go beside it.")
     device = _device(args)
-    tuned_arch = None
-    base = None
-    if args.base:
-        base = load_model_arg(argparse.Namespace(model=args.base, arch=None, device=args.device))
-        if not _has_arch_metadata(args.tuned):
-            tuned_arch = base.arch
-    elif Path(args.tuned).is_file() and not _has_arch_metadata(args.tuned):
-        raise CompareError(f"{Path(args.tuned).name} carries no metadata naming its base model: give it with --base.")
-    tuned = load_model(args.tuned, arch=tuned_arch, device=device)
-    if base is None:
-        spec = tuned.metadata.get("base_spec")
-        if not spec:
-            raise CompareError("The tuned checkpoint does not name its base model: give it with --base SPEC.")
-        base = load_model(spec, device=device)
+    base = load_model_arg(argparse.Namespace(model=args.base, arch=None, device=args.device)) if args.base else None
+    base, tuned = open_pair(
+        args.tuned, open_model=lambda spec, arch: load_model(spec, arch=arch, device=device), base=base
+    )
     plugin = None
     if args.cross_excitation > 0:
         from explorer.transfer.comparison.crossexcite import as_plugin

@@ -45,8 +45,9 @@ def _restart() -> None:
 @pytest.fixture
 def quick_demo(monkeypatch, bundled):
     """The demo with its heavy parts small: a perturbed copy for the fine-tune, a stored sweep for the sweep."""
+    from explorer.transfer import study
     from explorer.transfer.training.checkpoints import save_checkpoint
-    from explorer.ui.compare import demo, sweep_panel
+    from explorer.ui.compare import demo
 
     def finetune(base, data, settings, out, progress=None):
         module = copy.deepcopy(base.module)
@@ -57,16 +58,15 @@ def quick_demo(monkeypatch, bundled):
         save_checkpoint(module, Path(out), meta)
         return SimpleNamespace(metadata=meta)
 
-    def sweep(base, data, root, cfg, box, *, seeds="auto"):
-        assert cfg == SWEEP
+    def sweep(self, cfg, *, seeds="auto", progress=None):
+        assert cfg == SWEEP and seeds == 1
         from explorer.transfer.study import get_sweep
 
         return get_sweep(_stored_sweep(bundled, cfg))
 
-    monkeypatch.setattr(demo, "finetune", finetune)
-    monkeypatch.setattr(demo, "COMPARE", dict(COMPARE))
-    monkeypatch.setattr(demo, "SWEEP", dict(SWEEP))
-    monkeypatch.setattr(sweep_panel, "run", sweep)
+    monkeypatch.setattr(study, "finetune", finetune)
+    monkeypatch.setattr(demo, "PLAN", study.DemoPlan(compare=dict(COMPARE), sweep=dict(SWEEP)))
+    monkeypatch.setattr(study.Study, "sweep", sweep)
     return demo
 
 

@@ -4,7 +4,8 @@ So the Compare page never opens empty: a newcomer presses *Run the demo* and, wi
 fine-tuned run (fast settings: 64 px, two epochs), its comparison with the base on the held-out digits, and the
 measured freeze sweep; the page then opens on them (their settings go in the URL like any other view).
 
-A finished demo is recorded once for the whole server (:func:`store.put_demo`: the run, the comparison and sweep
+The pipeline is the engine's (:func:`explorer.transfer.study.run_demo`); this module shows it. A finished demo is
+recorded once for the whole server (:func:`explorer.transfer.study.put_demo`: the run, the comparison and sweep
 settings, when it finished). Any later session that opens Compare without a fine-tuned model of its own in mind
 (no ``tuned=`` in its URL or memory), and the tour's Compare steps, open the demo's view with the demo's settings,
 whatever the session's own defaults; *Run the demo* stays there to run it again.
@@ -12,28 +13,22 @@ whatever the session's own defaults; *Run the demo* stays there to run it again.
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Any
 
 import streamlit as st
 
-from explorer.data import resolve_data
 from explorer.models import LoadedModel
-from explorer.transfer.comparison.compare import compare
-from explorer.transfer.study import comparison_key, get_demo, put_demo, put_report
-from explorer.transfer.training.finetune import FinetuneSettings, finetune
-from explorer.transfer.training.runs import finish_run, get_run, reserve_run
+from explorer.transfer.study import DEMO, stored_demo
+from explorer.transfer.study import run_demo as study_run_demo
 from explorer.ui.compare import sweep_panel
-from explorer.ui.compare.setup import comparison_settings, data_signature, param, set_param
+from explorer.ui.compare.setup import param, set_param
 from explorer.ui.i18n import number, percent, t
 from explorer.ui.progress import labelled_progress
 from explorer.ui.session import get_model
 
-DATA = "demo:digits"
-FINETUNE = FinetuneSettings(input_size=64, epochs=2)  # every layer trainable: the model the comparison reads
-COMPARE = {"images": 400, "input": 64, "probes": True}
-SWEEP = {"epochs": 2, "input": 64, "images": 0}
+PLAN = DEMO  # what the demo runs (explorer.transfer.study.DemoPlan): the digits, 64 px, two epochs, one seed
+DATA = PLAN.data
 
 
 def _bar(box: Any, what: str) -> Any:
@@ -44,57 +39,28 @@ def _bar(box: Any, what: str) -> Any:
 
 
 def run_demo(base: LoadedModel) -> str:
-    """Fine-tune, compare and sweep on the digits demo, storing each result where the page looks; the run's name."""
-    started = time.time()
-    root = resolve_data(DATA)
-    name, checkpoint = reserve_run("demo-digits", data=DATA)
+    """Run the demo (:func:`explorer.transfer.study.run_demo`: fine-tune, compare and sweep, each stored where the
+    page looks, then recorded for every later session), its steps told in a status box; the run's name."""
     with st.status(t("compare.demo.running"), expanded=True) as status:
-        status.write(t("compare.demo.step1", size=FINETUNE.input_size, epochs=number(FINETUNE.epochs)))
-        state = "failed"
-        try:
-            result = finetune(base, DATA, FINETUNE, out=checkpoint, progress=_bar(st, t("compare.demo.finetuning")))
-            state = "done"
-        finally:
-            finish_run(checkpoint, state)
-        status.write(t("compare.demo.accuracy", accuracy=percent(result.metadata["metrics"]["val_acc"], 1)))
-        status.write(t("compare.demo.step2"))
-        tuned = get_model(str(checkpoint))
-        settings = comparison_settings(COMPARE["images"], COMPARE["input"], COMPARE["probes"])
-        report = compare(base, tuned, str(root), progress=_bar(st, t("compare.demo.comparing")), **settings)
-        report.data["source"] = DATA
-        key = comparison_key(base.fingerprint, tuned.fingerprint, DATA, data_signature(str(root)), settings)
-        put_report(key, report)
-        status.write(t("compare.demo.step3"))
-        sweep_panel.run(base, DATA, root, SWEEP, st, seeds=1)  # one seed: the demo stays quick
-        record_demo(base, name, tuned.fingerprint, started)
+
+        def on_step(step: str, info: dict[str, Any]) -> None:
+            if step == "finetune":
+                status.write(t("compare.demo.step1", size=info["input_size"], epochs=number(info["epochs"])))
+            elif step == "finetuned":
+                status.write(t("compare.demo.accuracy", accuracy=percent(info["accuracy"], 1)))
+            elif step == "compare":
+                status.write(t("compare.demo.step2"))
+            elif step == "sweep":
+                status.write(t("compare.demo.step3"))
+
+        def progress_for(step: str) -> Any:
+            if step == "sweep":
+                return sweep_panel.progress_in(st)
+            return _bar(st, t("compare.demo.finetuning") if step == "finetune" else t("compare.demo.comparing"))
+
+        manifest = study_run_demo(base, open_model=get_model, progress_for=progress_for, on_step=on_step, plan=PLAN)
         status.update(label=t("compare.demo.ready"), state="complete")
-    return name
-
-
-def record_demo(base: LoadedModel, run: str, tuned_fingerprint: str, started: float) -> dict[str, Any]:
-    """Record the finished demo for every later session: its run, data, comparison and sweep settings, when."""
-    now = time.time()
-    manifest = {
-        "run": run,
-        "data": DATA,
-        "base_spec": base.spec,
-        "tuned_fingerprint": tuned_fingerprint,
-        "compare": dict(COMPARE),
-        "sweep": dict(SWEEP),
-        "finetune": {"input_size": FINETUNE.input_size, "epochs": FINETUNE.epochs},
-        "finished": now,
-        "seconds": round(now - started, 1),
-    }
-    put_demo(base.fingerprint, manifest)
-    return manifest
-
-
-def stored_demo(base: LoadedModel) -> dict[str, Any] | None:
-    """The last finished demo on `base` whose run still exists (a deleted run leaves no demo to show), or None."""
-    manifest = get_demo(base.fingerprint)
-    if manifest is None or get_run(manifest["run"]) is None:
-        return None
-    return manifest
+    return str(manifest["run"])
 
 
 def demo_query(manifest: dict[str, Any]) -> dict[str, str]:

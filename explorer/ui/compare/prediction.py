@@ -18,7 +18,7 @@ import streamlit as st
 
 from explorer.jobs import Flight, shared_work
 from explorer.models import LoadedModel
-from explorer.transfer.study import get_prediction, prediction_key, put_prediction
+from explorer.transfer.study import get_prediction, prediction_key, put_prediction, sweep_budget
 from explorer.transfer.sweeping.predict import (
     DEFAULT_ESTIMATOR,
     MEASURED_CASES,
@@ -27,7 +27,6 @@ from explorer.transfer.sweeping.predict import (
     PredictReport,
     predict_freeze,
 )
-from explorer.transfer.sweeping.sweep import sweep_settings
 from explorer.transfer.sweeping.sweep_report import SweepOption, SweepReport
 from explorer.transfer.training.settings import FinetuneSettings
 from explorer.ui.compare.setup import data_signature, sweep_defaults
@@ -49,15 +48,10 @@ def key_for(model: LoadedModel, root: Path, s: FinetuneSettings) -> str:
     return prediction_key(model.fingerprint, data_signature(str(root)), settings)
 
 
-def settings_of(cfg: dict[str, int]) -> FinetuneSettings:
-    """The split and size of the Compare page's sweep with these choices (epochs, input px, image cap)."""
-    return sweep_settings(cfg["epochs"], input_size=cfg["input"], max_images=cfg["images"] or None)
-
-
 def default_settings(model: LoadedModel, data: str) -> FinetuneSettings:
     """The split and size of the Compare page's default sweep on `data`: another page's prediction is then the one
     the Compare page shows (and the one its sweep is scored against)."""
-    return settings_of(sweep_defaults(data, model))
+    return sweep_budget(sweep_defaults(data, model))
 
 
 def stored(model: LoadedModel, root: Path, s: FinetuneSettings) -> PredictReport | None:

@@ -15,13 +15,15 @@ import streamlit as st
 from explorer.data.fence import refusal
 from explorer.errors import ExplorerError, msg
 from explorer.models import LoadedModel
+from explorer.transfer.study import comparison_settings, open_pair
+from explorer.transfer.study import data_signature as study_signature
 from explorer.transfer.sweeping.sweep import EPOCHS as SWEEP_EPOCHS
 from explorer.transfer.training.runs import RunInfo, get_run, list_runs, runs_dir
 from explorer.ui.errors import error_message, show_error
 from explorer.ui.i18n import number, percent, t
 from explorer.ui.paths import allowed_path, fenced_path, fenced_spec
 from explorer.ui.session import get_model
-from explorer.ui.uploads import checkpoint_arch_hint, save_upload
+from explorer.ui.uploads import save_upload
 
 UPLOAD = "Upload a checkpoint…"
 DATA_SOURCES = {"demo:digits": "Demo: handwritten digits", "demo:shapes": "Demo: shapes"}
@@ -125,7 +127,7 @@ def choose_tuned(base: LoadedModel) -> tuple[LoadedModel, RunInfo | None] | None
     path = run.path if run else Path(value)
     try:
         with st.spinner(t("compare.loading_tuned")):
-            tuned = get_model(str(path), checkpoint_arch_hint(path) or base.arch)  # no metadata: the base's
+            _, tuned = open_pair(fenced_spec(str(path)), open_model=get_model, base=base)
     except Exception as exc:
         show_error(exc)
         return None
@@ -253,11 +255,6 @@ def choose_settings(tuned: LoadedModel) -> dict[str, Any]:
     return comparison_settings(images, size, probes)
 
 
-def comparison_settings(images: int, size: int, probes: bool) -> dict[str, Any]:
-    """The keyword arguments of `compare` for the page's settings (the demo computes with the same ones)."""
-    return {"max_images": images, "input_size": size or None, "probes": probes, "probe_folds": 5, "seed": 0}
-
-
 SWEEP_SIZES = (64, 96, 128, 160, 224)
 
 
@@ -311,7 +308,6 @@ def choose_sweep_settings(data: str, model: LoadedModel) -> dict[str, int]:
 
 @st.cache_data(ttl=30, show_spinner=False)
 def data_signature(root: str) -> str:
-    from explorer.data import list_images
-    from explorer.exemplars import folder_signature
-
-    return folder_signature(Path(root), list_images(root))
+    """The image folder's signature (:func:`explorer.transfer.study.data_signature`), cached for 30 s: a warm rerun
+    does not list the folder again."""
+    return study_signature(root)

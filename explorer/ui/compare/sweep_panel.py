@@ -13,13 +13,14 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from explorer.data import open_dataset
 from explorer.models import LoadedModel
 from explorer.transfer.reporting.report_html import render_sweep_html
-from explorer.transfer.study import get_sweep, stored_tasks, sweep_path
+from explorer.transfer.study import Study, stored_tasks, sweep_budget
 from explorer.transfer.sweeping.predict import PredictReport
-from explorer.transfer.sweeping.sweep import SweepReport, mismatch, sweep
+from explorer.transfer.sweeping.sweep import SweepReport
 from explorer.transfer.sweeping.sweep_tasks import auto_points
-from explorer.transfer.training.settings import FinetuneSettings
+from explorer.transfer.training.heldout import file_list_sha256
 from explorer.ui.compare import prediction
 from explorer.ui.compare.charts import prediction_figure, sweep_figure
 from explorer.ui.compare.setup import data_signature
@@ -28,34 +29,15 @@ from explorer.ui.messages import localize
 from explorer.ui.progress import labelled_progress, steps_of
 
 
-def settings_for(cfg: dict[str, int]) -> FinetuneSettings:
-    """The FinetuneSettings budget of a sweep from the page's choices (epochs, input px, image cap)."""
-    return prediction.settings_of(cfg)
-
-
-def path_for(model: LoadedModel, root: Path, cfg: dict[str, int]) -> Path:
-    return sweep_path(model.fingerprint, data_signature(str(root)), dict(cfg))
-
-
-def stored(model: LoadedModel, root: Path, cfg: dict[str, int]) -> SweepReport | None:
-    """The finished sweep for these choices, if there is one."""
-    report = get_sweep(path_for(model, root, cfg))
-    return report if report is not None and report.complete else None
+def study(model: LoadedModel, data: str, root: Path) -> Study:
+    """The comparison study of `model` on these images (the engine's service), with the folder's signature cached."""
+    return Study(model, data, Path(root), data_signature(str(root)))
 
 
 @st.cache_data(ttl=30, show_spinner=False)
-def _files_sha256(root: str) -> str | None:
-    from explorer.data import open_dataset
-    from explorer.transfer.training.heldout import file_list_sha256
-
+def files_sha256(root: str) -> str | None:
+    """The folder's file-list hash that a sweep records (cached for 30 s: a warm rerun does not read the folder)."""
     return file_list_sha256(open_dataset(root))
-
-
-def refusal(sweep: SweepReport, model: LoadedModel, root: Path, input_size: int | None) -> str | None:
-    """Why this stored sweep cannot decide a comparison of `model` on `root` at `input_size` (one sentence)."""
-    return mismatch(
-        sweep, base_fingerprint=model.fingerprint, data_sha256=_files_sha256(str(root)), input_size=input_size
-    )
 
 
 def _progress(box: Any) -> Any:
@@ -72,19 +54,9 @@ def _progress(box: Any) -> Any:
     return labelled_progress(box, t("compare.sweep.preparing"), label)
 
 
-def run(
-    model: LoadedModel, data: str, root: Path, cfg: dict[str, int], box: Any, *, seeds: int | str = "auto"
-) -> SweepReport:
-    """Run (or resume) the sweep in this script run, drawing its progress in `box` (`seeds`: per fine-tune option,
-    or "auto"; the demo uses one, to stay quick)."""
-    return sweep(
-        model,
-        str(root),
-        settings=settings_for(cfg),
-        seeds=seeds,
-        out=path_for(model, root, cfg),
-        progress=_progress(box),
-    )
+def progress_in(box: Any) -> Any:
+    """The sweep's progress bar in `box` (for the demo's sweep too)."""
+    return _progress(box)
 
 
 def verdicts() -> dict[str, str]:
@@ -144,7 +116,7 @@ def options_frame(report: SweepReport) -> pd.DataFrame:
 
 def predicted(model: LoadedModel, data: str, root: Path, cfg: dict[str, int]) -> PredictReport | None:
     """The freeze prediction for the images and split this sweep uses (stored, or made now in seconds)."""
-    return prediction.safe(model, data, root, settings_for(cfg))
+    return prediction.safe(model, data, root, sweep_budget(cfg))
 
 
 def show(report: SweepReport, *, key: str, figure: bool, pred: PredictReport | None = None) -> None:
@@ -228,9 +200,9 @@ def section(
 ) -> SweepReport | None:
     """Show the stored sweep for these choices (with what it measured for `pred`, the prediction made before it),
     or `pred` as a prediction and a button that runs (or resumes) the sweep."""
-    path = path_for(model, root, cfg)
-    report = get_sweep(path)
-    if report is not None and report.complete:
+    s = study(model, data, root)
+    report = s.stored_sweep(cfg)
+    if report is not None:
         show(report, key=key, figure=figure, pred=pred)
         return report
     points = auto_points(model)
@@ -240,7 +212,7 @@ def section(
         if figure and marks is not None:
             body = [p for p in points if p != "none"]
             st.plotly_chart(prediction_figure(marks, body, pred.data.get("chance")), key=f"{key}_predicted")
-    done = stored_tasks(path)
+    done = stored_tasks(s.sweep_file(cfg))
     st.info(
         t(
             "compare.sweep.not_measured",
@@ -256,7 +228,7 @@ def section(
         return None
     left, right = st.columns([6, 1], vertical_alignment="center")
     right.button(t("compare.stop"), key=f"{key}_stop", icon=":material/stop:", help=t("compare.sweep.stop.help"))
-    report = run(model, data, root, cfg, left)
+    report = s.sweep(cfg, progress=_progress(left))
     st.session_state["cmp_toast"] = t("compare.sweep.done", time=seconds(report.seconds.get("total", 0), 0))
     st.rerun()
     return report

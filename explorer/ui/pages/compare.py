@@ -23,10 +23,9 @@ import streamlit as st
 
 from explorer.cache import folder as cache_folder
 from explorer.models import LoadedModel
-from explorer.transfer.advice.recommend import with_sweep
-from explorer.transfer.comparison.compare import check_comparable, compare
+from explorer.transfer.comparison.compare import check_comparable
 from explorer.transfer.reporting.report_html import render_html
-from explorer.transfer.study import comparison_key, get_report, put_report, subset_folder, with_renders
+from explorer.transfer.study import subset_folder, with_renders
 from explorer.transfer.training.runs import list_runs
 from explorer.ui.compare import sweep_panel, trust_panel
 from explorer.ui.compare.charts import comparison_figure, export_config, selected_layer
@@ -40,7 +39,6 @@ from explorer.ui.compare.setup import (
     choose_settings,
     choose_sweep_settings,
     choose_tuned,
-    data_signature,
     from_widget,
     param,
     set_param,
@@ -82,8 +80,8 @@ def _progress(box: Any) -> Any:
 
 def _comparison(base: LoadedModel, tuned: LoadedModel, data: str, root: Path, settings: dict[str, Any]) -> Any:
     """The cached report, or a button that computes it (with progress and a Stop button)."""
-    key = comparison_key(base.fingerprint, tuned.fingerprint, data, data_signature(str(root)), settings)
-    report = get_report(key)
+    study = sweep_panel.study(base, data, root)
+    report = study.stored_comparison(tuned, settings)
     if report is not None:
         return report
     what = "compare.not_compared_probes" if settings["probes"] else "compare.not_compared"
@@ -95,9 +93,7 @@ def _comparison(base: LoadedModel, tuned: LoadedModel, data: str, root: Path, se
         t("compare.stop"), key="cmp_stop", icon=":material/stop:"
     )  # any click reruns the page, which stops this run
     started = time.perf_counter()
-    report = compare(base, tuned, str(root), progress=_progress(left), **settings)
-    report.data["source"] = data
-    put_report(key, report)
+    report = study.compare(tuned, settings, progress=_progress(left))
     st.session_state["cmp_toast"] = t("compare.done", time=seconds(time.perf_counter() - started, 0))
     st.rerun()  # draw the page from the stored report, without the button and the progress bar
     return report
@@ -280,15 +276,11 @@ def _first_visit(base: LoadedModel, column: Any) -> None:
 
 def _with_sweep(base: LoadedModel, report: Any, data: tuple[str, Path]) -> tuple[Any, dict[str, int]]:
     cfg = choose_sweep_settings(data[0], base)
-    measured = sweep_panel.stored(base, data[1], cfg)
-    if measured is None:
-        return report, cfg
-    size = (report.data.get("input_size") or [None])[0]
-    why = sweep_panel.refusal(measured, base, data[1], size)
+    study = sweep_panel.study(base, data[0], data[1])
+    decided, why = study.decide(report, cfg, files_sha256=lambda: sweep_panel.files_sha256(str(data[1])))
     if why:  # a sweep belongs to its data, model and size: said, never applied silently
         st.warning(t("compare.sweep_not_used", why=localize(why)), icon=":material/block:")
-        return report, cfg
-    return with_sweep(report, measured, base), cfg
+    return decided, cfg
 
 
 def _caption(report: Any) -> None:
