@@ -67,9 +67,11 @@ _LOCK = threading.Lock()
 
 
 def forget_reports() -> None:
-    """Drop the reports this process holds in memory (as a new process would start): only the disk copies remain."""
+    """Drop the reports and sweeps this process holds in memory (as a new process would start): only the disk copies
+    remain."""
     with _LOCK:
         _MEMORY.clear()
+        _SWEEPS.clear()
 
 
 def get_report(key: str, cache: Cache | None = None) -> ComparisonReport | None:
@@ -147,14 +149,33 @@ def sweep_path(base_fp: str, data_signature: str, settings: dict[str, Any]) -> P
     return cache_folder("sweeps") / f"{key[:32]}.json"
 
 
+# Sweeps this process has read, by path, with the file's (modification time, size) when read: a page run asks for
+# the same sweep twice (the recommendation and the sweep's section) and reads it once; a rewrite is read again.
+_SWEEPS: OrderedDict[str, tuple[tuple[int, int], SweepReport]] = OrderedDict()
+
+
 def get_sweep(path: Path) -> SweepReport | None:
-    """The sweep stored at `path` (complete or not), or None when there is none or it cannot be read."""
-    if not path.is_file():
-        return None
+    """The sweep stored at `path` (complete or not), or None when there is none or it cannot be read. Read once per
+    version of the file (kept in memory until the file changes)."""
     try:
-        return load_sweep(path)
+        st = path.stat()
+    except OSError:
+        return None
+    version = (st.st_mtime_ns, st.st_size)
+    with _LOCK:
+        held = _SWEEPS.get(str(path))
+    if held is not None and held[0] == version:
+        return held[1]
+    try:
+        report = load_sweep(path)
     except SweepError:
         return None
+    with _LOCK:
+        _SWEEPS[str(path)] = (version, report)
+        _SWEEPS.move_to_end(str(path))
+        while len(_SWEEPS) > MEMORY_ENTRIES:
+            _SWEEPS.popitem(last=False)
+    return report
 
 
 def stored_tasks(path: Path) -> int:
