@@ -20,7 +20,12 @@ import traceback
 from collections.abc import Sequence
 from typing import IO, Any
 
+from tqdm import tqdm
+
+import explorer.commands as commands_pkg
+import explorer.models
 from explorer.errors import ExplorerError
+from explorer.models import DEFAULT_SPEC
 from explorer.runtime import Progress
 
 EXIT_OK = 0
@@ -34,8 +39,6 @@ EXIT_INTERRUPTED = 130  # the shell convention for Ctrl-C
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """Add --model, --arch and --device, the options every model-using command shares."""
-    from explorer.models import DEFAULT_SPEC
-
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
@@ -80,10 +83,8 @@ def add_ray_args(p: argparse.ArgumentParser, what: str) -> argparse._ArgumentGro
 
 def load_model_arg(args: argparse.Namespace) -> Any:
     """The LoadedModel that the --model/--arch/--device options name."""
-    from explorer.models import DEFAULT_SPEC, load_model
-
     device = getattr(args, "device", "auto")
-    return load_model(
+    return explorer.models.load_model(
         getattr(args, "model", DEFAULT_SPEC) or DEFAULT_SPEC,
         arch=getattr(args, "arch", None),
         device=None if device in (None, "auto") else device,
@@ -99,8 +100,6 @@ class _Bar:
         self._bar: Any = None
 
     def __call__(self, done: int, total: int, info: Any = None) -> None:
-        from tqdm import tqdm
-
         if self._bar is None:
             self._bar = tqdm(total=total, desc=self.desc, file=self.file or sys.stderr, leave=False, dynamic_ncols=True)
         if total and self._bar.total != total:
@@ -191,8 +190,6 @@ def print_json(obj: Any, file: IO[str] | None = None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every discovered command registered."""
-    import explorer.commands as commands_pkg
-
     parser = argparse.ArgumentParser(
         prog="python -m explorer",
         description="Layer Explorer: what every layer of a CNN learned, before and after fine-tuning.",

@@ -30,6 +30,8 @@ from explorer.attribution.methods import (
 )
 from explorer.attribution.result import AttributionResult
 from explorer.attribution.sanitize import Logits, shadow, tap_grids
+from explorer.data import load_image
+from explorer.errors import msg
 from explorer.layers import LayerInfo, capture, resolve
 from explorer.models import LoadedModel, logits_of
 from explorer.runtime import Progress
@@ -71,8 +73,6 @@ OptionValue = int | float | str | torch.Tensor | None
 def _open(item: Any) -> Image.Image:
     if isinstance(item, Image.Image):
         return item
-    from explorer.data import load_image
-
     return load_image(item)  # a DataError is already one sentence for the user
 
 
@@ -94,8 +94,11 @@ def resolve_target(model: Any, target: Any, n: int, logits: torch.Tensor | None 
             lower = [c.lower() for c in classes]
             if t.strip().lower() not in lower:
                 close = difflib.get_close_matches(t, classes, n=3)
-                hint = f" Did you mean: {', '.join(close)}?" if close else ""
-                raise AttributionError(f"The model has no class called {t!r}.{hint}")
+                raise AttributionError(
+                    f"The model has no class called {t!r}. Did you mean: {', '.join(close)}?"
+                    if close
+                    else f"The model has no class called {t!r}."
+                )
             t = lower.index(t.strip().lower())
         t = int(t)
         if not 0 <= t < k:
@@ -181,8 +184,11 @@ def attribute(
     res.class_names = list(model.class_names)
     reused = [i.name for i in infos if i.calls > 1]
     if reused:
-        which = "first" if m.one_pass else "last (as Captum does)"
-        res.notes.append(f"{', '.join(reused)} run several times per forward; their {which} call is used.")
+        res.notes.append(
+            msg(f"{', '.join(reused)} run several times per forward; their first call is used.")
+            if m.one_pass
+            else msg(f"{', '.join(reused)} run several times per forward; their last (as Captum does) call is used.")
+        )
     if m.one_pass:
         outputs, logits, tgt = _one_pass(m, model, x, infos, target, keep_raw)
     else:
@@ -202,9 +208,10 @@ def attribute(
     if res.prefix:
         shares = [f"{n} {float(p[0]):+.3g}" for n, p in res.prefix.items()]
         res.notes.append(
-            "The maps show the patch tokens; the class token's own attribution (first image) is apart: "
-            + ", ".join(shares)
-            + "."
+            msg(
+                "The maps show the patch tokens; the class token's own attribution (first image) is apart: "
+                f"{', '.join(shares)}."
+            )
         )
     zero = [n for n, mp in res.maps.items() if float(mp.abs().max()) == 0.0] if m.needs_grad else []
     if zero and len(zero) == len(res.maps):
@@ -213,8 +220,15 @@ def attribute(
         unread = [i.name for i in infos if i.name in zero and i.grid_layout.tokens and i.grid_layout.prefix]
         if unread:
             res.notes.append(
-                f"{', '.join(unread)}: zero, because after {'these blocks' if len(unread) > 1 else 'this block'} "
-                "the classifier reads only the class token, so the patch tokens get no gradient."
+                msg(
+                    f"{', '.join(unread)}: zero, because after these blocks the classifier reads only the class "
+                    "token, so the patch tokens get no gradient."
+                )
+                if len(unread) > 1
+                else msg(
+                    f"{unread[0]}: zero, because after this block the classifier reads only the class token, so the "
+                    "patch tokens get no gradient."
+                )
             )
     res.target = [int(t) for t in tgt.tolist()]
     res.logits = logits.float().cpu() if logits is not None else None
@@ -267,11 +281,11 @@ def zero_maps_note(model: Any) -> str:
     """Why every map can be exactly zero: usually a classifier whose weights are all zero (a freshly built ViT)."""
     linears = [(n, m) for n, m in model.module.named_modules() if isinstance(m, torch.nn.Linear)]
     if linears and not linears[-1][1].weight.detach().any():
-        return (
+        return msg(
             f"Every map is zero because the classifier {linears[-1][0]} has all-zero weights, so the class score does "
             "not depend on the image (torchvision builds an untrained ViT that way); load trained weights."
         )
-    return "Every map is zero: the target's score does not depend on these layers for this image."
+    return msg("Every map is zero: the target's score does not depend on these layers for this image.")
 
 
 def channel_attribution(

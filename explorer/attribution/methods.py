@@ -29,7 +29,7 @@ from explorer.attribution.maps import (
     target_score,
 )
 from explorer.attribution.sanitize import Logits, deeplift_problem, guided_backprop_problem, shadow
-from explorer.errors import ExplorerError
+from explorer.errors import ExplorerError, msg
 from explorer.layers import LayerInfo
 
 
@@ -87,7 +87,7 @@ class MethodCost:
 
     def describe(self) -> str:
         if not self.available:
-            return f"{METHODS[self.method].label} is unavailable: {self.reason}"
+            return msg(f"{METHODS[self.method].label} is unavailable: {self.reason}")
         back = f" and {self.backward_calls} backward" if self.backward_calls else ", no backward"
         return (
             f"{METHODS[self.method].label} on {self.layers} layer{'s' if self.layers != 1 else ''}: "
@@ -136,12 +136,13 @@ def method_cost(
     n = inputs if isinstance(inputs, int) else _batch_size(inputs)
     infos = resolve_layers(model, layers)
     if not infos:
-        return MethodCost(method, 0, n, 0, 0, 0, available=False, reason="no block with a spatial map; name layers")
+        reason = msg("no block with a spatial map; name layers")
+        return MethodCost(method, 0, n, 0, 0, 0, available=False, reason=reason)
     m = get_method(method)
     problem = m.problem(model)
     usable = [i for i in infos if m.layer_problem(i) is None]
     if problem is None and not usable:
-        problem = m.layer_problem(infos[0]) or "no layer can be attributed"
+        problem = m.layer_problem(infos[0]) or msg("no layer can be attributed")
     if problem is not None:
         return MethodCost(method, len(usable), n, 0, 0, 0, available=False, reason=problem)
     fwd, bwd, imgs = m.cost(usable, n, opt, target)
@@ -191,7 +192,7 @@ class Method:
     def layer_problem(self, info: LayerInfo) -> str | None:
         """Why this method cannot attribute to this layer, or None."""
         if not info.out_shape:
-            return f"{info.name} does not output a single tensor."
+            return msg(f"{info.name} does not output a single tensor.")
         if info.grid_layout.kind == "none":
             return info.grid_layout.problem(info.name)
         return None
@@ -283,6 +284,7 @@ class GuidedGradCAM(GradCAM):
 
     def finish(self, model: Any, x: torch.Tensor, tgt: torch.Tensor, maps: dict[str, LayerOutput]) -> None:
         """Captum's GuidedGradCam for every layer at the price of one guided backprop pass in total."""
+        # start-up cost: Captum takes ~0.6 s to import, paid only by the methods that run it
         from captum.attr import GuidedBackprop
 
         twin = Logits(shadow(model.module, no_inplace=True, relu6_as_relu=True))
@@ -308,6 +310,7 @@ class IntegratedGradients(Method):
         self, net: torch.nn.Module, layer: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor,
         base: torch.Tensor, opt: Options, keep_raw: bool,
     ) -> LayerOutput:  # fmt: skip
+        # start-up cost: Captum takes ~0.6 s to import, paid only by the methods that run it
         from captum.attr import LayerIntegratedGradients
 
         attr, delta = LayerIntegratedGradients(net, layer).attribute(
@@ -332,6 +335,7 @@ class Conductance(Method):
         self, net: torch.nn.Module, layer: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor,
         base: torch.Tensor, opt: Options, keep_raw: bool,
     ) -> LayerOutput:  # fmt: skip
+        # start-up cost: Captum takes ~0.6 s to import, paid only by the methods that run it
         from captum.attr import LayerConductance
 
         attr, delta = LayerConductance(net, layer).attribute(
@@ -357,6 +361,7 @@ class DeepLift(Method):
         self, net: torch.nn.Module, layer: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor,
         base: torch.Tensor, opt: Options, keep_raw: bool,
     ) -> LayerOutput:  # fmt: skip
+        # start-up cost: Captum takes ~0.6 s to import, paid only by the methods that run it
         from captum.attr import LayerDeepLift
 
         attr, delta = LayerDeepLift(net, layer).attribute(
@@ -372,7 +377,7 @@ class Ablation(Method):
 
     def layer_problem(self, info: LayerInfo) -> str | None:
         if info.out_shape and info.spatial is None:
-            return f"{info.name} has no spatial map to ablate patches of."
+            return msg(f"{info.name} has no spatial map to ablate patches of.")
         return super().layer_problem(info)
 
     def layer_cost(self, info: LayerInfo, n: int, opt: Options) -> tuple[int, int, int]:
@@ -384,6 +389,7 @@ class Ablation(Method):
         self, net: torch.nn.Module, layer: torch.nn.Module, info: LayerInfo, x: torch.Tensor, tgt: torch.Tensor,
         base: torch.Tensor, opt: Options, keep_raw: bool,
     ) -> LayerOutput:  # fmt: skip
+        # start-up cost: Captum takes ~0.6 s to import, paid only by the methods that run it
         from captum.attr import LayerFeatureAblation
 
         mask = ablation_mask(info, opt.grid).to(x.device)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from explorer.errors import msg
 from explorer.layers import Layout
 from explorer.models import logits_of
 
@@ -136,8 +137,8 @@ def guided_backprop_problem(module: nn.Module) -> str | None:
     """Why guided backprop (hence Guided Grad-CAM) cannot run on this network, or None."""
     kinds = activation_types(module)
     if kinds.get("ReLU", 0) + kinds.get("ReLU6", 0) == 0:
-        others = ", ".join(sorted(kinds)) or "no activation modules"
-        return f"Guided backprop modifies the backward pass of ReLU modules, and this network has none ({others})."
+        others = ", ".join(sorted(kinds)) or msg("no activation modules")
+        return msg(f"Guided backprop modifies the backward pass of ReLU modules, and this network has none ({others}).")
     return None
 
 
@@ -146,12 +147,13 @@ def deeplift_problem(module: nn.Module, calls: dict[str, int]) -> str | None:
 
     `calls` maps module names to how often each ran in one forward (the full ladder's ``calls``).
     """
+    # start-up cost: Captum takes ~0.6 s to import, paid only by the methods that run it
     from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
 
     acts = [m for m in module.modules() if isinstance(m, _ACTIVATIONS)]
     unsupported = sorted({type(m).__name__ for m in acts if type(m) not in SUPPORTED_NON_LINEAR})
     if unsupported:
-        return (
+        return msg(
             f"DeepLift has no rule for {', '.join(unsupported)} (Captum would treat it as linear and give wrong "
             "attributions); use Integrated Gradients instead."
         )
@@ -160,9 +162,14 @@ def deeplift_problem(module: nn.Module, calls: dict[str, int]) -> str | None:
         name for name, n in calls.items() if n > 1 and name in by_name and type(by_name[name]) in SUPPORTED_NON_LINEAR
     ]
     if reused:
-        more = f" and {len(reused) - 3} more" if len(reused) > 3 else ""
-        return (
-            f"DeepLift needs each nonlinear module to run once per forward, but {', '.join(reused[:3])}{more} "
-            "run several times (a copy cannot split them); use Integrated Gradients instead."
+        if len(reused) > 3:
+            return msg(
+                f"DeepLift needs each nonlinear module to run once per forward, but {', '.join(reused[:3])} and "
+                f"{len(reused) - 3} more run several times (a copy cannot split them); use Integrated Gradients "
+                "instead."
+            )
+        return msg(
+            f"DeepLift needs each nonlinear module to run once per forward, but {', '.join(reused)} run several "
+            "times (a copy cannot split them); use Integrated Gradients instead."
         )
     return None

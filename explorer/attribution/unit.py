@@ -56,6 +56,7 @@ def unit_attribution(
     baseline: Any = "black",
 ) -> UnitAttribution:
     """Attribute a unit's activation (its spatial max, as dataset examples rank it, or mean) to input pixels."""
+    # start-up cost: Captum takes ~0.6 s to import, paid only by the methods that run it
     from captum.attr import NeuronGradient, NeuronIntegratedGradients
 
     if method not in UNIT_METHODS:

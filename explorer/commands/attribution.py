@@ -9,8 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+from explorer.attribution import METHODS, attribute, method_cost
+from explorer.attribution.export import grid_png, magnitudes_csv
 from explorer.cli import add_model_args, load_model_arg, positive_int, progress_bar
+from explorer.data import load_image, resolve_data
 from explorer.errors import ExplorerError
+from explorer.exemplars import dataset_examples, patch_image
 
 
 class CommandError(ExplorerError):
@@ -19,8 +25,6 @@ class CommandError(ExplorerError):
 
 def register(subparsers: Any) -> None:
     """Add the `attribute` and `examples` subcommands."""
-    from explorer.attribution import METHODS
-
     p = subparsers.add_parser(
         "attribute",
         help="per-layer attribution maps of an image (Grad-CAM, Integrated Gradients, ...)",
@@ -82,9 +86,6 @@ def _target_arg(text: str | None) -> int | str | None:
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
-    from explorer.attribution import attribute, method_cost
-    from explorer.data import load_image
-
     image = load_image(args.image)
     model = load_model_arg(args)
     layers = _layers_arg(args.layers)
@@ -96,8 +97,6 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     print(cost.describe(), file=sys.stderr)
     res = attribute(model, image, layers, args.method, target, progress=progress_bar(f"{args.method}"), **options)
     args.out.mkdir(parents=True, exist_ok=True)
-    from PIL import Image
-
     Image.fromarray((res.images[0].numpy() * 255).round().astype("uint8")).save(args.out / "input.png")
     files = {}
     for i, (name, pic) in enumerate(res.overlays(scale=args.scale, mode=args.mode).items()):
@@ -111,8 +110,6 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         rec["png"] = files[name]
         rec["colour_range"] = list(scales[name])
     (args.out / "attribution.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-    from explorer.attribution.export import grid_png, magnitudes_csv
-
     title = f"{args.method} · {Path(args.image).name} · {model.spec}"
     (args.out / "grid.png").write_bytes(grid_png(res, args.scale, title=title))
     (args.out / "magnitudes.csv").write_text(magnitudes_csv(res))
@@ -141,9 +138,6 @@ def parse_channels(text: str, n: int) -> list[int]:
 
 
 def cmd_examples(args: argparse.Namespace) -> int:
-    from explorer.data import resolve_data
-    from explorer.exemplars import dataset_examples, patch_image
-
     folder = resolve_data(args.folder)
     model = load_model_arg(args)
     results = dataset_examples(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from explorer.cli import print_json, print_table
+from explorer.cache import USER_DATA_DIRS, CacheError, cache_root, cache_summary, clear, parse_gb, prune
+from explorer.cli import EXIT_USER, print_json, print_table
 
 
 def register(subparsers: Any) -> None:
@@ -34,8 +36,6 @@ def register(subparsers: Any) -> None:
 
 
 def _gb(text: str) -> int:
-    from explorer.cache import CacheError, parse_gb
-
     try:
         return parse_gb(text, "--max-gb")
     except CacheError as exc:
@@ -52,8 +52,6 @@ def size_text(n: int) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print one row per top-level folder of the cache, then the totals against the bound."""
-    from explorer.cache import cache_summary
-
     s = cache_summary()
     if args.json:
         print_json(
@@ -90,8 +88,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Evict least recently used derived entries until they fit the bound and say what was freed."""
-    from explorer.cache import prune
-
     r = prune(max_bytes=args.max_gb)
     print(
         f"evicted {r.evicted:,} entries and {r.loose_removed:,} leftover files, freed {size_text(r.freed_bytes)}; "
@@ -102,11 +98,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_clear(args: argparse.Namespace) -> int:
     """Remove derived entries; with --all (and --yes) user data too; --all without --yes touches nothing."""
-    import sys
-
-    from explorer.cache import USER_DATA_DIRS, cache_root, clear
-    from explorer.cli import EXIT_USER
-
     if args.all and not args.yes:
         print(
             f"error: --all also deletes user data under {cache_root()} ({', '.join(USER_DATA_DIRS)}), which cannot "

@@ -5,12 +5,20 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from explorer.cache import Cache
 from explorer.cli import add_model_args, add_ray_args, load_model_arg, positive_int, print_table, progress_bar
 from explorer.errors import ExplorerError
+from explorer.featurevis.objectives import OBJECTIVE_KINDS, channel, for_unit
+from explorer.featurevis.presets import PRESETS
+from explorer.featurevis.sheet import contact_sheet
+from explorer.featurevis.store import render_cached
+from explorer.layers import layout_of
+from explorer.trust.fvquality import flagged_labels
 
 
 def parse_units(text: str) -> list[int]:
@@ -28,8 +36,6 @@ def parse_units(text: str) -> list[int]:
 
 
 def _add_render_settings(p: argparse.ArgumentParser) -> None:
-    from explorer.featurevis.presets import PRESETS
-
     p.add_argument("--preset", choices=list(PRESETS), default="classic", help="render settings (default classic)")
     p.add_argument("--steps", type=positive_int, default=None, help="optimisation steps (default: the preset's)")
     p.add_argument("--size", type=positive_int, default=None, help="image side in pixels (default: the preset's)")
@@ -40,8 +46,6 @@ def _add_render_settings(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any) -> None:
     """Add the `render` and `atlas` subcommands."""
-    from explorer.featurevis.objectives import OBJECTIVE_KINDS
-
     p = subparsers.add_parser(
         "render",
         help="feature visualizations of units of one layer, one PNG per unit plus a contact sheet",
@@ -77,8 +81,6 @@ def register(subparsers: Any) -> None:
 
 
 def _channels_of(model: Any, layer: str) -> int:
-    from explorer.layers import layout_of
-
     lay = layout_of(model, layer)  # any module that runs, containers included; LayerError otherwise
     if lay.kind == "none":
         raise ExplorerError(f"Cannot visualise it: {lay.problem(layer)}")
@@ -86,21 +88,12 @@ def _channels_of(model: Any, layer: str) -> int:
 
 
 def _cache(no_cache: bool) -> Any:
-    from explorer.cache import Cache
-
     if not no_cache:
         return Cache()
-    import tempfile
-
     return Cache(tempfile.mkdtemp(prefix="layer-explorer-nocache-"))
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from explorer.featurevis.objectives import for_unit
-    from explorer.featurevis.sheet import contact_sheet
-    from explorer.featurevis.store import render_cached
-    from explorer.trust.fvquality import flagged_labels
-
     units = parse_units(args.channels)
     model = load_model_arg(args)
     n_channels = _channels_of(model, args.layer)
@@ -132,11 +125,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_atlas(args: argparse.Namespace) -> int:
+    # start-up cost: explorer.distributed (Ray back end, ~15 ms) loads only for the commands that use it, not for --help
     from explorer.distributed import atlas_layers
-    from explorer.featurevis.objectives import channel
-    from explorer.featurevis.sheet import contact_sheet
-    from explorer.featurevis.store import render_cached
-    from explorer.trust.fvquality import flagged_labels
 
     if args.per_layer < 1:
         raise ExplorerError("--per-layer must be at least 1.")
@@ -171,9 +161,8 @@ def cmd_atlas(args: argparse.Namespace) -> int:
 
 def _atlas_on_ray(args: argparse.Namespace, layers: list[str] | None) -> int:
     """`atlas --ray`: the same images, rendered by (layer x chunk) tasks on Ray workers (explorer.distributed)."""
+    # start-up cost: explorer.distributed (Ray back end, ~15 ms) loads only for the commands that use it, not for --help
     from explorer.distributed import atlas
-    from explorer.featurevis.sheet import contact_sheet
-    from explorer.trust.fvquality import flagged_labels
 
     report = atlas(
         args.model, arch=args.arch, layers=layers, per_layer=None if args.all else args.per_layer,

@@ -8,6 +8,9 @@ import textwrap
 from typing import Any
 
 from explorer.cli import add_model_args, load_model_arg, positive_int, print_json, print_table
+from explorer.data import load_image
+from explorer.layers import ladder
+from explorer.models import BUNDLED
 
 
 def register(subparsers: Any) -> None:
@@ -51,9 +54,7 @@ def register(subparsers: Any) -> None:
 
 def bundled_descriptions() -> dict[str, str]:
     """spec → one line about each bundled model, without building it."""
-    import timm.models
-
-    from explorer.models import BUNDLED
+    import timm.models  # start-up cost: timm takes over a second to import; only `models` needs it here
 
     out = {}
     for name, (timm_name, package, _cls) in BUNDLED.items():
@@ -80,6 +81,7 @@ def _matcher(pattern: str | None) -> Any:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """Print the bundled models, torchvision's classification models and timm's (count, or names by --filter)."""
+    # start-up cost: timm and torchvision's model zoo take seconds to import; only `models` needs them here
     import timm
     import torchvision.models as tvm
 
@@ -117,8 +119,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_layers(args: argparse.Namespace) -> int:
     """Print the layer ladder as a table (or JSON) with a totals line."""
-    from explorer.layers import ladder
-
     model = load_model_arg(args)
     rows = ladder(model, view=args.view)
     params = list(model.module.parameters())
@@ -156,8 +156,6 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Print the top-k classes with probabilities for each image."""
-    from explorer.data import load_image
-
     images = [(path, load_image(path)) for path in args.images]  # validate all before loading the model
     model = load_model_arg(args)
     results = [(path, model.predict(image, k=args.k)) for path, image in images]

@@ -8,12 +8,19 @@ from pathlib import Path
 from typing import Any
 
 from explorer.cli import add_model_args, load_model_arg, positive_int, print_json, print_table, progress_bar
+from explorer.transfer.sweeping.predict import (
+    DEFAULT_ESTIMATOR,
+    ESTIMATORS,
+    FOLDS,
+    SAMPLE,
+    PredictError,
+    predict_freeze,
+)
+from explorer.transfer.training.checkpoints import write_atomic
 
 
 def register(subparsers: Any) -> None:
     """Add the `predict-freeze` subcommand."""
-    from explorer.transfer.sweeping.predict import DEFAULT_ESTIMATOR, ESTIMATORS, FOLDS, SAMPLE
-
     p = subparsers.add_parser(
         "predict-freeze",
         help="predict where to freeze (point and route) in seconds, from one pass of the base model; no training",
@@ -69,9 +76,6 @@ def register(subparsers: Any) -> None:
 
 def cmd_predict_freeze(args: argparse.Namespace) -> int:
     """Predict, write OUT, print one row per point and the predicted option."""
-    from explorer.transfer.sweeping.predict import PredictError, predict_freeze
-    from explorer.transfer.training.checkpoints import write_atomic
-
     out = Path(args.out)
     if out.suffix.lower() != ".json":
         raise PredictError(f"The prediction is written as JSON: --out must end in .json (got {out.name}).")

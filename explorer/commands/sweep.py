@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import explorer.models
 from explorer.cli import (
     add_model_args,
     add_ray_args,
@@ -16,12 +17,12 @@ from explorer.cli import (
     print_table,
     progress_bar,
 )
+from explorer.errors import ExplorerError
+from explorer.transfer.sweeping.sweep import SweepError, sweep, sweep_settings
 
 
 def register(subparsers: Any) -> None:
     """Add the `sweep` subcommand."""
-    from explorer.transfer.sweeping.sweep import sweep_settings
-
     d = sweep_settings()
     p = subparsers.add_parser(
         "sweep",
@@ -96,8 +97,6 @@ def _seeds(text: str) -> int | str:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from explorer.transfer.sweeping.sweep import sweep_settings
-
     return sweep_settings(
         args.epochs,
         batch_size=args.batch_size,
@@ -115,10 +114,9 @@ def _runner(args: argparse.Namespace) -> Any:
     """With --ray, the Ray runner of explorer.distributed (RayMissing in one line without Ray); else None."""
     if args.ray is None:
         if args.workers:
-            from explorer.errors import ExplorerError
-
             raise ExplorerError("--workers sets up Ray workers: add --ray auto (or a cluster address).")
         return None
+    # start-up cost: explorer.distributed (Ray back end, ~15 ms) loads only for the commands that use it, not for --help
     from explorer.distributed import ray_sweep_runner
 
     return ray_sweep_runner(args.ray, workers=args.workers, device=args.device)
@@ -126,15 +124,11 @@ def _runner(args: argparse.Namespace) -> Any:
 
 def _driver_model(args: argparse.Namespace) -> Any:
     """With --ray, this process loads the model on its CPU (to plan and check); the workers load it on --device."""
-    from explorer.models import load_model
-
-    return load_model(args.model, arch=args.arch, device="cpu")
+    return explorer.models.load_model(args.model, arch=args.arch, device="cpu")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run (or resume) the sweep, print one row per option and the recommendation."""
-    from explorer.transfer.sweeping.sweep import SweepError, sweep
-
     out = Path(args.out)
     if out.suffix.lower() != ".json":
         raise SweepError(f"The sweep output must end in .json (got {out.name}); CSV and HTML go beside it.")

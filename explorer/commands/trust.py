@@ -10,9 +10,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+import explorer.models
 from explorer.cli import add_model_args, load_model_arg, positive_int, print_table, progress_bar
+from explorer.commands.featurevis import parse_units
+from explorer.data import load_image
 from explorer.errors import ExplorerError
+from explorer.featurevis import get_preset
+from explorer.layers import layout_of
+from explorer.models import DEFAULT_SPEC
 from explorer.runtime import atomic_write
+from explorer.trust import (
+    DEFAULT_METHODS,
+    cka_map,
+    faithfulness,
+    fv_quality,
+    load_samples,
+    sanity_check,
+    sanity_cost,
+    selectivity,
+)
 
 
 class TrustCommandError(ExplorerError):
@@ -36,8 +54,6 @@ def _out_arg(p: argparse.ArgumentParser, what: str) -> None:
 
 def register(subparsers: Any) -> None:
     """Add the `sanity`, `faithfulness`, `cka-map`, `selectivity` and `fv-quality` subcommands."""
-    from explorer.trust import DEFAULT_METHODS
-
     p = subparsers.add_parser(
         "sanity",
         help="attribution sanity check: randomize the model from the top block down, do the maps change?",
@@ -86,8 +102,6 @@ def register(subparsers: Any) -> None:
         "permutation null per pair (images of B shuffled) and a calibrated value clip((CKA - tau)/(1 - tau), 0, 1), "
         "tau the 95 % critical value (Groeger et al. 2026). Writes the matrices `raw` and `calibrated`.",
     )
-    from explorer.models import DEFAULT_SPEC
-
     p.add_argument("--a", default=DEFAULT_SPEC, metavar="SPEC", help=f"model A (default {DEFAULT_SPEC})")
     p.add_argument("--b", required=True, metavar="SPEC", help="model B (a spec or a checkpoint)")
     p.add_argument("--data", required=True, metavar="D", help="image folder or demo:NAME")
@@ -150,9 +164,6 @@ def _target(text: str | None) -> int | str | None:
 
 
 def cmd_sanity(args: argparse.Namespace) -> int:
-    from explorer.data import load_image
-    from explorer.trust import sanity_check, sanity_cost
-
     image = load_image(args.image)
     model = load_model_arg(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -177,8 +188,6 @@ def cmd_sanity(args: argparse.Namespace) -> int:
 
 
 def cmd_faithfulness(args: argparse.Namespace) -> int:
-    from explorer.trust import faithfulness
-
     model = load_model_arg(args)
     rep = faithfulness(model, args.data, args.method, _names(args.layers), max_images=args.max_images,
                        steps=args.steps, fill=args.fill, seed=args.seed,
@@ -197,16 +206,11 @@ def cmd_faithfulness(args: argparse.Namespace) -> int:
 
 
 def cmd_cka_map(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from explorer.models import load_model
-    from explorer.trust import cka_map
-
     if not 0.0 < args.alpha < 1.0:
         raise TrustCommandError(f"--alpha must lie between 0 and 1, not {args.alpha}.")
     device = None if args.device == "auto" else args.device
-    a = load_model(args.a, device=device)
-    b = a if args.b == args.a else load_model(args.b, device=device)
+    a = explorer.models.load_model(args.a, device=device)
+    b = a if args.b == args.a else explorer.models.load_model(args.b, device=device)
     res = cka_map(a, b, args.data, layers_a=_names(args.layers_a), layers_b=_names(args.layers_b),
                   max_images=args.max_images, permutations=args.permutations, alpha=args.alpha,
                   grid=args.grid or None, input_size=args.input_size, seed=args.seed,
@@ -233,9 +237,6 @@ def cmd_cka_map(args: argparse.Namespace) -> int:
 
 
 def cmd_selectivity(args: argparse.Namespace) -> int:
-    from explorer.models import load_model
-    from explorer.trust import load_samples, selectivity
-
     model = load_model_arg(args)
     samples = load_samples(args.data, args.max_images, args.seed, labelled=True)
     layers = _names(args.layers)
@@ -244,7 +245,7 @@ def cmd_selectivity(args: argparse.Namespace) -> int:
     data: dict[str, Any] = {"base": rep.to_dict(units=not args.no_units)}
     tuned = None
     if args.tuned:
-        tmodel = load_model(args.tuned, device=None if args.device == "auto" else args.device)
+        tmodel = explorer.models.load_model(args.tuned, device=None if args.device == "auto" else args.device)
         tuned = selectivity(tmodel, samples, layers, input_size=args.input_size, seed=args.seed,
                             progress=progress_bar("selectivity (tuned)"))  # fmt: skip
         data["tuned"] = tuned.to_dict(units=not args.no_units)
@@ -265,11 +266,6 @@ def cmd_selectivity(args: argparse.Namespace) -> int:
 
 
 def cmd_fv_quality(args: argparse.Namespace) -> int:
-    from explorer.commands.featurevis import parse_units
-    from explorer.featurevis import get_preset
-    from explorer.layers import layout_of
-    from explorer.trust import fv_quality
-
     model = load_model_arg(args)
     get_preset(args.preset)
     channels = parse_units(args.channels)

@@ -11,10 +11,11 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from explorer.errors import DataError, brief
+from explorer.errors import DataError, brief, msg
 
 _CHUNK = 1 << 20
 _RATIO_MIN_BYTES = 1 << 20  # smaller members cannot be bombs; a blank BMP may compress 1000x
+UPLOADED = msg("the uploaded zip")  # the name of an archive that came without one
 
 
 def safe_extract_zip(
@@ -39,9 +40,9 @@ def safe_extract_zip(
             raise DataError(f"{name} does not exist or is not a file.")
         source: Any = zip_path_or_bytes
     elif isinstance(zip_path_or_bytes, (bytes, bytearray, memoryview)):
-        name, source = "the uploaded zip", io.BytesIO(bytes(zip_path_or_bytes))
+        name, source = UPLOADED, io.BytesIO(bytes(zip_path_or_bytes))
     else:
-        name = Path(str(getattr(zip_path_or_bytes, "name", "") or "the uploaded zip")).name
+        name = Path(str(getattr(zip_path_or_bytes, "name", "") or UPLOADED)).name
         source = zip_path_or_bytes
     stem = re.sub(r"[^\w.-]+", "_", Path(name).stem if name.lower().endswith(".zip") else "") or "archive"
 
@@ -88,7 +89,7 @@ def _plan_zip(
             raise DataError(f"{name} contains a path leaving the folder ({info.filename}); refusing it.")
         ftype = stat.S_IFMT(info.external_attr >> 16)  # 0 when the archiver did not record it
         if ftype not in (0, stat.S_IFREG, stat.S_IFDIR):
-            kind = "a symbolic link" if ftype == stat.S_IFLNK else "a special file"
+            kind = msg("a symbolic link") if ftype == stat.S_IFLNK else msg("a special file")
             raise DataError(f"{name} contains {kind} ({info.filename}); refusing it.")
         if info.flag_bits & 0x1:
             raise DataError(f"{name} is password-protected ({info.filename}).")

@@ -35,6 +35,7 @@ def stratified_subset(labels: list[int], max_images: int | None, seed: int) -> l
 
 
 def _interp(model: LoadedModel) -> Any:
+    # start-up cost: torchvision takes ~1 s to import; explorer.data is imported by the CLI and the app at start
     from torchvision import transforms as T
 
     return T.InterpolationMode.BICUBIC if model.interpolation == "bicubic" else T.InterpolationMode.BILINEAR
@@ -42,6 +43,7 @@ def _interp(model: LoadedModel) -> Any:
 
 def eval_transform(model: LoadedModel, size: int | None = None, *, normalize: bool = True) -> tuple[Any, int]:
     """Resize the shorter side and centre-crop as the model expects (at `size` px if given): (transform, resize)."""
+    # start-up cost: torchvision takes ~1 s to import; explorer.data is imported by the CLI and the app at start
     from torchvision import transforms as T
 
     crop = size or model.input_size[0]
@@ -54,6 +56,7 @@ def eval_transform(model: LoadedModel, size: int | None = None, *, normalize: bo
 
 def train_transform(model: LoadedModel, size: int | None = None, augment: str = "light") -> Any:
     """Light augmentation: random crop of 80–100 % of the image, ±10 % brightness/contrast/saturation (+ flip)."""
+    # start-up cost: torchvision takes ~1 s to import; explorer.data is imported by the CLI and the app at start
     from torchvision import transforms as T
 
     if augment not in AUGMENTS:

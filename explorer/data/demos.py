@@ -27,6 +27,7 @@ def _default_demo_root() -> Path:
 
 
 def _write_digits(dest: Path) -> int:
+    # start-up cost: scikit-learn takes ~1 s to import; only the digits demo needs it, once
     from sklearn.datasets import load_digits
 
     digits = load_digits()

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Literal
 
 from explorer.cache import cache_root
-from explorer.errors import DataError
+from explorer.errors import DataError, msg
 
 DATA_ROOTS_VAR = "LAYER_EXPLORER_DATA_ROOTS"
 MAX_PATH_CHARS = 1024
 
 Kind = Literal["any", "dir", "file"]
+THE_PATH = msg("The path")  # what a refusal calls the path when its caller names it no better
 
 
 class FenceError(DataError):
@@ -48,9 +49,9 @@ def shown(text: str) -> str:
     return text if len(text) <= 80 else text[:77] + "…"
 
 
-def refusal(text: str, what: str = "The path") -> str:
+def refusal(text: str, what: str = THE_PATH) -> str:
     """The one sentence for every path the fence refuses (missing and forbidden alike)."""
-    return (
+    return msg(
         f"{what} {shown(text)!r} cannot be opened: it does not exist, or it lies outside the folders this server "
         f"shares (its operator can add folders to {DATA_ROOTS_VAR})."
     )
@@ -96,7 +97,7 @@ def resolve_inside(path: Path, roots: list[Path]) -> Path | None:
     return current
 
 
-def fence(text: str | Path, what: str = "The path", kind: Kind = "any", roots: list[Path] | None = None) -> Path:
+def fence(text: str | Path, what: str = THE_PATH, kind: Kind = "any", roots: list[Path] | None = None) -> Path:
     """The resolved path a user named, or :class:`FenceError` with :func:`refusal`'s sentence.
 
     `kind` "dir" or "file" also refuses a path that is not an existing folder or file (the same sentence, so
@@ -121,7 +122,11 @@ def fence(text: str | Path, what: str = "The path", kind: Kind = "any", roots: l
     if kind == "any" or (resolved.is_dir() if kind == "dir" else resolved.is_file()):
         return resolved
     if resolved.exists():  # inside the shared folders: saying what it is tells nothing new
-        raise FenceError(f"{what} {shown(raw)!r} is {'a file, not a folder' if kind == 'dir' else 'a folder'}.")
+        raise FenceError(
+            f"{what} {shown(raw)!r} is a file, not a folder."
+            if kind == "dir"
+            else f"{what} {shown(raw)!r} is a folder."
+        )
     raise FenceError(refusal(raw, what))
 
 

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, cast
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from explorer.errors import DataError, brief
+from explorer.errors import DataError, brief, msg
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".ppm", ".pgm", ".pbm"}
@@ -26,6 +26,7 @@ ASSETS_DIR: Path = Path(__file__).resolve().parents[2] / "assets"
 _FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "AVIF", "PPM")
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+UPLOADED = msg("the uploaded image")  # the name of an image that came without one
 
 # ----------------------------------------------------------------------------- images
 
@@ -54,11 +55,11 @@ def _open(source: str | Path | bytes | BinaryIO, max_pixels: int, name: str | No
         if fp.stat().st_size == 0:
             raise DataError(f"{name} is empty (0 bytes).")
     elif isinstance(source, (bytes, bytearray, memoryview)):
-        fp, name = io.BytesIO(bytes(source)), name or "the uploaded image"
+        fp, name = io.BytesIO(bytes(source)), name or UPLOADED
         if not source:
             raise DataError(f"{name} is empty (0 bytes).")
     else:
-        name = name or Path(str(getattr(source, "name", "") or "the uploaded image")).name
+        name = name or Path(str(getattr(source, "name", "") or UPLOADED)).name
         seekable = getattr(source, "seekable", None)
         fp = source if seekable and seekable() else io.BytesIO(source.read())
     try:
@@ -68,7 +69,7 @@ def _open(source: str | Path | bytes | BinaryIO, max_pixels: int, name: str | No
             with Image.open(fp, formats=_FORMATS) as im:
                 w, h = im.size
                 if w * h > max_pixels:
-                    raise DataError(_too_big(name, f"{w}x{h} = {w * h:,}", max_pixels))
+                    raise DataError(_too_big(name, max_pixels, (w, h)))
                 if not decode:
                     im.verify()  # checks PNG chunk CRCs and truncation without decoding pixels
                     return None
@@ -79,8 +80,8 @@ def _open(source: str | Path | bytes | BinaryIO, max_pixels: int, name: str | No
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         numbers = [int(n) for n in re.findall(r"\d+", str(e))]  # "Image size (N pixels) exceeds limit of M"
-        size = f"{numbers[0]:,}" if numbers else "too many"
-        raise DataError(_too_big(name, size, min([max_pixels, *numbers[1:2]]))) from None
+        limit = min([max_pixels, *numbers[1:2]])
+        raise DataError(_too_big(name, limit, count=numbers[0] if numbers else None)) from None
     except UnidentifiedImageError:
         raise DataError(f"{name} is not an image file (PIL could not identify it).") from None
     except PermissionError as e:
@@ -89,8 +90,17 @@ def _open(source: str | Path | bytes | BinaryIO, max_pixels: int, name: str | No
         raise DataError(f"{name} is truncated or corrupt ({brief(e)}).") from None
 
 
-def _too_big(name: str, size: str, limit: int) -> str:
-    return f"{name} is {size} pixels, over the limit of {limit:,} pixels (possibly a decompression bomb)."
+def _too_big(name: str, limit: int, size: tuple[int, int] | None = None, count: int | None = None) -> str:
+    """Why an image is refused for its pixel count: its width × height (from its header), else the count PIL's
+    bomb guard read, else no number."""
+    if size is not None:
+        w, h = size
+        return msg(
+            f"{name} is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} pixels (possibly a decompression bomb)."
+        )
+    if count is not None:
+        return msg(f"{name} is {count:,} pixels, over the limit of {limit:,} pixels (possibly a decompression bomb).")
+    return msg(f"{name} is too many pixels, over the limit of {limit:,} pixels (possibly a decompression bomb).")
 
 
 def _exif_transpose(im: Image.Image) -> Image.Image:

@@ -16,8 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import skimage.data as samples
 from PIL import Image
 
+from explorer.data.demos import shape_image
 from explorer.errors import DataError
 
 KINDS = ("textures", "shapes", "photos")
@@ -56,8 +58,6 @@ def _photo(rng: np.random.Generator, source: np.ndarray, size: int) -> np.ndarra
 
 
 def _photo_sources() -> dict[str, np.ndarray]:
-    import skimage.data as samples
-
     out = {}
     for name in PHOTOS:
         img = np.asarray(getattr(samples, name)())
@@ -86,8 +86,6 @@ def generated_folder(kind: str, root: str | Path, images: int, seed: int = 0, si
             arr = _texture(rng, label, size)
             img = Image.fromarray(arr)
         elif kind == "shapes":
-            from explorer.data.demos import shape_image
-
             img = shape_image(rng, classes[label], size)
         else:
             img = Image.fromarray(_photo(rng, sources[classes[label]], size))

@@ -21,6 +21,7 @@ from explorer import jobs
 from explorer.cache import Cache
 from explorer.distributed.atlas_job import atlas
 from explorer.distributed.progress import ProgressInfo, RunProgress
+from explorer.errors import msg
 from explorer.featurevis import Preset
 from explorer.models import LoadedModel
 from explorer.runtime import ThreadJob
@@ -32,10 +33,12 @@ def ray_from_env() -> tuple[str | None, str]:
     """(Ray address or None, a short note on where an atlas runs) from ``$LAYER_EXPLORER_RAY``."""
     address = os.environ.get(RAY_VAR, "").strip()
     if not address:
-        return None, "in this process (set LAYER_EXPLORER_RAY to a Ray address or auto to use a cluster)"
+        return None, msg(f"in this process (set {RAY_VAR} to a Ray address or auto to use a cluster)")
     if importlib.util.find_spec("ray") is None:
-        return None, f"in this process: {RAY_VAR} is set but Ray is not installed (pip install -r requirements-ray.txt)"
-    return address, f"on Ray ({address})"
+        return None, msg(
+            f"in this process: {RAY_VAR} is set but Ray is not installed (pip install -r requirements-ray.txt)"
+        )
+    return address, msg(f"on Ray ({address})")
 
 
 class _Stopped(Exception):

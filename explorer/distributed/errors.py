@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from explorer.errors import ExplorerError
+from explorer.errors import ExplorerError, msg
 
 INSTALL_HINT = "pip install -r requirements-ray.txt"
 
@@ -20,7 +20,8 @@ class RayMissing(DistributedError):
 def require_ray() -> Any:
     """The `ray` module, or RayMissing with the install command when it is not installed."""
     try:
-        import ray
+        import ray  # optional dependency: the Ray back end (requirements-ray.txt)
     except ImportError:
-        raise RayMissing(f"Ray is not installed: {INSTALL_HINT} (or run without --ray, in this process).") from None
+        missing = msg(f"Ray is not installed: {INSTALL_HINT} (or run without --ray, in this process).")
+        raise RayMissing(missing) from None
     return ray

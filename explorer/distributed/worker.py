@@ -13,7 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from explorer.distributed.tasks import Task, run_task
+from explorer.errors import msg
 from explorer.models import LoadedModel, load_model
 
 PUSH_EVERY_S = 0.5  # a running task's progress goes to the driver at its first report, then at most this often
@@ -68,8 +71,6 @@ class Worker:
     """Loads `source` once on `device` with `threads` CPU threads, then runs tasks (`explorer.distributed.tasks`)."""
 
     def __init__(self, source: ModelSource, device: str, threads: int, hub: Any = None) -> None:
-        import torch
-
         torch.set_num_threads(max(1, int(threads)))
         self.hub = hub
         self.model: LoadedModel | None = None
@@ -80,14 +81,14 @@ class Worker:
             self.model = load_model(source.spec, arch=source.arch, device=device)
             error = ""
             if source.fingerprint and self.model.fingerprint != source.fingerprint:
-                error = (
+                error = msg(
                     f"The worker on {host} built {source.spec} with other weights than this process "
                     f"({self.model.fingerprint[:12]} ≠ {source.fingerprint[:12]}): a model changed in this process, "
                     f"or another version of a library, builds other weights; save it as a checkpoint that every node "
                     f"can read and pass its path."
                 )
         except Exception as exc:  # reported by info(), phrased by the pool
-            error = f"The worker on {host} could not load {source.spec}: {exc}"
+            error = msg(f"The worker on {host} could not load {source.spec}: {exc}")
         fp = self.model.fingerprint if self.model is not None and not error else ""
         self.info_ = WorkerInfo(wid, host, pid, device, torch.get_num_threads(), fp, error)
 

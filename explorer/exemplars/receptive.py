@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from explorer.errors import ExplorerError
+from explorer.errors import ExplorerError, msg
 from explorer.layers import forward_until, layout_of
 
 
@@ -73,11 +73,18 @@ def _token_field(
     top, left = round(cy * sy), round(cx * sx)
     inside = float(mass[top : round((cy + 1) * sy), left : round((cx + 1) * sx)].sum())
     share = inside / total if total > 0 else None
-    seen = f"; {share:.0%} of its input gradient falls on that patch" if share is not None else ""
-    note = (
-        f"Each token of {layer} sits on one {round(sy)}×{round(sx)} px patch of the input, and the box shows that "
-        f"patch; through attention it sees the whole image{seen} (its effective receptive field)."
-    )
+    ph, pw = round(sy), round(sx)
+    if share is not None:
+        note = msg(
+            f"Each token of {layer} sits on one {ph}×{pw} px patch of the input, and the box shows that patch; "
+            f"through attention it sees the whole image; {share:.0%} of its input gradient falls on that patch (its "
+            "effective receptive field)."
+        )
+    else:
+        note = msg(
+            f"Each token of {layer} sits on one {ph}×{pw} px patch of the input, and the box shows that patch; "
+            "through attention it sees the whole image (its effective receptive field)."
+        )
     return ReceptiveField(layer, (round(sy), round(sx)), (sy, sx), ((sy - 1) / 2, (sx - 1) / 2), grid, size,
                           kind="patch", own_share=share, note=note)  # fmt: skip
 
@@ -98,7 +105,7 @@ def receptive_field(model: Any, layer: str) -> ReceptiveField:
         out = lay.to_grid(forward_until(model.module, layer, x))
         h, w = out.shape[-2:]
         if h * w == 1:
-            note = f"{layer} has no spatial map ({lay.describe()}): each example is the whole image."
+            note = msg(f"{layer} has no spatial map ({lay.describe()}): each example is the whole image.")
             rf = ReceptiveField(layer, (H, W), (float(H), float(W)), ((H - 1) / 2, (W - 1) / 2), (1, 1), (H, W),
                                 kind="image", note=note)  # fmt: skip
             per[key] = rf

@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,8 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from explorer.cache import Cache, make_key
 from explorer.data import IMAGE_EXTENSIONS, DataError, list_images, load_image
-from explorer.errors import ExplorerError
+from explorer.errors import ExplorerError, msg
 from explorer.exemplars.receptive import ReceptiveField, receptive_field
 from explorer.layers import forward_until, layout_of
 from explorer.runtime import Progress
@@ -162,8 +164,6 @@ def folder_signature(folder: Path, files: Sequence[Path]) -> str:
 
 
 def _cache_key(model: Any, signature: str, layer: str, k: int) -> str:
-    from explorer.cache import make_key
-
     return make_key(
         kind=CACHE_KIND, version=FORMAT_VERSION, model=model.fingerprint, folder=signature, layer=layer, k=k,
         input_size=list(model.input_size), resize=model.resize_size, mean=list(model.mean), std=list(model.std),
@@ -175,8 +175,6 @@ def _get_cache(cache: Any) -> Any:
     if cache is None or cache is False:
         return None
     if cache is True:
-        from explorer.cache import Cache
-
         return Cache()
     return cache
 
@@ -218,8 +216,6 @@ def dataset_examples(
     One streamed pass computes all layers that are not cached yet; unreadable, corrupt and oversized files are
     skipped and listed. `cache`: True (the default disk cache), an `explorer.cache.Cache`, or False.
     """
-    import time
-
     started = time.perf_counter()
     names = list(dict.fromkeys([layers] if isinstance(layers, str) else layers))
     if not names:
@@ -229,7 +225,7 @@ def dataset_examples(
     for n in names:
         lay = layout_of(model, n)  # an unknown or never-run layer: LayerError
         if lay.kind == "none":
-            raise ExamplesError(f"{lay.problem(n)} Pick a layer with channels to rank images by.")
+            raise ExamplesError(f"{lay.problem(n)} {msg('Pick a layer with channels to rank images by.')}")
     root = Path(folder).expanduser()
     try:
         files = list_images(root)
@@ -276,7 +272,7 @@ def _decode(model: Any, path: Path, max_pixels: int) -> tuple[torch.Tensor | Non
     except DataError as exc:
         return None, str(exc)
     except OSError as exc:  # vanished or unreadable between listing and reading
-        return None, f"{path.name} could not be read ({exc.strerror or exc})."
+        return None, msg(f"{path.name} could not be read ({exc.strerror or exc}).")
 
 
 def _scan(
@@ -320,7 +316,7 @@ def _scan(
             if progress:
                 progress(idx[-1] + 1, len(files), None)
     if not used:
-        first = skipped[0][1] if skipped else "no file could be decoded"
+        first = skipped[0][1] if skipped else msg("no file could be decoded")
         raise ExamplesError(f"None of the {len(files)} image files in {root} could be used; e.g. {first}")
     out = {}
     for n in layers:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from explorer.errors import msg
+
 ZERO_TOL = 0.1  # |objective| at or below this at every step: it never left zero
 CONSTANT_TOL = 1e-4  # curve range at or below this × max(1, |final|): the objective did not move
 FLAT_STD = 2.0  # pixel std (0–255) below this: the image never moved from its grey start
@@ -42,7 +44,7 @@ class Activity:
         """'inactive: stayed at 0.01' for a tile; '' for an active unit."""
         if not self.inactive:
             return ""
-        return f"inactive ({self.reason}): ended at {self.final:.2f}"
+        return msg(f"inactive ({self.reason}): ended at {self.final:.2f}")
 
 
 def activity(curve: Sequence[float] | np.ndarray, image: np.ndarray | None = None) -> Activity:
@@ -53,9 +55,9 @@ def activity(curve: Sequence[float] | np.ndarray, image: np.ndarray | None = Non
     if values.size < MIN_STEPS:  # too short to tell (or no curve kept): a picture, as it is
         return Activity(False, final)
     if float(np.abs(values).max()) <= ZERO_TOL:
-        return Activity(True, final, "never left zero")
+        return Activity(True, final, msg("never left zero"))
     if float(np.ptp(values)) <= CONSTANT_TOL * max(1.0, abs(final)):
-        return Activity(True, final, "constant")
+        return Activity(True, final, msg("constant"))
     if image is not None and float(np.asarray(image, dtype=np.float64).std()) < FLAT_STD:
-        return Activity(True, final, "flat image")
+        return Activity(True, final, msg("flat image"))
     return Activity(False, final)

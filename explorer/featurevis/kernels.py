@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from explorer.errors import ExplorerError
+from explorer.errors import ExplorerError, msg
+from explorer.featurevis.sheet import contact_sheet
 from explorer.layers import ladder, resolve
 from explorer.models import LoadedModel
 
@@ -30,7 +31,7 @@ ACTIVATIONS = (
     nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softplus,
 )  # fmt: skip
 STOPS = (nn.Conv2d, nn.Linear, nn.MultiheadAttention)  # layers that mix channels: the search for "after" ends
-WHY = (
+WHY = msg(
     "The first convolution is linear in the pixels, so maximising one of its channels only pushes pixels to the "
     "box's corners; its weights are the picture."
 )
@@ -66,7 +67,7 @@ class KernelFigure:
 
     def describe(self) -> str:
         kh, kw = self.kernel_size
-        return f"{len(self.tiles)} kernels of {kh}×{kw} pixels × 3 colours, stride {self.stride[0]}"
+        return msg(f"{len(self.tiles)} kernels of {kh}×{kw} pixels × 3 colours, stride {self.stride[0]}")
 
 
 def is_pixel_conv(module: nn.Module) -> bool:
@@ -167,10 +168,19 @@ def kernel_figure(model: LoadedModel, layer: str | None = None, tile: int = TILE
         sign = torch.sign(bn.weight.detach().float().cpu())
         flipped = int((sign < 0).sum())
         w = w * torch.where(sign == 0, torch.ones_like(sign), sign).view(-1, 1, 1, 1)
-        if flipped:
+        if flipped > 1:
             notes.append(
-                f"{flipped} kernel{'s are' if flipped > 1 else ' is'} drawn inverted: the BatchNorm after the "
-                "convolution has a negative scale there, so the opposite pattern raises the unit."
+                msg(
+                    f"{flipped} kernels are drawn inverted: the BatchNorm after the convolution has a negative scale "
+                    "there, so the opposite pattern raises the unit."
+                )
+            )
+        elif flipped:
+            notes.append(
+                msg(
+                    "1 kernel is drawn inverted: the BatchNorm after the convolution has a negative scale there, so "
+                    "the opposite pattern raises the unit."
+                )
             )
     weights = w.numpy()
     peak = np.abs(weights).reshape(len(weights), -1).max(axis=1)
@@ -179,8 +189,9 @@ def kernel_figure(model: LoadedModel, layer: str | None = None, tile: int = TILE
     if zero.any():
         which = ", ".join(str(i) for i in np.flatnonzero(zero))
         notes.append(
-            f"Kernel{'s' if zero.sum() > 1 else ''} {which} {'are' if zero.sum() > 1 else 'is'} zero (pruned: the "
-            "channel's output never changes), drawn flat grey."
+            msg(f"Kernels {which} are zero (pruned: the channel's output never changes), drawn flat grey.")
+            if zero.sum() > 1
+            else msg(f"Kernel {which} is zero (pruned: the channel's output never changes), drawn flat grey.")
         )
     return KernelFigure(
         layer=layer,
@@ -195,8 +206,6 @@ def kernel_figure(model: LoadedModel, layer: str | None = None, tile: int = TILE
 
 def kernel_sheet(figure: KernelFigure, units: Sequence[int] | None = None, cols: int = 8) -> np.ndarray:
     """The kernels (all, or `units`) in one labelled picture, for downloads: (H, W, 3) uint8."""
-    from explorer.featurevis.sheet import contact_sheet
-
     idx = list(units) if units is not None else list(range(len(figure.tiles)))
     tiles = [figure.tiles[i] for i in idx]
     return np.asarray(contact_sheet(tiles, [str(i) for i in idx], cols=min(cols, max(1, len(tiles)))))

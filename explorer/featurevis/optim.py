@@ -73,4 +73,4 @@ def make_optimizer(name: str, params: Sequence[torch.Tensor], lr: float) -> Adam
     try:
         return OPTIMIZERS[name](params, lr)
     except KeyError:
-        raise ExplorerError(f"Unknown optimizer {name!r}: use {' or '.join(OPTIMIZERS)}.") from None
+        raise ExplorerError(f"Unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}.") from None

@@ -22,7 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
+from explorer.cache import Cache, make_key
+from explorer.data import list_images, load_image, sample_images
 from explorer.errors import ExplorerError
 
 # Lucid's colour correlation (square root of the ImageNet colour covariance, via SVD), normalised so that the
@@ -162,21 +165,18 @@ class MacoParam(ImageParam):
 
 
 def _spectrum_sources(folder: str | Path | None) -> list[Path]:
-    from explorer.data import list_images, sample_images
-
     paths = list_images(folder) if folder is not None else list(sample_images().values())
     if not paths:
-        where = f"the folder {folder}" if folder is not None else "assets/"
-        raise ParamError(f"MACO needs natural images for its spectrum, and {where} has none.")
+        raise ParamError(
+            f"MACO needs natural images for its spectrum, and the folder {folder} has none."
+            if folder is not None
+            else "MACO needs natural images for its spectrum, and assets/ has none."
+        )
     return sorted(paths)[:256]
 
 
 def _crops(path: Path, size: int) -> list[np.ndarray]:
     """Centre crops of an image at three scales, as float (size, size, 3) arrays in [0, 1]."""
-    from PIL import Image
-
-    from explorer.data import load_image
-
     im = load_image(path)
     out = []
     for factor in (1.0, 1.5, 2.0):
@@ -215,8 +215,6 @@ def _files_digest(paths: Sequence[Path]) -> str:
 
 @lru_cache(maxsize=16)
 def _natural_spectrum(folder: str | None, size: int) -> torch.Tensor:
-    from explorer.cache import Cache, make_key
-
     paths = _spectrum_sources(folder)
     key = make_key(kind="maco-spectrum", version=SPECTRUM_VERSION, size=size, files=_files_digest(paths))
     cache = Cache()

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from explorer.errors import ExplorerError
+from explorer.errors import ExplorerError, msg
 from explorer.featurevis.fold import render_network
 from explorer.featurevis.objectives import Channel, Context, Objective
 from explorer.featurevis.optim import make_optimizer
@@ -109,6 +109,7 @@ def pack_groups(groups: list[list[int]], batch_size: int) -> list[list[int]]:
 
 
 CPU_BATCH = 4  # per image, batches of 4 ran 3–15 % faster than 8 on an early block here (maps stay in cache)
+MODEL_OUTPUT = msg("the model output")  # what a message calls the layer "" (the logits)
 
 
 def default_batch_size(device: torch.device, n: int) -> int:
@@ -284,12 +285,12 @@ def check_layers(model: LoadedModel, objectives: Sequence[Objective]) -> dict[st
     layouts = {name: layout_of(model, name) for name in layers}
     for name, lay in layouts.items():
         if lay.kind == "none":
-            raise RenderError(f"Cannot visualise it: {lay.problem(name or 'the model output')}")
+            raise RenderError(f"Cannot visualise it: {lay.problem(name or MODEL_OUTPUT)}")
     for obj in objectives:
         for name in obj.grid_layers:
             if not layouts[name].has_map:
                 raise RenderError(
-                    f"{obj.label} needs positions on a spatial map, and {name or 'the model output'} has none "
+                    f"{obj.label} needs positions on a spatial map, and {name or MODEL_OUTPUT} has none "
                     f"({layouts[name].describe()}); use the channel objective there."
                 )
     return layouts

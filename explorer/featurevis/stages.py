@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from explorer.errors import msg
 from explorer.layers import ladder
 
 STAGES = ("edges", "textures", "patterns", "parts", "objects")
@@ -56,7 +57,7 @@ def stage_map(model: Any) -> StageMap:
     """Map the five stages to this network's blocks (see the module docstring for the rule)."""
     rows = [r for r in ladder(model, "blocks") if r.has_map]
     if not rows:
-        return StageMap([], "This model has no blocks with a spatial output to visualise.")
+        return StageMap([], msg("This model has no blocks with a spatial output to visualise."))
     last = max(len(rows) - 1, 1)
     depth = {r.name: i / last for i, r in enumerate(rows)}
     stages = []
@@ -82,9 +83,9 @@ def stage_map(model: Any) -> StageMap:
     tokens = [r for r in rows if r.layout is not None and r.layout.tokens]
     if len(tokens) > len(rows) / 2:
         h, w = tokens[0].spatial or (0, 0)
-        note += (
-            f" This is a transformer: its {len(tokens)} token blocks all keep the {h}×{w} patch grid, so depth "
-            "alone places them; a channel here is one embedding dimension averaged over the patch tokens (class "
-            "token left out)."
+        note += " " + msg(
+            f"This is a transformer: its {len(tokens)} token blocks all keep the {h}×{w} patch grid, so depth alone "
+            "places them; a channel here is one embedding dimension averaged over the patch tokens (class token left "
+            "out)."
         )
     return StageMap(stages, note)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from explorer.errors import ExplorerError
+from explorer.errors import ExplorerError, msg
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 HOLDERS = (nn.ModuleList, nn.ModuleDict)  # containers that hold layers but have no forward of their own
@@ -90,12 +90,14 @@ def not_run_error(module: nn.Module, names: Sequence[str]) -> LayerError:
         sub = resolve(module, name)
         if isinstance(sub, HOLDERS):
             kids = [f"{name}.{k}" for k, _ in sub.named_children()]
-            example = f"{kids[0]} … {kids[-1]}" if len(kids) > 1 else (kids[0] if kids else "one of its layers")
+            example = f"{kids[0]} … {kids[-1]}" if len(kids) > 1 else (kids[0] if kids else msg("one of its layers"))
             return LayerError(
-                f"{name} is a {type(sub).__name__}: it holds layers but never runs as one; "
-                f"pick one of them ({example})."
+                msg(
+                    f"{name} is a {type(sub).__name__}: it holds layers but never runs as one; "
+                    f"pick one of them ({example})."
+                )
             )
-    return LayerError(f"Layer(s) {', '.join(names)} did not run in the forward pass.")
+    return LayerError(msg(f"Layer(s) {', '.join(names)} did not run in the forward pass."))
 
 
 @dataclass

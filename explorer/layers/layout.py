@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from explorer.errors import ExplorerError
+from explorer.errors import ExplorerError, msg
 
 MAX_PREFIX = 16  # leading non-patch tokens a sequence may carry (class + distillation + up to 8 registers, …)
 KINDS = ("nchw", "nhwc", "tokens", "vector", "none")
@@ -57,6 +57,7 @@ class Layout:
     channels_first: bool = False  # tokens stored (N, D, T) rather than (N, T, D)
     reason: str = ""  # kind "none": why the output has no spatial form, as a predicate ("works on windows …")
     decided_by: str = "shape"  # "input sizes", "module" or "shape"
+    why: tuple[str, ...] = ()  # kind "none": the reason's kind and details, to say it of a named layer (`_reason`)
 
     @property
     def has_map(self) -> bool:
@@ -70,9 +71,9 @@ class Layout:
     def short(self) -> str:
         """'NCHW 14×14', 'NHWC 56×56', 'tokens 14×14+1', 'vector', 'no grid': for tables."""
         if self.kind == "none":
-            return "no grid"
+            return msg("no grid")
         if self.kind == "vector":
-            return "vector"
+            return msg("vector")
         h, w = self.grid or (1, 1)
         if self.kind == "tokens":
             return f"tokens {h}×{w}" + (f"+{self.prefix}" if self.prefix else "")
@@ -80,21 +81,27 @@ class Layout:
 
     def problem(self, name: str = "") -> str:
         """'<name> works on windows of the image …': the reason as a sentence about the layer."""
-        return f"{name or 'This layer'} {self.reason}" if self.kind == "none" else ""
+        if self.kind != "none":
+            return ""
+        subject = name or msg("This layer")
+        return _reason(self.why, subject) if self.why else f"{subject} {self.reason}"
 
     def describe(self) -> str:
         """'14×14 patch tokens + 1 class token, 768 channels' and the like, for captions and messages."""
-        if self.kind == "none":
-            return f"no spatial form: it {self.reason}"
+        if self.kind == "none":  # the reason said of "it", so that it reads as one sentence in any language
+            return _reason(self.why, msg("no spatial form: it")) if self.why else f"no spatial form: it {self.reason}"
         if self.kind == "vector":
-            return f"a vector of {self.channels}"
+            return msg(f"a vector of {self.channels}")
         h, w = self.grid or (1, 1)
+        if self.kind == "tokens" and not self.prefix:
+            return msg(f"{h}×{w} patch tokens, {self.channels} channels")
+        if self.kind == "tokens" and self.prefix == 1:
+            return msg(f"{h}×{w} patch tokens + 1 class token, {self.channels} channels")
         if self.kind == "tokens":
-            extra = " + 1 class token" if self.prefix == 1 else f" + {self.prefix} class/register tokens"
-            extra = extra if self.prefix else ""
-            return f"{h}×{w} patch tokens{extra}, {self.channels} channels"
-        order = "channels-last" if self.kind == "nhwc" else "channels-first"
-        return f"{h}×{w} map, {self.channels} channels ({order})"
+            return msg(f"{h}×{w} patch tokens + {self.prefix} class/register tokens, {self.channels} channels")
+        if self.kind == "nhwc":
+            return msg(f"{h}×{w} map, {self.channels} channels (channels-last)")
+        return msg(f"{h}×{w} map, {self.channels} channels (channels-first)")
 
     # ------------------------------------------------------------------ conversions
 
@@ -176,7 +183,7 @@ def guess_layout(shape: Sequence[int]) -> Layout:
     """
     shape = tuple(int(s) for s in shape)
     if not shape:
-        return Layout("none", shape, reason="outputs no tensor.")
+        return _no_form(shape, "no tensor")
     if len(shape) == 1:
         return Layout("vector", shape, channels=shape[0])
     if len(shape) == 3:
@@ -188,17 +195,90 @@ def guess_layout(shape: Sequence[int]) -> Layout:
             fit = _square_tokens(count)
             if fit is not None:
                 return Layout("tokens", shape, channels=d, grid=fit[0], prefix=fit[1], channels_first=first)
-        return Layout("none", shape, reason=_sequence_reason(shape))
-    dims = len(shape) + 1
-    return Layout("none", shape, reason=f"has a {dims}-D output ({_fmt(shape)}) with no channels-and-grid form.")
+        return _no_form(shape, "sequence", _fmt(shape))
+    return _no_form(shape, "dims", str(len(shape) + 1), _fmt(shape))
 
 
 def _fmt(shape: Sequence[int]) -> str:
     return "×".join(str(s) for s in shape)
 
 
-def _sequence_reason(shape: Sequence[int]) -> str:
-    return f"outputs a sequence of {_fmt(shape)} values that matches no grid of the image, so it has no spatial form."
+def _no_form(shape: tuple[int, ...], *why: str, decided_by: str = "shape") -> Layout:
+    """The layout of an output with no spatial form, for the reason `why` (its kind, then its details)."""
+    return Layout("none", shape, reason=_reason(why), decided_by=decided_by, why=why)
+
+
+def _reason(why: Sequence[str], subject: str | None = None) -> str:
+    """Why an output has no spatial form: a predicate ('works on windows of the image …'), or with `subject` a
+    sentence about that layer. `why` is the reason's kind, then its details (shapes already written out)."""
+    kind, *details = why
+    s = subject
+    if kind == "no tensor":
+        return msg(f"{s} outputs no tensor.") if s else msg("outputs no tensor.")
+    if kind == "dims":
+        dims, shape = details
+        if s:
+            return msg(f"{s} has a {dims}-D output ({shape}) with no channels-and-grid form.")
+        return msg(f"has a {dims}-D output ({shape}) with no channels-and-grid form.")
+    if kind == "sequence":
+        (shape,) = details
+        if s:
+            return msg(
+                f"{s} outputs a sequence of {shape} values that matches no grid of the image, so it has no spatial "
+                "form."
+            )
+        return msg(
+            f"outputs a sequence of {shape} values that matches no grid of the image, so it has no spatial form."
+        )
+    if kind == "proportions":
+        (shape,) = details
+        if s:
+            return msg(
+                f"{s} has an output ({shape}) without the image's proportions (as with attention heads over tokens), "
+                "so it has no single spatial grid."
+            )
+        return msg(
+            f"has an output ({shape}) without the image's proportions (as with attention heads over tokens), so it "
+            "has no single spatial grid."
+        )
+    if kind == "axis":
+        shape, axis = details
+        if s:
+            return msg(
+                f"{s} has an output ({shape}) that does not keep the image's layout (only axis {axis} follows the "
+                "input size, as with windows of tokens), so it has no single spatial grid."
+            )
+        return msg(
+            f"has an output ({shape}) that does not keep the image's layout (only axis {axis} follows the input "
+            "size, as with windows of tokens), so it has no single spatial grid."
+        )
+    if kind == "axes":
+        shape, axes = details
+        if s:
+            return msg(
+                f"{s} has an output ({shape}) that does not keep the image's layout (only axes {axes} follow the "
+                "input size, as with windows of tokens), so it has no single spatial grid."
+            )
+        return msg(
+            f"has an output ({shape}) that does not keep the image's layout (only axes {axes} follow the input "
+            "size, as with windows of tokens), so it has no single spatial grid."
+        )
+    if kind == "fixed":
+        (shape,) = details
+        if s:
+            return msg(
+                f"{s} has a {shape} output that does not change with the input size, so no axis of it is a grid of "
+                "the image."
+            )
+        return msg(
+            f"has a {shape} output that does not change with the input size, so no axis of it is a grid of the image."
+        )
+    (shape,) = details  # "windows"
+    if s:
+        return msg(
+            f"{s} works on windows of the image ({shape}): there is no single grid to show; its block's output has one."
+        )
+    return msg(f"works on windows of the image ({shape}): there is no single grid to show; its block's output has one.")
 
 
 # --------------------------------------------------------------------------- from a trace of the model
@@ -266,11 +346,7 @@ def _image_like(lay: Layout, size: Sequence[int] | None) -> Layout:
     ratio = (size[0] / lay.grid[0]) / (size[1] / lay.grid[1])
     if 0.5 <= ratio <= 2.0:
         return lay
-    return Layout(
-        "none", lay.shape, decided_by=lay.decided_by,
-        reason=f"has an output ({_fmt(lay.shape)}) without the image's proportions (as with attention heads over "
-        "tokens), so it has no single spatial grid.",
-    )  # fmt: skip
+    return _no_form(lay.shape, "proportions", _fmt(lay.shape), decided_by=lay.decided_by)
 
 
 def _map_layout(
@@ -284,12 +360,8 @@ def _map_layout(
         if varying == [0, 1]:
             return Layout("nhwc", a, channels=a[2], grid=(a[0], a[1]), decided_by="input sizes")
         if varying and varying != [1]:  # [1] alone fits both layouts: the module decides
-            which = " and ".join(str(i + 1) for i in varying)
-            return Layout(
-                "none", a, decided_by="input sizes",
-                reason=f"has an output ({_fmt(a)}) that does not keep the image's layout (only axis {which} follows "
-                "the input size, as with windows of tokens), so it has no single spatial grid.",
-            )  # fmt: skip
+            axes = ", ".join(str(i + 1) for i in varying)
+            return _no_form(a, "axis" if len(varying) == 1 else "axes", _fmt(a), axes, decided_by="input sizes")
     nchw = Layout("nchw", a, channels=a[0], grid=(a[1], a[2]), decided_by="module")
     nhwc = Layout("nhwc", a, channels=a[2], grid=(a[0], a[1]), decided_by="module")
     first, last = hint.channels == a[0], hint.channels == a[2]
@@ -317,11 +389,9 @@ def _token_layout(
         elif varying == [1]:
             orders = [True]
         elif not varying:
-            return Layout("none", a, decided_by="input sizes",
-                          reason=f"has a {a[0]}×{a[1]} output that does not change with the input size, so no axis "
-                          "of it is a grid of the image.")  # fmt: skip
+            return _no_form(a, "fixed", _fmt(a), decided_by="input sizes")
         else:
-            return Layout("none", a, decided_by="input sizes", reason=_sequence_reason(a))
+            return _no_form(a, "sequence", _fmt(a), decided_by="input sizes")
     else:
         b = None
         if hint.channels == a[1] and hint.channels != a[0]:
@@ -344,7 +414,7 @@ def _token_layout(
         fit = _square_tokens(count)
         if fit is not None and count_b is None:
             return Layout("tokens", a, channels=d, grid=fit[0], prefix=fit[1], channels_first=cf, decided_by="shape")
-    return Layout("none", a, decided_by=how, reason=_sequence_reason(a))
+    return _no_form(a, "sequence", _fmt(a), decided_by=how)
 
 
 def _with_merges(
@@ -381,11 +451,9 @@ def infer_layouts(
         if passed is not None:
             lay = passed
         elif not shape:
-            lay = Layout("none", shape, reason="outputs no tensor.")
+            lay = _no_form(shape, "no tensor")
         elif win:
-            lay = Layout("none", shape, decided_by="module",
-                         reason=f"works on windows of the image ({_fmt(shape)}): there is no single grid to "
-                         "show; its block's output has one.")  # fmt: skip
+            lay = _no_form(shape, "windows", _fmt(shape), decided_by="module")
         elif len(shape) == 1:
             lay = Layout("vector", shape, channels=shape[0], decided_by="shape")
         elif len(shape) == 3:

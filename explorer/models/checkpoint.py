@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from explorer.errors import ModelError
+from explorer.errors import ModelError, msg
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 META_KEY = "layer_explorer"  # key of our JSON metadata inside a safetensors header
@@ -42,12 +43,12 @@ class LoadReport:
     def summary(self) -> str:
         parts = []
         if self.resized:
-            parts.append("classifier resized from the checkpoint: " + ", ".join(self.resized))
+            parts.append(msg(f"classifier resized from the checkpoint: {', '.join(self.resized)}"))
         if self.missing:
-            parts.append(f"{len(self.missing)} missing keys: " + ", ".join(self.missing[:8]))
+            parts.append(msg(f"{len(self.missing)} missing keys: {', '.join(self.missing[:8])}"))
         if self.unexpected:
-            parts.append(f"{len(self.unexpected)} unexpected keys: " + ", ".join(self.unexpected[:8]))
-        return "; ".join(parts) or "all keys matched"
+            parts.append(msg(f"{len(self.unexpected)} unexpected keys: {', '.join(self.unexpected[:8])}"))
+        return "; ".join(parts) or msg("all keys matched")
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -65,8 +66,6 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             found = json.loads(sidecar.read_text())
             meta = found if isinstance(found, dict) else {}  # like unreadable JSON: not metadata we wrote
     if path.suffix.lower() == ".safetensors" and path.is_file():
-        from safetensors import safe_open
-
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 header = f.metadata() or {}
@@ -86,8 +85,6 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if not path.is_file():
         raise ModelError(f"Checkpoint {path} is not a file.")
     if path.suffix.lower() == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
         try:
             tensors = {}
             with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -134,14 +131,14 @@ def _numbers(positive: bool) -> Any:
 
 # The metadata fields `load_model` uses, with the shape each must have (a checkpoint may carry more).
 _META_RULES: dict[str, tuple[Any, str]] = {
-    "arch": (lambda v: isinstance(v, str), "a model spec (text)"),
-    "base_spec": (lambda v: isinstance(v, str), "a model spec (text)"),
-    "freeze_after": (lambda v: isinstance(v, str), "a layer name (text)"),
-    "class_names": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of names"),
-    "input_size": (_sizes(16, 2048, 2), "two whole numbers of pixels between 16 and 2048"),
-    "resize_size": (lambda v: type(v) is int and 16 <= v <= 4096, "a whole number of pixels between 16 and 4096"),
-    "mean": (_numbers(positive=False), "three finite numbers"),
-    "std": (_numbers(positive=True), "three finite numbers above 0"),
+    "arch": (lambda v: isinstance(v, str), msg("a model spec (text)")),
+    "base_spec": (lambda v: isinstance(v, str), msg("a model spec (text)")),
+    "freeze_after": (lambda v: isinstance(v, str), msg("a layer name (text)")),
+    "class_names": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), msg("a list of names")),
+    "input_size": (_sizes(16, 2048, 2), msg("two whole numbers of pixels between 16 and 2048")),
+    "resize_size": (lambda v: type(v) is int and 16 <= v <= 4096, msg("a whole number of pixels between 16 and 4096")),
+    "mean": (_numbers(positive=False), msg("three finite numbers")),
+    "std": (_numbers(positive=True), msg("three finite numbers above 0")),
 }
 
 

@@ -110,8 +110,13 @@ def _check_point(module: nn.Module, freeze_after: str, order: list[str]) -> int:
     """The cut position of a usable freeze point; FreezeError in one sentence otherwise."""
     if freeze_after not in order:
         close = difflib.get_close_matches(str(freeze_after), order, n=4, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else " Pick a layer from the ladder."
-        raise FreezeError(f"Cannot freeze after {freeze_after!r}: no layer of that name runs in this model.{hint}")
+        raise FreezeError(
+            f"Cannot freeze after {freeze_after!r}: no layer of that name runs in this model. Did you mean: "
+            f"{', '.join(close)}?"
+            if close
+            else f"Cannot freeze after {freeze_after!r}: no layer of that name runs in this model. Pick a layer from "
+            "the ladder."
+        )
     head = head_name(module, order)
     if order.index(freeze_after) >= order.index(head):
         raise FreezeError(

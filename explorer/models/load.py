@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from explorer.errors import ExplorerError, ModelError
+from explorer.errors import ExplorerError, ModelError, msg
 from explorer.models.checkpoint import load_into, read_checkpoint
 from explorer.models.freeze import apply_freeze
 from explorer.models.loaded import LoadedModel, fingerprint, pick_device
@@ -37,7 +37,7 @@ def load_model(
         report = load_into(built.module, state, Path(name).name)
         n_out = num_outputs(built.module)
         built.class_names = class_names(n_out, meta.get("class_names"))
-        built.description = f"checkpoint {Path(name).name} on {arch_spec}"
+        built.description = msg(f"checkpoint {Path(name).name} on {arch_spec}")
         pretrained = True
     else:
         arch_spec = f"{kind}:{name}"

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from explorer.errors import ModelError
+from explorer.errors import ModelError, msg
 from explorer.models.checkpoint import LoadReport
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -73,7 +73,7 @@ class LoadedModel:
             module=module,
             spec=name,
             arch=name,
-            description=f"{type(module).__name__} (wrapped module)",
+            description=msg(f"{type(module).__name__} (wrapped module)"),
             input_size=(int(input_size[0]), int(input_size[1])),
             mean=mean,
             std=std,
@@ -151,10 +151,10 @@ def logits_of(output: Any) -> torch.Tensor:
     if named is not None:
         return logits_of(named)
     if isinstance(output, dict):
-        keys = ", ".join(map(str, list(output)[:5])) or "none"
-        what = f"a dict (keys {keys}) without 'logits'"
+        keys = ", ".join(map(str, list(output)[:5]))
+        what = msg(f"a dict (keys {keys}) without 'logits'") if keys else msg("a dict without keys")
     elif isinstance(output, (tuple, list)):
-        what = f"a {type(output).__name__} of {len(output)} values"
+        what = msg(f"a {type(output).__name__} of {len(output)} values")
     else:
         what = f"a {type(output).__name__}"
     raise ModelError(

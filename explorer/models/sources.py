@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from explorer.errors import ModelError
+from explorer.errors import ModelError, msg
 from explorer.models.specs import BUNDLED, class_names, close_names, parse_spec
 
 
@@ -38,21 +39,29 @@ class Arch:
 
 
 def timm_arch(name: str, *, pretrained: bool, num_classes: int | None = None) -> Arch:
-    import timm
+    import timm  # start-up cost: timm takes over a second to import; `import explorer` must not pay it
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name}*")[:5] or close_names(name, timm.list_models())
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ModelError(f"timm has no model called {name!r}.{hint}")
+        raise ModelError(
+            f"timm has no model called {name!r}. Did you mean: {', '.join(close)}?"
+            if close
+            else f"timm has no model called {name!r}."
+        )
     kwargs: dict[str, Any] = {}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     repo = _hf_repo(name) if pretrained else ""
     offline = ModelError(
-        f"Could not download the pretrained weights for timm:{name} (offline?). Download them elsewhere and "
-        f"load the file as a checkpoint with arch timm:{name}, or place them in the Hugging Face cache "
-        f"({_hf_cache()}{', repository ' + repo if repo else ''}) and retry; "
-        f"timm:{name}:untrained builds it without weights."
+        msg(
+            f"Could not download the pretrained weights for timm:{name} (offline?). Download them elsewhere and "
+            f"load the file as a checkpoint with arch timm:{name}, or place them in the Hugging Face cache "
+            f"({_hf_cache()}, repository {repo}) and retry; timm:{name}:untrained builds it without weights."
+            if repo
+            else f"Could not download the pretrained weights for timm:{name} (offline?). Download them elsewhere and "
+            f"load the file as a checkpoint with arch timm:{name}, or place them in the Hugging Face cache "
+            f"({_hf_cache()}) and retry; timm:{name}:untrained builds it without weights."
+        )
     )
     if pretrained and os.environ.get("HF_HUB_OFFLINE") != "1" and not _in_hf_cache(name) and not _hub_reachable():
         raise offline  # fail in a second instead of timm's minute of retries
@@ -74,13 +83,13 @@ def timm_arch(name: str, *, pretrained: bool, num_classes: int | None = None) ->
         resize_size=int(size[0] / crop),
         interpolation="bicubic" if interp == "bicubic" else "bilinear",
         class_names=class_names(int(getattr(module, "num_classes", 1000))),
-        description=f"timm {name}" + (" (pretrained)" if pretrained else " (untrained)"),
+        description=msg(f"timm {name} (pretrained)") if pretrained else msg(f"timm {name} (untrained)"),
     )
 
 
 def _hf_repo(name: str) -> str:
     try:
-        import timm.models
+        import timm.models  # start-up cost: timm takes over a second to import; `import explorer` must not pay it
 
         cfg = timm.models.get_pretrained_cfg(name)
         return (cfg.hf_hub_id if cfg is not None else None) or ""
@@ -90,6 +99,7 @@ def _hf_repo(name: str) -> str:
 
 def _in_hf_cache(name: str) -> bool:
     try:
+        # start-up cost: timm and its huggingface_hub take over a second to import; `import explorer` must not pay it
         import timm.models
         from huggingface_hub import try_to_load_from_cache
 
@@ -103,8 +113,6 @@ def _in_hf_cache(name: str) -> bool:
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    import socket
-
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
         return True
@@ -119,13 +127,17 @@ def _hf_cache() -> str:
 
 
 def torchvision_arch(name: str, variant: str | None, *, load_weights: bool) -> Arch:
+    # start-up cost: torchvision's model zoo takes ~1 s to import; `import explorer` must not pay it
     import torchvision.models as tvm
 
     names = tvm.list_models(module=tvm)
     if name not in names:
         close = close_names(name, names) or [n for n in names if name.lower()[:4] in n][:5]
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ModelError(f"torchvision has no classification model called {name!r}.{hint}")
+        raise ModelError(
+            f"torchvision has no classification model called {name!r}. Did you mean: {', '.join(close)}?"
+            if close
+            else f"torchvision has no classification model called {name!r}."
+        )
     enum = tvm.get_model_weights(name)
     if variant in (None, "", "DEFAULT", "default"):
         weights = enum.DEFAULT
@@ -169,7 +181,9 @@ def torchvision_arch(name: str, variant: str | None, *, load_weights: bool) -> A
         resize_size=int(tf.resize_size[0]),
         interpolation="bicubic" if "BICUBIC" in str(tf.interpolation) else "bilinear",
         class_names=class_names(1000, weights.meta.get("categories")),
-        description=f"torchvision {name} " + (f"({weights} weights)" if load_weights else "(untrained)"),
+        description=msg(f"torchvision {name} ({weights} weights)")
+        if load_weights
+        else msg(f"torchvision {name} (untrained)"),
     )
 
 
@@ -178,7 +192,7 @@ def bundled_arch(name: str, *, load_weights: bool) -> Arch:
         raise ModelError(f"No bundled model called {name!r}; bundled: {', '.join(BUNDLED)}.")
     timm_name, package, cls = BUNDLED[name]
     arch = timm_arch(timm_name, pretrained=False)
-    arch.description = f"bundled {name} (timm {timm_name}, untrained)"
+    arch.description = msg(f"bundled {name} (timm {timm_name}, untrained)")
     if load_weights:
         try:
             path = getattr(importlib.import_module(package), cls).get_model_file_path()
@@ -197,7 +211,9 @@ def bundled_arch(name: str, *, load_weights: bool) -> Arch:
                 raise ModelError(f"Bundled weight {rk} {tuple(rv.shape)} does not fit timm's {tk} {tuple(tv.shape)}.")
             mapped[tk] = rv
         arch.module.load_state_dict(mapped)
-        arch.description = f"bundled {name}: timm {timm_name} with ImageNet weights from {package.replace('_', '-')}"
+        arch.description = msg(
+            f"bundled {name}: timm {timm_name} with ImageNet weights from {package.replace('_', '-')}"
+        )
     return arch
 
 

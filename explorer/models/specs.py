@@ -32,6 +32,7 @@ BUNDLED: dict[str, tuple[str, str, str]] = {
 
 def imagenet_classes() -> list[str]:
     """The 1,000 ImageNet class names, from torchvision's public weights metadata."""
+    # start-up cost: torchvision's model zoo takes ~1 s to import; `import explorer` must not pay it
     from torchvision.models import ResNet18_Weights
 
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from explorer.errors import msg
 from explorer.layers import LayerInfo, Layout, first_tensor, forward_hooks, ladder, layout_of
 from explorer.models import LoadedModel
 from explorer.runtime import Progress
@@ -272,9 +273,9 @@ def cka_map(
     res = calibrated_map(ga, gb, permutations=permutations, alpha=alpha, seed=seed)
     notes = []
     if a.fingerprint == b.fingerprint:
-        notes.append("A and B have the same weights: the diagonal reads 1.")
+        notes.append(msg("A and B have the same weights: the diagonal reads 1."))
     if n < 50:
-        notes.append(f"Only {n} images: the null is wide and calibrated values are low; use more images.")
+        notes.append(msg(f"Only {n} images: the null is wide and calibrated values are low; use more images."))
     return CKAMap(
         a=a.spec,
         b=b.spec,

@@ -29,9 +29,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
 from explorer.attribution import attribute, get_method, method_problem, resolve_layers
+from explorer.data import load_image
+from explorer.errors import msg
 from explorer.models import LoadedModel, logits_of
 from explorer.runtime import Progress, StopSignal, stop_requested
 from explorer.trust.samples import Samples, TrustError, load_samples
@@ -40,7 +43,7 @@ from explorer.trust.values import jsonable
 CURVES = ("deletion", "insertion")
 FILLS = ("blur", "black", "mean")
 BLUR_SIGMA = 0.03  # of the image side
-BIAS_NOTE = (
+BIAS_NOTE = msg(
     "Deletion and insertion favour smooth maps: removing a contiguous blob destroys an object faster, and the "
     "half-deleted images are unlike anything the network was trained on. Compare a layer with the random map on its "
     "own grid (same smoothness, no information), not across layers of different resolution by raw areas alone."
@@ -55,6 +58,7 @@ def fill_image(x01: torch.Tensor, fill: str = "blur") -> torch.Tensor:
         return x01.mean(dim=(2, 3), keepdim=True).expand_as(x01).clone()
     if fill != "blur":
         raise TrustError(f"Unknown fill {fill!r}: use {', '.join(FILLS)}.")
+    # start-up cost: torchvision takes ~1 s to import; only the blur fill needs it
     from torchvision.transforms.functional import gaussian_blur
 
     sigma = max(1.0, BLUR_SIGMA * max(x01.shape[-2:]))
@@ -289,12 +293,8 @@ def faithfulness(
 
 def _as_samples(data: Any, max_images: int | None, seed: int) -> Samples:
     """A folder/demo/Samples as it is; one image file or PIL image as a sample of one."""
-    from PIL import Image
-
     if isinstance(data, Image.Image):
         return Samples("image", ["image"], [data.convert("RGB")], [-1])
     if isinstance(data, (str, Path)) and Path(data).is_file():
-        from explorer.data import load_image
-
         return Samples(str(data), [str(data)], [load_image(data)], [-1])
     return load_samples(data, max_images, seed)

@@ -34,6 +34,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from explorer import featurevis as fv
+from explorer.errors import msg
+from explorer.exemplars import dataset_examples
+from explorer.featurevis.activity import activity
 from explorer.layers import forward_until, layout_of
 from explorer.models import LoadedModel
 from explorer.trust.values import jsonable
@@ -45,11 +49,11 @@ HF_CUTOFF = 0.25  # cycles per pixel
 FLAT_STD = 4.0
 WEAK_RATIO = 0.5
 FLAG_TEXT = {
-    "grey": "grey: barely left its start",
-    "saturated": "saturated: colours pinned at 0/255",
-    "collapsed": "collapsed: no detail",
-    "weak": "weak: far below its dataset examples",
-    "inactive": "inactive: the objective never moved",
+    "grey": msg("grey: barely left its start"),
+    "saturated": msg("saturated: colours pinned at 0/255"),
+    "collapsed": msg("collapsed: no detail"),
+    "weak": msg("weak: far below its dataset examples"),
+    "inactive": msg("inactive: the objective never moved"),
 }
 
 
@@ -195,8 +199,6 @@ def unit_quality(
     """The quality of one unit's render (one image, or a diversity set): image flags (raised when any image raises
     them), activation reached vs `examples` (the mean spatial max of its top dataset examples), diversity, and
     with the render's objective `curves` (one per image) whether it was inactive."""
-    from explorer.featurevis.activity import activity
-
     quals = [image_quality(im) for im in images]
     peak, _ = activation_reached(model, images, layer, [channel] * len(images))
     flags = list(dict.fromkeys(f for q in quals for f in q.flags))
@@ -227,8 +229,6 @@ def fv_quality(
     """Render `channels` of `layer` (through the render cache) and judge each; with `examples_folder` compare the
     activation reached with the unit's top-`k` dataset examples; with `diverse` ≥ 2 judge a diversity render of
     that many images per unit instead of the channel render."""
-    from explorer import featurevis as fv
-
     objs: list[Any] = []
     owner: list[int] = []
     for i, c in enumerate(channels):
@@ -243,8 +243,6 @@ def fv_quality(
         images, curves = res.images, list(res.curves)
     ex_means: dict[int, float] = {}
     if examples_folder is not None:
-        from explorer.exemplars import dataset_examples
-
         ex = dataset_examples(model, examples_folder, [layer], k=k)[layer]
         ex_means = {c: float(ex.top_value[c].mean()) for c in channels}
     out = []

@@ -28,6 +28,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM of two non-negative maps, each scaled to [0, 1] by its own maximum (skimage, 7-pixel window)."""
+    # start-up cost: skimage.metrics takes ~0.3 s to import; the CLI and the app import explorer.trust at start
     from skimage.metrics import structural_similarity
 
     def unit(m: np.ndarray) -> np.ndarray:

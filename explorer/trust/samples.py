@@ -10,7 +10,15 @@ from typing import Any
 import torch
 from PIL import Image
 
-from explorer.data import DataError, ImageFolderDataset, list_images, load_image, resolve_data, stratified_subset
+from explorer.data import (
+    DataError,
+    ImageFolderDataset,
+    eval_transform,
+    list_images,
+    load_image,
+    resolve_data,
+    stratified_subset,
+)
 from explorer.errors import ExplorerError
 
 
@@ -44,8 +52,6 @@ class Samples:
         """(N, 3, H, W) in [0, 1] as `model` sees them (its resize and centre crop), at `size` px when given."""
         if size is None:
             return torch.stack([model.to_tensor01(im) for im in self.images])
-        from explorer.data import eval_transform
-
         tf, _ = eval_transform(model, size, normalize=False)
         return torch.stack([tf(im.convert("RGB")) for im in self.images])
 

@@ -42,6 +42,7 @@ from explorer.attribution import (
     resolve_target,
     shadow,
 )
+from explorer.errors import msg
 from explorer.layers import ladder
 from explorer.models import LoadedModel, logits_of
 from explorer.runtime import Progress
@@ -96,11 +97,11 @@ class MethodSanity:
         """One line: passes or fails, and why."""
         rho, s = self.top_spearman, self.top_ssim
         if self.passed:
-            return (
+            return msg(
                 f"{self.label}: passes. With the top of the network randomized its maps keep a Spearman of "
                 f"{rho:.2f} (SSIM {s:.2f}) with the original: they depend on what the network learned."
             )
-        return (
+        return msg(
             f"{self.label}: fails. With the top of the network randomized its maps still keep a Spearman of "
             f"{rho:.2f} (SSIM {s:.2f}): they show the image more than what the top layers learned (Adebayo et al. "
             "found the same for Guided Backprop)."
@@ -246,6 +247,7 @@ def input_map(model: LoadedModel, x: torch.Tensor, target: torch.Tensor, method:
             score = logits.gather(1, target.to(logits.device)[:, None]).sum()
             (grad,) = torch.autograd.grad(score, xi)
         return grad.detach().sum(1).float().cpu()
+    # start-up cost: Captum takes ~0.6 s to import, paid only by the methods that run it
     from captum.attr import GuidedBackprop
 
     twin = _Scores(shadow(model.module, no_inplace=True, relu6_as_relu=True))

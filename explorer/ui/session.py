@@ -11,7 +11,7 @@ import streamlit as st
 from explorer.data.fence import MAX_PATH_CHARS
 from explorer.errors import ExplorerError, msg
 from explorer.layers import LayerInfo, ladder
-from explorer.models import DEFAULT_SPEC, LoadedModel, ModelError, parse_spec
+from explorer.models import DEFAULT_SPEC, LoadedModel, ModelError, load_model, parse_spec
 from explorer.ui.errors import error_message
 from explorer.ui.i18n import t
 from explorer.ui.messages import localize
@@ -43,8 +43,6 @@ def _content_key(spec: str) -> str:
 
 @st.cache_resource(max_entries=6, show_spinner="Loading the model…")
 def _load(spec: str, arch: str | None, device: str | None, content_key: str) -> LoadedModel:
-    from explorer.models import load_model
-
     del content_key  # part of the cache key only
     return load_model(spec, arch=arch, device=device)
 

@@ -23,10 +23,15 @@ import streamlit as st
 
 from explorer.cache import folder as cache_folder
 from explorer.cache import make_key
+from explorer.data import ImageFolderDataset, resolve_data
 from explorer.models import DEFAULT_SPEC, LoadedModel
+from explorer.models.freeze import freeze_summary
+from explorer.transfer.training import costs
+from explorer.transfer.training.checkpoints import write_atomic
+from explorer.ui.compare.demo import demo_query, stored_demo
 from explorer.ui.i18n import number, t
 from explorer.ui.links import page_ref
-from explorer.ui.session import current_model, set_current_model
+from explorer.ui.session import current_model, model_key, set_current_model
 
 TOUR_KEY = "tour"  # URL parameter: the step shown (1-based)
 FREEZE_POINT = "blocks.3.2"  # the tour's example freeze point on the bundled model (the middle of the network)
@@ -67,8 +72,6 @@ def step_query(step: int, model: LoadedModel) -> dict[str, str]:
     s = STEPS[step - 1]
     query = dict(s.query)
     if s.page == "compare":
-        from explorer.ui.compare.demo import demo_query, stored_demo
-
         manifest = stored_demo(model)
         if manifest is not None:
             query = {k: v for k, v in query.items() if k != "freeze"}  # the page opens at the recommendation
@@ -143,15 +146,11 @@ def training_costs() -> dict[str, Any] | None:
 
 def demo_classes() -> int:
     """How many classes the tour's Fine-tune step trains (the demo data's, counted as the page counts them)."""
-    from explorer.data import ImageFolderDataset, resolve_data
-
     return len(ImageFolderDataset(str(resolve_data(DATA))).classes)
 
 
 def step_costs(model: LoadedModel) -> dict[str, Any]:
     """Step 4's numbers, unformatted: counts and the measured step times (cached for every session)."""
-    from explorer.ui.session import model_key
-
     return _costs(model, model_key(model))
 
 
@@ -159,8 +158,6 @@ def step_costs(model: LoadedModel) -> dict[str, Any]:
 def _costs(_model: Any, key: tuple[Any, ...]) -> dict[str, Any]:
     """The counts (the Fine-tune page's function, with the demo's new head) and the timings (measured once); the
     cache is shared by sessions in every language."""
-    from explorer.models.freeze import freeze_summary
-
     del key
     num_classes = demo_classes()
     counts = freeze_summary(_model, FREEZE_POINT, num_classes=num_classes)
@@ -190,16 +187,13 @@ def times_path(model: LoadedModel) -> Path:
 def measured_step_times(model: LoadedModel) -> dict[str, Any]:
     """The seconds of one training step with every layer training and frozen after the tour's point, measured on
     this machine once and read back afterwards (a restart or a second visit quotes the same measurement)."""
-    from explorer.transfer.training.checkpoints import write_atomic
-    from explorer.transfer.training.costs import training_step_cost
-
     path = times_path(model)
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         saved = json.loads(path.read_text(encoding="utf-8"))
         return {k: saved[k] for k in ("batch", "size", "steps", "t_all", "t_frozen", "measured")}
     steps = 3
-    full = training_step_cost(model, None, steps=steps)
-    frozen = training_step_cost(model, FREEZE_POINT, steps=steps)
+    full = costs.training_step_cost(model, None, steps=steps)  # looked up on the module, so a test can stand in
+    frozen = costs.training_step_cost(model, FREEZE_POINT, steps=steps)
     times = {
         "batch": full.batch,
         "size": full.size,

@@ -35,9 +35,20 @@ from explorer.attribution import (
 )
 from explorer.attribution.colour import DEFAULT_CMAP
 from explorer.attribution.export import GRID_COLUMNS, fmt, grid_png, magnitudes_csv, magnitudes_json, peak, top_channels
+from explorer.cache import Cache
 from explorer.data import sample_images
+from explorer.featurevis.store import KIND, cache_keys
 from explorer.layers import anatomy, layout_of
 from explorer.models import LoadedModel
+from explorer.trust import (
+    BIAS_NOTE,
+    DEFAULT_METHODS,
+    INPUT_METHODS,
+    PASS_BELOW,
+    faithfulness,
+    sanity_check,
+    sanity_cost,
+)
 from explorer.ui.errors import show_error
 from explorer.ui.i18n import language, number, page_intro, percent, t
 from explorer.ui.links import page_ref
@@ -442,9 +453,6 @@ def _lookup(model: LoadedModel, objectives: list[Any]) -> list[Any]:
     lookup of pictures not rendered yet costs, and the page asks again on every run."""
     if not objectives:
         return []
-    from explorer.cache import Cache
-    from explorer.featurevis.store import KIND, cache_keys
-
     key = ("fv_keys", model_key(model), model.device.type, FV_PRESET, tuple(o.key for o in objectives))
     keys = _memo().get(key)
     if keys is None:
@@ -618,8 +626,6 @@ def _trust_run(key: tuple[Any, ...], label: str, compute: Any) -> dict[str, Any]
 def _sanity_panel(model: LoadedModel, image: Image.Image, digest: str, target: int) -> None:
     """Cascading randomization of a copy of the model (Adebayo et al. 2018), on a click; curves and a verdict per
     method. The expander opens by itself once there is something to show."""
-    from explorer.trust import DEFAULT_METHODS, INPUT_METHODS, PASS_BELOW, sanity_check, sanity_cost
-
     problems = _availability(model, model_key(model))
     labels = {**INPUT_METHODS, **{m: METHODS[m].label for m in METHODS}}
     usable = [m for m in DEFAULT_METHODS if not problems.get(m if m != "guided_backprop" else "guided_gradcam")]
@@ -659,7 +665,7 @@ def _sanity_panel(model: LoadedModel, image: Image.Image, digest: str, target: i
         for rec in data["methods"].values():
             passed, failed = t("charts.sanity.pass"), t("charts.sanity.fail")
             mark = f":green[**{passed}**]" if rec["passed"] else f":red[**{failed}**]"
-            st.markdown(f"{mark} · {rec['verdict']}")
+            st.markdown(f"{mark} · {localize(rec['verdict'])}")
         for name, why in data.get("skipped", {}).items():
             st.caption(t("attribution.sanity.skipped", method=labels.get(name, name), why=why))
 
@@ -669,14 +675,12 @@ def _faithfulness_panel(
 ) -> None:
     """Deletion/insertion areas of every layer's map against random maps on its grid, on a click; a ranking. The
     expander opens by itself once there is something to show."""
-    from explorer.trust import BIAS_NOTE, faithfulness
-
     key = ("faithfulness", model_key(model), digest, method, target, tuple(layers))
     data = _store().get(key)
     clicked = bool(st.session_state.get("att_faith_run"))
     with st.expander(t("attribution.faith"), expanded=data is not None or clicked):
         st.caption(t("attribution.faith.caption", method=METHODS[method].label))
-        st.caption(t("attribution.faith.bias", note=BIAS_NOTE))
+        st.caption(t("attribution.faith.bias", note=localize(BIAS_NOTE)))
         if data is None:
             slot = st.empty()
             if not slot.button(t("attribution.faith.run"), key="att_faith_run", icon=":material/leaderboard:"):

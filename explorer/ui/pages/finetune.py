@@ -10,6 +10,7 @@ training, :mod:`explorer.ui.compare.prediction`), shown at once when one is stor
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ from explorer.transfer.training.settings import suggested_input_size
 from explorer.ui.compare import prediction
 from explorer.ui.errors import show_error
 from explorer.ui.i18n import number, page_intro, percent, plotly_separators, seconds, short_number, t
-from explorer.ui.session import current_model, get_ladder
+from explorer.ui.links import page_ref
+from explorer.ui.session import current_model, get_ladder, set_current_model
 from explorer.ui.widgets.dataset_panel import DataSummary, data_section
 from explorer.ui.widgets.figures import progress_figure
 from explorer.ui.widgets.freeze import freeze_snippet, freeze_summaries
@@ -289,19 +291,16 @@ _live_fragment = st.fragment(run_every=1.0)(_live)
 def _page_registered(url_path: str) -> bool:
     """Whether st.navigation lists a page at `url_path` (the Compare page may not exist yet)."""
     try:
+        # optional dependency: Streamlit's private script-run API, which may move (the except below falls back)
         from streamlit.runtime.scriptrunner import get_script_run_ctx
 
         pages = get_script_run_ctx().pages_manager.get_pages().values()  # type: ignore[union-attr]
         return any(p.get("url_pathname") == url_path for p in pages)
     except Exception:  # private API moved: fall back to whether the page module exists
-        import importlib.util
-
         return importlib.util.find_spec(f"explorer.ui.pages.{url_path}") is not None
 
 
 def _use_as_current(path: Path, name: str) -> None:
-    from explorer.ui.session import set_current_model
-
     try:
         set_current_model(str(path))
     except Exception as exc:
@@ -313,9 +312,6 @@ def _use_as_current(path: Path, name: str) -> None:
 
 def _compare_with_base(info: Any) -> None:
     """Open the Compare page on this run, with its base as the current model (the Compare page's base)."""
-    from explorer.ui.links import page_ref
-    from explorer.ui.session import set_current_model
-
     if info.base_spec and current_model().fingerprint != info.base_fingerprint:
         try:
             set_current_model(info.base_spec)

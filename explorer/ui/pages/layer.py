@@ -19,7 +19,7 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from explorer.cache import png_bytes
-from explorer.featurevis import channel, contact_sheet
+from explorer.featurevis import channel, contact_sheet, lookup
 from explorer.featurevis.kernels import KernelFigure, kernel_sheet
 from explorer.featurevis.stages import StageMap
 from explorer.featurevis.store import cached_mask
@@ -70,8 +70,6 @@ def cached_units(model: LoadedModel, layer: str, n_units: int, settings: RenderS
 
 def layer_zip(model: LoadedModel, layer: str, n_units: int, settings: RenderSettings) -> bytes:
     """A zip of every rendered unit of `layer` (`<layer>-<unit>.png`) and their contact sheet."""
-    from explorer.featurevis import lookup
-
     units = cached_units(model, layer, n_units, settings)
     entries = lookup(model, [channel(layer, u) for u in units], settings.resolved(), settings.seed)
     found = [(u, e) for u, e in zip(units, entries, strict=True) if e is not None]

@@ -30,14 +30,14 @@ STAGE_COLOURS = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2
 
 @st.cache_data(show_spinner=False)
 def torchvision_names() -> list[str]:
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # start-up cost: ~1 s to import; the app imports every page at start
 
     return sorted(tvm.list_models(module=tvm))
 
 
 @st.cache_data(show_spinner=False)
 def timm_names(pattern: str) -> list[str]:
-    import timm
+    import timm  # start-up cost: over a second to import; the app imports every page at start
 
     return timm.list_models(f"*{pattern.strip()}*" if pattern.strip() else "*")
 
@@ -308,9 +308,10 @@ def _ladder_section(model: LoadedModel) -> None:
         key=f"ladder_table_{view}",
     )
     stem = Path(model.spec).stem if parse_spec(model.spec)[0] == "file" else model.spec.replace(":", "_")
+    headers = {c: t(f"model.col.{c}") for c in df.columns if c != "order"}  # the CSV's header in the reader's words
     st.download_button(
         t("model.ladder.csv"),
-        df.to_csv(index=False).encode(),
+        lambda: shown.rename(columns=headers).to_csv(index=False).encode(),
         file_name=f"ladder_{stem}_{view}.csv",
         mime="text/csv",
         icon=":material/download:",

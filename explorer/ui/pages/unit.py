@@ -21,9 +21,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from explorer.cache import cache_root
+from explorer.attribution import overlay, unit_attribution
+from explorer.cache import cache_root, make_key
 from explorer.cache import folder as cache_folder
+from explorer.data import ASSETS_DIR, list_images, resolve_data
 from explorer.errors import msg
+from explorer.exemplars import dataset_examples
 from explorer.featurevis import Objective, channel, diverse, negative, neuron
 from explorer.featurevis.distance import NEAR_IDENTICAL, feature_distance
 from explorer.featurevis.kernels import KernelFigure
@@ -225,8 +228,6 @@ def _folder_choice() -> tuple[str, Path | None, str]:
 
     A demo set is scanned through a class-stratified subset of `SUBSET` images (the same one every visit: a folder of
     links under the cache's "subsets"), so a layer's examples take seconds, not minutes."""
-    from explorer.data import ASSETS_DIR, resolve_data
-
     wanted = st.query_params.get("data")
     if wanted is not None and (wanted not in SOURCES or wanted == "folder"):
         st.warning(t("unit.bad_data", value=repr(wanted)), icon=":material/link_off:")
@@ -261,8 +262,6 @@ def _folder_choice() -> tuple[str, Path | None, str]:
 def _demo_subset(source: str, root_of_cache: str) -> tuple[str, str, int, int]:
     """A demo set's folder, the stratified subset scanned for its examples and their image counts: once per process
     and cache root, not on every run (each call lists the whole set's files)."""
-    from explorer.data import list_images, resolve_data
-
     del root_of_cache  # part of the key only: the subset's links live under the cache root
     root = resolve_data(source)
     scanned = subset_folder(root, SUBSET, 0, cache_folder("subsets"))
@@ -271,9 +270,6 @@ def _demo_subset(source: str, root_of_cache: str) -> tuple[str, str, int, int]:
 
 def _examples(model: LoadedModel, folder: Path, layer: str) -> Any:
     """The layer's dataset examples over `folder` (one cached pass for all its units), with progress and Stop."""
-    from explorer.cache import make_key
-    from explorer.exemplars import dataset_examples
-
     slot = st.empty()
     left, right = slot.container().columns([6, 1], vertical_alignment="center")
     signature = make_key(model=model.fingerprint, folder=str(folder.resolve()), layer=layer)
@@ -320,8 +316,6 @@ def saliency_overlays(images: list[Any], maps: torch.Tensor, method: str, shared
     99th percentile, or the image's own when not `shared`), clipped, raised to `GAMMA` (weak but real evidence is
     not lost in black), drawn with an opacity that grows with the map over a dimmed greyscale of the image.
     `images`: PIL images or (H, W, 3) arrays/tensors in [0, 1]."""
-    from explorer.attribution import overlay
-
     smoothed, top = display_maps(maps, method)
     tops = [top] * len(smoothed) if shared else [display_maps(m[None], method)[1] for m in maps]
     signed = method != "saliency"
@@ -349,8 +343,6 @@ def _attribution(
     shared: bool,
 ) -> tuple[list[Image.Image], list[float]]:
     """Unit attribution overlays (one colour scale) with the receptive-field box of each strongest position."""
-    from explorer.attribution import unit_attribution
-
     del key, stamp
     res = unit_attribution(_model, list(paths), layer, unit, method)
     overlays = saliency_overlays(list(res.images), res.maps, method, shared)

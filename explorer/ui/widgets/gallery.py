@@ -38,6 +38,7 @@ from explorer.featurevis import PRESETS, CachedRender, Objective, Preset, get_pr
 from explorer.featurevis.activity import Activity, activity
 from explorer.featurevis.store import plan_render, render_key
 from explorer.jobs import Flight, job_queue, shared_work
+from explorer.layers import is_transformer
 from explorer.models import LoadedModel
 from explorer.trust.fvquality import image_quality
 from explorer.ui.errors import error_message
@@ -206,8 +207,6 @@ class RenderSettings:
 def suggested_settings(model: LoadedModel) -> RenderSettings:
     """The settings a page starts with when neither the link nor the session chose any: maco for transformers
     (ViT, DeiT, Swin, MaxViT), fast otherwise."""
-    from explorer.layers import is_transformer
-
     return RenderSettings(preset="maco" if is_transformer(model) else "fast")
 
 
