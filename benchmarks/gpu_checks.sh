@@ -31,5 +31,5 @@ timeout 150 python benchmarks/bench_compare.py --device cuda --images 200 --size
 timeout 90 python benchmarks/bench_sweep.py --device cuda --skip-defaults 2>&1 | tee "$out/sweep_gpu.txt"
 timeout 200 python benchmarks/bench_ray.py --suite gpu 2>&1 | grep -v -E '^[0-9-]+ [0-9:,]+\s+(INFO|WARNING)' \
   | tee "$out/ray_gpu.txt"
-timeout 120 python -m pytest -q -p no:cacheprovider tests/test_featurevis_render.py tests/test_featurevis_fold.py \
+timeout 120 python -m pytest -q -p no:cacheprovider tests/featurevis/test_featurevis_render.py tests/featurevis/test_featurevis_fold.py \
   tests/test_concurrency.py 2>&1 | tail -3 | tee "$out/tests_gpu.txt"

@@ -6,7 +6,7 @@ and gradients that ONE forward and backward recorded at every layer; per-layer m
 Conductance, DeepLift, feature ablation) run a Captum layer class on a sanitised shadow of the model, layer by layer.
 Costs are counted in passes through the whole network, exactly as the implementation makes them (Captum's
 internal batching included), so the app can say "37 forward passes (296 images), 18 backward" before the user
-commits to a method. `tests/test_attribution.py` checks every formula against a hook that counts the calls.
+commits to a method. `tests/attribution/test_attribution.py` checks every formula against a hook that counts the calls.
 """
 
 from __future__ import annotations

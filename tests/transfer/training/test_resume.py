@@ -170,7 +170,7 @@ def test_kill_9_during_a_cli_fine_tune_then_resume(color_folder, tmp_path) -> No
     root = tmp_path / "cache"
     folder = root / "runs" / "killed"
     ckpt = folder / "killed.safetensors"
-    env = {**os.environ, "LAYER_EXPLORER_CACHE": str(root), "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "LAYER_EXPLORER_CACHE": str(root), "PYTHONPATH": str(Path(__file__).parents[3])}
     epochs = 6
     cmd = [sys.executable, "-m", "explorer", "finetune", "--model", "timm:test_efficientnet:untrained",
            "--device", "cpu", "--data", str(color_folder), "--freeze-after", "none", "--epochs", str(epochs),

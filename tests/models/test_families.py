@@ -1,4 +1,4 @@
-"""The family matrix (`tests/families_table.py`) under pytest: one model of every torchvision classification family
+"""The family matrix (`tests/models/families_table.py`) under pytest: one model of every torchvision classification family
 and three timm families, random weights, through the ladder, a 2-step render, all-blocks attribution and dataset
 examples on 8 images (the fast half), then a 1-step fine-tune and a 16-image compare (the slow half).
 

@@ -83,7 +83,7 @@ def test_package_imports_without_ray_and_names_the_install_command(tiny: LoadedM
         "from explorer.cli import main\n"
         f"sys.exit(main(['atlas', '--model', {tiny.spec!r}, '--arch', {TINY!r}, '--device', 'cpu', '--ray', 'auto']))"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "pip install -r requirements-ray.txt" in done.stderr

@@ -289,7 +289,7 @@ def test_what_the_app_says_of_its_estimator_is_the_measured_table() -> None:
     benchmark (benchmarks/bench_predict.py), for the estimator the app uses, not numbers typed by hand."""
     from explorer.transfer.sweeping.predict import DEFAULT_ESTIMATOR, MEASURED_CASES, MEASURED_WITHIN
 
-    table = json.loads((Path(__file__).resolve().parent.parent / "benchmarks/results/predict.json").read_text())
+    table = json.loads((Path(__file__).resolve().parents[3] / "benchmarks/results/predict.json").read_text())
     assert table["default_estimator"] == DEFAULT_ESTIMATOR and table["margin"] == 0.02
     mine = table["summary"]["estimators"][DEFAULT_ESTIMATOR]
     assert (mine["within_margin"], mine["cases"]) == (MEASURED_WITHIN, MEASURED_CASES)

@@ -90,7 +90,7 @@ def test_cli_sweep_ray_without_ray_says_how_to_install_it_in_one_line(color_fold
         f"sys.exit(main(['sweep', '--model', {TINY!r}, '--device', 'cpu', '--data', {str(color_folder)!r}, "
         f"'--out', {str(tmp_path / 's.json')!r}, '--ray', 'auto']))"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "pip install -r requirements-ray.txt" in done.stderr and done.stderr.count("\n") == 1

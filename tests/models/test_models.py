@@ -326,7 +326,7 @@ def test_package_exports_the_engines_lazily() -> None:
         "from explorer.attribution import attribute as a; assert attribute is a; "
         "import explorer.transfer.comparison.compare, explorer.transfer.training.finetune; print('ok')"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2])
     assert out.stdout.strip() == "ok", out.stderr
     import explorer
 
