@@ -22,10 +22,10 @@ from explorer.featurevis.objectives import (
     negative,
     neuron,
 )
-from explorer.featurevis.param import natural_spectrum
 from explorer.featurevis.presets import PRESETS, Preset, get_preset
 from explorer.featurevis.render import Preview, RenderError, RenderResult, render
 from explorer.featurevis.sheet import contact_sheet, labelled_rows
+from explorer.featurevis.spectrum import natural_spectrum
 from explorer.featurevis.stages import STAGES, Stage, StageMap, stage_map
 from explorer.featurevis.store import CachedRender, lookup, render_cached
 from explorer.featurevis.transforms import TransformSpec

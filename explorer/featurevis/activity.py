@@ -12,9 +12,9 @@ Read from what every render keeps (its objective curve and its image), so cached
 
 A render shorter than `MIN_STEPS` is not judged: after two steps a live unit can still sit near zero on a
 near-grey image. The thresholds come from the bundled EfficientNet-Lite0 with the fast preset
-(tests/featurevis/test_featurevis_activity.py): conv_stem's units 0, 5, 11 and 15 stay below 0.04 at every step (zero-sum or
-zero kernels), bn1's units 11 and 14 sit at exactly 0 on a grey image (std < 1), while the live units of bn1,
-blocks.1.0 and blocks.4.1 end above 1.5 with images of std above 20.
+(tests/featurevis/test_featurevis_activity.py): conv_stem's units 0, 5, 11 and 15 stay below 0.04 at every step
+(zero-sum or zero kernels), bn1's units 11 and 14 sit at exactly 0 on a grey image (std < 1), while the live units
+of bn1, blocks.1.0 and blocks.4.1 end above 1.5 with images of std above 20.
 """
 
 from __future__ import annotations

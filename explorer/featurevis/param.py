@@ -4,8 +4,10 @@
   move first), decorrelated colour (Lucid's 3×3 matrix), then a sigmoid. The "classic" look.
 - ``pixel``: plain pixels (decorrelated colour, sigmoid); a baseline that shows why the others exist.
 - ``maco``: Fel et al. 2023. Only the Fourier *phase* is optimised; the magnitude is fixed to a natural-image
-  spectrum, so the result keeps natural-image statistics. The spectrum is computed here from local images
-  (the shipped samples, or a folder of the user's) and cached on disk: nothing is downloaded.
+  spectrum (:mod:`explorer.featurevis.spectrum`), so the result keeps natural-image statistics.
+
+Each kind is a small builder in `PARAMS` (kind → builder); the colour space they share is
+:mod:`explorer.featurevis.colour`.
 
 Every image in a batch has its own parameters, drawn from its own generator (see `image_generator`), so an image
 does not depend on which other images share its batch.
@@ -13,26 +15,17 @@ does not depend on which other images share its batch.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
-from collections.abc import Sequence
-from functools import lru_cache
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from explorer.cache import Cache, make_key
-from explorer.data import list_images, load_image, sample_images
 from explorer.errors import ExplorerError
-
-# Lucid's colour correlation (square root of the ImageNet colour covariance, via SVD), normalised so that the
-# largest column has norm 1. decorrelated @ COLOR.T gives RGB.
-_COLOR_SVD_SQRT = np.asarray([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=np.float32)
-COLOR_CORRELATION = _COLOR_SVD_SQRT / np.max(np.linalg.norm(_COLOR_SVD_SQRT, axis=0))
-SPECTRUM_VERSION = 1
+from explorer.featurevis.colour import recorrelate
+from explorer.featurevis.spectrum import natural_spectrum
 
 
 class ParamError(ExplorerError):
@@ -43,12 +36,6 @@ def image_generator(seed: int, key: str) -> torch.Generator:
     """A CPU generator determined by (seed, key) alone: an image's randomness never depends on its batch."""
     digest = hashlib.blake2b(f"{int(seed)}|{key}".encode(), digest_size=8).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
-
-
-def recorrelate(x: torch.Tensor) -> torch.Tensor:
-    """(N,3,H,W) decorrelated colour → RGB-correlated colour (Lucid's `_linear_decorrelate_color`)."""
-    m = torch.as_tensor(COLOR_CORRELATION, device=x.device, dtype=x.dtype)
-    return torch.einsum("nchw,dc->ndhw", x, m)
 
 
 def _stack_randn(gens: Sequence[torch.Generator], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -161,82 +148,24 @@ class MacoParam(ImageParam):
         return torch.sigmoid(self.gain * recorrelate(x))
 
 
-# --------------------------------------------------------------------------- the natural-image spectrum
+Builder = Callable[..., ImageParam]
 
 
-def _spectrum_sources(folder: str | Path | None) -> list[Path]:
-    paths = list_images(folder) if folder is not None else list(sample_images().values())
-    if not paths:
-        raise ParamError(
-            f"MACO needs natural images for its spectrum, and the folder {folder} has none."
-            if folder is not None
-            else "MACO needs natural images for its spectrum, and assets/ has none."
-        )
-    return sorted(paths)[:256]
+def _fft(n: int, size: int, gens: Sequence[torch.Generator], device: torch.device, **o: Any) -> ImageParam:
+    return FFTParam(n, size, gens, device, sd=o["sd"], decay_power=o["decay_power"], decorrelate=o["decorrelate"])
 
 
-def _crops(path: Path, size: int) -> list[np.ndarray]:
-    """Centre crops of an image at three scales, as float (size, size, 3) arrays in [0, 1]."""
-    im = load_image(path)
-    out = []
-    for factor in (1.0, 1.5, 2.0):
-        w, h = im.size
-        s = factor * size / min(w, h)
-        if s > 1.0 and factor > 1.0:
-            continue  # never upsample beyond the first scale: upsampling adds no natural high frequencies
-        r = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BICUBIC)
-        w2, h2 = r.size
-        for left, top in {((w2 - size) // 2, (h2 - size) // 2), (0, 0), (w2 - size, h2 - size)}:
-            crop = r.crop((left, top, left + size, top + size))
-            out.append(np.asarray(crop, dtype=np.float32) / 255.0)
-    return out
+def _pixel(n: int, size: int, gens: Sequence[torch.Generator], device: torch.device, **o: Any) -> ImageParam:
+    return PixelParam(n, size, gens, device, sd=o["sd"])
 
 
-def compute_spectrum(paths: Sequence[Path], size: int) -> torch.Tensor:
-    """Mean |rfft2| of the images' crops in Lucid's decorrelated colour space: (3, size, size//2+1)."""
-    inv = np.linalg.inv(COLOR_CORRELATION.T).astype(np.float32)
-    acc = np.zeros((3, size, size // 2 + 1), dtype=np.float64)
-    count = 0
-    for p in paths:
-        for crop in _crops(p, size):
-            x = (crop - crop.mean(axis=(0, 1), keepdims=True)) @ inv  # RGB → decorrelated
-            acc += np.abs(np.fft.rfft2(np.moveaxis(x, -1, 0), axes=(-2, -1)))
-            count += 1
-    return torch.from_numpy((acc / max(count, 1)).astype(np.float32))
+def _maco(n: int, size: int, gens: Sequence[torch.Generator], device: torch.device, **o: Any) -> ImageParam:
+    magnitude = natural_spectrum(size, o["spectrum_folder"])
+    return MacoParam(n, size, gens, device, magnitude=magnitude, gain=o["maco_gain"])
 
 
-def _files_digest(paths: Sequence[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.name.encode())
-        h.update(hashlib.sha256(p.read_bytes()).digest())
-    return h.hexdigest()
-
-
-@lru_cache(maxsize=16)
-def _natural_spectrum(folder: str | None, size: int) -> torch.Tensor:
-    paths = _spectrum_sources(folder)
-    key = make_key(kind="maco-spectrum", version=SPECTRUM_VERSION, size=size, files=_files_digest(paths))
-    cache = Cache()
-    entry = cache.get("spectra", key, suffix=".npy")
-    if entry is not None:
-        arr = np.load(io.BytesIO(entry.data), allow_pickle=False)
-        if arr.shape == (3, size, size // 2 + 1):
-            return torch.from_numpy(arr)
-    spectrum = compute_spectrum(paths, size)
-    buf = io.BytesIO()
-    np.save(buf, spectrum.numpy(), allow_pickle=False)
-    with contextlib.suppress(OSError):  # a read-only cache only costs recomputation
-        cache.put("spectra", key, buf.getvalue(), {"size": size, "images": len(paths)}, suffix=".npy")
-    return spectrum
-
-
-def natural_spectrum(size: int, folder: str | Path | None = None) -> torch.Tensor:
-    """The MACO magnitude spectrum at `size`, from the sample images or `folder`; cached in memory and on disk."""
-    return _natural_spectrum(None if folder is None else str(Path(folder).resolve()), int(size)).clone()
-
-
-PARAM_KINDS = ("fft", "pixel", "maco")
+PARAMS: dict[str, Builder] = {"fft": _fft, "pixel": _pixel, "maco": _maco}  # kind → builder; add a kind here
+PARAM_KINDS = tuple(PARAMS)
 
 
 def make_param(
@@ -252,17 +181,13 @@ def make_param(
     spectrum_folder: str | Path | None = None,
     maco_gain: float = 1.0,
 ) -> ImageParam:
-    """Build the parameterization `kind` for `n` images of `size`², one generator per image."""
+    """Build the parameterization `kind` (a key of `PARAMS`) for `n` images of `size`², one generator per image."""
     if len(gens) != n:
         raise ParamError(f"Need one generator per image ({n}), got {len(gens)}.")
-    if kind == "fft":
-        return FFTParam(n, size, gens, device, sd=sd, decay_power=decay_power, decorrelate=decorrelate)
-    if kind == "pixel":
-        return PixelParam(n, size, gens, device, sd=sd)
-    if kind == "maco":
-        magnitude = natural_spectrum(size, spectrum_folder)
-        return MacoParam(n, size, gens, device, magnitude=magnitude, gain=maco_gain)
-    raise ParamError(f"Unknown parameterization {kind!r}: use one of {', '.join(PARAM_KINDS)}.")
+    if kind not in PARAMS:
+        raise ParamError(f"Unknown parameterization {kind!r}: use one of {', '.join(PARAM_KINDS)}.")
+    options = {"decay_power": decay_power, "decorrelate": decorrelate, "sd": sd}
+    return PARAMS[kind](n, size, gens, device, **options, spectrum_folder=spectrum_folder, maco_gain=maco_gain)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

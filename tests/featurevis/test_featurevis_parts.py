@@ -11,18 +11,11 @@ import torch
 from PIL import Image
 
 from explorer import featurevis as fv
+from explorer.featurevis.colour import COLOR_CORRELATION
 from explorer.featurevis.objectives import Context
 from explorer.featurevis.optim import Adam, NAdam
-from explorer.featurevis.param import (
-    COLOR_CORRELATION,
-    FFTParam,
-    MacoParam,
-    ParamError,
-    compute_spectrum,
-    image_generator,
-    make_param,
-    natural_spectrum,
-)
+from explorer.featurevis.param import FFTParam, MacoParam, ParamError, image_generator, make_param
+from explorer.featurevis.spectrum import SpectrumError, compute_spectrum, natural_spectrum
 from explorer.featurevis.transforms import Augment, TransformSpec, classic_theta, wrap_sample
 from explorer.layers import to_nchw
 
@@ -187,7 +180,7 @@ def test_spectrum_is_computed_locally_and_cached(tmp_path, monkeypatch):
     assert torch.allclose(spec, direct)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ParamError, match="has none"):
+    with pytest.raises(SpectrumError, match="has none"):
         natural_spectrum(24, empty)
 
 

@@ -1,5 +1,5 @@
-"""The family matrix (`tests/models/families_table.py`) under pytest: one model of every torchvision classification family
-and three timm families, random weights, through the ladder, a 2-step render, all-blocks attribution and dataset
+"""The family matrix (`tests/models/families_table.py`) under pytest: one model of every torchvision classification
+family and three timm families, random weights, through the ladder, a 2-step render, all-blocks attribution and dataset
 examples on 8 images (the fast half), then a 1-step fine-tune and a 16-image compare (the slow half).
 
 Every cell either works or gives one clear reason (an ExplorerError's single line); nothing is unexpected. The
