@@ -3,7 +3,8 @@
 A first visit (no runs) offers the demo and the sweep on its own; a stored sweep decides the advice ("Measured")
 and draws its curve on the comparison chart beside CKA; the demo fills the page (run, comparison, sweep). Sweeps
 stored for these tests are made from hand-written task results (the engine is tested in
-tests/transfer/sweeping/test_sweep.py), so the page is tested without training; the demo test trains for real, with smaller settings.
+tests/transfer/sweeping/test_sweep.py), so the page is tested without training; the demo test trains for real,
+with smaller settings.
 """
 
 from __future__ import annotations
