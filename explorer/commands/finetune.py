@@ -7,13 +7,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+import explorer.models
 from explorer.cli import add_model_args, load_model_arg, positive_int, print_json, print_table, progress_bar
+from explorer.transfer.comparison.compare import CompareError, compare
+from explorer.transfer.comparison.crossexcite import as_plugin
+from explorer.transfer.reporting.report_html import save_report
+from explorer.transfer.study import open_pair
+from explorer.transfer.sweeping.sweep import load_sweep
+from explorer.transfer.training.checkpoints import check_writable, load_resume_state
+from explorer.transfer.training.finetune import FinetuneError, FinetuneSettings, finetune
+from explorer.transfer.training.resume import resume, run_checkpoint
+from explorer.transfer.training.runs import begin_run, finish_run
 
 
 def register(subparsers: Any) -> None:
     """Add the `finetune` and `compare` subcommands."""
-    from explorer.transfer.training.finetune import FinetuneSettings
-
     d = FinetuneSettings()
     p = subparsers.add_parser(
         "finetune",
@@ -133,10 +143,6 @@ def _device(args: argparse.Namespace) -> str | None:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune, print the per-epoch metrics and where the checkpoint is."""
-    from explorer.transfer.training.checkpoints import check_writable
-    from explorer.transfer.training.finetune import FinetuneError, FinetuneSettings, finetune
-    from explorer.transfer.training.runs import begin_run, finish_run
-
     if args.resume:
         return _resume(args)
     missing = [f"--{n}" for n in ("data", "freeze-after", "out") if getattr(args, n.replace("-", "_")) is None]
@@ -179,10 +185,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def _resume(args: argparse.Namespace) -> int:
     """`finetune --resume RUN`: continue an interrupted run where its last complete epoch left it."""
-    from explorer.transfer.training.checkpoints import load_resume_state
-    from explorer.transfer.training.resume import resume, run_checkpoint
-    from explorer.transfer.training.runs import begin_run, finish_run
-
     checkpoint = run_checkpoint(args.resume)
     load_resume_state(checkpoint)  # one line now if there is nothing to resume, before a model loads
     progress, epochs = _epoch_printer()
@@ -199,8 +201,6 @@ def _resume(args: argparse.Namespace) -> int:
 
 def _epoch_printer() -> tuple[Any, list[dict[str, Any]]]:
     """A progress bar that also prints one line per completed epoch; the list the epochs are collected in."""
-    from tqdm import tqdm
-
     bar = progress_bar("fine-tuning")
     epochs: list[dict[str, Any]] = []
 
@@ -248,23 +248,16 @@ def _report(args: argparse.Namespace, result: Any, freeze: str | None) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run the comparison, write report.json/.html/.csv, print the table and the recommendation."""
-    from explorer.models import load_model
-    from explorer.transfer.comparison.compare import CompareError, compare
-    from explorer.transfer.study import open_pair
-    from explorer.transfer.sweeping.sweep import load_sweep
-
     out = Path(args.out)
     if out.suffix.lower() != ".json":
         raise CompareError(f"The report path must end in .json (got {out.name}); .html and .csv go beside it.")
     device = _device(args)
     base = load_model_arg(argparse.Namespace(model=args.base, arch=None, device=args.device)) if args.base else None
     base, tuned = open_pair(
-        args.tuned, open_model=lambda spec, arch: load_model(spec, arch=arch, device=device), base=base
+        args.tuned, open_model=lambda spec, arch: explorer.models.load_model(spec, arch=arch, device=device), base=base
     )
     plugin = None
     if args.cross_excitation > 0:
-        from explorer.transfer.comparison.crossexcite import as_plugin
-
         plugin = as_plugin(units=args.cross_excitation, progress=progress_bar("rendering"))
     report = compare(
         base,
@@ -282,8 +275,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         cross_excitation=plugin,
         progress=progress_bar("comparing"),
     )
-    from explorer.transfer.reporting.report_html import save_report
-
     written = save_report(report, out)
     if args.json:
         print_json(report.to_dict())

@@ -19,11 +19,13 @@ import math
 
 from explorer.errors import msg
 from explorer.models import LoadedModel
+from explorer.models.freeze import freeze_code, freeze_summary
 from explorer.transfer.advice.gate import Gate, learned, too_few
 from explorer.transfer.advice.guide import GUIDE, GuideCell, place, place_from_sweep, why
 from explorer.transfer.comparison.probes import ProbeResult
 from explorer.transfer.reporting.figures import figure
 from explorer.transfer.reporting.report import ComparisonReport, LayerComparison, Recommendation
+from explorer.transfer.sweeping.prefix import linear_route_code
 from explorer.transfer.sweeping.sweep_report import SweepReport
 
 __all__ = ["GUIDE", "GuideCell", "Recommendation", "predict", "recommend", "reconsider"]
@@ -195,8 +197,6 @@ def recommend(
     similar_cka: float = 0.9,
 ) -> Recommendation:
     """The advice from a comparison's per-layer rows (in depth order), without a sweep: predicted or withheld."""
-    from explorer.models.freeze import freeze_code, freeze_summary
-
     guide = place(train_per_class, probes, per_class_known=per_class_known)
     best_probe = max((p.accuracy for p in probes.values() if p is not None), default=None)
     gate = _gate(n_images, tuned_correct, tuned_n, chance, best_probe)
@@ -283,8 +283,6 @@ def reconsider(
     rec: Recommendation, sweep: SweepReport | None, report: ComparisonReport, base: LoadedModel | None = None
 ) -> Recommendation:
     """`rec` decided by a measured sweep: its choice becomes the advice, the CKA prediction its explanation."""
-    from explorer.models.freeze import freeze_code, freeze_summary
-
     if sweep is None or sweep.choice.point is None:
         if sweep is not None:
             return dataclasses.replace(
@@ -313,8 +311,6 @@ def reconsider(
         out.trainable, out.non_trainable, out.total = s.trainable, s.non_trainable, s.total
         out.code = freeze_code(base, freeze, num_classes=n_classes)
     if chosen is not None and chosen.route == "linear":
-        from explorer.transfer.sweeping.prefix import linear_route_code
-
         out.trainable = chosen.trainable
         out.total = out.non_trainable + chosen.trainable
         if base is not None and freeze is not None:

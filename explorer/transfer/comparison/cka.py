@@ -148,6 +148,7 @@ class GramStats:
 
 @functools.lru_cache(maxsize=256)
 def _t_quantile(level: float, dof: int) -> float:
+    # start-up cost: scipy.stats takes ~1 s to import; `import explorer.transfer` (app, CLI, notebooks) must not pay it
     from scipy.stats import t as student
 
     return float(student.ppf(0.5 + level / 2, dof))

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from explorer import featurevis as fv
 from explorer.layers import forward_until, ladder, to_nchw
 from explorer.models import LoadedModel
 from explorer.runtime import Progress
@@ -75,8 +76,6 @@ def cross_excitation(
     progress: Progress | None = None,
 ) -> CrossExcitation:
     """Render `units` channels of each chosen layer in both models (same seed) and measure cross-excitation."""
-    from explorer import featurevis as fv
-
     chosen = pick_layers(base, layers, max_layers)
     info = {r.name: r for r in ladder(base, "blocks")}
     plan = [(name, u) for name in chosen for u in _units(int(info[name].channels or 1), units)]

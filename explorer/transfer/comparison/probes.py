@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # ships no type information
 
 
 @dataclass
@@ -37,6 +38,7 @@ def chance_level(labels: np.ndarray) -> float:
 def linear_classifier(c: float = 0.5, max_iter: int = 300) -> Any:
     """The linear classifier of every probe and of the sweep's linear route: standardised features, L2-regularised
     multinomial logistic regression."""
+    # start-up cost: scikit-learn takes ~1 s to import; `import explorer.transfer` (app, CLI, notebooks) must not pay it
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -50,8 +52,8 @@ def fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *,
     One BLAS thread: these problems are small (thousands of images × at most a few thousand features), and on a
     busy machine BLAS threads waiting for each other made the same fit take from 0.6 s to 3 s.
     """
+    # start-up cost: scikit-learn takes ~1 s to import; `import explorer.transfer` (app, CLI, notebooks) must not pay it
     from sklearn.exceptions import ConvergenceWarning
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # ships no type information
 
     clf = linear_classifier(c)
     with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
@@ -64,6 +66,7 @@ def linear_probe(
     features: np.ndarray, labels: np.ndarray, *, folds: int = 5, c: float = 0.5, seed: int = 0
 ) -> ProbeResult | None:
     """Stratified k-fold accuracy of the linear classifier; None if a class has < 2 examples."""
+    # start-up cost: scikit-learn takes ~1 s to import; `import explorer.transfer` (app, CLI, notebooks) must not pay it
     from sklearn.model_selection import StratifiedKFold
 
     x = np.asarray(features, dtype=np.float32).reshape(len(features), -1)

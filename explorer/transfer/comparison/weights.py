@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from explorer.transfer.training.finetune import private_copy
+
 STAT_NAMES = ("running_mean", "running_var")
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 
@@ -117,8 +119,6 @@ def has_bn_stats(module: nn.Module) -> bool:
 
 def hybrid(weights_from: nn.Module, stats_from: nn.Module) -> nn.Module:
     """A private copy of `weights_from` whose BatchNorm running statistics are `stats_from`'s (same architecture)."""
-    from explorer.transfer.training.finetune import private_copy
-
     out = private_copy(weights_from)
     with torch.no_grad():
         for n, m in _bn_modules(out, ""):

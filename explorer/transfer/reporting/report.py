@@ -9,7 +9,9 @@ share for a value that can be drawn.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import math
 from collections.abc import Callable
@@ -138,9 +140,6 @@ class ComparisonReport:
     def to_csv(self, path: str | Path | None = None, *, translate: Callable[[str], str] | None = None) -> str:
         """The rows as CSV (written to `path` too when given); `translate` turns the header row's column names into
         the reader's language (None: English, the column keys themselves)."""
-        import csv
-        import io
-
         buf = io.StringIO()
         rows = self.rows()
         keys = list(rows[0]) if rows else ["name"]

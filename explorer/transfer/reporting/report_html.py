@@ -10,11 +10,14 @@ into the reader's language as it is written out. Without it the page is in Engli
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from explorer.errors import msg
 from explorer.transfer.advice.guide import why
@@ -189,11 +192,6 @@ def _table(report: ComparisonReport, translate: Translate | None = None) -> str:
 
 
 def _png(image: np.ndarray) -> str:
-    import base64
-    import io
-
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

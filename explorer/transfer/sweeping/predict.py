@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # ships no type information
 from torch.utils.data import DataLoader, Dataset
 
 from explorer.data import TransformedView, eval_transform, stratified_subset
@@ -209,6 +210,7 @@ def knn_accuracy(features: np.ndarray, labels: np.ndarray, *, k: int = KNN_K) ->
 
 
 def _folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    # start-up cost: scikit-learn takes ~1 s to import; `import explorer.transfer` (app, CLI, notebooks) must not pay it
     from sklearn.model_selection import StratifiedKFold
 
     counts = np.bincount(y)
@@ -250,8 +252,6 @@ def score(estimator: str, features: np.ndarray, labels: np.ndarray, *, folds: in
     One BLAS thread, as :func:`explorer.transfer.comparison.probes.fit_predict`: these problems are small, and on a busy
     machine threads waiting for each other cost more than they bring.
     """
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # ships no type information
-
     with threadpool_limits(limits=1, user_api="blas"):
         if estimator == "probe":
             return probe_accuracy(features, labels, folds=folds, seed=seed)

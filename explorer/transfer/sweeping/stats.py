@@ -21,6 +21,7 @@ LEVEL = 0.95
 
 
 def _z(level: float) -> float:
+    # start-up cost: scipy.stats takes ~1 s to import; `import explorer.transfer` (app, CLI, notebooks) must not pay it
     from scipy.stats import norm
 
     return float(norm.ppf(0.5 + level / 2))
@@ -39,6 +40,7 @@ def wilson(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
 
 def above_chance(k: int, n: int, chance: float) -> float:
     """One-sided exact binomial p-value of k correct of n when each is right with probability `chance`."""
+    # start-up cost: scipy.stats takes ~1 s to import; `import explorer.transfer` (app, CLI, notebooks) must not pay it
     from scipy.stats import binomtest
 
     if n <= 0:
@@ -57,6 +59,7 @@ class McNemar:
 
 def mcnemar(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray) -> McNemar:
     """Exact McNemar test (binomial on the discordant pairs, p = 1/2) for per-image correctness of A and B."""
+    # start-up cost: scipy.stats takes ~1 s to import; `import explorer.transfer` (app, CLI, notebooks) must not pay it
     from scipy.stats import binomtest
 
     x, y = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
@@ -72,6 +75,7 @@ def paired_difference(
     a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray, level: float = LEVEL
 ) -> tuple[float, float, float]:
     """accuracy(A) − accuracy(B) on the same images, with a t interval on the per-image differences."""
+    # start-up cost: scipy.stats takes ~1 s to import; `import explorer.transfer` (app, CLI, notebooks) must not pay it
     from scipy.stats import t as student
 
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
@@ -86,6 +90,7 @@ def paired_difference(
 def seed_interval(accuracies: Sequence[float], correct: int, total: int, level: float = LEVEL) -> tuple[float, float]:
     """An interval for a mean accuracy over seeds: the t interval across seeds, widened to at least the Wilson
     interval of all counts pooled (a few seeds say little about image sampling)."""
+    # start-up cost: scipy.stats takes ~1 s to import; `import explorer.transfer` (app, CLI, notebooks) must not pay it
     from scipy.stats import t as student
 
     lo, hi = wilson(correct, total, level)

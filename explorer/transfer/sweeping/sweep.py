@@ -25,8 +25,9 @@ import torch
 from torch.utils.data import Dataset
 
 from explorer.data import TransformedView, eval_transform
+from explorer.data.images import typical_side
 from explorer.errors import msg
-from explorer.layers import check_input_size, ladder
+from explorer.layers import check_input_size, fixed_input_size, ladder
 from explorer.models import LoadedModel
 from explorer.runtime import Progress, StopSignal, stop_requested
 from explorer.transfer.comparison.probes import chance_level, linear_probe
@@ -153,9 +154,6 @@ def _check_data(ctx_split: Split, classes: list[str], routes: tuple[str, ...], m
 def default_input_size(model: LoadedModel, dataset: Dataset) -> int:
     """The fine-tune's rule (:func:`~explorer.transfer.training.settings.suggested_input_size`): the data's own size, at
     most the model's (8×8 digits are not upscaled to 224 px), the model's own for a model that takes no other."""
-    from explorer.data.images import typical_side
-    from explorer.layers import fixed_input_size
-
     samples = getattr(dataset, "samples", None) or []
     side = typical_side([p for p, _ in samples]) if samples else None
     return suggested_input_size(model.input_size[0], side, fixed=fixed_input_size(model) is not None)

@@ -32,6 +32,7 @@ import numpy as np
 from explorer.errors import msg
 from explorer.transfer.advice.gate import learned_task
 from explorer.transfer.sweeping.stats import MARGIN, LossBounds, loss_bounds, seed_interval, wilson
+from explorer.transfer.training.checkpoints import json_safe
 
 JSONValue = str | int | float | bool | None | list["JSONValue"] | dict[str, "JSONValue"]
 EQUIVALENT, WORSE, UNPLACED, BEST, UNCONVERGED = (
@@ -149,8 +150,6 @@ class SweepReport:
         return self.option(self.choice.point, self.choice.route)
 
     def to_dict(self) -> dict[str, JSONValue]:
-        from explorer.transfer.training.checkpoints import json_safe
-
         return json_safe(asdict(self))
 
     def to_json(self, indent: int | None = 1) -> str:

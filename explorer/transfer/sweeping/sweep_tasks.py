@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from explorer.data import TransformedView, eval_transform
+from explorer.data import TransformedView, eval_transform, split_indices
 from explorer.errors import ExplorerError, msg
-from explorer.layers import LayerInfo, check_input_size, ladder
+from explorer.layers import LayerInfo, check_input_size, execution_order, ladder
 from explorer.models import LoadedModel
 from explorer.models.freeze import FreezeError, frozen_modules, head_name
 from explorer.transfer.comparison.probes import fit_predict
@@ -40,7 +40,7 @@ from explorer.transfer.sweeping.prefix import (
     cut_model,
     keep_plan,
 )
-from explorer.transfer.training.finetune import image_loaders, trainable_model
+from explorer.transfer.training.finetune import image_loaders, trainable_copy, trainable_model
 from explorer.transfer.training.heldout import Split, labels_of
 from explorer.transfer.training.settings import FinetuneSettings
 from explorer.transfer.training.trainer import evaluate, train
@@ -67,6 +67,7 @@ class Folds:
 
 def cross_validation(indices: list[int], labels: list[int], k: int, seed: int) -> Folds:
     """Stratified k-fold over `indices` (labels aligned with them), shuffled with `seed`."""
+    # start-up cost: scikit-learn takes ~1 s to import; `import explorer.transfer` (app, CLI, notebooks) must not pay it
     from sklearn.model_selection import StratifiedKFold
 
     counts = np.bincount(np.asarray(labels, dtype=np.int64))
@@ -223,8 +224,6 @@ def _cuts(group: list[LayerInfo], k: int) -> list[str]:
 
 
 def _order(model: LoadedModel) -> list[str]:
-    from explorer.layers import execution_order
-
     return execution_order(model.module, model.input_size)
 
 
@@ -294,8 +293,6 @@ def build_prefix(ctx: SweepContext, on_batch: Callable[[int], None] | None = Non
 
 def check_cuts(model: LoadedModel, points: list[str], layers: dict[str, str], x: torch.Tensor) -> dict[str, bool]:
     """For each point, whether running only the layers after it on its cached output reproduces the network."""
-    from explorer.transfer.training.finetune import trainable_copy
-
     ok = {}
     for p in points:
         if p == NONE:
@@ -360,8 +357,6 @@ class _Fit:
 
 def _inner(ctx: SweepContext, train_idx: list[int], seed: int) -> tuple[list[int], list[int]]:
     """The fold's training images split per class into inner training and inner validation (stops and picks)."""
-    from explorer.data import split_indices
-
     every = labels_of(ctx.dataset)
     labels = [every[i] for i in train_idx]
     tr, va = split_indices(labels, INNER_FRACTION, seed)

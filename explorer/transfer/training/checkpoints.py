@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save
 from torch import nn
 
 from explorer.errors import ExplorerError
@@ -72,8 +73,6 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def save_checkpoint(module: nn.Module, path: str | Path, metadata: dict[str, Any]) -> Path:
     """Write weights (safetensors, our JSON metadata in its header) and a ``.json`` sidecar, each atomically."""
-    from safetensors.torch import save
-
     path = Path(path)
     meta = json_safe(metadata)
     text = json.dumps(meta, indent=1)
@@ -85,8 +84,6 @@ def save_checkpoint(module: nn.Module, path: str | Path, metadata: dict[str, Any
 
 def update_metadata(path: str | Path, metadata: dict[str, Any]) -> Path:
     """Rewrite a checkpoint's metadata (header and sidecar) keeping its weights, each file atomically."""
-    from safetensors.torch import load_file, save
-
     path = Path(path)
     meta = json_safe(metadata)
     tensors = load_file(str(path))

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -336,8 +337,6 @@ class _Saver:
             save_checkpoint(r.module, out, r.metadata)
             r.checkpoint = out
             return start
-        from safetensors.torch import load_file
-
         r.checkpoint = out
         update_metadata(out, r.metadata)
         return {**start, "best_state": load_file(str(out))}

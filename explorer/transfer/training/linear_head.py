@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save
 from torch.utils.data import DataLoader, Dataset
 
 from explorer.data import TransformedView, eval_transform, open_dataset
@@ -43,8 +44,6 @@ class TrainedClassifier:
 
     def to_bytes(self) -> bytes:
         """The classifier as a safetensors file (tensors, and the metadata as one JSON string)."""
-        from safetensors.torch import save
-
         return save({k: v.contiguous() for k, v in self.tensors.items()}, {"layer_explorer": json.dumps(self.metadata)})
 
 

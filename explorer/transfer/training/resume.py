@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import explorer.models
 from explorer.models import LoadedModel
 from explorer.runtime import Progress, StopSignal
 from explorer.transfer.training.checkpoints import load_resume_state, remove_stale_temps, resume_path
@@ -77,9 +78,7 @@ def resume(
         raise FinetuneError(f"{resume_path(checkpoint).name} lacks the run's metadata; it cannot be resumed.") from None
     s = saved_settings(meta.get("settings"))
     if model is None:
-        from explorer.models import load_model
-
-        model = load_model(spec, device=device)
+        model = explorer.models.load_model(spec, device=device)
     elif model.arch != meta.get("arch"):
         raise FinetuneError(f"The run was trained from {meta.get('arch')}, not {model.arch}; load its base model.")
     dataset, classes, split = training_data(data, s)

@@ -24,6 +24,8 @@ from typing import Any
 from explorer.cache import folder as cache_folder
 from explorer.runtime import ThreadJob, atomic_write
 from explorer.transfer.training.checkpoints import process_alive
+from explorer.transfer.training.finetune import finetune
+from explorer.transfer.training.resume import resume
 
 RUN_RECORD = ".run.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
@@ -302,9 +304,6 @@ class TrainingJob(ThreadJob):
                 self._epochs.append({k: v for k, v in preview.items() if k not in ("phase", "checkpoint")})
 
     def _run(self) -> None:
-        from explorer.transfer.training.finetune import finetune
-        from explorer.transfer.training.resume import resume
-
         state = "failed"
         try:
             if self.resuming:

@@ -17,7 +17,11 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
+from explorer.attribution import attribute, shared_scale
 from explorer.cache import PngMemo, png_bytes
+from explorer.data import list_images, load_image
+from explorer.exemplars import dataset_examples
+from explorer.exemplars.scan import folder_signature
 from explorer.featurevis import channel
 from explorer.models import LoadedModel
 from explorer.ui.errors import show_error
@@ -169,8 +173,6 @@ def examples_section(
     base: LoadedModel, tuned: LoadedModel, folder: Path, layer: str, units: list[int]
 ) -> dict[str, bytes]:
     """The images (receptive-field crops) of `folder` that excite each unit most, in the base and tuned model."""
-    from explorer.exemplars import dataset_examples
-
     slot = st.empty()
     box = slot.container()
     found = {}
@@ -224,9 +226,6 @@ def _preprocessing(model: LoadedModel) -> tuple[Any, ...]:
 def _folder_signature(folder: Path) -> tuple[str, str] | None:
     """The folder and a hash of its image files' names, sizes and times (as the examples cache keys them), or None
     when it cannot be listed (then `dataset_examples` says why)."""
-    from explorer.data import list_images
-    from explorer.exemplars.scan import folder_signature
-
     root = Path(folder).expanduser()
     try:
         return str(root), folder_signature(root, list_images(root))
@@ -262,9 +261,6 @@ def _attribution_pair(
     """Grad-CAM of `layer` over the image at `path` in both models on one scale: (the two overlays as PNG, the same
     as st.image serves them (its JPEG of the PNG), the scale, each model's predicted class). Bytes: cheap to copy
     out of st.cache_data on every run, and shown without encoding."""
-    from explorer.attribution import attribute, shared_scale
-    from explorer.data import load_image
-
     del base_key, tuned_key
     image = load_image(path)
     rb = attribute(_base, image, [layer], "gradcam")
@@ -277,8 +273,6 @@ def _attribution_pair(
 
 def attribution_images(folder: Path) -> list[Path]:
     """A few images of `folder` for attribution: the first of each class, then more, up to MAX_ATTR_IMAGES."""
-    from explorer.data import list_images
-
     files = list_images(folder)
     firsts: dict[Path, Path] = {}
     for p in files:

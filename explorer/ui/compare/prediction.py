@@ -30,6 +30,7 @@ from explorer.transfer.sweeping.predict import (
 from explorer.transfer.sweeping.sweep_report import SweepOption, SweepReport
 from explorer.transfer.training.settings import FinetuneSettings
 from explorer.ui.compare.setup import data_signature, sweep_defaults
+from explorer.ui.errors import show_error
 from explorer.ui.i18n import number, percent, t
 from explorer.ui.progress import labelled_progress
 
@@ -105,8 +106,6 @@ def get_or_predict(model: LoadedModel, data: str, root: Path, s: FinetuneSetting
 
 def safe(model: LoadedModel, data: str, root: Path, s: FinetuneSettings) -> PredictReport | None:
     """`get_or_predict`, or None with the reason shown (a prediction that fails never hides the sweep)."""
-    from explorer.ui.errors import show_error
-
     try:
         return get_or_predict(model, data, root, s, st.empty())
     except Exception as exc:

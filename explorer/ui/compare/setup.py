@@ -12,6 +12,7 @@ from typing import Any
 
 import streamlit as st
 
+from explorer.data import resolve_data
 from explorer.data.fence import refusal
 from explorer.errors import ExplorerError, msg
 from explorer.models import LoadedModel
@@ -152,8 +153,6 @@ def choose_data(
 
     `name` is the URL parameter and `key` the widget (the sweep on its own keeps its images apart, `sw_data`).
     """
-    from explorer.data import resolve_data
-
     sources = {"demo:digits": t("compare.data.digits"), "demo:shapes": t("compare.data.shapes")}
     meta = tuned.metadata if tuned is not None else {}
     meta_data = meta.get("data") if isinstance(meta.get("data"), dict) else {}

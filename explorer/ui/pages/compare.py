@@ -43,7 +43,7 @@ from explorer.ui.compare.setup import (
     param,
     set_param,
 )
-from explorer.ui.errors import show_error
+from explorer.ui.errors import error_message, show_error
 from explorer.ui.i18n import language, number, page_intro, percent, seconds, t
 from explorer.ui.messages import localize
 from explorer.ui.progress import labelled_progress
@@ -132,8 +132,6 @@ def _use_base(spec: str) -> None:
     try:
         set_current_model(spec)
     except Exception as exc:  # the current model stays; say why
-        from explorer.ui.errors import error_message
-
         st.session_state["cmp_notice"] = t("compare.could_not_open", spec=spec, error=error_message(exc))
 
 
@@ -235,7 +233,7 @@ def _exports(report: Any, fig: Any, layer: str | None, renders: dict[str, Any], 
             help=tip,
         )
     try:
-        import kaleido  # noqa: F401  (optional: server-side PNG export)
+        import kaleido  # noqa: F401  # optional dependency: server-side PNG export
 
         st.download_button(
             t("compare.export.png"),
