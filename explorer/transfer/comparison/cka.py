@@ -13,7 +13,7 @@ Three ways to compute it:
   interval from the delete-one-image jackknife (t quantile), computed in O(n²) from row sums. This is what
   comparison reports use. It resamples *images*; the older bootstrap over a handful of minibatches covered only
   74–89 % at 24–200 images, this interval covers ≥ 93 % at 48, 200 and 1,000 images on features of known CKA
-  (tests/test_cka_coverage.py).
+  (tests/transfer/comparison/test_cka_coverage.py).
 - :class:`MinibatchCKA`: Nguyen et al.'s minibatch CKA, mean unbiased HSIC over minibatches, then the ratio.
   Memory is one minibatch's Gram matrices, whatever the number of images. With a single minibatch it equals the
   full debiased CKA; with several it estimates the same population quantity.

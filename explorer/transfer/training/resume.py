@@ -5,7 +5,7 @@ the
 last epoch's weights, the optimiser and schedule state, the best epoch so far, the histories, the random generators
 and the run's metadata (settings, data source, base model, held-out split). :func:`resume` rebuilds the model,
 checks that the data still gives the same split, and continues with the next epoch in the same folder, so the
-finished run is the one an uninterrupted run would have produced (tests/test_resume.py).
+finished run is the one an uninterrupted run would have produced (tests/transfer/training/test_resume.py).
 """
 
 from __future__ import annotations
