@@ -21,6 +21,7 @@ from explorer.models import LoadedModel
 from explorer.ui.errors import show_error
 from explorer.ui.i18n import number, page_intro, stage_name, t
 from explorer.ui.links import page_ref
+from explorer.ui.messages import localize
 from explorer.ui.session import current_model
 from explorer.ui.widgets.gallery import (
     Rendered,
@@ -75,13 +76,15 @@ def _describe_blocks(blocks: list[str]) -> str:
 
 
 def stage_note(stages: StageMap) -> str:
-    """How the stages were mapped to this network, in the session's language (`stages.note` is English); a
-    sentence the mapping adds for some networks (transformers) stays as it is."""
+    """How the stages were mapped to this network, in the session's language (`stages.note` is English): the
+    mapping's sentence from the catalogue, and a sentence the mapping adds for some networks (transformers) through
+    the engine's translations."""
     english = NOTE.format(shown=", ".join(f"{s.name} {s.representative}" for s in stages.stages))
     if not stages.note.startswith(english):
-        return stages.note
+        return localize(stages.note)
     shown = ", ".join(f"{stage_name(s.name)} {s.representative}" for s in stages.stages)
-    return t("progression.note", shown=shown) + stages.note[len(english) :]
+    added = stages.note[len(english) :].strip()
+    return t("progression.note", shown=shown) + (" " + localize(added) if added else "")
 
 
 def render() -> None:
