@@ -36,6 +36,7 @@ from explorer.transfer.study import subset_folder
 from explorer.ui.errors import show_error
 from explorer.ui.i18n import kernel_description, layer_option, number, page_intro, t
 from explorer.ui.links import page_ref
+from explorer.ui.messages import localize
 from explorer.ui.paths import fenced_path
 from explorer.ui.progress import progress_callback
 from explorer.ui.session import current_model, model_key
@@ -383,7 +384,7 @@ def _examples_section(model: LoadedModel, layer: str, unit: int) -> None:
             height=model.input_size[0],
             width=model.input_size[1],
         )
-        + (f" {ex.rf.note}" if ex.rf.note else "")
+        + (f" {localize(ex.rf.note)}" if ex.rf.note else "")
         + (f" {subset}" if subset else "")
     )
     if ex.images_used < FEW:
