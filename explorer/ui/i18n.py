@@ -117,30 +117,6 @@ def layer_option(row: Any, n_units: int, stage: str | None) -> str:
     return text + (f" · {stage_name(stage)}" if stage else "")
 
 
-def kernel_description(figure: Any) -> str:
-    """'32 kernels of 3×3 pixels × 3 colours, stride 2' for a `KernelFigure`."""
-    kh, kw = figure.kernel_size
-    return t("layer.kernels.describe", n=len(figure.tiles), height=kh, width=kw, stride=figure.stride[0])
-
-
-def kernel_notes(figure: Any) -> str:
-    """A `KernelFigure`'s notes (kernels drawn inverted, kernels that are zero) in the session's language; a note
-    this function does not know stays as the figure wrote it."""
-    out = []
-    for note in figure.notes:
-        words = note.split(" ", 1)
-        if "drawn inverted" in note and words[0].isdigit():
-            n = int(words[0])
-            out.append(t("layer.kernels.inverted_one") if n == 1 else t("layer.kernels.inverted", n=n))
-        elif "zero (pruned" in note and figure.zero:
-            which = ", ".join(str(i) for i in figure.zero)
-            key = "layer.kernels.zero_one" if len(figure.zero) == 1 else "layer.kernels.zero"
-            out.append(t(key, which=which))
-        else:
-            out.append(note)
-    return " ".join(out)
-
-
 def _keep_in_url() -> None:
     lang = language()
     if lang == DEFAULT:

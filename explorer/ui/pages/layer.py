@@ -26,7 +26,7 @@ from explorer.featurevis.store import cached_mask
 from explorer.layers import LayerInfo
 from explorer.models import LoadedModel
 from explorer.ui.errors import show_error
-from explorer.ui.i18n import kernel_description, kernel_notes, layer_option, number, page_intro, stage_name, t
+from explorer.ui.i18n import layer_option, number, page_intro, stage_name, t
 from explorer.ui.links import page_ref
 from explorer.ui.session import current_model
 from explorer.ui.widgets.atlas import atlas_offer, cache_note, whole_network
@@ -51,6 +51,8 @@ from explorer.ui.widgets.layers import (
     default_layer,
     get_kernel_figure,
     get_stage_map,
+    kernel_description,
+    kernel_notes,
     layer_from_url,
     renderable_layers,
 )

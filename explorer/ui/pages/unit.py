@@ -34,7 +34,7 @@ from explorer.layers import LayerInfo
 from explorer.models import LoadedModel
 from explorer.transfer.study import subset_folder
 from explorer.ui.errors import show_error
-from explorer.ui.i18n import kernel_description, layer_option, number, page_intro, t
+from explorer.ui.i18n import layer_option, number, page_intro, t
 from explorer.ui.links import page_ref
 from explorer.ui.messages import localize
 from explorer.ui.paths import fenced_path
@@ -63,6 +63,7 @@ from explorer.ui.widgets.layers import (
     default_layer,
     get_kernel_figure,
     get_stage_map,
+    kernel_description,
     layer_from_url,
     renderable_layers,
 )

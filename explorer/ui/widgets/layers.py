@@ -13,6 +13,7 @@ from explorer.featurevis import StageMap, stage_map
 from explorer.featurevis.kernels import KernelFigure, kernel_figure, pixel_convs
 from explorer.layers import LayerInfo
 from explorer.models import LoadedModel
+from explorer.ui.messages import localize
 from explorer.ui.session import get_ladder, model_key
 
 PER_PAGE = 16  # units per page of the Layer gallery (the Unit page links back to the right page)
@@ -133,3 +134,13 @@ def layer_label(row: LayerInfo, n_units: int, stages: StageMap | None = None) ->
     hw += " patch tokens" if row.grid_layout.tokens else ""
     stage = stages.stage_of(row.name) if stages else None
     return f"{row.name} · {n_units} units · {hw}" + (f" · {stage}" if stage else "")
+
+
+def kernel_description(figure: KernelFigure) -> str:
+    """'32 kernels of 3×3 pixels × 3 colours, stride 2' in the session's language."""
+    return localize(figure.describe())
+
+
+def kernel_notes(figure: KernelFigure) -> str:
+    """A `KernelFigure`'s notes (kernels drawn inverted, kernels that are zero) in the session's language."""
+    return " ".join(localize(note) for note in figure.notes)
