@@ -190,3 +190,21 @@ def test_compare_links_to_a_tuned_model_or_images_outside_are_refused_alike(serv
         answers.append([w.replace(repr(value), "V") for w in _notice(at)])
     assert answers[0] == answers[1] and len(answers[0]) == 1, answers
     assert "outside the folders this server shares" in answers[0][0]
+
+
+def test_the_refusal_reads_in_portuguese_and_is_the_same_for_missing_and_forbidden(server, monkeypatch):
+    """In pt-BR the fence's one sentence is Portuguese (the path kept as typed), identical for an existing forbidden
+    folder and a missing one."""
+    monkeypatch.setattr("explorer.ui.i18n.language", lambda: "pt-BR")
+    at = app_on("finetune", lang="pt-BR").run()
+    said = {}
+    for text in ("/etc", "/etc-not-here"):
+        said[text] = _errors(_finetune(at, text))
+        _no_leak(at)
+    english = refusal("/etc", "The folder")
+    assert said["/etc"] and said["/etc"][0] != english
+    assert "'/etc'" in said["/etc"][0] and "cannot be opened" not in said["/etc"][0]
+    assert said["/etc"][0].startswith("A pasta")
+    assert [m.replace("'/etc'", "P") for m in said["/etc"]] == [
+        m.replace("'/etc-not-here'", "P") for m in said["/etc-not-here"]
+    ]
