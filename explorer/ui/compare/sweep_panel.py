@@ -162,6 +162,11 @@ def show(report: SweepReport, *, key: str, figure: bool, pred: PredictReport | N
             test=localize(c.test),
         )
     )
+    _downloads(report, key)
+
+
+def _downloads(report: SweepReport, key: str) -> None:
+    """The sweep as CSV, JSON and a one-page HTML, each built on click in the reader's language."""
     cols = st.columns(3)
     lang = language()  # the files are built on click, in the reader's language; a warm rerun builds none
 

@@ -232,22 +232,27 @@ def _exports(report: Any, fig: Any, layer: str | None, renders: dict[str, Any], 
             key=key,
             help=tip,
         )
-    try:
-        import kaleido  # noqa: F401  # optional dependency: server-side PNG export
-
-        st.download_button(
-            t("compare.export.png"),
-            lambda: fig.to_image(format="png", scale=2),
-            file_name=f"{stem}.png",
-            mime="image/png",
-            icon=":material/image:",
-            on_click="ignore",
-            key="cmp_png",
-        )
-    except ImportError:
-        st.caption(t("compare.export.png_camera"))
+    _png_export(fig, stem)
     st.markdown(t("compare.link"))
     st.code(_link(), language="text")
+
+
+def _png_export(fig: Any, stem: str) -> None:
+    """The chart as a PNG built on the server (with kaleido), or where the chart's camera button is without it."""
+    try:
+        import kaleido  # noqa: F401  # optional dependency: server-side PNG export
+    except ImportError:
+        st.caption(t("compare.export.png_camera"))
+        return
+    st.download_button(
+        t("compare.export.png"),
+        lambda: fig.to_image(format="png", scale=2),
+        file_name=f"{stem}.png",
+        mime="image/png",
+        icon=":material/image:",
+        on_click="ignore",
+        key="cmp_png",
+    )
 
 
 def _layer_zip(layer: str, files: dict[str, bytes], stem: str) -> None:
