@@ -197,12 +197,16 @@ def _run(cache_dir: Path, bundled) -> None:
 
 @pytest.mark.slow
 def test_the_demo_fills_the_page_with_a_run_its_comparison_and_the_sweep(cache_dir, monkeypatch):
+    from explorer.transfer.study import DemoPlan
     from explorer.transfer.training.finetune import FinetuneSettings
     from explorer.ui.compare import demo
 
-    monkeypatch.setattr(demo, "FINETUNE", FinetuneSettings(input_size=64, epochs=1, max_images=600))
-    monkeypatch.setattr(demo, "COMPARE", {"images": 120, "input": 64, "probes": False})
-    monkeypatch.setattr(demo, "SWEEP", {"epochs": 1, "input": 64, "images": 600})
+    plan = DemoPlan(
+        finetune=FinetuneSettings(input_size=64, epochs=1, max_images=600),
+        compare={"images": 120, "input": 64, "probes": False},
+        sweep={"epochs": 1, "input": 64, "images": 600},
+    )
+    monkeypatch.setattr(demo, "PLAN", plan)
     at = _open()
     at.button(key="cmp_demo").click().run()
     assert not at.exception and not at.error
