@@ -234,7 +234,7 @@ def _value(name: str, value: str, lang: str, depth: int) -> str:
     spec = name.rsplit(":", 1)[1] if ":" in name and not name.endswith("]") else ""
     if spec and spec[-1:] in ("f", "%", ",", "d", "g", "e") and NUMBER.fullmatch(value.strip()):
         return number_in(value, lang)
-    if depth < MAX_DEPTH and re.search(r"[A-Za-z]{2,}\s+[A-Za-z]", value):
+    if depth < MAX_DEPTH and " " in value.strip() and re.search(r"[A-Za-z]{2}", value):
         return _localize(value, lang, depth + 1)
     return value
 

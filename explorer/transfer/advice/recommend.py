@@ -246,6 +246,11 @@ def recommend(
     )
 
 
+def _placed(point: str, stage: int) -> str:
+    """A freeze point with its stage ('blocks.4.1 (stage 3)'); 'none' said as what it means."""
+    return msg("training every layer (nothing frozen)") if point == "none" else msg(f"{point} (stage {stage})")
+
+
 def _agreement(rec: Recommendation, point: str, layers: list[LayerComparison], sweep: SweepReport) -> str:
     if rec.withheld:
         return msg(f"The CKA prediction is not used: {rec.withheld}")
@@ -253,7 +258,7 @@ def _agreement(rec: Recommendation, point: str, layers: list[LayerComparison], s
     first = min(stage.values(), default=0) - 1  # 'none' sits before the first stage
     predicted = rec.prediction or "none"
     a, b = stage.get(predicted, first), stage.get(point, first)
-    said = msg(f"CKA predicted {predicted} (stage {a}); the sweep measured {point} (stage {b})")
+    said = msg(f"CKA predicted {_placed(predicted, a)}; the sweep measured {_placed(point, b)}")
     if abs(a - b) <= 1:
         return msg(f"{said}: they agree within one stage.")
     linear = sweep.choice.route == "linear"

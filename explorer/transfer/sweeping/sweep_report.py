@@ -295,7 +295,7 @@ def _held_apart(
         scores.append(float(matrices[i][:, score_on].mean()))
     same = sum(i == pick for i in picks)
     agree = {2: msg("both halves chose it"), 1: msg("one half chose it"), 0: msg("neither half chose it")}[same]
-    others = ", ".join(sorted({options[i].key for i in picks if i != pick}))
+    others = ", ".join(sorted({options[i].label for i in picks if i != pick}))
     note = (
         msg(
             f"each half of the {len(labels)} scored images chose by the same rule and the other half scored that "
@@ -368,11 +368,19 @@ def _reason(pick: SweepOption, best: SweepOption, options: list[SweepOption], ma
             f"[{100 * pick.loss_low:.1f}, {100 * pick.loss_high:.1f}] points."
         )
     elif cheaper := [o for o in options if o.trainable < pick.trainable and o.status == UNPLACED]:
-        text = msg(
-            f"{pick.title}: {100 * pick.accuracy:.1f} % [{100 * pick.low:.1f}, {100 * pick.high:.1f}] on "
-            f"{pick.heldout} images with {pick.trainable:,} trainable parameters, the most accurate option; "
-            f"{len(cheaper)} cheaper option(s) may be within {m:g} points of it, but the data cannot show it (more "
-            "images would)."
+        text = (
+            msg(
+                f"{pick.title}: {100 * pick.accuracy:.1f} % [{100 * pick.low:.1f}, {100 * pick.high:.1f}] on "
+                f"{pick.heldout} images with {pick.trainable:,} trainable parameters, the most accurate option; "
+                f"1 cheaper option may be within {m:g} points of it, but the data cannot show it (more images would)."
+            )
+            if len(cheaper) == 1
+            else msg(
+                f"{pick.title}: {100 * pick.accuracy:.1f} % [{100 * pick.low:.1f}, {100 * pick.high:.1f}] on "
+                f"{pick.heldout} images with {pick.trainable:,} trainable parameters, the most accurate option; "
+                f"{len(cheaper)} cheaper options may be within {m:g} points of it, but the data cannot show it (more "
+                "images would)."
+            )
         )
     else:
         text = msg(

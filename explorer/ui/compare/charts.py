@@ -23,6 +23,7 @@ from explorer.transfer.reporting.report import ChartSeries, ComparisonReport, La
 from explorer.transfer.sweeping.predict import Prediction
 from explorer.transfer.sweeping.sweep_report import SweepReport
 from explorer.ui.i18n import number, percent, plotly_separators, t
+from explorer.ui.messages import localize
 
 COLOURS = {
     "cka": "#1f77b4",
@@ -506,6 +507,6 @@ def sweep_figure(sweep: SweepReport, height: int = 380, prediction: PredictionMa
         fig.add_trace(_score_line(scores, points))
         measured = next((o for o in sweep.options if o.point == p.point and o.route == p.route), None)
         if measured is not None:
-            hover = f"{t('charts.predict.mark')}: {measured.label} · %{{y:.1%}}"
+            hover = f"{t('charts.predict.mark')}: {localize(measured.label)} · %{{y:.1%}}"
             fig.add_trace(_star(p.point, measured.accuracy, hover))
     return _over_points(fig, points, sweep.chance, t("charts.axis.heldout"), height)

@@ -180,13 +180,18 @@ def advice(rec: Recommendation) -> tuple[str, str]:
         tries = "".join(f"\n- {localize(line)}" for line in rec.try_next)
         what = "\n\n**" + t("compare.advice.try") + f"**{tries}" if tries else ""
         return "withheld", t("compare.advice.withheld", reason=localize(rec.reason)) + what
-    point = f"`{rec.freeze_after}`" if rec.freeze_after else t("compare.advice.nothing")
+    point = f"`{rec.freeze_after}`"
+    every = not rec.freeze_after  # nothing frozen: "train every layer", not "freeze up to nothing"
     if rec.source == "sweep":
-        key = "compare.advice.measured_linear" if rec.route == "linear" else "compare.advice.measured"
+        if rec.route == "linear":
+            key = "compare.advice.measured_linear"
+        else:
+            key = "compare.advice.measured_all" if every else "compare.advice.measured"
         text = t(key, point=point, reason=localize(rec.reason))
         explained = "\n\n" + t("compare.advice.explanation", text=localize(rec.agreement)) if rec.agreement else ""
         return "sweep", text + explained
-    text = t("compare.advice.predicted", point=point, reason=localize(rec.reason))
+    key = "compare.advice.predicted_all" if every else "compare.advice.predicted"
+    text = t(key, point=point, reason=localize(rec.reason))
     unstable = next((c for c in rec.caveats if c.startswith("Unstable")), None)
     return "prediction", text + (f"\n\n**{localize(unstable)}**" if unstable else "")
 

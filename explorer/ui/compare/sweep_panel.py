@@ -101,7 +101,7 @@ def options_frame(report: SweepReport) -> pd.DataFrame:
         )
         rows.append(
             {
-                "option": o.label,
+                "option": localize(o.label),
                 "accuracy": o.accuracy,
                 "95 % interval": f"[{number(100 * o.low, 1)}, {number(100 * o.high, 1)}] %",
                 "SD over seeds": sd,
