@@ -13,7 +13,9 @@ English text itself:
 * :func:`localize` finds the template a sentence was made from (each template compiled to a pattern, the most
   specific first), translates the values of its fields in turn (a field often holds another sentence) and writes the
   translation; a field with a number format (``{acc:.1f}``, ``{n:,}``) is rewritten in the language's marks. A text
-  made of several sentences is translated sentence by sentence; a sentence no template matches stays English.
+  made of several sentences is translated sentence by sentence; a sentence with a capital first letter that only a
+  lower-case template matches (a label said at a sentence's start) is translated and capitalised; a sentence no
+  template matches stays English.
 
 ``tests/ui/test_messages.py`` checks both ways that every template has a translation with the same fields and every
 translation a template, and that each template comes back from its own sentence.
@@ -196,6 +198,9 @@ def localize(text: str, lang: str | None = None) -> str:
 @lru_cache(maxsize=4096)
 def _localize(text: str, lang: str, depth: int) -> str:
     whole = _match(text, lang, depth)
+    if whole is None and text[:1].isupper():  # "Freeze up to …" said at a sentence's start: the template's words
+        lowered = _match(text[0].lower() + text[1:], lang, depth)
+        whole = lowered[0].upper() + lowered[1:] if lowered else None
     if whole is not None:
         return whole
     pieces = SENTENCE_END.split(text)

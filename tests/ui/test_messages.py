@@ -86,3 +86,12 @@ def test_numbers_take_the_languages_marks():
 def test_an_unknown_sentence_stays_as_it_is():
     text = "A sentence the engine never wrote, with blocks.2.1 in it."
     assert localize(text, "pt-BR") == text
+
+
+def test_a_label_said_at_a_sentences_start_is_translated_by_its_lower_case_template():
+    from explorer.transfer.sweeping.sweep_report import SweepOption
+
+    option = SweepOption("blocks.2.1", "finetune", 0.9, 0.8, 0.95, 100, 1, 1000, 1.0, 10.0)
+    label, title = localize(option.label, "pt-BR"), localize(option.title, "pt-BR")
+    assert label != option.label and title == label[0].upper() + label[1:]
+    assert localize("Freeze", "pt-BR") == "Freeze"  # nothing matches: left as it is

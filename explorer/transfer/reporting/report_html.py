@@ -389,13 +389,7 @@ def _measured(sweep: SweepReport) -> str:
         return msg("No recommendation")
     if o is None:
         return "Measured: "
-    if o.route != "finetune":
-        return msg(f"Measured: linear classifier on {o.point}")
-    return (
-        msg("Measured: train every layer (fine-tune)")
-        if o.point == "none"
-        else msg(f"Measured: freeze up to {o.point} (fine-tune)")
-    )
+    return msg(f"Measured: {o.label}")
 
 
 def sweep_section(sweep: SweepReport, *, box: bool = True, translate: Translate | None = None) -> str:

@@ -80,14 +80,9 @@ class SweepOption:
 
     @property
     def title(self) -> str:
-        """The label as a sentence starts it (capitalised)."""
-        if self.route != "finetune":
-            return msg(f"Linear classifier on {self.point}")
-        return (
-            msg("Train every layer (fine-tune)")
-            if self.point == "none"
-            else msg(f"Freeze up to {self.point} (fine-tune)")
-        )
+        """The label as a sentence starts it (capitalised; the translator matches it by the label's template)."""
+        label = self.label
+        return label[:1].upper() + label[1:]
 
     @property
     def seed_sd(self) -> float:
